@@ -1,0 +1,212 @@
+//! A [`Host`] for tests, with Envoy's exact shared-data semantics (see
+//! `../shared/notes/envoy-wasm-facts.md`): one shared space per Envoy, seen by all its workers;
+//! a missing key is created by `set` whatever cas is passed; an existing key is only written
+//! when cas is `None` (sent as 0) or equal to the stored one; every write bumps the cas; no
+//! delete, no expiry. Time is controlled by the test; callouts are recorded and answered by
+//! the test.
+#![allow(clippy::arithmetic_side_effects)]
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::host::{Callout, Histogram, Host, Metric, SharedError};
+
+#[derive(Default)]
+struct Space {
+    data: HashMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+    writes: u64,
+    /// key → value written by "another worker" just before the next set of that key.
+    interference: HashMap<String, Vec<u8>>,
+}
+
+impl Space {
+    fn bump(&mut self) -> u32 {
+        self.next_cas = self.next_cas.wrapping_add(1);
+        if self.next_cas == 0 {
+            self.next_cas = 1;
+        }
+        self.next_cas
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        if let Some(other) = self.interference.remove(key) {
+            let c = self.bump();
+            self.data.insert(key.to_string(), (other, c));
+        }
+        if let Some((_, stored)) = self.data.get(key) {
+            if let Some(c) = cas {
+                if c != 0 && c != *stored {
+                    return Err(SharedError::CasMismatch);
+                }
+            }
+        }
+        let c = self.bump();
+        self.data.insert(key.to_string(), (value.to_vec(), c));
+        self.writes += 1;
+        Ok(())
+    }
+}
+
+/// One worker's view of a fake Envoy. [`FakeHost::sibling`] gives another worker of the same
+/// Envoy (same shared data and clock); [`FakeHost::new`] a new Envoy.
+pub struct FakeHost {
+    space: Rc<RefCell<Space>>,
+    clock: Rc<Cell<u64>>,
+    next_token: Cell<u32>,
+    calls: RefCell<Vec<(u32, Callout)>>,
+    dispatch_fails: Cell<bool>,
+    tick_ms: Cell<u32>,
+    metrics: RefCell<HashMap<&'static str, u64>>,
+    histograms: RefCell<Vec<u64>>,
+}
+
+impl FakeHost {
+    pub fn new() -> FakeHost {
+        FakeHost::with(Rc::new(RefCell::new(Space::default())), Rc::new(Cell::new(1_000_000)))
+    }
+
+    fn with(space: Rc<RefCell<Space>>, clock: Rc<Cell<u64>>) -> FakeHost {
+        FakeHost {
+            space,
+            clock,
+            next_token: Cell::new(0),
+            calls: RefCell::new(Vec::new()),
+            dispatch_fails: Cell::new(false),
+            tick_ms: Cell::new(0),
+            metrics: RefCell::new(HashMap::new()),
+            histograms: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Another worker of the same Envoy.
+    pub fn sibling(&self) -> FakeHost {
+        FakeHost::with(Rc::clone(&self.space), Rc::clone(&self.clock))
+    }
+
+    pub fn set_now(&self, ms: u64) {
+        self.clock.set(ms);
+    }
+
+    pub fn advance(&self, ms: u64) {
+        self.clock.set(self.clock.get() + ms);
+    }
+
+    /// Callouts dispatched since the last call, oldest first.
+    pub fn take_calls(&self) -> Vec<(u32, Callout)> {
+        std::mem::take(&mut self.calls.borrow_mut())
+    }
+
+    pub fn fail_dispatch(&self, fail: bool) {
+        self.dispatch_fails.set(fail);
+    }
+
+    pub fn tick_ms(&self) -> u32 {
+        self.tick_ms.get()
+    }
+
+    pub fn metric(&self, m: Metric) -> u64 {
+        self.metrics.borrow().get(m.name()).copied().unwrap_or(0)
+    }
+
+    pub fn histogram(&self) -> Vec<u64> {
+        self.histograms.borrow().clone()
+    }
+
+    /// Successful shared-data writes so far, by any worker of this Envoy.
+    pub fn shared_writes(&self) -> u64 {
+        self.space.borrow().writes
+    }
+
+    /// Number of keys in shared data (there is no delete: this only grows).
+    pub fn shared_keys(&self) -> usize {
+        self.space.borrow().data.len()
+    }
+
+    /// Total bytes held in shared data.
+    pub fn shared_bytes(&self) -> usize {
+        self.space.borrow().data.iter().map(|(k, (v, _))| k.len() + v.len()).sum()
+    }
+
+    /// Simulates another worker writing `value` to `key` between this worker's next read and
+    /// write of it: the next `set_shared` of `key` then fails its CAS.
+    pub fn interfere_once(&self, key: &str, value: Vec<u8>) {
+        self.space.borrow_mut().interference.insert(key.to_string(), value);
+    }
+}
+
+impl Default for FakeHost {
+    fn default() -> Self {
+        FakeHost::new()
+    }
+}
+
+impl Host for FakeHost {
+    fn now_ms(&self) -> u64 {
+        self.clock.get()
+    }
+
+    fn get_shared(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.space.borrow().data.get(key) {
+            Some((v, c)) => (Some(v.clone()), Some(*c)),
+            None => (None, None),
+        }
+    }
+
+    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        self.space.borrow_mut().set(key, value, cas)
+    }
+
+    fn http_call(&self, call: &Callout) -> Result<u32, ()> {
+        if self.dispatch_fails.get() {
+            return Err(());
+        }
+        let token = self.next_token.get() + 1;
+        self.next_token.set(token);
+        self.calls.borrow_mut().push((token, call.clone()));
+        Ok(token)
+    }
+
+    fn set_tick_ms(&self, ms: u32) {
+        self.tick_ms.set(ms);
+    }
+
+    fn count(&self, metric: Metric, delta: u64) {
+        *self.metrics.borrow_mut().entry(metric.name()).or_insert(0) += delta;
+    }
+
+    fn record(&self, _metric: Histogram, value: u64) {
+        self.histograms.borrow_mut().push(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::test;
+
+    #[test]
+    fn envoy_shared_data_semantics() {
+        let a = FakeHost::new();
+        let b = a.sibling();
+        assert_eq!(a.get_shared("k"), (None, None));
+        // Creation ignores the cas.
+        assert_eq!(a.set_shared("k", b"1", Some(12345)), Ok(()));
+        let (v, c1) = b.get_shared("k");
+        assert_eq!(v.as_deref(), Some(&b"1"[..]));
+        let c1 = c1.unwrap();
+        // A stale cas fails; the right one succeeds and bumps the cas.
+        assert_eq!(b.set_shared("k", b"2", Some(c1.wrapping_add(7))), Err(SharedError::CasMismatch));
+        assert_eq!(b.set_shared("k", b"2", Some(c1)), Ok(()));
+        let (_, c2) = a.get_shared("k");
+        assert_ne!(c2, Some(c1));
+        assert_eq!(a.set_shared("k", b"3", Some(c1)), Err(SharedError::CasMismatch));
+        // cas None (0) writes unconditionally.
+        assert_eq!(a.set_shared("k", b"4", None), Ok(()));
+        assert_eq!(a.set_shared("k", b"5", Some(0)), Ok(()));
+        assert_eq!(b.get_shared("k").0.as_deref(), Some(&b"5"[..]));
+        // Another Envoy does not see it.
+        assert_eq!(FakeHost::new().get_shared("k"), (None, None));
+    }
+}

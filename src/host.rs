@@ -1,0 +1,139 @@
+//! The host: what the core needs from Envoy, behind a trait so that tests control time,
+//! shared data and callouts. The proxy-wasm implementation is in `glue::host`; the fake with
+//! Envoy's exact semantics is in `fake_host`.
+
+/// Why a shared-data write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedError {
+    /// The key exists and its cas is not the one given.
+    CasMismatch,
+    /// Any other host failure.
+    Host,
+}
+
+/// An HTTP call to the key store, dispatched on the store cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callout {
+    pub path: String,
+    pub timeout_ms: u64,
+}
+
+/// The store's answer to a callout, as the host delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallResponse {
+    /// `:status`, or `None` when the call failed without a response (timeout, reset, no host).
+    pub status: Option<u16>,
+    /// The body, or `None` when it was larger than the limit the glue reads.
+    pub body: Option<Vec<u8>>,
+}
+
+pub trait Host {
+    /// Wall-clock time in milliseconds (the same clock on every worker).
+    fn now_ms(&self) -> u64;
+    /// Proxy-wasm `get_shared_data`: `(None, None)` when the key does not exist.
+    fn get_shared(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Proxy-wasm `set_shared_data` with its exact semantics: creates a missing key whatever
+    /// `cas` is; otherwise fails with `CasMismatch` when `cas` is `Some` and differs.
+    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError>;
+    /// Dispatches a callout to the store; the answer comes back by token.
+    fn http_call(&self, call: &Callout) -> Result<u32, ()>;
+    /// Sets this worker's tick period.
+    fn set_tick_ms(&self, ms: u32);
+    /// Adds to a counter.
+    fn count(&self, metric: Metric, delta: u64);
+    /// Records a value in a histogram.
+    fn record(&self, metric: Histogram, value: u64);
+}
+
+/// Counters, exported by the glue as `keygate_<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Allowed,
+    Denied,
+    Forbidden,
+    Unavailable,
+    Throttled,
+    LookupErrors,
+    L1Hits,
+    SharedHits,
+    Misses,
+    LookupsStarted,
+    LookupsCoalesced,
+    LookupsWaitedOnOtherWorker,
+    LeaseTakeovers,
+    StaleServed,
+    Evictions,
+    SyncPolls,
+    SyncErrors,
+    KeysInvalidated,
+    LocalInvalidations,
+    MalformedKeys,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 20] = [
+        Metric::Allowed,
+        Metric::Denied,
+        Metric::Forbidden,
+        Metric::Unavailable,
+        Metric::Throttled,
+        Metric::LookupErrors,
+        Metric::L1Hits,
+        Metric::SharedHits,
+        Metric::Misses,
+        Metric::LookupsStarted,
+        Metric::LookupsCoalesced,
+        Metric::LookupsWaitedOnOtherWorker,
+        Metric::LeaseTakeovers,
+        Metric::StaleServed,
+        Metric::Evictions,
+        Metric::SyncPolls,
+        Metric::SyncErrors,
+        Metric::KeysInvalidated,
+        Metric::LocalInvalidations,
+        Metric::MalformedKeys,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Allowed => "keygate_requests_allowed",
+            Metric::Denied => "keygate_requests_denied",
+            Metric::Forbidden => "keygate_requests_forbidden",
+            Metric::Unavailable => "keygate_requests_unavailable",
+            Metric::Throttled => "keygate_requests_throttled",
+            Metric::LookupErrors => "keygate_store_errors",
+            Metric::L1Hits => "keygate_l1_hits",
+            Metric::SharedHits => "keygate_shared_hits",
+            Metric::Misses => "keygate_misses",
+            Metric::LookupsStarted => "keygate_store_lookups",
+            Metric::LookupsCoalesced => "keygate_lookups_coalesced",
+            Metric::LookupsWaitedOnOtherWorker => "keygate_lookups_waited_other_worker",
+            Metric::LeaseTakeovers => "keygate_lease_takeovers",
+            Metric::StaleServed => "keygate_stale_served",
+            Metric::Evictions => "keygate_l1_evictions",
+            Metric::SyncPolls => "keygate_sync_polls",
+            Metric::SyncErrors => "keygate_sync_errors",
+            Metric::KeysInvalidated => "keygate_keys_invalidated",
+            Metric::LocalInvalidations => "keygate_local_invalidations",
+            Metric::MalformedKeys => "keygate_malformed_keys",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Histogram {
+    /// Store lookup latency in milliseconds.
+    LookupMs,
+}
+
+impl Histogram {
+    pub fn name(self) -> &'static str {
+        match self {
+            Histogram::LookupMs => "keygate_store_lookup_ms",
+        }
+    }
+}

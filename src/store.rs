@@ -1,0 +1,189 @@
+//! The key store protocol: the requests the filter makes and the parsing of the answers.
+//!
+//! - `GET {lookup_path}{key_id}` → `200 {"account_id", "user_id", "role"}` (extra fields
+//!   ignored) or `404`. Anything else is a store error, never a deny.
+//! - `GET {changes_path}?since={revision}` → `200 {"revision": N, "changed": [key ids]}`, with
+//!   `"more": true` when the store has more to send at once, or `{"revision": N, "reset": true}`
+//!   when `since` is too old (or newer than the store: it was restored from a backup).
+
+use serde::Deserialize;
+
+use crate::host::CallResponse;
+use crate::key::KeyId;
+use crate::verdict::Identity;
+
+/// Largest lookup body read; a larger one is a store error.
+pub const MAX_LOOKUP_BODY: usize = 16 * 1024;
+/// Largest changes body read (about 10,000 key ids).
+pub const MAX_CHANGES_BODY: usize = 1024 * 1024;
+
+/// What a lookup says about a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupAnswer {
+    Found(Identity),
+    NotFound,
+    /// Not an answer: the key's status is unknown. Never cached as a deny.
+    Error(StoreError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// No response: timeout, connection failure, reset.
+    NoResponse,
+    Status(u16),
+    /// Missing, too large or unparsable body, or fields that cannot go into a header.
+    BadBody(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::NoResponse => write!(f, "no response (timeout or connection failure)"),
+            StoreError::Status(s) => write!(f, "status {s}"),
+            StoreError::BadBody(why) => write!(f, "bad body: {why}"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawIdentity {
+    account_id: String,
+    user_id: String,
+    role: String,
+}
+
+pub fn lookup_path(lookup_prefix: &str, key: &KeyId) -> String {
+    format!("{lookup_prefix}{}", key.hex())
+}
+
+pub fn parse_lookup(resp: &CallResponse) -> LookupAnswer {
+    match resp.status {
+        None => LookupAnswer::Error(StoreError::NoResponse),
+        Some(404) => LookupAnswer::NotFound,
+        Some(200) => {
+            let Some(body) = &resp.body else {
+                return LookupAnswer::Error(StoreError::BadBody("missing or over the size limit".into()));
+            };
+            match serde_json::from_slice::<RawIdentity>(body) {
+                Err(e) => LookupAnswer::Error(StoreError::BadBody(e.to_string())),
+                Ok(raw) => {
+                    let identity = Identity { account_id: raw.account_id, user_id: raw.user_id, role: raw.role };
+                    if identity.is_header_safe() {
+                        LookupAnswer::Found(identity)
+                    } else {
+                        LookupAnswer::Error(StoreError::BadBody("identity field empty, too long or not visible ASCII".into()))
+                    }
+                }
+            }
+        }
+        Some(other) => LookupAnswer::Error(StoreError::Status(other)),
+    }
+}
+
+/// A page of the changes feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    Changed { revision: u64, keys: Vec<KeyId>, more: bool },
+    Reset { revision: u64 },
+}
+
+#[derive(Deserialize)]
+struct RawChanges {
+    revision: u64,
+    #[serde(default)]
+    changed: Vec<String>,
+    #[serde(default)]
+    reset: bool,
+    #[serde(default)]
+    more: bool,
+}
+
+pub fn changes_path(changes_prefix: &str, since: u64) -> String {
+    format!("{changes_prefix}?since={since}")
+}
+
+/// Parses a changes page asked for with `since`. A revision that goes backwards without a
+/// reset means the store lost history (restored, replaced): treated as a reset.
+pub fn parse_changes(resp: &CallResponse, since: u64) -> Result<Changes, StoreError> {
+    match resp.status {
+        None => return Err(StoreError::NoResponse),
+        Some(200) => {}
+        Some(other) => return Err(StoreError::Status(other)),
+    }
+    let body = resp.body.as_deref().ok_or_else(|| StoreError::BadBody("missing or over the size limit".into()))?;
+    let raw: RawChanges = serde_json::from_slice(body).map_err(|e| StoreError::BadBody(e.to_string()))?;
+    if raw.reset || raw.revision < since {
+        return Ok(Changes::Reset { revision: raw.revision });
+    }
+    let keys = raw
+        .changed
+        .iter()
+        .map(|s| KeyId::from_hex(s).ok_or_else(|| StoreError::BadBody(format!("not a key id: {:.70}", s))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Changes::Changed { revision: raw.revision, keys, more: raw.more })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::test;
+
+    fn resp(status: u16, body: &str) -> CallResponse {
+        CallResponse { status: Some(status), body: Some(body.as_bytes().to_vec()) }
+    }
+
+    #[test]
+    fn lookup_200_is_an_identity_and_extra_fields_are_ignored() {
+        let r = resp(200, r#"{"account_id":"acme","user_id":"ann","role":"admin","created":"x"}"#);
+        assert_eq!(
+            parse_lookup(&r),
+            LookupAnswer::Found(Identity { account_id: "acme".into(), user_id: "ann".into(), role: "admin".into() })
+        );
+    }
+
+    #[test]
+    fn lookup_404_is_not_found_and_everything_else_is_an_error() {
+        assert_eq!(parse_lookup(&resp(404, "")), LookupAnswer::NotFound);
+        assert_eq!(parse_lookup(&resp(500, "{}")), LookupAnswer::Error(StoreError::Status(500)));
+        assert_eq!(parse_lookup(&resp(401, "{}")), LookupAnswer::Error(StoreError::Status(401)));
+        assert_eq!(parse_lookup(&CallResponse { status: None, body: None }), LookupAnswer::Error(StoreError::NoResponse));
+        for bad in [
+            "not json",
+            "{}",
+            r#"{"account_id":"a","user_id":"u"}"#,
+            r#"{"account_id":1,"user_id":"u","role":"r"}"#,
+            r#"{"account_id":"a\r\nx-role: root","user_id":"u","role":"r"}"#,
+            r#"{"account_id":"","user_id":"u","role":"r"}"#,
+            "[]",
+        ] {
+            assert!(matches!(parse_lookup(&resp(200, bad)), LookupAnswer::Error(StoreError::BadBody(_))), "{bad}");
+        }
+        let too_big = CallResponse { status: Some(200), body: None };
+        assert!(matches!(parse_lookup(&too_big), LookupAnswer::Error(StoreError::BadBody(_))));
+    }
+
+    #[test]
+    fn changes_pages_resets_and_backwards_revisions() {
+        let k = KeyId::of(b"k");
+        let body = format!(r#"{{"revision":12,"changed":["{}"]}}"#, k.hex());
+        assert_eq!(parse_changes(&resp(200, &body), 10), Ok(Changes::Changed { revision: 12, keys: vec![k], more: false }));
+        assert_eq!(
+            parse_changes(&resp(200, r#"{"revision":12,"changed":[],"more":true}"#), 10),
+            Ok(Changes::Changed { revision: 12, keys: vec![], more: true })
+        );
+        assert_eq!(parse_changes(&resp(200, r#"{"revision":40,"reset":true}"#), 10), Ok(Changes::Reset { revision: 40 }));
+        assert_eq!(parse_changes(&resp(200, r#"{"revision":3,"changed":[]}"#), 10), Ok(Changes::Reset { revision: 3 }));
+        assert!(parse_changes(&resp(200, r#"{"revision":12,"changed":["nope"]}"#), 10).is_err());
+        assert!(parse_changes(&resp(200, r#"{"revision":-1}"#), 0).is_err());
+        assert_eq!(parse_changes(&resp(503, ""), 0), Err(StoreError::Status(503)));
+    }
+
+    #[test]
+    fn paths_carry_only_the_key_id() {
+        let k = KeyId::of(b"secret-key");
+        let p = lookup_path("/v1/keys/", &k);
+        assert_eq!(p, format!("/v1/keys/{}", k.hex()));
+        assert!(!p.contains("secret"));
+        assert_eq!(changes_path("/v1/changes", 7), "/v1/changes?since=7");
+    }
+}

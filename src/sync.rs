@@ -1,0 +1,264 @@
+//! The changes-feed poller: how revocations and creations made anywhere reach every worker of
+//! every Envoy within one sync interval, whatever the TTL.
+//!
+//! One worker per Envoy polls at a time, under a lease in the shared sync record. What it learns
+//! is published in this order: key ids into the change ring, their slots cleared in the shared
+//! table, then the epoch bumped. Every worker reads the epoch before answering from its L1 and
+//! drops the listed key ids (or everything, on a reset) first; so once the epoch moved, no
+//! worker answers from a verdict the feed reported changed.
+
+use crate::host::Host;
+use crate::key::KeyId;
+use crate::lease::{self, Slot, Table};
+use crate::shared::{self, ChangeRing, Epoch, Names, Reader, Record, Writer};
+use crate::store::Changes;
+
+/// The shared sync record: where the feed is, and who is polling it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncRecord {
+    pub revision: u64,
+    /// 0: nobody polls now.
+    pub owner: u64,
+    pub deadline_ms: u64,
+    pub next_poll_ms: u64,
+}
+
+impl Record for SyncRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u64(self.revision);
+        w.u64(self.owner);
+        w.u64(self.deadline_ms);
+        w.u64(self.next_poll_ms);
+        w.finish()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<SyncRecord> {
+        let mut r = Reader::new(bytes)?;
+        let s = SyncRecord { revision: r.u64()?, owner: r.u64()?, deadline_ms: r.u64()?, next_poll_ms: r.u64()? };
+        r.end()?;
+        Some(s)
+    }
+}
+
+/// What a worker's attempt to start a poll found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// This worker holds the poll lease: poll from `since`.
+    Poll { since: u64 },
+    /// Not due yet, or another worker is polling: look again at `next_check_ms`.
+    NotNow { next_check_ms: u64 },
+}
+
+/// Takes the poll lease if a poll is due and nobody holds it (or its holder's lease expired).
+pub fn try_start<H: Host + ?Sized>(host: &H, names: &Names, owner: u64, lease_ms: u64) -> Start {
+    let now = host.now_ms();
+    let mut found = SyncRecord::default();
+    let written = shared::update(host, &names.sync, |rec: Option<SyncRecord>| {
+        let rec = rec.unwrap_or_default();
+        found = rec;
+        let busy = rec.owner != 0 && now < rec.deadline_ms;
+        if now < rec.next_poll_ms || busy {
+            return None;
+        }
+        Some(SyncRecord { owner, deadline_ms: now.saturating_add(lease_ms), ..rec })
+    });
+    match written {
+        Ok(Some(rec)) => Start::Poll { since: rec.revision },
+        _ => {
+            let busy_until = if found.owner != 0 { found.deadline_ms } else { 0 };
+            Start::NotNow { next_check_ms: found.next_poll_ms.max(busy_until).max(now.saturating_add(1)) }
+        }
+    }
+}
+
+/// What applying a page did, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Applied {
+    pub keys: usize,
+    pub reset: bool,
+}
+
+/// Publishes a page of the feed to every worker of this Envoy, then releases the poll lease.
+/// A failed poll (`None`) changes nothing but the time of the next try.
+pub fn finish<H: Host + ?Sized>(
+    host: &H,
+    names: &Names,
+    table: &Table,
+    owner: u64,
+    page: Option<&Changes>,
+    interval_ms: u64,
+) -> Applied {
+    let now = host.now_ms();
+    let mut applied = Applied::default();
+    let mut new_revision = None;
+    let mut again_now = false;
+    match page {
+        None => {}
+        Some(Changes::Changed { revision, keys, more }) => {
+            if !keys.is_empty() {
+                let head = publish(host, names, |ring| ring.push(keys));
+                for key in keys {
+                    forget_slot(host, table, key);
+                }
+                bump_epoch(host, names, |e| {
+                    e.change_seq = head;
+                    e.revision = *revision;
+                });
+                applied.keys = keys.len();
+            } else {
+                bump_epoch(host, names, |e| e.revision = *revision);
+            }
+            new_revision = Some(*revision);
+            again_now = *more;
+        }
+        Some(Changes::Reset { revision }) => {
+            let head = publish(host, names, ChangeRing::reset);
+            table.clear(host);
+            bump_epoch(host, names, |e| {
+                e.generation = e.generation.saturating_add(1);
+                e.change_seq = head;
+                e.revision = *revision;
+            });
+            applied.reset = true;
+            new_revision = Some(*revision);
+        }
+    }
+    let next_poll_ms = if again_now { now } else { now.saturating_add(interval_ms) };
+    let _ = shared::update(host, &names.sync, |rec: Option<SyncRecord>| {
+        let rec = rec.unwrap_or_default();
+        // A late poller whose lease was taken over leaves the record to the one that took it.
+        if rec.owner != owner && rec.owner != 0 {
+            return None;
+        }
+        Some(SyncRecord { revision: new_revision.unwrap_or(rec.revision), owner: 0, deadline_ms: 0, next_poll_ms })
+    });
+    applied
+}
+
+fn publish<H: Host + ?Sized>(host: &H, names: &Names, change: impl Fn(&mut ChangeRing)) -> u64 {
+    let written = shared::update(host, &names.changes, |ring: Option<ChangeRing>| {
+        let mut ring = ring.unwrap_or_default();
+        change(&mut ring);
+        Some(ring)
+    });
+    match written {
+        Ok(Some(ring)) => ring.head_seq,
+        // Could not publish: force every worker to drop everything rather than miss a change.
+        _ => u64::MAX / 2,
+    }
+}
+
+fn bump_epoch<H: Host + ?Sized>(host: &H, names: &Names, change: impl Fn(&mut Epoch)) {
+    let _ = shared::update(host, &names.epoch, |e: Option<Epoch>| {
+        let mut e = e.unwrap_or_default();
+        change(&mut e);
+        Some(e)
+    });
+}
+
+fn forget_slot<H: Host + ?Sized>(host: &H, table: &Table, key: &KeyId) {
+    let _ = table.update(host, key, |slot: &Slot| lease::forget(slot, key));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_host::FakeHost;
+    use crate::lease::SlotVerdict;
+    use crate::test_support::test;
+    use crate::verdict::Identity;
+    use std::rc::Rc;
+
+    fn setup() -> (FakeHost, Rc<Names>, Table) {
+        let host = FakeHost::new();
+        let names = Rc::new(Names::new("sync"));
+        let table = Table::new(Rc::clone(&names), 16);
+        table.create(&host);
+        (host, names, table)
+    }
+
+    #[test]
+    fn one_poller_at_a_time_and_a_dead_pollers_lease_expires() {
+        let (a, names, _) = setup();
+        let b = a.sibling();
+        a.set_now(1000);
+        assert_eq!(try_start(&a, &names, 1, 500), Start::Poll { since: 0 });
+        assert_eq!(try_start(&b, &names, 2, 500), Start::NotNow { next_check_ms: 1500 });
+        a.advance(500);
+        assert_eq!(try_start(&b, &names, 2, 500), Start::Poll { since: 0 }, "taken over after the lease");
+    }
+
+    #[test]
+    fn a_page_is_published_then_the_next_poll_waits_an_interval() {
+        let (host, names, table) = setup();
+        host.set_now(1000);
+        let k = KeyId::of(b"revoked");
+        let identity = Identity { account_id: "a".into(), user_id: "u".into(), role: "r".into() };
+        let slot = Slot {
+            verdict: Some(SlotVerdict { key: k, identity: Some(identity), generation: 0, expires_ms: 99_999, stale_until_ms: 99_999 }),
+            lease: None,
+        };
+        table.update(&host, &k, |_| Some(slot.clone())).unwrap();
+
+        assert_eq!(try_start(&host, &names, 1, 500), Start::Poll { since: 0 });
+        let page = Changes::Changed { revision: 7, keys: vec![k], more: false };
+        assert_eq!(finish(&host, &names, &table, 1, Some(&page), 1000), Applied { keys: 1, reset: false });
+
+        let ring = shared::read::<FakeHost, ChangeRing>(&host, &names.changes).0.unwrap();
+        assert_eq!(ring.ids, vec![k]);
+        let epoch = shared::read::<FakeHost, Epoch>(&host, &names.epoch).0.unwrap();
+        assert_eq!(epoch, Epoch { generation: 0, change_seq: 1, revision: 7 });
+        assert_eq!(table.read(&host, &k).0.verdict, None, "the slot forgot the key");
+        let rec = shared::read::<FakeHost, SyncRecord>(&host, &names.sync).0.unwrap();
+        assert_eq!(rec, SyncRecord { revision: 7, owner: 0, deadline_ms: 0, next_poll_ms: 2000 });
+        assert_eq!(try_start(&host, &names, 1, 500), Start::NotNow { next_check_ms: 2000 });
+        host.advance(1000);
+        assert_eq!(try_start(&host, &names, 1, 500), Start::Poll { since: 7 });
+    }
+
+    #[test]
+    fn more_means_poll_again_at_once_and_failure_keeps_the_revision() {
+        let (host, names, table) = setup();
+        host.set_now(50);
+        try_start(&host, &names, 1, 500);
+        finish(&host, &names, &table, 1, Some(&Changes::Changed { revision: 3, keys: vec![], more: true }), 1000);
+        assert_eq!(try_start(&host, &names, 1, 500), Start::Poll { since: 3 });
+        finish(&host, &names, &table, 1, None, 1000);
+        let rec = shared::read::<FakeHost, SyncRecord>(&host, &names.sync).0.unwrap();
+        assert_eq!((rec.revision, rec.owner, rec.next_poll_ms), (3, 0, 1050));
+    }
+
+    #[test]
+    fn a_reset_bumps_the_generation_and_clears_the_table() {
+        let (host, names, table) = setup();
+        let k = KeyId::of(b"x");
+        let slot = Slot {
+            verdict: Some(SlotVerdict { key: k, identity: None, generation: 0, expires_ms: 9, stale_until_ms: 9 }),
+            lease: None,
+        };
+        table.update(&host, &k, |_| Some(slot.clone())).unwrap();
+        try_start(&host, &names, 1, 500);
+        let applied = finish(&host, &names, &table, 1, Some(&Changes::Reset { revision: 40 }), 1000);
+        assert!(applied.reset);
+        let epoch = shared::read::<FakeHost, Epoch>(&host, &names.epoch).0.unwrap();
+        assert_eq!(epoch.generation, 1);
+        assert_eq!(epoch.revision, 40);
+        assert_eq!(table.read(&host, &k).0, Slot::default());
+        let ring = shared::read::<FakeHost, ChangeRing>(&host, &names.changes).0.unwrap();
+        assert_eq!(ring.since(0), shared::CatchUp::Everything);
+    }
+
+    #[test]
+    fn a_late_poller_does_not_release_the_lease_of_its_successor() {
+        let (a, names, table) = setup();
+        let b = a.sibling();
+        a.set_now(0);
+        try_start(&a, &names, 1, 100);
+        a.advance(100);
+        assert_eq!(try_start(&b, &names, 2, 100), Start::Poll { since: 0 });
+        finish(&a, &names, &table, 1, Some(&Changes::Changed { revision: 5, keys: vec![], more: false }), 1000);
+        let rec = shared::read::<FakeHost, SyncRecord>(&a, &names.sync).0.unwrap();
+        assert_eq!(rec.owner, 2);
+    }
+}
