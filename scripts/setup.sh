@@ -23,7 +23,8 @@ have=$(wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}' || true
 if [ -z "$want" ]; then say "wasm-bindgen not found in Cargo.lock"; exit 1; fi
 if [ "$have" != "$want" ]; then
   say "installing wasm-bindgen-cli $want (have: ${have:-none}); takes ~3 minutes once"
-  cargo install --locked wasm-bindgen-cli --version "$want"
+  # Without --locked: the lock file it ships pins a webpki-roots the registry no longer serves.
+  cargo install wasm-bindgen-cli --version "$want"
 fi
 
 # 3. Debian packages: node (runs wasm-bindgen tests), wrk (benchmarks), curl (demo output).

@@ -32,6 +32,8 @@ pub mod store;
 pub mod sync;
 pub mod verdict;
 pub mod worker;
+#[cfg(test)]
+mod worker_tests;
 
 #[cfg(target_os = "wasi")]
 mod glue;

@@ -61,7 +61,7 @@ pub fn parse_lookup(resp: &CallResponse) -> LookupAnswer {
         None => LookupAnswer::Error(StoreError::NoResponse),
         Some(404) => LookupAnswer::NotFound,
         Some(200) => {
-            let Some(body) = &resp.body else {
+            let Some(body) = resp.body.as_ref().filter(|b| b.len() <= MAX_LOOKUP_BODY) else {
                 return LookupAnswer::Error(StoreError::BadBody("missing or over the size limit".into()));
             };
             match serde_json::from_slice::<RawIdentity>(body) {
@@ -128,6 +128,8 @@ mod tests {
     use super::*;
     use crate::test_support::test;
 
+    const IDENTITY_JSON: &[u8] = br#"{"account_id":"a","user_id":"u","role":"r"}"#;
+
     fn resp(status: u16, body: &str) -> CallResponse {
         CallResponse { status: Some(status), body: Some(body.as_bytes().to_vec()) }
     }
@@ -160,6 +162,10 @@ mod tests {
         }
         let too_big = CallResponse { status: Some(200), body: None };
         assert!(matches!(parse_lookup(&too_big), LookupAnswer::Error(StoreError::BadBody(_))));
+        let mut padded = IDENTITY_JSON.to_vec();
+        padded.resize(MAX_LOOKUP_BODY + 1, b' ');
+        let big = CallResponse { status: Some(200), body: Some(padded) };
+        assert!(matches!(parse_lookup(&big), LookupAnswer::Error(StoreError::BadBody(_))));
     }
 
     #[test]

@@ -1,0 +1,78 @@
+//! [`Host`] over proxy-wasm host calls. Every call that can fail returns its error instead of
+//! panicking (the SDK's convenience methods unwrap; a panic would trap the worker's VM).
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{MetricType, Status};
+
+use crate::host::{Callout, Histogram, Host, Metric, SharedError};
+
+pub(crate) struct ProxyHost {
+    cluster: String,
+    authority: String,
+    counters: [Option<u32>; Metric::ALL.len()],
+    lookup_ms: Option<u32>,
+}
+
+impl ProxyHost {
+    pub fn new(cluster: &str, authority: &str) -> ProxyHost {
+        let mut counters = [None; Metric::ALL.len()];
+        for m in Metric::ALL {
+            if let Some(slot) = counters.get_mut(m.index()) {
+                *slot = hostcalls::define_metric(MetricType::Counter, m.name()).ok();
+            }
+        }
+        let lookup_ms = hostcalls::define_metric(MetricType::Histogram, Histogram::LookupMs.name()).ok();
+        ProxyHost { cluster: cluster.to_string(), authority: authority.to_string(), counters, lookup_ms }
+    }
+}
+
+impl Host for ProxyHost {
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn get_shared(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SharedError::CasMismatch),
+            Err(_) => Err(SharedError::Host),
+        }
+    }
+
+    fn http_call(&self, call: &Callout) -> Result<u32, ()> {
+        let headers = vec![
+            (":method", "GET"),
+            (":path", call.path.as_str()),
+            (":authority", self.authority.as_str()),
+            ("accept", "application/json"),
+            ("user-agent", "keygate"),
+        ];
+        hostcalls::dispatch_http_call(&self.cluster, headers, None, vec![], Duration::from_millis(call.timeout_ms))
+            .map_err(|_| ())
+    }
+
+    fn set_tick_ms(&self, ms: u32) {
+        let _ = hostcalls::set_tick_period(Duration::from_millis(u64::from(ms)));
+    }
+
+    fn count(&self, metric: Metric, delta: u64) {
+        if let Some(Some(id)) = self.counters.get(metric.index()) {
+            let _ = hostcalls::increment_metric(*id, i64::try_from(delta).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn record(&self, _metric: Histogram, value: u64) {
+        if let Some(id) = self.lookup_ms {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}

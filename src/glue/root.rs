@@ -1,0 +1,126 @@
+//! The root context: one per worker VM (and one on Envoy's main thread).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType, MapType};
+
+use super::host::ProxyHost;
+use super::http::Http;
+use super::{apply, Shared, SharedRef};
+use crate::config::Config;
+use crate::host::CallResponse;
+use crate::store::MAX_CHANGES_BODY;
+use crate::verdict::{Outcome, Resolution};
+use crate::worker::Worker;
+
+#[derive(Default)]
+pub(crate) struct Root {
+    shared: Option<SharedRef>,
+}
+
+impl Root {
+    /// Answers paused requests: each on its own HTTP context, made effective first.
+    fn deliver(&self, resolutions: Vec<Resolution>) {
+        let Some(shared) = &self.shared else { return };
+        let Ok(mut s) = shared.try_borrow_mut() else { return };
+        for r in resolutions {
+            let path = s.paused_paths.remove(&r.context_id).unwrap_or_default();
+            // The request may have ended meanwhile (client gone): then there is nothing to do.
+            if hostcalls::set_effective_context(r.context_id).is_err() {
+                continue;
+            }
+            if apply(&s, &r.outcome, &path) {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+        let keep = s.worker.parked().saturating_mul(2);
+        s.paused_paths.shrink_to(keep);
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(shared) = &self.shared else { return };
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u16>().ok());
+        let body = if body_size <= MAX_CHANGES_BODY {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().map(Option::unwrap_or_default)
+        } else {
+            None
+        };
+        let response = CallResponse { status, body };
+        let resolutions = match shared.try_borrow_mut() {
+            Ok(mut s) => {
+                let s = &mut *s;
+                s.worker.on_call_response(&s.host, token_id, &response)
+            }
+            Err(_) => return,
+        };
+        self.deliver(resolutions);
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, plugin_configuration_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let cfg = match Config::from_json(&bytes) {
+            Ok(cfg) => Rc::new(cfg),
+            Err(e) => {
+                log::error!("keygate: invalid configuration: {e}");
+                return false;
+            }
+        };
+        let host = ProxyHost::new(&cfg.store.cluster, &cfg.store.authority);
+        let worker = match Worker::new(&host, Rc::clone(&cfg)) {
+            Ok(w) => w,
+            Err(e) => {
+                log::error!("keygate: could not set up shared data: {e:?}");
+                return false;
+            }
+        };
+        if let Some(old) = self.shared.take() {
+            // Reconfigured: requests paused on the old worker get a 503 rather than hang.
+            let parked: Vec<u32> = old.borrow().paused_paths.keys().copied().collect();
+            self.shared = Some(old);
+            self.deliver(parked.into_iter().map(|context_id| Resolution { context_id, outcome: Outcome::Unavailable }).collect());
+        }
+        log::info!(
+            "keygate: configured (store cluster {}, ttl {} s, negative ttl {} s, sync every {} ms, worker {})",
+            cfg.store.cluster,
+            cfg.cache.ttl_ms / 1000,
+            cfg.cache.negative_ttl_ms / 1000,
+            cfg.sync.interval_ms,
+            worker.owner()
+        );
+        self.shared = Some(Rc::new(RefCell::new(Shared { worker, host, paused_paths: Default::default() })));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = &self.shared else { return };
+        let resolutions = match shared.try_borrow_mut() {
+            Ok(mut s) => {
+                let s = &mut *s;
+                s.worker.on_tick(&s.host)
+            }
+            Err(_) => return,
+        };
+        self.deliver(resolutions);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http::new(context_id, self.shared.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

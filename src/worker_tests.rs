@@ -1,0 +1,445 @@
+//! The worker against the fake host: single-flight within and across workers, leases, TTLs,
+//! stale-if-error, the miss budget, invalidation and the changes feed.
+
+use std::rc::Rc;
+
+use crate::config::Config;
+use crate::fake_host::FakeHost;
+use crate::host::{CallResponse, Metric};
+use crate::key::KeyId;
+use crate::test_support::test;
+use crate::verdict::{Decision, Identity, Outcome, Resolution};
+use crate::worker::{Worker, FAST_TICK_MS};
+
+const IDENTITY: &str = r#"{"account_id":"acme","user_id":"ann","role":"admin"}"#;
+
+fn config(extra: &str) -> Rc<Config> {
+    let cache = if extra.contains(r#""cache""#) { "" } else { r#","cache":{"shared_slots":256}"# };
+    let json = format!(r#"{{"store":{{"cluster":"keystore","timeout_ms":1000}}{cache}{extra}}}"#);
+    Rc::new(Config::from_json(json.as_bytes()).unwrap())
+}
+
+fn key(n: u32) -> KeyId {
+    KeyId::of(format!("key-{n}").as_bytes())
+}
+
+fn ann() -> Identity {
+    Identity { account_id: "acme".into(), user_id: "ann".into(), role: "admin".into() }
+}
+
+fn is_allow(o: &Outcome) -> bool {
+    matches!(o, Outcome::Allow { stale: false, .. })
+}
+
+fn respond(host: &FakeHost, w: &mut Worker, token: u32, status: u16, body: &str) -> Vec<Resolution> {
+    w.on_call_response(host, token, &CallResponse { status: Some(status), body: Some(body.as_bytes().to_vec()) })
+}
+
+/// Takes the lookups dispatched since the last call (sync polls are answered "no changes").
+fn lookups(host: &FakeHost, w: &mut Worker) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for (token, call) in host.take_calls() {
+        if call.path.starts_with("/v1/changes") {
+            let since: u64 = call.path.rsplit('=').next().unwrap().parse().unwrap();
+            let body = format!(r#"{{"revision":{},"changed":[]}}"#, since.max(1));
+            respond(host, w, token, 200, &body);
+        } else {
+            out.push((token, call.path));
+        }
+    }
+    out
+}
+
+/// A worker that has synced once with the feed (revision 1), on a fresh fake Envoy.
+fn synced_worker(cfg: &Rc<Config>) -> (FakeHost, Worker) {
+    let host = FakeHost::new();
+    let mut w = Worker::new(&host, Rc::clone(cfg)).unwrap();
+    w.on_tick(&host);
+    assert!(lookups(&host, &mut w).is_empty());
+    (host, w)
+}
+
+/// A cached allow for `k` on `w`.
+fn cache_allow(host: &FakeHost, w: &mut Worker, k: KeyId) {
+    assert_eq!(w.check(host, 900, k), Decision::Wait);
+    w.on_tick(host);
+    let calls = lookups(host, w);
+    assert_eq!(calls.len(), 1);
+    let r = respond(host, w, calls[0].0, 200, IDENTITY);
+    assert!(is_allow(&r[0].outcome));
+}
+
+#[test]
+fn a_miss_asks_the_store_once_then_answers_from_l1() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(1);
+    assert_eq!(w.check(&host, 1, k), Decision::Wait);
+    assert!(lookups(&host, &mut w).is_empty(), "check never dispatches");
+    assert_eq!(host.tick_ms(), FAST_TICK_MS, "waiting requests make the root tick fast");
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].1, format!("/v1/keys/{}", k.hex()));
+    let r = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
+    assert_eq!(r, vec![Resolution { context_id: 1, outcome: Outcome::Allow { identity: Rc::new(ann()), stale: false } }]);
+    assert!(host.tick_ms() > FAST_TICK_MS, "idle again");
+    assert_eq!(w.check(&host, 2, k), Decision::Answer(Outcome::Allow { identity: Rc::new(ann()), stale: false }));
+    assert_eq!(host.metric(Metric::L1Hits), 1);
+    assert_eq!(host.metric(Metric::LookupsStarted), 1);
+    assert_eq!(w.parked(), 0);
+}
+
+#[test]
+fn concurrent_misses_on_one_worker_share_one_lookup() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(1);
+    for ctx in 1..=200 {
+        assert_eq!(w.check(&host, ctx, k), Decision::Wait);
+    }
+    w.on_tick(&host);
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    assert_eq!(calls.len(), 1);
+    let r = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
+    assert_eq!(r.len(), 200);
+    assert!(r.iter().all(|r| is_allow(&r.outcome)));
+    assert_eq!(host.metric(Metric::LookupsCoalesced), 199);
+}
+
+#[test]
+fn workers_of_one_envoy_share_one_lookup_through_the_lease() {
+    let cfg = config("");
+    let (a, mut wa) = synced_worker(&cfg);
+    let b = a.sibling();
+    let mut wb = Worker::new(&b, Rc::clone(&cfg)).unwrap();
+    let k = key(7);
+    assert_eq!(wa.check(&a, 1, k), Decision::Wait);
+    assert_eq!(wb.check(&b, 2, k), Decision::Wait);
+    wa.on_tick(&a);
+    wb.on_tick(&b);
+    let calls_a = lookups(&a, &mut wa);
+    assert_eq!(calls_a.len(), 1, "A took the lease");
+    assert!(lookups(&b, &mut wb).is_empty(), "B follows A's lease");
+    assert_eq!(b.metric(Metric::LookupsWaitedOnOtherWorker), 1);
+    assert!(wb.on_tick(&b).is_empty(), "still waiting");
+    let ra = respond(&a, &mut wa, calls_a[0].0, 200, IDENTITY);
+    assert_eq!(ra.len(), 1);
+    let rb = wb.on_tick(&b);
+    assert_eq!(rb.len(), 1);
+    assert!(is_allow(&rb[0].outcome));
+    // A new request on B is answered at once from its L1 now; one on a third worker, from the
+    // shared table.
+    assert!(matches!(wb.check(&b, 3, k), Decision::Answer(Outcome::Allow { .. })));
+    let c = a.sibling();
+    let mut wc = Worker::new(&c, Rc::clone(&cfg)).unwrap();
+    assert!(matches!(wc.check(&c, 4, k), Decision::Answer(Outcome::Allow { .. })));
+    assert_eq!(c.metric(Metric::SharedHits), 1);
+    assert!(lookups(&b, &mut wb).is_empty() && lookups(&c, &mut wc).is_empty());
+}
+
+#[test]
+fn an_unknown_key_is_denied_and_negatively_cached_for_negative_ttl() {
+    let cfg = config(r#","cache":{"negative_ttl_s":5,"shared_slots":256}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(2);
+    w.check(&host, 1, k);
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    let r = respond(&host, &mut w, calls[0].0, 404, r#"{"error":"not found"}"#);
+    assert_eq!(r[0].outcome, Outcome::Deny);
+    assert_eq!(w.check(&host, 2, k), Decision::Answer(Outcome::Deny));
+    host.advance(5_000);
+    assert_eq!(w.check(&host, 3, k), Decision::Wait, "negative TTL over: ask again");
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    assert_eq!(calls.len(), 1);
+    let r = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
+    assert!(is_allow(&r[0].outcome), "a key created after it was negatively cached");
+}
+
+#[test]
+fn a_store_error_is_a_503_and_is_never_cached_as_a_deny() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(3);
+    for (status, body) in [(500, "{}"), (200, "not json"), (200, r#"{"account_id":"a"}"#), (403, "")] {
+        assert_eq!(w.check(&host, 1, k), Decision::Wait, "{status} {body}");
+        w.on_tick(&host);
+        let calls = lookups(&host, &mut w);
+        assert_eq!(calls.len(), 1);
+        let r = respond(&host, &mut w, calls[0].0, status, body);
+        assert_eq!(r[0].outcome, Outcome::Unavailable);
+        host.advance(1); // a later wave of requests
+    }
+    let r = w.on_call_response(&host, 999, &CallResponse { status: None, body: None });
+    assert!(r.is_empty(), "an unknown token is ignored");
+    assert_eq!(host.metric(Metric::LookupErrors), 4);
+}
+
+#[test]
+fn known_keys_are_served_stale_while_the_store_fails() {
+    let cfg = config(r#","cache":{"ttl_s":30,"stale_if_error_s":300,"shared_slots":256}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(4);
+    cache_allow(&host, &mut w, k);
+    host.advance(31_000);
+    assert_eq!(w.check(&host, 1, k), Decision::Wait, "expired: revalidate");
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    let r = w.on_call_response(&host, calls[0].0, &CallResponse { status: None, body: None });
+    assert_eq!(r[0].outcome, Outcome::Allow { identity: Rc::new(ann()), stale: true });
+    assert_eq!(host.metric(Metric::StaleServed), 0, "the glue counts answers; the worker marks them stale");
+    // Past the stale window: 503.
+    host.advance(300_000);
+    w.check(&host, 2, k);
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    let r = respond(&host, &mut w, calls[0].0, 502, "");
+    assert_eq!(r[0].outcome, Outcome::Unavailable);
+}
+
+#[test]
+fn waiters_on_another_worker_learn_of_the_failure_and_get_stale_from_the_shared_table() {
+    let cfg = config("");
+    let (a, mut wa) = synced_worker(&cfg);
+    let b = a.sibling();
+    let mut wb = Worker::new(&b, Rc::clone(&cfg)).unwrap();
+    let k = key(5);
+    cache_allow(&a, &mut wa, k); // B never saw it: only the shared table has it
+    a.advance(31_000);
+    wa.check(&a, 1, k);
+    wb.check(&b, 2, k);
+    wa.on_tick(&a);
+    wb.on_tick(&b);
+    let calls = lookups(&a, &mut wa);
+    assert_eq!(calls.len(), 1);
+    respond(&a, &mut wa, calls[0].0, 500, "");
+    let rb = wb.on_tick(&b);
+    assert_eq!(rb[0].outcome, Outcome::Allow { identity: Rc::new(ann()), stale: true });
+    assert!(lookups(&b, &mut wb).is_empty(), "B did not ask the failing store again");
+}
+
+#[test]
+fn a_dead_lease_holder_is_taken_over_and_nobody_waits_forever() {
+    let cfg = config("");
+    let (a, mut wa) = synced_worker(&cfg);
+    let b = a.sibling();
+    let mut wb = Worker::new(&b, Rc::clone(&cfg)).unwrap();
+    let k = key(6);
+    wa.check(&a, 1, k);
+    wa.on_tick(&a);
+    assert_eq!(lookups(&a, &mut wa).len(), 1); // A's lookup will never answer: A "died"
+    wb.check(&b, 2, k);
+    wb.on_tick(&b);
+    assert!(lookups(&b, &mut wb).is_empty());
+    b.advance(1_000 + crate::lease::LEASE_GRACE_MS);
+    wb.on_tick(&b);
+    let calls = lookups(&b, &mut wb);
+    assert_eq!(calls.len(), 1, "B took the expired lease over");
+    assert_eq!(b.metric(Metric::LeaseTakeovers), 1);
+    let r = respond(&b, &mut wb, calls[0].0, 200, IDENTITY);
+    assert!(is_allow(&r[0].outcome));
+}
+
+#[test]
+fn a_request_waiting_past_its_deadline_gets_503() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(8);
+    w.check(&host, 1, k);
+    w.on_tick(&host);
+    assert_eq!(lookups(&host, &mut w).len(), 1);
+    let mut answered = Vec::new();
+    let mut waited = 0;
+    while answered.is_empty() {
+        host.advance(100);
+        waited += 100;
+        answered = w.on_tick(&host);
+        let _ = lookups(&host, &mut w); // the retried lookup never answers either
+        assert!(waited <= 2 * (1000 + crate::lease::LEASE_GRACE_MS) + 100, "waited {waited} ms");
+    }
+    assert_eq!(answered, vec![Resolution { context_id: 1, outcome: Outcome::Unavailable }]);
+    assert_eq!(w.parked(), 0);
+}
+
+#[test]
+fn the_miss_budget_bounds_store_lookups_and_cached_keys_are_unaffected() {
+    let cfg = config(r#","miss_budget":{"per_second":10,"burst":5}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let good = key(0);
+    cache_allow(&host, &mut w, good);
+    let mut throttled = 0;
+    for n in 1..=50 {
+        assert_eq!(w.check(&host, n, key(n)), Decision::Wait);
+    }
+    let r = w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    throttled += r.iter().filter(|r| r.outcome == Outcome::Throttled).count();
+    assert_eq!(calls.len(), 4, "the burst of 5, one spent on the good key");
+    assert_eq!(throttled, 46);
+    assert!(matches!(w.check(&host, 999, good), Decision::Answer(Outcome::Allow { .. })));
+    host.advance(1_000);
+    for n in 100..150 {
+        w.check(&host, n, key(n));
+    }
+    w.on_tick(&host);
+    assert_eq!(lookups(&host, &mut w).len(), 5, "refilled at 10/s, capped by the burst");
+}
+
+#[test]
+fn a_local_admin_write_makes_every_worker_ask_again() {
+    let cfg = config("");
+    let (a, mut wa) = synced_worker(&cfg);
+    let b = a.sibling();
+    let mut wb = Worker::new(&b, Rc::clone(&cfg)).unwrap();
+    let k = key(9);
+    cache_allow(&a, &mut wa, k);
+    assert!(matches!(wb.check(&b, 1, k), Decision::Answer(_)));
+    wb.invalidate_local(&b);
+    assert_eq!(wa.check(&a, 2, k), Decision::Wait, "A's L1 entry is from an older generation");
+    assert_eq!(wb.check(&b, 3, k), Decision::Wait, "the shared table's too");
+}
+
+#[test]
+fn the_changes_feed_drops_reported_keys_everywhere_and_they_are_never_served_stale() {
+    let cfg = config(r#","sync":{"interval_ms":1000}"#);
+    let (a, mut wa) = synced_worker(&cfg);
+    let b = a.sibling();
+    let mut wb = Worker::new(&b, Rc::clone(&cfg)).unwrap();
+    let k = key(10);
+    cache_allow(&a, &mut wa, k);
+    assert!(matches!(wb.check(&b, 1, k), Decision::Answer(_)));
+    // The next poll reports k.
+    a.advance(1_000);
+    wa.on_tick(&a);
+    let polls = a.take_calls();
+    assert_eq!(polls.len(), 1);
+    assert_eq!(polls[0].1.path, "/v1/changes?since=1");
+    respond(&a, &mut wa, polls[0].0, 200, &format!(r#"{{"revision":2,"changed":["{}"]}}"#, k.hex()));
+    assert_eq!(a.metric(Metric::SyncPolls), 2);
+    // Both workers ask the store again; the store is down: 503, not a stale allow.
+    for (h, w, ctx) in [(&a, &mut wa, 2), (&b, &mut wb, 3)] {
+        assert_eq!(w.check(h, ctx, k), Decision::Wait);
+        w.on_tick(h);
+        let calls = lookups(h, w);
+        for (token, _) in calls {
+            let r = respond(h, w, token, 503, "");
+            assert_eq!(r[0].outcome, Outcome::Unavailable);
+        }
+    }
+    assert_eq!(b.metric(Metric::KeysInvalidated), 1);
+}
+
+#[test]
+fn only_one_worker_polls_the_feed_per_interval() {
+    let cfg = config(r#","sync":{"interval_ms":1000}"#);
+    let a = FakeHost::new();
+    let workers: Vec<(FakeHost, Worker)> = (0..3)
+        .map(|_| {
+            let h = a.sibling();
+            let w = Worker::new(&h, Rc::clone(&cfg)).unwrap();
+            (h, w)
+        })
+        .collect();
+    let mut polls = 0;
+    let mut workers = workers;
+    for _ in 0..40 {
+        a.advance(250);
+        for (h, w) in workers.iter_mut() {
+            w.on_tick(h);
+            polls += lookups(h, w).len();
+        }
+    }
+    let total: u64 = workers.iter().map(|(h, _)| h.metric(Metric::SyncPolls)).sum();
+    assert_eq!(polls, 0, "ticks alone make no lookups");
+    assert!((9..=11).contains(&total), "10 s at one poll per second: {total} polls");
+}
+
+#[test]
+fn a_verdict_fetched_while_the_feed_reported_the_key_is_answered_but_not_cached() {
+    let cfg = config(r#","sync":{"interval_ms":1000}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(11);
+    w.check(&host, 1, k);
+    w.on_tick(&host);
+    let lookup = lookups(&host, &mut w).remove(0);
+    // Before the lookup answers, a poll reports k (revoked meanwhile).
+    host.advance(1_000);
+    w.on_tick(&host);
+    let poll = host.take_calls().remove(0);
+    respond(&host, &mut w, poll.0, 200, &format!(r#"{{"revision":5,"changed":["{}"]}}"#, k.hex()));
+    let r = respond(&host, &mut w, lookup.0, 200, IDENTITY);
+    assert!(is_allow(&r[0].outcome));
+    assert_eq!(w.check(&host, 2, k), Decision::Wait, "not cached: it may predate the revocation");
+}
+
+#[test]
+fn a_request_whose_client_left_is_forgotten() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(12);
+    w.check(&host, 1, k);
+    w.check(&host, 2, k);
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    w.forget(&host, 1);
+    let r = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].context_id, 2);
+    // The lookup outlived the request that started it: its verdict is cached.
+    w.check(&host, 3, key(13));
+    w.forget(&host, 3);
+    w.on_tick(&host);
+    assert!(lookups(&host, &mut w).is_empty(), "nobody waits for key 13 any more");
+    assert_eq!(w.parked(), 0);
+}
+
+#[test]
+fn a_dispatch_failure_is_a_503() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    host.fail_dispatch(true);
+    w.check(&host, 1, key(14));
+    let r = w.on_tick(&host);
+    assert_eq!(r, vec![Resolution { context_id: 1, outcome: Outcome::Unavailable }]);
+}
+
+#[test]
+fn before_the_first_sync_positive_verdicts_live_no_longer_than_a_poll() {
+    let cfg = config(r#","cache":{"ttl_s":300,"shared_slots":256},"sync":{"interval_ms":1000}"#);
+    let host = FakeHost::new();
+    let mut w = Worker::new(&host, Rc::clone(&cfg)).unwrap();
+    let k = key(15);
+    w.check(&host, 1, k);
+    w.on_tick(&host);
+    for (token, call) in host.take_calls() {
+        if call.path.starts_with("/v1/keys/") {
+            respond(&host, &mut w, token, 200, IDENTITY);
+        } // the poll never answers
+    }
+    host.advance(1_001);
+    assert_eq!(w.check(&host, 2, k), Decision::Wait);
+}
+
+#[test]
+fn shared_data_stays_bounded_whatever_the_number_of_keys() {
+    let cfg = config(r#","cache":{"max_entries":1000,"shared_slots":256},"miss_budget":{"per_second":1000000,"burst":10000000}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let before = host.shared_keys();
+    for n in 0..20_000u32 {
+        w.check(&host, n, key(n));
+        w.on_tick(&host);
+        for (token, _) in lookups(&host, &mut w) {
+            if n % 2 == 0 {
+                respond(&host, &mut w, token, 404, "");
+            } else {
+                respond(&host, &mut w, token, 200, IDENTITY);
+            }
+        }
+    }
+    assert_eq!(host.shared_keys(), before, "no new shared keys: slots are overwritten in place");
+    assert!(host.shared_bytes() < 256 * 400 + 64 * 1024, "{} bytes", host.shared_bytes());
+    assert!(host.metric(Metric::Evictions) > 0);
+}
