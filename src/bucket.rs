@@ -16,7 +16,10 @@ pub struct Bucket {
 
 impl Bucket {
     pub fn full(burst: u64, now_ms: u64) -> Bucket {
-        Bucket { milli_tokens: burst.saturating_mul(MILLI), last_ms: now_ms }
+        Bucket {
+            milli_tokens: burst.saturating_mul(MILLI),
+            last_ms: now_ms,
+        }
     }
 
     /// The bucket at `now_ms`: `per_second` tokens a second, at most `burst`.
@@ -27,13 +30,19 @@ impl Bucket {
         let elapsed = now_ms.saturating_sub(self.last_ms);
         let added = elapsed.saturating_mul(per_second); // ms * tokens/s = milli-tokens
         let cap = burst.saturating_mul(MILLI);
-        Bucket { milli_tokens: self.milli_tokens.saturating_add(added).min(cap), last_ms: now_ms }
+        Bucket {
+            milli_tokens: self.milli_tokens.saturating_add(added).min(cap),
+            last_ms: now_ms,
+        }
     }
 
     /// Takes one token, or `None` when the bucket holds less than one.
     pub fn take(self) -> Option<Bucket> {
         let left = self.milli_tokens.checked_sub(MILLI)?;
-        Some(Bucket { milli_tokens: left, ..self })
+        Some(Bucket {
+            milli_tokens: left,
+            ..self
+        })
     }
 }
 
@@ -47,7 +56,10 @@ impl Record for Bucket {
 
     fn decode(bytes: &[u8]) -> Option<Bucket> {
         let mut r = Reader::new(bytes)?;
-        let b = Bucket { milli_tokens: r.u64()?, last_ms: r.u64()? };
+        let b = Bucket {
+            milli_tokens: r.u64()?,
+            last_ms: r.u64()?,
+        };
         r.end()?;
         Some(b)
     }
@@ -67,7 +79,9 @@ pub fn take_token<H: Host + ?Sized>(host: &H, key: &str, per_second: u64, burst:
     let now = host.now_ms();
     let mut empty = false;
     let written = shared::update(host, key, |current: Option<Bucket>| {
-        let bucket = current.unwrap_or_else(|| Bucket::full(burst, now)).refilled(now, per_second, burst);
+        let bucket = current
+            .unwrap_or_else(|| Bucket::full(burst, now))
+            .refilled(now, per_second, burst);
         match bucket.take() {
             Some(next) => {
                 empty = false;
@@ -92,19 +106,28 @@ mod tests {
     fn burst_then_rate() {
         let host = FakeHost::new();
         host.set_now(1_000);
-        let taken = (0..300).filter(|_| take_token(&host, "b", 100, 200)).count();
+        let taken = (0..300)
+            .filter(|_| take_token(&host, "b", 100, 200))
+            .count();
         assert_eq!(taken, 200, "the burst");
         host.advance(100); // 100 ms at 100/s = 10 tokens
-        let taken = (0..300).filter(|_| take_token(&host, "b", 100, 200)).count();
+        let taken = (0..300)
+            .filter(|_| take_token(&host, "b", 100, 200))
+            .count();
         assert_eq!(taken, 10);
         host.advance(60_000); // refill caps at the burst
-        let taken = (0..300).filter(|_| take_token(&host, "b", 100, 200)).count();
+        let taken = (0..300)
+            .filter(|_| take_token(&host, "b", 100, 200))
+            .count();
         assert_eq!(taken, 200);
     }
 
     #[test]
     fn fractional_rates_accumulate() {
-        let mut b = Bucket { milli_tokens: 0, last_ms: 0 };
+        let mut b = Bucket {
+            milli_tokens: 0,
+            last_ms: 0,
+        };
         for t in 1..=3 {
             b = b.refilled(t * 100, 3, 10); // 0.3 tokens per 100 ms
         }
@@ -116,7 +139,10 @@ mod tests {
 
     #[test]
     fn a_clock_behind_the_record_neither_refills_nor_rewinds() {
-        let b = Bucket { milli_tokens: 0, last_ms: 500 };
+        let b = Bucket {
+            milli_tokens: 0,
+            last_ms: 500,
+        };
         assert_eq!(b.refilled(400, 100, 10), b);
     }
 
@@ -133,7 +159,9 @@ mod tests {
         for round in 0..100 {
             // Another worker writes between this worker's read and write on every other round.
             if round % 2 == 0 {
-                let current = shared::read::<FakeHost, Bucket>(&b, "b").0.unwrap_or_else(|| Bucket::full(50, 10));
+                let current = shared::read::<FakeHost, Bucket>(&b, "b")
+                    .0
+                    .unwrap_or_else(|| Bucket::full(50, 10));
                 if let Some(next) = current.take() {
                     a.interfere_once("b", next.encode());
                     taken += 1;

@@ -36,12 +36,17 @@ pub struct L1 {
 
 impl L1 {
     pub fn new(positive_capacity: usize, negative_capacity: usize) -> L1 {
-        L1 { positive: Table::new(positive_capacity), negative: Table::new(negative_capacity) }
+        L1 {
+            positive: Table::new(positive_capacity),
+            negative: Table::new(negative_capacity),
+        }
     }
 
     /// Builds the L1 from the configured total and negative share.
     pub fn with_budget(max_entries: usize, negative_max_entries: usize) -> L1 {
-        let negative = negative_max_entries.min(max_entries.saturating_sub(1)).max(1);
+        let negative = negative_max_entries
+            .min(max_entries.saturating_sub(1))
+            .max(1);
         L1::new(max_entries.saturating_sub(negative).max(1), negative)
     }
 
@@ -104,7 +109,12 @@ struct Table {
 
 impl Table {
     fn new(capacity: usize) -> Table {
-        Table { map: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), next_stamp: 0 }
+        Table {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            next_stamp: 0,
+        }
     }
 
     fn get(&self, key: &KeyId) -> Option<&Entry> {
@@ -132,7 +142,8 @@ impl Table {
         // Re-inserted keys leave dead places behind; compact before they outnumber live ones.
         if self.order.len() > self.map.len().saturating_mul(2).saturating_add(64) {
             let map = &self.map;
-            self.order.retain(|(k, s)| map.get(k).is_some_and(|(_, live)| live == s));
+            self.order
+                .retain(|(k, s)| map.get(k).is_some_and(|(_, live)| live == s));
         }
         evicted
     }
@@ -157,12 +168,26 @@ mod tests {
     }
 
     fn allow(expires: u64) -> Entry {
-        let identity = Identity { account_id: "a".into(), user_id: "u".into(), role: "r".into() };
-        Entry { verdict: Verdict::Allow(Rc::new(identity)), generation: 0, expires_ms: expires, stale_until_ms: expires + 100 }
+        let identity = Identity {
+            account_id: "a".into(),
+            user_id: "u".into(),
+            role: "r".into(),
+        };
+        Entry {
+            verdict: Verdict::Allow(Rc::new(identity)),
+            generation: 0,
+            expires_ms: expires,
+            stale_until_ms: expires + 100,
+        }
     }
 
     fn deny(expires: u64) -> Entry {
-        Entry { verdict: Verdict::Deny, generation: 0, expires_ms: expires, stale_until_ms: expires }
+        Entry {
+            verdict: Verdict::Deny,
+            generation: 0,
+            expires_ms: expires,
+            stale_until_ms: expires,
+        }
     }
 
     #[test]

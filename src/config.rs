@@ -71,7 +71,10 @@ impl IdentityHeaders {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// A request header (lowercase name), optionally behind a scheme prefix such as `Bearer `.
-    Header { name: String, prefix: Option<String> },
+    Header {
+        name: String,
+        prefix: Option<String>,
+    },
     /// A query parameter.
     Query { name: String },
 }
@@ -102,7 +105,10 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn err(field: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.to_string(), message: message.into() }
+    ConfigError {
+        field: field.to_string(),
+        message: message.into(),
+    }
 }
 
 // ---- the JSON form, as users write it ----
@@ -210,8 +216,12 @@ impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
 
     fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
-        let store = raw.store.ok_or_else(|| err("store", "missing (store.cluster is required)"))?;
-        let cluster = store.cluster.ok_or_else(|| err("store.cluster", "missing (required)"))?;
+        let store = raw
+            .store
+            .ok_or_else(|| err("store", "missing (store.cluster is required)"))?;
+        let cluster = store
+            .cluster
+            .ok_or_else(|| err("store.cluster", "missing (required)"))?;
         if cluster.trim().is_empty() {
             return Err(err("store.cluster", "must not be empty"));
         }
@@ -225,18 +235,62 @@ impl TryFrom<RawConfig> for Config {
 
         let c = raw.cache;
         let ttl_s = ranged("cache.ttl_s", c.ttl_s, DEFAULT_TTL_S, 1, MAX_TTL_S)?;
-        let negative_ttl_s = ranged("cache.negative_ttl_s", c.negative_ttl_s, DEFAULT_NEGATIVE_TTL_S, 1, MAX_TTL_S)?;
-        let stale_if_error_s =
-            ranged("cache.stale_if_error_s", c.stale_if_error_s, DEFAULT_STALE_IF_ERROR_S, 0, MAX_TTL_S)?;
-        let max_entries = ranged("cache.max_entries", c.max_entries, DEFAULT_MAX_ENTRIES, 4, 10_000_000)?;
-        let shared_slots = ranged("cache.shared_slots", c.shared_slots, DEFAULT_SHARED_SLOTS, 1, MAX_SHARED_SLOTS)?;
+        let negative_ttl_s = ranged(
+            "cache.negative_ttl_s",
+            c.negative_ttl_s,
+            DEFAULT_NEGATIVE_TTL_S,
+            1,
+            MAX_TTL_S,
+        )?;
+        let stale_if_error_s = ranged(
+            "cache.stale_if_error_s",
+            c.stale_if_error_s,
+            DEFAULT_STALE_IF_ERROR_S,
+            0,
+            MAX_TTL_S,
+        )?;
+        let max_entries = ranged(
+            "cache.max_entries",
+            c.max_entries,
+            DEFAULT_MAX_ENTRIES,
+            4,
+            10_000_000,
+        )?;
+        let shared_slots = ranged(
+            "cache.shared_slots",
+            c.shared_slots,
+            DEFAULT_SHARED_SLOTS,
+            1,
+            MAX_SHARED_SLOTS,
+        )?;
         if !shared_slots.unsigned_abs().is_power_of_two() {
-            return Err(err("cache.shared_slots", format!("must be a power of two (got {shared_slots})")));
+            return Err(err(
+                "cache.shared_slots",
+                format!("must be a power of two (got {shared_slots})"),
+            ));
         }
 
-        let interval_ms = ranged("sync.interval_ms", raw.sync.interval_ms, 1000, 100, 3_600_000)?;
-        let per_second = ranged("miss_budget.per_second", raw.miss_budget.per_second, 100, 1, 1_000_000)?;
-        let burst = ranged("miss_budget.burst", raw.miss_budget.burst, 200, 1, 10_000_000)?;
+        let interval_ms = ranged(
+            "sync.interval_ms",
+            raw.sync.interval_ms,
+            1000,
+            100,
+            3_600_000,
+        )?;
+        let per_second = ranged(
+            "miss_budget.per_second",
+            raw.miss_budget.per_second,
+            100,
+            1,
+            1_000_000,
+        )?;
+        let burst = ranged(
+            "miss_budget.burst",
+            raw.miss_budget.burst,
+            200,
+            1,
+            10_000_000,
+        )?;
 
         let h = raw.identity_headers;
         let identity_headers = IdentityHeaders {
@@ -245,8 +299,15 @@ impl TryFrom<RawConfig> for Config {
             role: header_name("identity_headers.role", h.role, "x-role")?,
         };
         let names = identity_headers.names();
-        if names.iter().enumerate().any(|(i, n)| names.iter().skip(i.saturating_add(1)).any(|m| m == n)) {
-            return Err(err("identity_headers", "the three header names must differ"));
+        if names
+            .iter()
+            .enumerate()
+            .any(|(i, n)| names.iter().skip(i.saturating_add(1)).any(|m| m == n))
+        {
+            return Err(err(
+                "identity_headers",
+                "the three header names must differ",
+            ));
         }
 
         let invalidate_paths = match raw.invalidate_paths {
@@ -256,20 +317,32 @@ impl TryFrom<RawConfig> for Config {
 
         let key_sources = match raw.key_sources {
             None => vec![
-                KeySource::Header { name: "x-api-key".into(), prefix: None },
-                KeySource::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) },
+                KeySource::Header {
+                    name: "x-api-key".into(),
+                    prefix: None,
+                },
+                KeySource::Header {
+                    name: "authorization".into(),
+                    prefix: Some("Bearer ".into()),
+                },
             ],
             Some(list) => {
                 if list.is_empty() {
                     return Err(err("key_sources", "must list at least one source"));
                 }
-                list.into_iter().enumerate().map(|(i, s)| key_source(i, s)).collect::<Result<_, _>>()?
+                list.into_iter()
+                    .enumerate()
+                    .map(|(i, s)| key_source(i, s))
+                    .collect::<Result<_, _>>()?
             }
         };
         for source in &key_sources {
             if let KeySource::Header { name, .. } = source {
                 if names.contains(&name.as_str()) {
-                    return Err(err("key_sources", format!("header {name} is also an identity header")));
+                    return Err(err(
+                        "key_sources",
+                        format!("header {name} is also an identity header"),
+                    ));
                 }
             }
         }
@@ -282,24 +355,43 @@ impl TryFrom<RawConfig> for Config {
                 return Err(err(&format!("{field}.prefix"), "must start with '/'"));
             }
             if rule.roles.is_empty() || rule.roles.iter().any(|r| r.is_empty()) {
-                return Err(err(&format!("{field}.roles"), "must list at least one non-empty role"));
+                return Err(err(
+                    &format!("{field}.roles"),
+                    "must list at least one non-empty role",
+                ));
             }
-            required_roles.push(RoleRule { prefix: rule.prefix, roles: rule.roles });
+            required_roles.push(RoleRule {
+                prefix: rule.prefix,
+                roles: rule.roles,
+            });
         }
 
-        let max_entries = usize::try_from(max_entries).map_err(|_| err("cache.max_entries", "too large"))?;
+        let max_entries =
+            usize::try_from(max_entries).map_err(|_| err("cache.max_entries", "too large"))?;
         Ok(Config {
-            store: StoreConfig { cluster, authority, lookup_path, changes_path, timeout_ms: timeout_ms.unsigned_abs() },
+            store: StoreConfig {
+                cluster,
+                authority,
+                lookup_path,
+                changes_path,
+                timeout_ms: timeout_ms.unsigned_abs(),
+            },
             cache: CacheConfig {
                 ttl_ms: seconds_to_ms(ttl_s),
                 negative_ttl_ms: seconds_to_ms(negative_ttl_s),
                 stale_if_error_ms: seconds_to_ms(stale_if_error_s),
                 max_entries,
                 negative_max_entries: (max_entries / 4).max(1),
-                shared_slots: u32::try_from(shared_slots).map_err(|_| err("cache.shared_slots", "too large"))?,
+                shared_slots: u32::try_from(shared_slots)
+                    .map_err(|_| err("cache.shared_slots", "too large"))?,
             },
-            sync: SyncConfig { interval_ms: interval_ms.unsigned_abs() },
-            miss_budget: MissBudget { per_second: per_second.unsigned_abs(), burst: burst.unsigned_abs() },
+            sync: SyncConfig {
+                interval_ms: interval_ms.unsigned_abs(),
+            },
+            miss_budget: MissBudget {
+                per_second: per_second.unsigned_abs(),
+                burst: burst.unsigned_abs(),
+            },
             identity_headers,
             invalidate_paths,
             key_sources,
@@ -313,17 +405,25 @@ impl TryFrom<RawConfig> for Config {
 impl Config {
     /// The roles a path requires, if a `required_roles` rule matches it (the first that does).
     pub fn required_roles_for(&self, path: &str) -> Option<&[String]> {
-        self.required_roles.iter().find(|r| path.starts_with(&r.prefix)).map(|r| r.roles.as_slice())
+        self.required_roles
+            .iter()
+            .find(|r| path.starts_with(&r.prefix))
+            .map(|r| r.roles.as_slice())
     }
 
     pub fn is_anonymous(&self, path: &str) -> bool {
-        self.anonymous_paths.iter().any(|p| path.starts_with(p.as_str()))
+        self.anonymous_paths
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
     }
 
     /// Whether a request, answered 2xx upstream, is an admin write that must drop cached verdicts.
     pub fn is_invalidating(&self, method: &str, path: &str) -> bool {
         matches!(method, "POST" | "PUT" | "PATCH" | "DELETE")
-            && self.invalidate_paths.iter().any(|p| path.starts_with(p.as_str()))
+            && self
+                .invalidate_paths
+                .iter()
+                .any(|p| path.starts_with(p.as_str()))
     }
 }
 
@@ -331,11 +431,24 @@ fn seconds_to_ms(s: i64) -> u64 {
     s.unsigned_abs().saturating_mul(1000)
 }
 
-fn ranged(field: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
+fn ranged(
+    field: &str,
+    value: Option<i64>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, ConfigError> {
     let v = value.unwrap_or(default);
     if v < min || v > max {
-        let what = if min > 0 { "a positive integer" } else { "an integer" };
-        return Err(err(field, format!("must be {what} from {min} to {max} (got {v})")));
+        let what = if min > 0 {
+            "a positive integer"
+        } else {
+            "an integer"
+        };
+        return Err(err(
+            field,
+            format!("must be {what} from {min} to {max} (got {v})"),
+        ));
     }
     Ok(v)
 }
@@ -343,7 +456,10 @@ fn ranged(field: &str, value: Option<i64>, default: i64, min: i64, max: i64) -> 
 fn path_field(field: &str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
     let v = value.unwrap_or_else(|| default.to_string());
     if !v.starts_with('/') || !v.bytes().all(|b| (0x21..=0x7e).contains(&b)) || v.contains('?') {
-        return Err(err(field, format!("must be a path starting with '/' without a query (got {v:?})")));
+        return Err(err(
+            field,
+            format!("must be a path starting with '/' without a query (got {v:?})"),
+        ));
     }
     Ok(v)
 }
@@ -351,17 +467,25 @@ fn path_field(field: &str, value: Option<String>, default: &str) -> Result<Strin
 fn prefixes(field: &str, paths: Vec<String>) -> Result<Vec<String>, ConfigError> {
     for (i, p) in paths.iter().enumerate() {
         if !p.starts_with('/') {
-            return Err(err(&format!("{field}[{i}]"), format!("must start with '/' (got {p:?})")));
+            return Err(err(
+                &format!("{field}[{i}]"),
+                format!("must start with '/' (got {p:?})"),
+            ));
         }
     }
     Ok(paths)
 }
 
 fn header_name(field: &str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
-    let v = value.unwrap_or_else(|| default.to_string()).to_ascii_lowercase();
+    let v = value
+        .unwrap_or_else(|| default.to_string())
+        .to_ascii_lowercase();
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if v.is_empty() || !v.bytes().all(token) {
-        return Err(err(field, format!("must be an HTTP header name (got {v:?})")));
+        return Err(err(
+            field,
+            format!("must be an HTTP header name (got {v:?})"),
+        ));
     }
     Ok(v)
 }
@@ -373,19 +497,31 @@ fn key_source(i: usize, s: RawKeySource) -> Result<KeySource, ConfigError> {
             let name = header_name(&format!("{field}.header"), Some(h), "")?;
             if let Some(p) = &prefix {
                 if p.is_empty() || !is_header_value(p) {
-                    return Err(err(&format!("{field}.prefix"), "must be non-empty visible ASCII, e.g. \"Bearer \""));
+                    return Err(err(
+                        &format!("{field}.prefix"),
+                        "must be non-empty visible ASCII, e.g. \"Bearer \"",
+                    ));
                 }
             }
             Ok(KeySource::Header { name, prefix })
         }
         (None, Some(q), None) => {
             if q.is_empty() || q.contains(['&', '=', '?', '#']) {
-                return Err(err(&format!("{field}.query"), format!("must be a query parameter name (got {q:?})")));
+                return Err(err(
+                    &format!("{field}.query"),
+                    format!("must be a query parameter name (got {q:?})"),
+                ));
             }
             Ok(KeySource::Query { name: q })
         }
-        (None, Some(_), Some(_)) => Err(err(&format!("{field}.prefix"), "only applies to a header source")),
-        _ => Err(err(&field, "must have exactly one of \"header\" or \"query\"")),
+        (None, Some(_), Some(_)) => Err(err(
+            &format!("{field}.prefix"),
+            "only applies to a header source",
+        )),
+        _ => Err(err(
+            &field,
+            "must have exactly one of \"header\" or \"query\"",
+        )),
     }
 }
 
@@ -417,7 +553,10 @@ mod tests {
         assert_eq!(c.cache.shared_slots, 8192);
         assert_eq!(c.sync.interval_ms, 1000);
         assert_eq!((c.miss_budget.per_second, c.miss_budget.burst), (100, 200));
-        assert_eq!(c.identity_headers.names(), ["x-account-id", "x-user-id", "x-role"]);
+        assert_eq!(
+            c.identity_headers.names(),
+            ["x-account-id", "x-user-id", "x-role"]
+        );
         assert_eq!(c.invalidate_paths, vec!["/api/v1/admin/".to_string()]);
         assert_eq!(c.key_sources.len(), 2);
         assert!(!c.hide_credentials);
@@ -446,21 +585,66 @@ mod tests {
             (r#"{}"#, "store"),
             (r#"{"store":{}}"#, "store.cluster"),
             (r#"{"store":{"cluster":""}}"#, "store.cluster"),
-            (r#"{"store":{"cluster":"k"},"cache":{"ttl_s":0}}"#, "cache.ttl_s"),
-            (r#"{"store":{"cluster":"k"},"cache":{"ttl_s":-5}}"#, "cache.ttl_s"),
-            (r#"{"store":{"cluster":"k"},"cache":{"negative_ttl_s":0}}"#, "cache.negative_ttl_s"),
-            (r#"{"store":{"cluster":"k"},"cache":{"ttl_s":"30"}}"#, "cache.ttl_s"),
-            (r#"{"store":{"cluster":"k"},"cache":{"shared_slots":1000}}"#, "cache.shared_slots"),
-            (r#"{"store":{"cluster":"k","timeout_ms":0}}"#, "store.timeout_ms"),
-            (r#"{"store":{"cluster":"k","lookup_path":"v1/keys"}}"#, "store.lookup_path"),
-            (r#"{"store":{"cluster":"k"},"sync":{"interval_ms":5}}"#, "sync.interval_ms"),
-            (r#"{"store":{"cluster":"k"},"identity_headers":{"role":"x role"}}"#, "identity_headers.role"),
-            (r#"{"store":{"cluster":"k"},"identity_headers":{"role":"x-user-id"}}"#, "identity_headers"),
-            (r#"{"store":{"cluster":"k"},"invalidate_paths":["admin"]}"#, "invalidate_paths[0]"),
-            (r#"{"store":{"cluster":"k"},"key_sources":[]}"#, "key_sources"),
-            (r#"{"store":{"cluster":"k"},"key_sources":[{"header":"a","query":"b"}]}"#, "key_sources[0]"),
-            (r#"{"store":{"cluster":"k"},"key_sources":[{"header":"x-role"}]}"#, "key_sources"),
-            (r#"{"store":{"cluster":"k"},"required_roles":[{"prefix":"/a","roles":[]}]}"#, "required_roles[0].roles"),
+            (
+                r#"{"store":{"cluster":"k"},"cache":{"ttl_s":0}}"#,
+                "cache.ttl_s",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"cache":{"ttl_s":-5}}"#,
+                "cache.ttl_s",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"cache":{"negative_ttl_s":0}}"#,
+                "cache.negative_ttl_s",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"cache":{"ttl_s":"30"}}"#,
+                "cache.ttl_s",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"cache":{"shared_slots":1000}}"#,
+                "cache.shared_slots",
+            ),
+            (
+                r#"{"store":{"cluster":"k","timeout_ms":0}}"#,
+                "store.timeout_ms",
+            ),
+            (
+                r#"{"store":{"cluster":"k","lookup_path":"v1/keys"}}"#,
+                "store.lookup_path",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"sync":{"interval_ms":5}}"#,
+                "sync.interval_ms",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"identity_headers":{"role":"x role"}}"#,
+                "identity_headers.role",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"identity_headers":{"role":"x-user-id"}}"#,
+                "identity_headers",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"invalidate_paths":["admin"]}"#,
+                "invalidate_paths[0]",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"key_sources":[]}"#,
+                "key_sources",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"key_sources":[{"header":"a","query":"b"}]}"#,
+                "key_sources[0]",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"key_sources":[{"header":"x-role"}]}"#,
+                "key_sources",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"required_roles":[{"prefix":"/a","roles":[]}]}"#,
+                "required_roles[0].roles",
+            ),
         ];
         for (json, field) in cases {
             let e = parse(json).expect_err(json);
@@ -491,14 +675,25 @@ mod tests {
         assert_eq!(
             c.key_sources,
             vec![
-                KeySource::Header { name: "x-key".into(), prefix: None },
-                KeySource::Header { name: "authorization".into(), prefix: Some("Token ".into()) },
-                KeySource::Query { name: "apikey".into() },
+                KeySource::Header {
+                    name: "x-key".into(),
+                    prefix: None
+                },
+                KeySource::Header {
+                    name: "authorization".into(),
+                    prefix: Some("Token ".into())
+                },
+                KeySource::Query {
+                    name: "apikey".into()
+                },
             ]
         );
         assert!(c.is_anonymous("/health/live"));
         assert!(!c.is_anonymous("/api"));
-        assert_eq!(c.required_roles_for("/api/v1/admin/x").map(|r| r.len()), Some(2));
+        assert_eq!(
+            c.required_roles_for("/api/v1/admin/x").map(|r| r.len()),
+            Some(2)
+        );
         assert_eq!(c.required_roles_for("/api/v1/other"), None);
         assert!(c.is_invalidating("DELETE", "/api/v1/admin/accounts/a"));
         assert!(!c.is_invalidating("GET", "/api/v1/admin/accounts/a"));

@@ -64,7 +64,10 @@ pub struct FakeHost {
 
 impl FakeHost {
     pub fn new() -> FakeHost {
-        FakeHost::with(Rc::new(RefCell::new(Space::default())), Rc::new(Cell::new(1_000_000)))
+        FakeHost::with(
+            Rc::new(RefCell::new(Space::default())),
+            Rc::new(Cell::new(1_000_000)),
+        )
     }
 
     fn with(space: Rc<RefCell<Space>>, clock: Rc<Cell<u64>>) -> FakeHost {
@@ -126,13 +129,21 @@ impl FakeHost {
 
     /// Total bytes held in shared data.
     pub fn shared_bytes(&self) -> usize {
-        self.space.borrow().data.iter().map(|(k, (v, _))| k.len() + v.len()).sum()
+        self.space
+            .borrow()
+            .data
+            .iter()
+            .map(|(k, (v, _))| k.len() + v.len())
+            .sum()
     }
 
     /// Simulates another worker writing `value` to `key` between this worker's next read and
     /// write of it: the next `set_shared` of `key` then fails its CAS.
     pub fn interfere_once(&self, key: &str, value: Vec<u8>) {
-        self.space.borrow_mut().interference.insert(key.to_string(), value);
+        self.space
+            .borrow_mut()
+            .interference
+            .insert(key.to_string(), value);
     }
 }
 
@@ -197,11 +208,17 @@ mod tests {
         assert_eq!(v.as_deref(), Some(&b"1"[..]));
         let c1 = c1.unwrap();
         // A stale cas fails; the right one succeeds and bumps the cas.
-        assert_eq!(b.set_shared("k", b"2", Some(c1.wrapping_add(7))), Err(SharedError::CasMismatch));
+        assert_eq!(
+            b.set_shared("k", b"2", Some(c1.wrapping_add(7))),
+            Err(SharedError::CasMismatch)
+        );
         assert_eq!(b.set_shared("k", b"2", Some(c1)), Ok(()));
         let (_, c2) = a.get_shared("k");
         assert_ne!(c2, Some(c1));
-        assert_eq!(a.set_shared("k", b"3", Some(c1)), Err(SharedError::CasMismatch));
+        assert_eq!(
+            a.set_shared("k", b"3", Some(c1)),
+            Err(SharedError::CasMismatch)
+        );
         // cas None (0) writes unconditionally.
         assert_eq!(a.set_shared("k", b"4", None), Ok(()));
         assert_eq!(a.set_shared("k", b"5", Some(0)), Ok(()));

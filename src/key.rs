@@ -137,7 +137,11 @@ pub enum Found {
 /// `header` returns a request header's value by lowercase name; `path` is `:path` with its query.
 /// A source that is present decides: an empty or malformed key there is refused even when a
 /// later source would have one, so a client cannot smuggle two keys past the filter.
-pub fn extract<'a, H>(sources: &[KeySource], header: H, path: &'a str) -> Result<(Vec<u8>, Found), KeyError>
+pub fn extract<'a, H>(
+    sources: &[KeySource],
+    header: H,
+    path: &'a str,
+) -> Result<(Vec<u8>, Found), KeyError>
 where
     H: Fn(&str) -> Option<&'a [u8]>,
 {
@@ -157,7 +161,9 @@ where
                 return Ok((key.to_vec(), Found::Header(name.clone())));
             }
             KeySource::Query { name } => {
-                let Some(raw) = query_param(path, name) else { continue };
+                let Some(raw) = query_param(path, name) else {
+                    continue;
+                };
                 let decoded = percent_decode(raw).ok_or(KeyError::Invalid)?;
                 let key = validate(&decoded)?;
                 return Ok((key.to_vec(), Found::Query(name.clone())));
@@ -245,20 +251,36 @@ mod tests {
 
     fn default_sources() -> Vec<KeySource> {
         vec![
-            KeySource::Header { name: "x-api-key".into(), prefix: None },
-            KeySource::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) },
+            KeySource::Header {
+                name: "x-api-key".into(),
+                prefix: None,
+            },
+            KeySource::Header {
+                name: "authorization".into(),
+                prefix: Some("Bearer ".into()),
+            },
         ]
     }
 
-    fn extract_from<'a>(headers: &'a [(&'a str, &'a [u8])], path: &'a str) -> Result<(Vec<u8>, Found), KeyError> {
-        extract(&default_sources(), |n| headers.iter().find(|(k, _)| *k == n).map(|(_, v)| *v), path)
+    fn extract_from<'a>(
+        headers: &'a [(&'a str, &'a [u8])],
+        path: &'a str,
+    ) -> Result<(Vec<u8>, Found), KeyError> {
+        extract(
+            &default_sources(),
+            |n| headers.iter().find(|(k, _)| *k == n).map(|(_, v)| *v),
+            path,
+        )
     }
 
     #[test]
     fn key_id_is_lowercase_sha256_hex() {
         // SHA-256("abc"), FIPS 180-2 test vector.
         let id = KeyId::of(b"abc");
-        assert_eq!(id.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            id.hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(id.short().to_string(), "ba7816bf8f01");
         assert_eq!(KeyId::from_hex(&id.hex()), Some(id));
         assert_eq!(format!("{id:?}"), "KeyId(ba7816bf8f01)");
@@ -296,15 +318,33 @@ mod tests {
     #[test]
     fn missing_empty_long_and_binary_keys_are_refused() {
         assert_eq!(extract_from(&[], "/"), Err(KeyError::Missing));
-        assert_eq!(extract_from(&[("x-api-key", b"")], "/"), Err(KeyError::Empty));
-        assert_eq!(extract_from(&[("x-api-key", b"   ")], "/"), Err(KeyError::Empty));
+        assert_eq!(
+            extract_from(&[("x-api-key", b"")], "/"),
+            Err(KeyError::Empty)
+        );
+        assert_eq!(
+            extract_from(&[("x-api-key", b"   ")], "/"),
+            Err(KeyError::Empty)
+        );
         let long = vec![b'a'; MAX_KEY_LEN + 1];
-        assert_eq!(extract_from(&[("x-api-key", &long)], "/"), Err(KeyError::TooLong));
+        assert_eq!(
+            extract_from(&[("x-api-key", &long)], "/"),
+            Err(KeyError::TooLong)
+        );
         let max = vec![b'a'; MAX_KEY_LEN];
         assert!(extract_from(&[("x-api-key", &max)], "/").is_ok());
-        assert_eq!(extract_from(&[("x-api-key", b"a\x01b")], "/"), Err(KeyError::Invalid));
-        assert_eq!(extract_from(&[("x-api-key", "cl\u{e9}".as_bytes())], "/"), Err(KeyError::Invalid));
-        assert_eq!(extract_from(&[("x-api-key", b"two words")], "/"), Err(KeyError::Invalid));
+        assert_eq!(
+            extract_from(&[("x-api-key", b"a\x01b")], "/"),
+            Err(KeyError::Invalid)
+        );
+        assert_eq!(
+            extract_from(&[("x-api-key", "cl\u{e9}".as_bytes())], "/"),
+            Err(KeyError::Invalid)
+        );
+        assert_eq!(
+            extract_from(&[("x-api-key", b"two words")], "/"),
+            Err(KeyError::Invalid)
+        );
     }
 
     #[test]
@@ -315,13 +355,24 @@ mod tests {
 
     #[test]
     fn query_source_decodes_and_can_be_removed() {
-        let sources = vec![KeySource::Query { name: "apikey".into() }];
+        let sources = vec![KeySource::Query {
+            name: "apikey".into(),
+        }];
         let got = extract(&sources, |_| None, "/x?a=1&apikey=k%2Dy&b=2").unwrap();
         assert_eq!(got, (b"k-y".to_vec(), Found::Query("apikey".into())));
-        assert_eq!(remove_query_param("/x?a=1&apikey=k&b=2", "apikey"), "/x?a=1&b=2");
+        assert_eq!(
+            remove_query_param("/x?a=1&apikey=k&b=2", "apikey"),
+            "/x?a=1&b=2"
+        );
         assert_eq!(remove_query_param("/x?apikey=k", "apikey"), "/x");
         assert_eq!(remove_query_param("/x", "apikey"), "/x");
-        assert_eq!(extract(&sources, |_| None, "/x?apikey=%zz"), Err(KeyError::Invalid));
-        assert_eq!(extract(&sources, |_| None, "/x?other=1"), Err(KeyError::Missing));
+        assert_eq!(
+            extract(&sources, |_| None, "/x?apikey=%zz"),
+            Err(KeyError::Invalid)
+        );
+        assert_eq!(
+            extract(&sources, |_| None, "/x?other=1"),
+            Err(KeyError::Missing)
+        );
     }
 }

@@ -44,7 +44,13 @@ impl SlotVerdict {
             Verdict::Allow(i) => Some(Identity::clone(i)),
             Verdict::Deny => None,
         };
-        SlotVerdict { key, identity, generation: e.generation, expires_ms: e.expires_ms, stale_until_ms: e.stale_until_ms }
+        SlotVerdict {
+            key,
+            identity,
+            generation: e.generation,
+            expires_ms: e.expires_ms,
+            stale_until_ms: e.stale_until_ms,
+        }
     }
 
     pub fn to_entry(&self) -> Entry {
@@ -52,7 +58,12 @@ impl SlotVerdict {
             Some(i) => Verdict::Allow(Rc::new(i.clone())),
             None => Verdict::Deny,
         };
-        Entry { verdict, generation: self.generation, expires_ms: self.expires_ms, stale_until_ms: self.stale_until_ms }
+        Entry {
+            verdict,
+            generation: self.generation,
+            expires_ms: self.expires_ms,
+            stale_until_ms: self.stale_until_ms,
+        }
     }
 
     fn is_live_positive(&self, now_ms: u64) -> bool {
@@ -116,7 +127,13 @@ pub fn inspect(slot: &Slot, key: &KeyId, now_ms: u64, generation: u64, since_ms:
 /// The slot with `owner` holding the lease for `key` until `deadline_ms` (its verdict kept, so
 /// waiters can still be served stale if the lookup fails).
 pub fn take(slot: &Slot, key: KeyId, owner: u64, deadline_ms: u64) -> Slot {
-    Slot { verdict: slot.verdict.clone(), lease: Some(Lease { key, state: LeaseState::Held { owner, deadline_ms } }) }
+    Slot {
+        verdict: slot.verdict.clone(),
+        lease: Some(Lease {
+            key,
+            state: LeaseState::Held { owner, deadline_ms },
+        }),
+    }
 }
 
 fn holds(slot: &Slot, key: &KeyId, owner: u64) -> bool {
@@ -147,7 +164,10 @@ pub fn complete(slot: &Slot, owner: u64, verdict: Option<SlotVerdict>, now_ms: u
 pub fn fail(slot: &Slot, key: KeyId, owner: u64, now_ms: u64) -> Slot {
     let mut next = slot.clone();
     if holds(slot, &key, owner) || slot.lease.is_none() {
-        next.lease = Some(Lease { key, state: LeaseState::Failed { at_ms: now_ms } });
+        next.lease = Some(Lease {
+            key,
+            state: LeaseState::Failed { at_ms: now_ms },
+        });
     }
     next
 }
@@ -158,7 +178,11 @@ pub fn forget(slot: &Slot, key: &KeyId) -> Option<Slot> {
     if next.verdict.as_ref().is_some_and(|v| v.key == *key) {
         next.verdict = None;
     }
-    if next.lease.as_ref().is_some_and(|l| l.key == *key && matches!(l.state, LeaseState::Failed { .. })) {
+    if next
+        .lease
+        .as_ref()
+        .is_some_and(|l| l.key == *key && matches!(l.state, LeaseState::Failed { .. }))
+    {
         next.lease = None;
     }
     (next != *slot).then_some(next)
@@ -208,14 +232,21 @@ impl Record for Slot {
         if flags > 3 {
             return None;
         }
-        let verdict = if flags & 1 != 0 { Some(decode_verdict(&mut r)?) } else { None };
+        let verdict = if flags & 1 != 0 {
+            Some(decode_verdict(&mut r)?)
+        } else {
+            None
+        };
         let lease = if flags & 2 != 0 {
             let key = r.key()?;
             let kind = r.u8()?;
             let owner = r.u64()?;
             let at = r.u64()?;
             let state = match kind {
-                0 => LeaseState::Held { owner, deadline_ms: at },
+                0 => LeaseState::Held {
+                    owner,
+                    deadline_ms: at,
+                },
                 1 => LeaseState::Failed { at_ms: at },
                 _ => return None,
             };
@@ -235,10 +266,20 @@ fn decode_verdict(r: &mut Reader<'_>) -> Option<SlotVerdict> {
     let stale_until_ms = r.u64()?;
     let identity = match r.u8()? {
         0 => None,
-        1 => Some(Identity { account_id: r.str()?, user_id: r.str()?, role: r.str()? }),
+        1 => Some(Identity {
+            account_id: r.str()?,
+            user_id: r.str()?,
+            role: r.str()?,
+        }),
         _ => return None,
     };
-    Some(SlotVerdict { key, identity, generation, expires_ms, stale_until_ms })
+    Some(SlotVerdict {
+        key,
+        identity,
+        generation,
+        expires_ms,
+        stale_until_ms,
+    })
 }
 
 /// The shared table over a host.
@@ -250,7 +291,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(names: Rc<Names>, slots: u32) -> Table {
-        Table { names, mask: slots.saturating_sub(1) }
+        Table {
+            names,
+            mask: slots.saturating_sub(1),
+        }
     }
 
     pub fn slot_name(&self, key: &KeyId) -> String {
@@ -275,7 +319,11 @@ impl Table {
                 let _ = host.set_shared(&name, &empty, None);
             }
         }
-        let _ = host.set_shared(&self.names.table_ready, &shared::Counter(u64::from(slots)).encode(), None);
+        let _ = host.set_shared(
+            &self.names.table_ready,
+            &shared::Counter(u64::from(slots)).encode(),
+            None,
+        );
     }
 
     /// Empties every slot (a changes-feed reset: nothing cached may be trusted).
@@ -292,17 +340,30 @@ impl Table {
     }
 
     /// Writes `next` only if the slot is still at `cas`.
-    pub fn swap<H: Host + ?Sized>(&self, host: &H, key: &KeyId, next: &Slot, cas: Option<u32>) -> Result<(), SharedError> {
+    pub fn swap<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        key: &KeyId,
+        next: &Slot,
+        cas: Option<u32>,
+    ) -> Result<(), SharedError> {
         host.set_shared(&self.slot_name(key), &next.encode(), cas)
     }
 
     /// CAS loop over the slot of `key`.
-    pub fn update<H, F>(&self, host: &H, key: &KeyId, mut change: F) -> Result<Option<Slot>, SharedError>
+    pub fn update<H, F>(
+        &self,
+        host: &H,
+        key: &KeyId,
+        mut change: F,
+    ) -> Result<Option<Slot>, SharedError>
     where
         H: Host + ?Sized,
         F: FnMut(&Slot) -> Option<Slot>,
     {
-        shared::update(host, &self.slot_name(key), |s: Option<Slot>| change(&s.unwrap_or_default()))
+        shared::update(host, &self.slot_name(key), |s: Option<Slot>| {
+            change(&s.unwrap_or_default())
+        })
     }
 }
 
@@ -317,21 +378,51 @@ mod tests {
     }
 
     fn allow(key: KeyId, expires: u64) -> SlotVerdict {
-        let identity = Identity { account_id: "acme".into(), user_id: "ann".into(), role: "admin".into() };
-        SlotVerdict { key, identity: Some(identity), generation: 0, expires_ms: expires, stale_until_ms: expires + 1000 }
+        let identity = Identity {
+            account_id: "acme".into(),
+            user_id: "ann".into(),
+            role: "admin".into(),
+        };
+        SlotVerdict {
+            key,
+            identity: Some(identity),
+            generation: 0,
+            expires_ms: expires,
+            stale_until_ms: expires + 1000,
+        }
     }
 
     fn deny(key: KeyId, expires: u64) -> SlotVerdict {
-        SlotVerdict { key, identity: None, generation: 0, expires_ms: expires, stale_until_ms: expires }
+        SlotVerdict {
+            key,
+            identity: None,
+            generation: 0,
+            expires_ms: expires,
+            stale_until_ms: expires,
+        }
     }
 
     #[test]
     fn slot_round_trips_in_every_shape() {
         let shapes = [
             Slot::default(),
-            Slot { verdict: Some(allow(id(1), 5)), lease: None },
-            Slot { verdict: Some(deny(id(1), 5)), lease: None },
-            take(&Slot { verdict: Some(allow(id(1), 5)), lease: None }, id(2), 7, 99),
+            Slot {
+                verdict: Some(allow(id(1), 5)),
+                lease: None,
+            },
+            Slot {
+                verdict: Some(deny(id(1), 5)),
+                lease: None,
+            },
+            take(
+                &Slot {
+                    verdict: Some(allow(id(1), 5)),
+                    lease: None,
+                },
+                id(2),
+                7,
+                99,
+            ),
             fail(&Slot::default(), id(3), 1, 42),
         ];
         for s in shapes {
@@ -355,13 +446,28 @@ mod tests {
         assert_eq!(inspect(&held, &id(2), 50, 0, 0), View::Busy);
         let failed = fail(&held, k, 1, 60);
         assert_eq!(inspect(&failed, &k, 61, 0, 10), View::Failed);
-        assert_eq!(inspect(&failed, &k, 61, 0, 61), View::Free { takeover: false }, "an older failure");
-        assert_eq!(inspect(&failed, &id(2), 61, 0, 0), View::Free { takeover: false });
+        assert_eq!(
+            inspect(&failed, &k, 61, 0, 61),
+            View::Free { takeover: false },
+            "an older failure"
+        );
+        assert_eq!(
+            inspect(&failed, &id(2), 61, 0, 0),
+            View::Free { takeover: false }
+        );
         let done = complete(&held, 1, Some(allow(k, 1000)), 70);
         assert_eq!(done.lease, None);
         assert!(matches!(inspect(&done, &k, 70, 0, 0), View::Fresh(_)));
-        assert_eq!(inspect(&done, &k, 70, 1, 0), View::Free { takeover: false }, "another generation");
-        assert_eq!(inspect(&done, &k, 1000, 0, 0), View::Free { takeover: false }, "expired");
+        assert_eq!(
+            inspect(&done, &k, 70, 1, 0),
+            View::Free { takeover: false },
+            "another generation"
+        );
+        assert_eq!(
+            inspect(&done, &k, 1000, 0, 0),
+            View::Free { takeover: false },
+            "expired"
+        );
     }
 
     #[test]
@@ -369,7 +475,13 @@ mod tests {
         let k = id(1);
         let taken_over = take(&take(&Slot::default(), k, 1, 100), k, 2, 300);
         let after = complete(&taken_over, 1, Some(allow(k, 1000)), 150);
-        assert!(matches!(after.lease, Some(Lease { state: LeaseState::Held { owner: 2, .. }, .. })));
+        assert!(matches!(
+            after.lease,
+            Some(Lease {
+                state: LeaseState::Held { owner: 2, .. },
+                ..
+            })
+        ));
         assert!(after.verdict.is_some(), "the verdict is still shared");
         let failed = fail(&taken_over, k, 1, 150);
         assert_eq!(failed, taken_over);
@@ -377,7 +489,10 @@ mod tests {
 
     #[test]
     fn a_deny_never_displaces_a_live_positive_of_another_key() {
-        let good = Slot { verdict: Some(allow(id(1), 100)), lease: None };
+        let good = Slot {
+            verdict: Some(allow(id(1), 100)),
+            lease: None,
+        };
         let after = complete(&good, 9, Some(deny(id(2), 50)), 10);
         assert_eq!(after.verdict.as_ref().map(|v| v.key), Some(id(1)));
         // Once the positive is past its stale window, it may go.
@@ -390,12 +505,21 @@ mod tests {
 
     #[test]
     fn forget_drops_only_that_key() {
-        let s = Slot { verdict: Some(allow(id(1), 100)), lease: Some(Lease { key: id(1), state: LeaseState::Failed { at_ms: 1 } }) };
+        let s = Slot {
+            verdict: Some(allow(id(1), 100)),
+            lease: Some(Lease {
+                key: id(1),
+                state: LeaseState::Failed { at_ms: 1 },
+            }),
+        };
         let f = forget(&s, &id(1)).unwrap();
         assert_eq!(f, Slot::default());
         assert_eq!(forget(&s, &id(2)), None);
         let held = take(&s, id(1), 1, 10);
-        assert!(forget(&held, &id(1)).unwrap().lease.is_some(), "a live lease stays");
+        assert!(
+            forget(&held, &id(1)).unwrap().lease.is_some(),
+            "a live lease stays"
+        );
     }
 
     /// Two workers read the same empty slot and both try to take the lease: exactly one wins.

@@ -36,7 +36,10 @@ impl Refusal {
     }
 
     pub fn headers(self) -> Vec<(&'static str, &'static str)> {
-        let mut h = vec![("content-type", "application/json"), ("cache-control", "no-store")];
+        let mut h = vec![
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+        ];
         match self {
             Refusal::Unauthorized => h.push(("www-authenticate", "ApiKey")),
             Refusal::Unavailable | Refusal::Throttled => h.push(("retry-after", "1")),
@@ -98,8 +101,15 @@ mod tests {
     }
 
     fn allow(role: &str) -> Outcome {
-        let identity = Identity { account_id: "acme".into(), user_id: "ann".into(), role: role.into() };
-        Outcome::Allow { identity: Rc::new(identity), stale: false }
+        let identity = Identity {
+            account_id: "acme".into(),
+            user_id: "ann".into(),
+            role: role.into(),
+        };
+        Outcome::Allow {
+            identity: Rc::new(identity),
+            stale: false,
+        }
     }
 
     #[test]
@@ -108,29 +118,61 @@ mod tests {
         let o = allow("member");
         assert_eq!(
             act(&c, &o, "/data"),
-            Action::Forward { headers: [("x-acct", "acme"), ("x-user-id", "ann"), ("x-role", "member")] }
+            Action::Forward {
+                headers: [
+                    ("x-acct", "acme"),
+                    ("x-user-id", "ann"),
+                    ("x-role", "member")
+                ]
+            }
         );
     }
 
     #[test]
     fn required_roles_refuse_other_roles_with_403() {
         let c = cfg();
-        assert_eq!(act(&c, &allow("member"), "/admin/x"), Action::Refuse(Refusal::Forbidden));
-        assert!(matches!(act(&c, &allow("admin"), "/admin/x"), Action::Forward { .. }));
+        assert_eq!(
+            act(&c, &allow("member"), "/admin/x"),
+            Action::Refuse(Refusal::Forbidden)
+        );
+        assert!(matches!(
+            act(&c, &allow("admin"), "/admin/x"),
+            Action::Forward { .. }
+        ));
     }
 
     #[test]
     fn refusals_are_json_with_the_right_headers() {
         let c = cfg();
-        assert_eq!(act(&c, &Outcome::Deny, "/"), Action::Refuse(Refusal::Unauthorized));
-        assert_eq!(act(&c, &Outcome::Unavailable, "/"), Action::Refuse(Refusal::Unavailable));
-        assert_eq!(act(&c, &Outcome::Throttled, "/"), Action::Refuse(Refusal::Throttled));
-        for r in [Refusal::Unauthorized, Refusal::Forbidden, Refusal::Unavailable, Refusal::Throttled] {
-            assert!(serde_json::from_str::<serde_json::Value>(r.body()).unwrap()["error"].is_string());
+        assert_eq!(
+            act(&c, &Outcome::Deny, "/"),
+            Action::Refuse(Refusal::Unauthorized)
+        );
+        assert_eq!(
+            act(&c, &Outcome::Unavailable, "/"),
+            Action::Refuse(Refusal::Unavailable)
+        );
+        assert_eq!(
+            act(&c, &Outcome::Throttled, "/"),
+            Action::Refuse(Refusal::Throttled)
+        );
+        for r in [
+            Refusal::Unauthorized,
+            Refusal::Forbidden,
+            Refusal::Unavailable,
+            Refusal::Throttled,
+        ] {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(r.body()).unwrap()["error"].is_string()
+            );
             assert!(r.headers().contains(&("content-type", "application/json")));
         }
-        assert!(Refusal::Unauthorized.headers().contains(&("www-authenticate", "ApiKey")));
-        assert!(Refusal::Unavailable.headers().contains(&("retry-after", "1")));
+        assert!(Refusal::Unauthorized
+            .headers()
+            .contains(&("www-authenticate", "ApiKey")));
+        assert!(Refusal::Unavailable
+            .headers()
+            .contains(&("retry-after", "1")));
         assert_eq!(Refusal::Unavailable.status(), 503);
     }
 }

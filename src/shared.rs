@@ -37,7 +37,9 @@ where
     for _ in 0..MAX_CAS_RETRIES {
         let (bytes, cas) = host.get_shared(key);
         let current = bytes.as_deref().and_then(T::decode);
-        let Some(next) = change(current) else { return Ok(None) };
+        let Some(next) = change(current) else {
+            return Ok(None);
+        };
         match host.set_shared(key, &next.encode(), cas) {
             Ok(()) => return Ok(Some(next)),
             Err(SharedError::CasMismatch) => continue,
@@ -108,7 +110,11 @@ impl Record for Epoch {
 
     fn decode(bytes: &[u8]) -> Option<Epoch> {
         let mut r = Reader::new(bytes)?;
-        let e = Epoch { generation: r.u64()?, change_seq: r.u64()?, revision: r.u64()? };
+        let e = Epoch {
+            generation: r.u64()?,
+            change_seq: r.u64()?,
+            revision: r.u64()?,
+        };
         r.end()?;
         Some(e)
     }
@@ -146,7 +152,10 @@ impl ChangeRing {
     /// Marks a reset: sequence jumps past the capacity so every worker drops everything.
     pub fn reset(&mut self) {
         self.ids.clear();
-        self.head_seq = self.head_seq.saturating_add(Self::CAPACITY as u64).saturating_add(1);
+        self.head_seq = self
+            .head_seq
+            .saturating_add(Self::CAPACITY as u64)
+            .saturating_add(1);
     }
 
     /// The entries newer than `seen`.
@@ -159,7 +168,8 @@ impl ChangeRing {
         if seen.saturating_add(1) < oldest {
             return CatchUp::Everything;
         }
-        let skip = usize::try_from(seen.saturating_add(1).saturating_sub(oldest)).unwrap_or(usize::MAX);
+        let skip =
+            usize::try_from(seen.saturating_add(1).saturating_sub(oldest)).unwrap_or(usize::MAX);
         self.ids.get(skip..).map_or(CatchUp::Nothing, CatchUp::Keys)
     }
 
@@ -259,7 +269,8 @@ impl Writer {
             end = end.saturating_sub(1);
         }
         let bytes = s.as_bytes().get(..end).unwrap_or_default();
-        self.buf.extend_from_slice(&u16::try_from(bytes.len()).unwrap_or(0).to_le_bytes());
+        self.buf
+            .extend_from_slice(&u16::try_from(bytes.len()).unwrap_or(0).to_le_bytes());
         self.buf.extend_from_slice(bytes);
     }
     pub fn finish(self) -> Vec<u8> {
@@ -328,7 +339,11 @@ mod tests {
 
     #[test]
     fn epoch_round_trips_and_rejects_garbage() {
-        let e = Epoch { generation: 3, change_seq: 9, revision: 77 };
+        let e = Epoch {
+            generation: 3,
+            change_seq: 9,
+            revision: 77,
+        };
         assert_eq!(Epoch::decode(&e.encode()), Some(e));
         assert_eq!(Epoch::decode(&[]), None);
         assert_eq!(Epoch::decode(&[9, 0, 0]), None);

@@ -62,16 +62,24 @@ pub fn parse_lookup(resp: &CallResponse) -> LookupAnswer {
         Some(404) => LookupAnswer::NotFound,
         Some(200) => {
             let Some(body) = resp.body.as_ref().filter(|b| b.len() <= MAX_LOOKUP_BODY) else {
-                return LookupAnswer::Error(StoreError::BadBody("missing or over the size limit".into()));
+                return LookupAnswer::Error(StoreError::BadBody(
+                    "missing or over the size limit".into(),
+                ));
             };
             match serde_json::from_slice::<RawIdentity>(body) {
                 Err(e) => LookupAnswer::Error(StoreError::BadBody(e.to_string())),
                 Ok(raw) => {
-                    let identity = Identity { account_id: raw.account_id, user_id: raw.user_id, role: raw.role };
+                    let identity = Identity {
+                        account_id: raw.account_id,
+                        user_id: raw.user_id,
+                        role: raw.role,
+                    };
                     if identity.is_header_safe() {
                         LookupAnswer::Found(identity)
                     } else {
-                        LookupAnswer::Error(StoreError::BadBody("identity field empty, too long or not visible ASCII".into()))
+                        LookupAnswer::Error(StoreError::BadBody(
+                            "identity field empty, too long or not visible ASCII".into(),
+                        ))
                     }
                 }
             }
@@ -83,8 +91,14 @@ pub fn parse_lookup(resp: &CallResponse) -> LookupAnswer {
 /// A page of the changes feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Changes {
-    Changed { revision: u64, keys: Vec<KeyId>, more: bool },
-    Reset { revision: u64 },
+    Changed {
+        revision: u64,
+        keys: Vec<KeyId>,
+        more: bool,
+    },
+    Reset {
+        revision: u64,
+    },
 }
 
 #[derive(Deserialize)]
@@ -110,17 +124,30 @@ pub fn parse_changes(resp: &CallResponse, since: u64) -> Result<Changes, StoreEr
         Some(200) => {}
         Some(other) => return Err(StoreError::Status(other)),
     }
-    let body = resp.body.as_deref().ok_or_else(|| StoreError::BadBody("missing or over the size limit".into()))?;
-    let raw: RawChanges = serde_json::from_slice(body).map_err(|e| StoreError::BadBody(e.to_string()))?;
+    let body = resp
+        .body
+        .as_deref()
+        .ok_or_else(|| StoreError::BadBody("missing or over the size limit".into()))?;
+    let raw: RawChanges =
+        serde_json::from_slice(body).map_err(|e| StoreError::BadBody(e.to_string()))?;
     if raw.reset || raw.revision < since {
-        return Ok(Changes::Reset { revision: raw.revision });
+        return Ok(Changes::Reset {
+            revision: raw.revision,
+        });
     }
     let keys = raw
         .changed
         .iter()
-        .map(|s| KeyId::from_hex(s).ok_or_else(|| StoreError::BadBody(format!("not a key id: {:.70}", s))))
+        .map(|s| {
+            KeyId::from_hex(s)
+                .ok_or_else(|| StoreError::BadBody(format!("not a key id: {:.70}", s)))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Changes::Changed { revision: raw.revision, keys, more: raw.more })
+    Ok(Changes::Changed {
+        revision: raw.revision,
+        keys,
+        more: raw.more,
+    })
 }
 
 #[cfg(test)]
@@ -131,24 +158,46 @@ mod tests {
     const IDENTITY_JSON: &[u8] = br#"{"account_id":"a","user_id":"u","role":"r"}"#;
 
     fn resp(status: u16, body: &str) -> CallResponse {
-        CallResponse { status: Some(status), body: Some(body.as_bytes().to_vec()) }
+        CallResponse {
+            status: Some(status),
+            body: Some(body.as_bytes().to_vec()),
+        }
     }
 
     #[test]
     fn lookup_200_is_an_identity_and_extra_fields_are_ignored() {
-        let r = resp(200, r#"{"account_id":"acme","user_id":"ann","role":"admin","created":"x"}"#);
+        let r = resp(
+            200,
+            r#"{"account_id":"acme","user_id":"ann","role":"admin","created":"x"}"#,
+        );
         assert_eq!(
             parse_lookup(&r),
-            LookupAnswer::Found(Identity { account_id: "acme".into(), user_id: "ann".into(), role: "admin".into() })
+            LookupAnswer::Found(Identity {
+                account_id: "acme".into(),
+                user_id: "ann".into(),
+                role: "admin".into()
+            })
         );
     }
 
     #[test]
     fn lookup_404_is_not_found_and_everything_else_is_an_error() {
         assert_eq!(parse_lookup(&resp(404, "")), LookupAnswer::NotFound);
-        assert_eq!(parse_lookup(&resp(500, "{}")), LookupAnswer::Error(StoreError::Status(500)));
-        assert_eq!(parse_lookup(&resp(401, "{}")), LookupAnswer::Error(StoreError::Status(401)));
-        assert_eq!(parse_lookup(&CallResponse { status: None, body: None }), LookupAnswer::Error(StoreError::NoResponse));
+        assert_eq!(
+            parse_lookup(&resp(500, "{}")),
+            LookupAnswer::Error(StoreError::Status(500))
+        );
+        assert_eq!(
+            parse_lookup(&resp(401, "{}")),
+            LookupAnswer::Error(StoreError::Status(401))
+        );
+        assert_eq!(
+            parse_lookup(&CallResponse {
+                status: None,
+                body: None
+            }),
+            LookupAnswer::Error(StoreError::NoResponse)
+        );
         for bad in [
             "not json",
             "{}",
@@ -158,30 +207,71 @@ mod tests {
             r#"{"account_id":"","user_id":"u","role":"r"}"#,
             "[]",
         ] {
-            assert!(matches!(parse_lookup(&resp(200, bad)), LookupAnswer::Error(StoreError::BadBody(_))), "{bad}");
+            assert!(
+                matches!(
+                    parse_lookup(&resp(200, bad)),
+                    LookupAnswer::Error(StoreError::BadBody(_))
+                ),
+                "{bad}"
+            );
         }
-        let too_big = CallResponse { status: Some(200), body: None };
-        assert!(matches!(parse_lookup(&too_big), LookupAnswer::Error(StoreError::BadBody(_))));
+        let too_big = CallResponse {
+            status: Some(200),
+            body: None,
+        };
+        assert!(matches!(
+            parse_lookup(&too_big),
+            LookupAnswer::Error(StoreError::BadBody(_))
+        ));
         let mut padded = IDENTITY_JSON.to_vec();
         padded.resize(MAX_LOOKUP_BODY + 1, b' ');
-        let big = CallResponse { status: Some(200), body: Some(padded) };
-        assert!(matches!(parse_lookup(&big), LookupAnswer::Error(StoreError::BadBody(_))));
+        let big = CallResponse {
+            status: Some(200),
+            body: Some(padded),
+        };
+        assert!(matches!(
+            parse_lookup(&big),
+            LookupAnswer::Error(StoreError::BadBody(_))
+        ));
     }
 
     #[test]
     fn changes_pages_resets_and_backwards_revisions() {
         let k = KeyId::of(b"k");
         let body = format!(r#"{{"revision":12,"changed":["{}"]}}"#, k.hex());
-        assert_eq!(parse_changes(&resp(200, &body), 10), Ok(Changes::Changed { revision: 12, keys: vec![k], more: false }));
         assert_eq!(
-            parse_changes(&resp(200, r#"{"revision":12,"changed":[],"more":true}"#), 10),
-            Ok(Changes::Changed { revision: 12, keys: vec![], more: true })
+            parse_changes(&resp(200, &body), 10),
+            Ok(Changes::Changed {
+                revision: 12,
+                keys: vec![k],
+                more: false
+            })
         );
-        assert_eq!(parse_changes(&resp(200, r#"{"revision":40,"reset":true}"#), 10), Ok(Changes::Reset { revision: 40 }));
-        assert_eq!(parse_changes(&resp(200, r#"{"revision":3,"changed":[]}"#), 10), Ok(Changes::Reset { revision: 3 }));
+        assert_eq!(
+            parse_changes(
+                &resp(200, r#"{"revision":12,"changed":[],"more":true}"#),
+                10
+            ),
+            Ok(Changes::Changed {
+                revision: 12,
+                keys: vec![],
+                more: true
+            })
+        );
+        assert_eq!(
+            parse_changes(&resp(200, r#"{"revision":40,"reset":true}"#), 10),
+            Ok(Changes::Reset { revision: 40 })
+        );
+        assert_eq!(
+            parse_changes(&resp(200, r#"{"revision":3,"changed":[]}"#), 10),
+            Ok(Changes::Reset { revision: 3 })
+        );
         assert!(parse_changes(&resp(200, r#"{"revision":12,"changed":["nope"]}"#), 10).is_err());
         assert!(parse_changes(&resp(200, r#"{"revision":-1}"#), 0).is_err());
-        assert_eq!(parse_changes(&resp(503, ""), 0), Err(StoreError::Status(503)));
+        assert_eq!(
+            parse_changes(&resp(503, ""), 0),
+            Err(StoreError::Status(503))
+        );
     }
 
     #[test]

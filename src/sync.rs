@@ -35,7 +35,12 @@ impl Record for SyncRecord {
 
     fn decode(bytes: &[u8]) -> Option<SyncRecord> {
         let mut r = Reader::new(bytes)?;
-        let s = SyncRecord { revision: r.u64()?, owner: r.u64()?, deadline_ms: r.u64()?, next_poll_ms: r.u64()? };
+        let s = SyncRecord {
+            revision: r.u64()?,
+            owner: r.u64()?,
+            deadline_ms: r.u64()?,
+            next_poll_ms: r.u64()?,
+        };
         r.end()?;
         Some(s)
     }
@@ -61,13 +66,28 @@ pub fn try_start<H: Host + ?Sized>(host: &H, names: &Names, owner: u64, lease_ms
         if now < rec.next_poll_ms || busy {
             return None;
         }
-        Some(SyncRecord { owner, deadline_ms: now.saturating_add(lease_ms), ..rec })
+        Some(SyncRecord {
+            owner,
+            deadline_ms: now.saturating_add(lease_ms),
+            ..rec
+        })
     });
     match written {
-        Ok(Some(rec)) => Start::Poll { since: rec.revision },
+        Ok(Some(rec)) => Start::Poll {
+            since: rec.revision,
+        },
         _ => {
-            let busy_until = if found.owner != 0 { found.deadline_ms } else { 0 };
-            Start::NotNow { next_check_ms: found.next_poll_ms.max(busy_until).max(now.saturating_add(1)) }
+            let busy_until = if found.owner != 0 {
+                found.deadline_ms
+            } else {
+                0
+            };
+            Start::NotNow {
+                next_check_ms: found
+                    .next_poll_ms
+                    .max(busy_until)
+                    .max(now.saturating_add(1)),
+            }
         }
     }
 }
@@ -95,7 +115,11 @@ pub fn finish<H: Host + ?Sized>(
     let mut again_now = false;
     match page {
         None => {}
-        Some(Changes::Changed { revision, keys, more }) => {
+        Some(Changes::Changed {
+            revision,
+            keys,
+            more,
+        }) => {
             if !keys.is_empty() {
                 let head = publish(host, names, |ring| ring.push(keys));
                 for key in keys {
@@ -124,14 +148,23 @@ pub fn finish<H: Host + ?Sized>(
             new_revision = Some(*revision);
         }
     }
-    let next_poll_ms = if again_now { now } else { now.saturating_add(interval_ms) };
+    let next_poll_ms = if again_now {
+        now
+    } else {
+        now.saturating_add(interval_ms)
+    };
     let _ = shared::update(host, &names.sync, |rec: Option<SyncRecord>| {
         let rec = rec.unwrap_or_default();
         // A late poller whose lease was taken over leaves the record to the one that took it.
         if rec.owner != owner && rec.owner != 0 {
             return None;
         }
-        Some(SyncRecord { revision: new_revision.unwrap_or(rec.revision), owner: 0, deadline_ms: 0, next_poll_ms })
+        Some(SyncRecord {
+            revision: new_revision.unwrap_or(rec.revision),
+            owner: 0,
+            deadline_ms: 0,
+            next_poll_ms,
+        })
     });
     applied
 }
@@ -184,9 +217,18 @@ mod tests {
         let b = a.sibling();
         a.set_now(1000);
         assert_eq!(try_start(&a, &names, 1, 500), Start::Poll { since: 0 });
-        assert_eq!(try_start(&b, &names, 2, 500), Start::NotNow { next_check_ms: 1500 });
+        assert_eq!(
+            try_start(&b, &names, 2, 500),
+            Start::NotNow {
+                next_check_ms: 1500
+            }
+        );
         a.advance(500);
-        assert_eq!(try_start(&b, &names, 2, 500), Start::Poll { since: 0 }, "taken over after the lease");
+        assert_eq!(
+            try_start(&b, &names, 2, 500),
+            Start::Poll { since: 0 },
+            "taken over after the lease"
+        );
     }
 
     #[test]
@@ -194,25 +236,75 @@ mod tests {
         let (host, names, table) = setup();
         host.set_now(1000);
         let k = KeyId::of(b"revoked");
-        let identity = Identity { account_id: "a".into(), user_id: "u".into(), role: "r".into() };
+        let identity = Identity {
+            account_id: "a".into(),
+            user_id: "u".into(),
+            role: "r".into(),
+        };
         let slot = Slot {
-            verdict: Some(SlotVerdict { key: k, identity: Some(identity), generation: 0, expires_ms: 99_999, stale_until_ms: 99_999 }),
+            verdict: Some(SlotVerdict {
+                key: k,
+                identity: Some(identity),
+                generation: 0,
+                expires_ms: 99_999,
+                stale_until_ms: 99_999,
+            }),
             lease: None,
         };
         table.update(&host, &k, |_| Some(slot.clone())).unwrap();
 
         assert_eq!(try_start(&host, &names, 1, 500), Start::Poll { since: 0 });
-        let page = Changes::Changed { revision: 7, keys: vec![k], more: false };
-        assert_eq!(finish(&host, &names, &table, 1, Some(&page), 1000), Applied { keys: 1, reset: false });
+        let page = Changes::Changed {
+            revision: 7,
+            keys: vec![k],
+            more: false,
+        };
+        assert_eq!(
+            finish(&host, &names, &table, 1, Some(&page), 1000),
+            Applied {
+                keys: 1,
+                reset: false
+            }
+        );
 
-        let ring = shared::read::<FakeHost, ChangeRing>(&host, &names.changes).0.unwrap();
+        let ring = shared::read::<FakeHost, ChangeRing>(&host, &names.changes)
+            .0
+            .unwrap();
         assert_eq!(ring.ids, vec![k]);
-        let epoch = shared::read::<FakeHost, Epoch>(&host, &names.epoch).0.unwrap();
-        assert_eq!(epoch, Epoch { generation: 0, change_seq: 1, revision: 7 });
-        assert_eq!(table.read(&host, &k).0.verdict, None, "the slot forgot the key");
-        let rec = shared::read::<FakeHost, SyncRecord>(&host, &names.sync).0.unwrap();
-        assert_eq!(rec, SyncRecord { revision: 7, owner: 0, deadline_ms: 0, next_poll_ms: 2000 });
-        assert_eq!(try_start(&host, &names, 1, 500), Start::NotNow { next_check_ms: 2000 });
+        let epoch = shared::read::<FakeHost, Epoch>(&host, &names.epoch)
+            .0
+            .unwrap();
+        assert_eq!(
+            epoch,
+            Epoch {
+                generation: 0,
+                change_seq: 1,
+                revision: 7
+            }
+        );
+        assert_eq!(
+            table.read(&host, &k).0.verdict,
+            None,
+            "the slot forgot the key"
+        );
+        let rec = shared::read::<FakeHost, SyncRecord>(&host, &names.sync)
+            .0
+            .unwrap();
+        assert_eq!(
+            rec,
+            SyncRecord {
+                revision: 7,
+                owner: 0,
+                deadline_ms: 0,
+                next_poll_ms: 2000
+            }
+        );
+        assert_eq!(
+            try_start(&host, &names, 1, 500),
+            Start::NotNow {
+                next_check_ms: 2000
+            }
+        );
         host.advance(1000);
         assert_eq!(try_start(&host, &names, 1, 500), Start::Poll { since: 7 });
     }
@@ -222,10 +314,23 @@ mod tests {
         let (host, names, table) = setup();
         host.set_now(50);
         try_start(&host, &names, 1, 500);
-        finish(&host, &names, &table, 1, Some(&Changes::Changed { revision: 3, keys: vec![], more: true }), 1000);
+        finish(
+            &host,
+            &names,
+            &table,
+            1,
+            Some(&Changes::Changed {
+                revision: 3,
+                keys: vec![],
+                more: true,
+            }),
+            1000,
+        );
         assert_eq!(try_start(&host, &names, 1, 500), Start::Poll { since: 3 });
         finish(&host, &names, &table, 1, None, 1000);
-        let rec = shared::read::<FakeHost, SyncRecord>(&host, &names.sync).0.unwrap();
+        let rec = shared::read::<FakeHost, SyncRecord>(&host, &names.sync)
+            .0
+            .unwrap();
         assert_eq!((rec.revision, rec.owner, rec.next_poll_ms), (3, 0, 1050));
     }
 
@@ -234,18 +339,35 @@ mod tests {
         let (host, names, table) = setup();
         let k = KeyId::of(b"x");
         let slot = Slot {
-            verdict: Some(SlotVerdict { key: k, identity: None, generation: 0, expires_ms: 9, stale_until_ms: 9 }),
+            verdict: Some(SlotVerdict {
+                key: k,
+                identity: None,
+                generation: 0,
+                expires_ms: 9,
+                stale_until_ms: 9,
+            }),
             lease: None,
         };
         table.update(&host, &k, |_| Some(slot.clone())).unwrap();
         try_start(&host, &names, 1, 500);
-        let applied = finish(&host, &names, &table, 1, Some(&Changes::Reset { revision: 40 }), 1000);
+        let applied = finish(
+            &host,
+            &names,
+            &table,
+            1,
+            Some(&Changes::Reset { revision: 40 }),
+            1000,
+        );
         assert!(applied.reset);
-        let epoch = shared::read::<FakeHost, Epoch>(&host, &names.epoch).0.unwrap();
+        let epoch = shared::read::<FakeHost, Epoch>(&host, &names.epoch)
+            .0
+            .unwrap();
         assert_eq!(epoch.generation, 1);
         assert_eq!(epoch.revision, 40);
         assert_eq!(table.read(&host, &k).0, Slot::default());
-        let ring = shared::read::<FakeHost, ChangeRing>(&host, &names.changes).0.unwrap();
+        let ring = shared::read::<FakeHost, ChangeRing>(&host, &names.changes)
+            .0
+            .unwrap();
         assert_eq!(ring.since(0), shared::CatchUp::Everything);
     }
 
@@ -257,8 +379,21 @@ mod tests {
         try_start(&a, &names, 1, 100);
         a.advance(100);
         assert_eq!(try_start(&b, &names, 2, 100), Start::Poll { since: 0 });
-        finish(&a, &names, &table, 1, Some(&Changes::Changed { revision: 5, keys: vec![], more: false }), 1000);
-        let rec = shared::read::<FakeHost, SyncRecord>(&a, &names.sync).0.unwrap();
+        finish(
+            &a,
+            &names,
+            &table,
+            1,
+            Some(&Changes::Changed {
+                revision: 5,
+                keys: vec![],
+                more: false,
+            }),
+            1000,
+        );
+        let rec = shared::read::<FakeHost, SyncRecord>(&a, &names.sync)
+            .0
+            .unwrap();
         assert_eq!(rec.owner, 2);
     }
 }

