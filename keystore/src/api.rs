@@ -1,0 +1,564 @@
+//! HTTP API: the key-store protocol used by the Envoy filter, the admin API, health and
+//! metrics.
+
+use crate::error::{json_error, ApiError, ErrorDetail, BODY_LIMIT};
+use crate::keys::{
+    generate_key, is_key_id, key_id, log_prefix, validate_id, ROLE_ADMIN, ROLE_ROOT, SYSTEM_ACCOUNT,
+};
+use crate::metrics::{inc, Metrics};
+use crate::store::{Changes, Identity, Store};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// Sleep before answering each key lookup (to simulate a slow store in benchmarks).
+    pub lookup_delay: Duration,
+}
+
+impl AppState {
+    pub fn new(store: Store, lookup_delay: Duration) -> AppState {
+        AppState {
+            store,
+            metrics: Arc::new(Metrics::default()),
+            lookup_delay,
+        }
+    }
+}
+
+/// The full router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/keys/{key_id}", get(lookup_key))
+        .route("/v1/changes", get(changes))
+        .route("/api/v1/admin/accounts", post(create_account))
+        .route(
+            "/api/v1/admin/accounts/{account}",
+            axum::routing::delete(revoke_account),
+        )
+        .route(
+            "/api/v1/admin/accounts/{account}/users",
+            post(create_user).get(list_users),
+        )
+        .route(
+            "/api/v1/admin/accounts/{account}/users/{user}",
+            patch(set_role).delete(revoke_user),
+        )
+        .route(
+            "/api/v1/admin/accounts/{account}/users/{user}/key",
+            post(rotate_key),
+        )
+        .fallback(no_route)
+        .layer(axum::middleware::from_fn(json_errors))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn no_route() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+/// Makes every error response JSON (axum's own rejections, 405s and body-limit errors are
+/// plain text or empty) and logs one line per error response. Logs name the route template,
+/// never the raw path, so no key id or key material gets into them.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "(no route)".to_owned());
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let (res, message) = if is_json {
+        let message = res
+            .extensions()
+            .get::<ErrorDetail>()
+            .map(|d| d.0.clone())
+            .unwrap_or_default();
+        (res, message)
+    } else {
+        let (parts, body) = res.into_parts();
+        let bytes = axum::body::to_bytes(body, BODY_LIMIT)
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+        let message = if text.is_empty() {
+            status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase()
+        } else {
+            text
+        };
+        let mut new = json_error(status, &message);
+        for (name, value) in &parts.headers {
+            if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+                new.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        (new, message)
+    };
+    if status.is_server_error() {
+        tracing::error!(%method, %route, status = status.as_u16(), "request failed: {message}");
+    } else if !(status == StatusCode::NOT_FOUND && route == "/v1/keys/{key_id}") {
+        // An unknown key is an ordinary answer of the lookup endpoint, not an error.
+        tracing::info!(%method, %route, status = status.as_u16(), "request rejected: {message}");
+    }
+    res
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health and metrics
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    (
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key-store protocol
+
+async fn lookup_key(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Identity>, ApiError> {
+    if !st.lookup_delay.is_zero() {
+        tokio::time::sleep(st.lookup_delay).await;
+    }
+    if !is_key_id(&id) {
+        return Err(ApiError::BadRequest(
+            "key_id must be 64 lowercase hex characters (the SHA-256 of the key)".into(),
+        ));
+    }
+    inc(&st.metrics.lookups);
+    match st.store.lookup(id).await? {
+        Some(identity) => {
+            inc(&st.metrics.lookups_found);
+            Ok(Json(identity))
+        }
+        None => {
+            inc(&st.metrics.lookups_not_found);
+            Err(ApiError::NotFound("not found".into()))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ChangesQuery {
+    since: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ChangesBody {
+    revision: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    more: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    reset: bool,
+}
+
+async fn changes(
+    State(st): State<AppState>,
+    query: Result<Query<ChangesQuery>, QueryRejection>,
+) -> Result<Json<ChangesBody>, ApiError> {
+    inc(&st.metrics.changes_requests);
+    let since = query
+        .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))?
+        .0
+        .since
+        .ok_or_else(|| ApiError::BadRequest("missing query parameter since".into()))?;
+    let since: u64 = since.parse().map_err(|_| {
+        ApiError::BadRequest("since must be a non-negative integer revision".into())
+    })?;
+    let body = match st.store.changes(since).await? {
+        Changes::Reset { revision } => ChangesBody {
+            revision,
+            changed: None,
+            more: false,
+            reset: true,
+        },
+        Changes::Changed {
+            revision,
+            changed,
+            more,
+        } => ChangesBody {
+            revision,
+            changed: Some(changed),
+            more,
+            reset: false,
+        },
+    };
+    Ok(Json(body))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin API
+
+/// The authenticated caller of an admin request.
+struct Caller(Identity);
+
+impl Caller {
+    fn is_root(&self) -> bool {
+        self.0.role == ROLE_ROOT && self.0.account_id == SYSTEM_ACCOUNT
+    }
+
+    fn is_admin_of(&self, account: &str) -> bool {
+        self.0.role == ROLE_ADMIN && self.0.account_id == account
+    }
+
+    fn is_user(&self, account: &str, user: &str) -> bool {
+        self.0.account_id == account && self.0.user_id == user
+    }
+
+    fn require(&self, allowed: bool) -> Result<(), ApiError> {
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden())
+        }
+    }
+}
+
+/// Counts the admin request and authenticates it by `x-api-key` or `Authorization: Bearer`.
+async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    inc(&st.metrics.admin_requests);
+    let raw = if let Some(v) = headers.get("x-api-key") {
+        v.to_str().map_err(|_| ApiError::Unauthorized)?.trim()
+    } else if let Some(v) = headers.get(AUTHORIZATION) {
+        let v = v.to_str().map_err(|_| ApiError::Unauthorized)?.trim();
+        match v.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => return Err(ApiError::Unauthorized),
+        }
+    } else {
+        return Err(ApiError::Unauthorized);
+    };
+    if raw.is_empty() {
+        return Err(ApiError::Unauthorized);
+    }
+    match st.store.lookup(key_id(raw)).await? {
+        Some(identity) => Ok(Caller(identity)),
+        None => Err(ApiError::Unauthorized),
+    }
+}
+
+fn check_id(what: &str, value: &str) -> Result<(), ApiError> {
+    validate_id(what, value).map_err(ApiError::BadRequest)
+}
+
+fn check_role(role: &str) -> Result<(), ApiError> {
+    check_id("role", role)?;
+    if role == ROLE_ROOT {
+        return Err(ApiError::BadRequest("role root may not be granted".into()));
+    }
+    Ok(())
+}
+
+/// The `_system` account (home of the root key) is managed by the store's configuration.
+fn check_not_system(account: &str) -> Result<(), ApiError> {
+    if account == SYSTEM_ACCOUNT {
+        return Err(ApiError::Forbidden(format!(
+            "forbidden: account {SYSTEM_ACCOUNT} is managed by the keystore configuration"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a JSON request body (checked after authentication and authorisation).
+fn parse_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest(format!(
+                "could not read the request body: {}",
+                e.body_text()
+            ))
+        }
+    })?;
+    if let Some(ct) = headers.get(CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        let essence = ct.split(';').next().unwrap_or_default().trim();
+        let is_json = essence.eq_ignore_ascii_case("application/json")
+            || essence.to_ascii_lowercase().ends_with("+json");
+        if !is_json {
+            return Err(ApiError::BadRequest(format!(
+                "content-type must be application/json, not {ct:?}"
+            )));
+        }
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(
+            "request body is empty; expected a JSON object".into(),
+        ));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+fn new_key() -> Result<(String, String), ApiError> {
+    let raw = generate_key()
+        .map_err(|e| ApiError::Internal(format!("OS random number generator failed: {e}")))?;
+    let id = key_id(&raw);
+    Ok((raw, id))
+}
+
+/// A response carrying a new key: never cached.
+fn with_key<T: Serialize>(status: StatusCode, body: T) -> Response {
+    (
+        status,
+        [(CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(body),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAccount {
+    account_id: String,
+    admin_user_id: String,
+}
+
+#[derive(Serialize)]
+struct AccountCreated {
+    account_id: String,
+    user_id: String,
+    user_key: String,
+}
+
+async fn create_account(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&st, &headers).await?;
+    caller.require(caller.is_root())?;
+    let req: CreateAccount = parse_body(&headers, body)?;
+    check_id("account_id", &req.account_id)?;
+    check_id("admin_user_id", &req.admin_user_id)?;
+    if req.account_id.starts_with('_') {
+        return Err(ApiError::BadRequest(
+            "account ids starting with '_' are reserved".into(),
+        ));
+    }
+    let (raw, id) = new_key()?;
+    st.store
+        .create_account(
+            req.account_id.clone(),
+            req.admin_user_id.clone(),
+            id.clone(),
+        )
+        .await?;
+    tracing::info!(
+        account = %req.account_id,
+        user = %req.admin_user_id,
+        key = log_prefix(&id),
+        "account created"
+    );
+    Ok(with_key(
+        StatusCode::CREATED,
+        AccountCreated {
+            account_id: req.account_id,
+            user_id: req.admin_user_id,
+            user_key: raw,
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUser {
+    user_id: String,
+    role: String,
+}
+
+#[derive(Serialize)]
+struct UserKey {
+    user_id: String,
+    user_key: String,
+}
+
+async fn create_user(
+    State(st): State<AppState>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&st, &headers).await?;
+    check_id("account", &account)?;
+    caller.require(caller.is_root() || caller.is_admin_of(&account))?;
+    check_not_system(&account)?;
+    let req: CreateUser = parse_body(&headers, body)?;
+    check_id("user_id", &req.user_id)?;
+    check_role(&req.role)?;
+    let (raw, id) = new_key()?;
+    st.store
+        .create_user(
+            account.clone(),
+            req.user_id.clone(),
+            req.role.clone(),
+            id.clone(),
+        )
+        .await?;
+    tracing::info!(
+        %account,
+        user = %req.user_id,
+        role = %req.role,
+        key = log_prefix(&id),
+        "user created"
+    );
+    Ok(with_key(
+        StatusCode::CREATED,
+        UserKey {
+            user_id: req.user_id,
+            user_key: raw,
+        },
+    ))
+}
+
+async fn rotate_key(
+    State(st): State<AppState>,
+    Path((account, user)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&st, &headers).await?;
+    check_id("account", &account)?;
+    check_id("user", &user)?;
+    caller.require(
+        caller.is_root() || caller.is_admin_of(&account) || caller.is_user(&account, &user),
+    )?;
+    check_not_system(&account)?;
+    let (raw, id) = new_key()?;
+    let revoked = st
+        .store
+        .rotate_key(account.clone(), user.clone(), id.clone())
+        .await?;
+    let old: Vec<&str> = revoked.iter().map(|k| log_prefix(k)).collect();
+    tracing::info!(%account, %user, key = log_prefix(&id), revoked = ?old, "key rotated");
+    Ok(with_key(
+        StatusCode::OK,
+        UserKey {
+            user_id: user,
+            user_key: raw,
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetRole {
+    role: String,
+}
+
+#[derive(Serialize)]
+struct UserRole {
+    user_id: String,
+    role: String,
+}
+
+async fn set_role(
+    State(st): State<AppState>,
+    Path((account, user)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<UserRole>, ApiError> {
+    let caller = authenticate(&st, &headers).await?;
+    check_id("account", &account)?;
+    check_id("user", &user)?;
+    caller.require(caller.is_root() || caller.is_admin_of(&account))?;
+    check_not_system(&account)?;
+    let req: SetRole = parse_body(&headers, body)?;
+    check_role(&req.role)?;
+    let previous = st
+        .store
+        .set_role(account.clone(), user.clone(), req.role.clone())
+        .await?;
+    tracing::info!(%account, %user, from = %previous, to = %req.role, "role changed");
+    Ok(Json(UserRole {
+        user_id: user,
+        role: req.role,
+    }))
+}
+
+async fn revoke_user(
+    State(st): State<AppState>,
+    Path((account, user)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = authenticate(&st, &headers).await?;
+    check_id("account", &account)?;
+    check_id("user", &user)?;
+    caller.require(caller.is_root() || caller.is_admin_of(&account))?;
+    check_not_system(&account)?;
+    let revoked = st.store.revoke_user(account.clone(), user.clone()).await?;
+    tracing::info!(%account, %user, revoked, "user revoked");
+    Ok(Json(json!({ "revoked": revoked })))
+}
+
+async fn revoke_account(
+    State(st): State<AppState>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = authenticate(&st, &headers).await?;
+    check_id("account", &account)?;
+    caller.require(caller.is_root())?;
+    check_not_system(&account)?;
+    let revoked = st.store.revoke_account(account.clone()).await?;
+    tracing::info!(%account, revoked, "account revoked");
+    Ok(Json(json!({ "revoked": revoked })))
+}
+
+async fn list_users(
+    State(st): State<AppState>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = authenticate(&st, &headers).await?;
+    check_id("account", &account)?;
+    caller.require(caller.is_root() || caller.is_admin_of(&account))?;
+    let users = st.store.list_users(account.clone()).await?;
+    Ok(Json(json!({ "account_id": account, "users": users })))
+}

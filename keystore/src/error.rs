@@ -1,0 +1,89 @@
+//! JSON error responses.
+
+use crate::store::StoreError;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// Body limit for admin requests.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// An error answered as `{"error": "..."}` with the matching status.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    Unauthorized,
+    Forbidden(String),
+    NotFound(String),
+    Conflict(String),
+    PayloadTooLarge,
+    Internal(String),
+}
+
+/// The message of an error response, kept in the response's extensions so the logging
+/// middleware can log it (internal details are logged but never sent).
+#[derive(Debug, Clone)]
+pub struct ErrorDetail(pub String);
+
+impl ApiError {
+    pub fn forbidden() -> ApiError {
+        ApiError::Forbidden("forbidden".into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m) => m.clone(),
+            ApiError::Unauthorized => "unauthorized".into(),
+            ApiError::PayloadTooLarge => {
+                format!("request body too large (at most {BODY_LIMIT} bytes)")
+            }
+            ApiError::Internal(_) => "internal error".into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::AccountNotFound(_) | StoreError::UserNotFound { .. } => {
+                ApiError::NotFound(e.to_string())
+            }
+            StoreError::AccountExists(_) | StoreError::UserExists { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
+            StoreError::Db(_) | StoreError::Internal(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// A JSON error response with `status` and `message`.
+pub fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let detail = match &self {
+            ApiError::Internal(m) => m.clone(),
+            other => other.public_message(),
+        };
+        let mut res = json_error(self.status(), &self.public_message());
+        res.extensions_mut().insert(ErrorDetail(detail));
+        res
+    }
+}

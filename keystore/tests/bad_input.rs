@@ -1,0 +1,406 @@
+//! Every kind of bad input gets the right 4xx status and a JSON `{"error": "..."}` body.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::{Ks, ROOT_KEY};
+use serde_json::json;
+
+const ACCOUNTS: &str = "/api/v1/admin/accounts";
+
+/// A request with the root key, a content type and a raw body.
+fn raw(
+    method: &str,
+    uri: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> Request<Body> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("x-api-key", ROOT_KEY);
+    if let Some(ct) = content_type {
+        b = b.header("content-type", ct);
+    }
+    b.body(body.into()).unwrap()
+}
+
+#[tokio::test]
+async fn malformed_bodies() {
+    let ks = Ks::new().await;
+    ks.create_account("acme", "alice").await;
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            raw("POST", ACCOUNTS, Some("application/json"), "{"),
+            StatusCode::BAD_REQUEST,
+            "invalid JSON",
+        ),
+        (
+            raw("POST", ACCOUNTS, Some("application/json"), "not json"),
+            StatusCode::BAD_REQUEST,
+            "invalid JSON",
+        ),
+        (
+            raw("POST", ACCOUNTS, Some("application/json"), "[1,2]"),
+            StatusCode::BAD_REQUEST,
+            "invalid JSON",
+        ),
+        (
+            raw("POST", ACCOUNTS, Some("application/json"), ""),
+            StatusCode::BAD_REQUEST,
+            "empty",
+        ),
+        (
+            raw("POST", ACCOUNTS, None, ""),
+            StatusCode::BAD_REQUEST,
+            "empty",
+        ),
+        (
+            raw(
+                "POST",
+                ACCOUNTS,
+                Some("application/json"),
+                r#"{"account_id":"x"}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "missing field `admin_user_id`",
+        ),
+        (
+            raw(
+                "POST",
+                ACCOUNTS,
+                Some("application/json"),
+                r#"{"account_id":"x","admin_user_id":"y","plan":"pro"}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "unknown field `plan`",
+        ),
+        (
+            raw(
+                "POST",
+                ACCOUNTS,
+                Some("application/json"),
+                r#"{"account_id":7,"admin_user_id":"y"}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid type",
+        ),
+        (
+            raw(
+                "POST",
+                ACCOUNTS,
+                Some("text/plain"),
+                r#"{"account_id":"x","admin_user_id":"y"}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "content-type must be application/json",
+        ),
+        (
+            raw(
+                "POST",
+                ACCOUNTS,
+                Some("application/x-www-form-urlencoded"),
+                "account_id=x",
+            ),
+            StatusCode::BAD_REQUEST,
+            "content-type must be application/json",
+        ),
+        (
+            raw(
+                "POST",
+                ACCOUNTS,
+                Some("application/json"),
+                vec![b' '; 20 * 1024],
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too large",
+        ),
+        (
+            raw(
+                "POST",
+                "/api/v1/admin/accounts/acme/users",
+                Some("application/json"),
+                r#"{"user_id":"bob"}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "missing field `role`",
+        ),
+        (
+            raw(
+                "POST",
+                "/api/v1/admin/accounts/acme/users",
+                Some("application/json"),
+                r#"{"user_id":"bob","role":"member","key":"kg_x"}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "unknown field `key`",
+        ),
+        (
+            raw(
+                "PATCH",
+                "/api/v1/admin/accounts/acme/users/alice",
+                Some("application/json"),
+                r#"{"role":"member","user_id":"x"}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "unknown field `user_id`",
+        ),
+        (
+            raw(
+                "PATCH",
+                "/api/v1/admin/accounts/acme/users/alice",
+                Some("application/json"),
+                r#"{"role":null}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "invalid type",
+        ),
+    ];
+    for (req, status, needle) in cases {
+        let what = format!("{} {}", req.method(), req.uri());
+        let r = ks.send(req).await;
+        assert_eq!(r.status, status, "{what}: {:?}", r.body);
+        r.assert_error(status, needle);
+    }
+    // The content type may carry parameters.
+    let r = ks
+        .send(raw(
+            "POST",
+            ACCOUNTS,
+            Some("application/json; charset=utf-8"),
+            r#"{"account_id":"ok","admin_user_id":"y"}"#,
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // Nothing else was created.
+    assert_eq!(ks.revision().await, 3);
+}
+
+#[tokio::test]
+async fn bad_ids() {
+    let ks = Ks::new().await;
+    let admin = ks.create_account("acme", "alice").await;
+    let long = "x".repeat(129);
+    let max = "y".repeat(128);
+    let bad_values = ["", "a b", "a/b", "é", "a:b", "..", long.as_str()];
+    for bad in bad_values {
+        ks.call(
+            "POST",
+            ACCOUNTS,
+            Some(ROOT_KEY),
+            Some(json!({"account_id": bad, "admin_user_id": "a"})),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "account_id");
+        ks.call(
+            "POST",
+            ACCOUNTS,
+            Some(ROOT_KEY),
+            Some(json!({"account_id": "fine", "admin_user_id": bad})),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "admin_user_id");
+        ks.call(
+            "POST",
+            "/api/v1/admin/accounts/acme/users",
+            Some(&admin),
+            Some(json!({"user_id": bad, "role": "member"})),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "user_id");
+        ks.call(
+            "POST",
+            "/api/v1/admin/accounts/acme/users",
+            Some(&admin),
+            Some(json!({"user_id": "fine", "role": bad})),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "role");
+        ks.call(
+            "PATCH",
+            "/api/v1/admin/accounts/acme/users/alice",
+            Some(&admin),
+            Some(json!({"role": bad})),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "role");
+    }
+    // Ids in the path follow the same rules.
+    for uri in [
+        format!("/api/v1/admin/accounts/{long}/users"),
+        "/api/v1/admin/accounts/a%20b/users".to_owned(),
+        "/api/v1/admin/accounts/a%2Fb/users".to_owned(),
+    ] {
+        ks.call("GET", &uri, Some(ROOT_KEY), None)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "account");
+    }
+    ks.call(
+        "DELETE",
+        &format!("/api/v1/admin/accounts/acme/users/{long}"),
+        Some(ROOT_KEY),
+        None,
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "user");
+    // Ids that do not decode as UTF-8 are rejected by the router, still as JSON.
+    ks.call(
+        "GET",
+        "/api/v1/admin/accounts/%FF/users",
+        Some(ROOT_KEY),
+        None,
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "");
+
+    // Reserved names and roles.
+    ks.call(
+        "POST",
+        ACCOUNTS,
+        Some(ROOT_KEY),
+        Some(json!({"account_id": "_mine", "admin_user_id": "a"})),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "reserved");
+    ks.call(
+        "POST",
+        "/api/v1/admin/accounts/acme/users",
+        Some(&admin),
+        Some(json!({"user_id": "eve", "role": "root"})),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "root may not be granted");
+    // Nothing was created by any of these.
+    assert_eq!(ks.revision().await, 2);
+
+    // 128 characters is fine.
+    let key = ks.create_account(&max, &max).await;
+    ks.assert_active(&key, &max, &max, "admin").await;
+}
+
+#[tokio::test]
+async fn unknown_and_duplicate() {
+    let ks = Ks::new().await;
+    let _admin = ks.create_account("acme", "alice").await;
+    ks.call(
+        "POST",
+        ACCOUNTS,
+        Some(ROOT_KEY),
+        Some(json!({"account_id": "acme", "admin_user_id": "z"})),
+    )
+    .await
+    .assert_error(StatusCode::CONFLICT, "already exists");
+    ks.call(
+        "POST",
+        "/api/v1/admin/accounts/acme/users",
+        Some(ROOT_KEY),
+        Some(json!({"user_id": "alice", "role": "member"})),
+    )
+    .await
+    .assert_error(StatusCode::CONFLICT, "already exists");
+    for (method, uri, body) in [
+        (
+            "POST",
+            "/api/v1/admin/accounts/nope/users",
+            Some(json!({"user_id": "z", "role": "member"})),
+        ),
+        ("GET", "/api/v1/admin/accounts/nope/users", None),
+        ("DELETE", "/api/v1/admin/accounts/nope", None),
+        ("DELETE", "/api/v1/admin/accounts/nope/users/alice", None),
+        (
+            "PATCH",
+            "/api/v1/admin/accounts/nope/users/alice",
+            Some(json!({"role": "member"})),
+        ),
+        ("POST", "/api/v1/admin/accounts/nope/users/alice/key", None),
+    ] {
+        ks.call(method, uri, Some(ROOT_KEY), body)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "account nope not found");
+    }
+    for (method, uri, body) in [
+        ("DELETE", "/api/v1/admin/accounts/acme/users/zed", None),
+        (
+            "PATCH",
+            "/api/v1/admin/accounts/acme/users/zed",
+            Some(json!({"role": "member"})),
+        ),
+        ("POST", "/api/v1/admin/accounts/acme/users/zed/key", None),
+    ] {
+        ks.call(method, uri, Some(ROOT_KEY), body)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "user zed not found");
+    }
+}
+
+#[tokio::test]
+async fn bad_key_ids() {
+    let ks = Ks::new().await;
+    let upper = "A".repeat(64);
+    let short = "a".repeat(63);
+    let long = "a".repeat(65);
+    let nonhex = "g".repeat(64);
+    for id in [upper.as_str(), &short, &long, &nonhex, "kg_rawkey", "%20"] {
+        ks.lookup_id(id)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "64 lowercase hex");
+    }
+    // Malformed key ids are not counted as lookups.
+    assert_eq!(ks.metric("keystore_lookups_total").await, 0);
+    // A well-formed unknown id is a plain 404.
+    let r = ks.lookup_id(&"0".repeat(64)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json(), json!({"error": "not found"}));
+}
+
+#[tokio::test]
+async fn router_rejections_are_json() {
+    let ks = Ks::new().await;
+    for (method, uri, status) in [
+        ("GET", "/", StatusCode::NOT_FOUND),
+        ("GET", "/v1/keys", StatusCode::NOT_FOUND),
+        ("GET", "/v1/keys/", StatusCode::NOT_FOUND),
+        ("GET", "/api/v1/admin/nothing", StatusCode::NOT_FOUND),
+        ("POST", "/healthz", StatusCode::METHOD_NOT_ALLOWED),
+        (
+            "DELETE",
+            "/v1/keys/0000000000000000000000000000000000000000000000000000000000000000",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "PUT",
+            "/api/v1/admin/accounts",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "GET",
+            "/api/v1/admin/accounts/acme/users/bob/key",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "POST",
+            "/v1/changes?since=0",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ] {
+        let r = ks.call(method, uri, Some(ROOT_KEY), None).await;
+        assert_eq!(r.status, status, "{method} {uri}");
+        let needle = if status == StatusCode::NOT_FOUND {
+            "no such endpoint"
+        } else {
+            "method not allowed"
+        };
+        r.assert_error(status, needle);
+    }
+    // 405 keeps the Allow header.
+    let r = ks.call("POST", "/healthz", None, None).await;
+    assert!(r.headers.get("allow").is_some());
+}

@@ -1,0 +1,366 @@
+//! The real `keystore` binary: start-up line, durability across kill -9, graceful shutdown,
+//! and logs that never contain a raw key.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const ROOT_KEY: &str = "binary-test-root-key-7fQ2";
+
+/// A running `keystore serve`.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(db: &Path, extra: &[&str], env_root_key: Option<&str>) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keystore"));
+        cmd.arg("serve")
+            .arg("--db")
+            .arg(db)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("KEYSTORE_ROOT_KEY")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(k) = env_root_key {
+            cmd.env("KEYSTORE_ROOT_KEY", k);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = Arc::clone(&log);
+        // Drain stderr for the whole life of the process, reporting the ready line.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("keystore listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no ready line; stderr:\n{}", log.lock().unwrap());
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    /// One HTTP/1.1 request on a fresh connection; returns (status, JSON body).
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if !body.is_empty() {
+            req.push_str("content-type: application/json\r\n");
+        }
+        if let Some(k) = key {
+            req.push_str(&format!("x-api-key: {k}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(&body);
+        stream.write_all(req.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            !head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked"),
+            "{head}"
+        );
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let value = if body.is_empty() {
+            Value::Null
+        } else if body.starts_with('{') {
+            serde_json::from_str(body).unwrap()
+        } else {
+            Value::String(body.to_owned())
+        };
+        (status, value)
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for the process to exit.
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("keystore did not exit; stderr:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{sig} {}", self.child.id()))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn key_id(raw: &str) -> String {
+    keystore::keys::key_id(raw)
+}
+
+#[test]
+fn data_survives_kill_9_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ks.db");
+    let root_file = dir.path().join("root.key");
+    std::fs::write(&root_file, format!("  {ROOT_KEY}\n")).unwrap();
+    let root_arg = root_file.to_str().unwrap();
+
+    let mut server = Server::start(&db, &["--root-key-file", root_arg], None);
+    assert_eq!(
+        server.call("GET", "/healthz", None, None),
+        (200, json!({"status": "ok"}))
+    );
+    let (status, created) = server.call(
+        "POST",
+        "/api/v1/admin/accounts",
+        Some(ROOT_KEY),
+        Some(json!({"account_id": "acme", "admin_user_id": "alice"})),
+    );
+    assert_eq!(status, 201, "{created}");
+    let key = created["user_key"].as_str().unwrap().to_owned();
+    let (status, user) = server.call(
+        "POST",
+        "/api/v1/admin/accounts/acme/users",
+        Some(&key),
+        Some(json!({"user_id": "bob", "role": "member"})),
+    );
+    assert_eq!(status, 201, "{user}");
+    let bob = user["user_key"].as_str().unwrap().to_owned();
+    let identity = json!({"account_id": "acme", "user_id": "alice", "role": "admin"});
+    let lookup = format!("/v1/keys/{}", key_id(&key));
+    assert_eq!(
+        server.call("GET", &lookup, None, None),
+        (200, identity.clone())
+    );
+    let (_, feed) = server.call("GET", "/v1/changes?since=0", None, None);
+    let revision = feed["revision"].as_i64().unwrap();
+    assert_eq!(revision, 3);
+
+    // kill -9: no chance to checkpoint or close the database.
+    server.child.kill().unwrap();
+    let status = server.child.wait().unwrap();
+    assert!(!status.success());
+    let log = server.log();
+    drop(server);
+
+    // The raw keys never reached the logs; shortened key ids did.
+    for raw in [ROOT_KEY, &key, &bob] {
+        assert!(!log.contains(raw), "raw key in log:\n{log}");
+    }
+    assert!(log.contains(&key_id(&key)[..12]), "{log}");
+    assert!(!log.contains(&key_id(&key)), "full key id in log:\n{log}");
+
+    // Restart on the same file (root key from the environment this time).
+    let server = Server::start(&db, &[], Some(ROOT_KEY));
+    assert_eq!(server.call("GET", &lookup, None, None), (200, identity));
+    assert_eq!(
+        server.call("GET", &format!("/v1/keys/{}", key_id(&bob)), None, None),
+        (
+            200,
+            json!({"account_id": "acme", "user_id": "bob", "role": "member"})
+        )
+    );
+    let (_, feed) = server.call("GET", "/v1/changes?since=0", None, None);
+    assert_eq!(feed["revision"].as_i64().unwrap(), revision);
+    let (_, feed) = server.call("GET", "/v1/changes?since=1", None, None);
+    let mut changed: Vec<&str> = feed["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    changed.sort();
+    let mut expected = [key_id(&key), key_id(&bob)];
+    expected.sort();
+    assert_eq!(changed, expected);
+    // The key still works for the admin API, and so does root.
+    let (status, _) = server.call("GET", "/api/v1/admin/accounts/acme/users", Some(&key), None);
+    assert_eq!(status, 200);
+    let (status, _) = server.call(
+        "POST",
+        "/api/v1/admin/accounts",
+        Some(ROOT_KEY),
+        Some(json!({"account_id": "second", "admin_user_id": "sam"})),
+    );
+    assert_eq!(status, 201);
+    // Metrics are served as Prometheus text.
+    let (status, metrics) = server.call("GET", "/metrics", None, None);
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains("\nkeystore_lookups_found_total 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nkeystore_admin_requests_total 2\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ks.db");
+    let mut server = Server::start(&db, &["--lookup-delay-ms", "1500"], Some(ROOT_KEY));
+    let addr = server.addr;
+    // A lookup in flight when SIGTERM arrives is still answered.
+    let inflight = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let path = format!("/v1/keys/{}", key_id(ROOT_KEY));
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    server.signal("TERM");
+    let status = server.wait(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    let answer = inflight.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""role":"root""#), "{answer}");
+    // The database was closed cleanly: the WAL was checkpointed away.
+    let wal = dir.path().join("ks.db-wal");
+    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+}
+
+#[test]
+fn sigint_shuts_down_and_missing_root_key_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ks.db");
+    let mut server = Server::start(&db, &[], None);
+    let (status, body) = server.call(
+        "POST",
+        "/api/v1/admin/accounts",
+        Some(ROOT_KEY),
+        Some(json!({"account_id": "acme", "admin_user_id": "alice"})),
+    );
+    assert_eq!((status, body), (401, json!({"error": "unauthorized"})));
+    server.signal("INT");
+    assert!(server.wait(Duration::from_secs(20)).success());
+    let log = server.log();
+    assert!(log.contains("no root key configured"), "{log}");
+    assert_eq!(log.matches("keystore listening on ").count(), 1, "{log}");
+}
+
+#[test]
+fn bad_arguments_fail_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_keystore"))
+            .args(args)
+            .env_remove("KEYSTORE_ROOT_KEY")
+            .output()
+            .unwrap()
+    };
+    let db = dir.path().join("x.db");
+    let db = db.to_str().unwrap();
+    // Missing required options.
+    assert!(!run(&["serve", "--db", db]).status.success());
+    assert!(!run(&["serve", "--listen", "127.0.0.1:0"]).status.success());
+    // Unreadable or empty root key file.
+    let out = run(&[
+        "serve",
+        "--db",
+        db,
+        "--listen",
+        "127.0.0.1:0",
+        "--root-key-file",
+        "/nonexistent/key",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("root key file"));
+    let empty = dir.path().join("empty.key");
+    std::fs::write(&empty, "  \n").unwrap();
+    let out = run(&[
+        "serve",
+        "--db",
+        db,
+        "--listen",
+        "127.0.0.1:0",
+        "--root-key-file",
+        empty.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+    // A retention of 0 is refused.
+    assert!(!run(&[
+        "serve",
+        "--db",
+        db,
+        "--listen",
+        "127.0.0.1:0",
+        "--changes-retention",
+        "0"
+    ])
+    .status
+    .success());
+    // A bad listen address.
+    let out = run(&["serve", "--db", db, "--listen", "not-an-address"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+}
