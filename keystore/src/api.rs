@@ -3,7 +3,8 @@
 
 use crate::error::{json_error, ApiError, ErrorDetail, BODY_LIMIT};
 use crate::keys::{
-    generate_key, is_key_id, key_id, log_prefix, validate_id, ROLE_ADMIN, ROLE_ROOT, SYSTEM_ACCOUNT,
+    generate_key, is_key_id, key_id, log_prefix, validate_id, validate_imported_key, ROLE_ADMIN,
+    ROLE_ROOT, SYSTEM_ACCOUNT,
 };
 use crate::metrics::{inc, Metrics};
 use crate::store::{Changes, Identity, Store};
@@ -337,11 +338,35 @@ fn parse_body<T: DeserializeOwned>(
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
-fn new_key() -> Result<(String, String), ApiError> {
-    let raw = generate_key()
-        .map_err(|e| ApiError::Internal(format!("OS random number generator failed: {e}")))?;
+/// Like [`parse_body`], but an empty body (no bytes, or only whitespace) is `T::default()`.
+fn parse_optional_body<T: DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    match body {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Ok(T::default()),
+        other => parse_body(headers, other),
+    }
+}
+
+/// A key for a create or rotate call: the administrator's `user_key` when one was provided
+/// (validated), otherwise a freshly minted one. Returns the raw key, its key id and whether
+/// it was imported.
+fn issue_key(provided: Option<String>) -> Result<(String, String, bool), ApiError> {
+    let (raw, imported) = match provided {
+        Some(raw) => {
+            validate_imported_key(&raw).map_err(ApiError::BadRequest)?;
+            (raw, true)
+        }
+        None => {
+            let raw = generate_key().map_err(|e| {
+                ApiError::Internal(format!("OS random number generator failed: {e}"))
+            })?;
+            (raw, false)
+        }
+    };
     let id = key_id(&raw);
-    Ok((raw, id))
+    Ok((raw, id, imported))
 }
 
 /// A response carrying a new key: never cached.
@@ -359,6 +384,9 @@ fn with_key<T: Serialize>(status: StatusCode, body: T) -> Response {
 struct CreateAccount {
     account_id: String,
     admin_user_id: String,
+    /// A key to import instead of minting one.
+    #[serde(default)]
+    user_key: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -383,7 +411,7 @@ async fn create_account(
             "account ids starting with '_' are reserved".into(),
         ));
     }
-    let (raw, id) = new_key()?;
+    let (raw, id, imported) = issue_key(req.user_key)?;
     st.store
         .create_account(
             req.account_id.clone(),
@@ -395,6 +423,7 @@ async fn create_account(
         account = %req.account_id,
         user = %req.admin_user_id,
         key = log_prefix(&id),
+        imported,
         "account created"
     );
     Ok(with_key(
@@ -412,6 +441,17 @@ async fn create_account(
 struct CreateUser {
     user_id: String,
     role: String,
+    /// A key to import instead of minting one.
+    #[serde(default)]
+    user_key: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateKey {
+    /// A key to import instead of minting one.
+    #[serde(default)]
+    user_key: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -433,7 +473,7 @@ async fn create_user(
     let req: CreateUser = parse_body(&headers, body)?;
     check_id("user_id", &req.user_id)?;
     check_role(&req.role)?;
-    let (raw, id) = new_key()?;
+    let (raw, id, imported) = issue_key(req.user_key)?;
     st.store
         .create_user(
             account.clone(),
@@ -447,6 +487,7 @@ async fn create_user(
         user = %req.user_id,
         role = %req.role,
         key = log_prefix(&id),
+        imported,
         "user created"
     );
     Ok(with_key(
@@ -462,6 +503,7 @@ async fn rotate_key(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
     headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
@@ -470,13 +512,21 @@ async fn rotate_key(
         caller.is_root() || caller.is_admin_of(&account) || caller.is_user(&account, &user),
     )?;
     check_not_system(&account)?;
-    let (raw, id) = new_key()?;
+    let req: RotateKey = parse_optional_body(&headers, body)?;
+    let (raw, id, imported) = issue_key(req.user_key)?;
     let revoked = st
         .store
         .rotate_key(account.clone(), user.clone(), id.clone())
         .await?;
     let old: Vec<&str> = revoked.iter().map(|k| log_prefix(k)).collect();
-    tracing::info!(%account, %user, key = log_prefix(&id), revoked = ?old, "key rotated");
+    tracing::info!(
+        %account,
+        %user,
+        key = log_prefix(&id),
+        imported,
+        revoked = ?old,
+        "key rotated"
+    );
     Ok(with_key(
         StatusCode::OK,
         UserKey {

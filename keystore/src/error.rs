@@ -63,9 +63,9 @@ impl From<StoreError> for ApiError {
             StoreError::AccountNotFound(_) | StoreError::UserNotFound { .. } => {
                 ApiError::NotFound(e.to_string())
             }
-            StoreError::AccountExists(_) | StoreError::UserExists { .. } => {
-                ApiError::Conflict(e.to_string())
-            }
+            StoreError::AccountExists(_)
+            | StoreError::UserExists { .. }
+            | StoreError::KeyExists => ApiError::Conflict(e.to_string()),
             StoreError::Db(_) | StoreError::Internal(_) => ApiError::Internal(e.to_string()),
         }
     }

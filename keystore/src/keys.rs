@@ -22,6 +22,10 @@ pub const LOG_PREFIX_LEN: usize = 12;
 pub const KEY_LEN: usize = 46;
 /// Longest account id, user id or role.
 pub const MAX_ID_LEN: usize = 128;
+/// Shortest key an administrator may import (`user_key`), in bytes.
+pub const MIN_IMPORTED_KEY_LEN: usize = 32;
+/// Longest key an administrator may import (`user_key`), in bytes.
+pub const MAX_IMPORTED_KEY_LEN: usize = 512;
 
 /// The account that holds the root user; managed by the store's configuration only.
 pub const SYSTEM_ACCOUNT: &str = "_system";
@@ -88,6 +92,30 @@ pub fn validate_id(what: &str, value: &str) -> Result<(), String> {
     }
     if value == "." || value == ".." {
         return Err(format!("{what} must not be '.' or '..'"));
+    }
+    Ok(())
+}
+
+/// Checks a key provided by an administrator (the `user_key` field): 32 to 512 bytes of
+/// visible ASCII without spaces (0x21 to 0x7e), so that it survives being sent in a header
+/// (which is trimmed) unchanged. The error names the field and never echoes the key.
+pub fn validate_imported_key(value: &str) -> Result<(), String> {
+    if value.len() < MIN_IMPORTED_KEY_LEN {
+        return Err(format!(
+            "user_key is too short (at least {MIN_IMPORTED_KEY_LEN} bytes)"
+        ));
+    }
+    if value.len() > MAX_IMPORTED_KEY_LEN {
+        return Err(format!(
+            "user_key is too long (at most {MAX_IMPORTED_KEY_LEN} bytes)"
+        ));
+    }
+    if !value.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(
+            "user_key may only contain visible ASCII characters (0x21 to 0x7e): \
+                    no spaces, control characters or non-ASCII"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -162,5 +190,27 @@ mod tests {
         }
         assert!(validate_id("user_id", "..").is_err());
         assert!(validate_id("user_id", ".").is_err());
+    }
+
+    #[test]
+    fn imported_key_rules() {
+        assert!(validate_imported_key(&"a".repeat(32)).is_ok());
+        assert!(validate_imported_key(&"a".repeat(512)).is_ok());
+        let all_visible: String = (0x21u8..=0x7e).map(char::from).collect();
+        assert!(validate_imported_key(&all_visible).is_ok());
+        assert!(validate_imported_key(&generate_key().unwrap()).is_ok());
+        for (bad, needle) in [
+            (String::new(), "too short"),
+            ("a".repeat(31), "too short"),
+            ("a".repeat(513), "too long"),
+            (format!("{} ", "a".repeat(32)), "visible ASCII"),
+            (format!("{}\t", "a".repeat(32)), "visible ASCII"),
+            (format!("{}\u{7f}", "a".repeat(32)), "visible ASCII"),
+            (format!("{}é", "a".repeat(32)), "visible ASCII"),
+        ] {
+            let err = validate_imported_key(&bad).unwrap_err();
+            assert!(err.contains("user_key") && err.contains(needle), "{err}");
+            assert!(bad.is_empty() || !err.contains(&bad), "key echoed: {err}");
+        }
     }
 }

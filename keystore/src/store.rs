@@ -75,6 +75,9 @@ pub enum StoreError {
     AccountExists(String),
     #[error("user {user} already exists in account {account}")]
     UserExists { account: String, user: String },
+    /// The key id is already in the store (active or revoked). The message never says whose.
+    #[error("user_key is already in use or was used before; keys are never reused")]
+    KeyExists,
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("{0}")]
@@ -237,6 +240,13 @@ fn insert_key(
     user: &str,
     at: i64,
 ) -> Result<(), StoreError> {
+    // Only an imported key can collide; checked here so the whole transaction rolls back.
+    let exists = tx
+        .prepare_cached("SELECT 1 FROM keys WHERE key_id = ?1")?
+        .exists([key_id])?;
+    if exists {
+        return Err(StoreError::KeyExists);
+    }
     tx.prepare_cached(
         "INSERT INTO keys (key_id, account_id, user_id, created_at) VALUES (?1, ?2, ?3, ?4)",
     )?

@@ -1,0 +1,120 @@
+//! Helpers shared by the end-to-end tests (real Envoy, real keystore, real upstream).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use keygate_harness::{Client, Envoy, Keystore, Response};
+use serde_json::{json, Value};
+
+/// The filter configuration used unless a test needs another.
+pub fn config() -> Value {
+    json!({
+        "store": { "cluster": "keystore", "authority": "keystore", "timeout_ms": 1000 },
+        "cache": { "ttl_s": 30, "negative_ttl_s": 5, "max_entries": 100000 },
+        "sync": { "interval_ms": 1000 },
+        "invalidate_paths": ["/api/v1/admin/"]
+    })
+}
+
+/// `config()` with `patch` merged in (objects merged key by key).
+pub fn config_with(patch: Value) -> Value {
+    let mut base = config();
+    merge(&mut base, patch);
+    base
+}
+
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+pub fn client() -> Client {
+    Client::new(Duration::from_secs(10))
+}
+
+/// GET `path` through `envoy` with `x-api-key: key`.
+pub fn get_with_key(envoy: &Envoy, path: &str, key: &str) -> Response {
+    client().get(&format!("{}{path}", envoy.url()), &[("x-api-key", key)]).expect("request through envoy")
+}
+
+/// The headers the echo upstream received, from its JSON answer.
+pub fn upstream_headers(resp: &Response) -> Value {
+    resp.json().expect("echo body")["headers"].clone()
+}
+
+/// Sends `n` requests at once (threads released together by a barrier), alternating between
+/// the given Envoys; returns the statuses.
+pub fn herd(envoys: &[&Envoy], n: usize, key: &str) -> Vec<u16> {
+    let barrier = Arc::new(Barrier::new(n));
+    let urls: Vec<String> = envoys.iter().map(|e| format!("{}/herd", e.url())).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let barrier = Arc::clone(&barrier);
+                let url = urls[i % urls.len()].clone();
+                s.spawn(move || {
+                    let c = client();
+                    barrier.wait();
+                    c.get(&url, &[("x-api-key", key)]).map(|r| r.status).unwrap_or(0)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+    })
+}
+
+/// Sends a raw HTTP/1.1 request (for header bytes no HTTP client will send) and returns the status.
+pub fn raw_status(envoy: &Envoy, head: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", envoy.port())).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(head).expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Polls `check` every 20 ms until it is true; returns how long it took, or panics after `limit`.
+pub fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        if start.elapsed() > limit {
+            panic!("{what}: not true within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every one of `n` requests (new connections, so both workers are hit) with `key` gets `status`.
+pub fn all_get(envoy: &Envoy, key: &str, n: usize, status: u16) -> bool {
+    (0..n).all(|_| get_with_key(envoy, "/probe", key).status == status)
+}
+
+/// Store lookups the keystore has served so far.
+pub fn lookups(keystore: &Keystore) -> u64 {
+    keystore.lookups()
+}
+
+/// A random-looking key that no store knows.
+pub fn random_key(i: usize) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("kg_unknown_{nanos:x}_{i}")
+}

@@ -1,0 +1,334 @@
+//! The key store, started from its release binary.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::error::{fail, Error, Result};
+use crate::http::{self, Response};
+use crate::process::{file_len, read_log, tail, wait_for_log_line, Proc};
+use crate::tmp::TempDir;
+
+/// How to start a [`Keystore`].
+#[derive(Debug, Clone)]
+pub struct KeystoreOpts {
+    /// Port to listen on; `None` lets the keystore pick one (`127.0.0.1:0`).
+    pub port: Option<u16>,
+    /// `--lookup-delay-ms`: sleep before answering each key lookup.
+    pub lookup_delay_ms: Option<u64>,
+    /// The root key; `None` generates a random one.
+    pub root_key: Option<String>,
+    /// Pass the root key with `--root-key-file` instead of `KEYSTORE_ROOT_KEY`.
+    pub root_key_via_file: bool,
+    /// More arguments after `serve ...`.
+    pub extra_args: Vec<String>,
+    /// More environment variables (e.g. `RUST_LOG`).
+    pub env: Vec<(String, String)>,
+    /// How long to wait for the ready line.
+    pub ready_timeout: Duration,
+    /// The binary; `None` is [`crate::keystore_path`].
+    pub binary: Option<PathBuf>,
+}
+
+impl Default for KeystoreOpts {
+    fn default() -> Self {
+        KeystoreOpts {
+            port: None,
+            lookup_delay_ms: None,
+            root_key: None,
+            root_key_via_file: false,
+            extra_args: Vec::new(),
+            env: Vec::new(),
+            ready_timeout: Duration::from_secs(20),
+            binary: None,
+        }
+    }
+}
+
+/// A running `keystore serve` with its own database in a temp dir; killed on drop.
+#[derive(Debug)]
+pub struct Keystore {
+    // Field order is drop order: the process goes before its directory.
+    proc: Option<Proc>,
+    opts: KeystoreOpts,
+    binary: PathBuf,
+    root_key: String,
+    port: u16,
+    db: PathBuf,
+    log: PathBuf,
+    dir: TempDir,
+}
+
+const READY_PREFIX: &str = "keystore listening on ";
+
+impl Keystore {
+    /// Starts a keystore on a fresh database and waits for `keystore listening on ADDR`.
+    pub fn start(opts: KeystoreOpts) -> Result<Keystore> {
+        let binary = opts.binary.clone().unwrap_or_else(crate::keystore_path);
+        let dir = TempDir::new("keystore")?;
+        let root_key = match &opts.root_key {
+            Some(k) => k.clone(),
+            None => random_root_key()?,
+        };
+        let mut ks = Keystore {
+            proc: None,
+            binary,
+            root_key,
+            port: opts.port.unwrap_or(0),
+            db: dir.path().join("keystore.db"),
+            log: dir.path().join("keystore.log"),
+            opts,
+            dir,
+        };
+        ks.spawn()?;
+        Ok(ks)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("serve")
+            .arg("--db")
+            .arg(&self.db)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port));
+        if let Some(ms) = self.opts.lookup_delay_ms {
+            cmd.arg("--lookup-delay-ms").arg(ms.to_string());
+        }
+        if self.opts.root_key_via_file {
+            let file = self.dir.path().join("root.key");
+            std::fs::write(&file, &self.root_key)?;
+            cmd.arg("--root-key-file")
+                .arg(file)
+                .env_remove("KEYSTORE_ROOT_KEY");
+        } else {
+            cmd.env("KEYSTORE_ROOT_KEY", &self.root_key);
+        }
+        cmd.args(&self.opts.extra_args);
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        let from = file_len(&self.log);
+        let mut proc = Proc::spawn("keystore", cmd, &self.log)?;
+        let addr = wait_for_log_line(&mut proc, from, self.opts.ready_timeout, |line| {
+            let at = line.find(READY_PREFIX)?;
+            let rest = line.get(at + READY_PREFIX.len()..)?;
+            rest.split_whitespace().next().map(str::to_string)
+        })?;
+        let port = addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .ok_or_else(|| Error::msg(format!("keystore: cannot parse a port in {addr:?}")))?;
+        self.port = port;
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on (kept across [`Keystore::restart`]).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The root key (sent as `x-api-key` by the admin helpers).
+    pub fn root_key(&self) -> &str {
+        &self.root_key
+    }
+
+    /// The SQLite database file.
+    pub fn db_path(&self) -> &Path {
+        &self.db
+    }
+
+    /// The log file (stdout and stderr of every run).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Everything it logged so far, across restarts.
+    pub fn log_text(&self) -> String {
+        read_log(&self.log)
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(Proc::is_running)
+    }
+
+    /// SIGTERM, up to 5 s to exit, then SIGKILL.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate(Duration::from_secs(5));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Stops it if running, then starts it again on the same database, port and root key.
+    /// Retries for up to 5 s while the port is still taken.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.spawn() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() < deadline && e.0.contains("in use") => {
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.context("keystore restart")),
+            }
+        }
+    }
+
+    /// `GET /metrics`, parsed. Panics if the keystore does not answer 200.
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        match self.try_metrics() {
+            Ok(m) => m,
+            Err(e) => fail(e),
+        }
+    }
+
+    /// `GET /metrics`, parsed.
+    pub fn try_metrics(&self) -> Result<HashMap<String, f64>> {
+        let r = http::get(&format!("{}/metrics", self.url()), &[])?;
+        if r.status != 200 {
+            return Err(Error::msg(format!(
+                "keystore /metrics: {} {}",
+                r.status, r.body
+            )));
+        }
+        Ok(crate::parse_prometheus(&r.body))
+    }
+
+    /// One metric (a series as written, e.g. `keystore_lookups_total`); 0 if absent.
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics().get(name).copied().unwrap_or(0.0)
+    }
+
+    /// `keystore_lookups_total`: key lookups served so far.
+    pub fn lookups(&self) -> u64 {
+        self.metric("keystore_lookups_total") as u64
+    }
+
+    /// `keystore_changes_requests_total`.
+    pub fn changes_requests(&self) -> u64 {
+        self.metric("keystore_changes_requests_total") as u64
+    }
+
+    /// Sends an admin request straight to the keystore with the root key; any status is `Ok`.
+    pub fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Response> {
+        let url = format!("{}{path}", self.url());
+        let key = [("x-api-key", self.root_key.as_str())];
+        match body {
+            Some(b) => http::send_json(method, &url, &key, b),
+            None => http::request(method, &url, &key, None),
+        }
+    }
+
+    /// Creates an account and its admin user; returns the admin's key. Panics unless 201.
+    pub fn create_account(&self, account: &str, admin_user: &str) -> String {
+        let body = json!({"account_id": account, "admin_user_id": admin_user});
+        let r = self.admin_ok("POST", "/api/v1/admin/accounts", Some(&body), 201);
+        user_key(&r)
+    }
+
+    /// Creates a user with `role` in `account`; returns its key. Panics unless 201.
+    pub fn create_user(&self, account: &str, user: &str, role: &str) -> String {
+        let body = json!({"user_id": user, "role": role});
+        let path = format!("/api/v1/admin/accounts/{account}/users");
+        let r = self.admin_ok("POST", &path, Some(&body), 201);
+        user_key(&r)
+    }
+
+    /// Rotates a user's key; returns the new key. Panics unless 2xx.
+    pub fn rotate(&self, account: &str, user: &str) -> String {
+        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/key");
+        let r = self.admin_ok("POST", &path, None, 0);
+        user_key(&r)
+    }
+
+    /// Changes a user's role. Panics unless 2xx.
+    pub fn set_role(&self, account: &str, user: &str, role: &str) {
+        let path = format!("/api/v1/admin/accounts/{account}/users/{user}");
+        self.admin_ok("PATCH", &path, Some(&json!({"role": role})), 0);
+    }
+
+    /// Deletes a user (its key stops working). Panics unless 2xx.
+    pub fn revoke_user(&self, account: &str, user: &str) {
+        let path = format!("/api/v1/admin/accounts/{account}/users/{user}");
+        self.admin_ok("DELETE", &path, None, 0);
+    }
+
+    /// Deletes an account and all its users. Panics unless 2xx.
+    pub fn revoke_account(&self, account: &str) {
+        let path = format!("/api/v1/admin/accounts/{account}");
+        self.admin_ok("DELETE", &path, None, 0);
+    }
+
+    /// [`Keystore::admin`], panicking unless the status is `want` (0: any 2xx).
+    fn admin_ok(&self, method: &str, path: &str, body: Option<&Value>, want: u16) -> Response {
+        let r = match self.admin(method, path, body) {
+            Ok(r) => r,
+            Err(e) => fail(e.context(format!("keystore admin {method} {path}"))),
+        };
+        let ok = if want == 0 {
+            (200..300).contains(&r.status)
+        } else {
+            r.status == want
+        };
+        if !ok {
+            fail(Error::msg(format!(
+                "keystore admin {method} {path}: status {} (wanted {}), body {}\nkeystore log tail:\n{}",
+                r.status,
+                if want == 0 { "2xx".to_string() } else { want.to_string() },
+                r.body,
+                tail(&self.log_text(), 20)
+            )));
+        }
+        r
+    }
+}
+
+/// The `user_key` of an admin answer; panics if absent.
+fn user_key(r: &Response) -> String {
+    match r
+        .json()
+        .ok()
+        .and_then(|v| v.get("user_key")?.as_str().map(str::to_string))
+    {
+        Some(k) => k,
+        None => fail(Error::msg(format!(
+            "keystore admin answer {} has no user_key: {}",
+            r.status, r.body
+        ))),
+    }
+}
+
+/// A random root key: `kgroot_` and 32 random bytes in hex (from /dev/urandom).
+fn random_root_key() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let mut key = String::from("kgroot_");
+    for b in bytes {
+        key.push_str(&format!("{b:02x}"));
+    }
+    Ok(key)
+}
