@@ -58,7 +58,13 @@ const CONCURRENT: usize = 200;
 
 fn main() -> ExitCode {
     install_signal_handlers();
-    match std::panic::catch_unwind(run) {
+    let outcome = std::panic::catch_unwind(run);
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        // The children were killed under the running steps: whatever failed, that is why.
+        process::kill_all_children(Duration::from_secs(2));
+        return ExitCode::from(130);
+    }
+    match outcome {
         Ok(Ok(0)) => {
             println!("\ndemo done: every step gave the expected answer");
             ExitCode::SUCCESS
