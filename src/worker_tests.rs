@@ -595,3 +595,21 @@ fn shared_data_stays_bounded_whatever_the_number_of_keys() {
     );
     assert!(host.metric(Metric::Evictions) > 0);
 }
+
+#[test]
+fn stale_is_served_after_an_unrelated_key_was_reported_by_the_feed() {
+    let cfg = config(r#","cache":{"ttl_s":1,"negative_ttl_s":1,"stale_if_error_s":300,"shared_slots":256},"sync":{"interval_ms":500}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let good = key(20);
+    cache_allow(&host, &mut w, good);
+    host.advance(500);
+    w.on_tick(&host);
+    let poll = host.take_calls().remove(0);
+    respond(&host, &mut w, poll.0, 200, &format!(r#"{{"revision":9,"changed":["{}"]}}"#, key(21).hex()));
+    host.advance(1_500);
+    assert_eq!(w.check(&host, 5, good), Decision::Wait);
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    let r = respond(&host, &mut w, calls.last().unwrap().0, 503, "");
+    assert_eq!(r[0].outcome, Outcome::Allow { identity: Rc::new(ann()), stale: true });
+}

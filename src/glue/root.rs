@@ -115,7 +115,7 @@ impl RootContext for Root {
             );
         }
         log::info!(
-            "keygate: configured (store cluster {}, ttl {} s, negative ttl {} s, sync every {} ms, worker {})",
+            "configured (store cluster {}, ttl {} s, negative ttl {} s, sync every {} ms, worker {})",
             cfg.store.cluster,
             cfg.cache.ttl_ms / 1000,
             cfg.cache.negative_ttl_ms / 1000,

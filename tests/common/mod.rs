@@ -108,6 +108,11 @@ pub fn all_get(envoy: &Envoy, key: &str, n: usize, status: u16) -> bool {
     (0..n).all(|_| get_with_key(envoy, "/probe", key).status == status)
 }
 
+/// The statuses of `n` requests with `key` (new connections each).
+pub fn statuses(envoy: &Envoy, key: &str, n: usize) -> Vec<u16> {
+    (0..n).map(|_| get_with_key(envoy, "/probe", key).status).collect()
+}
+
 /// Store lookups the keystore has served so far.
 pub fn lookups(keystore: &Keystore) -> u64 {
     keystore.lookups()
