@@ -83,6 +83,11 @@ impl L1 {
         p || n
     }
 
+    /// Drops a cached "unknown" verdict for a key the store reported created.
+    pub fn remove_negative(&mut self, key: &KeyId) -> bool {
+        self.negative.remove(key)
+    }
+
     pub fn clear(&mut self) {
         self.positive.clear();
         self.negative.clear();

@@ -14,7 +14,7 @@
 use crate::cache::Entry;
 use crate::host::{Host, SharedError};
 use crate::key::KeyId;
-use crate::shared::{self, Names, Reader, Record, Writer};
+use crate::shared::{self, Change, Names, Reader, Record, Writer};
 use crate::verdict::{Identity, Verdict};
 use std::rc::Rc;
 
@@ -172,10 +172,16 @@ pub fn fail(slot: &Slot, key: KeyId, owner: u64, now_ms: u64) -> Slot {
     next
 }
 
-/// The slot without anything about `key`: the changes feed reported it.
-pub fn forget(slot: &Slot, key: &KeyId) -> Option<Slot> {
+/// The slot without anything about a key the changes feed reported (for a key reported only
+/// as created, only an "unknown" verdict is dropped).
+pub fn forget(slot: &Slot, change: &Change) -> Option<Slot> {
+    let key = &change.key;
     let mut next = slot.clone();
-    if next.verdict.as_ref().is_some_and(|v| v.key == *key) {
+    if next
+        .verdict
+        .as_ref()
+        .is_some_and(|v| v.key == *key && (!change.created || v.identity.is_none()))
+    {
         next.verdict = None;
     }
     if next
@@ -512,14 +518,32 @@ mod tests {
                 state: LeaseState::Failed { at_ms: 1 },
             }),
         };
-        let f = forget(&s, &id(1)).unwrap();
+        let f = forget(&s, &Change::of(id(1))).unwrap();
         assert_eq!(f, Slot::default());
-        assert_eq!(forget(&s, &id(2)), None);
+        assert_eq!(forget(&s, &Change::of(id(2))), None);
         let held = take(&s, id(1), 1, 10);
         assert!(
-            forget(&held, &id(1)).unwrap().lease.is_some(),
+            forget(&held, &Change::of(id(1))).unwrap().lease.is_some(),
             "a live lease stays"
         );
+    }
+
+    #[test]
+    fn a_creation_drops_only_an_unknown_verdict() {
+        let created = Change {
+            key: id(1),
+            created: true,
+        };
+        let known = Slot {
+            verdict: Some(allow(id(1), 100)),
+            lease: None,
+        };
+        assert_eq!(forget(&known, &created), None, "a cached identity stays");
+        let unknown = Slot {
+            verdict: Some(deny(id(1), 100)),
+            lease: None,
+        };
+        assert_eq!(forget(&unknown, &created), Some(Slot::default()));
     }
 
     /// Two workers read the same empty slot and both try to take the lease: exactly one wins.

@@ -120,19 +120,37 @@ impl Record for Epoch {
     }
 }
 
+/// A key id the changes feed reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub key: KeyId,
+    /// Its only change is its creation: only a cached "unknown" verdict is wrong now; a cached
+    /// identity (if any) stays valid and may still be served stale.
+    pub created: bool,
+}
+
+impl Change {
+    pub fn of(key: KeyId) -> Change {
+        Change {
+            key,
+            created: false,
+        }
+    }
+}
+
 /// The key ids the changes feed reported, newest last, at most [`ChangeRing::CAPACITY`].
 /// Entry `i` has sequence number `head_seq - len + 1 + i`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChangeRing {
     pub head_seq: u64,
-    pub ids: Vec<KeyId>,
+    pub ids: Vec<Change>,
 }
 
 /// What a worker must drop from its L1 to catch up with the change ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CatchUp<'a> {
     Nothing,
-    Keys(&'a [KeyId]),
+    Keys(&'a [Change]),
     /// The worker fell behind the ring's capacity (or the ring was reset): drop everything.
     Everything,
 }
@@ -140,7 +158,7 @@ pub enum CatchUp<'a> {
 impl ChangeRing {
     pub const CAPACITY: usize = 1024;
 
-    pub fn push(&mut self, ids: &[KeyId]) {
+    pub fn push(&mut self, ids: &[Change]) {
         for id in ids {
             self.ids.push(*id);
             self.head_seq = self.head_seq.saturating_add(1);
@@ -177,7 +195,7 @@ impl ChangeRing {
     pub fn changed_since(&self, key: &KeyId, seen: u64) -> bool {
         match self.since(seen) {
             CatchUp::Nothing => false,
-            CatchUp::Keys(ids) => ids.contains(key),
+            CatchUp::Keys(ids) => ids.iter().any(|c| c.key == *key),
             CatchUp::Everything => true,
         }
     }
@@ -188,8 +206,9 @@ impl Record for ChangeRing {
         let mut w = Writer::new();
         w.u64(self.head_seq);
         w.u32(u32::try_from(self.ids.len()).unwrap_or(0));
-        for id in &self.ids {
-            w.key(id);
+        for c in &self.ids {
+            w.key(&c.key);
+            w.u8(u8::from(c.created));
         }
         w.finish()
     }
@@ -203,7 +222,13 @@ impl Record for ChangeRing {
         }
         let mut ids = Vec::with_capacity(n);
         for _ in 0..n {
-            ids.push(r.key()?);
+            let key = r.key()?;
+            let created = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return None,
+            };
+            ids.push(Change { key, created });
         }
         r.end()?;
         Some(ChangeRing { head_seq, ids })
@@ -358,11 +383,22 @@ mod tests {
     #[test]
     fn change_ring_tells_each_worker_what_it_missed() {
         let mut ring = ChangeRing::default();
-        ring.push(&[id(1), id(2)]);
-        ring.push(&[id(3)]);
+        ring.push(&[Change::of(id(1)), Change::of(id(2))]);
+        ring.push(&[Change {
+            key: id(3),
+            created: true,
+        }]);
         assert_eq!(ring.head_seq, 3);
-        assert_eq!(ring.since(0), CatchUp::Keys(&[id(1), id(2), id(3)][..]));
-        assert_eq!(ring.since(2), CatchUp::Keys(&[id(3)][..]));
+        let all = [
+            Change::of(id(1)),
+            Change::of(id(2)),
+            Change {
+                key: id(3),
+                created: true,
+            },
+        ];
+        assert_eq!(ring.since(0), CatchUp::Keys(&all[..]));
+        assert_eq!(ring.since(2), CatchUp::Keys(&all[2..]));
         assert_eq!(ring.since(3), CatchUp::Nothing);
         assert!(ring.changed_since(&id(3), 2));
         assert!(!ring.changed_since(&id(1), 2));
@@ -372,7 +408,9 @@ mod tests {
     #[test]
     fn change_ring_is_bounded_and_a_laggard_drops_everything() {
         let mut ring = ChangeRing::default();
-        let ids: Vec<KeyId> = (0..(ChangeRing::CAPACITY as u32 + 10)).map(id).collect();
+        let ids: Vec<Change> = (0..(ChangeRing::CAPACITY as u32 + 10))
+            .map(|n| Change::of(id(n)))
+            .collect();
         ring.push(&ids);
         assert_eq!(ring.ids.len(), ChangeRing::CAPACITY);
         assert_eq!(ring.since(0), CatchUp::Everything);

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::host::CallResponse;
 use crate::key::KeyId;
+use crate::shared::Change;
 use crate::verdict::Identity;
 
 /// Largest lookup body read; a larger one is a store error.
@@ -93,7 +94,7 @@ pub fn parse_lookup(resp: &CallResponse) -> LookupAnswer {
 pub enum Changes {
     Changed {
         revision: u64,
-        keys: Vec<KeyId>,
+        keys: Vec<Change>,
         more: bool,
     },
     Reset {
@@ -106,6 +107,9 @@ struct RawChanges {
     revision: u64,
     #[serde(default)]
     changed: Vec<String>,
+    /// Optional: the subset of `changed` whose only change is their creation.
+    #[serde(default)]
+    created: Vec<String>,
     #[serde(default)]
     reset: bool,
     #[serde(default)]
@@ -135,14 +139,25 @@ pub fn parse_changes(resp: &CallResponse, since: u64) -> Result<Changes, StoreEr
             revision: raw.revision,
         });
     }
+    let parse = |s: &String| {
+        KeyId::from_hex(s).ok_or_else(|| StoreError::BadBody(format!("not a key id: {:.70}", s)))
+    };
+    let created = raw
+        .created
+        .iter()
+        .map(parse)
+        .collect::<Result<Vec<_>, _>>()?;
     let keys = raw
         .changed
         .iter()
         .map(|s| {
-            KeyId::from_hex(s)
-                .ok_or_else(|| StoreError::BadBody(format!("not a key id: {:.70}", s)))
+            let key = parse(s)?;
+            Ok(Change {
+                key,
+                created: created.contains(&key),
+            })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(Changes::Changed {
         revision: raw.revision,
         keys,
@@ -243,7 +258,10 @@ mod tests {
             parse_changes(&resp(200, &body), 10),
             Ok(Changes::Changed {
                 revision: 12,
-                keys: vec![k],
+                keys: vec![Change {
+                    key: k,
+                    created: false
+                }],
                 more: false
             })
         );
@@ -256,6 +274,21 @@ mod tests {
                 revision: 12,
                 keys: vec![],
                 more: true
+            })
+        );
+        let body = format!(
+            r#"{{"revision":13,"changed":["{k}"],"created":["{k}"]}}"#,
+            k = k.hex()
+        );
+        assert_eq!(
+            parse_changes(&resp(200, &body), 10),
+            Ok(Changes::Changed {
+                revision: 13,
+                keys: vec![Change {
+                    key: k,
+                    created: true
+                }],
+                more: false
             })
         );
         assert_eq!(

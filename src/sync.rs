@@ -8,9 +8,8 @@
 //! worker answers from a verdict the feed reported changed.
 
 use crate::host::Host;
-use crate::key::KeyId;
 use crate::lease::{self, Slot, Table};
-use crate::shared::{self, ChangeRing, Epoch, Names, Reader, Record, Writer};
+use crate::shared::{self, Change, ChangeRing, Epoch, Names, Reader, Record, Writer};
 use crate::store::Changes;
 
 /// The shared sync record: where the feed is, and who is polling it.
@@ -122,8 +121,8 @@ pub fn finish<H: Host + ?Sized>(
         }) => {
             if !keys.is_empty() {
                 let head = publish(host, names, |ring| ring.push(keys));
-                for key in keys {
-                    forget_slot(host, table, key);
+                for change in keys {
+                    forget_slot(host, table, change);
                 }
                 bump_epoch(host, names, |e| {
                     e.change_seq = head;
@@ -190,14 +189,15 @@ fn bump_epoch<H: Host + ?Sized>(host: &H, names: &Names, change: impl Fn(&mut Ep
     });
 }
 
-fn forget_slot<H: Host + ?Sized>(host: &H, table: &Table, key: &KeyId) {
-    let _ = table.update(host, key, |slot: &Slot| lease::forget(slot, key));
+fn forget_slot<H: Host + ?Sized>(host: &H, table: &Table, change: &Change) {
+    let _ = table.update(host, &change.key, |slot: &Slot| lease::forget(slot, change));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fake_host::FakeHost;
+    use crate::key::KeyId;
     use crate::lease::SlotVerdict;
     use crate::test_support::test;
     use crate::verdict::Identity;
@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(try_start(&host, &names, 1, 500), Start::Poll { since: 0 });
         let page = Changes::Changed {
             revision: 7,
-            keys: vec![k],
+            keys: vec![Change::of(k)],
             more: false,
         };
         assert_eq!(
@@ -270,7 +270,7 @@ mod tests {
         let ring = shared::read::<FakeHost, ChangeRing>(&host, &names.changes)
             .0
             .unwrap();
-        assert_eq!(ring.ids, vec![k]);
+        assert_eq!(ring.ids, vec![Change::of(k)]);
         let epoch = shared::read::<FakeHost, Epoch>(&host, &names.epoch)
             .0
             .unwrap();

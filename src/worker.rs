@@ -298,10 +298,15 @@ impl Worker {
             let ring = ring.unwrap_or_default();
             match ring.since(self.epoch.change_seq) {
                 shared::CatchUp::Nothing => {}
-                shared::CatchUp::Keys(ids) => {
+                shared::CatchUp::Keys(changes) => {
                     let mut dropped = 0u64;
-                    for id in ids {
-                        if self.l1.remove(id) {
+                    for c in changes {
+                        let removed = if c.created {
+                            self.l1.remove_negative(&c.key)
+                        } else {
+                            self.l1.remove(&c.key)
+                        };
+                        if removed {
                             dropped = dropped.saturating_add(1);
                         }
                     }

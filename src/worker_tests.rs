@@ -598,18 +598,88 @@ fn shared_data_stays_bounded_whatever_the_number_of_keys() {
 
 #[test]
 fn stale_is_served_after_an_unrelated_key_was_reported_by_the_feed() {
-    let cfg = config(r#","cache":{"ttl_s":1,"negative_ttl_s":1,"stale_if_error_s":300,"shared_slots":256},"sync":{"interval_ms":500}"#);
+    let cfg = config(
+        r#","cache":{"ttl_s":1,"negative_ttl_s":1,"stale_if_error_s":300,"shared_slots":256},"sync":{"interval_ms":500}"#,
+    );
     let (host, mut w) = synced_worker(&cfg);
     let good = key(20);
     cache_allow(&host, &mut w, good);
     host.advance(500);
     w.on_tick(&host);
     let poll = host.take_calls().remove(0);
-    respond(&host, &mut w, poll.0, 200, &format!(r#"{{"revision":9,"changed":["{}"]}}"#, key(21).hex()));
+    respond(
+        &host,
+        &mut w,
+        poll.0,
+        200,
+        &format!(r#"{{"revision":9,"changed":["{}"]}}"#, key(21).hex()),
+    );
     host.advance(1_500);
     assert_eq!(w.check(&host, 5, good), Decision::Wait);
     w.on_tick(&host);
     let calls = lookups(&host, &mut w);
     let r = respond(&host, &mut w, calls.last().unwrap().0, 503, "");
-    assert_eq!(r[0].outcome, Outcome::Allow { identity: Rc::new(ann()), stale: true });
+    assert_eq!(
+        r[0].outcome,
+        Outcome::Allow {
+            identity: Rc::new(ann()),
+            stale: true
+        }
+    );
+}
+
+#[test]
+fn a_creation_reported_by_the_feed_drops_a_negative_verdict_but_keeps_a_known_identity() {
+    let cfg = config(
+        r#","cache":{"ttl_s":1,"negative_ttl_s":300,"stale_if_error_s":300,"shared_slots":256},"sync":{"interval_ms":500}"#,
+    );
+    let (host, mut w) = synced_worker(&cfg);
+    let known = key(30);
+    let unknown = key(31);
+    cache_allow(&host, &mut w, known);
+    w.check(&host, 1, unknown);
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    assert_eq!(
+        respond(&host, &mut w, calls[0].0, 404, "")[0].outcome,
+        Outcome::Deny
+    );
+    host.advance(500);
+    w.on_tick(&host);
+    let poll = host.take_calls().remove(0);
+    let body = format!(
+        r#"{{"revision":9,"changed":["{k}","{u}"],"created":["{k}","{u}"]}}"#,
+        k = known.hex(),
+        u = unknown.hex()
+    );
+    respond(&host, &mut w, poll.0, 200, &body);
+    assert_eq!(
+        w.check(&host, 2, unknown),
+        Decision::Wait,
+        "the unknown verdict was dropped"
+    );
+    assert!(
+        matches!(
+            w.check(&host, 3, known),
+            Decision::Answer(Outcome::Allow { .. })
+        ),
+        "the identity was kept"
+    );
+    // And it can still be served stale when the store fails after its TTL.
+    host.advance(1_000);
+    w.on_tick(&host);
+    let _ = lookups(&host, &mut w);
+    assert_eq!(w.check(&host, 4, known), Decision::Wait);
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    let r = respond(&host, &mut w, calls.last().unwrap().0, 503, "");
+    assert!(
+        r.iter().any(|r| r.context_id == 4
+            && r.outcome
+                == Outcome::Allow {
+                    identity: Rc::new(ann()),
+                    stale: true
+                }),
+        "{r:?}"
+    );
 }

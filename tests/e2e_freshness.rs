@@ -14,7 +14,9 @@ use serde_json::json;
 
 /// Sync every second, positive TTL 5 minutes: only the feed can make a change visible in time.
 fn long_ttl() -> serde_json::Value {
-    config_with(json!({"cache": {"ttl_s": 300, "negative_ttl_s": 300}, "sync": {"interval_ms": 1000}}))
+    config_with(
+        json!({"cache": {"ttl_s": 300, "negative_ttl_s": 300}, "sync": {"interval_ms": 1000}}),
+    )
 }
 
 const BOUND: Duration = Duration::from_millis(1000 + 500);
@@ -31,7 +33,10 @@ fn a_revocation_in_the_store_reaches_both_instances_within_the_sync_bound() {
     let took = within(Duration::from_secs(5), "revocation seen by A and B", || {
         env.envoys().iter().all(|e| all_get(e, &key, 4, 401))
     });
-    println!("revocation visible on A and B after {} ms", took.as_millis());
+    println!(
+        "revocation visible on A and B after {} ms",
+        took.as_millis()
+    );
     assert!(took <= BOUND, "revocation took {took:?}, bound {BOUND:?}");
 }
 
@@ -44,7 +49,9 @@ fn a_rotation_in_the_store_retires_the_old_key_within_the_bound() {
         assert!(all_get(envoy, &old, 4, 200));
     }
     let new = env.keystore.rotate("acme", "bob");
-    let took = within(Duration::from_secs(5), "old key refused", || env.envoys().iter().all(|e| all_get(e, &old, 4, 401)));
+    let took = within(Duration::from_secs(5), "old key refused", || {
+        env.envoys().iter().all(|e| all_get(e, &old, 4, 401))
+    });
     assert!(took <= BOUND, "rotation took {took:?}");
     for envoy in env.envoys() {
         assert!(all_get(envoy, &new, 4, 200));
@@ -57,29 +64,42 @@ fn a_key_created_after_it_was_negatively_cached_is_accepted_within_the_bound() {
     env.keystore.create_account("acme", "alice");
     let key = "kg_imported_key_0123456789abcdefghijklmnopqrstuvwxyz";
     for envoy in env.envoys() {
-        assert!(all_get(envoy, key, 4, 401), "unknown, then negatively cached for 300 s");
+        assert!(
+            all_get(envoy, key, 4, 401),
+            "unknown, then negatively cached for 300 s"
+        );
     }
     let before = lookups(&env.keystore);
     assert!(all_get(&env.a, key, 4, 401));
-    assert_eq!(lookups(&env.keystore), before, "served from the negative cache");
+    assert_eq!(
+        lookups(&env.keystore),
+        before,
+        "served from the negative cache"
+    );
     let r = env
         .keystore
-        .admin("POST", "/api/v1/admin/accounts/acme/users", Some(&json!({"user_id": "imported", "role": "member", "user_key": key})))
+        .admin(
+            "POST",
+            "/api/v1/admin/accounts/acme/users",
+            Some(&json!({"user_id": "imported", "role": "member", "user_key": key})),
+        )
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
-    let took = within(Duration::from_secs(5), "new key accepted by A and B", || {
-        env.envoys().iter().all(|e| all_get(e, key, 4, 200))
-    });
+    let took = within(
+        Duration::from_secs(5),
+        "new key accepted by A and B",
+        || env.envoys().iter().all(|e| all_get(e, key, 4, 200)),
+    );
     println!("creation visible on A and B after {} ms", took.as_millis());
     assert!(took <= BOUND, "creation took {took:?}");
 }
 
 #[test]
 fn known_keys_are_served_stale_while_the_store_is_down_and_revoked_ones_never_are() {
-    let cfg = config_with(json!({"cache": {"ttl_s": 1, "negative_ttl_s": 1, "stale_if_error_s": 300}, "sync": {"interval_ms": 500}}));
-    let mut opts = keygate_harness::TwoOpts::new(cfg);
-    opts.log_level = "info".into();
-    let mut env = TwoInstances::start_with(opts).unwrap();
+    let cfg = config_with(
+        json!({"cache": {"ttl_s": 1, "negative_ttl_s": 1, "stale_if_error_s": 300}, "sync": {"interval_ms": 500}}),
+    );
+    let mut env = TwoInstances::start(cfg).unwrap();
     env.keystore.create_account("acme", "alice");
     let good = env.keystore.create_user("acme", "bob", "member");
     let revoked = env.keystore.create_user("acme", "eve", "member");
@@ -88,24 +108,46 @@ fn known_keys_are_served_stale_while_the_store_is_down_and_revoked_ones_never_ar
         assert!(all_get(envoy, &revoked, 4, 200));
     }
     env.keystore.revoke_user("acme", "eve");
-    within(Duration::from_secs(3), "revocation seen", || env.envoys().iter().all(|e| all_get(e, &revoked, 4, 401)));
+    within(Duration::from_secs(3), "revocation seen", || {
+        env.envoys().iter().all(|e| all_get(e, &revoked, 4, 401))
+    });
     env.keystore.kill();
     std::thread::sleep(Duration::from_millis(1500)); // past the 1 s TTL
     for envoy in env.envoys() {
-        let got: Vec<String> = (0..6).map(|_| { let r = get_with_key(envoy, "/probe", &good); format!("{} {}", r.status, r.body) }).collect();
-        assert!(got.iter().all(|s| s.starts_with("200")), "{}: a known key must keep working while the store is down: {got:?}\n{}", envoy.node_id(), envoy.log_text());
+        let got: Vec<String> = (0..6)
+            .map(|_| {
+                let r = get_with_key(envoy, "/probe", &good);
+                format!("{} {}", r.status, r.body)
+            })
+            .collect();
+        assert!(
+            got.iter().all(|s| s.starts_with("200")),
+            "{}: a known key must keep working while the store is down: {got:?}\n{}",
+            envoy.node_id(),
+            envoy.log_text()
+        );
         for _ in 0..6 {
             let s = get_with_key(envoy, "/x", &revoked).status;
-            assert!(s == 401 || s == 503, "{}: a revoked key got {s}", envoy.node_id());
+            assert!(
+                s == 401 || s == 503,
+                "{}: a revoked key got {s}",
+                envoy.node_id()
+            );
         }
         let r = get_with_key(envoy, "/x", "kg_never_seen_key_during_outage_0001");
         assert_eq!(r.status, 503, "unknown key during the outage");
         assert!(envoy.stat("keygate_stale_served") >= 1);
     }
     env.keystore.restart().unwrap();
-    within(Duration::from_secs(5), "recovered without an Envoy restart", || {
-        env.envoys().iter().all(|e| get_with_key(e, "/x", "kg_never_seen_key_during_outage_0001").status == 401)
-    });
+    within(
+        Duration::from_secs(5),
+        "recovered without an Envoy restart",
+        || {
+            env.envoys().iter().all(|e| {
+                get_with_key(e, "/x", "kg_never_seen_key_during_outage_0001").status == 401
+            })
+        },
+    );
     let fresh = env.keystore.create_user("acme", "carol", "member");
     for envoy in env.envoys() {
         assert!(all_get(envoy, &fresh, 2, 200));
@@ -115,7 +157,10 @@ fn known_keys_are_served_stale_while_the_store_is_down_and_revoked_ones_never_ar
 
 #[test]
 fn a_flood_of_random_keys_stays_within_the_miss_budget_and_known_keys_keep_working() {
-    let env = TwoInstances::start(config_with(json!({"miss_budget": {"per_second": 100, "burst": 200}}))).unwrap();
+    let env = TwoInstances::start(config_with(
+        json!({"miss_budget": {"per_second": 100, "burst": 200}}),
+    ))
+    .unwrap();
     let good = env.keystore.create_account("acme", "alice");
     for envoy in env.envoys() {
         assert!(all_get(envoy, &good, 4, 200));
@@ -127,7 +172,10 @@ fn a_flood_of_random_keys_stays_within_the_miss_budget_and_known_keys_keep_worki
     let good_ok = AtomicU64::new(0);
     let good_bad = AtomicU64::new(0);
     let good_bad_seen = std::sync::Mutex::new(Vec::new());
-    let urls = [format!("{}/flood", env.a.url()), format!("{}/flood", env.b.url())];
+    let urls = [
+        format!("{}/flood", env.a.url()),
+        format!("{}/flood", env.b.url()),
+    ];
     std::thread::scope(|s| {
         s.spawn(|| {
             let c = Client::keep_alive(Duration::from_secs(10));
@@ -141,7 +189,9 @@ fn a_flood_of_random_keys_stays_within_the_miss_budget_and_known_keys_keep_worki
                     }
                     other => {
                         good_bad.fetch_add(1, Ordering::Relaxed);
-                        let what = other.map(|r| format!("{} {}", r.status, r.body)).unwrap_or_else(|e| e.to_string());
+                        let what = other
+                            .map(|r| format!("{} {}", r.status, r.body))
+                            .unwrap_or_else(|e| e.to_string());
                         good_bad_seen.lock().unwrap().push(what);
                     }
                 }
@@ -156,7 +206,10 @@ fn a_flood_of_random_keys_stays_within_the_miss_budget_and_known_keys_keep_worki
                     let mut statuses = [0u64; 3];
                     for i in 0..2500 {
                         let key = format!("{}_{t}_{i}", random_key(i));
-                        let r = c.get(&urls[i % 2], &[("x-api-key", &key)]).map(|r| r.status).unwrap_or(0);
+                        let r = c
+                            .get(&urls[i % 2], &[("x-api-key", &key)])
+                            .map(|r| r.status)
+                            .unwrap_or(0);
                         sent.fetch_add(1, Ordering::Relaxed);
                         match r {
                             401 => statuses[0] += 1,
@@ -189,13 +242,24 @@ fn a_flood_of_random_keys_stays_within_the_miss_budget_and_known_keys_keep_worki
         );
         assert_eq!(sent.load(Ordering::Relaxed), 20_000);
         assert_eq!(totals[2], 0, "random keys get 401 or 503, nothing else");
-        assert!((made as f64) <= allowed, "{made} lookups over the budget {allowed}");
+        assert!(
+            (made as f64) <= allowed,
+            "{made} lookups over the budget {allowed}"
+        );
         assert!(totals[1] > 0, "the budget was exercised");
     });
-    let (ok, bad) = (good_ok.load(Ordering::Relaxed), good_bad.load(Ordering::Relaxed));
+    let (ok, bad) = (
+        good_ok.load(Ordering::Relaxed),
+        good_bad.load(Ordering::Relaxed),
+    );
     println!("valid key during the flood: {ok} x 200, {bad} other");
     assert!(ok > 50);
-    assert_eq!(bad, 0, "the valid cached key always answered 200: {:?}", good_bad_seen.lock().unwrap());
+    assert_eq!(
+        bad,
+        0,
+        "the valid cached key always answered 200: {:?}",
+        good_bad_seen.lock().unwrap()
+    );
 }
 
 fn rss_kb(pid: u32) -> u64 {
@@ -214,8 +278,16 @@ fn rss_kb(pid: u32) -> u64 {
 fn memory_stays_bounded_under_200k_distinct_keys() {
     let keystore = Keystore::start(KeystoreOpts::default()).unwrap();
     let upstream = Upstream::start().unwrap();
-    let cfg = config_with(json!({"miss_budget": {"per_second": 1000000, "burst": 1000000}, "cache": {"negative_ttl_s": 300}}));
-    let envoy = Envoy::start(EnvoyOpts::new("keygate-mem", cfg, upstream.port(), keystore.port())).unwrap();
+    let cfg = config_with(
+        json!({"miss_budget": {"per_second": 1000000, "burst": 1000000}, "cache": {"negative_ttl_s": 300}}),
+    );
+    let envoy = Envoy::start(EnvoyOpts::new(
+        "keygate-mem",
+        cfg,
+        upstream.port(),
+        keystore.port(),
+    ))
+    .unwrap();
     let pid = envoy.pid().unwrap();
     // Warm up: V8 compiles, pools fill.
     herd(&[&envoy], 64, "kg_warm_up_key_000000000000000001");
@@ -237,11 +309,19 @@ fn memory_stays_bounded_under_200k_distinct_keys() {
         .expect("wrk (installed by scripts/setup.sh)");
     let _ = std::fs::remove_file(&script);
     let text = String::from_utf8_lossy(&out.stdout);
-    let requests: u64 = text.lines().find(|l| l.contains("requests in")).and_then(|l| l.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let requests: u64 = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     let looked_up = keystore.lookups() - lookups_before;
     let after = rss_kb(pid);
     let grew_mb = (after.saturating_sub(before)) as f64 / 1024.0;
     println!("memory: {requests} requests with distinct keys, {looked_up} store lookups; Envoy RSS {before} kB -> {after} kB (+{grew_mb:.1} MB)");
-    assert!(looked_up >= 200_000, "only {looked_up} distinct keys reached the store in 60 s:\n{text}");
+    assert!(
+        looked_up >= 200_000,
+        "only {looked_up} distinct keys reached the store in 60 s:\n{text}"
+    );
     assert!(grew_mb < 64.0, "RSS grew by {grew_mb:.1} MB");
 }

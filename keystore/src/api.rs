@@ -190,6 +190,8 @@ struct ChangesBody {
     revision: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     changed: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    created: Vec<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     more: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -213,16 +215,19 @@ async fn changes(
         Changes::Reset { revision } => ChangesBody {
             revision,
             changed: None,
+            created: Vec::new(),
             more: false,
             reset: true,
         },
         Changes::Changed {
             revision,
             changed,
+            created,
             more,
         } => ChangesBody {
             revision,
             changed: Some(changed),
+            created,
             more,
             reset: false,
         },

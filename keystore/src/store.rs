@@ -111,6 +111,10 @@ pub enum Changes {
     Changed {
         revision: i64,
         changed: Vec<String>,
+        /// The subset of `changed` whose only events in this page are creations: a cache
+        /// need only forget that they were unknown (their cached identities, if any, stay
+        /// valid and may still be served stale).
+        created: Vec<String>,
         more: bool,
     },
 }
@@ -405,6 +409,7 @@ impl Store {
                 return Ok(Changes::Changed {
                     revision,
                     changed: Vec::new(),
+                    created: Vec::new(),
                     more: false,
                 });
             }
@@ -415,28 +420,41 @@ impl Store {
             let limit = i64::try_from(CHANGES_PAGE)
                 .unwrap_or(i64::MAX)
                 .saturating_add(1);
-            let rows: Vec<(i64, String)> = tx
+            let rows: Vec<(i64, String, String)> = tx
                 .prepare_cached(
-                    "SELECT revision, key_id FROM changes WHERE revision > ?1 \
+                    "SELECT revision, key_id, kind FROM changes WHERE revision > ?1 \
                      ORDER BY revision LIMIT ?2",
                 )?
-                .query_map([since, limit], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .query_map([since, limit], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?
                 .collect::<Result<_, _>>()?;
             let more = rows.len() > CHANGES_PAGE;
             let page = rows.get(..CHANGES_PAGE).unwrap_or(&rows);
             let revision = match (more, page.last()) {
-                (true, Some((last, _))) => *last,
+                (true, Some((last, _, _))) => *last,
                 _ => revision,
             };
             let mut seen = std::collections::HashSet::with_capacity(page.len());
-            let changed = page
+            let changed: Vec<String> = page
                 .iter()
-                .filter(|(_, key_id)| seen.insert(key_id.as_str()))
-                .map(|(_, key_id)| key_id.clone())
+                .filter(|(_, key_id, _)| seen.insert(key_id.as_str()))
+                .map(|(_, key_id, _)| key_id.clone())
+                .collect();
+            let not_only_created: std::collections::HashSet<&str> = page
+                .iter()
+                .filter(|(_, _, kind)| kind != KIND_CREATED)
+                .map(|(_, key_id, _)| key_id.as_str())
+                .collect();
+            let created = changed
+                .iter()
+                .filter(|k| !not_only_created.contains(k.as_str()))
+                .cloned()
                 .collect();
             Ok(Changes::Changed {
                 revision,
                 changed,
+                created,
                 more,
             })
         })

@@ -214,3 +214,36 @@ async fn invalid_since_is_rejected() {
             .assert_error(StatusCode::BAD_REQUEST, needle);
     }
 }
+
+#[tokio::test]
+async fn created_lists_keys_whose_only_change_is_their_creation() {
+    let ks = Ks::new().await;
+    let start = ks.revision().await;
+    let admin = ks.create_account("acme", "alice").await;
+    let bob = ks.create_user(&admin, "acme", "bob", "member").await;
+    let feed = ks.changes(start).await;
+    assert_eq!(changed(&feed), ids(&[&admin, &bob]));
+    assert_eq!(feed["created"], json!([key_id(&admin), key_id(&bob)]));
+
+    let after_create = ks.revision().await;
+    let r = ks
+        .call(
+            "DELETE",
+            "/api/v1/admin/accounts/acme/users/bob",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let feed = ks.changes(after_create).await;
+    assert_eq!(changed(&feed), ids(&[&bob]));
+    assert!(
+        feed.get("created").is_none(),
+        "a revocation is not a creation: {feed}"
+    );
+
+    // Created then revoked within one page: only in `changed`.
+    let feed = ks.changes(start).await;
+    assert_eq!(changed(&feed), ids(&[&admin, &bob]));
+    assert_eq!(feed["created"], json!([key_id(&admin)]));
+}

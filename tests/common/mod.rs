@@ -43,7 +43,9 @@ pub fn client() -> Client {
 
 /// GET `path` through `envoy` with `x-api-key: key`.
 pub fn get_with_key(envoy: &Envoy, path: &str, key: &str) -> Response {
-    client().get(&format!("{}{path}", envoy.url()), &[("x-api-key", key)]).expect("request through envoy")
+    client()
+        .get(&format!("{}{path}", envoy.url()), &[("x-api-key", key)])
+        .expect("request through envoy")
 }
 
 /// The headers the echo upstream received, from its JSON answer.
@@ -64,7 +66,9 @@ pub fn herd(envoys: &[&Envoy], n: usize, key: &str) -> Vec<u16> {
                 s.spawn(move || {
                     let c = client();
                     barrier.wait();
-                    c.get(&url, &[("x-api-key", key)]).map(|r| r.status).unwrap_or(0)
+                    c.get(&url, &[("x-api-key", key)])
+                        .map(|r| r.status)
+                        .unwrap_or(0)
                 })
             })
             .collect();
@@ -86,7 +90,10 @@ pub fn raw_status(envoy: &Envoy, head: &[u8]) -> u16 {
         }
     }
     let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Polls `check` every 20 ms until it is true; returns how long it took, or panics after `limit`.
@@ -110,7 +117,9 @@ pub fn all_get(envoy: &Envoy, key: &str, n: usize, status: u16) -> bool {
 
 /// The statuses of `n` requests with `key` (new connections each).
 pub fn statuses(envoy: &Envoy, key: &str, n: usize) -> Vec<u16> {
-    (0..n).map(|_| get_with_key(envoy, "/probe", key).status).collect()
+    (0..n)
+        .map(|_| get_with_key(envoy, "/probe", key).status)
+        .collect()
 }
 
 /// Store lookups the keystore has served so far.
@@ -120,6 +129,9 @@ pub fn lookups(keystore: &Keystore) -> u64 {
 
 /// A random-looking key that no store knows.
 pub fn random_key(i: usize) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("kg_unknown_{nanos:x}_{i}")
 }
