@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/keygate.wasm
 
-.PHONY: all setup build demo test test-unit test-wasm lint test-e2e bench clean
+.PHONY: all setup build demo test test-unit test-wasm lint test-compose test-e2e bench clean
 
 all: build
 
@@ -24,7 +24,7 @@ demo: build
 	target/release/keygate-demo
 
 ## Everything: unit tests (native and wasm), lints, the keystore's API tests, end to end against real Envoy.
-test: build test-unit test-wasm lint test-e2e
+test: build test-unit test-wasm lint test-compose test-e2e
 	@echo "make test: all suites passed"
 
 test-unit:
@@ -41,6 +41,10 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p keygate --lib --target wasm32-wasip1 -- -D warnings
 	$(CARGO) fmt --all -- --check
+
+## The docker compose file and its Envoy configs (validated; no Docker engine is needed).
+test-compose:
+	@scripts/check-compose.sh
 
 ## Real Envoy (two instances, two workers each), the real keystore binary over SQLite, a real upstream.
 test-e2e:
