@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::host::{Callout, Histogram, Host, Metric, SharedError};
+use crate::host::{Callout, DispatchError, Histogram, Host, Metric, SharedError};
 
 #[derive(Default)]
 struct Space {
@@ -169,9 +169,9 @@ impl Host for FakeHost {
         self.space.borrow_mut().set(key, value, cas)
     }
 
-    fn http_call(&self, call: &Callout) -> Result<u32, ()> {
+    fn http_call(&self, call: &Callout) -> Result<u32, DispatchError> {
         if self.dispatch_fails.get() {
-            return Err(());
+            return Err(DispatchError);
         }
         let token = self.next_token.get() + 1;
         self.next_token.set(token);

@@ -27,6 +27,10 @@ pub struct CallResponse {
     pub body: Option<Vec<u8>>,
 }
 
+/// The host refused to dispatch a callout (unknown cluster, bad headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchError;
+
 pub trait Host {
     /// Wall-clock time in milliseconds (the same clock on every worker).
     fn now_ms(&self) -> u64;
@@ -36,7 +40,7 @@ pub trait Host {
     /// `cas` is; otherwise fails with `CasMismatch` when `cas` is `Some` and differs.
     fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError>;
     /// Dispatches a callout to the store; the answer comes back by token.
-    fn http_call(&self, call: &Callout) -> Result<u32, ()>;
+    fn http_call(&self, call: &Callout) -> Result<u32, DispatchError>;
     /// Sets this worker's tick period.
     fn set_tick_ms(&self, ms: u32);
     /// Adds to a counter.

@@ -82,7 +82,7 @@ pub fn act<'a>(cfg: &'a Config, outcome: &'a Outcome, path: &str) -> Action<'a> 
 pub fn role_allowed(cfg: &Config, path: &str, identity: &Identity) -> bool {
     match cfg.required_roles_for(path) {
         None => true,
-        Some(roles) => roles.iter().any(|r| *r == identity.role),
+        Some(roles) => roles.contains(&identity.role),
     }
 }
 

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use crate::bucket;
 use crate::cache::{Entry, L1};
 use crate::config::Config;
-use crate::host::{CallResponse, Callout, Histogram, Host, Metric, SharedError};
+use crate::host::{CallResponse, Callout, DispatchError, Histogram, Host, Metric, SharedError};
 use crate::key::KeyId;
 use crate::lease::{self, SlotVerdict, Table, View, LEASE_GRACE_MS};
 use crate::shared::{self, Epoch, Names};
@@ -471,7 +471,7 @@ impl Worker {
                 };
                 self.set_phase(&key, phase);
             }
-            Err(()) => {
+            Err(DispatchError) => {
                 log::warn!(
                     "could not dispatch a lookup to cluster {}",
                     self.cfg.store.cluster
@@ -678,7 +678,7 @@ impl Worker {
                             },
                         );
                     }
-                    Err(()) => {
+                    Err(DispatchError) => {
                         host.count(Metric::SyncErrors, 1);
                         sync::finish(
                             host,

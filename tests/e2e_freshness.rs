@@ -2,6 +2,14 @@
 //! and B (2 workers each), the real keystore, changes made directly in the keystore (not
 //! through Envoy), so only the changes feed can tell the filters.
 #![cfg(not(target_arch = "wasm32"))]
+// Tests: panicking on a failed expectation is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 mod common;
 

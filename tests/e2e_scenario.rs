@@ -1,6 +1,14 @@
 //! The two-instance scenario end to end: real Envoy A and B (2 workers each) running
 //! keygate.wasm, the real keystore binary over SQLite, and an echo upstream.
 #![cfg(not(target_arch = "wasm32"))]
+// Tests: panicking on a failed expectation is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 
 mod common;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MetricType, Status};
 
-use crate::host::{Callout, Histogram, Host, Metric, SharedError};
+use crate::host::{Callout, DispatchError, Histogram, Host, Metric, SharedError};
 
 pub(crate) struct ProxyHost {
     cluster: String,
@@ -54,7 +54,7 @@ impl Host for ProxyHost {
         }
     }
 
-    fn http_call(&self, call: &Callout) -> Result<u32, ()> {
+    fn http_call(&self, call: &Callout) -> Result<u32, DispatchError> {
         let headers = vec![
             (":method", "GET"),
             (":path", call.path.as_str()),
@@ -69,7 +69,7 @@ impl Host for ProxyHost {
             vec![],
             Duration::from_millis(call.timeout_ms),
         )
-        .map_err(|_| ())
+        .map_err(|_| DispatchError)
     }
 
     fn set_tick_ms(&self, ms: u32) {
