@@ -26,19 +26,32 @@ fn keys_from_a_query_parameter_are_hidden_from_the_upstream() {
     }));
     let env = TwoInstances::start(cfg).unwrap();
     let key = env.keystore.create_account("acme", "alice");
-    let r = client().get(&format!("{}/items?a=1&apikey={key}&b=2", env.a.url()), &[]).unwrap();
+    let r = client()
+        .get(&format!("{}/items?a=1&apikey={key}&b=2", env.a.url()), &[])
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     let seen = r.json().unwrap();
-    assert_eq!(seen["path"], "/items?a=1&b=2", "the key is removed from the query");
+    assert_eq!(
+        seen["path"], "/items?a=1&b=2",
+        "the key is removed from the query"
+    );
     assert_eq!(seen["headers"]["x-account-id"], "acme");
 
     let r = get_with_key(&env.a, "/items", &key);
     assert_eq!(r.status, 200);
-    assert!(upstream_headers(&r).get("x-api-key").is_none(), "the key header is removed");
+    assert!(
+        upstream_headers(&r).get("x-api-key").is_none(),
+        "the key header is removed"
+    );
     assert!(!env.upstream.log_text().contains(&key));
 
     // A bearer token is not a configured source here.
-    let r = client().get(&format!("{}/items", env.a.url()), &[("authorization", &format!("Bearer {key}"))]).unwrap();
+    let r = client()
+        .get(
+            &format!("{}/items", env.a.url()),
+            &[("authorization", &format!("Bearer {key}"))],
+        )
+        .unwrap();
     assert_eq!(r.status, 401);
 }
 
@@ -46,24 +59,48 @@ fn keys_from_a_query_parameter_are_hidden_from_the_upstream() {
 fn keys_reach_the_upstream_by_default() {
     let env = TwoInstances::start(config()).unwrap();
     let key = env.keystore.create_account("acme", "alice");
-    let r = client().get(&format!("{}/x", env.b.url()), &[("authorization", &format!("Bearer {key}"))]).unwrap();
+    let r = client()
+        .get(
+            &format!("{}/x", env.b.url()),
+            &[("authorization", &format!("Bearer {key}"))],
+        )
+        .unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(upstream_headers(&r)["authorization"], format!("Bearer {key}"));
+    assert_eq!(
+        upstream_headers(&r)["authorization"],
+        format!("Bearer {key}")
+    );
 }
 
 #[test]
 fn anonymous_paths_pass_without_a_key_but_never_with_forged_identity() {
     let env = TwoInstances::start(config_with(json!({"anonymous_paths": ["/health"]}))).unwrap();
-    let r = client().get(&format!("{}/health/live", env.a.url()), &[("x-account-id", "victim"), ("x-role", "root")]).unwrap();
+    let r = client()
+        .get(
+            &format!("{}/health/live", env.a.url()),
+            &[("x-account-id", "victim"), ("x-role", "root")],
+        )
+        .unwrap();
     assert_eq!(r.status, 200);
     let h = upstream_headers(&r);
-    assert!(h.get("x-account-id").is_none() && h.get("x-role").is_none(), "{h}");
-    assert_eq!(client().get(&format!("{}/api", env.a.url()), &[]).unwrap().status, 401);
+    assert!(
+        h.get("x-account-id").is_none() && h.get("x-role").is_none(),
+        "{h}"
+    );
+    assert_eq!(
+        client()
+            .get(&format!("{}/api", env.a.url()), &[])
+            .unwrap()
+            .status,
+        401
+    );
 }
 
 #[test]
 fn required_roles_refuse_other_roles_with_403() {
-    let cfg = config_with(json!({"required_roles": [{"prefix": "/reports/", "roles": ["admin", "auditor"]}]}));
+    let cfg = config_with(
+        json!({"required_roles": [{"prefix": "/reports/", "roles": ["admin", "auditor"]}]}),
+    );
     let env = TwoInstances::start(cfg).unwrap();
     let admin = env.keystore.create_account("acme", "alice");
     let member = env.keystore.create_user("acme", "bob", "member");
@@ -73,12 +110,18 @@ fn required_roles_refuse_other_roles_with_403() {
     assert_eq!(r.json().unwrap(), json!({"error": "forbidden"}));
     assert_eq!(get_with_key(&env.a, "/reports/q3", &admin).status, 200);
     assert_eq!(get_with_key(&env.b, "/reports/q3", &auditor).status, 200);
-    assert_eq!(get_with_key(&env.b, "/other", &member).status, 200, "rules apply only under their prefix");
+    assert_eq!(
+        get_with_key(&env.b, "/other", &member).status,
+        200,
+        "rules apply only under their prefix"
+    );
     // The rule applies on the paused path too: a first request for a fresh key is decided after
     // its lookup, on the root context.
     let fresh = env.keystore.create_user("acme", "dave", "member");
     assert_eq!(get_with_key(&env.b, "/reports/q4", &fresh).status, 403);
-    assert!(env.a.stat("keygate_requests_forbidden") + env.b.stat("keygate_requests_forbidden") >= 2);
+    assert!(
+        env.a.stat("keygate_requests_forbidden") + env.b.stat("keygate_requests_forbidden") >= 2
+    );
 }
 
 fn deltas(envoy: &Envoy, before: &HashMap<String, u64>) -> HashMap<String, u64> {
@@ -95,15 +138,24 @@ fn deltas(envoy: &Envoy, before: &HashMap<String, u64>) -> HashMap<String, u64> 
 
 #[test]
 fn metrics_move_as_requests_are_answered() {
-    let mut env = TwoInstances::start(config_with(json!({"cache": {"ttl_s": 1, "stale_if_error_s": 300}}))).unwrap();
+    let mut env = TwoInstances::start(config_with(
+        json!({"cache": {"ttl_s": 1, "stale_if_error_s": 300}}),
+    ))
+    .unwrap();
     let key = env.keystore.create_account("acme", "alice");
     let before = env.a.stats();
     assert_eq!(get_with_key(&env.a, "/m", &key).status, 200);
     for _ in 0..5 {
         assert_eq!(get_with_key(&env.a, "/m", &key).status, 200);
     }
-    assert_eq!(get_with_key(&env.a, "/m", "kg_unknown_key_for_metrics_00000001").status, 401);
-    assert_eq!(get_with_key(&env.a, "/m", "bad key with spaces").status, 401);
+    assert_eq!(
+        get_with_key(&env.a, "/m", "kg_unknown_key_for_metrics_00000001").status,
+        401
+    );
+    assert_eq!(
+        get_with_key(&env.a, "/m", "bad key with spaces").status,
+        401
+    );
     let d = deltas(&env.a, &before);
     assert_eq!(d["keygate_requests_allowed"], 6, "{d:?}");
     assert_eq!(d["keygate_requests_denied"], 2, "{d:?}");
@@ -117,16 +169,30 @@ fn metrics_move_as_requests_are_answered() {
     env.keystore.kill();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_eq!(get_with_key(&env.a, "/m", &key).status, 200);
-    assert_eq!(get_with_key(&env.a, "/m", "kg_unknown_key_for_metrics_00000002").status, 503);
+    assert_eq!(
+        get_with_key(&env.a, "/m", "kg_unknown_key_for_metrics_00000002").status,
+        503
+    );
     let d = deltas(&env.a, &before);
     assert!(d["keygate_stale_served"] >= 1, "{d:?}");
     assert!(d["keygate_store_errors"] >= 2, "{d:?}");
     assert_eq!(d["keygate_requests_unavailable"], 1, "{d:?}");
-    assert!(d["keygate_sync_errors"] >= 1, "polls fail while the store is down: {d:?}");
+    assert!(
+        d["keygate_sync_errors"] >= 1,
+        "polls fail while the store is down: {d:?}"
+    );
 
     // Prometheus output names them without Envoy's wasmcustom prefix.
-    let prom = client().get(&format!("{}/stats/prometheus", env.a.admin_url()), &[]).unwrap().body;
-    for name in ["keygate_requests_allowed", "keygate_store_lookups", "keygate_sync_polls", "keygate_store_lookup_ms_bucket"] {
+    let prom = client()
+        .get(&format!("{}/stats/prometheus", env.a.admin_url()), &[])
+        .unwrap()
+        .body;
+    for name in [
+        "keygate_requests_allowed",
+        "keygate_store_lookups",
+        "keygate_sync_polls",
+        "keygate_store_lookup_ms_bucket",
+    ] {
         assert!(prom.contains(name), "{name} missing from /stats/prometheus");
     }
 }

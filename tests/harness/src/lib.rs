@@ -11,6 +11,7 @@
 
 mod envoy;
 mod error;
+mod fault;
 pub mod http;
 mod keystore;
 mod metrics;
@@ -28,6 +29,7 @@ use std::sync::Mutex;
 
 pub use envoy::{Envoy, EnvoyOpts};
 pub use error::{Error, Result};
+pub use fault::{Fault, FaultProxy};
 pub use http::{get, request, send_json, Client, Response};
 pub use keystore::{Keystore, KeystoreOpts};
 pub use metrics::{
