@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/keygate.wasm
 
-.PHONY: all setup build demo test test-unit test-wasm lint test-compose test-e2e bench clean
+.PHONY: all setup build demo test test-unit test-wasm lint test-compose test-e2e soak bench clean
 
 all: build
 
@@ -49,6 +49,10 @@ test-compose:
 ## Real Envoy (two instances, two workers each), the real keystore binary over SQLite, a real upstream.
 test-e2e:
 	$(CARGO) test --release -p keygate --tests -- --test-threads=2
+
+## The soak test for 10 minutes (60 s of it runs in `make test`).
+soak: build
+	KEYGATE_SOAK_SECS=600 $(CARGO) test --release -p keygate --test e2e_soak -- --nocapture
 
 bench: build
 	@scripts/bench.sh
