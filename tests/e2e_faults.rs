@@ -144,6 +144,26 @@ fn every_kind_of_store_failure_gives_503_for_unknown_keys_and_stale_for_known_on
         println!("{what}: known key 200 (stale), unknown key 503, then recovered");
     }
     assert!(env.a.stat("keygate_stale_served") > 0 && env.a.stat("keygate_store_errors") > 0);
+    // Store errors are logged with the key id's first 12 hex characters, never the key.
+    let known_id = sha256_hex(&known);
+    for envoy in env.envoys() {
+        let log = envoy.log_text();
+        assert!(
+            log.contains("store lookup for key") && log.contains(&known_id[..12]),
+            "{log}"
+        );
+        assert!(
+            !log.contains(&known)
+                && !log.contains(&known_id)
+                && !log.contains("kg_unknown_during_fault"),
+            "a key or a full key id in the log"
+        );
+    }
+}
+
+/// Lowercase hex SHA-256, as the filter computes key ids.
+fn sha256_hex(key: &str) -> String {
+    keygate::key::KeyId::of(key.as_bytes()).hex()
 }
 
 #[test]
