@@ -56,6 +56,18 @@ impl Faulty {
     fn envoys(&self) -> [&Envoy; 2] {
         [&self.a, &self.b]
     }
+
+    /// Creates acme/bob, waits for the feed to report the creations, caches bob's key on A and
+    /// B, and returns it.
+    fn cached_member_key(&self) -> String {
+        self.keystore.create_account("acme", "alice");
+        let key = self.keystore.create_user("acme", "bob", "member");
+        std::thread::sleep(Duration::from_millis(700));
+        for envoy in self.envoys() {
+            assert!(all_get(envoy, &key, 4, 200));
+        }
+        key
+    }
 }
 
 /// Short TTL so that cached keys need the store (and stale-if-error) quickly; short timeout.
@@ -199,12 +211,7 @@ fn waiters_on_a_lookup_that_never_answers_get_503_in_bounded_time() {
 #[test]
 fn a_changes_feed_that_goes_backwards_drops_the_caches_and_nothing_breaks() {
     let env = Faulty::start(config_with(json!({"sync": {"interval_ms": 300}})));
-    env.keystore.create_account("acme", "alice");
-    let key = env.keystore.create_user("acme", "bob", "member");
-    std::thread::sleep(Duration::from_millis(700));
-    for envoy in env.envoys() {
-        assert!(all_get(envoy, &key, 4, 200));
-    }
+    let key = env.cached_member_key();
     let before = env.proxy.lookups_seen();
     // The store "lost history": its revision is now lower than what the filters have seen.
     env.proxy
@@ -233,12 +240,7 @@ fn a_changes_feed_that_goes_backwards_drops_the_caches_and_nothing_breaks() {
 #[test]
 fn a_broken_changes_feed_is_retried_and_changes_nothing_meanwhile() {
     let env = Faulty::start(config_with(json!({"sync": {"interval_ms": 300}})));
-    env.keystore.create_account("acme", "alice");
-    let key = env.keystore.create_user("acme", "bob", "member");
-    std::thread::sleep(Duration::from_millis(700));
-    for envoy in env.envoys() {
-        assert!(all_get(envoy, &key, 4, 200));
-    }
+    let key = env.cached_member_key();
     let before = env.proxy.lookups_seen();
     for fault in [
         Fault::Status(500),

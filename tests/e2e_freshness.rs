@@ -270,16 +270,6 @@ fn a_flood_of_random_keys_stays_within_the_miss_budget_and_known_keys_keep_worki
     );
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 /// 200,000 distinct keys through one Envoy, every one looked up and negatively cached (the
 /// miss budget is lifted so nothing is refused before the cache): memory must stay bounded.
 #[test]

@@ -48,16 +48,6 @@ struct Counts {
     unexpected: AtomicU64,
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn soak_under_churn() {
     let secs: u64 = std::env::var("KEYGATE_SOAK_SECS")

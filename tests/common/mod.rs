@@ -135,3 +135,14 @@ pub fn random_key(i: usize) -> String {
         .unwrap_or(0);
     format!("kg_unknown_{nanos:x}_{i}")
 }
+
+/// Resident memory of a process, in kB (from /proc).
+pub fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
