@@ -27,13 +27,13 @@ demo: build
 test: build test-unit test-wasm lint test-compose test-e2e
 	@echo "make test: all suites passed"
 
+## The key store's API tests and the harness's own tests (the core's run in test-wasm).
 test-unit:
-	$(CARGO) test -p keygate --lib
 	$(CARGO) test -p keystore
 	$(CARGO) test -p keygate-harness
 
-## The core's tests again, compiled to wasm32-unknown-unknown and run by wasm-bindgen-test-runner
-## under Node.js. Fails if the wasm run executed fewer tests than the native run.
+## The core's unit tests, natively and compiled to wasm32-unknown-unknown under
+## wasm-bindgen-test-runner (Node.js). Fails if the wasm run executed fewer tests.
 test-wasm:
 	@scripts/test-wasm.sh
 
