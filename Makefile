@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/keygate.wasm
 
-.PHONY: all setup build demo test test-unit test-wasm lint test-compose test-e2e soak bench clean
+.PHONY: all setup build demo test test-unit test-wasm lint test-compose test-e2e test-fuzz fuzz soak bench clean
 
 all: build
 
@@ -24,7 +24,7 @@ demo: build
 	target/release/keygate-demo
 
 ## Everything: unit tests (native and wasm), lints, the keystore's API tests, end to end against real Envoy.
-test: build test-unit test-wasm lint test-compose test-e2e
+test: build test-unit test-wasm lint test-compose test-e2e test-fuzz
 	@echo "make test: all suites passed"
 
 ## The key store's API tests and the harness's own tests (the core's run in test-wasm).
@@ -50,6 +50,15 @@ test-compose:
 test-e2e:
 	$(CARGO) test --release -p keygate --tests -- --test-threads=2
 
+## Fuzz targets (fuzz/): the parsers of outside input, the shared-data codecs, two workers; 20 s each.
+test-fuzz:
+	@scripts/fuzz.sh 20
+
+## A longer fuzzing session: FUZZ_SECONDS per target.
+FUZZ_SECONDS ?= 600
+fuzz:
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
 ## The soak test for 10 minutes (60 s of it runs in `make test`).
 soak: build
 	KEYGATE_SOAK_SECS=600 $(CARGO) test --release -p keygate --test e2e_soak -- --nocapture
@@ -59,3 +68,4 @@ bench: build
 
 clean:
 	$(CARGO) clean
+	rm -rf fuzz/target fuzz/artifacts bench/target

@@ -56,11 +56,17 @@ impl L1 {
         entry.is_fresh(now_ms, generation).then_some(&entry.verdict)
     }
 
-    /// An identity that may still be served because the store failed (stale-if-error).
-    pub fn stale(&self, key: &KeyId, now_ms: u64) -> Option<Rc<Identity>> {
+    /// An identity that may still be served because the store failed (stale-if-error). Only
+    /// from the current generation: a local admin write (which may have been this key's
+    /// revocation) leaves nothing to serve stale.
+    pub fn stale(&self, key: &KeyId, now_ms: u64, generation: u64) -> Option<Rc<Identity>> {
         let entry = self.positive.get(key)?;
         match &entry.verdict {
-            Verdict::Allow(identity) if now_ms < entry.stale_until_ms => Some(Rc::clone(identity)),
+            Verdict::Allow(identity)
+                if now_ms < entry.stale_until_ms && entry.generation == generation =>
+            {
+                Some(Rc::clone(identity))
+            }
             _ => None,
         }
     }
@@ -201,16 +207,20 @@ mod tests {
         l1.insert(id(1), allow(1000));
         assert!(l1.fresh(&id(1), 999, 0).is_some());
         assert!(l1.fresh(&id(1), 1000, 0).is_none());
-        assert!(l1.stale(&id(1), 1050).is_some());
-        assert!(l1.stale(&id(1), 1100).is_none());
+        assert!(l1.stale(&id(1), 1050, 0).is_some());
+        assert!(l1.stale(&id(1), 1100, 0).is_none());
     }
 
     #[test]
-    fn another_generation_is_not_fresh_but_still_stale_eligible() {
+    fn another_generation_is_neither_fresh_nor_stale_eligible() {
         let mut l1 = L1::new(10, 10);
         l1.insert(id(1), allow(1000));
         assert!(l1.fresh(&id(1), 10, 1).is_none());
-        assert!(l1.stale(&id(1), 10).is_some());
+        assert!(
+            l1.stale(&id(1), 10, 1).is_none(),
+            "a local admin write may have revoked it"
+        );
+        assert!(l1.stale(&id(1), 10, 0).is_some());
     }
 
     #[test]
@@ -218,7 +228,7 @@ mod tests {
         let mut l1 = L1::new(10, 10);
         l1.insert(id(1), deny(1000));
         assert_eq!(l1.fresh(&id(1), 10, 0), Some(&Verdict::Deny));
-        assert!(l1.stale(&id(1), 10).is_none());
+        assert!(l1.stale(&id(1), 10, 0).is_none());
     }
 
     #[test]
@@ -276,7 +286,7 @@ mod tests {
         l1.insert(id(1), allow(1000));
         assert_eq!(l1.len(), (1, 0));
         assert!(l1.remove(&id(1)));
-        assert!(l1.stale(&id(1), 1).is_none());
+        assert!(l1.stale(&id(1), 1, 0).is_none());
         assert!(l1.is_empty());
         assert!(!l1.remove(&id(1)));
     }

@@ -208,18 +208,28 @@ pub fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
 
 /// `path` without any query parameter called `name` (for `hide_credentials`).
 pub fn remove_query_param(path: &str, name: &str) -> String {
-    let Some((base, query)) = path.split_once('?') else {
+    let Some((base, rest)) = path.split_once('?') else {
         return path.to_string();
+    };
+    // The query ends at a fragment, as in `query_param`; the fragment is kept as it was.
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
     };
     let kept: Vec<&str> = query
         .split('&')
         .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
         .collect();
-    if kept.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", kept.join("&"))
+    let mut out = base.to_string();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
     }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
 }
 
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
@@ -369,6 +379,14 @@ mod tests {
         );
         assert_eq!(remove_query_param("/x?apikey=k", "apikey"), "/x");
         assert_eq!(remove_query_param("/x", "apikey"), "/x");
+        // Found by fuzzing: a parameter before a fragment.
+        let stripped = remove_query_param("/?apikey=SECRET&apikey#", "apikey");
+        assert_eq!(stripped, "/#");
+        assert_eq!(query_param(&stripped, "apikey"), None);
+        assert_eq!(
+            remove_query_param("/p?a=1&apikey=k#frag", "apikey"),
+            "/p?a=1#frag"
+        );
         assert_eq!(
             extract(&sources, |_| None, "/x?apikey=%zz"),
             Err(KeyError::Invalid)

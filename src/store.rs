@@ -53,6 +53,12 @@ struct RawIdentity {
     role: String,
 }
 
+/// serde's derived struct parsers also accept a JSON array (fields by position); the protocol
+/// is objects only.
+fn is_json_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
 pub fn lookup_path(lookup_prefix: &str, key: &KeyId) -> String {
     format!("{lookup_prefix}{}", key.hex())
 }
@@ -67,6 +73,9 @@ pub fn parse_lookup(resp: &CallResponse) -> LookupAnswer {
                     "missing or over the size limit".into(),
                 ));
             };
+            if !is_json_object(body) {
+                return LookupAnswer::Error(StoreError::BadBody("not a JSON object".into()));
+            }
             match serde_json::from_slice::<RawIdentity>(body) {
                 Err(e) => LookupAnswer::Error(StoreError::BadBody(e.to_string())),
                 Ok(raw) => {
@@ -132,6 +141,9 @@ pub fn parse_changes(resp: &CallResponse, since: u64) -> Result<Changes, StoreEr
         .body
         .as_deref()
         .ok_or_else(|| StoreError::BadBody("missing or over the size limit".into()))?;
+    if !is_json_object(body) {
+        return Err(StoreError::BadBody("not a JSON object".into()));
+    }
     let raw: RawChanges =
         serde_json::from_slice(body).map_err(|e| StoreError::BadBody(e.to_string()))?;
     if raw.reset || raw.revision < since {
@@ -221,6 +233,7 @@ mod tests {
             r#"{"account_id":"a\r\nx-role: root","user_id":"u","role":"r"}"#,
             r#"{"account_id":"","user_id":"u","role":"r"}"#,
             "[]",
+            r#"["acme","ann","admin"]"#,
         ] {
             assert!(
                 matches!(
@@ -301,6 +314,10 @@ mod tests {
         );
         assert!(parse_changes(&resp(200, r#"{"revision":12,"changed":["nope"]}"#), 10).is_err());
         assert!(parse_changes(&resp(200, r#"{"revision":-1}"#), 0).is_err());
+        assert!(
+            parse_changes(&resp(200, "[20]"), 0).is_err(),
+            "objects only"
+        );
         assert_eq!(
             parse_changes(&resp(503, ""), 0),
             Err(StoreError::Status(503))

@@ -573,10 +573,11 @@ impl Worker {
         if self.cfg.cache.stale_if_error_ms == 0 {
             return fallback;
         }
-        let identity: Option<Rc<Identity>> = self.l1.stale(key, now).or_else(|| {
+        let generation = self.epoch.generation;
+        let identity: Option<Rc<Identity>> = self.l1.stale(key, now, generation).or_else(|| {
             let (slot, _) = self.table.read(host, key);
             slot.verdict
-                .filter(|v| v.key == *key && now < v.stale_until_ms)
+                .filter(|v| v.key == *key && now < v.stale_until_ms && v.generation == generation)
                 .and_then(|v| v.identity)
                 .map(Rc::new)
         });

@@ -683,3 +683,47 @@ fn a_creation_reported_by_the_feed_drops_a_negative_verdict_but_keeps_a_known_id
         "{r:?}"
     );
 }
+
+/// Found by fuzzing (worker_ops): a key revoked through this Envoy must not be served stale
+/// when the store fails right after the admin write.
+#[test]
+fn after_a_local_admin_write_nothing_older_is_served_stale() {
+    let cfg = config("");
+    let (a, mut wa) = synced_worker(&cfg);
+    let b = a.sibling();
+    let mut wb = Worker::new(&b, Rc::clone(&cfg)).unwrap();
+    let k = key(40);
+    cache_allow(&a, &mut wa, k); // in A's L1 and in the shared table
+    wa.invalidate_local(&a);
+    // A asks the store, which fails: not served stale from A's L1.
+    assert_eq!(wa.check(&a, 1, k), Decision::Wait);
+    wa.on_tick(&a);
+    let calls = lookups(&a, &mut wa);
+    assert_eq!(calls.len(), 1);
+    let r = respond(&a, &mut wa, calls[0].0, 503, "");
+    assert_eq!(
+        r,
+        vec![Resolution {
+            context_id: 1,
+            outcome: Outcome::Unavailable
+        }]
+    );
+    // B, later, with the store still failing: not served stale from the shared table either.
+    a.advance(1);
+    assert_eq!(wb.check(&b, 2, k), Decision::Wait);
+    wb.on_tick(&b);
+    let calls = lookups(&b, &mut wb);
+    assert_eq!(
+        calls.len(),
+        1,
+        "B asks the store itself (A's failure predates its request)"
+    );
+    let r = respond(&b, &mut wb, calls[0].0, 503, "");
+    assert_eq!(
+        r,
+        vec![Resolution {
+            context_id: 2,
+            outcome: Outcome::Unavailable
+        }]
+    );
+}
