@@ -73,6 +73,16 @@ pub fn create<H: Host + ?Sized>(host: &H, key: &str, burst: u64) {
     }
 }
 
+/// Whether the bucket holds a token now (a read; nothing is taken). A miss that finds none is
+/// refused at once instead of being parked until the tick finds the same.
+pub fn has_token<H: Host + ?Sized>(host: &H, key: &str, per_second: u64, burst: u64) -> bool {
+    let now = host.now_ms();
+    match shared::read::<H, Bucket>(host, key).0 {
+        Some(b) => b.refilled(now, per_second, burst).take().is_some(),
+        None => true,
+    }
+}
+
 /// Takes one token from the shared bucket under CAS. `false` when the budget is spent, and
 /// also when the CAS kept failing (contention that heavy means the budget is being raced for).
 pub fn take_token<H: Host + ?Sized>(host: &H, key: &str, per_second: u64, burst: u64) -> bool {

@@ -9,7 +9,7 @@ use crate::host::{CallResponse, Metric};
 use crate::key::KeyId;
 use crate::test_support::test;
 use crate::verdict::{Decision, Identity, Outcome, Resolution};
-use crate::worker::{Worker, FAST_TICK_MS};
+use crate::worker::{Worker, FAST_TICK_MS, MAX_ANSWERS_PER_CALLBACK};
 
 const IDENTITY: &str = r#"{"account_id":"acme","user_id":"ann","role":"admin"}"#;
 
@@ -142,10 +142,67 @@ fn concurrent_misses_on_one_worker_share_one_lookup() {
     w.on_tick(&host);
     let calls = lookups(&host, &mut w);
     assert_eq!(calls.len(), 1);
-    let r = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
-    assert_eq!(r.len(), 200);
-    assert!(r.iter().all(|r| is_allow(&r.outcome)));
+    // Answered in batches (see MAX_ANSWERS_PER_CALLBACK), the rest on the next ticks.
+    let mut answered = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
+    assert_eq!(answered.len(), MAX_ANSWERS_PER_CALLBACK);
+    assert_eq!(
+        host.tick_ms(),
+        FAST_TICK_MS,
+        "more to answer: the tick stays fast"
+    );
+    while w.parked() > 0 {
+        let batch = w.on_tick(&host);
+        assert!(!batch.is_empty() && batch.len() <= MAX_ANSWERS_PER_CALLBACK);
+        answered.extend(batch);
+    }
+    assert_eq!(answered.len(), 200);
+    let mut contexts: Vec<u32> = answered.iter().map(|r| r.context_id).collect();
+    contexts.sort_unstable();
+    contexts.dedup();
+    assert_eq!(contexts.len(), 200, "each request answered once");
+    assert!(answered.iter().all(|r| is_allow(&r.outcome)));
     assert_eq!(host.metric(Metric::LookupsCoalesced), 199);
+    assert!(lookups(&host, &mut w).is_empty());
+}
+
+#[test]
+fn with_the_budget_spent_a_new_miss_is_refused_at_once_without_parking() {
+    let cfg = config(r#","miss_budget":{"per_second":1,"burst":1}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    cache_allow(&host, &mut w, key(50)); // spends the only token
+    assert_eq!(
+        w.check(&host, 1, key(51)),
+        Decision::Answer(Outcome::Throttled)
+    );
+    assert_eq!(w.parked(), 0);
+    assert!(lookups(&host, &mut w).is_empty());
+    host.advance(1_000);
+    assert_eq!(
+        w.check(&host, 2, key(51)),
+        Decision::Wait,
+        "a token again a second later"
+    );
+}
+
+#[test]
+fn a_client_gone_while_its_answer_waits_in_the_outbox_is_not_answered() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(52);
+    for ctx in 1..=100 {
+        w.check(&host, ctx, k);
+    }
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    let first = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
+    let waiting: u32 = (1..=100)
+        .find(|c| !first.iter().any(|r| r.context_id == *c))
+        .unwrap();
+    w.forget(&host, waiting);
+    let rest = w.on_tick(&host);
+    assert_eq!(first.len() + rest.len(), 99);
+    assert!(rest.iter().all(|r| r.context_id != waiting));
+    assert_eq!(w.parked(), 0);
 }
 
 #[test]

@@ -253,3 +253,22 @@ fn a_bad_configuration_is_refused_at_start_up_naming_the_field() {
         assert!(line.contains(field), "{raw}: {line}");
     }
 }
+
+/// Found by the bench: answering ~500 paused requests at once from the root context trapped the
+/// VM (Envoy nests each resumed request's local reply inside the previous one's). Local replies
+/// (401) for a herd on an unknown key are the synchronous case.
+#[test]
+fn a_herd_of_1000_on_one_unknown_key_gets_1000_answers_and_traps_nothing() {
+    let env = TwoInstances::start(config()).unwrap();
+    let before = lookups(&env.keystore);
+    let statuses = herd(&[&env.a, &env.b], 1000, "kg_unknown_herd_key_0123456789abcdef");
+    let denied = statuses.iter().filter(|s| **s == 401).count();
+    let others: Vec<&u16> = statuses.iter().filter(|s| **s != 401).collect();
+    println!("herd of 1000 unknown: {denied} x 401, others {others:?}, {} store lookups", lookups(&env.keystore) - before);
+    assert_eq!(denied, 1000, "others: {others:?}");
+    assert!(lookups(&env.keystore) - before <= 2);
+    for envoy in env.envoys() {
+        let log = envoy.log_text();
+        assert!(!log.contains("Maximum call stack") && !log.contains("wasm trap"), "{log}");
+    }
+}

@@ -185,19 +185,29 @@ fn check_remove(path: &str, name: &str) {
         None,
         "remove_query_param({path:?}, {name:?}) = {out:?} still has the parameter"
     );
-    let kept = |p: &str| -> Vec<String> {
-        match p.find('?') {
-            None => Vec::new(),
-            Some(i) => p[i + 1..]
-                .split('&')
-                .filter(|pair| pair.split('=').next() != Some(name))
-                .map(str::to_string)
-                .collect(),
-        }
+    // The query ends at the first '#'; the fragment after it is kept as it was.
+    let split = |p: &str| -> (Vec<String>, Option<String>) {
+        let Some(i) = p.find('?') else { return (Vec::new(), None) };
+        let rest = &p[i + 1..];
+        let (query, fragment) = match rest.split_once('#') {
+            Some((q, f)) => (q, Some(f.to_string())),
+            None => (rest, None),
+        };
+        let params = query
+            .split('&')
+            .filter(|pair| pair.split('=').next() != Some(name))
+            .map(str::to_string)
+            .collect();
+        (params, fragment)
     };
-    let before = kept(path);
-    let after = kept(&out);
+    let (before, before_fragment) = split(path);
+    let (after, after_fragment) = split(&out);
+    let before: Vec<String> = before.into_iter().filter(|p| !p.is_empty()).collect();
+    let after: Vec<String> = after.into_iter().filter(|p| !p.is_empty()).collect();
     assert_eq!(before, after, "{path:?} -> {out:?}: other parameters lost");
+    if out.contains('?') || before_fragment.is_none() {
+        assert_eq!(before_fragment, after_fragment, "{path:?} -> {out:?}: fragment changed");
+    }
     assert_eq!(key::remove_query_param(&out, name), out, "not idempotent");
 }
 
