@@ -259,16 +259,29 @@ fn a_bad_configuration_is_refused_at_start_up_naming_the_field() {
 /// (401) for a herd on an unknown key are the synchronous case.
 #[test]
 fn a_herd_of_1000_on_one_unknown_key_gets_1000_answers_and_traps_nothing() {
-    let env = TwoInstances::start(config()).unwrap();
+    // A slow store, so that the whole herd is paused on the one lookup.
+    let mut opts = keygate_harness::TwoOpts::new(config());
+    opts.keystore.lookup_delay_ms = Some(300);
+    let env = TwoInstances::start_with(opts).unwrap();
     let before = lookups(&env.keystore);
-    let statuses = herd(&[&env.a, &env.b], 1000, "kg_unknown_herd_key_0123456789abcdef");
+    let statuses = herd(
+        &[&env.a, &env.b],
+        1000,
+        "kg_unknown_herd_key_0123456789abcdef",
+    );
     let denied = statuses.iter().filter(|s| **s == 401).count();
     let others: Vec<&u16> = statuses.iter().filter(|s| **s != 401).collect();
-    println!("herd of 1000 unknown: {denied} x 401, others {others:?}, {} store lookups", lookups(&env.keystore) - before);
+    println!(
+        "herd of 1000 unknown: {denied} x 401, others {others:?}, {} store lookups",
+        lookups(&env.keystore) - before
+    );
     assert_eq!(denied, 1000, "others: {others:?}");
     assert!(lookups(&env.keystore) - before <= 2);
     for envoy in env.envoys() {
         let log = envoy.log_text();
-        assert!(!log.contains("Maximum call stack") && !log.contains("wasm trap"), "{log}");
+        assert!(
+            !log.contains("Maximum call stack") && !log.contains("wasm trap"),
+            "{log}"
+        );
     }
 }
