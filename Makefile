@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/keygate.wasm
 
-.PHONY: all setup build demo test test-unit test-wasm lint test-compose test-e2e test-fuzz fuzz soak bench bench-smoke clean
+.PHONY: all setup build demo test test-unit test-wasm lint test-compose test-postgres test-e2e test-fuzz fuzz soak bench bench-smoke clean
 
 all: build
 
@@ -24,7 +24,7 @@ demo: build
 	target/release/keygate-demo
 
 ## Everything: unit tests (native and wasm), lints, the keystore's API tests, end to end against real Envoy.
-test: build test-unit test-wasm lint test-compose test-e2e test-fuzz bench-smoke
+test: build test-unit test-wasm lint test-compose test-postgres test-e2e test-fuzz bench-smoke
 	@echo "make test: all suites passed"
 
 ## The key store's API tests and the harness's own tests (the core's run in test-wasm).
@@ -46,9 +46,17 @@ lint:
 test-compose:
 	@scripts/check-compose.sh
 
-## Real Envoy (two instances, two workers each), the real keystore binary over SQLite, a real upstream.
+## The keystore's whole test suite again on PostgreSQL (a throwaway cluster from Debian's
+## `postgresql` package, scripts/postgres.sh), removed afterwards whatever happens.
+test-postgres:
+	url=$$(scripts/postgres.sh start); trap 'scripts/postgres.sh stop' EXIT; \
+	KEYSTORE_TEST_DATABASE_URL=$$url KEYSTORE_REQUIRE_POSTGRES=1 $(CARGO) test -p keystore
+
+## Real Envoy (two instances, two workers each), the real keystore binary over SQLite and, for
+## e2e_replicas, two keystores on one PostgreSQL; a real upstream.
 test-e2e:
-	$(CARGO) test --release -p keygate --tests -- --test-threads=2
+	url=$$(scripts/postgres.sh start); trap 'scripts/postgres.sh stop' EXIT; \
+	KEYSTORE_TEST_DATABASE_URL=$$url $(CARGO) test --release -p keygate --tests -- --test-threads=2
 
 ## Fuzz targets (fuzz/): the parsers of outside input, the shared-data codecs, two workers; 20 s each.
 test-fuzz:

@@ -137,8 +137,19 @@ async fn json_errors(req: Request, next: Next) -> Response {
 // ---------------------------------------------------------------------------------------------
 // Health and metrics
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// How long a health check waits for the database.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `{"status":"ok"}` when the database answers a trivial query within [`HEALTH_TIMEOUT`],
+/// else 503: a replica that lost its database is taken out of a load balancer's rotation.
+async fn healthz(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match tokio::time::timeout(HEALTH_TIMEOUT, st.store.ping()).await {
+        Ok(Ok(())) => Ok(Json(json!({ "status": "ok" }))),
+        Ok(Err(e)) => Err(ApiError::Unavailable(format!("health check: {e}"))),
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "health check: the database did not answer within {HEALTH_TIMEOUT:?}"
+        ))),
+    }
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {

@@ -17,6 +17,8 @@ pub enum ApiError {
     NotFound(String),
     Conflict(String),
     PayloadTooLarge,
+    /// The database cannot be reached (the detail is logged, never sent).
+    Unavailable(String),
     Internal(String),
 }
 
@@ -38,6 +40,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -52,6 +55,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => {
                 format!("request body too large (at most {BODY_LIMIT} bytes)")
             }
+            ApiError::Unavailable(_) => "database unavailable".into(),
             ApiError::Internal(_) => "internal error".into(),
         }
     }
@@ -66,7 +70,10 @@ impl From<StoreError> for ApiError {
             StoreError::AccountExists(_)
             | StoreError::UserExists { .. }
             | StoreError::KeyExists => ApiError::Conflict(e.to_string()),
-            StoreError::Db(_) | StoreError::Internal(_) => ApiError::Internal(e.to_string()),
+            StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            StoreError::Db(_) | StoreError::Postgres(_) | StoreError::Internal(_) => {
+                ApiError::Internal(e.to_string())
+            }
         }
     }
 }
@@ -79,7 +86,7 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let detail = match &self {
-            ApiError::Internal(m) => m.clone(),
+            ApiError::Internal(m) | ApiError::Unavailable(m) => m.clone(),
             other => other.public_message(),
         };
         let mut res = json_error(self.status(), &self.public_message());

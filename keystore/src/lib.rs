@@ -1,9 +1,10 @@
 //! keystore: the reference key store for keygate.
 //!
-//! An HTTP service over an embedded SQLite database that answers the keygate filter's key
-//! lookups (`GET /v1/keys/{key_id}`) and change feed (`GET /v1/changes?since=N`), and offers
-//! an admin API to create accounts and users and to rotate and revoke their keys. Keys are
-//! stored only as SHA-256 key ids; a new key is shown once, in the response that created it.
+//! An HTTP service over SQLite (embedded, the default) or PostgreSQL (several keystore
+//! processes on one database) that answers the keygate filter's key lookups
+//! (`GET /v1/keys/{key_id}`) and change feed (`GET /v1/changes?since=N`), and offers an admin
+//! API to create accounts and users and to rotate and revoke their keys. Keys are stored only
+//! as SHA-256 key ids; a new key is shown once, in the response that created it.
 
 pub mod api;
 pub mod error;
@@ -22,49 +23,151 @@ use tokio::net::TcpListener;
 /// Default number of change-log rows kept.
 pub const DEFAULT_CHANGES_RETENTION: u64 = 100_000;
 
+pub use store::DEFAULT_POOL_SIZE;
+
+/// Where the data lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite database file (created if missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database: a `postgres://` URL or a libpq `key=value` string. The schema
+    /// is created at start-up if it is not there yet.
+    Postgres(String),
+}
+
+impl Database {
+    /// How to name it in messages: the path, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres(url) => redact_password(url),
+        }
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Database::Postgres(_) => f.debug_tuple("Postgres").field(&self.describe()).finish(),
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`: the one in `scheme://user:password@host`, and
+/// `password=...` in a query string or a `key=value` connection string.
+pub fn redact_password(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end.saturating_add(3);
+        let rest = out.get(rest_start..).unwrap_or_default();
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = rest.get(..authority_end).unwrap_or_default();
+        if let Some(at) = authority.rfind('@') {
+            let userinfo = authority.get(..at).unwrap_or_default();
+            if let Some(colon) = userinfo.find(':') {
+                let from = rest_start.saturating_add(colon).saturating_add(1);
+                let to = rest_start.saturating_add(at);
+                out.replace_range(from..to, "***");
+            }
+        }
+    }
+    // password=... up to the next '&' or whitespace (query string or key=value form).
+    let mut result = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find("password=") {
+        let boundary = i == 0
+            || rest
+                .get(..i)
+                .and_then(|s| s.chars().last())
+                .is_some_and(|c| c == '&' || c == '?' || c.is_whitespace());
+        let value_start = i.saturating_add("password=".len());
+        result.push_str(rest.get(..value_start).unwrap_or_default());
+        let tail = rest.get(value_start..).unwrap_or_default();
+        if boundary {
+            let end = tail
+                .find(|c: char| c == '&' || c.is_whitespace())
+                .unwrap_or(tail.len());
+            result.push_str("***");
+            rest = tail.get(end..).unwrap_or_default();
+        } else {
+            rest = tail;
+        }
+    }
+    result.push_str(rest);
+    result
+}
+
 /// Everything needed to open the store.
 #[derive(Clone)]
 pub struct Config {
-    /// SQLite database file (created if missing).
-    pub db_path: PathBuf,
+    /// The database: SQLite file or PostgreSQL URL.
+    pub database: Database,
     /// Raw root key; stored only as its key id.
     pub root_key: Option<String>,
     /// Sleep before answering each key lookup.
     pub lookup_delay: Duration,
     /// Change-log rows kept.
     pub changes_retention: u64,
+    /// PostgreSQL connections this process may open (ignored with SQLite).
+    pub pool_size: usize,
 }
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("db_path", &self.db_path)
+            .field("database", &self.database)
             .field("root_key", &self.root_key.as_ref().map(|_| "<redacted>"))
             .field("lookup_delay", &self.lookup_delay)
             .field("changes_retention", &self.changes_retention)
+            .field("pool_size", &self.pool_size)
             .finish()
     }
 }
 
 impl Config {
-    /// A configuration with defaults for everything but the database path.
+    /// A configuration with defaults for everything but the SQLite database path.
     pub fn new(db_path: impl Into<PathBuf>) -> Config {
+        Config::with_database(Database::Sqlite(db_path.into()))
+    }
+
+    /// A configuration with defaults for everything but the PostgreSQL URL.
+    pub fn postgres(url: impl Into<String>) -> Config {
+        Config::with_database(Database::Postgres(url.into()))
+    }
+
+    /// A configuration with defaults for everything but the database.
+    pub fn with_database(database: Database) -> Config {
         Config {
-            db_path: db_path.into(),
+            database,
             root_key: None,
             lookup_delay: Duration::ZERO,
             changes_retention: DEFAULT_CHANGES_RETENTION,
+            pool_size: DEFAULT_POOL_SIZE,
         }
     }
 }
 
-/// Opens the database (on the blocking pool) and installs the root key, if any.
+/// Opens the database (SQLite on the blocking pool; PostgreSQL: connects, creates the schema
+/// if needed) and installs the root key, if any.
 pub async fn open(config: &Config) -> Result<AppState, StoreError> {
-    let path = config.db_path.clone();
     let retention = config.changes_retention;
-    let store = tokio::task::spawn_blocking(move || Store::open(&path, retention))
-        .await
-        .map_err(|e| StoreError::Internal(format!("database task failed: {e}")))??;
+    let store = match &config.database {
+        Database::Sqlite(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || Store::open(&path, retention))
+                .await
+                .map_err(|e| StoreError::Internal(format!("database task failed: {e}")))??
+        }
+        Database::Postgres(url) => {
+            Store::connect_postgres(url, retention, config.pool_size).await?
+        }
+    };
+    tracing::info!(
+        engine = store.engine(),
+        database = %config.database.describe(),
+        "database open"
+    );
     match config.root_key.as_deref() {
         Some(raw) => {
             let id = keys::key_id(raw);
@@ -93,4 +196,43 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        for (url, want) in [
+            (
+                "postgres://ks:s3cret@db.example:5432/keystore",
+                "postgres://ks:***@db.example:5432/keystore",
+            ),
+            (
+                "postgresql://ks:p%40ss@db/keystore?sslmode=disable",
+                "postgresql://ks:***@db/keystore?sslmode=disable",
+            ),
+            ("postgres://ks@db/keystore", "postgres://ks@db/keystore"),
+            ("postgres://db/keystore", "postgres://db/keystore"),
+            (
+                "postgres://db/keystore?user=ks&password=s3cret&application_name=x",
+                "postgres://db/keystore?user=ks&password=***&application_name=x",
+            ),
+            (
+                "host=db user=ks password=s3cret dbname=keystore",
+                "host=db user=ks password=*** dbname=keystore",
+            ),
+            ("password=s3cret", "password=***"),
+            // Not a password field.
+            ("host=db mypassword=x", "host=db mypassword=x"),
+        ] {
+            assert_eq!(redact_password(url), want, "{url}");
+        }
+        let db = Database::Postgres("postgres://ks:s3cret@db/keystore".into());
+        assert!(!format!("{db:?}").contains("s3cret"));
+        let config = Config::postgres("postgres://ks:s3cret@db/keystore");
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
 }

@@ -1,7 +1,8 @@
 //! The `keystore` binary.
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
-use keystore::Config;
+use keystore::{Config, Database};
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,9 +25,18 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// SQLite database file (created if missing).
-    #[arg(long, value_name = "PATH")]
-    db: PathBuf,
+    /// SQLite database file (created if missing). The default engine: one keystore process.
+    #[arg(long, value_name = "PATH", conflicts_with = "database_url")]
+    db: Option<PathBuf>,
+    /// PostgreSQL instead of SQLite: postgres://user:password@host:port/dbname (or a libpq
+    /// key=value string). Any number of keystore processes may share the database. Without
+    /// this option and without --db, the URL comes from KEYSTORE_DATABASE_URL, if set.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// PostgreSQL connections this process may open.
+    #[arg(long, value_name = "N", default_value_t = keystore::DEFAULT_POOL_SIZE,
+          value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
+    database_pool_size: usize,
     /// Address to listen on, e.g. 127.0.0.1:8181 (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     listen: String,
@@ -89,14 +99,29 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested; finishing in-flight requests");
 }
 
+/// The database: --db, --database-url, or KEYSTORE_DATABASE_URL (in that order).
+fn database(args: &ServeArgs) -> Result<Database, BoxError> {
+    if let Some(path) = &args.db {
+        return Ok(Database::Sqlite(path.clone()));
+    }
+    if let Some(url) = &args.database_url {
+        return Ok(Database::Postgres(url.clone()));
+    }
+    match std::env::var("KEYSTORE_DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => Ok(Database::Postgres(url.trim().to_owned())),
+        _ => Err("no database: give --db PATH (SQLite) or --database-url URL (PostgreSQL)".into()),
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<(), BoxError> {
-    let mut config = Config::new(args.db.clone());
+    let mut config = Config::with_database(database(&args)?);
     config.root_key = root_key(&args)?;
     config.lookup_delay = Duration::from_millis(args.lookup_delay_ms);
     config.changes_retention = args.changes_retention;
+    config.pool_size = args.database_pool_size;
     let state = keystore::open(&config)
         .await
-        .map_err(|e| format!("cannot open database {}: {e}", args.db.display()))?;
+        .map_err(|e| format!("cannot open database {}: {e}", config.database.describe()))?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -1,62 +1,35 @@
-//! The SQLite-backed store.
+//! The store: accounts, users, keys and the change log, on SQLite or PostgreSQL.
 //!
-//! One writer connection behind a mutex and a few reader connections (WAL mode lets them read
-//! while the writer writes). Every write runs in one `BEGIN IMMEDIATE` transaction that also
-//! appends its change-log rows and prunes the change log, so nothing is ever half-written.
-//! All SQLite calls run on tokio's blocking pool, never on the async workers.
+//! Both engines sit behind one interface: a backend runs a [`Job`] either as a read or as a
+//! write transaction, and every job is written once, against the [`Db`] trait (run a
+//! statement, fetch rows), with the SQL text of [`sql`] shared by both engines. So the rules
+//! (who may be created, what is logged as changed, how the feed is paged) cannot drift apart.
+//!
+//! - [`sqlite`]: one writer connection behind a mutex and a few reader connections (WAL mode);
+//!   every write is one `BEGIN IMMEDIATE` transaction; all calls run on tokio's blocking pool.
+//! - [`postgres`]: a connection pool; any number of keystore processes may share one
+//!   database. Every write transaction first locks one row (`meta.writer`), so writers take
+//!   turns and change-log revisions (a `BIGSERIAL`) become visible in the order they were
+//!   drawn: a poller that has seen revision N has seen every revision below N.
+//!
+//! Each write also appends its change-log rows and prunes the change log, in the same
+//! transaction, so nothing is ever half-written.
+
+mod postgres;
+mod sql;
+mod sqlite;
 
 use crate::keys::{ROLE_ADMIN, ROLE_ROOT, ROOT_USER, SYSTEM_ACCOUNT};
-use rusqlite::{
-    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
-};
 use serde::Serialize;
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Most change-log rows returned by one [`Store::changes`] call.
 pub const CHANGES_PAGE: usize = 1000;
 
-const SCHEMA_VERSION: i64 = 1;
-const READERS: usize = 4;
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-const SCHEMA: &str = "
-CREATE TABLE accounts (
-    account_id TEXT PRIMARY KEY NOT NULL,
-    created_at INTEGER NOT NULL,
-    revoked_at INTEGER
-);
-CREATE TABLE users (
-    account_id TEXT NOT NULL REFERENCES accounts(account_id),
-    user_id    TEXT NOT NULL,
-    role       TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    revoked_at INTEGER,
-    PRIMARY KEY (account_id, user_id)
-);
-CREATE TABLE keys (
-    key_id     TEXT PRIMARY KEY NOT NULL,
-    account_id TEXT NOT NULL,
-    user_id    TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    revoked_at INTEGER,
-    FOREIGN KEY (account_id, user_id) REFERENCES users(account_id, user_id)
-);
-CREATE INDEX keys_by_user ON keys(account_id, user_id);
-CREATE TABLE changes (
-    revision INTEGER PRIMARY KEY AUTOINCREMENT,
-    key_id   TEXT NOT NULL,
-    kind     TEXT NOT NULL,
-    at       INTEGER NOT NULL
-);
-CREATE TABLE meta (
-    name  TEXT PRIMARY KEY NOT NULL,
-    value INTEGER NOT NULL
-);
-INSERT INTO meta (name, value) VALUES ('pruned_through', 0);
-";
+/// Default size of the PostgreSQL connection pool of one keystore process.
+pub const DEFAULT_POOL_SIZE: usize = 8;
 
 /// Change-log kinds.
 const KIND_CREATED: &str = "created";
@@ -80,6 +53,11 @@ pub enum StoreError {
     KeyExists,
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had (pool exhausted, or the server unreachable).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -119,19 +97,125 @@ pub enum Changes {
     },
 }
 
-/// Handle to the store; cheap to clone.
-#[derive(Clone)]
-pub struct Store {
-    inner: Arc<Inner>,
+// ---------------------------------------------------------------------------------------------
+// What a backend offers the jobs: statements and rows.
+
+/// A bound parameter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Arg<'a> {
+    Text(&'a str),
+    Int(i64),
 }
 
-struct Inner {
-    writer: Mutex<Connection>,
-    readers: Vec<Mutex<Connection>>,
-    next_reader: AtomicUsize,
-    retention: i64,
+/// One column value of a result row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
 }
 
+/// A result row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Row(pub(crate) Vec<Cell>);
+
+impl Row {
+    fn cell(&self, i: usize) -> Result<&Cell, StoreError> {
+        self.0
+            .get(i)
+            .ok_or_else(|| StoreError::Internal(format!("result row has no column {i}")))
+    }
+
+    fn text(&self, i: usize) -> Result<String, StoreError> {
+        match self.cell(i)? {
+            Cell::Text(s) => Ok(s.clone()),
+            other => Err(StoreError::Internal(format!(
+                "column {i}: expected text, got {other:?}"
+            ))),
+        }
+    }
+
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        match self.opt_int(i)? {
+            Some(v) => Ok(v),
+            None => Err(StoreError::Internal(format!(
+                "column {i}: expected an integer, got NULL"
+            ))),
+        }
+    }
+
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        match self.cell(i)? {
+            Cell::Int(v) => Ok(Some(*v)),
+            Cell::Null => Ok(None),
+            other @ Cell::Text(_) => Err(StoreError::Internal(format!(
+                "column {i}: expected an integer, got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A connection or transaction of either engine. Statements are the constants of [`sql`].
+pub(crate) trait Db {
+    /// Runs a statement; the number of rows it changed.
+    async fn exec(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<u64, StoreError>;
+    /// Runs a query (or a statement with `RETURNING`); all its rows.
+    async fn rows(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError>;
+}
+
+async fn first<D: Db>(
+    db: &mut D,
+    sql: &'static str,
+    args: &[Arg<'_>],
+) -> Result<Option<Row>, StoreError> {
+    Ok(db.rows(sql, args).await?.into_iter().next())
+}
+
+async fn exists<D: Db>(
+    db: &mut D,
+    sql: &'static str,
+    args: &[Arg<'_>],
+) -> Result<bool, StoreError> {
+    Ok(first(db, sql, args).await?.is_some())
+}
+
+async fn single_int<D: Db>(db: &mut D, sql: &'static str) -> Result<i64, StoreError> {
+    match first(db, sql, &[]).await? {
+        Some(row) => row.int(0),
+        None => Err(StoreError::Internal(format!("no row from {sql}"))),
+    }
+}
+
+async fn texts<D: Db>(
+    db: &mut D,
+    sql: &'static str,
+    args: &[Arg<'_>],
+) -> Result<Vec<String>, StoreError> {
+    db.rows(sql, args)
+        .await?
+        .iter()
+        .map(|r| r.text(0))
+        .collect()
+}
+
+/// A unit of work run by a backend, in one transaction for writes (see [`Backend`]).
+pub(crate) trait Job: Send + 'static {
+    type Out: Send + 'static;
+    /// Reads that must all come from one snapshot (a read transaction).
+    const SNAPSHOT: bool = false;
+    /// Runs the job; `at` is the time of a write (Unix seconds).
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<Self::Out, StoreError>;
+}
+
+/// A storage engine.
+pub(crate) trait Backend {
+    /// Runs a read-only job (in a read transaction when `J::SNAPSHOT`).
+    async fn read<J: Job>(&self, job: J) -> Result<J::Out, StoreError>;
+    /// Runs a job in one write transaction, pruning the change log before it commits.
+    async fn write<J: Job>(&self, job: J) -> Result<J::Out, StoreError>;
+}
+
+/// Unix seconds now.
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -139,84 +223,45 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-fn lock(m: &Mutex<Connection>) -> Result<MutexGuard<'_, Connection>, StoreError> {
-    m.lock()
-        .map_err(|_| StoreError::Internal("database connection lock poisoned".into()))
+// ---------------------------------------------------------------------------------------------
+// Building blocks of the jobs.
+
+async fn current_revision<D: Db>(db: &mut D) -> Result<i64, StoreError> {
+    single_int(db, sql::CURRENT_REVISION).await
 }
 
-fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Internal(format!(
-            "could not switch the database to WAL mode (journal_mode is {mode})"
-        )));
-    }
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
+async fn pruned_through<D: Db>(db: &mut D) -> Result<i64, StoreError> {
+    single_int(db, sql::PRUNED_THROUGH).await
+}
+
+async fn log_change<D: Db>(
+    db: &mut D,
+    key_id: &str,
+    kind: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    db.exec(
+        sql::INSERT_CHANGE,
+        &[Arg::Text(key_id), Arg::Text(kind), Arg::Int(at)],
+    )
+    .await?;
     Ok(())
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
-    let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Internal(format!(
-            "database schema version {version} is newer than this keystore supports ({SCHEMA_VERSION})"
-        )));
-    }
-    if version < 1 {
-        tx.execute_batch(SCHEMA)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-    }
-    tx.commit()?;
-    Ok(())
-}
-
-fn current_revision(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row(
-        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)",
-        [],
-        |row| row.get(0),
-    )?)
-}
-
-fn pruned_through(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row(
-        "SELECT value FROM meta WHERE name = 'pruned_through'",
-        [],
-        |row| row.get(0),
-    )?)
-}
-
-fn log_change(tx: &Transaction<'_>, key_id: &str, kind: &str, at: i64) -> Result<(), StoreError> {
-    tx.prepare_cached("INSERT INTO changes (key_id, kind, at) VALUES (?1, ?2, ?3)")?
-        .execute(params![key_id, kind, at])?;
-    Ok(())
-}
-
-/// Deletes change-log rows beyond the newest `retention`.
-fn prune(conn: &Connection, retention: i64) -> Result<(), StoreError> {
-    let cutoff = current_revision(conn)?.saturating_sub(retention);
-    if cutoff > pruned_through(conn)? {
-        conn.execute("DELETE FROM changes WHERE revision <= ?1", [cutoff])?;
-        conn.execute(
-            "UPDATE meta SET value = ?1 WHERE name = 'pruned_through'",
-            [cutoff],
-        )?;
+/// Deletes change-log rows older than the newest `retention` revisions.
+pub(crate) async fn prune<D: Db>(db: &mut D, retention: i64) -> Result<(), StoreError> {
+    let cutoff = current_revision(db).await?.saturating_sub(retention);
+    if cutoff > pruned_through(db).await? {
+        db.exec(sql::DELETE_CHANGES_THROUGH, &[Arg::Int(cutoff)])
+            .await?;
+        db.exec(sql::SET_PRUNED_THROUGH, &[Arg::Int(cutoff)])
+            .await?;
     }
     Ok(())
 }
 
-fn account_active(tx: &Connection, account: &str) -> Result<bool, StoreError> {
-    Ok(tx
-        .prepare_cached("SELECT 1 FROM accounts WHERE account_id = ?1 AND revoked_at IS NULL")?
-        .exists([account])?)
-}
-
-fn require_account(tx: &Connection, account: &str) -> Result<(), StoreError> {
-    if account_active(tx, account)? {
+async fn require_account<D: Db>(db: &mut D, account: &str) -> Result<(), StoreError> {
+    if exists(db, sql::ACCOUNT_ACTIVE, &[Arg::Text(account)]).await? {
         Ok(())
     } else {
         Err(StoreError::AccountNotFound(account.to_owned()))
@@ -224,301 +269,543 @@ fn require_account(tx: &Connection, account: &str) -> Result<(), StoreError> {
 }
 
 /// The role of an active user of an active account.
-fn require_user(tx: &Connection, account: &str, user: &str) -> Result<String, StoreError> {
-    require_account(tx, account)?;
-    tx.prepare_cached(
-        "SELECT role FROM users WHERE account_id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
-    )?
-    .query_row([account, user], |row| row.get(0))
-    .optional()?
-    .ok_or_else(|| StoreError::UserNotFound {
-        account: account.to_owned(),
-        user: user.to_owned(),
-    })
+async fn require_user<D: Db>(db: &mut D, account: &str, user: &str) -> Result<String, StoreError> {
+    require_account(db, account).await?;
+    match first(
+        db,
+        sql::ACTIVE_USER_ROLE,
+        &[Arg::Text(account), Arg::Text(user)],
+    )
+    .await?
+    {
+        Some(row) => row.text(0),
+        None => Err(StoreError::UserNotFound {
+            account: account.to_owned(),
+            user: user.to_owned(),
+        }),
+    }
 }
 
-fn insert_key(
-    tx: &Transaction<'_>,
+async fn insert_key<D: Db>(
+    db: &mut D,
     key_id: &str,
     account: &str,
     user: &str,
     at: i64,
 ) -> Result<(), StoreError> {
     // Only an imported key can collide; checked here so the whole transaction rolls back.
-    let exists = tx
-        .prepare_cached("SELECT 1 FROM keys WHERE key_id = ?1")?
-        .exists([key_id])?;
-    if exists {
+    if exists(db, sql::KEY_EXISTS, &[Arg::Text(key_id)]).await? {
         return Err(StoreError::KeyExists);
     }
-    tx.prepare_cached(
-        "INSERT INTO keys (key_id, account_id, user_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![key_id, account, user, at])?;
-    log_change(tx, key_id, KIND_CREATED, at)
+    db.exec(
+        sql::INSERT_KEY,
+        &[
+            Arg::Text(key_id),
+            Arg::Text(account),
+            Arg::Text(user),
+            Arg::Int(at),
+        ],
+    )
+    .await?;
+    log_change(db, key_id, KIND_CREATED, at).await
 }
 
 /// Revokes the active keys of one user (or, with `user = None`, of a whole account), logging
 /// each with `kind`. Returns the revoked key ids.
-fn revoke_keys(
-    tx: &Transaction<'_>,
+async fn revoke_keys<D: Db>(
+    db: &mut D,
     account: &str,
     user: Option<&str>,
     kind: &str,
     at: i64,
 ) -> Result<Vec<String>, StoreError> {
-    let revoked: Vec<String> = match user {
-        Some(user) => tx
-            .prepare_cached(
-                "UPDATE keys SET revoked_at = ?1 \
-                 WHERE account_id = ?2 AND user_id = ?3 AND revoked_at IS NULL RETURNING key_id",
-            )?
-            .query_map(params![at, account, user], |row| row.get(0))?
-            .collect::<Result<_, _>>()?,
-        None => tx
-            .prepare_cached(
-                "UPDATE keys SET revoked_at = ?1 \
-                 WHERE account_id = ?2 AND revoked_at IS NULL RETURNING key_id",
-            )?
-            .query_map(params![at, account], |row| row.get(0))?
-            .collect::<Result<_, _>>()?,
+    let revoked = match user {
+        Some(user) => {
+            texts(
+                db,
+                sql::REVOKE_USER_KEYS,
+                &[Arg::Int(at), Arg::Text(account), Arg::Text(user)],
+            )
+            .await?
+        }
+        None => {
+            texts(
+                db,
+                sql::REVOKE_ACCOUNT_KEYS,
+                &[Arg::Int(at), Arg::Text(account)],
+            )
+            .await?
+        }
     };
     for key_id in &revoked {
-        log_change(tx, key_id, kind, at)?;
+        log_change(db, key_id, kind, at).await?;
     }
     Ok(revoked)
 }
 
-fn active_keys(tx: &Connection, account: &str, user: &str) -> Result<Vec<String>, StoreError> {
-    Ok(tx
-        .prepare_cached(
-            "SELECT key_id FROM keys WHERE account_id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
-        )?
-        .query_map([account, user], |row| row.get(0))?
-        .collect::<Result<_, _>>()?)
+// ---------------------------------------------------------------------------------------------
+// The jobs.
+
+/// Does nothing; a write of it only prunes the change log.
+struct Noop;
+
+impl Job for Noop {
+    type Out = ();
+    async fn run<D: Db>(self, _db: &mut D, _at: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Answers a trivial query: the database is reachable.
+struct Ping;
+
+impl Job for Ping {
+    type Out = ();
+    async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<(), StoreError> {
+        single_int(db, sql::PING).await.map(|_| ())
+    }
+}
+
+struct Lookup {
+    key_id: String,
+}
+
+impl Job for Lookup {
+    type Out = Option<Identity>;
+    async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<Option<Identity>, StoreError> {
+        match first(db, sql::LOOKUP, &[Arg::Text(&self.key_id)]).await? {
+            Some(row) => Ok(Some(Identity {
+                account_id: row.text(0)?,
+                user_id: row.text(1)?,
+                role: row.text(2)?,
+            })),
+            None => Ok(None),
+        }
+    }
+}
+
+struct Revision;
+
+impl Job for Revision {
+    type Out = i64;
+    async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<i64, StoreError> {
+        current_revision(db).await
+    }
+}
+
+struct ChangesSince {
+    since: u64,
+}
+
+impl Job for ChangesSince {
+    type Out = Changes;
+    // The revision and the rows must come from the same snapshot.
+    const SNAPSHOT: bool = true;
+
+    async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<Changes, StoreError> {
+        let revision = current_revision(db).await?;
+        if self.since == 0 {
+            return Ok(Changes::Changed {
+                revision,
+                changed: Vec::new(),
+                created: Vec::new(),
+                more: false,
+            });
+        }
+        let since = match i64::try_from(self.since) {
+            Ok(s) if s <= revision && s >= pruned_through(db).await? => s,
+            _ => return Ok(Changes::Reset { revision }),
+        };
+        let limit = i64::try_from(CHANGES_PAGE)
+            .unwrap_or(i64::MAX)
+            .saturating_add(1);
+        let rows: Vec<(i64, String, String)> = db
+            .rows(sql::CHANGES_AFTER, &[Arg::Int(since), Arg::Int(limit)])
+            .await?
+            .iter()
+            .map(|r| Ok((r.int(0)?, r.text(1)?, r.text(2)?)))
+            .collect::<Result<_, StoreError>>()?;
+        Ok(page(revision, &rows))
+    }
+}
+
+/// One page of the feed from `rows` (ordered by revision, at most [`CHANGES_PAGE`] + 1 of
+/// them: one more than fits says that there is more).
+fn page(revision: i64, rows: &[(i64, String, String)]) -> Changes {
+    let more = rows.len() > CHANGES_PAGE;
+    let page = rows.get(..CHANGES_PAGE).unwrap_or(rows);
+    let revision = match (more, page.last()) {
+        (true, Some((last, _, _))) => *last,
+        _ => revision,
+    };
+    let mut seen = HashSet::with_capacity(page.len());
+    let changed: Vec<String> = page
+        .iter()
+        .filter(|(_, key_id, _)| seen.insert(key_id.as_str()))
+        .map(|(_, key_id, _)| key_id.clone())
+        .collect();
+    let not_only_created: HashSet<&str> = page
+        .iter()
+        .filter(|(_, _, kind)| kind != KIND_CREATED)
+        .map(|(_, key_id, _)| key_id.as_str())
+        .collect();
+    let created = changed
+        .iter()
+        .filter(|k| !not_only_created.contains(k.as_str()))
+        .cloned()
+        .collect();
+    Changes::Changed {
+        revision,
+        changed,
+        created,
+        more,
+    }
+}
+
+struct ListUsers {
+    account: String,
+}
+
+impl Job for ListUsers {
+    type Out = Vec<UserInfo>;
+    async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<Vec<UserInfo>, StoreError> {
+        require_account(db, &self.account).await?;
+        let mut users = db
+            .rows(sql::LIST_ACTIVE_USERS, &[Arg::Text(&self.account)])
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(UserInfo {
+                    user_id: r.text(0)?,
+                    role: r.text(1)?,
+                    created_at: r.int(2)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Byte order, the same on both engines whatever the database's collation.
+        users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        Ok(users)
+    }
+}
+
+struct UpsertRootKey {
+    key_id: String,
+}
+
+impl Job for UpsertRootKey {
+    type Out = ();
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<(), StoreError> {
+        let key_id = self.key_id.as_str();
+        let account_changed = db
+            .exec(
+                sql::UPSERT_ACCOUNT,
+                &[Arg::Text(SYSTEM_ACCOUNT), Arg::Int(at)],
+            )
+            .await?;
+        let user_changed = db
+            .exec(
+                sql::UPSERT_USER,
+                &[
+                    Arg::Text(SYSTEM_ACCOUNT),
+                    Arg::Text(ROOT_USER),
+                    Arg::Text(ROLE_ROOT),
+                    Arg::Int(at),
+                ],
+            )
+            .await?;
+        let existing = match first(db, sql::KEY_OWNER, &[Arg::Text(key_id)]).await? {
+            Some(row) => Some((row.text(0)?, row.text(1)?, row.opt_int(2)?)),
+            None => None,
+        };
+        match existing {
+            None => insert_key(db, key_id, SYSTEM_ACCOUNT, ROOT_USER, at).await?,
+            Some((account, user, _)) if account != SYSTEM_ACCOUNT || user != ROOT_USER => {
+                return Err(StoreError::Internal(
+                    "the configured root key is already issued to another user".into(),
+                ));
+            }
+            Some((_, _, Some(_))) => {
+                db.exec(sql::UNREVOKE_KEY, &[Arg::Text(key_id)]).await?;
+                log_change(db, key_id, KIND_CREATED, at).await?;
+            }
+            Some((_, _, None)) => {
+                if account_changed > 0 || user_changed > 0 {
+                    log_change(db, key_id, KIND_CREATED, at).await?;
+                }
+            }
+        }
+        let others = texts(
+            db,
+            sql::REVOKE_OTHER_KEYS,
+            &[
+                Arg::Int(at),
+                Arg::Text(SYSTEM_ACCOUNT),
+                Arg::Text(ROOT_USER),
+                Arg::Text(key_id),
+            ],
+        )
+        .await?;
+        for old in &others {
+            log_change(db, old, KIND_REVOKED, at).await?;
+        }
+        Ok(())
+    }
+}
+
+struct CreateAccount {
+    account: String,
+    admin_user: String,
+    key_id: String,
+}
+
+impl Job for CreateAccount {
+    type Out = ();
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<(), StoreError> {
+        if exists(db, sql::ACCOUNT_EXISTS, &[Arg::Text(&self.account)]).await? {
+            return Err(StoreError::AccountExists(self.account));
+        }
+        db.exec(
+            sql::INSERT_ACCOUNT,
+            &[Arg::Text(&self.account), Arg::Int(at)],
+        )
+        .await?;
+        db.exec(
+            sql::INSERT_USER,
+            &[
+                Arg::Text(&self.account),
+                Arg::Text(&self.admin_user),
+                Arg::Text(ROLE_ADMIN),
+                Arg::Int(at),
+            ],
+        )
+        .await?;
+        insert_key(db, &self.key_id, &self.account, &self.admin_user, at).await
+    }
+}
+
+struct CreateUser {
+    account: String,
+    user: String,
+    role: String,
+    key_id: String,
+}
+
+impl Job for CreateUser {
+    type Out = ();
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<(), StoreError> {
+        require_account(db, &self.account).await?;
+        let user_args = [Arg::Text(&self.account), Arg::Text(&self.user)];
+        if exists(db, sql::USER_EXISTS, &user_args).await? {
+            return Err(StoreError::UserExists {
+                account: self.account,
+                user: self.user,
+            });
+        }
+        db.exec(
+            sql::INSERT_USER,
+            &[
+                Arg::Text(&self.account),
+                Arg::Text(&self.user),
+                Arg::Text(&self.role),
+                Arg::Int(at),
+            ],
+        )
+        .await?;
+        insert_key(db, &self.key_id, &self.account, &self.user, at).await
+    }
+}
+
+struct RotateKey {
+    account: String,
+    user: String,
+    new_key_id: String,
+}
+
+impl Job for RotateKey {
+    type Out = Vec<String>;
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<Vec<String>, StoreError> {
+        require_user(db, &self.account, &self.user).await?;
+        let revoked = revoke_keys(db, &self.account, Some(&self.user), KIND_ROTATED, at).await?;
+        insert_key(db, &self.new_key_id, &self.account, &self.user, at).await?;
+        Ok(revoked)
+    }
+}
+
+struct SetRole {
+    account: String,
+    user: String,
+    role: String,
+}
+
+impl Job for SetRole {
+    type Out = String;
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<String, StoreError> {
+        let previous = require_user(db, &self.account, &self.user).await?;
+        if previous != self.role {
+            db.exec(
+                sql::SET_ROLE,
+                &[
+                    Arg::Text(&self.role),
+                    Arg::Text(&self.account),
+                    Arg::Text(&self.user),
+                ],
+            )
+            .await?;
+            let active = texts(
+                db,
+                sql::ACTIVE_KEYS,
+                &[Arg::Text(&self.account), Arg::Text(&self.user)],
+            )
+            .await?;
+            for key_id in &active {
+                log_change(db, key_id, KIND_ROLE, at).await?;
+            }
+        }
+        Ok(previous)
+    }
+}
+
+struct RevokeUser {
+    account: String,
+    user: String,
+}
+
+impl Job for RevokeUser {
+    type Out = usize;
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<usize, StoreError> {
+        require_user(db, &self.account, &self.user).await?;
+        let revoked = revoke_keys(db, &self.account, Some(&self.user), KIND_REVOKED, at).await?;
+        db.exec(
+            sql::REVOKE_USER,
+            &[
+                Arg::Int(at),
+                Arg::Text(&self.account),
+                Arg::Text(&self.user),
+            ],
+        )
+        .await?;
+        Ok(revoked.len())
+    }
+}
+
+struct RevokeAccount {
+    account: String,
+}
+
+impl Job for RevokeAccount {
+    type Out = usize;
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<usize, StoreError> {
+        require_account(db, &self.account).await?;
+        let revoked = revoke_keys(db, &self.account, None, KIND_REVOKED, at).await?;
+        let args = [Arg::Int(at), Arg::Text(&self.account)];
+        db.exec(sql::REVOKE_ACCOUNT_USERS, &args).await?;
+        db.exec(sql::REVOKE_ACCOUNT, &args).await?;
+        Ok(revoked.len())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The handle.
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    engine: Engine,
+}
+
+#[derive(Clone)]
+enum Engine {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.engine {
+            Engine::Sqlite(_) => "Store(sqlite)",
+            Engine::Postgres(_) => "Store(postgres)",
+        })
+    }
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`, keeping `changes_retention` rows of
-    /// change log (at least 1).
+    /// Opens (creating if needed) the SQLite database at `path`, keeping `changes_retention`
+    /// revisions of change log (at least 1). Blocking: call it off the async workers.
     pub fn open(path: &Path, changes_retention: u64) -> Result<Store, StoreError> {
-        let mut writer = Connection::open(path)?;
-        configure(&writer)?;
-        migrate(&mut writer)?;
-        let retention = i64::try_from(changes_retention.max(1)).unwrap_or(i64::MAX);
-        // Apply a lowered retention straight away.
-        {
-            let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            prune(&tx, retention)?;
-            tx.commit()?;
-        }
-        let mut readers = Vec::with_capacity(READERS);
-        for _ in 0..READERS {
-            let conn = Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                    | OpenFlags::SQLITE_OPEN_URI,
-            )?;
-            configure(&conn)?;
-            conn.pragma_update(None, "query_only", "ON")?;
-            readers.push(Mutex::new(conn));
-        }
         Ok(Store {
-            inner: Arc::new(Inner {
-                writer: Mutex::new(writer),
-                readers,
-                next_reader: AtomicUsize::new(0),
-                retention,
-            }),
+            engine: Engine::Sqlite(sqlite::SqliteStore::open(
+                path,
+                retention(changes_retention),
+            )?),
         })
     }
 
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let n = inner.next_reader.fetch_add(1, Ordering::Relaxed);
-            let slot = n
-                .checked_rem(inner.readers.len())
-                .and_then(|i| inner.readers.get(i))
-                .ok_or_else(|| StoreError::Internal("no reader connection".into()))?;
-            let mut conn = lock(slot)?;
-            f(&mut conn)
+    /// Connects to PostgreSQL at `url` (a `postgres://` URL or a libpq key=value string) with a
+    /// pool of at most `pool_size` connections, creates the schema if it is not there yet and
+    /// prunes the change log to `changes_retention` revisions (at least 1).
+    pub async fn connect_postgres(
+        url: &str,
+        changes_retention: u64,
+        pool_size: usize,
+    ) -> Result<Store, StoreError> {
+        let store =
+            postgres::PgStore::connect(url, retention(changes_retention), pool_size).await?;
+        Ok(Store {
+            engine: Engine::Postgres(store),
         })
-        .await
-        .map_err(|e| StoreError::Internal(format!("database task failed: {e}")))?
     }
 
-    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Transaction<'_>, i64) -> Result<T, StoreError> + Send + 'static,
-    {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = lock(&inner.writer)?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx, now())?;
-            prune(&tx, inner.retention)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("database task failed: {e}")))?
+    /// Which engine: `"sqlite"` or `"postgres"`.
+    pub fn engine(&self) -> &'static str {
+        match self.engine {
+            Engine::Sqlite(_) => "sqlite",
+            Engine::Postgres(_) => "postgres",
+        }
+    }
+
+    async fn read<J: Job>(&self, job: J) -> Result<J::Out, StoreError> {
+        match &self.engine {
+            Engine::Sqlite(s) => s.read(job).await,
+            Engine::Postgres(p) => p.read(job).await,
+        }
+    }
+
+    async fn write<J: Job>(&self, job: J) -> Result<J::Out, StoreError> {
+        match &self.engine {
+            Engine::Sqlite(s) => s.write(job).await,
+            Engine::Postgres(p) => p.write(job).await,
+        }
+    }
+
+    /// Checks that the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(Ping).await
+    }
+
+    /// Prunes the change log to the configured retention.
+    pub async fn prune(&self) -> Result<(), StoreError> {
+        self.write(Noop).await
     }
 
     /// The identity behind an active key id (key, user and account all unrevoked).
     pub async fn lookup(&self, key_id: String) -> Result<Option<Identity>, StoreError> {
-        self.read(move |conn| {
-            Ok(conn
-                .prepare_cached(
-                    "SELECT k.account_id, k.user_id, u.role FROM keys k \
-                     JOIN users u ON u.account_id = k.account_id AND u.user_id = k.user_id \
-                     JOIN accounts a ON a.account_id = k.account_id \
-                     WHERE k.key_id = ?1 AND k.revoked_at IS NULL \
-                       AND u.revoked_at IS NULL AND a.revoked_at IS NULL",
-                )?
-                .query_row([&key_id], |row| {
-                    Ok(Identity {
-                        account_id: row.get(0)?,
-                        user_id: row.get(1)?,
-                        role: row.get(2)?,
-                    })
-                })
-                .optional()?)
-        })
-        .await
+        self.read(Lookup { key_id }).await
     }
 
     /// The current revision of the change log (0 when nothing ever changed).
     pub async fn revision(&self) -> Result<i64, StoreError> {
-        self.read(|conn| current_revision(conn)).await
+        self.read(Revision).await
     }
 
     /// The change feed after revision `since` (see [`Changes`]).
     pub async fn changes(&self, since: u64) -> Result<Changes, StoreError> {
-        self.read(move |conn| {
-            // One read transaction: the revision and the rows come from the same snapshot.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-            let revision = current_revision(&tx)?;
-            if since == 0 {
-                return Ok(Changes::Changed {
-                    revision,
-                    changed: Vec::new(),
-                    created: Vec::new(),
-                    more: false,
-                });
-            }
-            let since = match i64::try_from(since) {
-                Ok(s) if s <= revision && s >= pruned_through(&tx)? => s,
-                _ => return Ok(Changes::Reset { revision }),
-            };
-            let limit = i64::try_from(CHANGES_PAGE)
-                .unwrap_or(i64::MAX)
-                .saturating_add(1);
-            let rows: Vec<(i64, String, String)> = tx
-                .prepare_cached(
-                    "SELECT revision, key_id, kind FROM changes WHERE revision > ?1 \
-                     ORDER BY revision LIMIT ?2",
-                )?
-                .query_map([since, limit], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })?
-                .collect::<Result<_, _>>()?;
-            let more = rows.len() > CHANGES_PAGE;
-            let page = rows.get(..CHANGES_PAGE).unwrap_or(&rows);
-            let revision = match (more, page.last()) {
-                (true, Some((last, _, _))) => *last,
-                _ => revision,
-            };
-            let mut seen = std::collections::HashSet::with_capacity(page.len());
-            let changed: Vec<String> = page
-                .iter()
-                .filter(|(_, key_id, _)| seen.insert(key_id.as_str()))
-                .map(|(_, key_id, _)| key_id.clone())
-                .collect();
-            let not_only_created: std::collections::HashSet<&str> = page
-                .iter()
-                .filter(|(_, _, kind)| kind != KIND_CREATED)
-                .map(|(_, key_id, _)| key_id.as_str())
-                .collect();
-            let created = changed
-                .iter()
-                .filter(|k| !not_only_created.contains(k.as_str()))
-                .cloned()
-                .collect();
-            Ok(Changes::Changed {
-                revision,
-                changed,
-                created,
-                more,
-            })
-        })
-        .await
+        self.read(ChangesSince { since }).await
     }
 
     /// Makes `key_id` the one active key of user `root` (role `root`) in account `_system`,
     /// creating the account and user as needed and revoking any other root key.
     pub async fn upsert_root_key(&self, key_id: String) -> Result<(), StoreError> {
-        self.write(move |tx, at| {
-            let account_changed = tx.execute(
-                "INSERT INTO accounts (account_id, created_at) VALUES (?1, ?2) \
-                 ON CONFLICT (account_id) DO UPDATE SET revoked_at = NULL \
-                 WHERE revoked_at IS NOT NULL",
-                params![SYSTEM_ACCOUNT, at],
-            )?;
-            let user_changed = tx.execute(
-                "INSERT INTO users (account_id, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (account_id, user_id) DO UPDATE SET role = ?3, revoked_at = NULL \
-                 WHERE revoked_at IS NOT NULL OR role <> ?3",
-                params![SYSTEM_ACCOUNT, ROOT_USER, ROLE_ROOT, at],
-            )?;
-            let existing: Option<(String, String, Option<i64>)> = tx
-                .query_row(
-                    "SELECT account_id, user_id, revoked_at FROM keys WHERE key_id = ?1",
-                    [&key_id],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                )
-                .optional()?;
-            match existing {
-                None => insert_key(tx, &key_id, SYSTEM_ACCOUNT, ROOT_USER, at)?,
-                Some((account, user, _)) if account != SYSTEM_ACCOUNT || user != ROOT_USER => {
-                    return Err(StoreError::Internal(
-                        "the configured root key is already issued to another user".into(),
-                    ));
-                }
-                Some((_, _, Some(_))) => {
-                    tx.execute(
-                        "UPDATE keys SET revoked_at = NULL WHERE key_id = ?1",
-                        [&key_id],
-                    )?;
-                    log_change(tx, &key_id, KIND_CREATED, at)?;
-                }
-                Some((_, _, None)) => {
-                    if account_changed > 0 || user_changed > 0 {
-                        log_change(tx, &key_id, KIND_CREATED, at)?;
-                    }
-                }
-            }
-            let others: Vec<String> = tx
-                .prepare(
-                    "UPDATE keys SET revoked_at = ?1 WHERE account_id = ?2 AND user_id = ?3 \
-                     AND key_id <> ?4 AND revoked_at IS NULL RETURNING key_id",
-                )?
-                .query_map(params![at, SYSTEM_ACCOUNT, ROOT_USER, key_id], |row| {
-                    row.get(0)
-                })?
-                .collect::<Result<_, _>>()?;
-            for old in &others {
-                log_change(tx, old, KIND_REVOKED, at)?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(UpsertRootKey { key_id }).await
     }
 
     /// Creates an account and its admin user (role `admin`) holding key `key_id`.
@@ -528,22 +815,10 @@ impl Store {
         admin_user: String,
         key_id: String,
     ) -> Result<(), StoreError> {
-        self.write(move |tx, at| {
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM accounts WHERE account_id = ?1")?
-                .exists([&account])?;
-            if exists {
-                return Err(StoreError::AccountExists(account));
-            }
-            tx.execute(
-                "INSERT INTO accounts (account_id, created_at) VALUES (?1, ?2)",
-                params![account, at],
-            )?;
-            tx.execute(
-                "INSERT INTO users (account_id, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![account, admin_user, ROLE_ADMIN, at],
-            )?;
-            insert_key(tx, &key_id, &account, &admin_user, at)
+        self.write(CreateAccount {
+            account,
+            admin_user,
+            key_id,
         })
         .await
     }
@@ -557,19 +832,11 @@ impl Store {
         role: String,
         key_id: String,
     ) -> Result<(), StoreError> {
-        self.write(move |tx, at| {
-            require_account(tx, &account)?;
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM users WHERE account_id = ?1 AND user_id = ?2")?
-                .exists([&account, &user])?;
-            if exists {
-                return Err(StoreError::UserExists { account, user });
-            }
-            tx.execute(
-                "INSERT INTO users (account_id, user_id, role, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![account, user, role, at],
-            )?;
-            insert_key(tx, &key_id, &account, &user, at)
+        self.write(CreateUser {
+            account,
+            user,
+            role,
+            key_id,
         })
         .await
     }
@@ -581,11 +848,10 @@ impl Store {
         user: String,
         new_key_id: String,
     ) -> Result<Vec<String>, StoreError> {
-        self.write(move |tx, at| {
-            require_user(tx, &account, &user)?;
-            let revoked = revoke_keys(tx, &account, Some(&user), KIND_ROTATED, at)?;
-            insert_key(tx, &new_key_id, &account, &user, at)?;
-            Ok(revoked)
+        self.write(RotateKey {
+            account,
+            user,
+            new_key_id,
         })
         .await
     }
@@ -598,72 +864,31 @@ impl Store {
         user: String,
         role: String,
     ) -> Result<String, StoreError> {
-        self.write(move |tx, at| {
-            let previous = require_user(tx, &account, &user)?;
-            if previous != role {
-                tx.execute(
-                    "UPDATE users SET role = ?1 WHERE account_id = ?2 AND user_id = ?3",
-                    params![role, account, user],
-                )?;
-                for key_id in active_keys(tx, &account, &user)? {
-                    log_change(tx, &key_id, KIND_ROLE, at)?;
-                }
-            }
-            Ok(previous)
+        self.write(SetRole {
+            account,
+            user,
+            role,
         })
         .await
     }
 
     /// Revokes a user and its keys. Returns the number of keys revoked.
     pub async fn revoke_user(&self, account: String, user: String) -> Result<usize, StoreError> {
-        self.write(move |tx, at| {
-            require_user(tx, &account, &user)?;
-            let revoked = revoke_keys(tx, &account, Some(&user), KIND_REVOKED, at)?;
-            tx.execute(
-                "UPDATE users SET revoked_at = ?1 WHERE account_id = ?2 AND user_id = ?3",
-                params![at, account, user],
-            )?;
-            Ok(revoked.len())
-        })
-        .await
+        self.write(RevokeUser { account, user }).await
     }
 
     /// Revokes an account, its users and all their keys. Returns the number of keys revoked.
     pub async fn revoke_account(&self, account: String) -> Result<usize, StoreError> {
-        self.write(move |tx, at| {
-            require_account(tx, &account)?;
-            let revoked = revoke_keys(tx, &account, None, KIND_REVOKED, at)?;
-            tx.execute(
-                "UPDATE users SET revoked_at = ?1 WHERE account_id = ?2 AND revoked_at IS NULL",
-                params![at, account],
-            )?;
-            tx.execute(
-                "UPDATE accounts SET revoked_at = ?1 WHERE account_id = ?2",
-                params![at, account],
-            )?;
-            Ok(revoked.len())
-        })
-        .await
+        self.write(RevokeAccount { account }).await
     }
 
     /// The active users of an active account, by user id.
     pub async fn list_users(&self, account: String) -> Result<Vec<UserInfo>, StoreError> {
-        self.read(move |conn| {
-            require_account(conn, &account)?;
-            Ok(conn
-                .prepare_cached(
-                    "SELECT user_id, role, created_at FROM users \
-                     WHERE account_id = ?1 AND revoked_at IS NULL ORDER BY user_id",
-                )?
-                .query_map([&account], |row| {
-                    Ok(UserInfo {
-                        user_id: row.get(0)?,
-                        role: row.get(1)?,
-                        created_at: row.get(2)?,
-                    })
-                })?
-                .collect::<Result<_, _>>()?)
-        })
-        .await
+        self.read(ListUsers { account }).await
     }
+}
+
+/// The retention as the engines use it: at least 1.
+fn retention(changes_retention: u64) -> i64 {
+    i64::try_from(changes_retention.max(1)).unwrap_or(i64::MAX)
 }

@@ -1,4 +1,5 @@
-//! The admin API and key lookups through the real router over a real SQLite file.
+//! The admin API and key lookups through the real router over a real database (SQLite, or
+//! PostgreSQL with `KEYSTORE_TEST_DATABASE_URL`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,9 +11,8 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{all_bytes, changed, contains, ids, Ks, ROOT_KEY};
+use common::{changed, contains, ids, Ks, ROOT_KEY};
 use keystore::keys::key_id;
-use keystore::Config;
 use serde_json::json;
 
 #[tokio::test]
@@ -603,7 +603,7 @@ async fn keys_are_never_stored_in_plain_text() {
     let admin = ks.create_account("acme", "alice").await;
     let bob = ks.create_user(&admin, "acme", "bob", "member").await;
     let bob2 = ks.rotate(&bob, "acme", "bob").await;
-    let all = all_bytes(ks.dir.path());
+    let all = ks.stored_bytes().await;
     // The scan sees the data: key ids and account ids are there...
     assert!(contains(&all, b"acme"));
     assert!(contains(&all, key_id(&bob2).as_bytes()));
@@ -626,18 +626,11 @@ async fn data_and_root_key_persist_across_reopen() {
     let ks = Ks::new().await;
     let admin = ks.create_account("acme", "alice").await;
     let rev = ks.revision().await;
-    let Ks {
-        dir,
-        db,
-        state,
-        app,
-    } = ks;
-    drop((state, app));
 
     // Reopen with a different root key: the new one replaces the old one.
-    let mut config = Config::new(&db);
-    config.root_key = Some("a-new-root-key".to_owned());
-    let ks = Ks::open_at(dir, db, &config).await;
+    let ks = ks
+        .reopen(|c| c.root_key = Some("a-new-root-key".to_owned()))
+        .await;
     ks.assert_active(&admin, "acme", "alice", "admin").await;
     ks.assert_inactive(ROOT_KEY).await;
     ks.assert_active("a-new-root-key", "_system", "root", "root")
@@ -648,20 +641,10 @@ async fn data_and_root_key_persist_across_reopen() {
         .await;
 
     // Reopen without a root key: nothing is lost, the configured key stays.
-    let Ks {
-        dir,
-        db,
-        state,
-        app,
-    } = ks;
-    drop((state, app));
-    let rev = {
-        let ks = Ks::open_at(dir, db.clone(), &Config::new(&db)).await;
-        ks.assert_active("a-new-root-key", "_system", "root", "root")
-            .await;
-        ks.revision().await
-    };
-    assert!(rev > 0);
+    let ks = ks.reopen(|_| {}).await;
+    ks.assert_active("a-new-root-key", "_system", "root", "root")
+        .await;
+    assert!(ks.revision().await > 0);
 }
 
 #[tokio::test]

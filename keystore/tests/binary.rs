@@ -8,6 +8,8 @@
     clippy::arithmetic_side_effects
 )]
 
+mod common;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,11 +29,16 @@ struct Server {
 
 impl Server {
     fn start(db: &Path, extra: &[&str], env_root_key: Option<&str>) -> Server {
+        Server::start_on(&["--db", db.to_str().unwrap()], extra, env_root_key)
+    }
+
+    /// Starts `keystore serve` with `database` (`--db PATH` or `--database-url URL`).
+    fn start_on(database: &[&str], extra: &[&str], env_root_key: Option<&str>) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keystore"));
         cmd.arg("serve")
-            .arg("--db")
-            .arg(db)
+            .args(database)
             .args(["--listen", "127.0.0.1:0"])
+            .env_remove("KEYSTORE_DATABASE_URL")
             .args(extra)
             .env_remove("KEYSTORE_ROOT_KEY")
             .env("RUST_LOG", "info")
@@ -314,6 +321,7 @@ fn bad_arguments_fail_fast() {
         Command::new(env!("CARGO_BIN_EXE_keystore"))
             .args(args)
             .env_remove("KEYSTORE_ROOT_KEY")
+            .env_remove("KEYSTORE_DATABASE_URL")
             .output()
             .unwrap()
     };
@@ -363,4 +371,156 @@ fn bad_arguments_fail_fast() {
     let out = run(&["serve", "--db", db, "--listen", "not-an-address"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+    // No database at all, or two.
+    let out = run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--database-url"));
+    let pg = "postgres://keystore@127.0.0.1:1/keystore";
+    let out = run(&[
+        "serve",
+        "--db",
+        db,
+        "--database-url",
+        pg,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+    // A pool size out of range.
+    for n in ["0", "1001"] {
+        let out = run(&[
+            "serve",
+            "--database-url",
+            pg,
+            "--database-pool-size",
+            n,
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(!out.status.success(), "pool size {n}");
+    }
+}
+
+#[test]
+fn an_unreachable_postgres_fails_fast_without_showing_the_password() {
+    let run = |url: &str| {
+        let start = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_keystore"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
+            .env_remove("KEYSTORE_ROOT_KEY")
+            .env_remove("KEYSTORE_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(20));
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Nothing listens on port 1.
+    let err = run("postgres://keystore:s3cr3t-pw@127.0.0.1:1/keystore");
+    assert!(
+        err.contains("cannot open database postgres://keystore:***@127.0.0.1:1/keystore"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cr3t-pw"), "{err}");
+    let err = run("host=127.0.0.1 port=1 user=keystore password=s3cr3t-pw dbname=keystore");
+    assert!(err.contains("password=***"), "{err}");
+    assert!(!err.contains("s3cr3t-pw"), "{err}");
+    // Not a URL at all.
+    let err = run("postgres://[not-a-url");
+    assert!(err.contains("invalid database URL"), "{err}");
+}
+
+#[test]
+fn two_keystores_on_one_postgres_database_serve_one_store() {
+    let Some(url) = common::postgres_url_for("two_keystores_on_one_postgres_database") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let schema = rt.block_on(common::PgSchema::create(&url));
+    let db_url = schema.url();
+    // Both start at the same moment on an empty schema: one creates it, the other waits.
+    let (r1, r2) = std::thread::scope(|s| {
+        let a = s.spawn(|| Server::start_on(&["--database-url", &db_url], &[], Some(ROOT_KEY)));
+        let b = s.spawn(|| Server::start_on(&["--database-url", &db_url], &[], Some(ROOT_KEY)));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let mut r1 = r1;
+    for r in [&r1, &r2] {
+        assert_eq!(
+            r.call("GET", "/healthz", None, None),
+            (200, json!({"status": "ok"}))
+        );
+    }
+    // The root key was installed once: one change, seen by both.
+    let (_, feed) = r1.call("GET", "/v1/changes?since=0", None, None);
+    assert_eq!(feed, json!({"revision": 1, "changed": []}));
+
+    // Created through replica 1, found through replica 2 at once.
+    let (status, created) = r1.call(
+        "POST",
+        "/api/v1/admin/accounts",
+        Some(ROOT_KEY),
+        Some(json!({"account_id": "acme", "admin_user_id": "alice"})),
+    );
+    assert_eq!(status, 201, "{created}");
+    let alice = created["user_key"].as_str().unwrap().to_owned();
+    let lookup = format!("/v1/keys/{}", key_id(&alice));
+    let alice_identity = json!({"account_id": "acme", "user_id": "alice", "role": "admin"});
+    assert_eq!(
+        r2.call("GET", &lookup, None, None),
+        (200, alice_identity.clone())
+    );
+    // The key works for the admin API of replica 2, and the feed is the same on both.
+    let (status, user) = r2.call(
+        "POST",
+        "/api/v1/admin/accounts/acme/users",
+        Some(&alice),
+        Some(json!({"user_id": "bob", "role": "member"})),
+    );
+    assert_eq!(status, 201, "{user}");
+    let bob = user["user_key"].as_str().unwrap().to_owned();
+    let (_, f1) = r1.call("GET", "/v1/changes?since=1", None, None);
+    let (_, f2) = r2.call("GET", "/v1/changes?since=1", None, None);
+    assert_eq!(f1, f2);
+    assert_eq!(f1["revision"], 3, "{f1}");
+    assert_eq!(f1["changed"], json!([key_id(&alice), key_id(&bob)]));
+    assert_eq!(f1["created"], json!([key_id(&alice), key_id(&bob)]));
+
+    // Revoked through replica 2, refused by replica 1 at once.
+    let (status, _) = r2.call(
+        "DELETE",
+        "/api/v1/admin/accounts/acme/users/bob",
+        Some(&alice),
+        None,
+    );
+    assert_eq!(status, 200);
+    let bob_lookup = format!("/v1/keys/{}", key_id(&bob));
+    assert_eq!(r1.call("GET", &bob_lookup, None, None).0, 404);
+
+    // kill -9 replica 1: replica 2 goes on; replica 1 restarted finds everything.
+    r1.child.kill().unwrap();
+    r1.child.wait().unwrap();
+    assert_eq!(
+        r2.call("GET", &lookup, None, None),
+        (200, alice_identity.clone())
+    );
+    let r1 = Server::start_on(&["--database-url", &db_url], &[], Some(ROOT_KEY));
+    assert_eq!(r1.call("GET", &lookup, None, None), (200, alice_identity));
+    let (_, feed) = r1.call("GET", "/v1/changes?since=0", None, None);
+    assert_eq!(feed["revision"], 4, "{feed}");
+
+    // Logs: one ready line each, no raw key anywhere.
+    for log in [r1.log(), r2.log()] {
+        assert_eq!(log.matches("keystore listening on ").count(), 1, "{log}");
+        assert!(
+            log.contains("engine=\"postgres\"") || log.contains("engine=postgres"),
+            "{log}"
+        );
+        for raw in [ROOT_KEY, &alice, &bob] {
+            assert!(!log.contains(raw), "raw key in log:\n{log}");
+        }
+    }
+    drop((r1, r2));
+    drop(schema);
 }

@@ -166,16 +166,7 @@ async fn reset_after_pruning() {
     assert_eq!(ks.changes(0).await, json!({"revision": rev, "changed": []}));
 
     // Lowering the retention at restart prunes straight away.
-    let Ks {
-        dir,
-        db,
-        state,
-        app,
-    } = ks;
-    drop((state, app));
-    let mut config = keystore::Config::new(&db);
-    config.changes_retention = 2;
-    let ks = Ks::open_at(dir, db, &config).await;
+    let ks = ks.reopen(|c| c.changes_retention = 2).await;
     assert_eq!(ks.changes(5).await, json!({"revision": 8, "reset": true}));
     assert_eq!(changed(&ks.changes(6).await).len(), 2);
 }

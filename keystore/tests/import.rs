@@ -1,5 +1,5 @@
 //! Importing a key chosen by the administrator (`"user_key"` on create account, create user
-//! and rotate), through the real router over a real SQLite file.
+//! and rotate), through the real router over a real database.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,7 +11,7 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{all_bytes, changed, contains, ids, Ks, Resp, ROOT_KEY};
+use common::{changed, contains, ids, Ks, Resp, ROOT_KEY};
 use keystore::keys::key_id;
 use serde_json::{json, Value};
 
@@ -106,8 +106,9 @@ async fn imported_keys_are_stored_and_looked_up_by_key_id() {
 
     // Only the key ids are stored.
     for raw in [LEGACY_1, LEGACY_2] {
-        assert!(!contains(&all_bytes(ks.dir.path()), raw.as_bytes()));
-        assert!(contains(&all_bytes(ks.dir.path()), key_id(raw).as_bytes()));
+        let stored = ks.stored_bytes().await;
+        assert!(!contains(&stored, raw.as_bytes()));
+        assert!(contains(&stored, key_id(raw).as_bytes()));
     }
 }
 

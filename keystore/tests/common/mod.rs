@@ -1,5 +1,10 @@
-//! Helpers for the in-process API tests: the real router over a real SQLite file in a temp dir,
-//! driven with `tower::ServiceExt::oneshot`.
+//! Helpers for the in-process API tests: the real router over a real database, driven with
+//! `tower::ServiceExt::oneshot`.
+//!
+//! The database is a SQLite file in a temp dir, unless `KEYSTORE_TEST_DATABASE_URL` is set (a
+//! `postgres://` URL, e.g. from `scripts/postgres.sh start`): then every store gets a fresh
+//! PostgreSQL schema of its own in that database, dropped when the store is. So the same
+//! tests run on both engines.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,19 +18,133 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt as _;
-use keystore::{AppState, Config};
+use keystore::{AppState, Config, Database};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tempfile::TempDir;
+use tokio_postgres::NoTls;
 use tower::ServiceExt as _;
+
+/// The variable that selects PostgreSQL.
+pub const DATABASE_URL_VAR: &str = "KEYSTORE_TEST_DATABASE_URL";
+/// Set to 1 (by the Makefile's PostgreSQL step) to make a missing [`DATABASE_URL_VAR`] an error.
+pub const REQUIRE_POSTGRES_VAR: &str = "KEYSTORE_REQUIRE_POSTGRES";
+
+/// The PostgreSQL URL the tests run against, if any.
+pub fn postgres_url() -> Option<String> {
+    std::env::var(DATABASE_URL_VAR)
+        .ok()
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+}
+
+/// Whether PostgreSQL was required (`KEYSTORE_REQUIRE_POSTGRES=1`).
+pub fn postgres_required() -> bool {
+    std::env::var(REQUIRE_POSTGRES_VAR).is_ok_and(|v| v.trim() == "1")
+}
+
+/// The PostgreSQL URL for a PostgreSQL-only test: `None` (the test returns early, saying so on
+/// stderr) when none is configured, and a failure when one is required but missing.
+pub fn postgres_url_for(test: &str) -> Option<String> {
+    match postgres_url() {
+        Some(url) => Some(url),
+        None if postgres_required() => panic!(
+            "{REQUIRE_POSTGRES_VAR}=1 but {DATABASE_URL_VAR} is not set: \
+             run `export {DATABASE_URL_VAR}=$(scripts/postgres.sh start)`"
+        ),
+        None => {
+            eprintln!("{test}: not run: {DATABASE_URL_VAR} is not set (SQLite-only run)");
+            None
+        }
+    }
+}
+
+/// A schema of its own in the PostgreSQL database at `base`, dropped on drop.
+pub struct PgSchema {
+    base: String,
+    pub name: String,
+}
+
+impl PgSchema {
+    pub async fn create(base: &str) -> PgSchema {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!(
+            "ks_test_{}_{}_{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let client = pg_connect(base).await;
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot create schema {name} in {base}: {e}"));
+        PgSchema {
+            base: base.to_owned(),
+            name,
+        }
+    }
+
+    /// `base` with this schema as the only one on the search path.
+    pub fn url(&self) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!("{}{sep}options=-c%20search_path%3D{}", self.base, self.name)
+    }
+
+    /// A plain connection to this schema.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        pg_connect(&self.url()).await
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        // Drop may run inside the test's runtime: use a thread with a runtime of its own.
+        let base = self.base.clone();
+        let sql = format!(
+            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
+            self.name
+        );
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok((client, conn)) = tokio_postgres::connect(&base, NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = client.batch_execute(&sql).await;
+                }
+            });
+        });
+        let _ = done.join();
+    }
+}
+
+/// A connection whose connection task runs on the current runtime.
+pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
 
 pub const ROOT_KEY: &str = "root-test-key-Zq8Xv3Lp0Tn";
 
 pub struct Ks {
     pub dir: TempDir,
-    pub db: PathBuf,
+    pub database: Database,
     pub state: AppState,
     pub app: Router,
+    /// The PostgreSQL schema, when running on PostgreSQL (dropped after everything else).
+    pub pg: Option<PgSchema>,
 }
 
 pub struct Resp {
@@ -77,24 +196,97 @@ impl Ks {
         Ks::with(|_| {}).await
     }
 
-    /// A store with the root key configured; `f` may adjust the config.
+    /// A store with the root key configured, on SQLite or (with `KEYSTORE_TEST_DATABASE_URL`)
+    /// on a fresh PostgreSQL schema; `f` may adjust the config.
     pub async fn with(f: impl FnOnce(&mut Config)) -> Ks {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("keystore.db");
-        let mut config = Config::new(&db);
+        let (database, pg) = match postgres_url() {
+            Some(base) => {
+                let schema = PgSchema::create(&base).await;
+                (Database::Postgres(schema.url()), Some(schema))
+            }
+            None => (Database::Sqlite(dir.path().join("keystore.db")), None),
+        };
+        let mut config = Config::with_database(database);
         config.root_key = Some(ROOT_KEY.to_owned());
         f(&mut config);
-        Ks::open_at(dir, db, &config).await
+        Ks::open_at(dir, pg, &config).await
     }
 
-    pub async fn open_at(dir: TempDir, db: PathBuf, config: &Config) -> Ks {
+    pub async fn open_at(dir: TempDir, pg: Option<PgSchema>, config: &Config) -> Ks {
         let state = keystore::open(config).await.unwrap();
         let app = keystore::router(state.clone());
         Ks {
             dir,
-            db,
+            database: config.database.clone(),
             state,
             app,
+            pg,
+        }
+    }
+
+    /// Whether this store runs on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.pg.is_some()
+    }
+
+    /// Closes this store and opens the same database again with a fresh configuration (no
+    /// root key, defaults) adjusted by `f`.
+    pub async fn reopen(self, f: impl FnOnce(&mut Config)) -> Ks {
+        let Ks {
+            dir,
+            database,
+            state,
+            app,
+            pg,
+        } = self;
+        drop((state, app));
+        let mut config = Config::with_database(database);
+        f(&mut config);
+        Ks::open_at(dir, pg, &config).await
+    }
+
+    /// Another store on the same database (a second replica), with the same root key. It
+    /// does not own the database: the PostgreSQL schema goes when `self` goes.
+    pub async fn replica(&self) -> Ks {
+        let mut config = Config::with_database(self.database.clone());
+        config.root_key = Some(ROOT_KEY.to_owned());
+        Ks::open_at(tempfile::tempdir().unwrap(), None, &config).await
+    }
+
+    /// Everything the database holds: every file of the SQLite database (with its WAL), or
+    /// the text of every row of every table of the PostgreSQL schema.
+    pub async fn stored_bytes(&self) -> Vec<u8> {
+        match &self.pg {
+            None => all_bytes(self.dir.path()),
+            Some(schema) => {
+                let client = schema.connect().await;
+                let tables: Vec<String> = client
+                    .query(
+                        "SELECT table_name::text FROM information_schema.tables \
+                         WHERE table_schema = $1",
+                        &[&schema.name],
+                    )
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                assert!(tables.len() >= 5, "tables: {tables:?}");
+                let mut out = Vec::new();
+                for table in tables {
+                    for row in client
+                        .query(&format!("SELECT t::text FROM {table} t"), &[])
+                        .await
+                        .unwrap()
+                    {
+                        let text: String = row.get(0);
+                        out.extend_from_slice(text.as_bytes());
+                        out.push(b'\n');
+                    }
+                }
+                out
+            }
         }
     }
 

@@ -11,7 +11,9 @@ use serde_json::Value;
 use crate::error::{fail, Error, Result};
 use crate::http::Client;
 use crate::process::{file_len, read_log, read_log_from, tail, Proc};
-use crate::render::{load_envoy_template, render_envoy_config, EnvoyConfigParams};
+use crate::render::{
+    load_envoy_template, render_envoy_config_with, EnvoyConfigExtras, EnvoyConfigParams,
+};
 use crate::tmp::TempDir;
 
 /// How to start an [`Envoy`].
@@ -27,6 +29,8 @@ pub struct EnvoyOpts {
     pub upstream_port: u16,
     /// Port of the `keystore` cluster.
     pub keystore_port: u16,
+    /// More replicas in the `keystore` cluster (ports on 127.0.0.1), after `keystore_port`.
+    pub more_keystore_ports: Vec<u16>,
     /// `--concurrency`: worker threads (default 2).
     pub concurrency: u32,
     /// `-l`: log level (default `warning`).
@@ -59,6 +63,7 @@ impl EnvoyOpts {
             keygate_config_raw: None,
             upstream_port,
             keystore_port,
+            more_keystore_ports: Vec::new(),
             concurrency: 2,
             log_level: "warning".to_string(),
             extra_args: Vec::new(),
@@ -189,7 +194,7 @@ impl Envoy {
         let wasm = self.opts.wasm_path.clone().unwrap_or_else(crate::wasm_path);
         let config = self.opts.config_text();
         let template = load_envoy_template()?;
-        let rendered = render_envoy_config(
+        let rendered = render_envoy_config_with(
             &template,
             &EnvoyConfigParams {
                 node_id: &self.opts.node_id,
@@ -199,6 +204,9 @@ impl Envoy {
                 keystore_port: self.opts.keystore_port,
                 wasm_path: &wasm,
                 keygate_config: &config,
+            },
+            &EnvoyConfigExtras {
+                more_keystore_ports: self.opts.more_keystore_ports.clone(),
             },
         )?;
         std::fs::write(&self.config_path, rendered)?;

@@ -24,6 +24,9 @@ pub struct KeystoreOpts {
     pub root_key: Option<String>,
     /// Pass the root key with `--root-key-file` instead of `KEYSTORE_ROOT_KEY`.
     pub root_key_via_file: bool,
+    /// `--database-url`: run on PostgreSQL instead of a fresh SQLite file (several keystores
+    /// given the same URL are replicas of one store).
+    pub database_url: Option<String>,
     /// More arguments after `serve ...`.
     pub extra_args: Vec<String>,
     /// More environment variables (e.g. `RUST_LOG`).
@@ -41,6 +44,7 @@ impl Default for KeystoreOpts {
             lookup_delay_ms: None,
             root_key: None,
             root_key_via_file: false,
+            database_url: None,
             extra_args: Vec::new(),
             env: Vec::new(),
             ready_timeout: Duration::from_secs(20),
@@ -90,11 +94,14 @@ impl Keystore {
 
     fn spawn(&mut self) -> Result<()> {
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("serve")
-            .arg("--db")
-            .arg(&self.db)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port));
+        cmd.arg("serve");
+        match &self.opts.database_url {
+            Some(url) => cmd.arg("--database-url").arg(url),
+            None => cmd.arg("--db").arg(&self.db),
+        };
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .env_remove("KEYSTORE_DATABASE_URL");
         if let Some(ms) = self.opts.lookup_delay_ms {
             cmd.arg("--lookup-delay-ms").arg(ms.to_string());
         }
@@ -142,7 +149,7 @@ impl Keystore {
         &self.root_key
     }
 
-    /// The SQLite database file.
+    /// The SQLite database file (not used when [`KeystoreOpts::database_url`] is set).
     pub fn db_path(&self) -> &Path {
         &self.db
     }

@@ -16,6 +16,7 @@ pub mod http;
 mod keystore;
 mod metrics;
 mod paths;
+mod postgres;
 pub mod process;
 mod render;
 mod stub_wasm;
@@ -38,8 +39,10 @@ pub use metrics::{
 pub use paths::{
     echo_path, envoy_path, envoy_template_path, keystore_path, repo_root, target_dir, wasm_path,
 };
+pub use postgres::{postgres_url, PgSchema, DATABASE_URL_VAR};
 pub use render::{
-    default_keygate_config, load_envoy_template, render_envoy_config, EnvoyConfigParams,
+    default_keygate_config, load_envoy_template, render_envoy_config, render_envoy_config_with,
+    EnvoyConfigExtras, EnvoyConfigParams,
 };
 pub use stub_wasm::{stub_wasm, STUB_METRIC};
 pub use tmp::TempDir;

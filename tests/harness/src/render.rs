@@ -29,6 +29,24 @@ pub struct EnvoyConfigParams<'a> {
 /// The placeholder that takes the filter configuration; it must be alone on its line.
 const CONFIG_PLACEHOLDER: &str = "@KEYGATE_CONFIG@";
 
+/// The placeholder that takes more keystore endpoints; alone on its line, which is replaced by
+/// one line per endpoint (none: the line goes).
+const MORE_ENDPOINTS_PLACEHOLDER: &str = "@KEYSTORE_MORE_ENDPOINTS@";
+
+/// What fills the template beyond [`EnvoyConfigParams`] (a separate struct, so that code that
+/// builds `EnvoyConfigParams` field by field keeps compiling).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvoyConfigExtras {
+    /// `@KEYSTORE_MORE_ENDPOINTS@`: ports (on 127.0.0.1) of more keystore replicas, after the
+    /// one at `@KEYSTORE_PORT@`.
+    pub more_keystore_ports: Vec<u16>,
+}
+
+/// One `lb_endpoints` entry, on one line.
+fn endpoint_line(port: u16) -> String {
+    format!("- endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}")
+}
+
 /// The filter configuration of the contract, with the default values the demo and tests use.
 pub fn default_keygate_config() -> Value {
     json!({
@@ -56,6 +74,16 @@ pub fn load_envoy_template() -> Result<String> {
 /// Fills `template`'s placeholders. Comment lines (`#` first) are copied unchanged. Fails if
 /// `@KEYGATE_CONFIG@` is not alone on its line, or if a placeholder is left over.
 pub fn render_envoy_config(template: &str, p: &EnvoyConfigParams<'_>) -> Result<String> {
+    render_envoy_config_with(template, p, &EnvoyConfigExtras::default())
+}
+
+/// [`render_envoy_config`] with [`EnvoyConfigExtras`]. Fails if `@KEYSTORE_MORE_ENDPOINTS@` is
+/// not alone on its line, or if there are more endpoints and no such line to put them.
+pub fn render_envoy_config_with(
+    template: &str,
+    p: &EnvoyConfigParams<'_>,
+    extras: &EnvoyConfigExtras,
+) -> Result<String> {
     if p.node_id.is_empty() {
         return Err(Error::msg("render_envoy_config: empty node id"));
     }
@@ -76,10 +104,26 @@ pub fn render_envoy_config(template: &str, p: &EnvoyConfigParams<'_>) -> Result<
     let config = config.trim();
     let mut out = String::with_capacity(template.len() + config.len() * 2);
     let mut config_lines = 0;
+    let mut endpoint_lines = 0;
     for (n, line) in template.lines().enumerate() {
         let trimmed = line.trim_start();
         if trimmed.starts_with('#') {
             out.push_str(line);
+        } else if line.contains(MORE_ENDPOINTS_PLACEHOLDER) {
+            if trimmed.trim_end() != MORE_ENDPOINTS_PLACEHOLDER {
+                return Err(Error::msg(format!(
+                    "template line {}: {MORE_ENDPOINTS_PLACEHOLDER} must be alone on its line",
+                    n + 1
+                )));
+            }
+            endpoint_lines += 1;
+            let indent = line.get(..line.len() - trimmed.len()).unwrap_or_default();
+            for port in &extras.more_keystore_ports {
+                out.push_str(indent);
+                out.push_str(&endpoint_line(*port));
+                out.push('\n');
+            }
+            continue;
         } else if line.contains(CONFIG_PLACEHOLDER) {
             if trimmed.trim_end() != CONFIG_PLACEHOLDER {
                 return Err(Error::msg(format!(
@@ -116,6 +160,13 @@ pub fn render_envoy_config(template: &str, p: &EnvoyConfigParams<'_>) -> Result<
     if config_lines != 1 {
         return Err(Error::msg(format!(
             "the template must hold {CONFIG_PLACEHOLDER} exactly once (found {config_lines})"
+        )));
+    }
+    if !extras.more_keystore_ports.is_empty() && endpoint_lines != 1 {
+        return Err(Error::msg(format!(
+            "{} more keystore endpoints, but the template holds {MORE_ENDPOINTS_PLACEHOLDER} \
+             {endpoint_lines} times (must be once)",
+            extras.more_keystore_ports.len()
         )));
     }
     Ok(out)
@@ -203,6 +254,42 @@ mod tests {
             .join("\n");
         let back: Value = serde_json::from_str(&json_text).unwrap();
         assert_eq!(back, default_keygate_config());
+    }
+
+    #[test]
+    fn more_keystore_endpoints_are_rendered_as_lb_endpoints() {
+        let template = load_envoy_template().unwrap();
+        let wasm = PathBuf::from("/x/keygate.wasm");
+        let config = serde_json::to_string_pretty(&default_keygate_config()).unwrap();
+        // None: the placeholder line disappears, the one endpoint stays.
+        let one = render_envoy_config(&template, &params(&wasm, &config)).unwrap();
+        assert!(one
+            .lines()
+            .all(|l| l.trim_start().starts_with('#') || !l.contains(MORE_ENDPOINTS_PLACEHOLDER)));
+        let extras = EnvoyConfigExtras {
+            more_keystore_ports: vec![8082, 8083],
+        };
+        let three = render_envoy_config_with(&template, &params(&wasm, &config), &extras).unwrap();
+        let placeholder = template
+            .lines()
+            .find(|l| l.trim() == MORE_ENDPOINTS_PLACEHOLDER)
+            .unwrap();
+        let indent = &placeholder[..placeholder.len() - placeholder.trim_start().len()];
+        for port in [8082, 8083] {
+            let line = format!("{indent}{}", endpoint_line(port));
+            assert!(three.lines().any(|l| l == line), "{line}\n{three}");
+        }
+        assert_eq!(three.lines().count(), one.lines().count() + 2);
+        // Alone on its line; and somewhere to go when there are endpoints.
+        let p = params(&wasm, "{}");
+        assert!(
+            render_envoy_config("x: @KEYSTORE_MORE_ENDPOINTS@\n  @KEYGATE_CONFIG@\n", &p).is_err()
+        );
+        assert!(render_envoy_config_with("  @KEYGATE_CONFIG@\n", &p, &extras).is_err());
+        assert_eq!(
+            render_envoy_config("  @KEYGATE_CONFIG@\n", &p).unwrap(),
+            "  {}\n"
+        );
     }
 
     #[test]

@@ -1,0 +1,164 @@
+//! The SQL text, shared by SQLite and PostgreSQL wherever the two engines agree.
+//!
+//! Every statement is written once, with PostgreSQL's `$1`-style parameters; the SQLite backend
+//! rewrites them to SQLite's equivalent `?1` (see [`to_sqlite`]). Only these differ by engine:
+//! the column type of `changes.revision` (SQLite `INTEGER PRIMARY KEY AUTOINCREMENT`,
+//! PostgreSQL `BIGSERIAL`), where the schema version is kept, and how a write transaction
+//! starts (see the backends).
+//!
+//! Rules that keep the answers identical on both engines:
+//! - no `ORDER BY` on text (collations differ: SQLite compares bytes, PostgreSQL uses the
+//!   database's locale); rows are sorted in Rust where the order matters;
+//! - in `ON CONFLICT ... DO UPDATE`, columns of the existing row are qualified with the table
+//!   name (PostgreSQL would find `excluded.col` ambiguous otherwise);
+//! - integers are `BIGINT` (`i64`), text is `TEXT`.
+
+/// The schema (version 1), with the engine's type for `changes.revision`.
+macro_rules! schema {
+    ($revision:literal) => {
+        concat!(
+            "
+CREATE TABLE accounts (
+    account_id TEXT PRIMARY KEY NOT NULL,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+CREATE TABLE users (
+    account_id TEXT NOT NULL REFERENCES accounts(account_id),
+    user_id    TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT,
+    PRIMARY KEY (account_id, user_id)
+);
+CREATE TABLE keys (
+    key_id     TEXT PRIMARY KEY NOT NULL,
+    account_id TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT,
+    FOREIGN KEY (account_id, user_id) REFERENCES users(account_id, user_id)
+);
+CREATE INDEX keys_by_user ON keys(account_id, user_id);
+CREATE TABLE changes (
+    revision ",
+            $revision,
+            ",
+    key_id   TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    at       BIGINT NOT NULL
+);
+CREATE TABLE meta (
+    name  TEXT PRIMARY KEY NOT NULL,
+    value BIGINT NOT NULL
+);
+INSERT INTO meta (name, value) VALUES ('pruned_through', 0);
+"
+        )
+    };
+}
+
+/// Schema version 1 on SQLite (kept in `PRAGMA user_version`).
+pub const SQLITE_SCHEMA: &str = schema!("INTEGER PRIMARY KEY AUTOINCREMENT");
+/// Schema version 1 on PostgreSQL (the version is the `meta` row `schema_version`).
+pub const POSTGRES_SCHEMA: &str = schema!("BIGSERIAL PRIMARY KEY");
+
+/// The current revision: the newest change row (pruning always keeps at least one), or
+/// `pruned_through` when there is none.
+pub const CURRENT_REVISION: &str = "SELECT COALESCE((SELECT MAX(revision) FROM changes), \
+     (SELECT value FROM meta WHERE name = 'pruned_through'))";
+pub const PRUNED_THROUGH: &str = "SELECT value FROM meta WHERE name = 'pruned_through'";
+pub const SET_PRUNED_THROUGH: &str = "UPDATE meta SET value = $1 WHERE name = 'pruned_through'";
+pub const DELETE_CHANGES_THROUGH: &str = "DELETE FROM changes WHERE revision <= $1";
+pub const INSERT_CHANGE: &str = "INSERT INTO changes (key_id, kind, at) VALUES ($1, $2, $3)";
+pub const CHANGES_AFTER: &str =
+    "SELECT revision, key_id, kind FROM changes WHERE revision > $1 ORDER BY revision LIMIT $2";
+
+pub const LOOKUP: &str = "SELECT k.account_id, k.user_id, u.role FROM keys k \
+     JOIN users u ON u.account_id = k.account_id AND u.user_id = k.user_id \
+     JOIN accounts a ON a.account_id = k.account_id \
+     WHERE k.key_id = $1 AND k.revoked_at IS NULL \
+       AND u.revoked_at IS NULL AND a.revoked_at IS NULL";
+
+pub const ACCOUNT_EXISTS: &str = "SELECT 1 FROM accounts WHERE account_id = $1";
+pub const ACCOUNT_ACTIVE: &str =
+    "SELECT 1 FROM accounts WHERE account_id = $1 AND revoked_at IS NULL";
+pub const INSERT_ACCOUNT: &str = "INSERT INTO accounts (account_id, created_at) VALUES ($1, $2)";
+pub const UPSERT_ACCOUNT: &str = "INSERT INTO accounts (account_id, created_at) VALUES ($1, $2) \
+     ON CONFLICT (account_id) DO UPDATE SET revoked_at = NULL \
+     WHERE accounts.revoked_at IS NOT NULL";
+pub const REVOKE_ACCOUNT: &str = "UPDATE accounts SET revoked_at = $1 WHERE account_id = $2";
+
+pub const USER_EXISTS: &str = "SELECT 1 FROM users WHERE account_id = $1 AND user_id = $2";
+pub const ACTIVE_USER_ROLE: &str =
+    "SELECT role FROM users WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL";
+pub const INSERT_USER: &str =
+    "INSERT INTO users (account_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)";
+pub const UPSERT_USER: &str =
+    "INSERT INTO users (account_id, user_id, role, created_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (account_id, user_id) DO UPDATE SET role = $3, revoked_at = NULL \
+     WHERE users.revoked_at IS NOT NULL OR users.role <> $3";
+pub const SET_ROLE: &str = "UPDATE users SET role = $1 WHERE account_id = $2 AND user_id = $3";
+pub const REVOKE_USER: &str =
+    "UPDATE users SET revoked_at = $1 WHERE account_id = $2 AND user_id = $3";
+pub const REVOKE_ACCOUNT_USERS: &str =
+    "UPDATE users SET revoked_at = $1 WHERE account_id = $2 AND revoked_at IS NULL";
+/// Unordered: sorted by user id in Rust (byte order on both engines).
+pub const LIST_ACTIVE_USERS: &str =
+    "SELECT user_id, role, created_at FROM users WHERE account_id = $1 AND revoked_at IS NULL";
+
+pub const KEY_EXISTS: &str = "SELECT 1 FROM keys WHERE key_id = $1";
+pub const KEY_OWNER: &str = "SELECT account_id, user_id, revoked_at FROM keys WHERE key_id = $1";
+pub const INSERT_KEY: &str =
+    "INSERT INTO keys (key_id, account_id, user_id, created_at) VALUES ($1, $2, $3, $4)";
+pub const UNREVOKE_KEY: &str = "UPDATE keys SET revoked_at = NULL WHERE key_id = $1";
+pub const ACTIVE_KEYS: &str =
+    "SELECT key_id FROM keys WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL";
+pub const REVOKE_USER_KEYS: &str = "UPDATE keys SET revoked_at = $1 \
+     WHERE account_id = $2 AND user_id = $3 AND revoked_at IS NULL RETURNING key_id";
+pub const REVOKE_ACCOUNT_KEYS: &str = "UPDATE keys SET revoked_at = $1 \
+     WHERE account_id = $2 AND revoked_at IS NULL RETURNING key_id";
+pub const REVOKE_OTHER_KEYS: &str = "UPDATE keys SET revoked_at = $1 \
+     WHERE account_id = $2 AND user_id = $3 AND key_id <> $4 AND revoked_at IS NULL \
+     RETURNING key_id";
+
+/// A trivial query, for health checks.
+pub const PING: &str = "SELECT 1";
+
+/// `sql` with PostgreSQL's `$N` parameters written as SQLite's `?N` (same meaning: the N-th
+/// bound value). The shared statements hold no string literal with a `$` in it.
+pub fn to_sqlite(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_rewritten_for_sqlite() {
+        assert_eq!(
+            to_sqlite("UPDATE t SET a = $1 WHERE b = $12 AND c = '$' AND d = $3"),
+            "UPDATE t SET a = ?1 WHERE b = ?12 AND c = '$' AND d = ?3"
+        );
+        assert_eq!(to_sqlite(PING), PING);
+    }
+
+    #[test]
+    fn the_schemas_differ_only_in_the_revision_column() {
+        assert_eq!(
+            SQLITE_SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "@"),
+            POSTGRES_SCHEMA.replace("BIGSERIAL PRIMARY KEY", "@")
+        );
+    }
+}
