@@ -1,6 +1,6 @@
-//! The filter's configuration replaced while requests are in flight: Envoy with its listener
-//! in a file-based dynamic config (LDS), rewritten under load. Every request must be answered
-//! correctly across the swap, and the new configuration must take effect.
+//! Envoy-side faults, with an Envoy whose listener is in a file-based dynamic config (LDS):
+//! the filter's configuration replaced while requests are in flight, and a herd of paused
+//! requests answered at once by routes Envoy serves itself (`direct_response`).
 #![cfg(not(target_arch = "wasm32"))]
 // Tests: panicking on a failed expectation is the point.
 #![allow(
@@ -43,6 +43,8 @@ fn listener(port: u16, wasm: &str, keygate_config: &str) -> String {
           - name: api
             domains: ["*"]
             routes:
+            - match: {{ prefix: "/direct" }}
+              direct_response: {{ status: 200, body: {{ inline_string: "direct" }} }}
             - match: {{ prefix: "/" }}
               route: {{ cluster: upstream }}
         http_filters:
@@ -89,51 +91,80 @@ fn write_atomically(dir: &std::path::Path, text: &str) {
     std::fs::rename(&tmp, dir.join("lds.yaml")).unwrap();
 }
 
-#[test]
-fn replacing_the_filter_configuration_under_load_loses_no_request() {
-    let keystore = Keystore::start(KeystoreOpts::default()).unwrap();
-    let upstream = Upstream::start().unwrap();
-    let key = keystore.create_account("acme", "alice");
-    let dir = TempDir::new("keygate-reload").unwrap();
-    let (port, admin) = (free_port(), free_port());
-    let wasm = wasm_path().display().to_string();
-    let config_v1 = config().to_string();
-    let config_v2 = config_with(
-        json!({"cache": {"ttl_s": 77}, "identity_headers": {"role": "x-keygate-role"}}),
-    )
-    .to_string();
-    write_atomically(dir.path(), &listener(port, &wasm, &config_v1));
-    let boot = dir.path().join("bootstrap.yaml");
-    std::fs::write(
-        &boot,
-        bootstrap(
+/// An Envoy (2 workers) whose listener, with keygate, lives in `lds.yaml`.
+struct LdsEnvoy {
+    port: u16,
+    wasm: String,
+    dir: TempDir,
+    _upstream: Upstream,
+    _proc: Proc,
+}
+
+impl LdsEnvoy {
+    fn start(keystore: &Keystore, keygate_config: &str) -> LdsEnvoy {
+        let upstream = Upstream::start().unwrap();
+        let dir = TempDir::new("keygate-lds").unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let wasm = wasm_path().display().to_string();
+        write_atomically(dir.path(), &listener(port, &wasm, keygate_config));
+        let boot = dir.path().join("bootstrap.yaml");
+        let text = bootstrap(
             &dir.path().display().to_string(),
             admin,
             upstream.port(),
             keystore.port(),
-        ),
+        );
+        std::fs::write(&boot, text).unwrap();
+        let mut cmd = Command::new(envoy_path());
+        cmd.arg("-c").arg(&boot);
+        cmd.args([
+            "--concurrency",
+            "2",
+            "--use-dynamic-base-id",
+            "-l",
+            "info",
+            "--drain-time-s",
+            "2",
+        ]);
+        let proc = Proc::spawn("envoy-lds", cmd, &dir.path().join("envoy.log")).unwrap();
+        LdsEnvoy {
+            port,
+            wasm,
+            dir,
+            _upstream: upstream,
+            _proc: proc,
+        }
+    }
+
+    /// Replaces the listener with one whose filter has `keygate_config`.
+    fn configure(&self, keygate_config: &str) {
+        write_atomically(
+            self.dir.path(),
+            &listener(self.port, &self.wasm, keygate_config),
+        );
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
+    }
+}
+
+#[test]
+fn replacing_the_filter_configuration_under_load_loses_no_request() {
+    let keystore = Keystore::start(KeystoreOpts::default()).unwrap();
+    let key = keystore.create_account("acme", "alice");
+    let config_v2 = config_with(
+        json!({"cache": {"ttl_s": 77}, "identity_headers": {"role": "x-keygate-role"}}),
     )
-    .unwrap();
-    let log = dir.path().join("envoy.log");
-    let mut cmd = Command::new(envoy_path());
-    cmd.arg("-c").arg(&boot).args([
-        "--concurrency",
-        "2",
-        "--use-dynamic-base-id",
-        "-l",
-        "info",
-        "--drain-time-s",
-        "2",
-    ]);
-    let _envoy = Proc::spawn("envoy-reload", cmd, &log).unwrap();
-    let url = format!("http://127.0.0.1:{port}/r");
+    .to_string();
+    let envoy = LdsEnvoy::start(&keystore, &config().to_string());
+    let url = format!("http://127.0.0.1:{}/r", envoy.port);
     within(Duration::from_secs(20), "listener up", || {
         client()
             .get(&url, &[("x-api-key", &key)])
             .map(|r| r.status == 200)
             .unwrap_or(false)
     });
-
     let stop = AtomicBool::new(false);
     let (ok, bad, role_v2) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let failures = std::sync::Mutex::new(Vec::new());
@@ -161,7 +192,7 @@ fn replacing_the_filter_configuration_under_load_loses_no_request() {
             });
         }
         std::thread::sleep(Duration::from_millis(800));
-        write_atomically(dir.path(), &listener(port, &wasm, &config_v2));
+        envoy.configure(&config_v2);
         within(
             Duration::from_secs(10),
             "new configuration in effect",
@@ -170,7 +201,7 @@ fn replacing_the_filter_configuration_under_load_loses_no_request() {
         std::thread::sleep(Duration::from_millis(800));
         stop.store(true, Ordering::Relaxed);
     });
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let text = envoy.log_text();
     println!(
         "reload under load: {} x 200 ({} with the new configuration), {} failed",
         ok.load(Ordering::Relaxed),
@@ -188,4 +219,55 @@ fn replacing_the_filter_configuration_under_load_loses_no_request() {
         "the new filter configuration was applied:\n{text}"
     );
     assert!(!text.contains("panicked") && !text.contains("wasm trap"));
+}
+
+/// Found by the bench: ~500 paused requests resumed at once from the root context, each going
+/// on to a `direct_response`, trapped the VM ("Maximum call stack size exceeded"): Envoy runs
+/// each resumed request's response callbacks into the VM nested inside the previous one's.
+#[test]
+fn a_herd_of_1000_answered_by_direct_responses_traps_nothing() {
+    let keystore = Keystore::start(KeystoreOpts {
+        lookup_delay_ms: Some(300),
+        ..KeystoreOpts::default()
+    })
+    .unwrap();
+    keystore.create_account("acme", "alice");
+    let key = keystore.create_user("acme", "bob", "member");
+    let envoy = LdsEnvoy::start(&keystore, &config().to_string());
+    let up = format!("http://127.0.0.1:{}/direct", envoy.port);
+    within(Duration::from_secs(20), "listener up", || {
+        client()
+            .get(&up, &[])
+            .map(|r| r.status == 401)
+            .unwrap_or(false)
+    });
+    let barrier = std::sync::Barrier::new(1000);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..1000)
+            .map(|_| {
+                let (barrier, up, key) = (&barrier, &up, &key);
+                s.spawn(move || {
+                    let c = Client::new(Duration::from_secs(20));
+                    barrier.wait();
+                    c.get(up, &[("x-api-key", key)])
+                        .map(|r| r.status)
+                        .unwrap_or(0)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+    });
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let log = envoy.log_text();
+    println!("herd of 1000 on direct responses: {ok} x 200");
+    assert!(
+        !log.contains("Maximum call stack") && !log.contains("wasm trap"),
+        "the VM trapped"
+    );
+    assert_eq!(
+        ok,
+        1000,
+        "statuses other than 200: {:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
 }
