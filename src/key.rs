@@ -198,8 +198,9 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
 
 /// The raw (still percent-encoded) value of the first query parameter `name` in `path`.
 pub fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
-    let (_, query) = path.split_once('?')?;
-    let query = query.split('#').next().unwrap_or(query);
+    // A fragment starts at the first '#'; a '?' after it is not a query.
+    let before_fragment = path.split('#').next().unwrap_or(path);
+    let (_, query) = before_fragment.split_once('?')?;
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)
@@ -208,13 +209,14 @@ pub fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
 
 /// `path` without any query parameter called `name` (for `hide_credentials`).
 pub fn remove_query_param(path: &str, name: &str) -> String {
-    let Some((base, rest)) = path.split_once('?') else {
-        return path.to_string();
+    // As in `query_param`: the fragment starts at the first '#' and is kept as it was; the
+    // query is between the first '?' before it and it.
+    let (before_fragment, fragment) = match path.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (path, None),
     };
-    // The query ends at a fragment, as in `query_param`; the fragment is kept as it was.
-    let (query, fragment) = match rest.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (rest, None),
+    let Some((base, query)) = before_fragment.split_once('?') else {
+        return path.to_string();
     };
     let kept: Vec<&str> = query
         .split('&')
@@ -386,6 +388,14 @@ mod tests {
         assert_eq!(
             remove_query_param("/p?a=1&apikey=k#frag", "apikey"),
             "/p?a=1#frag"
+        );
+        let odd = "/x?ey=j#apike?ey=j#apikey=z";
+        assert_eq!(remove_query_param(odd, "ey"), "/x#apike?ey=j#apikey=z");
+        assert_eq!(query_param(&remove_query_param(odd, "ey"), "ey"), None);
+        assert_eq!(
+            query_param("/x#f?apikey=k", "apikey"),
+            None,
+            "a '?' inside the fragment"
         );
         assert_eq!(
             extract(&sources, |_| None, "/x?apikey=%zz"),
