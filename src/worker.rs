@@ -49,7 +49,7 @@ pub struct Worker {
     parked: HashMap<u32, KeyId>,
     calls: HashMap<u32, Call>,
     /// Answers decided but not yet handed to the glue (see [`MAX_ANSWERS_PER_CALLBACK`]).
-    outbox: VecDeque<Resolution>,
+    outbox: VecDeque<(KeyId, Resolution)>,
     tick_ms: u32,
     next_sync_check_ms: u64,
 }
@@ -193,7 +193,7 @@ impl Worker {
 
     /// A paused request ended before its answer (client gone): forget it.
     pub fn forget<H: Host + ?Sized>(&mut self, host: &H, context_id: u32) {
-        self.outbox.retain(|r| r.context_id != context_id);
+        self.outbox.retain(|(_, r)| r.context_id != context_id);
         let Some(key) = self.parked.remove(&context_id) else {
             self.adjust_tick(host);
             return;
@@ -240,10 +240,14 @@ impl Worker {
 
     /// Queues `decided` behind earlier answers and hands out at most
     /// [`MAX_ANSWERS_PER_CALLBACK`] of them; a non-empty outbox keeps the tick fast.
-    fn deliver<H: Host + ?Sized>(&mut self, host: &H, decided: Vec<Resolution>) -> Vec<Resolution> {
+    fn deliver<H: Host + ?Sized>(
+        &mut self,
+        host: &H,
+        decided: Vec<(KeyId, Resolution)>,
+    ) -> Vec<Resolution> {
         self.outbox.extend(decided);
         let n = self.outbox.len().min(MAX_ANSWERS_PER_CALLBACK);
-        let now: Vec<Resolution> = self.outbox.drain(..n).collect();
+        let now: Vec<Resolution> = self.outbox.drain(..n).map(|(_, r)| r).collect();
         self.adjust_tick(host);
         now
     }
@@ -330,6 +334,11 @@ impl Worker {
                 shared::CatchUp::Nothing => {}
                 shared::CatchUp::Keys(changes) => {
                     let mut dropped = 0u64;
+                    Self::withdraw(&mut self.outbox, |key, outcome| {
+                        changes
+                            .iter()
+                            .any(|c| c.key == *key && (!c.created || *outcome == Outcome::Deny))
+                    });
                     for c in changes {
                         let removed = if c.created {
                             self.l1.remove_negative(&c.key)
@@ -349,10 +358,29 @@ impl Worker {
                         u64::try_from(p.saturating_add(n)).unwrap_or(u64::MAX),
                     );
                     self.l1.clear();
+                    Self::withdraw(&mut self.outbox, |_, _| true);
                 }
             }
         }
+        if epoch.generation != self.epoch.generation {
+            Self::withdraw(&mut self.outbox, |_, _| true);
+        }
         self.epoch = epoch;
+    }
+
+    /// Answers decided but not yet handed out (see [`MAX_ANSWERS_PER_CALLBACK`]) from a verdict
+    /// that the changes feed or a local admin write has since made doubtful become 503s: no
+    /// request is answered from a verdict known to have changed, however briefly it waited.
+    fn withdraw(
+        outbox: &mut VecDeque<(KeyId, Resolution)>,
+        changed: impl Fn(&KeyId, &Outcome) -> bool,
+    ) {
+        for (key, r) in outbox.iter_mut() {
+            let from_verdict = matches!(r.outcome, Outcome::Allow { .. } | Outcome::Deny);
+            if from_verdict && changed(key, &r.outcome) {
+                r.outcome = Outcome::Unavailable;
+            }
+        }
     }
 
     fn remember<H: Host + ?Sized>(&mut self, host: &H, key: KeyId, entry: Entry) {
@@ -401,7 +429,7 @@ impl Worker {
         host: &H,
         key: KeyId,
         now: u64,
-        out: &mut Vec<Resolution>,
+        out: &mut Vec<(KeyId, Resolution)>,
     ) {
         let Some(p) = self.pending.get(&key) else {
             return;
@@ -474,7 +502,7 @@ impl Worker {
         key: KeyId,
         now: u64,
         leased: bool,
-        out: &mut Vec<Resolution>,
+        out: &mut Vec<(KeyId, Resolution)>,
     ) {
         let b = &self.cfg.miss_budget;
         if !bucket::take_token(host, &self.names.budget, b.per_second, b.burst) {
@@ -521,7 +549,7 @@ impl Worker {
         host: &H,
         key: KeyId,
         answer: LookupAnswer,
-        out: &mut Vec<Resolution>,
+        out: &mut Vec<(KeyId, Resolution)>,
     ) {
         let now = host.now_ms();
         let Some(Phase::Fetching {
@@ -578,7 +606,7 @@ impl Worker {
         key: KeyId,
         leased: bool,
         now: u64,
-        out: &mut Vec<Resolution>,
+        out: &mut Vec<(KeyId, Resolution)>,
     ) {
         host.count(Metric::LookupErrors, 1);
         if leased {
@@ -625,20 +653,28 @@ impl Worker {
         }
     }
 
-    fn resolve(&mut self, key: KeyId, outcome: Outcome, out: &mut Vec<Resolution>) {
+    fn resolve(&mut self, key: KeyId, outcome: Outcome, out: &mut Vec<(KeyId, Resolution)>) {
         let Some(p) = self.pending.remove(&key) else {
             return;
         };
         for w in p.waiters {
             self.parked.remove(&w.context_id);
-            out.push(Resolution {
-                context_id: w.context_id,
-                outcome: outcome.clone(),
-            });
+            out.push((
+                key,
+                Resolution {
+                    context_id: w.context_id,
+                    outcome: outcome.clone(),
+                },
+            ));
         }
     }
 
-    fn expire_waiters<H: Host + ?Sized>(&mut self, host: &H, now: u64, out: &mut Vec<Resolution>) {
+    fn expire_waiters<H: Host + ?Sized>(
+        &mut self,
+        host: &H,
+        now: u64,
+        out: &mut Vec<(KeyId, Resolution)>,
+    ) {
         let mut expired: Vec<(KeyId, u32)> = Vec::new();
         for (key, p) in &self.pending {
             for w in &p.waiters {
@@ -657,10 +693,13 @@ impl Worker {
                 }
             }
             log::warn!("request for key {} waited past its deadline", key.short());
-            out.push(Resolution {
-                context_id,
-                outcome,
-            });
+            out.push((
+                key,
+                Resolution {
+                    context_id,
+                    outcome,
+                },
+            ));
         }
     }
 

@@ -784,3 +784,37 @@ fn after_a_local_admin_write_nothing_older_is_served_stale() {
         }]
     );
 }
+
+/// Found by fuzzing (worker_ops): answers waiting in the outbox were handed out after the feed
+/// reported their key. They become 503s instead.
+#[test]
+fn answers_still_in_the_outbox_are_withdrawn_when_the_feed_reports_their_key() {
+    let cfg = config(r#","sync":{"interval_ms":1000}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(60);
+    // A feed poll in flight...
+    host.advance(1_000);
+    w.on_tick(&host);
+    let poll = host.take_calls().remove(0);
+    assert!(poll.1.path.starts_with("/v1/changes"));
+    // ...while a crowd waits on one lookup, answered 64 at a time.
+    for ctx in 1..=100 {
+        w.check(&host, ctx, k);
+    }
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    let first = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
+    assert_eq!(first.len(), MAX_ANSWERS_PER_CALLBACK);
+    assert!(first.iter().all(|r| is_allow(&r.outcome)));
+    // The feed reports k before the other 36 are handed out: they become 503s.
+    let body = format!(r#"{{"revision":2,"changed":["{}"]}}"#, k.hex());
+    let mut rest = respond(&host, &mut w, poll.0, 200, &body);
+    while w.parked() > 0 {
+        rest.extend(w.on_tick(&host));
+    }
+    assert_eq!(rest.len(), 100 - MAX_ANSWERS_PER_CALLBACK);
+    assert!(
+        rest.iter().all(|r| r.outcome == Outcome::Unavailable),
+        "{rest:?}"
+    );
+}
