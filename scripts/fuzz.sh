@@ -26,7 +26,9 @@ say() { printf '[fuzz] %s\n' "$*" >&2; }
 have=$(cargo fuzz --version 2>/dev/null | awk '{print $2}' || true)
 if [ "$have" != "$CARGO_FUZZ_VERSION" ]; then
   say "installing cargo-fuzz $CARGO_FUZZ_VERSION (have: ${have:-none}); about a minute once"
-  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+  # --locked first; if the registry no longer serves a locked dependency, resolve afresh.
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked \
+    || cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
 if ! command -v c++ >/dev/null; then
   say "installing g++ (libfuzzer-sys compiles libFuzzer)"
