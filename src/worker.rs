@@ -72,9 +72,9 @@ enum Phase {
     Queued,
     /// Another worker holds the lease: wait for its verdict in the slot.
     Following,
-    /// This worker asked the store (`leased`: under the slot's lease).
+    /// This worker asked the store (`leased`: under the slot's lease); `calls` maps the
+    /// callout's token back to the key.
     Fetching {
-        token: u32,
         started_ms: u64,
         deadline_ms: u64,
         generation: u64,
@@ -525,7 +525,6 @@ impl Worker {
                 self.calls.insert(token, Call::Lookup(key));
                 let deadline_ms = now.saturating_add(self.lease_ms());
                 let phase = Phase::Fetching {
-                    token,
                     started_ms: now,
                     deadline_ms,
                     generation: self.epoch.generation,

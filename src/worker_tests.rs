@@ -80,6 +80,13 @@ fn synced_worker(cfg: &Rc<Config>) -> (FakeHost, Worker) {
     (host, w)
 }
 
+/// Another worker of the same Envoy as `host`.
+fn sibling_worker(host: &FakeHost, cfg: &Rc<Config>) -> (FakeHost, Worker) {
+    let h = host.sibling();
+    let w = Worker::new(&h, Rc::clone(cfg)).unwrap();
+    (h, w)
+}
+
 /// A cached allow for `k` on `w`.
 fn cache_allow(host: &FakeHost, w: &mut Worker, k: KeyId) {
     assert_eq!(w.check(host, 900, k), Decision::Wait);
@@ -209,8 +216,7 @@ fn a_client_gone_while_its_answer_waits_in_the_outbox_is_not_answered() {
 fn workers_of_one_envoy_share_one_lookup_through_the_lease() {
     let cfg = config("");
     let (a, mut wa) = synced_worker(&cfg);
-    let b = a.sibling();
-    let mut wb = Worker::new(&b, Rc::clone(&cfg)).unwrap();
+    let (b, mut wb) = sibling_worker(&a, &cfg);
     let k = key(7);
     assert_eq!(wa.check(&a, 1, k), Decision::Wait);
     assert_eq!(wb.check(&b, 2, k), Decision::Wait);
@@ -343,8 +349,7 @@ fn known_keys_are_served_stale_while_the_store_fails() {
 fn waiters_on_another_worker_learn_of_the_failure_and_get_stale_from_the_shared_table() {
     let cfg = config("");
     let (a, mut wa) = synced_worker(&cfg);
-    let b = a.sibling();
-    let mut wb = Worker::new(&b, Rc::clone(&cfg)).unwrap();
+    let (b, mut wb) = sibling_worker(&a, &cfg);
     let k = key(5);
     cache_allow(&a, &mut wa, k); // B never saw it: only the shared table has it
     a.advance(31_000);
@@ -373,8 +378,7 @@ fn waiters_on_another_worker_learn_of_the_failure_and_get_stale_from_the_shared_
 fn a_dead_lease_holder_is_taken_over_and_nobody_waits_forever() {
     let cfg = config("");
     let (a, mut wa) = synced_worker(&cfg);
-    let b = a.sibling();
-    let mut wb = Worker::new(&b, Rc::clone(&cfg)).unwrap();
+    let (b, mut wb) = sibling_worker(&a, &cfg);
     let k = key(6);
     wa.check(&a, 1, k);
     wa.on_tick(&a);
@@ -456,8 +460,7 @@ fn the_miss_budget_bounds_store_lookups_and_cached_keys_are_unaffected() {
 fn a_local_admin_write_makes_every_worker_ask_again() {
     let cfg = config("");
     let (a, mut wa) = synced_worker(&cfg);
-    let b = a.sibling();
-    let mut wb = Worker::new(&b, Rc::clone(&cfg)).unwrap();
+    let (b, mut wb) = sibling_worker(&a, &cfg);
     let k = key(9);
     cache_allow(&a, &mut wa, k);
     assert!(matches!(wb.check(&b, 1, k), Decision::Answer(_)));
@@ -474,8 +477,7 @@ fn a_local_admin_write_makes_every_worker_ask_again() {
 fn the_changes_feed_drops_reported_keys_everywhere_and_they_are_never_served_stale() {
     let cfg = config(r#","sync":{"interval_ms":1000}"#);
     let (a, mut wa) = synced_worker(&cfg);
-    let b = a.sibling();
-    let mut wb = Worker::new(&b, Rc::clone(&cfg)).unwrap();
+    let (b, mut wb) = sibling_worker(&a, &cfg);
     let k = key(10);
     cache_allow(&a, &mut wa, k);
     assert!(matches!(wb.check(&b, 1, k), Decision::Answer(_)));
@@ -747,8 +749,7 @@ fn a_creation_reported_by_the_feed_drops_a_negative_verdict_but_keeps_a_known_id
 fn after_a_local_admin_write_nothing_older_is_served_stale() {
     let cfg = config("");
     let (a, mut wa) = synced_worker(&cfg);
-    let b = a.sibling();
-    let mut wb = Worker::new(&b, Rc::clone(&cfg)).unwrap();
+    let (b, mut wb) = sibling_worker(&a, &cfg);
     let k = key(40);
     cache_allow(&a, &mut wa, k); // in A's L1 and in the shared table
     wa.invalidate_local(&a);
