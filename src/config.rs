@@ -6,6 +6,9 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::path::{self, Prefix, Route};
+use crate::text;
+
 /// The validated configuration. Durations are in milliseconds from here on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -14,10 +17,10 @@ pub struct Config {
     pub sync: SyncConfig,
     pub miss_budget: MissBudget,
     pub identity_headers: IdentityHeaders,
-    pub invalidate_paths: Vec<String>,
+    pub invalidate_paths: Vec<Prefix>,
     pub key_sources: Vec<KeySource>,
     pub hide_credentials: bool,
-    pub anonymous_paths: Vec<String>,
+    pub anonymous_paths: Vec<Prefix>,
     pub required_roles: Vec<RoleRule>,
 }
 
@@ -28,6 +31,8 @@ pub struct StoreConfig {
     pub lookup_path: String,
     pub changes_path: String,
     pub timeout_ms: u64,
+    /// Sent as `authorization: Bearer <token>` on every call to the store, when set.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,7 +86,7 @@ pub enum KeySource {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoleRule {
-    pub prefix: String,
+    pub prefix: Prefix,
     pub roles: Vec<String>,
 }
 
@@ -143,6 +148,7 @@ struct RawStore {
     lookup_path: Option<String>,
     changes_path: Option<String>,
     timeout_ms: Option<i64>,
+    token: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -216,214 +222,254 @@ impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
 
     fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
-        let store = raw
-            .store
-            .ok_or_else(|| err("store", "missing (store.cluster is required)"))?;
-        let cluster = store
-            .cluster
-            .ok_or_else(|| err("store.cluster", "missing (required)"))?;
-        if cluster.trim().is_empty() {
-            return Err(err("store.cluster", "must not be empty"));
-        }
-        let authority = store.authority.unwrap_or_else(|| cluster.clone());
-        if !is_header_value(&authority) || authority.is_empty() {
-            return Err(err("store.authority", "must be a non-empty host name"));
-        }
-        let lookup_path = path_field("store.lookup_path", store.lookup_path, "/v1/keys/")?;
-        let changes_path = path_field("store.changes_path", store.changes_path, "/v1/changes")?;
-        let timeout_ms = ranged("store.timeout_ms", store.timeout_ms, 1000, 1, 60_000)?;
-
-        let c = raw.cache;
-        let ttl_s = ranged("cache.ttl_s", c.ttl_s, DEFAULT_TTL_S, 1, MAX_TTL_S)?;
-        let negative_ttl_s = ranged(
-            "cache.negative_ttl_s",
-            c.negative_ttl_s,
-            DEFAULT_NEGATIVE_TTL_S,
-            1,
-            MAX_TTL_S,
-        )?;
-        let stale_if_error_s = ranged(
-            "cache.stale_if_error_s",
-            c.stale_if_error_s,
-            DEFAULT_STALE_IF_ERROR_S,
-            0,
-            MAX_TTL_S,
-        )?;
-        let max_entries = ranged(
-            "cache.max_entries",
-            c.max_entries,
-            DEFAULT_MAX_ENTRIES,
-            4,
-            10_000_000,
-        )?;
-        let shared_slots = ranged(
-            "cache.shared_slots",
-            c.shared_slots,
-            DEFAULT_SHARED_SLOTS,
-            1,
-            MAX_SHARED_SLOTS,
-        )?;
-        if !shared_slots.unsigned_abs().is_power_of_two() {
-            return Err(err(
-                "cache.shared_slots",
-                format!("must be a power of two (got {shared_slots})"),
-            ));
-        }
-
-        let interval_ms = ranged(
-            "sync.interval_ms",
-            raw.sync.interval_ms,
-            1000,
-            100,
-            3_600_000,
-        )?;
-        let per_second = ranged(
-            "miss_budget.per_second",
-            raw.miss_budget.per_second,
-            100,
-            1,
-            1_000_000,
-        )?;
-        let burst = ranged(
-            "miss_budget.burst",
-            raw.miss_budget.burst,
-            200,
-            1,
-            10_000_000,
-        )?;
-
-        let h = raw.identity_headers;
-        let identity_headers = IdentityHeaders {
-            account: header_name("identity_headers.account", h.account, "x-account-id")?,
-            user: header_name("identity_headers.user", h.user, "x-user-id")?,
-            role: header_name("identity_headers.role", h.role, "x-role")?,
+        let store = store_config(raw.store)?;
+        let cache = cache_config(raw.cache)?;
+        let sync = SyncConfig {
+            interval_ms: ranged("sync.interval_ms", raw.sync.interval_ms, 1000, 100, 3_600_000)?
+                .unsigned_abs(),
         };
-        let names = identity_headers.names();
-        if names
-            .iter()
-            .enumerate()
-            .any(|(i, n)| names.iter().skip(i.saturating_add(1)).any(|m| m == n))
-        {
-            return Err(err(
-                "identity_headers",
-                "the three header names must differ",
-            ));
-        }
-
+        let miss_budget = miss_budget(raw.miss_budget)?;
+        let key_sources = key_sources(raw.key_sources)?;
+        let identity_headers = identity_headers(raw.identity_headers, &key_sources)?;
         let invalidate_paths = match raw.invalidate_paths {
             None => vec!["/api/v1/admin/".to_string()],
-            Some(paths) => prefixes("invalidate_paths", paths)?,
+            Some(paths) => paths,
         };
-
-        let key_sources = match raw.key_sources {
-            None => vec![
-                KeySource::Header {
-                    name: "x-api-key".into(),
-                    prefix: None,
-                },
-                KeySource::Header {
-                    name: "authorization".into(),
-                    prefix: Some("Bearer ".into()),
-                },
-            ],
-            Some(list) => {
-                if list.is_empty() {
-                    return Err(err("key_sources", "must list at least one source"));
-                }
-                list.into_iter()
-                    .enumerate()
-                    .map(|(i, s)| key_source(i, s))
-                    .collect::<Result<_, _>>()?
-            }
-        };
-        for source in &key_sources {
-            if let KeySource::Header { name, .. } = source {
-                if names.contains(&name.as_str()) {
-                    return Err(err(
-                        "key_sources",
-                        format!("header {name} is also an identity header"),
-                    ));
-                }
-            }
-        }
-
-        let anonymous_paths = prefixes("anonymous_paths", raw.anonymous_paths)?;
-        let mut required_roles = Vec::with_capacity(raw.required_roles.len());
-        for (i, rule) in raw.required_roles.into_iter().enumerate() {
-            let field = format!("required_roles[{i}]");
-            if !rule.prefix.starts_with('/') {
-                return Err(err(&format!("{field}.prefix"), "must start with '/'"));
-            }
-            if rule.roles.is_empty() || rule.roles.iter().any(|r| r.is_empty()) {
-                return Err(err(
-                    &format!("{field}.roles"),
-                    "must list at least one non-empty role",
-                ));
-            }
-            required_roles.push(RoleRule {
-                prefix: rule.prefix,
-                roles: rule.roles,
-            });
-        }
-
-        let max_entries =
-            usize::try_from(max_entries).map_err(|_| err("cache.max_entries", "too large"))?;
         Ok(Config {
-            store: StoreConfig {
-                cluster,
-                authority,
-                lookup_path,
-                changes_path,
-                timeout_ms: timeout_ms.unsigned_abs(),
-            },
-            cache: CacheConfig {
-                ttl_ms: seconds_to_ms(ttl_s),
-                negative_ttl_ms: seconds_to_ms(negative_ttl_s),
-                stale_if_error_ms: seconds_to_ms(stale_if_error_s),
-                max_entries,
-                negative_max_entries: (max_entries / 4).max(1),
-                shared_slots: u32::try_from(shared_slots)
-                    .map_err(|_| err("cache.shared_slots", "too large"))?,
-            },
-            sync: SyncConfig {
-                interval_ms: interval_ms.unsigned_abs(),
-            },
-            miss_budget: MissBudget {
-                per_second: per_second.unsigned_abs(),
-                burst: burst.unsigned_abs(),
-            },
+            store,
+            cache,
+            sync,
+            miss_budget,
             identity_headers,
-            invalidate_paths,
+            invalidate_paths: prefixes("invalidate_paths", invalidate_paths)?,
             key_sources,
             hide_credentials: raw.hide_credentials,
-            anonymous_paths,
-            required_roles,
+            anonymous_paths: prefixes("anonymous_paths", raw.anonymous_paths)?,
+            required_roles: role_rules(raw.required_roles)?,
         })
     }
 }
 
+fn store_config(store: Option<RawStore>) -> Result<StoreConfig, ConfigError> {
+    let store = store.ok_or_else(|| err("store", "missing (store.cluster is required)"))?;
+    let cluster = store
+        .cluster
+        .ok_or_else(|| err("store.cluster", "missing (required)"))?;
+    if cluster.trim().is_empty() {
+        return Err(err("store.cluster", "must not be empty"));
+    }
+    let authority = store.authority.unwrap_or_else(|| cluster.clone());
+    if authority.is_empty() || !text::all_visible(authority.as_bytes()) {
+        return Err(err("store.authority", "must be a non-empty host name"));
+    }
+    let token = match store.token {
+        Some(t) if !(16..=512).contains(&t.len()) || !text::all_visible(t.as_bytes()) => {
+            return Err(err(
+                "store.token",
+                "must be 16 to 512 visible ASCII characters (no spaces)",
+            ))
+        }
+        t => t,
+    };
+    Ok(StoreConfig {
+        cluster,
+        authority,
+        lookup_path: path_field("store.lookup_path", store.lookup_path, "/v1/keys/")?,
+        changes_path: path_field("store.changes_path", store.changes_path, "/v1/changes")?,
+        timeout_ms: ranged("store.timeout_ms", store.timeout_ms, 1000, 1, 60_000)?.unsigned_abs(),
+        token,
+    })
+}
+
+fn cache_config(c: RawCache) -> Result<CacheConfig, ConfigError> {
+    let ttl_s = ranged("cache.ttl_s", c.ttl_s, DEFAULT_TTL_S, 1, MAX_TTL_S)?;
+    let negative_ttl_s = ranged(
+        "cache.negative_ttl_s",
+        c.negative_ttl_s,
+        DEFAULT_NEGATIVE_TTL_S,
+        1,
+        MAX_TTL_S,
+    )?;
+    let stale_if_error_s = ranged(
+        "cache.stale_if_error_s",
+        c.stale_if_error_s,
+        DEFAULT_STALE_IF_ERROR_S,
+        0,
+        MAX_TTL_S,
+    )?;
+    let max_entries = ranged(
+        "cache.max_entries",
+        c.max_entries,
+        DEFAULT_MAX_ENTRIES,
+        4,
+        10_000_000,
+    )?;
+    let shared_slots = ranged(
+        "cache.shared_slots",
+        c.shared_slots,
+        DEFAULT_SHARED_SLOTS,
+        1,
+        MAX_SHARED_SLOTS,
+    )?;
+    if !shared_slots.unsigned_abs().is_power_of_two() {
+        return Err(err(
+            "cache.shared_slots",
+            format!("must be a power of two (got {shared_slots})"),
+        ));
+    }
+    let max_entries =
+        usize::try_from(max_entries).map_err(|_| err("cache.max_entries", "too large"))?;
+    Ok(CacheConfig {
+        ttl_ms: seconds_to_ms(ttl_s),
+        negative_ttl_ms: seconds_to_ms(negative_ttl_s),
+        stale_if_error_ms: seconds_to_ms(stale_if_error_s),
+        max_entries,
+        negative_max_entries: (max_entries / 4).max(1),
+        shared_slots: u32::try_from(shared_slots)
+            .map_err(|_| err("cache.shared_slots", "too large"))?,
+    })
+}
+
+fn miss_budget(b: RawMissBudget) -> Result<MissBudget, ConfigError> {
+    Ok(MissBudget {
+        per_second: ranged("miss_budget.per_second", b.per_second, 100, 1, 1_000_000)?
+            .unsigned_abs(),
+        burst: ranged("miss_budget.burst", b.burst, 200, 1, 10_000_000)?.unsigned_abs(),
+    })
+}
+
+fn key_sources(raw: Option<Vec<RawKeySource>>) -> Result<Vec<KeySource>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(vec![
+            KeySource::Header {
+                name: "x-api-key".into(),
+                prefix: None,
+            },
+            KeySource::Header {
+                name: "authorization".into(),
+                prefix: Some("Bearer ".into()),
+            },
+        ]);
+    };
+    if list.is_empty() {
+        return Err(err("key_sources", "must list at least one source"));
+    }
+    list.into_iter()
+        .enumerate()
+        .map(|(i, s)| key_source(i, s))
+        .collect()
+}
+
+/// Headers the filter must never be asked to set: the client's or Envoy's framing, routing and
+/// credentials, which an identity value must not be able to replace.
+const RESERVED_HEADERS: [&str; 15] = [
+    "host",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "proxy-authenticate",
+];
+
+fn identity_headers(
+    h: RawIdentityHeaders,
+    sources: &[KeySource],
+) -> Result<IdentityHeaders, ConfigError> {
+    let headers = IdentityHeaders {
+        account: identity_header("identity_headers.account", h.account, "x-account-id", sources)?,
+        user: identity_header("identity_headers.user", h.user, "x-user-id", sources)?,
+        role: identity_header("identity_headers.role", h.role, "x-role", sources)?,
+    };
+    let folded = headers.names().map(text::fold_header_name);
+    if folded
+        .iter()
+        .enumerate()
+        .any(|(i, n)| folded.iter().skip(i.saturating_add(1)).any(|m| m == n))
+    {
+        return Err(err(
+            "identity_headers",
+            "the three header names must differ (also with '_' read as '-')",
+        ));
+    }
+    Ok(headers)
+}
+
+fn identity_header(
+    field: &str,
+    value: Option<String>,
+    default: &str,
+    sources: &[KeySource],
+) -> Result<String, ConfigError> {
+    let name = header_name(field, value, default)?;
+    let folded = text::fold_header_name(&name);
+    if RESERVED_HEADERS.contains(&folded.as_str()) {
+        return Err(err(
+            field,
+            format!("{name} is a framing, routing or credential header"),
+        ));
+    }
+    let is_source = |s: &KeySource| {
+        matches!(s, KeySource::Header { name: n, .. } if text::fold_header_name(n) == folded)
+    };
+    if sources.iter().any(is_source) {
+        return Err(err(field, format!("{name} is also a key source")));
+    }
+    Ok(name)
+}
+
+fn role_rules(rules: Vec<RawRoleRule>) -> Result<Vec<RoleRule>, ConfigError> {
+    let mut out = Vec::with_capacity(rules.len());
+    for (i, rule) in rules.into_iter().enumerate() {
+        let field = format!("required_roles[{i}]");
+        let prefix = prefix(&format!("{field}.prefix"), &rule.prefix)?;
+        if rule.roles.is_empty() || rule.roles.iter().any(|r| r.is_empty()) {
+            return Err(err(
+                &format!("{field}.roles"),
+                "must list at least one non-empty role",
+            ));
+        }
+        out.push(RoleRule {
+            prefix,
+            roles: rule.roles,
+        });
+    }
+    Ok(out)
+}
+
 impl Config {
-    /// The roles a path requires, if a `required_roles` rule matches it (the first that does).
-    pub fn required_roles_for(&self, path: &str) -> Option<&[String]> {
-        self.required_roles
-            .iter()
-            .find(|r| path.starts_with(&r.prefix))
-            .map(|r| r.roles.as_slice())
+    /// Whether `route` is anonymous: every reading of it lies under an `anonymous_paths`
+    /// prefix (see [`crate::path`]).
+    pub fn is_anonymous(&self, route: &Route) -> bool {
+        self.anonymous_paths.iter().any(|p| route.surely_under(p))
     }
 
-    pub fn is_anonymous(&self, path: &str) -> bool {
-        self.anonymous_paths
-            .iter()
-            .any(|p| path.starts_with(p.as_str()))
-    }
-
-    /// Whether a request, answered 2xx upstream, is an admin write that must drop cached verdicts.
-    pub fn is_invalidating(&self, method: &str, path: &str) -> bool {
-        matches!(method, "POST" | "PUT" | "PATCH" | "DELETE")
-            && self
-                .invalidate_paths
+    /// Whether `role` may pass on `route`: for every reading of the path, the first
+    /// `required_roles` rule it lies under (if any) lists the role.
+    pub fn role_allowed(&self, route: &Route, role: &str) -> bool {
+        route.readings().all(|reading| {
+            self.required_roles
                 .iter()
-                .any(|p| path.starts_with(p.as_str()))
+                .find(|r| path::lies_under(reading, &r.prefix))
+                .map_or(true, |r| r.roles.iter().any(|x| x == role))
+        })
+    }
+
+    /// Whether a request, answered 2xx upstream, is an admin write that must drop cached
+    /// verdicts (any reading of its path under an `invalidate_paths` prefix).
+    pub fn is_invalidating(&self, method: &[u8], route: &Route) -> bool {
+        ["POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .any(|m| method.eq_ignore_ascii_case(m.as_bytes()))
+            && self.invalidate_paths.iter().any(|p| route.maybe_under(p))
     }
 }
 
@@ -455,7 +501,7 @@ fn ranged(
 
 fn path_field(field: &str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
     let v = value.unwrap_or_else(|| default.to_string());
-    if !v.starts_with('/') || !v.bytes().all(|b| (0x21..=0x7e).contains(&b)) || v.contains('?') {
+    if !v.starts_with('/') || !text::all_visible(v.as_bytes()) || v.contains('?') {
         return Err(err(
             field,
             format!("must be a path starting with '/' without a query (got {v:?})"),
@@ -464,24 +510,28 @@ fn path_field(field: &str, value: Option<String>, default: &str) -> Result<Strin
     Ok(v)
 }
 
-fn prefixes(field: &str, paths: Vec<String>) -> Result<Vec<String>, ConfigError> {
-    for (i, p) in paths.iter().enumerate() {
-        if !p.starts_with('/') {
-            return Err(err(
-                &format!("{field}[{i}]"),
-                format!("must start with '/' (got {p:?})"),
-            ));
-        }
-    }
-    Ok(paths)
+fn prefix(field: &str, p: &str) -> Result<Prefix, ConfigError> {
+    Prefix::parse(p).ok_or_else(|| {
+        err(
+            field,
+            format!("must be a path starting with '/', without query or fragment (got {p:?})"),
+        )
+    })
+}
+
+fn prefixes(field: &str, paths: Vec<String>) -> Result<Vec<Prefix>, ConfigError> {
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| prefix(&format!("{field}[{i}]"), p))
+        .collect()
 }
 
 fn header_name(field: &str, value: Option<String>, default: &str) -> Result<String, ConfigError> {
     let v = value
         .unwrap_or_else(|| default.to_string())
         .to_ascii_lowercase();
-    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if v.is_empty() || !v.bytes().all(token) {
+    if !text::is_token(&v) {
         return Err(err(
             field,
             format!("must be an HTTP header name (got {v:?})"),
@@ -496,7 +546,7 @@ fn key_source(i: usize, s: RawKeySource) -> Result<KeySource, ConfigError> {
         (Some(h), None, prefix) => {
             let name = header_name(&format!("{field}.header"), Some(h), "")?;
             if let Some(p) = &prefix {
-                if p.is_empty() || !is_header_value(p) {
+                if p.is_empty() || !p.bytes().all(|b| b == b' ' || text::is_visible(b)) {
                     return Err(err(
                         &format!("{field}.prefix"),
                         "must be non-empty visible ASCII, e.g. \"Bearer \"",
@@ -523,10 +573,6 @@ fn key_source(i: usize, s: RawKeySource) -> Result<KeySource, ConfigError> {
             "must have exactly one of \"header\" or \"query\"",
         )),
     }
-}
-
-fn is_header_value(s: &str) -> bool {
-    s.bytes().all(|b| b == b' ' || (0x21..=0x7e).contains(&b))
 }
 
 #[cfg(test)]
@@ -557,7 +603,8 @@ mod tests {
             c.identity_headers.names(),
             ["x-account-id", "x-user-id", "x-role"]
         );
-        assert_eq!(c.invalidate_paths, vec!["/api/v1/admin/".to_string()]);
+        assert_eq!(c.invalidate_paths, vec![Prefix::parse("/api/v1/admin").unwrap()]);
+        assert_eq!(c.store.token, None);
         assert_eq!(c.key_sources.len(), 2);
         assert!(!c.hide_credentials);
     }
@@ -639,11 +686,31 @@ mod tests {
             ),
             (
                 r#"{"store":{"cluster":"k"},"key_sources":[{"header":"x-role"}]}"#,
-                "key_sources",
+                "identity_headers.role",
             ),
             (
                 r#"{"store":{"cluster":"k"},"required_roles":[{"prefix":"/a","roles":[]}]}"#,
                 "required_roles[0].roles",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"required_roles":[{"prefix":"/a?b","roles":["x"]}]}"#,
+                "required_roles[0].prefix",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"anonymous_paths":["/a%zz"]}"#,
+                "anonymous_paths[0]",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"identity_headers":{"role":"x_account-id"}}"#,
+                "identity_headers",
+            ),
+            (
+                r#"{"store":{"cluster":"k","token":"short"}}"#,
+                "store.token",
+            ),
+            (
+                r#"{"store":{"cluster":"k","token":"has a space in it, 32 chars long"}}"#,
+                "store.token",
             ),
         ];
         for (json, field) in cases {
@@ -651,6 +718,33 @@ mod tests {
             assert_eq!(e.field, field, "{json} -> {e}");
             assert!(!e.message.is_empty());
         }
+    }
+
+    #[test]
+    fn identity_headers_cannot_be_framing_routing_credential_or_key_headers() {
+        for (name, field) in [
+            ("host", "account"),
+            ("Authorization", "user"),
+            ("content-length", "role"),
+            ("transfer-encoding", "role"),
+            ("connection", "role"),
+            ("te", "role"),
+            (":authority", "role"),
+            ("x-api-key", "account"),
+            ("X_API_KEY", "account"),
+        ] {
+            let json = format!(
+                r#"{{"store":{{"cluster":"k"}},"identity_headers":{{"{field}":"{name}"}}}}"#
+            );
+            let e = parse(&json).expect_err(&json);
+            assert_eq!(e.field, format!("identity_headers.{field}"), "{json} -> {e}");
+        }
+    }
+
+    #[test]
+    fn the_store_token_is_kept() {
+        let c = parse(r#"{"store":{"cluster":"k","token":"0123456789abcdef0123"}}"#).unwrap();
+        assert_eq!(c.store.token.as_deref(), Some("0123456789abcdef0123"));
     }
 
     #[test]
@@ -688,15 +782,16 @@ mod tests {
                 },
             ]
         );
-        assert!(c.is_anonymous("/health/live"));
-        assert!(!c.is_anonymous("/api"));
-        assert_eq!(
-            c.required_roles_for("/api/v1/admin/x").map(|r| r.len()),
-            Some(2)
-        );
-        assert_eq!(c.required_roles_for("/api/v1/other"), None);
-        assert!(c.is_invalidating("DELETE", "/api/v1/admin/accounts/a"));
-        assert!(!c.is_invalidating("GET", "/api/v1/admin/accounts/a"));
-        assert!(!c.is_invalidating("POST", "/api/v1/other"));
+        let r = |p: &'static str| Route::parse(p.as_bytes()).unwrap();
+        assert!(c.is_anonymous(&r("/health/live")));
+        assert!(c.is_anonymous(&r("/health")));
+        assert!(!c.is_anonymous(&r("/healthz")));
+        assert!(!c.is_anonymous(&r("/api")));
+        assert!(!c.role_allowed(&r("/api/v1/admin/x"), "member"));
+        assert!(c.role_allowed(&r("/api/v1/admin/x"), "admin"));
+        assert!(c.role_allowed(&r("/api/v1/other"), "member"));
+        assert!(c.is_invalidating(b"DELETE", &r("/api/v1/admin/accounts/a")));
+        assert!(!c.is_invalidating(b"GET", &r("/api/v1/admin/accounts/a")));
+        assert!(!c.is_invalidating(b"POST", &r("/api/v1/other")));
     }
 }

@@ -72,10 +72,12 @@ pub enum Metric {
     KeysInvalidated,
     LocalInvalidations,
     MalformedKeys,
+    BadRequests,
+    Anonymous,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 20] = [
+    pub const ALL: [Metric; 22] = [
         Metric::Allowed,
         Metric::Denied,
         Metric::Forbidden,
@@ -96,6 +98,8 @@ impl Metric {
         Metric::KeysInvalidated,
         Metric::LocalInvalidations,
         Metric::MalformedKeys,
+        Metric::BadRequests,
+        Metric::Anonymous,
     ];
 
     pub fn name(self) -> &'static str {
@@ -120,6 +124,8 @@ impl Metric {
             Metric::KeysInvalidated => "keygate_keys_invalidated",
             Metric::LocalInvalidations => "keygate_local_invalidations",
             Metric::MalformedKeys => "keygate_malformed_keys",
+            Metric::BadRequests => "keygate_requests_bad",
+            Metric::Anonymous => "keygate_requests_anonymous",
         }
     }
 

@@ -19,6 +19,7 @@
     )
 )]
 
+pub mod admission;
 pub mod bucket;
 pub mod cache;
 pub mod config;
@@ -26,10 +27,12 @@ pub mod fake_host;
 pub mod host;
 pub mod key;
 pub mod lease;
+pub mod path;
 pub mod request;
 pub mod shared;
 pub mod store;
 pub mod sync;
+pub mod text;
 pub mod verdict;
 pub mod worker;
 #[cfg(test)]

@@ -1,14 +1,21 @@
-//! What the HTTP context does with a request, apart from talking to Envoy: which refusal to
-//! send, which identity headers to set, whether a role may pass.
+//! What happens to a request once its key is decided, apart from talking to Envoy: which
+//! refusal to send, which identity headers to set, whether a role may pass, whether an
+//! anonymous path goes on without identity. The glue carries it out through [`RequestIo`].
 
 use crate::config::Config;
-use crate::verdict::{Identity, Outcome};
+use crate::host::{Host, Metric};
+use crate::path::Route;
+use crate::verdict::Outcome;
 
 /// A response the filter sends itself instead of forwarding the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// 400: a `:path` that is missing, not UTF-8 or malformed.
+    BadRequest,
     /// 401: no key, a malformed key, or a key the store does not know.
     Unauthorized,
+    /// 401: the key source was given more than once.
+    DuplicateKey,
     /// 403: a known key whose role a `required_roles` rule does not list.
     Forbidden,
     /// 503: the store failed and nothing cached can answer.
@@ -20,7 +27,8 @@ pub enum Refusal {
 impl Refusal {
     pub fn status(self) -> u32 {
         match self {
-            Refusal::Unauthorized => 401,
+            Refusal::BadRequest => 400,
+            Refusal::Unauthorized | Refusal::DuplicateKey => 401,
             Refusal::Forbidden => 403,
             Refusal::Unavailable | Refusal::Throttled => 503,
         }
@@ -28,7 +36,9 @@ impl Refusal {
 
     pub fn body(self) -> &'static str {
         match self {
+            Refusal::BadRequest => r#"{"error":"bad request: malformed path"}"#,
             Refusal::Unauthorized => r#"{"error":"unauthorized"}"#,
+            Refusal::DuplicateKey => r#"{"error":"unauthorized: duplicate API key"}"#,
             Refusal::Forbidden => r#"{"error":"forbidden"}"#,
             Refusal::Unavailable => r#"{"error":"key store unavailable"}"#,
             Refusal::Throttled => r#"{"error":"too many unknown keys, retry later"}"#,
@@ -41,29 +51,55 @@ impl Refusal {
             ("cache-control", "no-store"),
         ];
         match self {
-            Refusal::Unauthorized => h.push(("www-authenticate", "ApiKey")),
+            Refusal::Unauthorized | Refusal::DuplicateKey => {
+                h.push(("www-authenticate", "ApiKey"))
+            }
             Refusal::Unavailable | Refusal::Throttled => h.push(("retry-after", "1")),
-            Refusal::Forbidden => {}
+            Refusal::Forbidden | Refusal::BadRequest => {}
         }
         h
     }
+
+    /// The counter a refusal adds to.
+    pub fn metric(self) -> Metric {
+        match self {
+            Refusal::BadRequest => Metric::BadRequests,
+            Refusal::Unauthorized | Refusal::DuplicateKey => Metric::Denied,
+            Refusal::Forbidden => Metric::Forbidden,
+            Refusal::Unavailable => Metric::Unavailable,
+            Refusal::Throttled => Metric::Throttled,
+        }
+    }
 }
 
-/// What to do with a request whose key was decided: forward it with these identity headers,
-/// or refuse it.
+/// What an HTTP context can do to its request in Envoy. The glue implements it over proxy-wasm
+/// host calls (on the current or effective context); tests record it.
+pub trait RequestIo {
+    fn remove_header(&mut self, name: &str);
+    fn set_header(&mut self, name: &str, value: &str);
+    /// Answers the request with `refusal` instead of forwarding it.
+    fn send(&mut self, refusal: Refusal);
+}
+
+/// What to do with a request whose key was decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action<'a> {
+    /// Go on with these identity headers.
     Forward { headers: [(&'a str, &'a str); 3] },
+    /// Go on without identity (an anonymous path whose key did not authenticate).
+    Anonymous,
     Refuse(Refusal),
 }
 
-/// Turns a decided outcome into an action, applying `required_roles` for `path`.
-pub fn act<'a>(cfg: &'a Config, outcome: &'a Outcome, path: &str) -> Action<'a> {
-    match outcome {
+/// Turns a decided outcome into an action: `required_roles` for `route`, and Kong's
+/// `anonymous` semantics on anonymous paths (a key that authenticates adds its identity;
+/// anything else, refusal or store failure, passes without identity).
+pub fn act<'a>(cfg: &'a Config, outcome: &'a Outcome, route: &Route, anonymous: bool) -> Action<'a> {
+    let action = match outcome {
+        Outcome::Allow { identity, .. } if !cfg.role_allowed(route, &identity.role) => {
+            Action::Refuse(Refusal::Forbidden)
+        }
         Outcome::Allow { identity, .. } => {
-            if !role_allowed(cfg, path, identity) {
-                return Action::Refuse(Refusal::Forbidden);
-            }
             let h = &cfg.identity_headers;
             Action::Forward {
                 headers: [
@@ -76,20 +112,77 @@ pub fn act<'a>(cfg: &'a Config, outcome: &'a Outcome, path: &str) -> Action<'a> 
         Outcome::Deny => Action::Refuse(Refusal::Unauthorized),
         Outcome::Unavailable => Action::Refuse(Refusal::Unavailable),
         Outcome::Throttled => Action::Refuse(Refusal::Throttled),
+    };
+    match action {
+        Action::Refuse(_) if anonymous => Action::Anonymous,
+        a => a,
     }
 }
 
-pub fn role_allowed(cfg: &Config, path: &str, identity: &Identity) -> bool {
-    match cfg.required_roles_for(path) {
-        None => true,
-        Some(roles) => roles.contains(&identity.role),
+/// Carries out a decided outcome on a request and counts it. Returns true when the request
+/// goes on (the caller continues or resumes it), false when it was answered.
+pub fn finish<H: Host + ?Sized>(
+    cfg: &Config,
+    host: &H,
+    io: &mut dyn RequestIo,
+    outcome: &Outcome,
+    route: &Route,
+    anonymous: bool,
+) -> bool {
+    match act(cfg, outcome, route, anonymous) {
+        Action::Forward { headers } => {
+            for (name, value) in headers {
+                io.set_header(name, value);
+            }
+            host.count(Metric::Allowed, 1);
+            if matches!(outcome, Outcome::Allow { stale: true, .. }) {
+                host.count(Metric::StaleServed, 1);
+            }
+            true
+        }
+        Action::Anonymous => {
+            host.count(Metric::Anonymous, 1);
+            true
+        }
+        Action::Refuse(refusal) => {
+            refuse(host, io, refusal);
+            false
+        }
+    }
+}
+
+/// Sends `refusal` and counts it.
+pub fn refuse<H: Host + ?Sized>(host: &H, io: &mut dyn RequestIo, refusal: Refusal) {
+    host.count(refusal.metric(), 1);
+    io.send(refusal);
+}
+
+/// A [`RequestIo`] that records what was done (tests and fuzzing).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recorder {
+    pub removed: Vec<String>,
+    pub set: Vec<(String, String)>,
+    pub sent: Option<Refusal>,
+}
+
+impl RequestIo for Recorder {
+    fn remove_header(&mut self, name: &str) {
+        self.removed.push(name.to_string());
+    }
+    fn set_header(&mut self, name: &str, value: &str) {
+        self.set.push((name.to_string(), value.to_string()));
+    }
+    fn send(&mut self, refusal: Refusal) {
+        self.sent = Some(refusal);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake_host::FakeHost;
     use crate::test_support::test;
+    use crate::verdict::Identity;
     use std::rc::Rc;
 
     fn cfg() -> Config {
@@ -112,12 +205,16 @@ mod tests {
         }
     }
 
+    fn route(p: &str) -> Route<'_> {
+        Route::parse(p.as_bytes()).unwrap()
+    }
+
     #[test]
     fn allowed_requests_carry_the_configured_identity_headers() {
         let c = cfg();
         let o = allow("member");
         assert_eq!(
-            act(&c, &o, "/data"),
+            act(&c, &o, &route("/data"), false),
             Action::Forward {
                 headers: [
                     ("x-acct", "acme"),
@@ -131,33 +228,58 @@ mod tests {
     #[test]
     fn required_roles_refuse_other_roles_with_403() {
         let c = cfg();
-        assert_eq!(
-            act(&c, &allow("member"), "/admin/x"),
-            Action::Refuse(Refusal::Forbidden)
-        );
+        for p in ["/admin/x", "/admin", "/ADMIN/x", "/x/../admin/y", "/admin;a/x"] {
+            assert_eq!(
+                act(&c, &allow("member"), &route(p), false),
+                Action::Refuse(Refusal::Forbidden),
+                "{p}"
+            );
+        }
         assert!(matches!(
-            act(&c, &allow("admin"), "/admin/x"),
+            act(&c, &allow("admin"), &route("/admin/x"), false),
+            Action::Forward { .. }
+        ));
+        assert!(matches!(
+            act(&c, &allow("member"), &route("/administrators"), false),
             Action::Forward { .. }
         ));
     }
 
     #[test]
-    fn refusals_are_json_with_the_right_headers() {
+    fn on_anonymous_paths_only_an_authenticated_key_adds_identity() {
         let c = cfg();
-        assert_eq!(
-            act(&c, &Outcome::Deny, "/"),
-            Action::Refuse(Refusal::Unauthorized)
-        );
-        assert_eq!(
-            act(&c, &Outcome::Unavailable, "/"),
-            Action::Refuse(Refusal::Unavailable)
-        );
-        assert_eq!(
-            act(&c, &Outcome::Throttled, "/"),
-            Action::Refuse(Refusal::Throttled)
-        );
+        let r = route("/public");
+        assert!(matches!(act(&c, &allow("member"), &r, true), Action::Forward { .. }));
+        for o in [Outcome::Deny, Outcome::Unavailable, Outcome::Throttled] {
+            assert_eq!(act(&c, &o, &r, true), Action::Anonymous);
+        }
+        assert_eq!(act(&c, &allow("member"), &route("/admin/x"), true), Action::Anonymous);
+    }
+
+    #[test]
+    fn finish_sets_headers_or_sends_and_counts() {
+        let c = cfg();
+        let host = FakeHost::new();
+        let mut io = Recorder::default();
+        assert!(finish(&c, &host, &mut io, &allow("member"), &route("/d"), false));
+        assert_eq!(io.set.len(), 3);
+        assert_eq!(host.metric(Metric::Allowed), 1);
+        let mut io = Recorder::default();
+        assert!(!finish(&c, &host, &mut io, &Outcome::Deny, &route("/d"), false));
+        assert_eq!(io.sent, Some(Refusal::Unauthorized));
+        assert_eq!(host.metric(Metric::Denied), 1);
+        let mut io = Recorder::default();
+        assert!(finish(&c, &host, &mut io, &Outcome::Deny, &route("/d"), true));
+        assert_eq!(io, Recorder::default());
+        assert_eq!(host.metric(Metric::Anonymous), 1);
+    }
+
+    #[test]
+    fn refusals_are_json_with_the_right_headers() {
         for r in [
+            Refusal::BadRequest,
             Refusal::Unauthorized,
+            Refusal::DuplicateKey,
             Refusal::Forbidden,
             Refusal::Unavailable,
             Refusal::Throttled,
@@ -174,5 +296,7 @@ mod tests {
             .headers()
             .contains(&("retry-after", "1")));
         assert_eq!(Refusal::Unavailable.status(), 503);
+        assert_eq!(Refusal::BadRequest.status(), 400);
+        assert_eq!(Refusal::DuplicateKey.status(), 401);
     }
 }

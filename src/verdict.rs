@@ -2,6 +2,8 @@
 
 use std::rc::Rc;
 
+use crate::text;
+
 /// Longest identity field accepted from the store, in bytes.
 pub const MAX_IDENTITY_FIELD: usize = 256;
 
@@ -14,18 +16,13 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Whether every field can go into an HTTP header as is: 1 to 256 bytes of visible ASCII
-    /// or spaces inside. The store is outside input too.
+    /// Whether every field can go into an HTTP header as is: 1 to 256 bytes that
+    /// [`text::is_safe_header_value`] accepts (no comma: `acme, victim` would read as a list).
+    /// The store is outside input too.
     pub fn is_header_safe(&self) -> bool {
         [&self.account_id, &self.user_id, &self.role]
             .iter()
-            .all(|f| {
-                !f.is_empty()
-                    && f.len() <= MAX_IDENTITY_FIELD
-                    && f.bytes().all(|b| b == b' ' || (0x21..=0x7e).contains(&b))
-                    && !f.starts_with(' ')
-                    && !f.ends_with(' ')
-            })
+            .all(|f| !f.is_empty() && f.len() <= MAX_IDENTITY_FIELD && text::is_safe_header_value(f))
     }
 }
 

@@ -1,0 +1,298 @@
+//! Request admission: everything the filter decides from a request's headers before any
+//! lookup, as one pure function. The glue hands over the header snapshot and carries out the
+//! returned plan; it decides nothing itself.
+//!
+//! Invariants, each with a unit test and a fuzz property (`fuzz/fuzz_targets/admission.rs`):
+//! - no request goes on with a client-sent identity header, in any spelling a framework folds
+//!   into the same name (case, `_` for `-`): every such header is in [`Plan::remove`];
+//! - a `:path` that is missing or not valid UTF-8 is refused (400), never defaulted;
+//! - rules match the path as the upstream will read it ([`crate::path`]): a rule that matches
+//!   any reading of the path is never skipped, and a path is anonymous only when every
+//!   reading is;
+//! - a key source given more than once is refused (401) before any lookup;
+//! - with `hide_credentials`, the key leaves the request wherever its value appears.
+
+use crate::config::Config;
+use crate::key::{self, Headers, KeyError, KeyId};
+use crate::path::{PathError, Route};
+use crate::request::{Refusal, RequestIo};
+
+/// What to do to a request before it goes on, whatever its key turns out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan<'a> {
+    /// Header names to remove: identity headers in every spelling, and with
+    /// `hide_credentials` every header holding the key.
+    pub remove: Vec<String>,
+    /// The new `:path` when `hide_credentials` removed a query parameter.
+    pub path: Option<String>,
+    /// The path as the rules read it.
+    pub route: Route<'a>,
+    /// On an anonymous path: a key that does not authenticate lets the request pass without
+    /// identity instead of refusing it.
+    pub anonymous: bool,
+    /// A 2xx answer to this request is an admin write (see `invalidate_paths`).
+    pub invalidates: bool,
+}
+
+impl Plan<'_> {
+    /// Removes and rewrites what the plan says.
+    pub fn carry_out(&self, io: &mut dyn RequestIo) {
+        for name in &self.remove {
+            io.remove_header(name);
+        }
+        if let Some(path) = &self.path {
+            io.set_header(":path", path);
+        }
+    }
+}
+
+/// The admission decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission<'a> {
+    /// Answer now; the key error, if the refusal is about a key.
+    Refuse(Refusal, Option<KeyError>),
+    /// An anonymous path without a key: go on without identity.
+    Pass(Plan<'a>),
+    /// Look the key up, then go on or refuse.
+    Check(KeyId, Plan<'a>),
+}
+
+impl Admission<'_> {
+    /// Whether this is a refusal for a key that was present but malformed (a metric).
+    pub fn is_malformed_key(&self) -> bool {
+        matches!(self, Admission::Refuse(_, Some(e)) if *e != KeyError::Missing)
+    }
+}
+
+/// Decides what to do with a request from its headers (Envoy's snapshot, pseudo-headers
+/// included). Never calls the store.
+pub fn admit<'a>(cfg: &Config, headers: &'a Headers) -> Admission<'a> {
+    let raw_path = header(headers, ":path").ok_or(PathError::Missing);
+    let route = match raw_path.and_then(Route::parse) {
+        Ok(r) => r,
+        Err(_) => return Admission::Refuse(Refusal::BadRequest, None),
+    };
+    // `Route::parse` accepted it, so it is UTF-8.
+    let path = raw_path.ok().and_then(|p| std::str::from_utf8(p).ok()).unwrap_or("/");
+    let method = header(headers, ":method").unwrap_or_default();
+    let mut plan = Plan {
+        remove: forged_identity(cfg, headers),
+        path: None,
+        invalidates: cfg.is_invalidating(method, &route),
+        anonymous: cfg.is_anonymous(&route),
+        route,
+    };
+    let found = key::extract(&cfg.key_sources, headers, key::query_of(path));
+    match found {
+        Ok(raw_key) => {
+            if cfg.hide_credentials {
+                let (names, new_path) = key::hiding(&cfg.key_sources, headers, path, &raw_key);
+                for name in names {
+                    if !plan.remove.contains(&name) {
+                        plan.remove.push(name);
+                    }
+                }
+                plan.path = new_path;
+            }
+            Admission::Check(KeyId::of(&raw_key), plan)
+        }
+        Err(_) if plan.anonymous => Admission::Pass(plan),
+        Err(e) => {
+            let refusal = match e {
+                KeyError::Duplicate => Refusal::DuplicateKey,
+                _ => Refusal::Unauthorized,
+            };
+            Admission::Refuse(refusal, Some(e))
+        }
+    }
+}
+
+/// The names of the client-sent headers (or trailers) that spell an identity header, in any
+/// case and with `_` for `-`.
+pub fn forged_identity(cfg: &Config, fields: &Headers) -> Vec<String> {
+    let identity = cfg.identity_headers.names();
+    let mut out: Vec<String> = Vec::new();
+    for (name, _) in fields {
+        let folded = identity.iter().any(|n| same_folded(name, n));
+        if folded && !out.contains(name) {
+            out.push(name.clone());
+        }
+    }
+    out
+}
+
+/// `a` and `b` are the same header name for a framework that folds case and `_`/`-`
+/// (compared without allocating: this runs for every header of every request).
+fn same_folded(a: &str, b: &str) -> bool {
+    let fold = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
+}
+
+fn header<'h>(headers: &'h Headers, name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::Recorder;
+    use crate::test_support::test;
+
+    fn cfg(extra: &str) -> Config {
+        Config::from_json(
+            format!(
+                r#"{{"store":{{"cluster":"k"}},
+                   "anonymous_paths":["/public"],
+                   "required_roles":[{{"prefix":"/api/v1/admin/","roles":["admin"]}}]
+                   {extra}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn req(path: &[u8], h: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
+        let mut v = vec![
+            (":method".to_string(), b"GET".to_vec()),
+            (":path".to_string(), path.to_vec()),
+        ];
+        v.extend(h.iter().map(|(k, v)| (k.to_string(), v.to_vec())));
+        v
+    }
+
+    fn plan<'a>(a: &'a Admission<'a>) -> &'a Plan<'a> {
+        match a {
+            Admission::Check(_, p) | Admission::Pass(p) => p,
+            Admission::Refuse(r, _) => panic!("refused: {r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_path_that_is_missing_or_not_utf8_is_refused_never_defaulted() {
+        let c = cfg("");
+        let bad = req(b"/api/v1/admin/users?x=\xff", &[("x-api-key", b"k")]);
+        assert_eq!(admit(&c, &bad), Admission::Refuse(Refusal::BadRequest, None));
+        let mut none = req(b"/", &[("x-api-key", b"k")]);
+        none.retain(|(k, _)| k != ":path");
+        assert_eq!(admit(&c, &none), Admission::Refuse(Refusal::BadRequest, None));
+        let odd = req(b"/a%zz", &[("x-api-key", b"k")]);
+        assert_eq!(admit(&c, &odd), Admission::Refuse(Refusal::BadRequest, None));
+    }
+
+    #[test]
+    fn identity_headers_are_removed_in_every_spelling() {
+        let c = cfg("");
+        let h = req(
+            b"/data",
+            &[
+                ("x-api-key", b"k"),
+                ("x-account-id", b"victim"),
+                ("x_account_id", b"victim"),
+                ("x_role", b"admin"),
+                ("x-user_id", b"u"),
+                ("x-unrelated", b"v"),
+            ],
+        );
+        let a = admit(&c, &h);
+        assert_eq!(
+            plan(&a).remove,
+            vec!["x-account-id", "x_account_id", "x_role", "x-user_id"]
+        );
+        // On refusal nothing goes upstream; on an anonymous pass they are removed too.
+        let anon = req(b"/public/x", &[("X_ROLE", b"admin")]);
+        assert!(matches!(admit(&c, &anon), Admission::Pass(p) if p.remove == ["X_ROLE"]));
+    }
+
+    #[test]
+    fn forged_identity_in_trailers_is_found_too() {
+        let c = cfg("");
+        let trailers = vec![
+            ("x-account-id".to_string(), b"victim".to_vec()),
+            ("grpc-status".to_string(), b"0".to_vec()),
+        ];
+        assert_eq!(forged_identity(&c, &trailers), vec!["x-account-id"]);
+    }
+
+    #[test]
+    fn rules_match_the_normalised_path() {
+        let c = cfg("");
+        for p in [
+            &b"/public/../api/v1/admin/users"[..],
+            b"/public/..%2Fapi/v1/admin/users",
+            b"/public/%2e%2e/api/v1/admin/users",
+        ] {
+            let no_key = req(p, &[]);
+            assert_eq!(
+                admit(&c, &no_key),
+                Admission::Refuse(Refusal::Unauthorized, Some(KeyError::Missing)),
+                "{}",
+                String::from_utf8_lossy(p)
+            );
+        }
+        assert!(matches!(admit(&c, &req(b"/publicity", &[])), Admission::Refuse(..)));
+        assert!(matches!(admit(&c, &req(b"/public", &[])), Admission::Pass(_)));
+        let h = req(b"/api/v1//admin/users", &[("x-api-key", b"k")]);
+        let a = admit(&c, &h);
+        assert!(!c.role_allowed(&plan(&a).route, "member"));
+        assert!(c.role_allowed(&plan(&a).route, "admin"));
+    }
+
+    #[test]
+    fn a_repeated_key_source_is_refused_before_any_lookup() {
+        let c = cfg("");
+        let h = req(b"/d", &[("x-api-key", b"A"), ("x-api-key", b"B")]);
+        assert_eq!(
+            admit(&c, &h),
+            Admission::Refuse(Refusal::DuplicateKey, Some(KeyError::Duplicate))
+        );
+        let cq = cfg(r#","key_sources":[{"query":"apikey"}]"#);
+        let q = req(b"/d?apikey=A&api%6B%65%79=B", &[]);
+        assert!(admit(&cq, &q).is_malformed_key());
+    }
+
+    #[test]
+    fn hidden_credentials_leave_the_request_wherever_they_appear() {
+        let c = cfg(r#","hide_credentials":true,"key_sources":[{"header":"x-api-key"},{"query":"apikey"}]"#);
+        let h = req(b"/d?apikey=K&a=1", &[("x-api-key", b"K")]);
+        let a = admit(&c, &h);
+        let p = plan(&a);
+        assert_eq!(p.remove, vec!["x-api-key"]);
+        assert_eq!(p.path.as_deref(), Some("/d?a=1"));
+        let mut io = Recorder::default();
+        p.carry_out(&mut io);
+        assert_eq!(io.removed, vec!["x-api-key"]);
+        assert_eq!(io.set, vec![(":path".to_string(), "/d?a=1".to_string())]);
+    }
+
+    #[test]
+    fn anonymous_paths_authenticate_when_they_can() {
+        let c = cfg("");
+        let h = req(b"/public/x", &[("x-api-key", b"k")]);
+        let a = admit(&c, &h);
+        assert!(matches!(&a, Admission::Check(id, p) if *id == KeyId::of(b"k") && p.anonymous));
+        let malformed = req(b"/public/x", &[("x-api-key", b"a b")]);
+        assert!(matches!(admit(&c, &malformed), Admission::Pass(_)));
+        let duplicate = req(b"/public/x", &[("x-api-key", b"a"), ("x-api-key", b"b")]);
+        assert!(matches!(admit(&c, &duplicate), Admission::Pass(_)));
+    }
+
+    #[test]
+    fn admin_writes_are_recognised_on_any_reading() {
+        let c = cfg("");
+        let mut h = req(b"/api/v1//admin/users", &[("x-api-key", b"k")]);
+        h[0].1 = b"post".to_vec();
+        assert!(plan(&admit(&c, &h)).invalidates);
+        h[0].1 = b"GET".to_vec();
+        assert!(!plan(&admit(&c, &h)).invalidates);
+    }
+
+    #[test]
+    fn folding_compares_case_and_underscores() {
+        assert!(same_folded("X_Role", "x-role"));
+        assert!(!same_folded("x-roles", "x-role"));
+        assert_eq!(crate::text::fold_header_name("X_Role"), "x-role");
+    }
+}
