@@ -46,6 +46,22 @@ impl Plan<'_> {
     }
 }
 
+/// What a paused request still needs when its verdict arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferred {
+    pub route: Route<'static>,
+    pub anonymous: bool,
+}
+
+impl Deferred {
+    pub fn of(plan: Plan<'_>) -> Deferred {
+        Deferred {
+            route: plan.route.into_owned(),
+            anonymous: plan.anonymous,
+        }
+    }
+}
+
 /// The admission decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission<'a> {
@@ -73,7 +89,10 @@ pub fn admit<'a>(cfg: &Config, headers: &'a Headers) -> Admission<'a> {
         Err(_) => return Admission::Refuse(Refusal::BadRequest, None),
     };
     // `Route::parse` accepted it, so it is UTF-8.
-    let path = raw_path.ok().and_then(|p| std::str::from_utf8(p).ok()).unwrap_or("/");
+    let path = raw_path
+        .ok()
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .unwrap_or("/");
     let method = header(headers, ":method").unwrap_or_default();
     let mut plan = Plan {
         remove: forged_identity(cfg, headers),
@@ -124,7 +143,13 @@ pub fn forged_identity(cfg: &Config, fields: &Headers) -> Vec<String> {
 /// `a` and `b` are the same header name for a framework that folds case and `_`/`-`
 /// (compared without allocating: this runs for every header of every request).
 fn same_folded(a: &str, b: &str) -> bool {
-    let fold = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+    let fold = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
     a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
 }
 
@@ -174,12 +199,21 @@ mod tests {
     fn a_path_that_is_missing_or_not_utf8_is_refused_never_defaulted() {
         let c = cfg("");
         let bad = req(b"/api/v1/admin/users?x=\xff", &[("x-api-key", b"k")]);
-        assert_eq!(admit(&c, &bad), Admission::Refuse(Refusal::BadRequest, None));
+        assert_eq!(
+            admit(&c, &bad),
+            Admission::Refuse(Refusal::BadRequest, None)
+        );
         let mut none = req(b"/", &[("x-api-key", b"k")]);
         none.retain(|(k, _)| k != ":path");
-        assert_eq!(admit(&c, &none), Admission::Refuse(Refusal::BadRequest, None));
+        assert_eq!(
+            admit(&c, &none),
+            Admission::Refuse(Refusal::BadRequest, None)
+        );
         let odd = req(b"/a%zz", &[("x-api-key", b"k")]);
-        assert_eq!(admit(&c, &odd), Admission::Refuse(Refusal::BadRequest, None));
+        assert_eq!(
+            admit(&c, &odd),
+            Admission::Refuse(Refusal::BadRequest, None)
+        );
     }
 
     #[test]
@@ -232,8 +266,14 @@ mod tests {
                 String::from_utf8_lossy(p)
             );
         }
-        assert!(matches!(admit(&c, &req(b"/publicity", &[])), Admission::Refuse(..)));
-        assert!(matches!(admit(&c, &req(b"/public", &[])), Admission::Pass(_)));
+        assert!(matches!(
+            admit(&c, &req(b"/publicity", &[])),
+            Admission::Refuse(..)
+        ));
+        assert!(matches!(
+            admit(&c, &req(b"/public", &[])),
+            Admission::Pass(_)
+        ));
         let h = req(b"/api/v1//admin/users", &[("x-api-key", b"k")]);
         let a = admit(&c, &h);
         assert!(!c.role_allowed(&plan(&a).route, "member"));
@@ -255,7 +295,9 @@ mod tests {
 
     #[test]
     fn hidden_credentials_leave_the_request_wherever_they_appear() {
-        let c = cfg(r#","hide_credentials":true,"key_sources":[{"header":"x-api-key"},{"query":"apikey"}]"#);
+        let c = cfg(
+            r#","hide_credentials":true,"key_sources":[{"header":"x-api-key"},{"query":"apikey"}]"#,
+        );
         let h = req(b"/d?apikey=K&a=1", &[("x-api-key", b"K")]);
         let a = admit(&c, &h);
         let p = plan(&a);

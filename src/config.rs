@@ -225,8 +225,14 @@ impl TryFrom<RawConfig> for Config {
         let store = store_config(raw.store)?;
         let cache = cache_config(raw.cache)?;
         let sync = SyncConfig {
-            interval_ms: ranged("sync.interval_ms", raw.sync.interval_ms, 1000, 100, 3_600_000)?
-                .unsigned_abs(),
+            interval_ms: ranged(
+                "sync.interval_ms",
+                raw.sync.interval_ms,
+                1000,
+                100,
+                3_600_000,
+            )?
+            .unsigned_abs(),
         };
         let miss_budget = miss_budget(raw.miss_budget)?;
         let key_sources = key_sources(raw.key_sources)?;
@@ -385,7 +391,12 @@ fn identity_headers(
     sources: &[KeySource],
 ) -> Result<IdentityHeaders, ConfigError> {
     let headers = IdentityHeaders {
-        account: identity_header("identity_headers.account", h.account, "x-account-id", sources)?,
+        account: identity_header(
+            "identity_headers.account",
+            h.account,
+            "x-account-id",
+            sources,
+        )?,
         user: identity_header("identity_headers.user", h.user, "x-user-id", sources)?,
         role: identity_header("identity_headers.role", h.role, "x-role", sources)?,
     };
@@ -417,9 +428,7 @@ fn identity_header(
             format!("{name} is a framing, routing or credential header"),
         ));
     }
-    let is_source = |s: &KeySource| {
-        matches!(s, KeySource::Header { name: n, .. } if text::fold_header_name(n) == folded)
-    };
+    let is_source = |s: &KeySource| matches!(s, KeySource::Header { name: n, .. } if text::fold_header_name(n) == folded);
     if sources.iter().any(is_source) {
         return Err(err(field, format!("{name} is also a key source")));
     }
@@ -603,7 +612,10 @@ mod tests {
             c.identity_headers.names(),
             ["x-account-id", "x-user-id", "x-role"]
         );
-        assert_eq!(c.invalidate_paths, vec![Prefix::parse("/api/v1/admin").unwrap()]);
+        assert_eq!(
+            c.invalidate_paths,
+            vec![Prefix::parse("/api/v1/admin").unwrap()]
+        );
         assert_eq!(c.store.token, None);
         assert_eq!(c.key_sources.len(), 2);
         assert!(!c.hide_credentials);
@@ -737,7 +749,11 @@ mod tests {
                 r#"{{"store":{{"cluster":"k"}},"identity_headers":{{"{field}":"{name}"}}}}"#
             );
             let e = parse(&json).expect_err(&json);
-            assert_eq!(e.field, format!("identity_headers.{field}"), "{json} -> {e}");
+            assert_eq!(
+                e.field,
+                format!("identity_headers.{field}"),
+                "{json} -> {e}"
+            );
         }
     }
 

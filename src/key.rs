@@ -361,18 +361,33 @@ mod tests {
     #[test]
     fn missing_empty_long_and_binary_keys_are_refused() {
         assert_eq!(extract_from(&[], ""), Err(KeyError::Missing));
-        assert_eq!(extract_from(&[("x-api-key", b"")], ""), Err(KeyError::Empty));
-        assert_eq!(extract_from(&[("x-api-key", b"   ")], ""), Err(KeyError::Empty));
+        assert_eq!(
+            extract_from(&[("x-api-key", b"")], ""),
+            Err(KeyError::Empty)
+        );
+        assert_eq!(
+            extract_from(&[("x-api-key", b"   ")], ""),
+            Err(KeyError::Empty)
+        );
         let long = vec![b'a'; MAX_KEY_LEN + 1];
-        assert_eq!(extract_from(&[("x-api-key", &long)], ""), Err(KeyError::TooLong));
+        assert_eq!(
+            extract_from(&[("x-api-key", &long)], ""),
+            Err(KeyError::TooLong)
+        );
         let max = vec![b'a'; MAX_KEY_LEN];
         assert!(extract_from(&[("x-api-key", &max)], "").is_ok());
-        assert_eq!(extract_from(&[("x-api-key", b"a\x01b")], ""), Err(KeyError::Invalid));
+        assert_eq!(
+            extract_from(&[("x-api-key", b"a\x01b")], ""),
+            Err(KeyError::Invalid)
+        );
         assert_eq!(
             extract_from(&[("x-api-key", "cl\u{e9}".as_bytes())], ""),
             Err(KeyError::Invalid)
         );
-        assert_eq!(extract_from(&[("x-api-key", b"two words")], ""), Err(KeyError::Invalid));
+        assert_eq!(
+            extract_from(&[("x-api-key", b"two words")], ""),
+            Err(KeyError::Invalid)
+        );
     }
 
     #[test]
@@ -388,17 +403,29 @@ mod tests {
         let same: [(&str, &[u8]); 2] = [("x-api-key", b"A"), ("x-api-key", b"A")];
         assert_eq!(extract_from(&same, ""), Err(KeyError::Duplicate));
         let q = query_source();
-        assert_eq!(extract(&q, &[], "apikey=A&apikey=B"), Err(KeyError::Duplicate));
-        assert_eq!(extract(&q, &[], "apikey=A&api%6B%65%79=A"), Err(KeyError::Duplicate));
+        assert_eq!(
+            extract(&q, &[], "apikey=A&apikey=B"),
+            Err(KeyError::Duplicate)
+        );
+        assert_eq!(
+            extract(&q, &[], "apikey=A&api%6B%65%79=A"),
+            Err(KeyError::Duplicate)
+        );
         // Another scheme in a second authorization header is not a second key.
-        let h: [(&str, &[u8]); 2] = [("authorization", b"Bearer k"), ("authorization", b"Basic x")];
+        let h: [(&str, &[u8]); 2] = [
+            ("authorization", b"Bearer k"),
+            ("authorization", b"Basic x"),
+        ];
         assert_eq!(extract_from(&h, ""), Ok(b"k".to_vec()));
     }
 
     #[test]
     fn query_parameter_names_are_decoded_like_values() {
         let q = query_source();
-        assert_eq!(extract(&q, &[], "a=1&api%6B%65%79=k%2Dy&b=2"), Ok(b"k-y".to_vec()));
+        assert_eq!(
+            extract(&q, &[], "a=1&api%6B%65%79=k%2Dy&b=2"),
+            Ok(b"k-y".to_vec())
+        );
         assert_eq!(extract(&q, &[], "apikey=%zz"), Err(KeyError::Invalid));
         assert_eq!(extract(&q, &[], "other=1"), Err(KeyError::Missing));
         assert_eq!(extract(&q, &[], ""), Err(KeyError::Missing));
@@ -422,7 +449,10 @@ mod tests {
             ("host", b"K"),
         ]);
         let (names, path) = hiding(&sources, &h, "/x?apikey=K&a=1&copy=K#frag", b"K");
-        assert_eq!(names, vec!["x-api-key".to_string(), "authorization".to_string()]);
+        assert_eq!(
+            names,
+            vec!["x-api-key".to_string(), "authorization".to_string()]
+        );
         assert_eq!(path.as_deref(), Some("/x?a=1#frag"));
         let (names, path) = hiding(&sources, &h, "/x?apikey=%4B", b"K");
         assert_eq!(path.as_deref(), Some("/x"), "values compared decoded");
@@ -434,17 +464,29 @@ mod tests {
     #[test]
     fn rewriting_the_query_keeps_the_rest() {
         let drop_apikey = |k: &str, _: &str| k == "apikey";
-        assert_eq!(rewrite_query("/x?a=1&apikey=k&b=2", drop_apikey).as_deref(), Some("/x?a=1&b=2"));
-        assert_eq!(rewrite_query("/x?apikey=k", drop_apikey).as_deref(), Some("/x"));
+        assert_eq!(
+            rewrite_query("/x?a=1&apikey=k&b=2", drop_apikey).as_deref(),
+            Some("/x?a=1&b=2")
+        );
+        assert_eq!(
+            rewrite_query("/x?apikey=k", drop_apikey).as_deref(),
+            Some("/x")
+        );
         assert_eq!(rewrite_query("/x", drop_apikey), None);
         // Found by fuzzing: a parameter before a fragment.
-        assert_eq!(rewrite_query("/?apikey=SECRET&apikey#", drop_apikey).as_deref(), Some("/#"));
+        assert_eq!(
+            rewrite_query("/?apikey=SECRET&apikey#", drop_apikey).as_deref(),
+            Some("/#")
+        );
         assert_eq!(
             rewrite_query("/p?a=1&apikey=k#frag", drop_apikey).as_deref(),
             Some("/p?a=1#frag")
         );
         let odd = "/x?ey=j#apike?ey=j#apikey=z";
         let drop_ey = |k: &str, _: &str| k == "ey";
-        assert_eq!(rewrite_query(odd, drop_ey).as_deref(), Some("/x#apike?ey=j#apikey=z"));
+        assert_eq!(
+            rewrite_query(odd, drop_ey).as_deref(),
+            Some("/x#apike?ey=j#apikey=z")
+        );
     }
 }

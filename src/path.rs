@@ -207,7 +207,7 @@ fn resolve<'s>(segments: impl Iterator<Item = &'s str>) -> String {
 }
 
 fn join(segments: &[&str]) -> String {
-    let mut s = String::with_capacity(segments.iter().map(|x| x.len() + 1).sum::<usize>() + 1);
+    let mut s = String::new();
     for seg in segments {
         s.push('/');
         s.push_str(seg);

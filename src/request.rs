@@ -51,9 +51,7 @@ impl Refusal {
             ("cache-control", "no-store"),
         ];
         match self {
-            Refusal::Unauthorized | Refusal::DuplicateKey => {
-                h.push(("www-authenticate", "ApiKey"))
-            }
+            Refusal::Unauthorized | Refusal::DuplicateKey => h.push(("www-authenticate", "ApiKey")),
             Refusal::Unavailable | Refusal::Throttled => h.push(("retry-after", "1")),
             Refusal::Forbidden | Refusal::BadRequest => {}
         }
@@ -85,7 +83,9 @@ pub trait RequestIo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action<'a> {
     /// Go on with these identity headers.
-    Forward { headers: [(&'a str, &'a str); 3] },
+    Forward {
+        headers: [(&'a str, &'a str); 3],
+    },
     /// Go on without identity (an anonymous path whose key did not authenticate).
     Anonymous,
     Refuse(Refusal),
@@ -94,7 +94,12 @@ pub enum Action<'a> {
 /// Turns a decided outcome into an action: `required_roles` for `route`, and Kong's
 /// `anonymous` semantics on anonymous paths (a key that authenticates adds its identity;
 /// anything else, refusal or store failure, passes without identity).
-pub fn act<'a>(cfg: &'a Config, outcome: &'a Outcome, route: &Route, anonymous: bool) -> Action<'a> {
+pub fn act<'a>(
+    cfg: &'a Config,
+    outcome: &'a Outcome,
+    route: &Route,
+    anonymous: bool,
+) -> Action<'a> {
     let action = match outcome {
         Outcome::Allow { identity, .. } if !cfg.role_allowed(route, &identity.role) => {
             Action::Refuse(Refusal::Forbidden)
@@ -228,7 +233,13 @@ mod tests {
     #[test]
     fn required_roles_refuse_other_roles_with_403() {
         let c = cfg();
-        for p in ["/admin/x", "/admin", "/ADMIN/x", "/x/../admin/y", "/admin;a/x"] {
+        for p in [
+            "/admin/x",
+            "/admin",
+            "/ADMIN/x",
+            "/x/../admin/y",
+            "/admin;a/x",
+        ] {
             assert_eq!(
                 act(&c, &allow("member"), &route(p), false),
                 Action::Refuse(Refusal::Forbidden),
@@ -249,11 +260,17 @@ mod tests {
     fn on_anonymous_paths_only_an_authenticated_key_adds_identity() {
         let c = cfg();
         let r = route("/public");
-        assert!(matches!(act(&c, &allow("member"), &r, true), Action::Forward { .. }));
+        assert!(matches!(
+            act(&c, &allow("member"), &r, true),
+            Action::Forward { .. }
+        ));
         for o in [Outcome::Deny, Outcome::Unavailable, Outcome::Throttled] {
             assert_eq!(act(&c, &o, &r, true), Action::Anonymous);
         }
-        assert_eq!(act(&c, &allow("member"), &route("/admin/x"), true), Action::Anonymous);
+        assert_eq!(
+            act(&c, &allow("member"), &route("/admin/x"), true),
+            Action::Anonymous
+        );
     }
 
     #[test]
@@ -261,15 +278,36 @@ mod tests {
         let c = cfg();
         let host = FakeHost::new();
         let mut io = Recorder::default();
-        assert!(finish(&c, &host, &mut io, &allow("member"), &route("/d"), false));
+        assert!(finish(
+            &c,
+            &host,
+            &mut io,
+            &allow("member"),
+            &route("/d"),
+            false
+        ));
         assert_eq!(io.set.len(), 3);
         assert_eq!(host.metric(Metric::Allowed), 1);
         let mut io = Recorder::default();
-        assert!(!finish(&c, &host, &mut io, &Outcome::Deny, &route("/d"), false));
+        assert!(!finish(
+            &c,
+            &host,
+            &mut io,
+            &Outcome::Deny,
+            &route("/d"),
+            false
+        ));
         assert_eq!(io.sent, Some(Refusal::Unauthorized));
         assert_eq!(host.metric(Metric::Denied), 1);
         let mut io = Recorder::default();
-        assert!(finish(&c, &host, &mut io, &Outcome::Deny, &route("/d"), true));
+        assert!(finish(
+            &c,
+            &host,
+            &mut io,
+            &Outcome::Deny,
+            &route("/d"),
+            true
+        ));
         assert_eq!(io, Recorder::default());
         assert_eq!(host.metric(Metric::Anonymous), 1);
     }

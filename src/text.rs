@@ -17,7 +17,8 @@ pub fn is_safe_header_value(s: &str) -> bool {
     let b = s.as_bytes();
     !matches!(b.first(), Some(b' '))
         && !matches!(b.last(), Some(b' '))
-        && b.iter().all(|c| *c == b' ' || (is_visible(*c) && *c != b','))
+        && b.iter()
+            .all(|c| *c == b' ' || (is_visible(*c) && *c != b','))
 }
 
 /// An HTTP header name token (RFC 9110 `tchar`).
@@ -90,7 +91,10 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode(b"a%2Fb%2f+c", true), Some(b"a/b/ c".to_vec()));
+        assert_eq!(
+            percent_decode(b"a%2Fb%2f+c", true),
+            Some(b"a/b/ c".to_vec())
+        );
         assert_eq!(percent_decode(b"a+c", false), Some(b"a+c".to_vec()));
         assert_eq!(percent_decode(b"%zz", false), None);
         assert_eq!(percent_decode(b"%2", false), None);

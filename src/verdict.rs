@@ -22,7 +22,9 @@ impl Identity {
     pub fn is_header_safe(&self) -> bool {
         [&self.account_id, &self.user_id, &self.role]
             .iter()
-            .all(|f| !f.is_empty() && f.len() <= MAX_IDENTITY_FIELD && text::is_safe_header_value(f))
+            .all(|f| {
+                !f.is_empty() && f.len() <= MAX_IDENTITY_FIELD && text::is_safe_header_value(f)
+            })
     }
 }
 

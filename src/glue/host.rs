@@ -6,17 +6,20 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MetricType, Status};
 
+use crate::config::StoreConfig;
 use crate::host::{Callout, DispatchError, Histogram, Host, Metric, SharedError};
 
 pub(crate) struct ProxyHost {
     cluster: String,
     authority: String,
+    /// `Bearer <store.token>`, sent as `authorization` on every callout when configured.
+    authorization: Option<String>,
     counters: [Option<u32>; Metric::ALL.len()],
     lookup_ms: Option<u32>,
 }
 
 impl ProxyHost {
-    pub fn new(cluster: &str, authority: &str) -> ProxyHost {
+    pub fn new(store: &StoreConfig) -> ProxyHost {
         let mut counters = [None; Metric::ALL.len()];
         for m in Metric::ALL {
             if let Some(slot) = counters.get_mut(m.index()) {
@@ -26,8 +29,9 @@ impl ProxyHost {
         let lookup_ms =
             hostcalls::define_metric(MetricType::Histogram, Histogram::LookupMs.name()).ok();
         ProxyHost {
-            cluster: cluster.to_string(),
-            authority: authority.to_string(),
+            cluster: store.cluster.clone(),
+            authority: store.authority.clone(),
+            authorization: store.token.as_ref().map(|t| format!("Bearer {t}")),
             counters,
             lookup_ms,
         }
@@ -55,13 +59,16 @@ impl Host for ProxyHost {
     }
 
     fn http_call(&self, call: &Callout) -> Result<u32, DispatchError> {
-        let headers = vec![
+        let mut headers = vec![
             (":method", "GET"),
             (":path", call.path.as_str()),
             (":authority", self.authority.as_str()),
             ("accept", "application/json"),
             ("user-agent", "keygate"),
         ];
+        if let Some(a) = &self.authorization {
+            headers.push(("authorization", a.as_str()));
+        }
         hostcalls::dispatch_http_call(
             &self.cluster,
             headers,

@@ -1,18 +1,24 @@
-//! The HTTP context: one per request.
+//! The HTTP context: one per request. It hands the request's headers to the core
+//! ([`crate::admission::admit`]) and carries out what the core decided; it decides nothing.
+
+use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
-use super::{apply, refuse, SharedRef};
+use super::{Envoy, SharedRef};
+use crate::admission::{self, Admission, Deferred};
+use crate::config::Config;
 use crate::host::{Host, Metric};
-use crate::key::{self, Found, KeyError, KeyId};
-use crate::request::Refusal;
+use crate::request::{self, Refusal, RequestIo};
 use crate::verdict::Decision;
 
 pub(crate) struct Http {
     id: u32,
     shared: Option<SharedRef>,
+    /// The configuration that admitted this request (for its trailers).
+    cfg: Option<Rc<Config>>,
     /// An admin write: if the upstream answers 2xx, cached verdicts are dropped.
     invalidating: bool,
     paused: bool,
@@ -20,17 +26,17 @@ pub(crate) struct Http {
 
 impl Http {
     pub fn new(id: u32, shared: Option<SharedRef>) -> Http {
+        let cfg = shared
+            .as_ref()
+            .and_then(|s| s.try_borrow().ok().map(|s| Rc::clone(s.worker.config())));
         Http {
             id,
             shared,
+            cfg,
             invalidating: false,
             paused: false,
         }
     }
-}
-
-fn path_only(path: &str) -> &str {
-    path.split(['?', '#']).next().unwrap_or(path)
 }
 
 impl Context for Http {
@@ -40,7 +46,7 @@ impl Context for Http {
                 if let Ok(mut s) = shared.try_borrow_mut() {
                     let s = &mut *s;
                     s.worker.forget(&s.host, self.id);
-                    s.paused_paths.remove(&self.id);
+                    s.deferred.remove(&self.id);
                 }
             }
         }
@@ -50,76 +56,45 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // Fail closed whenever the core cannot see the request: not configured, re-entered,
+        // or no header snapshot (then forged identity headers could not be stripped either).
         let Some(shared) = self.shared.clone() else {
-            // Not configured: fail closed.
-            let r = Refusal::Unavailable;
-            let _ =
-                hostcalls::send_http_response(r.status(), r.headers(), Some(r.body().as_bytes()));
+            Envoy.send(Refusal::Unavailable);
             return Action::Pause;
         };
         let Ok(mut guard) = shared.try_borrow_mut() else {
+            Envoy.send(Refusal::Unavailable);
             return Action::Pause;
         };
         let s = &mut *guard;
-        // One host call for all headers; names come lowercase from Envoy.
-        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        let cfg = std::rc::Rc::clone(s.worker.config());
-
-        // Identity headers sent by the client are never trusted, whatever happens next.
-        for name in cfg.identity_headers.names() {
-            if headers.iter().any(|(k, _)| k == name) {
-                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
-            }
-        }
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_slice())
+        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+            request::refuse(&s.host, &mut Envoy, Refusal::Unavailable);
+            return Action::Pause;
         };
-        let path = header(":path")
-            .and_then(|p| std::str::from_utf8(p).ok())
-            .unwrap_or("/")
-            .to_string();
-        let method = header(":method")
-            .and_then(|m| std::str::from_utf8(m).ok())
-            .unwrap_or("");
-        let route = path_only(&path);
-        self.invalidating = cfg.is_invalidating(method, route);
-
-        if cfg.is_anonymous(route) {
-            return Action::Continue;
+        let cfg = Rc::clone(s.worker.config());
+        let admission = admission::admit(&cfg, &headers);
+        if admission.is_malformed_key() {
+            s.host.count(Metric::MalformedKeys, 1);
         }
-        let (raw_key, found) = match key::extract(&cfg.key_sources, header, &path) {
-            Ok(k) => k,
-            Err(e) => {
-                if e != KeyError::Missing {
-                    s.host.count(Metric::MalformedKeys, 1);
-                }
-                refuse(&s.host, Refusal::Unauthorized);
+        let (key, plan) = match admission {
+            Admission::Refuse(refusal, _) => {
+                request::refuse(&s.host, &mut Envoy, refusal);
                 return Action::Pause;
             }
-        };
-        let key_id = KeyId::of(&raw_key);
-        drop(raw_key);
-        if cfg.hide_credentials {
-            match &found {
-                Found::Header(name) => {
-                    let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
-                }
-                Found::Query(name) => {
-                    let stripped = key::remove_query_param(&path, name);
-                    let _ = hostcalls::set_map_value(
-                        MapType::HttpRequestHeaders,
-                        ":path",
-                        Some(&stripped),
-                    );
-                }
+            Admission::Pass(plan) => {
+                plan.carry_out(&mut Envoy);
+                self.invalidating = plan.invalidates;
+                s.host.count(Metric::Anonymous, 1);
+                return Action::Continue;
             }
-        }
-        match s.worker.check(&s.host, self.id, key_id) {
+            Admission::Check(key, plan) => (key, plan),
+        };
+        plan.carry_out(&mut Envoy);
+        self.invalidating = plan.invalidates;
+        match s.worker.check(&s.host, self.id, key) {
             Decision::Answer(outcome) => {
-                if apply(s, &outcome, route) {
+                let (route, anonymous) = (&plan.route, plan.anonymous);
+                if request::finish(&cfg, &s.host, &mut Envoy, &outcome, route, anonymous) {
                     Action::Continue
                 } else {
                     Action::Pause
@@ -127,7 +102,25 @@ impl HttpContext for Http {
             }
             Decision::Wait => {
                 self.paused = true;
-                s.paused_paths.insert(self.id, route.to_string());
+                s.deferred.insert(self.id, Deferred::of(plan));
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let Some(cfg) = &self.cfg else {
+            return Action::Continue;
+        };
+        match hostcalls::get_map_bytes(MapType::HttpRequestTrailers) {
+            Ok(trailers) => {
+                for name in admission::forged_identity(cfg, &trailers) {
+                    let _ = hostcalls::remove_map_value(MapType::HttpRequestTrailers, &name);
+                }
+                Action::Continue
+            }
+            Err(_) => {
+                Envoy.send(Refusal::Unavailable);
                 Action::Pause
             }
         }

@@ -15,9 +15,11 @@ use std::rc::Rc;
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;
 
-use crate::host::Metric;
-use crate::request::{self, Action, Refusal};
-use crate::verdict::Outcome;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MapType;
+
+use crate::admission::Deferred;
+use crate::request::{Refusal, RequestIo};
 use crate::worker::Worker;
 
 proxy_wasm::main! {{
@@ -29,52 +31,29 @@ proxy_wasm::main! {{
 pub(crate) struct Shared {
     pub worker: Worker,
     pub host: host::ProxyHost,
-    /// Paths of paused requests (`required_roles` is applied when their verdict arrives).
-    pub paused_paths: HashMap<u32, String>,
+    /// What each paused request still needs when its verdict arrives (route, anonymity).
+    pub deferred: HashMap<u32, Deferred>,
 }
 
 pub(crate) type SharedRef = Rc<RefCell<Shared>>;
 
-/// Carries out a decided outcome on the current (or effective) HTTP context: sets the identity
-/// headers and returns true (the caller continues or resumes the request), or sends the refusal.
-pub(crate) fn apply(shared: &Shared, outcome: &Outcome, path: &str) -> bool {
-    let host = &shared.host;
-    let cfg = shared.worker.config();
-    match request::act(cfg, outcome, path) {
-        Action::Forward { headers } => {
-            for (name, value) in headers {
-                let _ = proxy_wasm::hostcalls::set_map_value(
-                    proxy_wasm::types::MapType::HttpRequestHeaders,
-                    name,
-                    Some(value),
-                );
-            }
-            use crate::host::Host;
-            host.count(Metric::Allowed, 1);
-            if matches!(outcome, Outcome::Allow { stale: true, .. }) {
-                host.count(Metric::StaleServed, 1);
-            }
-            true
-        }
-        Action::Refuse(refusal) => {
-            refuse(host, refusal);
-            false
-        }
-    }
-}
+/// [`RequestIo`] over proxy-wasm host calls, on the current (or effective) HTTP context.
+pub(crate) struct Envoy;
 
-pub(crate) fn refuse(host: &host::ProxyHost, refusal: Refusal) {
-    use crate::host::Host;
-    let metric = match refusal {
-        Refusal::Unauthorized => Metric::Denied,
-        Refusal::Forbidden => Metric::Forbidden,
-        Refusal::Unavailable => Metric::Unavailable,
-        Refusal::Throttled => Metric::Throttled,
-    };
-    host.count(metric, 1);
-    let _ = proxy_wasm::hostcalls::send_http_response(
-        refusal.status(),
-        refusal.headers(),
-        Some(refusal.body().as_bytes()),
-    );
+impl RequestIo for Envoy {
+    fn remove_header(&mut self, name: &str) {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+    }
+
+    fn set_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+
+    fn send(&mut self, refusal: Refusal) {
+        let _ = hostcalls::send_http_response(
+            refusal.status(),
+            refusal.headers(),
+            Some(refusal.body().as_bytes()),
+        );
+    }
 }

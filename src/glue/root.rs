@@ -9,9 +9,10 @@ use proxy_wasm::types::{BufferType, ContextType, MapType};
 
 use super::host::ProxyHost;
 use super::http::Http;
-use super::{apply, Shared, SharedRef};
+use super::{Envoy, Shared, SharedRef};
 use crate::config::Config;
 use crate::host::CallResponse;
+use crate::request::{self, Refusal};
 use crate::store::MAX_CHANGES_BODY;
 use crate::verdict::{Outcome, Resolution};
 use crate::worker::Worker;
@@ -28,18 +29,30 @@ impl Root {
         let Ok(mut s) = shared.try_borrow_mut() else {
             return;
         };
+        let s = &mut *s;
+        let cfg = Rc::clone(s.worker.config());
         for r in resolutions {
-            let path = s.paused_paths.remove(&r.context_id).unwrap_or_default();
+            let deferred = s.deferred.remove(&r.context_id);
             // The request may have ended meanwhile (client gone): then there is nothing to do.
             if hostcalls::set_effective_context(r.context_id).is_err() {
                 continue;
             }
-            if apply(&s, &r.outcome, &path) {
+            let goes_on = match &deferred {
+                Some(d) => {
+                    request::finish(&cfg, &s.host, &mut Envoy, &r.outcome, &d.route, d.anonymous)
+                }
+                // Unknown route: never guess one (a rule could be skipped).
+                None => {
+                    request::refuse(&s.host, &mut Envoy, Refusal::Unavailable);
+                    false
+                }
+            };
+            if goes_on {
                 let _ = hostcalls::resume_http_request();
             }
         }
         let keep = s.worker.parked().saturating_mul(2);
-        s.paused_paths.shrink_to(keep);
+        s.deferred.shrink_to(keep);
     }
 }
 
@@ -92,7 +105,7 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let host = ProxyHost::new(&cfg.store.cluster, &cfg.store.authority);
+        let host = ProxyHost::new(&cfg.store);
         let worker = match Worker::new(&host, Rc::clone(&cfg)) {
             Ok(w) => w,
             Err(e) => {
@@ -102,7 +115,7 @@ impl RootContext for Root {
         };
         if let Some(old) = self.shared.take() {
             // Reconfigured: requests paused on the old worker get a 503 rather than hang.
-            let parked: Vec<u32> = old.borrow().paused_paths.keys().copied().collect();
+            let parked: Vec<u32> = old.borrow().deferred.keys().copied().collect();
             self.shared = Some(old);
             self.deliver(
                 parked
@@ -125,7 +138,7 @@ impl RootContext for Root {
         self.shared = Some(Rc::new(RefCell::new(Shared {
             worker,
             host,
-            paused_paths: Default::default(),
+            deferred: Default::default(),
         })));
         true
     }
