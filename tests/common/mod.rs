@@ -146,3 +146,33 @@ pub fn rss_kb(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("VmRSS")
 }
+
+/// Sends `head` (a whole HTTP/1.1 request, which should say `connection: close`) as raw bytes
+/// and reads the answer to the end: status and body. For paths no HTTP library sends as is.
+pub fn raw_exchange(envoy: &Envoy, head: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", envoy.port())).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(head).expect("write");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+/// A GET of `path` (sent byte for byte) with `headers`, through `envoy`, over HTTP/1.1.
+pub fn raw_get(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    raw_exchange(envoy, head.as_bytes())
+}

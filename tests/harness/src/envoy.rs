@@ -47,6 +47,9 @@ pub struct EnvoyOpts {
     pub envoy_path: Option<PathBuf>,
     /// How long to wait for `/ready` to say `LIVE` (default 20 s).
     pub ready_timeout: Duration,
+    /// The bootstrap template's text; `None` is `envoy/envoy.yaml.tmpl` (see
+    /// [`crate::template_variant`]).
+    pub template: Option<String>,
 }
 
 impl EnvoyOpts {
@@ -72,6 +75,7 @@ impl EnvoyOpts {
             wasm_path: None,
             envoy_path: None,
             ready_timeout: Duration::from_secs(20),
+            template: None,
         }
     }
 
@@ -193,7 +197,10 @@ impl Envoy {
     fn launch(&mut self) -> Result<Outcome> {
         let wasm = self.opts.wasm_path.clone().unwrap_or_else(crate::wasm_path);
         let config = self.opts.config_text();
-        let template = load_envoy_template()?;
+        let template = match &self.opts.template {
+            Some(t) => t.clone(),
+            None => load_envoy_template()?,
+        };
         let rendered = render_envoy_config_with(
             &template,
             &EnvoyConfigParams {

@@ -71,6 +71,20 @@ pub fn load_envoy_template() -> Result<String> {
         .map_err(|e| Error::msg(format!("reading {}: {e}", path.display())))
 }
 
+/// `envoy/envoy.yaml.tmpl` with each `(from, to)` replaced once, for tests that need the
+/// shipped configuration with one thing changed. Fails if a `from` is not in the template, so
+/// that a test cannot silently stop testing what it says when the template changes.
+pub fn template_variant(edits: &[(&str, &str)]) -> Result<String> {
+    let mut t = load_envoy_template()?;
+    for (from, to) in edits {
+        if !t.contains(from) {
+            return Err(Error::msg(format!("envoy template has no {from:?}")));
+        }
+        t = t.replacen(from, to, 1);
+    }
+    Ok(t)
+}
+
 /// Fills `template`'s placeholders. Comment lines (`#` first) are copied unchanged. Fails if
 /// `@KEYGATE_CONFIG@` is not alone on its line, or if a placeholder is left over.
 pub fn render_envoy_config(template: &str, p: &EnvoyConfigParams<'_>) -> Result<String> {

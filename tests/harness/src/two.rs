@@ -24,6 +24,8 @@ pub struct TwoOpts {
     pub a_ports: Option<(u16, u16)>,
     /// Envoy B's listener and admin ports (`None`: free ones).
     pub b_ports: Option<(u16, u16)>,
+    /// The bootstrap template's text (`None`: `envoy/envoy.yaml.tmpl`).
+    pub template: Option<String>,
 }
 
 impl TwoOpts {
@@ -37,6 +39,7 @@ impl TwoOpts {
             upstream_port: None,
             a_ports: None,
             b_ports: None,
+            template: None,
         }
     }
 }
@@ -76,6 +79,7 @@ impl TwoInstances {
             o.log_level = opts.log_level.clone();
             o.listen_port = ports.map(|p| p.0);
             o.admin_port = ports.map(|p| p.1);
+            o.template = opts.template.clone();
             Envoy::start(o)
         };
         let a = envoy("keygate-a", opts.a_ports)?;

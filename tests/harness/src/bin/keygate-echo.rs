@@ -1,311 +1,139 @@
 //! keygate-echo: the demo and test upstream.
 //!
 //! `keygate-echo --listen 127.0.0.1:8080` answers every request `200` with the JSON
-//! `{"method","path","headers":{lowercase name: value},"body"}` of what it received (repeated
-//! headers are joined with ", "). Prints `echo listening on ADDR` to stderr once it accepts
-//! connections (port 0 picks a free port; ADDR shows the real one).
+//! `{"method","path","version","headers":{lowercase name: value},"body","trailers":{...}}` of
+//! what it received (repeated headers are joined with ", "). Prints `echo listening on ADDR` to
+//! stderr once it accepts connections (port 0 picks a free port; ADDR shows the real one).
 //!
-//! Plain std::net with a thread per connection: HTTP/1.1 keep-alive (HTTP/1.0 and
-//! `connection: close` close after the answer), `content-length` and chunked request bodies,
-//! `expect: 100-continue`. Malformed requests get `400` and the connection is closed.
+//! hyper serves HTTP/1.1 and HTTP/2 without TLS (prior knowledge) on the same port, so tests can
+//! point an HTTP/2 cluster at it and see request trailers.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::convert::Infallible;
 use std::process::ExitCode;
-use std::thread;
-use std::time::Duration;
 
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::HeaderMap;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use serde_json::{json, Map, Value};
 
-/// Largest request head (request line and headers).
-const MAX_HEAD: u64 = 64 * 1024;
 /// Largest request body.
-const MAX_BODY: u64 = 16 * 1024 * 1024;
+const MAX_BODY: usize = 16 * 1024 * 1024;
 
 fn main() -> ExitCode {
+    let listen = match parse_args() {
+        Ok(Some(l)) => l,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("keygate-echo: {why}\nusage: keygate-echo --listen ADDR");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keygate-echo: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(&listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keygate-echo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_args() -> Result<Option<String>, String> {
     let mut listen = "127.0.0.1:8080".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--listen" => match args.next() {
-                Some(a) => listen = a,
-                None => return usage("--listen needs an address"),
-            },
+            "--listen" => listen = args.next().ok_or("--listen needs an address")?,
             "-h" | "--help" => {
                 println!("usage: keygate-echo --listen ADDR   (default 127.0.0.1:8080)");
-                return ExitCode::SUCCESS;
+                return Ok(None);
             }
-            other => return usage(&format!("unknown argument {other:?}")),
+            other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let listener = match TcpListener::bind(&listen) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("keygate-echo: cannot listen on {listen}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match listener.local_addr() {
-        Ok(addr) => eprintln!("echo listening on {addr}"),
-        Err(e) => {
-            eprintln!("keygate-echo: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    for conn in listener.incoming() {
-        match conn {
-            Ok(stream) => {
-                let spawned = thread::Builder::new()
-                    .name("echo-conn".into())
-                    .spawn(move || serve(stream));
-                if let Err(e) = spawned {
-                    eprintln!("keygate-echo: cannot start a connection thread: {e}");
-                }
-            }
+    Ok(Some(listen))
+}
+
+async fn serve(listen: &str) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!("echo listening on {addr}");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
             Err(e) => {
                 // E.g. out of file descriptors: back off instead of spinning.
                 eprintln!("keygate-echo: accept: {e}");
-                thread::sleep(Duration::from_millis(10));
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
             }
-        }
-    }
-    ExitCode::SUCCESS
-}
-
-fn usage(why: &str) -> ExitCode {
-    eprintln!("keygate-echo: {why}\nusage: keygate-echo --listen ADDR");
-    ExitCode::from(2)
-}
-
-/// One request as received.
-#[derive(Debug)]
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    keep_alive: bool,
-}
-
-/// Why a request could not be read.
-#[derive(Debug)]
-enum ReadError {
-    /// The peer went away (or timed out) between requests: just close.
-    Closed,
-    /// A malformed request: answer 400 and close.
-    Bad(String),
-}
-
-impl From<io::Error> for ReadError {
-    fn from(_: io::Error) -> Self {
-        ReadError::Closed
-    }
-}
-
-fn serve(stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let Ok(read_half) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(read_half);
-    let mut writer = stream;
-    loop {
-        match read_request(&mut reader, &mut writer) {
-            Ok(req) => {
-                let body = echo_body(&req).to_string();
-                if write_response(&mut writer, 200, "OK", &body, &req).is_err() || !req.keep_alive {
-                    return;
-                }
-            }
-            Err(ReadError::Closed) => return,
-            Err(ReadError::Bad(why)) => {
-                let body = json!({ "error": why }).to_string();
-                let head = format!(
-                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = writer.write_all(format!("{head}{body}").as_bytes());
-                return;
-            }
-        }
-    }
-}
-
-/// The JSON answer for `req`.
-fn echo_body(req: &Request) -> Value {
-    let mut headers = Map::new();
-    for (name, value) in &req.headers {
-        let joined = match headers.get(name).and_then(Value::as_str) {
-            Some(prev) => format!("{prev}, {value}"),
-            None => value.clone(),
         };
-        headers.insert(name.clone(), Value::String(joined));
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(echo);
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
-    json!({
-        "method": req.method,
-        "path": req.path,
-        "headers": headers,
-        "body": String::from_utf8_lossy(&req.body),
-    })
 }
 
-fn write_response(
-    w: &mut TcpStream,
-    status: u16,
-    reason: &str,
-    body: &str,
-    req: &Request,
-) -> io::Result<()> {
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    if !req.keep_alive {
-        out.push_str("connection: close\r\n");
-    }
-    out.push_str("\r\n");
-    if req.method != "HEAD" {
-        out.push_str(body);
-    }
-    w.write_all(out.as_bytes())
-}
-
-/// Reads one line (with its `\n`), at most `limit` bytes. Empty at EOF.
-fn read_line(r: &mut BufReader<TcpStream>, limit: u64) -> Result<Vec<u8>, ReadError> {
-    let mut line = Vec::new();
-    r.by_ref().take(limit).read_until(b'\n', &mut line)?;
-    if !line.is_empty() && !line.ends_with(b"\n") {
-        if line.len() as u64 >= limit {
-            return Err(ReadError::Bad("request head too large".into()));
+async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
+    let version = format!("{:?}", req.version());
+    let headers = to_json(req.headers());
+    let (status, value) = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => {
+            let trailers = collected.trailers().map_or_else(Map::new, to_json);
+            let body = collected.to_bytes();
+            let v = json!({
+                "method": method,
+                "path": path,
+                "version": version,
+                "headers": headers,
+                "body": String::from_utf8_lossy(&body),
+                "trailers": trailers,
+            });
+            (200, v)
         }
-        return Err(ReadError::Closed);
-    }
-    Ok(line)
-}
-
-fn trim_eol(line: &[u8]) -> Result<&str, ReadError> {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    std::str::from_utf8(line).map_err(|_| ReadError::Bad("request head is not UTF-8".into()))
-}
-
-fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<Request, ReadError> {
-    let mut budget = MAX_HEAD;
-    // Request line; empty lines before it are allowed (RFC 9112 §2.2).
-    let request_line = loop {
-        let line = read_line(r, budget)?;
-        if line.is_empty() {
-            return Err(ReadError::Closed);
-        }
-        budget = budget.saturating_sub(line.len() as u64);
-        let text = trim_eol(&line)?;
-        if !text.is_empty() {
-            break text.to_string();
-        }
+        Err(e) => (400, json!({ "error": e.to_string() })),
     };
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(path), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ReadError::Bad(format!("bad request line {request_line:?}")));
-    };
-    if method.is_empty() || path.is_empty() || !version.starts_with("HTTP/1.") {
-        return Err(ReadError::Bad(format!("bad request line {request_line:?}")));
-    }
-    let mut headers = Vec::new();
-    loop {
-        let line = read_line(r, budget)?;
-        if line.is_empty() {
-            return Err(ReadError::Closed);
-        }
-        budget = budget.saturating_sub(line.len() as u64);
-        let text = trim_eol(&line)?;
-        if text.is_empty() {
-            break;
-        }
-        let Some((name, value)) = text.split_once(':') else {
-            return Err(ReadError::Bad(format!("bad header line {text:?}")));
-        };
-        if name.is_empty() || name.contains(|c: char| c.is_whitespace()) {
-            return Err(ReadError::Bad(format!("bad header name {name:?}")));
-        }
-        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
-    }
-    let header = |n: &'static str| {
-        headers
+    let resp = Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(value.to_string())));
+    Ok(resp.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+}
+
+/// Headers (or trailers) as a JSON object, repeated names joined with ", ".
+fn to_json(map: &HeaderMap) -> Map<String, Value> {
+    let mut out = Map::new();
+    for name in map.keys() {
+        let joined: Vec<String> = map
+            .get_all(name)
             .iter()
-            .filter(move |(k, _)| k == n)
-            .map(|(_, v)| v.to_ascii_lowercase())
-    };
-    let connection: Vec<String> = header("connection").collect();
-    let keep_alive = if version == "HTTP/1.0" {
-        connection.iter().any(|v| v.contains("keep-alive"))
-    } else {
-        !connection.iter().any(|v| v.contains("close"))
-    };
-    if header("expect").any(|v| v == "100-continue") {
-        w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        out.insert(name.as_str().to_string(), Value::String(joined.join(", ")));
     }
-    let chunked = header("transfer-encoding").any(|v| v.contains("chunked"));
-    let body = if chunked {
-        read_chunked(r)?
-    } else if let Some(len) = header("content-length").next() {
-        let len: u64 = len
-            .parse()
-            .map_err(|_| ReadError::Bad(format!("bad content-length {len:?}")))?;
-        if len > MAX_BODY {
-            return Err(ReadError::Bad("body too large".into()));
-        }
-        let mut body = Vec::new();
-        r.by_ref().take(len).read_to_end(&mut body)?;
-        if body.len() as u64 != len {
-            return Err(ReadError::Closed);
-        }
-        body
-    } else {
-        Vec::new()
-    };
-    Ok(Request {
-        method: method.to_string(),
-        path: path.to_string(),
-        headers,
-        body,
-        keep_alive,
-    })
-}
-
-fn read_chunked(r: &mut BufReader<TcpStream>) -> Result<Vec<u8>, ReadError> {
-    let mut body = Vec::new();
-    loop {
-        let line = read_line(r, 1024)?;
-        if line.is_empty() {
-            return Err(ReadError::Closed);
-        }
-        let text = trim_eol(&line)?;
-        let size_text = text.split(';').next().unwrap_or("").trim();
-        let size = u64::from_str_radix(size_text, 16)
-            .map_err(|_| ReadError::Bad(format!("bad chunk size {size_text:?}")))?;
-        if size == 0 {
-            // Trailers, up to the empty line.
-            loop {
-                let line = read_line(r, MAX_HEAD)?;
-                if line.is_empty() || trim_eol(&line)?.is_empty() {
-                    return Ok(body);
-                }
-            }
-        }
-        if body.len() as u64 + size > MAX_BODY {
-            return Err(ReadError::Bad("body too large".into()));
-        }
-        let before = body.len();
-        r.by_ref().take(size).read_to_end(&mut body)?;
-        if (body.len() - before) as u64 != size {
-            return Err(ReadError::Closed);
-        }
-        let crlf = read_line(r, 2)?;
-        if !trim_eol(&crlf)?.is_empty() {
-            return Err(ReadError::Bad("chunk not followed by CRLF".into()));
-        }
-    }
+    out
 }
