@@ -209,7 +209,8 @@ pub fn hiding(
             names.push(name.clone());
         }
     }
-    let new_path = rewrite_query(path, |_, v| decode_query(v).as_deref() == Some(key));
+    let holds = |v: &str| v.as_bytes() == key || decode_query(v).as_deref() == Some(key);
+    let new_path = rewrite_query(path, |_, v| holds(v));
     (names, new_path)
 }
 

@@ -88,7 +88,7 @@ pub fn parse_lookup(resp: &CallResponse) -> LookupAnswer {
                         LookupAnswer::Found(identity)
                     } else {
                         LookupAnswer::Error(StoreError::BadBody(
-                            "identity field empty, too long or not visible ASCII".into(),
+                            "identity field empty, too long, not visible ASCII or with a comma".into(),
                         ))
                     }
                 }
@@ -232,6 +232,8 @@ mod tests {
             r#"{"account_id":1,"user_id":"u","role":"r"}"#,
             r#"{"account_id":"a\r\nx-role: root","user_id":"u","role":"r"}"#,
             r#"{"account_id":"","user_id":"u","role":"r"}"#,
+            r#"{"account_id":"acme, victim","user_id":"u","role":"r"}"#,
+            r#"{"account_id":"a","user_id":"u","role":"member,admin"}"#,
             "[]",
             r#"["acme","ann","admin"]"#,
         ] {

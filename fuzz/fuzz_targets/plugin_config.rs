@@ -75,7 +75,16 @@ fn check_invariants(c: &Config) {
         );
     }
     for p in c.invalidate_paths.iter().chain(&c.anonymous_paths) {
-        assert!(p.starts_with('/'), "{p:?}");
+        let p = p.as_str();
+        assert!(p.is_empty() || (p.starts_with('/') && !p.ends_with('/')), "{p:?}");
+    }
+    let folded: Vec<String> = names.iter().map(|n| n.replace('_', "-")).collect();
+    for (i, n) in folded.iter().enumerate() {
+        assert!(!folded[..i].contains(n), "identity headers fold alike: {names:?}");
+        assert!(!["host", "authorization", "content-length", "transfer-encoding"].contains(&n.as_str()));
+    }
+    if let Some(t) = &c.store.token {
+        assert!((16..=512).contains(&t.len()) && t.bytes().all(|b| (0x21..=0x7e).contains(&b)));
     }
     assert!(!c.key_sources.is_empty());
     for s in &c.key_sources {
@@ -99,8 +108,17 @@ fn check_invariants(c: &Config) {
         }
     }
     for r in &c.required_roles {
-        assert!(r.prefix.starts_with('/'));
+        assert!(r.prefix.as_str().is_empty() || r.prefix.as_str().starts_with('/'));
         assert!(!r.roles.is_empty() && r.roles.iter().all(|r| !r.is_empty()));
+    }
+}
+
+/// A normalised prefix as configuration text (the root is `""` inside, `/` outside).
+fn prefix_text(p: &keygate::path::Prefix) -> String {
+    if p.as_str().is_empty() {
+        "/".to_string()
+    } else {
+        p.as_str().to_string()
     }
 }
 
@@ -121,7 +139,7 @@ fn to_json(c: &Config) -> serde_json::Value {
     let roles: Vec<_> = c
         .required_roles
         .iter()
-        .map(|r| json!({ "prefix": r.prefix, "roles": r.roles }))
+        .map(|r| json!({ "prefix": prefix_text(&r.prefix), "roles": r.roles }))
         .collect();
     json!({
         "store": {
@@ -130,6 +148,7 @@ fn to_json(c: &Config) -> serde_json::Value {
             "lookup_path": c.store.lookup_path,
             "changes_path": c.store.changes_path,
             "timeout_ms": c.store.timeout_ms,
+            "token": c.store.token,
         },
         "cache": {
             "ttl_s": c.cache.ttl_ms / 1000,
@@ -145,10 +164,10 @@ fn to_json(c: &Config) -> serde_json::Value {
             "user": c.identity_headers.user,
             "role": c.identity_headers.role,
         },
-        "invalidate_paths": c.invalidate_paths,
+        "invalidate_paths": c.invalidate_paths.iter().map(prefix_text).collect::<Vec<_>>(),
         "key_sources": sources,
         "hide_credentials": c.hide_credentials,
-        "anonymous_paths": c.anonymous_paths,
+        "anonymous_paths": c.anonymous_paths.iter().map(prefix_text).collect::<Vec<_>>(),
         "required_roles": roles,
     })
 }

@@ -20,12 +20,12 @@ pub fn is_valid_key(key: &[u8]) -> bool {
 }
 
 /// An identity field the filter may put in a header: 1 to 256 bytes of visible ASCII or
-/// spaces, no space at either end.
+/// spaces, no comma (`acme, victim` reads as a list upstream), no space at either end.
 pub fn is_header_safe_field(f: &str) -> bool {
     let b = f.as_bytes();
     !b.is_empty()
         && b.len() <= 256
-        && b.iter().all(|&c| c == b' ' || (0x21..=0x7e).contains(&c))
+        && b.iter().all(|&c| c == b' ' || ((0x21..=0x7e).contains(&c) && c != b','))
         && b[0] != b' '
         && b[b.len() - 1] != b' '
 }

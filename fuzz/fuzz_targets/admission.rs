@@ -1,0 +1,226 @@
+//! `admission::admit` on requests as a client can send them: the gate's rules as properties.
+//!
+//! Input (text, so seeds are plain requests):
+//!   line 1: options: `h` turns `hide_credentials` on, `q` adds the query source `apikey`
+//!           (after `x-api-key` and `authorization: Bearer`);
+//!   line 2: `:path`, raw bytes (missing when the line is `-`);
+//!   line 3: `:method`;
+//!   lines 4..: request headers, `name:value` (names lowercased, as Envoy hands them over).
+//! The configuration: anonymous path `/public`, `/private/` for role `admin` only,
+//! `invalidate_paths` `/api/v1/admin/`.
+//!
+//! Properties:
+//! - a `:path` that is missing or not UTF-8 is refused with 400, never defaulted;
+//! - no identity header, in any spelling a framework folds into the same name (case, `_` for
+//!   `-`), survives the plan;
+//! - a rule that matches the path as an independent lenient reader resolves it (everything
+//!   percent-decoded, `\` as `/`, `;` parameters and trailing dots dropped, dot segments
+//!   resolved) is never skipped: a member is refused there, and the path is not anonymous;
+//! - an anonymous path has no dot segment and no encoded separator in any reading;
+//! - the key id is the SHA-256 of the key `key::extract` reads; a key source given twice is
+//!   refused (or, on an anonymous path, ignored) before any lookup;
+//! - with `hide_credentials`, the key appears in no header value and no query parameter once
+//!   the plan is carried out.
+#![no_main]
+
+use keygate::admission::{self, Admission, Plan};
+use keygate::config::Config;
+use keygate::key::{self, KeyError, KeyId};
+use keygate::request::{Recorder, Refusal};
+use keygate_fuzz::first_line;
+use libfuzzer_sys::fuzz_target;
+
+const IDENTITY: [&str; 3] = ["x-account-id", "x-user-id", "x-role"];
+
+fn config(opts: &[u8]) -> Config {
+    let mut sources = vec![
+        serde_json::json!({"header": "x-api-key"}),
+        serde_json::json!({"header": "authorization", "prefix": "Bearer "}),
+    ];
+    if opts.contains(&b'q') {
+        sources.push(serde_json::json!({"query": "apikey"}));
+    }
+    let json = serde_json::json!({
+        "store": {"cluster": "keystore"},
+        "anonymous_paths": ["/public"],
+        "required_roles": [{"prefix": "/private/", "roles": ["admin"]}],
+        "invalidate_paths": ["/api/v1/admin/"],
+        "key_sources": sources,
+        "hide_credentials": opts.contains(&b'h'),
+    });
+    Config::from_json(json.to_string().as_bytes()).expect("the fuzz configuration is valid")
+}
+
+fn fold(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+fn unhex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+fn decode_once(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                b.get(i + 1).and_then(|c| unhex(*c)),
+                b.get(i + 2).and_then(|c| unhex(*c)),
+            ) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The path as a lenient upstream resolves it, lowercase: written from README.md's rules.
+fn lenient_reading(path: &str) -> (String, bool) {
+    let part = path.split(['?', '#']).next().unwrap_or(path);
+    let mut b = part.as_bytes().to_vec();
+    for _ in 0..3 {
+        b = decode_once(&b);
+    }
+    let text = String::from_utf8_lossy(&b).replace('\\', "/").to_ascii_lowercase();
+    let mut out: Vec<String> = Vec::new();
+    let mut had_dots = false;
+    for seg in text.split('/') {
+        let seg = seg.split(';').next().unwrap_or("");
+        let seg = if seg == "." || seg == ".." { seg } else { seg.trim_end_matches(['.', ' ']) };
+        match seg {
+            "" => {}
+            "." => had_dots = true,
+            ".." => {
+                had_dots = true;
+                out.pop();
+            }
+            s => out.push(s.to_string()),
+        }
+    }
+    (format!("/{}", out.join("/")), had_dots)
+}
+
+fn under(path: &str, prefix: &str) -> bool {
+    path == prefix || path.starts_with(&format!("{prefix}/"))
+}
+
+fn header_holds(value: &[u8], key: &[u8]) -> bool {
+    let t = |v: &[u8]| -> Vec<u8> {
+        let s = String::from_utf8_lossy(v);
+        s.trim_matches([' ', '\t']).as_bytes().to_vec()
+    };
+    t(value) == key
+        || (value.len() >= 7 && value[..7].eq_ignore_ascii_case(b"Bearer ") && t(&value[7..]) == key)
+}
+
+fn check_plan(
+    cfg: &Config,
+    headers: &[(String, Vec<u8>)],
+    path: &str,
+    plan: &Plan,
+    key: Option<&[u8]>,
+) {
+    let mut io = Recorder::default();
+    plan.carry_out(&mut io);
+    let kept: Vec<&(String, Vec<u8>)> = headers
+        .iter()
+        .filter(|(n, _)| !io.removed.contains(n))
+        .collect();
+    for (n, _) in &kept {
+        assert!(!IDENTITY.contains(&fold(n).as_str()), "identity header {n:?} survives");
+    }
+    let (reading, had_dots) = lenient_reading(path);
+    if under(&reading, "/private") {
+        assert!(!cfg.role_allowed(&plan.route, "member"), "{path:?} ({reading}) skips the rule");
+        assert!(!plan.anonymous, "{path:?} anonymous but reads as {reading}");
+    }
+    if plan.anonymous {
+        assert!(under(&reading, "/public"), "{path:?} anonymous, reads as {reading}");
+        assert!(!had_dots, "{path:?} anonymous with dot segments");
+        let part = path.split(['?', '#']).next().unwrap_or(path);
+        let lower = part.to_ascii_lowercase();
+        assert!(!lower.contains("%2f") && !lower.contains("%5c") && !part.contains('\\'));
+    }
+    let (Some(key), true) = (key, cfg.hide_credentials) else { return };
+    for (n, v) in kept {
+        if !n.starts_with(':') && n != "host" {
+            assert!(!header_holds(v, key), "the key is still in {n}");
+        }
+    }
+    let new_path = plan.path.as_deref().unwrap_or(path);
+    for pair in key::query_of(new_path).split('&') {
+        let v = pair.split_once('=').map_or("", |(_, v)| v);
+        let form = decode_strict(&v.replace('+', " "));
+        assert!(v.as_bytes() != key && form.as_deref() != Some(key), "key left in {new_path:?}");
+    }
+}
+
+/// `%XX` decoding that fails on a malformed escape.
+fn decode_strict(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            out.push(unhex(*b.get(i + 1)?)? * 16 + unhex(*b.get(i + 2)?)?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (opts, rest) = first_line(data);
+    let cfg = config(opts);
+    let (path_line, rest) = first_line(rest.unwrap_or_default());
+    let (method, mut rest) = first_line(rest.unwrap_or_default());
+    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+    if path_line != b"-" {
+        headers.push((":path".into(), path_line.to_vec()));
+    }
+    headers.push((":method".into(), method.to_vec()));
+    while let Some(r) = rest {
+        let (line, next) = first_line(r);
+        rest = next;
+        let split = line.iter().skip(1).position(|&b| b == b':').map(|i| i + 1);
+        let (name, value) = match split {
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => (line, &[][..]),
+        };
+        headers.push((String::from_utf8_lossy(name).to_ascii_lowercase(), value.to_vec()));
+    }
+    let admission = admission::admit(&cfg, &headers);
+    let Ok(path) = std::str::from_utf8(path_line).map(str::to_string) else {
+        assert_eq!(admission, Admission::Refuse(Refusal::BadRequest, None));
+        return;
+    };
+    if path_line == b"-" {
+        assert_eq!(admission, Admission::Refuse(Refusal::BadRequest, None));
+        return;
+    }
+    let extracted = key::extract(&cfg.key_sources, &headers, key::query_of(&path));
+    match &admission {
+        Admission::Refuse(Refusal::BadRequest, None) => {}
+        Admission::Refuse(r, e) => {
+            assert_eq!(Some(extracted.clone().unwrap_err()), *e);
+            assert_eq!(*r == Refusal::DuplicateKey, *e == Some(KeyError::Duplicate));
+        }
+        Admission::Pass(plan) => {
+            assert!(plan.anonymous && extracted.is_err());
+            check_plan(&cfg, &headers, &path, plan, None);
+        }
+        Admission::Check(id, plan) => {
+            let k = extracted.expect("a key was checked");
+            assert_eq!(*id, KeyId::of(&k));
+            check_plan(&cfg, &headers, &path, plan, Some(&k));
+        }
+    }
+});
