@@ -67,7 +67,7 @@ impl Deferred {
 pub enum Admission<'a> {
     /// Answer now; the key error, if the refusal is about a key.
     Refuse(Refusal, Option<KeyError>),
-    /// An anonymous path without a key: go on without identity.
+    /// An anonymous path without a key, or a CORS preflight: go on without identity.
     Pass(Plan<'a>),
     /// Look the key up, then go on or refuse.
     Check(KeyId, Plan<'a>),
@@ -101,6 +101,9 @@ pub fn admit<'a>(cfg: &Config, headers: &'a Headers) -> Admission<'a> {
         anonymous: cfg.is_anonymous(&route),
         route,
     };
+    if !cfg.run_on_preflight && is_preflight(method, headers) {
+        return Admission::Pass(plan);
+    }
     let found = key::extract(&cfg.key_sources, headers, key::query_of(path));
     match found {
         Ok(raw_key) => {
@@ -124,6 +127,14 @@ pub fn admit<'a>(cfg: &Config, headers: &'a Headers) -> Admission<'a> {
             Admission::Refuse(refusal, Some(e))
         }
     }
+}
+
+/// A CORS preflight: `OPTIONS` with `origin` and `access-control-request-method` (Fetch
+/// standard). Browsers send it without credentials.
+fn is_preflight(method: &[u8], headers: &Headers) -> bool {
+    method == b"OPTIONS"
+        && header(headers, "origin").is_some()
+        && header(headers, "access-control-request-method").is_some()
 }
 
 /// The names of the client-sent headers (or trailers) that spell an identity header, in any
@@ -329,6 +340,31 @@ mod tests {
         assert!(plan(&admit(&c, &h)).invalidates);
         h[0].1 = b"GET".to_vec();
         assert!(!plan(&admit(&c, &h)).invalidates);
+    }
+
+    #[test]
+    fn cors_preflights_pass_without_a_key_unless_run_on_preflight() {
+        let preflight = |c: &Config| {
+            let mut h = req(
+                b"/private/x",
+                &[
+                    ("origin", b"https://app.example"),
+                    ("access-control-request-method", b"POST"),
+                    ("x_role", b"admin"),
+                ],
+            );
+            h[0].1 = b"OPTIONS".to_vec();
+            matches!(admit(c, &h), Admission::Pass(p) if p.remove == ["x_role"])
+        };
+        assert!(preflight(&cfg("")));
+        assert!(!preflight(&cfg(r#","run_on_preflight":true"#)));
+        // An OPTIONS that is not a preflight is authenticated like any request.
+        let mut h = req(b"/private/x", &[("origin", b"https://app.example")]);
+        h[0].1 = b"OPTIONS".to_vec();
+        assert!(matches!(
+            admit(&cfg(""), &h),
+            Admission::Refuse(Refusal::Unauthorized, _)
+        ));
     }
 
     #[test]

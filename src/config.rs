@@ -22,6 +22,9 @@ pub struct Config {
     pub hide_credentials: bool,
     pub anonymous_paths: Vec<Prefix>,
     pub required_roles: Vec<RoleRule>,
+    /// Authenticate CORS preflights too (Kong's `run_on_preflight`); off: they pass without a
+    /// key (browsers send them without credentials), identity headers still removed.
+    pub run_on_preflight: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +141,8 @@ struct RawConfig {
     anonymous_paths: Vec<String>,
     #[serde(default)]
     required_roles: Vec<RawRoleRule>,
+    #[serde(default)]
+    run_on_preflight: bool,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +257,7 @@ impl TryFrom<RawConfig> for Config {
             hide_credentials: raw.hide_credentials,
             anonymous_paths: prefixes("anonymous_paths", raw.anonymous_paths)?,
             required_roles: role_rules(raw.required_roles)?,
+            run_on_preflight: raw.run_on_preflight,
         })
     }
 }

@@ -88,7 +88,8 @@ pub fn parse_lookup(resp: &CallResponse) -> LookupAnswer {
                         LookupAnswer::Found(identity)
                     } else {
                         LookupAnswer::Error(StoreError::BadBody(
-                            "identity field empty, too long, not visible ASCII or with a comma".into(),
+                            "identity field empty, too long, not visible ASCII or with a comma"
+                                .into(),
                         ))
                     }
                 }

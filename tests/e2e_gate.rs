@@ -295,3 +295,64 @@ fn anonymous_paths_authenticate_when_they_can() {
     assert_eq!(s, 200, "{body}");
     assert!(env.a.stat("keygate_requests_anonymous") >= 4);
 }
+
+/// Envoy's CORS filter in front of keygate, allowing one origin on every route.
+fn with_cors_in_front(template: &str) -> String {
+    let vhost = "            - name: api\n              domains: [\"*\"]\n";
+    let filters = "          http_filters:\n";
+    assert!(template.contains(vhost) && template.contains(filters));
+    template
+        .replacen(
+            vhost,
+            &format!(
+                "{vhost}              typed_per_filter_config:\n                \
+                 envoy.filters.http.cors:\n                  \
+                 \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy\n                  \
+                 allow_origin_string_match: [{{ exact: \"https://app.example\" }}]\n                  \
+                 allow_methods: \"GET, POST\"\n                  allow_headers: \"x-api-key\"\n"
+            ),
+            1,
+        )
+        .replacen(
+            filters,
+            &format!(
+                "{filters}          - name: envoy.filters.http.cors\n            typed_config:\n              \
+                 \"@type\": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors\n"
+            ),
+            1,
+        )
+}
+
+fn preflight(envoy: &keygate_harness::Envoy, origin: &str) -> (u16, String) {
+    let head = format!(
+        "OPTIONS /private/items HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\
+         origin: {origin}\r\naccess-control-request-method: POST\r\nx_role: admin\r\n\r\n"
+    );
+    raw_exchange(envoy, head.as_bytes())
+}
+
+#[test]
+fn cors_preflights_pass_without_a_key_unless_run_on_preflight() {
+    let template = with_cors_in_front(&undefended_template());
+    let env = start(gate_config(), template.clone());
+    // A known origin: Envoy's CORS filter answers the preflight itself.
+    let (s, _) = preflight(&env.a, "https://app.example");
+    assert_eq!(s, 200);
+    // Another origin: forwarded; keygate lets the preflight through without identity.
+    let (s, body) = preflight(&env.a, "https://other.example");
+    assert_eq!(s, 200, "{body}");
+    let seen = echo(&body);
+    assert_eq!(seen["method"], "OPTIONS");
+    assert!(seen["headers"].get("x_role").is_none(), "{seen}");
+    // An OPTIONS request that is not a preflight needs a key.
+    let (s, _) = raw_get(&env.a, "/private/items", &[]);
+    assert_eq!(s, 401);
+    drop(env);
+
+    let strict = start(
+        config_with(json!({ "run_on_preflight": true, "anonymous_paths": [] })),
+        template,
+    );
+    let (s, _) = preflight(&strict.a, "https://other.example");
+    assert_eq!(s, 401, "run_on_preflight authenticates preflights");
+}

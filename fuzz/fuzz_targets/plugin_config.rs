@@ -169,6 +169,7 @@ fn to_json(c: &Config) -> serde_json::Value {
         "hide_credentials": c.hide_credentials,
         "anonymous_paths": c.anonymous_paths.iter().map(prefix_text).collect::<Vec<_>>(),
         "required_roles": roles,
+        "run_on_preflight": c.run_on_preflight,
     })
 }
 
