@@ -1,5 +1,8 @@
 //! HTTP API: the key-store protocol used by the Envoy filter, the admin API, health and
-//! metrics.
+//! metrics. The key lifecycle's endpoints (named keys, expiry, rotation with grace, usage
+//! reports, claims, the audit trail) are in [`lifecycle`].
+
+mod lifecycle;
 
 use crate::error::{json_error, ApiError, ErrorDetail, BODY_LIMIT};
 use crate::keys::{
@@ -7,7 +10,7 @@ use crate::keys::{
     ROLE_ROOT, SYSTEM_ACCOUNT,
 };
 use crate::metrics::{inc, Metrics};
-use crate::store::{Changes, Identity, Store};
+use crate::store::{Actor, Changes, Identity, KeySpec, Store, DEFAULT_KEY_NAME};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
@@ -49,10 +52,31 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/keys/{key_id}", get(lookup_key))
         .route("/v1/changes", get(changes))
+        .route(
+            "/v1/usage",
+            post(lifecycle::record_usage).layer(DefaultBodyLimit::max(lifecycle::USAGE_BODY_LIMIT)),
+        )
+        .route("/api/v1/admin/audit", get(lifecycle::audit_all))
         .route("/api/v1/admin/accounts", post(create_account))
         .route(
             "/api/v1/admin/accounts/{account}",
-            axum::routing::delete(revoke_account),
+            axum::routing::delete(revoke_account).patch(lifecycle::set_account),
+        )
+        .route(
+            "/api/v1/admin/accounts/{account}/audit",
+            get(lifecycle::audit_of_account),
+        )
+        .route(
+            "/api/v1/admin/accounts/{account}/users/{user}/keys",
+            get(lifecycle::list_keys).post(lifecycle::create_key),
+        )
+        .route(
+            "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}",
+            patch(lifecycle::update_key).delete(lifecycle::revoke_key),
+        )
+        .route(
+            "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}/rotate",
+            post(lifecycle::rotate_one_key),
         )
         .route(
             "/api/v1/admin/accounts/{account}/users",
@@ -265,6 +289,14 @@ impl Caller {
         self.0.account_id == account && self.0.user_id == user
     }
 
+    /// The caller as recorded in the audit trail.
+    fn actor(&self) -> Actor {
+        Actor {
+            account_id: self.0.account_id.clone(),
+            user_id: self.0.user_id.clone(),
+        }
+    }
+
     fn require(&self, allowed: bool) -> Result<(), ApiError> {
         if allowed {
             Ok(())
@@ -366,9 +398,23 @@ fn parse_optional_body<T: DeserializeOwned + Default>(
 }
 
 /// A key for a create or rotate call: the administrator's `user_key` when one was provided
-/// (validated), otherwise a freshly minted one. Returns the raw key, its key id and whether
-/// it was imported.
-fn issue_key(provided: Option<String>) -> Result<(String, String, bool), ApiError> {
+/// (validated), otherwise a freshly minted one, named `name`, expiring at `expires_at` (RFC
+/// 3339, in the future). Returns the raw key, what to store and whether it was imported.
+fn issue_key(
+    provided: Option<String>,
+    name: &str,
+    expires_at: Option<&str>,
+) -> Result<(String, KeySpec, bool), ApiError> {
+    let expires_at = expires_at.map(lifecycle::future_time).transpose()?;
+    let (raw, id, imported) = issue_raw_key(provided)?;
+    let mut spec = KeySpec::named(id, name);
+    spec.hint = Some(crate::store::hint(&raw));
+    spec.expires_at = expires_at;
+    Ok((raw, spec, imported))
+}
+
+/// The raw key (imported or minted), its key id and whether it was imported.
+fn issue_raw_key(provided: Option<String>) -> Result<(String, String, bool), ApiError> {
     let (raw, imported) = match provided {
         Some(raw) => {
             validate_imported_key(&raw).map_err(ApiError::BadRequest)?;
@@ -403,6 +449,9 @@ struct CreateAccount {
     /// A key to import instead of minting one.
     #[serde(default)]
     user_key: Option<String>,
+    /// When the key expires (RFC 3339).
+    #[serde(default)]
+    expires_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -427,12 +476,15 @@ async fn create_account(
             "account ids starting with '_' are reserved".into(),
         ));
     }
-    let (raw, id, imported) = issue_key(req.user_key)?;
+    let (raw, key, imported) =
+        issue_key(req.user_key, DEFAULT_KEY_NAME, req.expires_at.as_deref())?;
+    let id = key.key_id.clone();
     st.store
         .create_account(
+            caller.actor(),
             req.account_id.clone(),
             req.admin_user_id.clone(),
-            id.clone(),
+            key,
         )
         .await?;
     tracing::info!(
@@ -460,6 +512,9 @@ struct CreateUser {
     /// A key to import instead of minting one.
     #[serde(default)]
     user_key: Option<String>,
+    /// When the key expires (RFC 3339).
+    #[serde(default)]
+    expires_at: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -468,6 +523,12 @@ struct RotateKey {
     /// A key to import instead of minting one.
     #[serde(default)]
     user_key: Option<String>,
+    /// When the new key expires (RFC 3339).
+    #[serde(default)]
+    expires_at: Option<String>,
+    /// How long the old keys stay valid, in seconds (default 0: revoked at once).
+    #[serde(default)]
+    grace_s: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -489,13 +550,16 @@ async fn create_user(
     let req: CreateUser = parse_body(&headers, body)?;
     check_id("user_id", &req.user_id)?;
     check_role(&req.role)?;
-    let (raw, id, imported) = issue_key(req.user_key)?;
+    let (raw, key, imported) =
+        issue_key(req.user_key, DEFAULT_KEY_NAME, req.expires_at.as_deref())?;
+    let id = key.key_id.clone();
     st.store
         .create_user(
+            caller.actor(),
             account.clone(),
             req.user_id.clone(),
             req.role.clone(),
-            id.clone(),
+            key,
         )
         .await?;
     tracing::info!(
@@ -529,18 +593,22 @@ async fn rotate_key(
     )?;
     check_not_system(&account)?;
     let req: RotateKey = parse_optional_body(&headers, body)?;
-    let (raw, id, imported) = issue_key(req.user_key)?;
-    let revoked = st
+    let grace_s = lifecycle::check_grace(req.grace_s)?;
+    let (raw, key, imported) =
+        issue_key(req.user_key, DEFAULT_KEY_NAME, req.expires_at.as_deref())?;
+    let id = key.key_id.clone();
+    let replaced = st
         .store
-        .rotate_key(account.clone(), user.clone(), id.clone())
+        .rotate_key(caller.actor(), account.clone(), user.clone(), key, grace_s)
         .await?;
-    let old: Vec<&str> = revoked.iter().map(|k| log_prefix(k)).collect();
+    let old: Vec<&str> = replaced.iter().map(|k| log_prefix(k)).collect();
     tracing::info!(
         %account,
         %user,
         key = log_prefix(&id),
         imported,
-        revoked = ?old,
+        grace_s,
+        replaced = ?old,
         "key rotated"
     );
     Ok(with_key(
@@ -579,7 +647,12 @@ async fn set_role(
     check_role(&req.role)?;
     let previous = st
         .store
-        .set_role(account.clone(), user.clone(), req.role.clone())
+        .set_role(
+            caller.actor(),
+            account.clone(),
+            user.clone(),
+            req.role.clone(),
+        )
         .await?;
     tracing::info!(%account, %user, from = %previous, to = %req.role, "role changed");
     Ok(Json(UserRole {
@@ -598,7 +671,10 @@ async fn revoke_user(
     check_id("user", &user)?;
     caller.require(caller.is_root() || caller.is_admin_of(&account))?;
     check_not_system(&account)?;
-    let revoked = st.store.revoke_user(account.clone(), user.clone()).await?;
+    let revoked = st
+        .store
+        .revoke_user(caller.actor(), account.clone(), user.clone())
+        .await?;
     tracing::info!(%account, %user, revoked, "user revoked");
     Ok(Json(json!({ "revoked": revoked })))
 }
@@ -612,7 +688,10 @@ async fn revoke_account(
     check_id("account", &account)?;
     caller.require(caller.is_root())?;
     check_not_system(&account)?;
-    let revoked = st.store.revoke_account(account.clone()).await?;
+    let revoked = st
+        .store
+        .revoke_account(caller.actor(), account.clone())
+        .await?;
     tracing::info!(%account, revoked, "account revoked");
     Ok(Json(json!({ "revoked": revoked })))
 }

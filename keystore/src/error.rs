@@ -17,6 +17,8 @@ pub enum ApiError {
     NotFound(String),
     Conflict(String),
     PayloadTooLarge,
+    /// 413 with its own message (a limit other than the body size).
+    TooLarge(String),
     /// The database cannot be reached (the detail is logged, never sent).
     Unavailable(String),
     Internal(String),
@@ -39,7 +41,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge | ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -50,7 +52,8 @@ impl ApiError {
             ApiError::BadRequest(m)
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
-            | ApiError::Conflict(m) => m.clone(),
+            | ApiError::Conflict(m)
+            | ApiError::TooLarge(m) => m.clone(),
             ApiError::Unauthorized => "unauthorized".into(),
             ApiError::PayloadTooLarge => {
                 format!("request body too large (at most {BODY_LIMIT} bytes)")
@@ -64,9 +67,9 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::AccountNotFound(_) | StoreError::UserNotFound { .. } => {
-                ApiError::NotFound(e.to_string())
-            }
+            StoreError::AccountNotFound(_)
+            | StoreError::UserNotFound { .. }
+            | StoreError::KeyNotFound { .. } => ApiError::NotFound(e.to_string()),
             StoreError::AccountExists(_)
             | StoreError::UserExists { .. }
             | StoreError::KeyExists => ApiError::Conflict(e.to_string()),

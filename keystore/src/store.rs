@@ -15,18 +15,38 @@
 //! Each write also appends its change-log rows and prunes the change log, in the same
 //! transaction, so nothing is ever half-written.
 
+mod lifecycle;
 mod postgres;
 mod sql;
 mod sqlite;
 
+pub use lifecycle::{
+    hint, key_ref, parse_rfc3339, rfc3339, validate_claims, Actor, AuditEntry, AuditPage, Claims,
+    KeyInfo, KeyPatch, KeySpec, Target, DEFAULT_KEY_NAME, KEY_REF_LEN, MAX_AUDIT_PAGE,
+};
+
 use crate::keys::{ROLE_ADMIN, ROLE_ROOT, ROOT_USER, SYSTEM_ACCOUNT};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Most change-log rows returned by one [`Store::changes`] call.
 pub const CHANGES_PAGE: usize = 1000;
+
+/// The schema version this keystore writes: version 1 plus one per migration step.
+pub(crate) const SCHEMA_VERSION: i64 = 2;
+const _: () = assert!(SCHEMA_VERSION == 1 + sql::SQLITE_MIGRATIONS.len() as i64);
+const _: () = assert!(SCHEMA_VERSION == 1 + sql::POSTGRES_MIGRATIONS.len() as i64);
+
+/// The migration steps a database at `version` still needs (all of them for a new one).
+pub(crate) fn steps_after(
+    version: i64,
+    steps: &'static [&'static str],
+) -> impl Iterator<Item = &'static str> {
+    let done = usize::try_from(version.saturating_sub(1)).unwrap_or(0);
+    steps.iter().skip(done).copied()
+}
 
 /// Default size of the PostgreSQL connection pool of one keystore process.
 pub const DEFAULT_POOL_SIZE: usize = 8;
@@ -36,6 +56,8 @@ const KIND_CREATED: &str = "created";
 const KIND_REVOKED: &str = "revoked";
 const KIND_ROTATED: &str = "rotated";
 const KIND_ROLE: &str = "role_changed";
+const KIND_EXPIRY: &str = "expiry_changed";
+const KIND_CLAIMS: &str = "claims_changed";
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +73,13 @@ pub enum StoreError {
     /// The key id is already in the store (active or revoked). The message never says whose.
     #[error("user_key is already in use or was used before; keys are never reused")]
     KeyExists,
+    /// No unrevoked key of this user has this key reference.
+    #[error("key {key} not found for user {user} in account {account}")]
+    KeyNotFound {
+        account: String,
+        user: String,
+        key: String,
+    },
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),
     #[error("database error: {0}")]
@@ -62,12 +91,18 @@ pub enum StoreError {
     Internal(String),
 }
 
-/// Who an active key belongs to.
+/// Who an active key belongs to: the answer of the key-store protocol's lookup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Identity {
     pub account_id: String,
     pub user_id: String,
     pub role: String,
+    /// When the key expires (Unix seconds); absent: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// The account's claims overridden by the key's; absent when there are none.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: Claims,
 }
 
 /// A user as listed by the admin API.
@@ -105,6 +140,8 @@ pub enum Changes {
 pub(crate) enum Arg<'a> {
     Text(&'a str),
     Int(i64),
+    OptText(Option<&'a str>),
+    OptInt(Option<i64>),
 }
 
 /// One column value of a result row.
@@ -140,6 +177,16 @@ impl Row {
             Some(v) => Ok(v),
             None => Err(StoreError::Internal(format!(
                 "column {i}: expected an integer, got NULL"
+            ))),
+        }
+    }
+
+    fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        match self.cell(i)? {
+            Cell::Text(s) => Ok(Some(s.clone())),
+            Cell::Null => Ok(None),
+            other @ Cell::Int(_) => Err(StoreError::Internal(format!(
+                "column {i}: expected text, got {other:?}"
             ))),
         }
     }
@@ -286,28 +333,37 @@ async fn require_user<D: Db>(db: &mut D, account: &str, user: &str) -> Result<St
     }
 }
 
+/// Inserts a key of (account, user) created by `by` (`None`: the keystore's configuration).
 async fn insert_key<D: Db>(
     db: &mut D,
-    key_id: &str,
+    key: &KeySpec,
     account: &str,
     user: &str,
+    by: Option<&Actor>,
     at: i64,
 ) -> Result<(), StoreError> {
     // Only an imported key can collide; checked here so the whole transaction rolls back.
-    if exists(db, sql::KEY_EXISTS, &[Arg::Text(key_id)]).await? {
+    if exists(db, sql::KEY_EXISTS, &[Arg::Text(&key.key_id)]).await? {
         return Err(StoreError::KeyExists);
     }
+    let created_by = by.map(Actor::name);
+    let claims = lifecycle::claims_text(key.claims.as_ref())?;
     db.exec(
         sql::INSERT_KEY,
         &[
-            Arg::Text(key_id),
+            Arg::Text(&key.key_id),
             Arg::Text(account),
             Arg::Text(user),
             Arg::Int(at),
+            Arg::Text(&key.name),
+            Arg::OptText(key.hint.as_deref()),
+            Arg::OptText(created_by.as_deref()),
+            Arg::OptInt(key.expires_at),
+            Arg::OptText(claims.as_deref()),
         ],
     )
     .await?;
-    log_change(db, key_id, KIND_CREATED, at).await
+    log_change(db, &key.key_id, KIND_CREATED, at).await
 }
 
 /// Revokes the active keys of one user (or, with `user = None`, of a whole account), logging
@@ -372,13 +428,20 @@ struct Lookup {
 
 impl Job for Lookup {
     type Out = Option<Identity>;
-    async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<Option<Identity>, StoreError> {
-        match first(db, sql::LOOKUP, &[Arg::Text(&self.key_id)]).await? {
-            Some(row) => Ok(Some(Identity {
-                account_id: row.text(0)?,
-                user_id: row.text(1)?,
-                role: row.text(2)?,
-            })),
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<Option<Identity>, StoreError> {
+        let args = [Arg::Text(&self.key_id), Arg::Int(at)];
+        match first(db, sql::LOOKUP, &args).await? {
+            Some(row) => {
+                let mut claims = lifecycle::parse_claims(row.opt_text(4)?)?;
+                claims.extend(lifecycle::parse_claims(row.opt_text(5)?)?);
+                Ok(Some(Identity {
+                    account_id: row.text(0)?,
+                    user_id: row.text(1)?,
+                    role: row.text(2)?,
+                    expires_at: row.opt_int(3)?,
+                    claims,
+                }))
+            }
             None => Ok(None),
         }
     }
@@ -518,7 +581,10 @@ impl Job for UpsertRootKey {
             None => None,
         };
         match existing {
-            None => insert_key(db, key_id, SYSTEM_ACCOUNT, ROOT_USER, at).await?,
+            None => {
+                let key = KeySpec::named(key_id.to_owned(), lifecycle::DEFAULT_KEY_NAME);
+                insert_key(db, &key, SYSTEM_ACCOUNT, ROOT_USER, None, at).await?
+            }
             Some((account, user, _)) if account != SYSTEM_ACCOUNT || user != ROOT_USER => {
                 return Err(StoreError::Internal(
                     "the configured root key is already issued to another user".into(),
@@ -553,9 +619,10 @@ impl Job for UpsertRootKey {
 }
 
 struct CreateAccount {
+    actor: Actor,
     account: String,
     admin_user: String,
-    key_id: String,
+    key: KeySpec,
 }
 
 impl Job for CreateAccount {
@@ -579,15 +646,20 @@ impl Job for CreateAccount {
             ],
         )
         .await?;
-        insert_key(db, &self.key_id, &self.account, &self.admin_user, at).await
+        let (account, user) = (self.account.as_str(), self.admin_user.as_str());
+        insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
+        let detail = serde_json::json!({ "admin_user_id": user, "key": key_ref(&self.key.key_id) });
+        let entry = lifecycle::Audit::new(&self.actor, "account.create", account, account);
+        entry.detail(detail).write(db, at).await
     }
 }
 
 struct CreateUser {
+    actor: Actor,
     account: String,
     user: String,
     role: String,
-    key_id: String,
+    key: KeySpec,
 }
 
 impl Job for CreateUser {
@@ -611,27 +683,53 @@ impl Job for CreateUser {
             ],
         )
         .await?;
-        insert_key(db, &self.key_id, &self.account, &self.user, at).await
+        let (account, user) = (self.account.as_str(), self.user.as_str());
+        insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
+        let detail = serde_json::json!({ "role": self.role, "key": key_ref(&self.key.key_id) });
+        let object = format!("{account}/{user}");
+        let entry = lifecycle::Audit::new(&self.actor, "user.create", account, &object);
+        entry.detail(detail).write(db, at).await
     }
 }
 
 struct RotateKey {
+    actor: Actor,
     account: String,
     user: String,
-    new_key_id: String,
+    key: KeySpec,
+    grace_s: i64,
 }
 
 impl Job for RotateKey {
     type Out = Vec<String>;
     async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<Vec<String>, StoreError> {
-        require_user(db, &self.account, &self.user).await?;
-        let revoked = revoke_keys(db, &self.account, Some(&self.user), KIND_ROTATED, at).await?;
-        insert_key(db, &self.new_key_id, &self.account, &self.user, at).await?;
-        Ok(revoked)
+        let (account, user) = (self.account.as_str(), self.user.as_str());
+        require_user(db, account, user).await?;
+        let old = if self.grace_s == 0 {
+            revoke_keys(db, account, Some(user), KIND_ROTATED, at).await?
+        } else {
+            let until = at.saturating_add(self.grace_s);
+            let args = [Arg::Int(until), Arg::Text(account), Arg::Text(user)];
+            let expiring = texts(db, sql::EXPIRE_USER_KEYS, &args).await?;
+            for key_id in &expiring {
+                log_change(db, key_id, KIND_EXPIRY, at).await?;
+            }
+            expiring
+        };
+        insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
+        let old_refs: Vec<&str> = old.iter().map(|k| key_ref(k)).collect();
+        let detail = serde_json::json!({
+            "key": key_ref(&self.key.key_id), "old_keys": old_refs, "grace_s": self.grace_s
+        });
+        let object = format!("{account}/{user}");
+        let entry = lifecycle::Audit::new(&self.actor, "user.rotate_key", account, &object);
+        entry.detail(detail).write(db, at).await?;
+        Ok(old)
     }
 }
 
 struct SetRole {
+    actor: Actor,
     account: String,
     user: String,
     role: String,
@@ -661,11 +759,16 @@ impl Job for SetRole {
                 log_change(db, key_id, KIND_ROLE, at).await?;
             }
         }
+        let detail = serde_json::json!({ "from": previous, "to": self.role });
+        let object = format!("{}/{}", self.account, self.user);
+        let entry = lifecycle::Audit::new(&self.actor, "user.set_role", &self.account, &object);
+        entry.detail(detail).write(db, at).await?;
         Ok(previous)
     }
 }
 
 struct RevokeUser {
+    actor: Actor,
     account: String,
     user: String,
 }
@@ -684,11 +787,18 @@ impl Job for RevokeUser {
             ],
         )
         .await?;
+        let object = format!("{}/{}", self.account, self.user);
+        let entry = lifecycle::Audit::new(&self.actor, "user.revoke", &self.account, &object);
+        entry
+            .detail(serde_json::json!({ "keys": revoked.len() }))
+            .write(db, at)
+            .await?;
         Ok(revoked.len())
     }
 }
 
 struct RevokeAccount {
+    actor: Actor,
     account: String,
 }
 
@@ -700,6 +810,12 @@ impl Job for RevokeAccount {
         let args = [Arg::Int(at), Arg::Text(&self.account)];
         db.exec(sql::REVOKE_ACCOUNT_USERS, &args).await?;
         db.exec(sql::REVOKE_ACCOUNT, &args).await?;
+        let account = self.account.as_str();
+        let entry = lifecycle::Audit::new(&self.actor, "account.revoke", account, account);
+        entry
+            .detail(serde_json::json!({ "keys": revoked.len() }))
+            .write(db, at)
+            .await?;
         Ok(revoked.len())
     }
 }
@@ -808,17 +924,19 @@ impl Store {
         self.write(UpsertRootKey { key_id }).await
     }
 
-    /// Creates an account and its admin user (role `admin`) holding key `key_id`.
+    /// Creates an account and its admin user (role `admin`) holding `key`.
     pub async fn create_account(
         &self,
+        actor: Actor,
         account: String,
         admin_user: String,
-        key_id: String,
+        key: KeySpec,
     ) -> Result<(), StoreError> {
         self.write(CreateAccount {
+            actor,
             account,
             admin_user,
-            key_id,
+            key,
         })
         .await
     }
@@ -827,31 +945,39 @@ impl Store {
     /// reused, not even those of revoked users.
     pub async fn create_user(
         &self,
+        actor: Actor,
         account: String,
         user: String,
         role: String,
-        key_id: String,
+        key: KeySpec,
     ) -> Result<(), StoreError> {
         self.write(CreateUser {
+            actor,
             account,
             user,
             role,
-            key_id,
+            key,
         })
         .await
     }
 
-    /// Replaces the user's active key(s) with `new_key_id`. Returns the revoked key ids.
+    /// Gives the user the new key `key`. With `grace_s` 0 the user's other keys are revoked;
+    /// otherwise they expire `grace_s` seconds from now (or earlier, if they already expire
+    /// earlier). Returns the key ids revoked or given the grace expiry.
     pub async fn rotate_key(
         &self,
+        actor: Actor,
         account: String,
         user: String,
-        new_key_id: String,
+        key: KeySpec,
+        grace_s: i64,
     ) -> Result<Vec<String>, StoreError> {
         self.write(RotateKey {
+            actor,
             account,
             user,
-            new_key_id,
+            key,
+            grace_s,
         })
         .await
     }
@@ -860,11 +986,13 @@ impl Store {
     /// previous role.
     pub async fn set_role(
         &self,
+        actor: Actor,
         account: String,
         user: String,
         role: String,
     ) -> Result<String, StoreError> {
         self.write(SetRole {
+            actor,
             account,
             user,
             role,
@@ -873,13 +1001,122 @@ impl Store {
     }
 
     /// Revokes a user and its keys. Returns the number of keys revoked.
-    pub async fn revoke_user(&self, account: String, user: String) -> Result<usize, StoreError> {
-        self.write(RevokeUser { account, user }).await
+    pub async fn revoke_user(
+        &self,
+        actor: Actor,
+        account: String,
+        user: String,
+    ) -> Result<usize, StoreError> {
+        self.write(RevokeUser {
+            actor,
+            account,
+            user,
+        })
+        .await
     }
 
     /// Revokes an account, its users and all their keys. Returns the number of keys revoked.
-    pub async fn revoke_account(&self, account: String) -> Result<usize, StoreError> {
-        self.write(RevokeAccount { account }).await
+    pub async fn revoke_account(&self, actor: Actor, account: String) -> Result<usize, StoreError> {
+        self.write(RevokeAccount { actor, account }).await
+    }
+
+    /// The unrevoked keys of an active user (expired ones included), oldest first.
+    pub async fn list_keys(
+        &self,
+        account: String,
+        user: String,
+    ) -> Result<Vec<KeyInfo>, StoreError> {
+        self.read(lifecycle::ListKeys { account, user }).await
+    }
+
+    /// Adds `key` to an active user.
+    pub async fn create_key(
+        &self,
+        actor: Actor,
+        account: String,
+        user: String,
+        key: KeySpec,
+    ) -> Result<KeyInfo, StoreError> {
+        self.write(lifecycle::CreateKey {
+            actor,
+            account,
+            user,
+            key,
+        })
+        .await
+    }
+
+    /// Changes a key's name, expiry or claims (expiry and claims changes are logged).
+    pub async fn update_key(
+        &self,
+        actor: Actor,
+        target: Target,
+        patch: KeyPatch,
+    ) -> Result<KeyInfo, StoreError> {
+        self.write(lifecycle::UpdateKey {
+            actor,
+            target,
+            patch,
+        })
+        .await
+    }
+
+    /// Revokes one key; returns its key id.
+    pub async fn revoke_key(&self, actor: Actor, target: Target) -> Result<String, StoreError> {
+        self.write(lifecycle::RevokeKey { actor, target }).await
+    }
+
+    /// Replaces one key by `key` (which takes its name and claims); the old one is revoked
+    /// (`grace_s` 0) or expires `grace_s` seconds from now.
+    pub async fn rotate_one_key(
+        &self,
+        actor: Actor,
+        target: Target,
+        key: KeySpec,
+        grace_s: i64,
+    ) -> Result<KeyInfo, StoreError> {
+        self.write(lifecycle::RotateOne {
+            actor,
+            target,
+            key,
+            grace_s,
+        })
+        .await
+    }
+
+    /// Sets (or with `None`, clears) an account's claims; its active keys are logged.
+    pub async fn set_account_claims(
+        &self,
+        actor: Actor,
+        account: String,
+        claims: Option<Claims>,
+    ) -> Result<(), StoreError> {
+        self.write(lifecycle::SetAccountClaims {
+            actor,
+            account,
+            claims,
+        })
+        .await
+    }
+
+    /// Records that these key ids were used this minute; returns the rows written.
+    pub async fn record_usage(&self, key_ids: Vec<String>) -> Result<u64, StoreError> {
+        self.write(lifecycle::RecordUsage { key_ids }).await
+    }
+
+    /// A page of the audit trail after entry `after`: all of it, or one account's.
+    pub async fn audit(
+        &self,
+        account: Option<String>,
+        after: i64,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        self.read(lifecycle::ReadAudit {
+            account,
+            after,
+            limit,
+        })
+        .await
     }
 
     /// The active users of an active account, by user id.

@@ -23,7 +23,8 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, NoTls};
 
 /// The schema version this keystore writes (the `meta` row `schema_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = super::SCHEMA_VERSION;
+const SET_SCHEMA_VERSION: &str = "UPDATE meta SET value = $1 WHERE name = 'schema_version'";
 /// Rows added to `meta` by the PostgreSQL schema, beside the shared `pruned_through`.
 const POSTGRES_META: &str =
     "INSERT INTO meta (name, value) VALUES ('schema_version', 1), ('writer', 0)";
@@ -60,6 +61,8 @@ fn params<'a>(args: &'a [Arg<'_>]) -> Vec<&'a (dyn ToSql + Sync)> {
         .map(|a| match a {
             Arg::Text(s) => s as &(dyn ToSql + Sync),
             Arg::Int(i) => i as &(dyn ToSql + Sync),
+            Arg::OptText(s) => s as &(dyn ToSql + Sync),
+            Arg::OptInt(i) => i as &(dyn ToSql + Sync),
         })
         .collect()
 }
@@ -143,7 +146,8 @@ impl PgStore {
     }
 
     /// Creates the schema in an empty database (or schema: the first of the `search_path`),
-    /// or checks the version of the one there.
+    /// or checks the version of the one there and migrates it step by step, all in one
+    /// transaction under an advisory lock (replicas starting together migrate once).
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -153,30 +157,51 @@ impl PgStore {
                 .query_one("SELECT to_regclass('meta') IS NOT NULL", &[])
                 .await?
                 .try_get(0)?;
-            if !has_meta {
+            let version = if has_meta {
+                existing_version(&tx).await?
+            } else {
                 tx.batch_execute(sql::POSTGRES_SCHEMA).await?;
                 tx.batch_execute(POSTGRES_META).await?;
-                return Ok(());
+                1
+            };
+            for step in super::steps_after(version, &sql::POSTGRES_MIGRATIONS) {
+                tx.batch_execute(step).await?;
             }
-            let version: Option<i64> = tx
-                .query_opt("SELECT value FROM meta WHERE name = 'schema_version'", &[])
-                .await?
-                .map(|row| row.try_get(0))
-                .transpose()?;
-            match version {
-                Some(v) if v > SCHEMA_VERSION => Err(StoreError::Internal(format!(
-                    "database schema version {v} is newer than this keystore supports ({SCHEMA_VERSION})"
-                ))),
-                Some(_) => Ok(()),
-                None => Err(StoreError::Internal(
-                    "the database has a table named meta that is not the keystore's: \
-                     give the keystore a database (or schema) of its own"
-                        .into(),
-                )),
+            if version != SCHEMA_VERSION {
+                tx.execute(SET_SCHEMA_VERSION, &[&SCHEMA_VERSION]).await?;
+                if has_meta {
+                    tracing::info!(
+                        from = version,
+                        to = SCHEMA_VERSION,
+                        "database schema migrated"
+                    );
+                }
             }
+            Ok(())
         }
         .await;
         finish(tx, out).await
+    }
+}
+
+/// The schema version of an existing database: refused when newer than this keystore's, or
+/// when `meta` is not the keystore's table.
+async fn existing_version(tx: &deadpool_postgres::Transaction<'_>) -> Result<i64, StoreError> {
+    let version: Option<i64> = tx
+        .query_opt("SELECT value FROM meta WHERE name = 'schema_version'", &[])
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?;
+    match version {
+        Some(v) if v > SCHEMA_VERSION => Err(StoreError::Internal(format!(
+            "database schema version {v} is newer than this keystore supports ({SCHEMA_VERSION})"
+        ))),
+        Some(v) => Ok(v),
+        None => Err(StoreError::Internal(
+            "the database has a table named meta that is not the keystore's: \
+             give the keystore a database (or schema) of its own"
+                .into(),
+        )),
     }
 }
 

@@ -63,6 +63,43 @@ pub const SQLITE_SCHEMA: &str = schema!("INTEGER PRIMARY KEY AUTOINCREMENT");
 /// Schema version 1 on PostgreSQL (the version is the `meta` row `schema_version`).
 pub const POSTGRES_SCHEMA: &str = schema!("BIGSERIAL PRIMARY KEY");
 
+/// The migration steps after version 1, with the engine's type for `audit.id`: step `i`
+/// (from 0) moves the schema from version `i + 1` to `i + 2`. Version 2: key names, expiry,
+/// last use, hints, creators and claims; account claims; the audit trail.
+macro_rules! migrations {
+    ($serial:literal) => {
+        [concat!(
+            "
+ALTER TABLE accounts ADD COLUMN claims TEXT;
+ALTER TABLE keys ADD COLUMN name TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE keys ADD COLUMN hint TEXT;
+ALTER TABLE keys ADD COLUMN created_by TEXT;
+ALTER TABLE keys ADD COLUMN expires_at BIGINT;
+ALTER TABLE keys ADD COLUMN last_used_at BIGINT;
+ALTER TABLE keys ADD COLUMN claims TEXT;
+CREATE TABLE audit (
+    id            ",
+            $serial,
+            ",
+    at            BIGINT NOT NULL,
+    actor_account TEXT NOT NULL,
+    actor_user    TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    account_id    TEXT NOT NULL,
+    object        TEXT NOT NULL,
+    detail        TEXT
+);
+CREATE INDEX audit_by_account ON audit(account_id, id);
+"
+        )]
+    };
+}
+
+/// The migration steps on SQLite.
+pub const SQLITE_MIGRATIONS: [&str; 1] = migrations!("INTEGER PRIMARY KEY AUTOINCREMENT");
+/// The migration steps on PostgreSQL.
+pub const POSTGRES_MIGRATIONS: [&str; 1] = migrations!("BIGSERIAL PRIMARY KEY");
+
 /// The current revision: the newest change row (pruning always keeps at least one), or
 /// `pruned_through` when there is none.
 pub const CURRENT_REVISION: &str = "SELECT COALESCE((SELECT MAX(revision) FROM changes), \
@@ -74,10 +111,13 @@ pub const INSERT_CHANGE: &str = "INSERT INTO changes (key_id, kind, at) VALUES (
 pub const CHANGES_AFTER: &str =
     "SELECT revision, key_id, kind FROM changes WHERE revision > $1 ORDER BY revision LIMIT $2";
 
-pub const LOOKUP: &str = "SELECT k.account_id, k.user_id, u.role FROM keys k \
+/// An active key: unrevoked key, user and account, and not expired at `$2`.
+pub const LOOKUP: &str = "SELECT k.account_id, k.user_id, u.role, k.expires_at, \
+       a.claims, k.claims FROM keys k \
      JOIN users u ON u.account_id = k.account_id AND u.user_id = k.user_id \
      JOIN accounts a ON a.account_id = k.account_id \
      WHERE k.key_id = $1 AND k.revoked_at IS NULL \
+       AND (k.expires_at IS NULL OR k.expires_at > $2) \
        AND u.revoked_at IS NULL AND a.revoked_at IS NULL";
 
 pub const ACCOUNT_EXISTS: &str = "SELECT 1 FROM accounts WHERE account_id = $1";
@@ -109,8 +149,9 @@ pub const LIST_ACTIVE_USERS: &str =
 
 pub const KEY_EXISTS: &str = "SELECT 1 FROM keys WHERE key_id = $1";
 pub const KEY_OWNER: &str = "SELECT account_id, user_id, revoked_at FROM keys WHERE key_id = $1";
-pub const INSERT_KEY: &str =
-    "INSERT INTO keys (key_id, account_id, user_id, created_at) VALUES ($1, $2, $3, $4)";
+pub const INSERT_KEY: &str = "INSERT INTO keys \
+     (key_id, account_id, user_id, created_at, name, hint, created_by, expires_at, claims) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 pub const UNREVOKE_KEY: &str = "UPDATE keys SET revoked_at = NULL WHERE key_id = $1";
 pub const ACTIVE_KEYS: &str =
     "SELECT key_id FROM keys WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL";
@@ -121,6 +162,43 @@ pub const REVOKE_ACCOUNT_KEYS: &str = "UPDATE keys SET revoked_at = $1 \
 pub const REVOKE_OTHER_KEYS: &str = "UPDATE keys SET revoked_at = $1 \
      WHERE account_id = $2 AND user_id = $3 AND key_id <> $4 AND revoked_at IS NULL \
      RETURNING key_id";
+
+/// The unrevoked keys of a user (expired ones included), unordered.
+pub const LIST_KEYS: &str = "SELECT key_id, name, hint, created_at, created_by, expires_at, \
+       last_used_at, claims FROM keys \
+     WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL";
+/// The unrevoked keys of a user whose key id starts with `$3` (a key reference).
+pub const KEYS_BY_REF: &str = "SELECT key_id, name, expires_at, claims FROM keys \
+     WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL \
+       AND substr(key_id, 1, 16) = $3";
+pub const REVOKE_KEY: &str = "UPDATE keys SET revoked_at = $1 WHERE key_id = $2";
+/// Sets (or with NULL, clears) a key's expiry.
+pub const SET_KEY_EXPIRY: &str = "UPDATE keys SET expires_at = $1 WHERE key_id = $2";
+pub const SET_KEY_NAME: &str = "UPDATE keys SET name = $1 WHERE key_id = $2";
+pub const SET_KEY_CLAIMS: &str = "UPDATE keys SET claims = $1 WHERE key_id = $2";
+/// Brings the expiry of the user's unrevoked keys forward to `$1` (a rotation's grace).
+pub const EXPIRE_USER_KEYS: &str = "UPDATE keys SET expires_at = $1 \
+     WHERE account_id = $2 AND user_id = $3 AND revoked_at IS NULL \
+       AND (expires_at IS NULL OR expires_at > $1) RETURNING key_id";
+pub const ACCOUNT_CLAIMS: &str =
+    "SELECT claims FROM accounts WHERE account_id = $1 AND revoked_at IS NULL";
+pub const SET_ACCOUNT_CLAIMS: &str = "UPDATE accounts SET claims = $1 WHERE account_id = $2";
+pub const ACCOUNT_ACTIVE_KEYS: &str =
+    "SELECT key_id FROM keys WHERE account_id = $1 AND revoked_at IS NULL";
+/// Records a use at minute `$1` unless one at that minute or later is recorded already.
+pub const TOUCH_KEY: &str = "UPDATE keys SET last_used_at = $1 \
+     WHERE key_id = $2 AND (last_used_at IS NULL OR last_used_at < $1)";
+
+pub const INSERT_AUDIT: &str = "INSERT INTO audit \
+     (at, actor_account, actor_user, action, account_id, object, detail) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+/// One page of the audit trail (`$1`: after id, `$2`: limit).
+pub const AUDIT_AFTER: &str = "SELECT id, at, actor_account, actor_user, action, account_id, \
+       object, detail FROM audit WHERE id > $1 ORDER BY id LIMIT $2";
+/// One page of the audit trail of account `$3`.
+pub const AUDIT_OF_ACCOUNT_AFTER: &str = "SELECT id, at, actor_account, actor_user, action, \
+       account_id, object, detail FROM audit WHERE id > $1 AND account_id = $3 \
+     ORDER BY id LIMIT $2";
 
 /// A trivial query, for health checks.
 pub const PING: &str = "SELECT 1";
@@ -155,10 +233,16 @@ mod tests {
     }
 
     #[test]
-    fn the_schemas_differ_only_in_the_revision_column() {
+    fn the_schemas_differ_only_in_the_serial_columns() {
         assert_eq!(
             SQLITE_SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "@"),
             POSTGRES_SCHEMA.replace("BIGSERIAL PRIMARY KEY", "@")
         );
+        for (sqlite, postgres) in SQLITE_MIGRATIONS.iter().zip(POSTGRES_MIGRATIONS) {
+            assert_eq!(
+                sqlite.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "@"),
+                postgres.replace("BIGSERIAL PRIMARY KEY", "@")
+            );
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// The schema version this keystore writes, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = super::SCHEMA_VERSION;
 const READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -49,6 +49,8 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Creates the schema (version 1, then every step) in a new database, or brings an older
+/// one up to [`SCHEMA_VERSION`] step by step, all in one exclusive transaction.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
@@ -59,7 +61,17 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     if version < 1 {
         tx.execute_batch(sql::SQLITE_SCHEMA)?;
+    }
+    for step in super::steps_after(version, &sql::SQLITE_MIGRATIONS) {
+        tx.execute_batch(step)?;
+    }
+    if version != SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tracing::info!(
+            from = version,
+            to = SCHEMA_VERSION,
+            "database schema migrated"
+        );
     }
     tx.commit()?;
     Ok(())
@@ -86,7 +98,9 @@ impl rusqlite::ToSql for Arg<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match self {
             Arg::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
-            Arg::Int(i) => ToSqlOutput::Owned(Value::Integer(*i)),
+            Arg::Int(i) | Arg::OptInt(Some(i)) => ToSqlOutput::Owned(Value::Integer(*i)),
+            Arg::OptText(Some(s)) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Arg::OptText(None) | Arg::OptInt(None) => ToSqlOutput::Owned(Value::Null),
         })
     }
 }

@@ -1,0 +1,416 @@
+//! The key lifecycle's endpoints: a user's named keys (list, create, update, revoke, rotate
+//! with a grace period), account claims, the audit trail, and the protocol's usage report.
+//!
+//! Who may call what (checked before the body is read):
+//! - list, create, revoke and rotate a user's keys: root, the account's admins, the user;
+//! - change a key (`PATCH`): root and the account's admins;
+//! - claims (of an account, or of a key at creation or in a `PATCH`): root only, because
+//!   claims carry entitlements such as a plan;
+//! - the whole audit trail: root; an account's: root and the account's admins.
+
+use super::{
+    authenticate, check_id, check_not_system, issue_key, parse_body, parse_optional_body, with_key,
+    ApiError, AppState, Caller,
+};
+use crate::keys::{is_key_id, log_prefix};
+use crate::store::{
+    parse_rfc3339, rfc3339, validate_claims, AuditPage, Claims, KeyInfo, KeyPatch, Target,
+    KEY_REF_LEN, MAX_AUDIT_PAGE,
+};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+
+/// Longest grace period of a rotation: 7 days.
+pub const MAX_GRACE_S: i64 = 7 * 24 * 3600;
+/// Most key ids in one usage report.
+pub const MAX_USAGE_IDS: usize = 10_000;
+/// Body limit of a usage report: room for [`MAX_USAGE_IDS`] ids (67 bytes each in JSON).
+pub const USAGE_BODY_LIMIT: usize = 1024 * 1024;
+/// Audit entries per page unless `limit` says otherwise.
+const DEFAULT_AUDIT_PAGE: usize = 100;
+
+/// Unix seconds now.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// An `expires_at` field: RFC 3339, in the future.
+pub(super) fn future_time(text: &str) -> Result<i64, ApiError> {
+    let at = parse_rfc3339("expires_at", text).map_err(ApiError::BadRequest)?;
+    if at <= now() {
+        return Err(ApiError::BadRequest(format!(
+            "expires_at is not in the future ({text}); to end a key now, revoke it"
+        )));
+    }
+    Ok(at)
+}
+
+/// A `grace_s` field: 0 (the default) to [`MAX_GRACE_S`].
+pub(super) fn check_grace(grace_s: Option<i64>) -> Result<i64, ApiError> {
+    match grace_s.unwrap_or(0) {
+        g @ 0..=MAX_GRACE_S => Ok(g),
+        g => Err(ApiError::BadRequest(format!(
+            "grace_s must be 0 to {MAX_GRACE_S} seconds (7 days), not {g}"
+        ))),
+    }
+}
+
+fn check_claims(claims: &Claims) -> Result<(), ApiError> {
+    validate_claims(claims).map_err(ApiError::BadRequest)
+}
+
+/// A key reference in a path: [`KEY_REF_LEN`] lowercase hex characters.
+fn check_key_ref(key: &str) -> Result<(), ApiError> {
+    let ok = key.len() == KEY_REF_LEN
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "key must be a key reference: the {KEY_REF_LEN} lowercase hex characters listed as \"key\""
+        )))
+    }
+}
+
+/// Authenticates, checks the path's ids and that the caller is root, an admin of the
+/// account, or (when `user_may`) the user.
+async fn key_caller(
+    st: &AppState,
+    headers: &HeaderMap,
+    account: &str,
+    user: &str,
+    user_may: bool,
+) -> Result<Caller, ApiError> {
+    let caller = authenticate(st, headers).await?;
+    check_id("account", account)?;
+    check_id("user", user)?;
+    let is_user = user_may && caller.is_user(account, user);
+    caller.require(caller.is_root() || caller.is_admin_of(account) || is_user)?;
+    Ok(caller)
+}
+
+/// `Some(None)` for an explicit `null`, `Some(Some(v))` for a value; absent stays `None`.
+fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A user's keys
+
+pub(super) async fn list_keys(
+    State(st): State<AppState>,
+    Path((account, user)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    key_caller(&st, &headers, &account, &user, true).await?;
+    let keys = st.store.list_keys(account.clone(), user.clone()).await?;
+    Ok(Json(
+        json!({ "account_id": account, "user_id": user, "keys": keys }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    user_key: Option<String>,
+    #[serde(default)]
+    claims: Option<Claims>,
+}
+
+/// A key with its raw value: the answer of a create or rotate call, shown once.
+#[derive(Serialize)]
+struct NewKey {
+    #[serde(flatten)]
+    info: KeyInfo,
+    user_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaces: Option<serde_json::Value>,
+}
+
+pub(super) async fn create_key(
+    State(st): State<AppState>,
+    Path((account, user)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = key_caller(&st, &headers, &account, &user, true).await?;
+    check_not_system(&account)?;
+    let req: CreateKey = parse_body(&headers, body)?;
+    check_id("name", &req.name)?;
+    if let Some(claims) = &req.claims {
+        caller.require(caller.is_root())?;
+        check_claims(claims)?;
+    }
+    let (raw, mut key, imported) = issue_key(req.user_key, &req.name, req.expires_at.as_deref())?;
+    key.claims = req.claims;
+    let id = key.key_id.clone();
+    let info = st
+        .store
+        .create_key(caller.actor(), account.clone(), user.clone(), key)
+        .await?;
+    tracing::info!(%account, %user, key = log_prefix(&id), imported, "key created");
+    Ok(with_key(
+        StatusCode::CREATED,
+        NewKey {
+            info,
+            user_key: raw,
+            replaces: None,
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateKey {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    expires_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    claims: Option<Option<Claims>>,
+}
+
+pub(super) async fn update_key(
+    State(st): State<AppState>,
+    Path((account, user, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<KeyInfo>, ApiError> {
+    let caller = key_caller(&st, &headers, &account, &user, false).await?;
+    check_not_system(&account)?;
+    check_key_ref(&key)?;
+    let req: UpdateKey = parse_body(&headers, body)?;
+    if let Some(name) = &req.name {
+        check_id("name", name)?;
+    }
+    if let Some(claims) = &req.claims {
+        caller.require(caller.is_root())?;
+        claims.as_ref().map(check_claims).transpose()?;
+    }
+    let expires_at = match req.expires_at {
+        Some(Some(t)) => Some(Some(future_time(&t)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    if req.name.is_none() && expires_at.is_none() && req.claims.is_none() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: give name, expires_at or claims".into(),
+        ));
+    }
+    let patch = KeyPatch {
+        name: req.name,
+        expires_at,
+        claims: req.claims,
+    };
+    let target = Target { account, user, key };
+    let info = st
+        .store
+        .update_key(caller.actor(), target.clone(), patch)
+        .await?;
+    tracing::info!(account = %target.account, user = %target.user, key = %target.key, "key updated");
+    Ok(Json(info))
+}
+
+pub(super) async fn revoke_key(
+    State(st): State<AppState>,
+    Path((account, user, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = key_caller(&st, &headers, &account, &user, true).await?;
+    check_not_system(&account)?;
+    check_key_ref(&key)?;
+    let target = Target { account, user, key };
+    let id = st.store.revoke_key(caller.actor(), target.clone()).await?;
+    tracing::info!(account = %target.account, user = %target.user, key = log_prefix(&id), "key revoked");
+    Ok(Json(json!({ "revoked": 1 })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateOne {
+    #[serde(default)]
+    grace_s: Option<i64>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    user_key: Option<String>,
+}
+
+pub(super) async fn rotate_one_key(
+    State(st): State<AppState>,
+    Path((account, user, key)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = key_caller(&st, &headers, &account, &user, true).await?;
+    check_not_system(&account)?;
+    check_key_ref(&key)?;
+    let req: RotateOne = parse_optional_body(&headers, body)?;
+    let grace_s = check_grace(req.grace_s)?;
+    // The name is replaced by the old key's in the store.
+    let (raw, spec, imported) = issue_key(req.user_key, "", req.expires_at.as_deref())?;
+    let id = spec.key_id.clone();
+    let target = Target { account, user, key };
+    let info = st
+        .store
+        .rotate_one_key(caller.actor(), target.clone(), spec, grace_s)
+        .await?;
+    let old_expires = (grace_s > 0).then(|| rfc3339(now().saturating_add(grace_s)));
+    tracing::info!(account = %target.account, user = %target.user, old = %target.key,
+        key = log_prefix(&id), imported, grace_s, "key rotated");
+    let replaces = json!({ "key": target.key, "grace_s": grace_s, "valid_until": old_expires });
+    Ok(with_key(
+        StatusCode::OK,
+        NewKey {
+            info,
+            user_key: raw,
+            replaces: Some(replaces),
+        },
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Account claims
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetAccount {
+    claims: Option<Claims>,
+}
+
+pub(super) async fn set_account(
+    State(st): State<AppState>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = authenticate(&st, &headers).await?;
+    check_id("account", &account)?;
+    caller.require(caller.is_root())?;
+    check_not_system(&account)?;
+    let req: SetAccount = parse_body(&headers, body)?;
+    req.claims.as_ref().map(check_claims).transpose()?;
+    st.store
+        .set_account_claims(caller.actor(), account.clone(), req.claims.clone())
+        .await?;
+    tracing::info!(%account, "account claims set");
+    let claims = req.claims.unwrap_or_default();
+    Ok(Json(json!({ "account_id": account, "claims": claims })))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit trail
+
+#[derive(Deserialize)]
+pub(super) struct AuditQuery {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// `after` (default 0) and `limit` (1 to [`MAX_AUDIT_PAGE`], default 100).
+fn audit_range(query: Result<Query<AuditQuery>, QueryRejection>) -> Result<(i64, usize), ApiError> {
+    let q = query
+        .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))?
+        .0;
+    let after = match q.after {
+        None => 0,
+        Some(a) => a.parse::<i64>().ok().filter(|a| *a >= 0).ok_or_else(|| {
+            ApiError::BadRequest("after must be a non-negative integer (an entry id)".into())
+        })?,
+    };
+    let limit = match q.limit {
+        None => DEFAULT_AUDIT_PAGE,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_AUDIT_PAGE).contains(l))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "limit must be an integer from 1 to {MAX_AUDIT_PAGE}"
+                ))
+            })?,
+    };
+    Ok((after, limit))
+}
+
+pub(super) async fn audit_all(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let caller = authenticate(&st, &headers).await?;
+    caller.require(caller.is_root())?;
+    let (after, limit) = audit_range(query)?;
+    Ok(Json(st.store.audit(None, after, limit).await?))
+}
+
+pub(super) async fn audit_of_account(
+    State(st): State<AppState>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let caller = authenticate(&st, &headers).await?;
+    check_id("account", &account)?;
+    caller.require(caller.is_root() || caller.is_admin_of(&account))?;
+    let (after, limit) = audit_range(query)?;
+    Ok(Json(st.store.audit(Some(account), after, limit).await?))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage reports (key-store protocol)
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Usage {
+    key_ids: Vec<String>,
+}
+
+/// `POST /v1/usage {"key_ids": [...]}`: records that these keys were used this minute.
+pub(super) async fn record_usage(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if body
+        .as_ref()
+        .err()
+        .is_some_and(|e| e.status() == StatusCode::PAYLOAD_TOO_LARGE)
+    {
+        return Err(usage_too_large());
+    }
+    let req: Usage = parse_body(&headers, body)?;
+    if req.key_ids.len() > MAX_USAGE_IDS {
+        return Err(usage_too_large());
+    }
+    if let Some(bad) = req.key_ids.iter().position(|k| !is_key_id(k)) {
+        return Err(ApiError::BadRequest(format!(
+            "key_ids[{bad}] is not a key id (64 lowercase hex characters)"
+        )));
+    }
+    let recorded = st.store.record_usage(req.key_ids).await?;
+    Ok(Json(json!({ "recorded": recorded })))
+}
+
+fn usage_too_large() -> ApiError {
+    ApiError::TooLarge(format!(
+        "a usage report holds at most {MAX_USAGE_IDS} key ids ({USAGE_BODY_LIMIT} bytes)"
+    ))
+}

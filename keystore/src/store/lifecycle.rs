@@ -1,0 +1,589 @@
+//! The key lifecycle: several named keys per user, expiry, rotation with a grace period,
+//! last use, claims and the audit trail. Jobs written once against [`Db`], like the others.
+//!
+//! Invariants:
+//! - a listing never carries a key or a full key id: a key is named by its *key reference*
+//!   (the first [`KEY_REF_LEN`] hex characters of its key id) and shown with its hint;
+//! - every admin write appends one audit row in its own transaction; audit rows are never
+//!   pruned (the change log's retention does not apply to them), and never hold a key;
+//! - whatever changes a lookup answer (expiry, claims) appends a change-log row, so filters
+//!   drop their cached verdict.
+
+use super::{
+    first, log_change, require_account, require_user, sql, texts, Arg, Db, Job, Row, StoreError,
+    KIND_CLAIMS, KIND_EXPIRY, KIND_REVOKED, KIND_ROTATED,
+};
+use crate::keys::KEY_PREFIX;
+use serde::{Serialize, Serializer};
+use std::collections::BTreeMap;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Length of a key reference: the first characters of the key id (64 bits).
+pub const KEY_REF_LEN: usize = 16;
+/// The name of the keys made with a user (and of keys migrated from schema version 1).
+pub const DEFAULT_KEY_NAME: &str = "default";
+/// Most claims on an account or a key.
+pub const MAX_CLAIMS: usize = 16;
+/// Longest claim name.
+pub const MAX_CLAIM_NAME_LEN: usize = 64;
+/// Longest claim value, in bytes.
+pub const MAX_CLAIM_VALUE_LEN: usize = 256;
+/// Most audit entries in one page.
+pub const MAX_AUDIT_PAGE: usize = 1000;
+
+/// Claims: string names to string values.
+pub type Claims = BTreeMap<String, String>;
+
+/// Who made an admin call: recorded in the audit trail and as a key's creator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    pub account_id: String,
+    pub user_id: String,
+}
+
+impl Actor {
+    /// `account/user`, as stored in `keys.created_by`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.account_id, self.user_id)
+    }
+}
+
+/// A key to insert.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub key_id: String,
+    pub name: String,
+    /// The non-secret hint shown in listings (see [`hint`]).
+    pub hint: Option<String>,
+    pub expires_at: Option<i64>,
+    pub claims: Option<Claims>,
+}
+
+impl KeySpec {
+    /// A key with a name and nothing else.
+    pub fn named(key_id: String, name: &str) -> KeySpec {
+        KeySpec {
+            key_id,
+            name: name.to_owned(),
+            hint: None,
+            expires_at: None,
+            claims: None,
+        }
+    }
+}
+
+/// What a `PATCH` of a key changes: `None` leaves a field alone; `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub expires_at: Option<Option<i64>>,
+    pub claims: Option<Option<Claims>>,
+}
+
+/// A key as listed: never the key, never its full key id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    /// The key reference: the first [`KEY_REF_LEN`] characters of the key id.
+    pub key: String,
+    pub name: String,
+    pub hint: Option<String>,
+    #[serde(serialize_with = "ser_time")]
+    pub created_at: i64,
+    pub created_by: Option<String>,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub expires_at: Option<i64>,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub last_used_at: Option<i64>,
+    pub claims: Claims,
+}
+
+/// One audit-trail entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    #[serde(serialize_with = "ser_time")]
+    pub at: i64,
+    pub actor: Actor,
+    pub action: String,
+    pub account_id: String,
+    pub object: String,
+    pub detail: serde_json::Value,
+}
+
+/// A page of the audit trail; `more` when entries after the last one exist.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub more: bool,
+}
+
+/// The key reference of a key id.
+pub fn key_ref(key_id: &str) -> &str {
+    key_id.get(..KEY_REF_LEN).unwrap_or(key_id)
+}
+
+/// The hint of a raw key: `kg_...` (for minted keys) or `...`, then its last 4 characters.
+pub fn hint(raw: &str) -> String {
+    let tail = raw.get(raw.len().saturating_sub(4)..).unwrap_or_default();
+    let head = if raw.starts_with(KEY_PREFIX) {
+        KEY_PREFIX
+    } else {
+        ""
+    };
+    format!("{head}...{tail}")
+}
+
+/// Unix seconds as RFC 3339 (UTC), or the number itself if out of range.
+pub fn rfc3339(secs: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| secs.to_string())
+}
+
+/// Parses an RFC 3339 time (`field` names it in the error) into Unix seconds.
+pub fn parse_rfc3339(field: &str, text: &str) -> Result<i64, String> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map(OffsetDateTime::unix_timestamp)
+        .map_err(|e| format!("{field} must be an RFC 3339 time such as 2030-01-31T12:00:00Z ({e})"))
+}
+
+fn ser_time<S: Serializer>(secs: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*secs))
+}
+
+fn ser_opt_time<S: Serializer>(secs: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match secs {
+        Some(secs) => s.serialize_str(&rfc3339(*secs)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Checks claims: at most [`MAX_CLAIMS`]; names of 1 to [`MAX_CLAIM_NAME_LEN`] characters of
+/// `[A-Za-z0-9._-]`; values of 1 to [`MAX_CLAIM_VALUE_LEN`] bytes of printable ASCII (they
+/// become header values) without surrounding spaces.
+pub fn validate_claims(claims: &Claims) -> Result<(), String> {
+    if claims.len() > MAX_CLAIMS {
+        return Err(format!("claims: at most {MAX_CLAIMS} claims"));
+    }
+    for (name, value) in claims {
+        let name_ok = !name.is_empty()
+            && name.len() <= MAX_CLAIM_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        if !name_ok {
+            return Err(format!(
+                "claims: names are 1 to {MAX_CLAIM_NAME_LEN} characters of A-Z, a-z, 0-9, \
+                 '.', '_' and '-'"
+            ));
+        }
+        let value_ok = !value.is_empty()
+            && value.len() <= MAX_CLAIM_VALUE_LEN
+            && value.bytes().all(|b| (0x20..=0x7e).contains(&b))
+            && value.trim() == value;
+        if !value_ok {
+            return Err(format!(
+                "claims: value of {name:?} must be 1 to {MAX_CLAIM_VALUE_LEN} bytes of \
+                 printable ASCII without leading or trailing spaces"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Claims as stored: JSON text, or NULL for none.
+pub(crate) fn claims_text(claims: Option<&Claims>) -> Result<Option<String>, StoreError> {
+    match claims {
+        Some(c) if !c.is_empty() => serde_json::to_string(c)
+            .map(Some)
+            .map_err(|e| StoreError::Internal(format!("cannot encode claims: {e}"))),
+        _ => Ok(None),
+    }
+}
+
+/// Stored claims (JSON text or NULL).
+pub(crate) fn parse_claims(text: Option<String>) -> Result<Claims, StoreError> {
+    match text {
+        Some(t) => serde_json::from_str(&t)
+            .map_err(|e| StoreError::Internal(format!("stored claims are not valid: {e}"))),
+        None => Ok(Claims::new()),
+    }
+}
+
+/// An audit row to append.
+pub(crate) struct Audit<'a> {
+    actor: &'a Actor,
+    action: &'static str,
+    account: &'a str,
+    object: &'a str,
+    detail: Option<serde_json::Value>,
+}
+
+impl<'a> Audit<'a> {
+    pub(crate) fn new(
+        actor: &'a Actor,
+        action: &'static str,
+        account: &'a str,
+        object: &'a str,
+    ) -> Audit<'a> {
+        Audit {
+            actor,
+            action,
+            account,
+            object,
+            detail: None,
+        }
+    }
+
+    pub(crate) fn detail(mut self, detail: serde_json::Value) -> Audit<'a> {
+        self.detail = Some(detail);
+        self
+    }
+
+    pub(crate) async fn write<D: Db>(self, db: &mut D, at: i64) -> Result<(), StoreError> {
+        let detail = self.detail.map(|d| d.to_string());
+        db.exec(
+            sql::INSERT_AUDIT,
+            &[
+                Arg::Int(at),
+                Arg::Text(&self.actor.account_id),
+                Arg::Text(&self.actor.user_id),
+                Arg::Text(self.action),
+                Arg::Text(self.account),
+                Arg::Text(self.object),
+                Arg::OptText(detail.as_deref()),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn key_info(row: &Row) -> Result<KeyInfo, StoreError> {
+    Ok(KeyInfo {
+        key: key_ref(&row.text(0)?).to_owned(),
+        name: row.text(1)?,
+        hint: row.opt_text(2)?,
+        created_at: row.int(3)?,
+        created_by: row.opt_text(4)?,
+        expires_at: row.opt_int(5)?,
+        last_used_at: row.opt_int(6)?,
+        claims: parse_claims(row.opt_text(7)?)?,
+    })
+}
+
+/// The unrevoked keys of an active user, oldest first.
+async fn list_keys<D: Db>(
+    db: &mut D,
+    account: &str,
+    user: &str,
+) -> Result<Vec<KeyInfo>, StoreError> {
+    require_user(db, account, user).await?;
+    let rows = db
+        .rows(sql::LIST_KEYS, &[Arg::Text(account), Arg::Text(user)])
+        .await?;
+    let mut keys = rows.iter().map(key_info).collect::<Result<Vec<_>, _>>()?;
+    keys.sort_by(|a, b| (a.created_at, &a.key).cmp(&(b.created_at, &b.key)));
+    Ok(keys)
+}
+
+/// One unrevoked key of an active user, found by its key reference.
+struct Found {
+    key_id: String,
+    name: String,
+    expires_at: Option<i64>,
+    claims: Option<String>,
+}
+
+async fn find_key<D: Db>(db: &mut D, target: &Target) -> Result<Found, StoreError> {
+    require_user(db, &target.account, &target.user).await?;
+    let args = [
+        Arg::Text(&target.account),
+        Arg::Text(&target.user),
+        Arg::Text(&target.key),
+    ];
+    let rows = db.rows(sql::KEYS_BY_REF, &args).await?;
+    match rows.as_slice() {
+        // Two keys of one user sharing 64 bits of key id: refused rather than guessed.
+        [row] => Ok(Found {
+            key_id: row.text(0)?,
+            name: row.text(1)?,
+            expires_at: row.opt_int(2)?,
+            claims: row.opt_text(3)?,
+        }),
+        _ => Err(StoreError::KeyNotFound {
+            account: target.account.clone(),
+            user: target.user.clone(),
+            key: target.key.clone(),
+        }),
+    }
+}
+
+/// A key of a user, by key reference.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub account: String,
+    pub user: String,
+    pub key: String,
+}
+
+impl Target {
+    fn object(&self) -> String {
+        format!("{}/{}/keys/{}", self.account, self.user, self.key)
+    }
+}
+
+pub(crate) struct ListKeys {
+    pub account: String,
+    pub user: String,
+}
+
+impl Job for ListKeys {
+    type Out = Vec<KeyInfo>;
+    const SNAPSHOT: bool = true;
+    async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<Vec<KeyInfo>, StoreError> {
+        list_keys(db, &self.account, &self.user).await
+    }
+}
+
+pub(crate) struct CreateKey {
+    pub actor: Actor,
+    pub account: String,
+    pub user: String,
+    pub key: KeySpec,
+}
+
+impl Job for CreateKey {
+    type Out = KeyInfo;
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<KeyInfo, StoreError> {
+        let (account, user) = (self.account.as_str(), self.user.as_str());
+        require_user(db, account, user).await?;
+        super::insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
+        let reference = key_ref(&self.key.key_id).to_owned();
+        let object = format!("{account}/{user}/keys/{reference}");
+        let detail =
+            serde_json::json!({ "name": self.key.name, "expires_at": self.key.expires_at });
+        let entry = Audit::new(&self.actor, "key.create", account, &object);
+        entry.detail(detail).write(db, at).await?;
+        listed(db, account, user, &reference).await
+    }
+}
+
+/// The listing entry of one key.
+async fn listed<D: Db>(
+    db: &mut D,
+    account: &str,
+    user: &str,
+    reference: &str,
+) -> Result<KeyInfo, StoreError> {
+    list_keys(db, account, user)
+        .await?
+        .into_iter()
+        .find(|k| k.key == reference)
+        .ok_or_else(|| StoreError::Internal("a key just written is not listed".into()))
+}
+
+pub(crate) struct UpdateKey {
+    pub actor: Actor,
+    pub target: Target,
+    pub patch: KeyPatch,
+}
+
+impl Job for UpdateKey {
+    type Out = KeyInfo;
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<KeyInfo, StoreError> {
+        let found = find_key(db, &self.target).await?;
+        let id = found.key_id.as_str();
+        if let Some(name) = &self.patch.name {
+            db.exec(sql::SET_KEY_NAME, &[Arg::Text(name), Arg::Text(id)])
+                .await?;
+        }
+        if let Some(expires_at) = self.patch.expires_at {
+            if expires_at != found.expires_at {
+                let args = [Arg::OptInt(expires_at), Arg::Text(id)];
+                db.exec(sql::SET_KEY_EXPIRY, &args).await?;
+                log_change(db, id, KIND_EXPIRY, at).await?;
+            }
+        }
+        if let Some(claims) = &self.patch.claims {
+            let text = claims_text(claims.as_ref())?;
+            if text != found.claims {
+                let args = [Arg::OptText(text.as_deref()), Arg::Text(id)];
+                db.exec(sql::SET_KEY_CLAIMS, &args).await?;
+                log_change(db, id, KIND_CLAIMS, at).await?;
+            }
+        }
+        let detail = serde_json::json!({
+            "name": self.patch.name,
+            "expires_at": self.patch.expires_at,
+            "claims": self.patch.claims,
+        });
+        let (t, object) = (&self.target, self.target.object());
+        let entry = Audit::new(&self.actor, "key.update", &t.account, &object);
+        entry.detail(detail).write(db, at).await?;
+        listed(db, &t.account, &t.user, &t.key).await
+    }
+}
+
+pub(crate) struct RevokeKey {
+    pub actor: Actor,
+    pub target: Target,
+}
+
+impl Job for RevokeKey {
+    type Out = String;
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<String, StoreError> {
+        let found = find_key(db, &self.target).await?;
+        let id = found.key_id.as_str();
+        db.exec(sql::REVOKE_KEY, &[Arg::Int(at), Arg::Text(id)])
+            .await?;
+        log_change(db, id, KIND_REVOKED, at).await?;
+        let object = self.target.object();
+        let entry = Audit::new(&self.actor, "key.revoke", &self.target.account, &object);
+        entry.write(db, at).await?;
+        Ok(found.key_id)
+    }
+}
+
+/// Rotates one key: the new key takes the old one's name and claims; the old one is revoked
+/// (grace 0) or expires after the grace (or earlier, if it already expires earlier).
+pub(crate) struct RotateOne {
+    pub actor: Actor,
+    pub target: Target,
+    pub key: KeySpec,
+    pub grace_s: i64,
+}
+
+impl Job for RotateOne {
+    type Out = KeyInfo;
+    async fn run<D: Db>(mut self, db: &mut D, at: i64) -> Result<KeyInfo, StoreError> {
+        let found = find_key(db, &self.target).await?;
+        let old = found.key_id.as_str();
+        if self.grace_s == 0 {
+            db.exec(sql::REVOKE_KEY, &[Arg::Int(at), Arg::Text(old)])
+                .await?;
+            log_change(db, old, KIND_ROTATED, at).await?;
+        } else {
+            let until = at.saturating_add(self.grace_s);
+            if found.expires_at.is_none_or(|t| t > until) {
+                db.exec(sql::SET_KEY_EXPIRY, &[Arg::Int(until), Arg::Text(old)])
+                    .await?;
+                log_change(db, old, KIND_EXPIRY, at).await?;
+            }
+        }
+        self.key.name = found.name;
+        self.key.claims = Some(parse_claims(found.claims)?);
+        let t = &self.target;
+        super::insert_key(db, &self.key, &t.account, &t.user, Some(&self.actor), at).await?;
+        let reference = key_ref(&self.key.key_id).to_owned();
+        let detail = serde_json::json!({ "new_key": reference, "grace_s": self.grace_s });
+        let object = t.object();
+        let entry = Audit::new(&self.actor, "key.rotate", &t.account, &object);
+        entry.detail(detail).write(db, at).await?;
+        listed(db, &t.account, &t.user, &reference).await
+    }
+}
+
+pub(crate) struct SetAccountClaims {
+    pub actor: Actor,
+    pub account: String,
+    pub claims: Option<Claims>,
+}
+
+impl Job for SetAccountClaims {
+    type Out = ();
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<(), StoreError> {
+        let account = self.account.as_str();
+        require_account(db, account).await?;
+        let before = match first(db, sql::ACCOUNT_CLAIMS, &[Arg::Text(account)]).await? {
+            Some(row) => row.opt_text(0)?,
+            None => None,
+        };
+        let text = claims_text(self.claims.as_ref())?;
+        if text != before {
+            let args = [Arg::OptText(text.as_deref()), Arg::Text(account)];
+            db.exec(sql::SET_ACCOUNT_CLAIMS, &args).await?;
+            for key_id in texts(db, sql::ACCOUNT_ACTIVE_KEYS, &[Arg::Text(account)]).await? {
+                log_change(db, &key_id, KIND_CLAIMS, at).await?;
+            }
+        }
+        let detail = serde_json::json!({ "claims": self.claims });
+        let entry = Audit::new(&self.actor, "account.set_claims", account, account);
+        entry.detail(detail).write(db, at).await
+    }
+}
+
+/// Records that keys were used now, at one-minute precision: a key's `last_used_at` is written
+/// only when it is older than the current minute, so each key costs at most one write a minute.
+pub(crate) struct RecordUsage {
+    pub key_ids: Vec<String>,
+}
+
+impl Job for RecordUsage {
+    type Out = u64;
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<u64, StoreError> {
+        let minute = at.saturating_sub(at.rem_euclid(60));
+        let mut updated = 0u64;
+        for key_id in &self.key_ids {
+            let n = db
+                .exec(sql::TOUCH_KEY, &[Arg::Int(minute), Arg::Text(key_id)])
+                .await?;
+            updated = updated.saturating_add(n);
+        }
+        Ok(updated)
+    }
+}
+
+pub(crate) struct ReadAudit {
+    /// `None`: every account (root).
+    pub account: Option<String>,
+    pub after: i64,
+    pub limit: usize,
+}
+
+impl Job for ReadAudit {
+    type Out = AuditPage;
+    async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<AuditPage, StoreError> {
+        let limit = self.limit.clamp(1, MAX_AUDIT_PAGE);
+        let fetch = i64::try_from(limit).unwrap_or(1).saturating_add(1);
+        let rows = match &self.account {
+            Some(account) => {
+                let args = [Arg::Int(self.after), Arg::Int(fetch), Arg::Text(account)];
+                db.rows(sql::AUDIT_OF_ACCOUNT_AFTER, &args).await?
+            }
+            None => {
+                let args = [Arg::Int(self.after), Arg::Int(fetch)];
+                db.rows(sql::AUDIT_AFTER, &args).await?
+            }
+        };
+        let more = rows.len() > limit;
+        let entries = rows
+            .iter()
+            .take(limit)
+            .map(audit_entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AuditPage { entries, more })
+    }
+}
+
+fn audit_entry(row: &Row) -> Result<AuditEntry, StoreError> {
+    let detail = match row.opt_text(7)? {
+        Some(t) => serde_json::from_str(&t)
+            .map_err(|e| StoreError::Internal(format!("stored audit detail is not JSON: {e}")))?,
+        None => serde_json::Value::Null,
+    };
+    Ok(AuditEntry {
+        id: row.int(0)?,
+        at: row.int(1)?,
+        actor: Actor {
+            account_id: row.text(2)?,
+            user_id: row.text(3)?,
+        },
+        action: row.text(4)?,
+        account_id: row.text(5)?,
+        object: row.text(6)?,
+        detail,
+    })
+}
