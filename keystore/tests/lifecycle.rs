@@ -538,12 +538,47 @@ async fn rotation_keeps_the_old_key_valid_for_the_grace_period() {
     ks.assert_active(&w.bob, "acme", "bob", "member").await;
     assert!(ks.lookup(&w.bob).await.json().get("expires_at").is_none());
 
-    // Rotating again with a longer grace never extends the old key.
+    // A grace never extends a key that expires sooner.
+    let soon = now() + 600;
+    let short = create_key(
+        &ks,
+        &w.alice,
+        "acme",
+        "bob",
+        json!({"name": "short", "expires_at": rfc3339(soon)}),
+    )
+    .await;
+    let short_key = short["user_key"].as_str().unwrap().to_owned();
+    let rotate_short = format!("{}/{}/rotate", keys_uri("acme", "bob"), key_ref(&short_key));
+    let rev = ks.revision().await;
+    let r = ks
+        .call(
+            "POST",
+            &rotate_short,
+            Some(&w.alice),
+            Some(json!({"grace_s": 3600})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let short_new = r.json()["user_key"].as_str().unwrap().to_owned();
+    assert_eq!(ks.lookup(&short_key).await.json()["expires_at"], soon);
+    assert_eq!(changed(&ks.changes(rev).await), ids(&[&short_new]));
+    let r = ks
+        .call(
+            "POST",
+            "/api/v1/admin/accounts/acme/users/bob/key",
+            Some(&w.alice),
+            Some(json!({"grace_s": 3600})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(ks.lookup(&short_key).await.json()["expires_at"], soon);
+
+    // grace 0 (the default): the replaced key is refused at once.
     let rotate_new = format!("{}/{}/rotate", keys_uri("acme", "bob"), key_ref(&new));
     let r = ks.call("POST", &rotate_new, Some(&w.alice), None).await;
     assert_eq!(r.status, StatusCode::OK);
     let newest = r.json()["user_key"].as_str().unwrap().to_owned();
-    // grace 0 (the default): the replaced key is refused at once.
     ks.assert_inactive(&new).await;
     ks.assert_active(&newest, "acme", "bob", "member").await;
 
