@@ -1067,14 +1067,15 @@ impl Store {
     }
 
     /// Replaces one key by `key` (which takes its name and claims); the old one is revoked
-    /// (`grace_s` 0) or expires `grace_s` seconds from now.
+    /// (`grace_s` 0) or expires `grace_s` seconds from now (or sooner, if it already did).
+    /// Returns the new key and the end of the old one's validity (Unix seconds).
     pub async fn rotate_one_key(
         &self,
         actor: Actor,
         target: Target,
         key: KeySpec,
         grace_s: i64,
-    ) -> Result<KeyInfo, StoreError> {
+    ) -> Result<(KeyInfo, i64), StoreError> {
         self.write(lifecycle::RotateOne {
             actor,
             target,

@@ -533,6 +533,7 @@ async fn rotation_keeps_the_old_key_valid_for_the_grace_period() {
     let old_answer = ks.lookup(&old).await.json();
     let until = old_answer["expires_at"].as_i64().unwrap();
     assert!((t0 + 3600..=now() + 3600).contains(&until), "{old_answer}");
+    assert_eq!(v["replaces"]["valid_until"], rfc3339(until).as_str());
     assert_eq!(changed(&ks.changes(rev).await), ids(&[&old, &new]));
     // Other keys of the user are untouched.
     ks.assert_active(&w.bob, "acme", "bob", "member").await;
@@ -562,6 +563,7 @@ async fn rotation_keeps_the_old_key_valid_for_the_grace_period() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let short_new = r.json()["user_key"].as_str().unwrap().to_owned();
     assert_eq!(ks.lookup(&short_key).await.json()["expires_at"], soon);
+    assert_eq!(r.json()["replaces"]["valid_until"], rfc3339(soon).as_str());
     assert_eq!(changed(&ks.changes(rev).await), ids(&[&short_new]));
     let r = ks
         .call(

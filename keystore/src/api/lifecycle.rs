@@ -268,14 +268,15 @@ pub(super) async fn rotate_one_key(
     let (raw, spec, imported) = issue_key(req.user_key, "", req.expires_at.as_deref())?;
     let id = spec.key_id.clone();
     let target = Target { account, user, key };
-    let info = st
+    let (info, valid_until) = st
         .store
         .rotate_one_key(caller.actor(), target.clone(), spec, grace_s)
         .await?;
-    let old_expires = (grace_s > 0).then(|| rfc3339(now().saturating_add(grace_s)));
     tracing::info!(account = %target.account, user = %target.user, old = %target.key,
         key = log_prefix(&id), imported, grace_s, "key rotated");
-    let replaces = json!({ "key": target.key, "grace_s": grace_s, "valid_until": old_expires });
+    let replaces = json!({
+        "key": target.key, "grace_s": grace_s, "valid_until": rfc3339(valid_until)
+    });
     Ok(with_key(
         StatusCode::OK,
         NewKey {

@@ -457,22 +457,25 @@ pub(crate) struct RotateOne {
 }
 
 impl Job for RotateOne {
-    type Out = KeyInfo;
-    async fn run<D: Db>(mut self, db: &mut D, at: i64) -> Result<KeyInfo, StoreError> {
+    /// The new key, and when the old one stops being valid.
+    type Out = (KeyInfo, i64);
+    async fn run<D: Db>(mut self, db: &mut D, at: i64) -> Result<(KeyInfo, i64), StoreError> {
         let found = find_key(db, &self.target).await?;
         let old = found.key_id.as_str();
-        if self.grace_s == 0 {
+        let until = at.saturating_add(self.grace_s);
+        let valid_until = if self.grace_s == 0 {
             db.exec(sql::REVOKE_KEY, &[Arg::Int(at), Arg::Text(old)])
                 .await?;
             log_change(db, old, KIND_ROTATED, at).await?;
+            at
+        } else if found.expires_at.is_none_or(|t| t > until) {
+            db.exec(sql::SET_KEY_EXPIRY, &[Arg::Int(until), Arg::Text(old)])
+                .await?;
+            log_change(db, old, KIND_EXPIRY, at).await?;
+            until
         } else {
-            let until = at.saturating_add(self.grace_s);
-            if found.expires_at.is_none_or(|t| t > until) {
-                db.exec(sql::SET_KEY_EXPIRY, &[Arg::Int(until), Arg::Text(old)])
-                    .await?;
-                log_change(db, old, KIND_EXPIRY, at).await?;
-            }
-        }
+            found.expires_at.unwrap_or(until)
+        };
         self.key.name = found.name;
         self.key.claims = Some(parse_claims(found.claims)?);
         let t = &self.target;
@@ -482,7 +485,10 @@ impl Job for RotateOne {
         let object = t.object();
         let entry = Audit::new(&self.actor, "key.rotate", &t.account, &object);
         entry.detail(detail).write(db, at).await?;
-        listed(db, &t.account, &t.user, &reference).await
+        Ok((
+            listed(db, &t.account, &t.user, &reference).await?,
+            valid_until,
+        ))
     }
 }
 
