@@ -72,7 +72,8 @@ impl From<StoreError> for ApiError {
             | StoreError::KeyNotFound { .. } => ApiError::NotFound(e.to_string()),
             StoreError::AccountExists(_)
             | StoreError::UserExists { .. }
-            | StoreError::KeyExists => ApiError::Conflict(e.to_string()),
+            | StoreError::KeyExists
+            | StoreError::TooManyKeys { .. } => ApiError::Conflict(e.to_string()),
             StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             StoreError::Db(_) | StoreError::Postgres(_) | StoreError::Internal(_) => {
                 ApiError::Internal(e.to_string())

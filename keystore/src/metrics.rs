@@ -11,6 +11,7 @@ pub struct Metrics {
     pub lookups_not_found: AtomicU64,
     pub changes_requests: AtomicU64,
     pub admin_requests: AtomicU64,
+    pub usage_reports: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -21,7 +22,7 @@ pub fn inc(counter: &AtomicU64) {
 impl Metrics {
     /// The counters in the Prometheus text exposition format (0.0.4).
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64); 5] = [
+        let rows: [(&str, &str, &AtomicU64); 6] = [
             (
                 "keystore_lookups_total",
                 "Key lookups answered (GET /v1/keys/{key_id} with a well-formed key id).",
@@ -46,6 +47,11 @@ impl Metrics {
                 "keystore_admin_requests_total",
                 "Admin API requests (/api/v1/admin/...).",
                 &self.admin_requests,
+            ),
+            (
+                "keystore_usage_reports_total",
+                "Usage reports received (POST /v1/usage).",
+                &self.usage_reports,
             ),
         ];
         let mut out = String::new();

@@ -73,6 +73,9 @@ pub enum StoreError {
     /// The key id is already in the store (active or revoked). The message never says whose.
     #[error("user_key is already in use or was used before; keys are never reused")]
     KeyExists,
+    /// The user already holds the most live keys allowed.
+    #[error("user {user} already holds {max} unexpired keys; revoke one first")]
+    TooManyKeys { user: String, max: usize },
     /// No unrevoked key of this user has this key reference.
     #[error("key {key} not found for user {user} in account {account}")]
     KeyNotFound {

@@ -1123,3 +1123,63 @@ async fn every_admin_write_is_in_the_audit_trail() {
     .await
     .assert_error(StatusCode::BAD_REQUEST, "account may only contain");
 }
+
+#[tokio::test]
+async fn a_user_holds_at_most_100_live_keys() {
+    let ks = Ks::new().await;
+    let w = world(&ks).await;
+    let mut last = String::new();
+    for i in 1..100 {
+        let v = create_key(&ks, &w.bob, "acme", "bob", json!({"name": format!("k{i}")})).await;
+        last = v["user_key"].as_str().unwrap().to_owned();
+    }
+    let rev = ks.revision().await;
+    let uri = keys_uri("acme", "bob");
+    ks.call(
+        "POST",
+        &uri,
+        Some(&w.alice),
+        Some(json!({"name": "one-more"})),
+    )
+    .await
+    .assert_error(StatusCode::CONFLICT, "already holds 100 unexpired keys");
+    assert_eq!(ks.revision().await, rev);
+    // An expired key no longer counts.
+    let one = format!("{uri}/{}", key_ref(&last));
+    let soon = rfc3339(now() + 1);
+    let r = ks
+        .call(
+            "PATCH",
+            &one,
+            Some(&w.alice),
+            Some(json!({"expires_at": soon})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    eventually("an expired key to stop counting", || async {
+        let r = ks
+            .call(
+                "POST",
+                &uri,
+                Some(&w.alice),
+                Some(json!({"name": "one-more"})),
+            )
+            .await;
+        r.status == StatusCode::CREATED
+    })
+    .await;
+    // Neither does a revoked one.
+    let keys = list_keys(&ks, &w.alice, "acme", "bob").await;
+    assert_eq!(keys.len(), 101, "the expired key is still listed");
+    let victim = keys.iter().find(|k| k["name"] == "k1").unwrap()["key"].clone();
+    let r = ks
+        .call(
+            "DELETE",
+            &format!("{uri}/{}", victim.as_str().unwrap()),
+            Some(&w.bob),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    create_key(&ks, &w.bob, "acme", "bob", json!({"name": "after-revoke"})).await;
+}

@@ -13,6 +13,7 @@ use super::{
     ApiError, AppState, Caller,
 };
 use crate::keys::{is_key_id, log_prefix};
+use crate::metrics::inc;
 use crate::store::{
     parse_rfc3339, rfc3339, validate_claims, AuditPage, Claims, KeyInfo, KeyPatch, Target,
     KEY_REF_LEN, MAX_AUDIT_PAGE,
@@ -390,6 +391,7 @@ pub(super) async fn record_usage(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    inc(&st.metrics.usage_reports);
     if body
         .as_ref()
         .err()

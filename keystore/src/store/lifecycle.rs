@@ -29,6 +29,8 @@ pub const MAX_CLAIMS: usize = 16;
 pub const MAX_CLAIM_NAME_LEN: usize = 64;
 /// Longest claim value, in bytes.
 pub const MAX_CLAIM_VALUE_LEN: usize = 256;
+/// Most unrevoked, unexpired keys a user may hold when a key is added to it.
+pub const MAX_KEYS_PER_USER: usize = 100;
 /// Most audit entries in one page.
 pub const MAX_AUDIT_PAGE: usize = 1000;
 
@@ -360,6 +362,17 @@ impl Job for CreateKey {
     async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<KeyInfo, StoreError> {
         let (account, user) = (self.account.as_str(), self.user.as_str());
         require_user(db, account, user).await?;
+        let args = [Arg::Text(account), Arg::Text(user), Arg::Int(at)];
+        let live = match first(db, sql::COUNT_LIVE_KEYS, &args).await? {
+            Some(row) => row.int(0)?,
+            None => 0,
+        };
+        if usize::try_from(live).unwrap_or(usize::MAX) >= MAX_KEYS_PER_USER {
+            return Err(StoreError::TooManyKeys {
+                user: user.to_owned(),
+                max: MAX_KEYS_PER_USER,
+            });
+        }
         super::insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
         let reference = key_ref(&self.key.key_id).to_owned();
         let object = format!("{account}/{user}/keys/{reference}");

@@ -167,6 +167,10 @@ pub const REVOKE_OTHER_KEYS: &str = "UPDATE keys SET revoked_at = $1 \
 pub const LIST_KEYS: &str = "SELECT key_id, name, hint, created_at, created_by, expires_at, \
        last_used_at, claims FROM keys \
      WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL";
+/// How many unrevoked keys of a user are not expired at `$3`.
+pub const COUNT_LIVE_KEYS: &str = "SELECT COUNT(*) FROM keys \
+     WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL \
+       AND (expires_at IS NULL OR expires_at > $3)";
 /// The unrevoked keys of a user whose key id starts with `$3` (a key reference).
 pub const KEYS_BY_REF: &str = "SELECT key_id, name, expires_at, claims FROM keys \
      WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL \
