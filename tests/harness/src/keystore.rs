@@ -289,6 +289,80 @@ impl Keystore {
         self.admin_ok("DELETE", &path, None, 0);
     }
 
+    /// Adds a named key to a user (`body`: `{"name"[,"expires_at"][,"claims"][,"user_key"]}`);
+    /// returns the whole answer: `"key"` (the key reference), `"user_key"` (the raw key), ...
+    /// Panics unless 201.
+    pub fn create_key(&self, account: &str, user: &str, body: &Value) -> Value {
+        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/keys");
+        json_of(&self.admin_ok("POST", &path, Some(body), 201))
+    }
+
+    /// The user's unrevoked keys as listed (`key`, `name`, `hint`, `expires_at`,
+    /// `last_used_at`, ...). Panics unless 2xx.
+    pub fn list_keys(&self, account: &str, user: &str) -> Vec<Value> {
+        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/keys");
+        let v = json_of(&self.admin_ok("GET", &path, None, 0));
+        v.get("keys")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The key reference of the user's (first) key named `name`. Panics if there is none.
+    pub fn key_ref(&self, account: &str, user: &str, name: &str) -> String {
+        let keys = self.list_keys(account, user);
+        match keys
+            .iter()
+            .find(|k| k.get("name").and_then(Value::as_str) == Some(name))
+            .and_then(|k| k.get("key")?.as_str().map(str::to_string))
+        {
+            Some(r) => r,
+            None => fail(Error::msg(format!(
+                "no key named {name} for {account}/{user}: {keys:?}"
+            ))),
+        }
+    }
+
+    /// Rotates one key (by key reference) keeping the old one valid for `grace_s` seconds;
+    /// returns the new raw key. Panics unless 2xx.
+    pub fn rotate_key_with_grace(
+        &self,
+        account: &str,
+        user: &str,
+        key: &str,
+        grace_s: u64,
+    ) -> String {
+        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/keys/{key}/rotate");
+        let r = self.admin_ok("POST", &path, Some(&json!({"grace_s": grace_s})), 0);
+        user_key(&r)
+    }
+
+    /// Rotates a user's key(s) keeping the old ones valid for `grace_s` seconds; returns the
+    /// new raw key. Panics unless 2xx.
+    pub fn rotate_with_grace(&self, account: &str, user: &str, grace_s: u64) -> String {
+        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/key");
+        let r = self.admin_ok("POST", &path, Some(&json!({"grace_s": grace_s})), 0);
+        user_key(&r)
+    }
+
+    /// Sets a key's expiry (RFC 3339; `None` removes it). Panics unless 2xx.
+    pub fn set_key_expiry(&self, account: &str, user: &str, key: &str, expires_at: Option<&str>) {
+        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/keys/{key}");
+        self.admin_ok("PATCH", &path, Some(&json!({"expires_at": expires_at})), 0);
+    }
+
+    /// Sets a key's claims (`{"plan": "pro"}`; `null` clears). Panics unless 2xx.
+    pub fn set_key_claims(&self, account: &str, user: &str, key: &str, claims: &Value) {
+        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/keys/{key}");
+        self.admin_ok("PATCH", &path, Some(&json!({"claims": claims})), 0);
+    }
+
+    /// Sets an account's claims (`{"plan": "pro"}`; `null` clears). Panics unless 2xx.
+    pub fn set_account_claims(&self, account: &str, claims: &Value) {
+        let path = format!("/api/v1/admin/accounts/{account}");
+        self.admin_ok("PATCH", &path, Some(&json!({"claims": claims})), 0);
+    }
+
     /// [`Keystore::admin`], panicking unless the status is `want` (0: any 2xx).
     fn admin_ok(&self, method: &str, path: &str, body: Option<&Value>, want: u16) -> Response {
         let r = match self.admin(method, path, body) {
@@ -310,6 +384,14 @@ impl Keystore {
             )));
         }
         r
+    }
+}
+
+/// The JSON body of an admin answer; panics if it is not JSON.
+fn json_of(r: &Response) -> Value {
+    match r.json() {
+        Ok(v) => v,
+        Err(e) => fail(e.context(format!("keystore admin answer {}: {}", r.status, r.body))),
     }
 }
 
