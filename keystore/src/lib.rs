@@ -2,9 +2,11 @@
 //!
 //! An HTTP service over SQLite (embedded, the default) or PostgreSQL (several keystore
 //! processes on one database) that answers the keygate filter's key lookups
-//! (`GET /v1/keys/{key_id}`) and change feed (`GET /v1/changes?since=N`), and offers an admin
-//! API to create accounts and users and to rotate and revoke their keys. Keys are stored only
-//! as SHA-256 key ids; a new key is shown once, in the response that created it.
+//! (`GET /v1/keys/{key_id}`), change feed (`GET /v1/changes?since=N`) and usage reports
+//! (`POST /v1/usage`), and offers an admin API to create accounts and users, to give users
+//! named keys (with expiry and claims), to rotate them (with a grace period) and revoke them,
+//! and to read the audit trail. Keys are stored only as SHA-256 key ids; a new key is shown
+//! once, in the response that created it.
 
 pub mod api;
 pub mod error;

@@ -13,7 +13,10 @@
 //!   drawn: a poller that has seen revision N has seen every revision below N.
 //!
 //! Each write also appends its change-log rows and prunes the change log, in the same
-//! transaction, so nothing is ever half-written.
+//! transaction, so nothing is ever half-written; each admin write appends its audit row in
+//! that transaction too (see [`lifecycle`]: named keys, expiry, rotation with a grace period,
+//! last use, claims, the audit trail). The schema is migrated at start-up, step by step, from
+//! whatever version the database holds (see [`SCHEMA_VERSION`] and [`steps_after`]).
 
 mod lifecycle;
 mod postgres;
@@ -1132,4 +1135,20 @@ impl Store {
 /// The retention as the engines use it: at least 1.
 fn retention(changes_retention: u64) -> i64 {
     i64::try_from(changes_retention.max(1)).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    #[test]
+    fn a_database_runs_the_steps_after_its_version() {
+        static STEPS: [&str; 2] = ["to 2", "to 3"];
+        let after = |v| steps_after(v, &STEPS).collect::<Vec<_>>();
+        assert_eq!(after(0), ["to 2", "to 3"], "a new database");
+        assert_eq!(after(1), ["to 2", "to 3"]);
+        assert_eq!(after(2), ["to 3"]);
+        assert!(after(3).is_empty());
+        assert!(after(4).is_empty());
+    }
 }

@@ -1083,12 +1083,15 @@ async fn every_admin_write_is_in_the_audit_trail() {
     assert_eq!(other["more"], true);
 
     // Everyone else: 403.
+    let otto = ks.create_user(&w.oscar, "other", "otto", "member").await;
     for (caller, uri) in [
         (&w.alice, "/api/v1/admin/audit"),
         (&w.alice, "/api/v1/admin/accounts/other/audit"),
         (&w.oscar, "/api/v1/admin/accounts/acme/audit"),
         (&w.bob, "/api/v1/admin/accounts/acme/audit"),
         (&w.bob, "/api/v1/admin/audit"),
+        (&otto, "/api/v1/admin/accounts/acme/audit"),
+        (&otto, "/api/v1/admin/accounts/other/audit"),
     ] {
         let r = ks.call("GET", uri, Some(caller), None).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{uri}");

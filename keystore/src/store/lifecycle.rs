@@ -606,3 +606,75 @@ fn audit_entry(row: &Row) -> Result<AuditEntry, StoreError> {
         detail,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_show_the_prefix_and_the_last_four_characters_only() {
+        let minted = "kg_9DAa0TR1HUmrhnQIT9TT5Ol2uUbKljy3pUYcBzFSbpQ";
+        assert_eq!(hint(minted), "kg_...SbpQ");
+        assert_eq!(hint("legacy-5f0c1e9a4b7d42a8b3c6e1f09d2a7b4c"), "...7b4c");
+        assert_eq!(hint("abc"), "...abc");
+        assert_eq!(key_ref(&"ab".repeat(32)), "abababababababab");
+    }
+
+    #[test]
+    fn times_round_trip_through_rfc_3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            parse_rfc3339("t", "2027-06-30T00:00:00Z"),
+            Ok(1_814_313_600)
+        );
+        assert_eq!(
+            parse_rfc3339("t", "2027-06-30T02:00:00+02:00"),
+            Ok(1_814_313_600)
+        );
+        assert_eq!(rfc3339(1_814_313_600), "2027-06-30T00:00:00Z");
+        // RFC 3339 (5.6, note) allows a space for the T.
+        assert_eq!(
+            parse_rfc3339("t", "2027-06-30 00:00:00Z"),
+            Ok(1_814_313_600)
+        );
+        for bad in ["", "2027-06-30", "1814313600", "2027-02-30T00:00:00Z"] {
+            assert!(parse_rfc3339("expires_at", bad)
+                .unwrap_err()
+                .starts_with("expires_at"));
+        }
+    }
+
+    #[test]
+    fn claim_rules() {
+        let ok: Claims = [
+            ("plan".into(), "pro".into()),
+            ("a.B_c-9".into(), "x y".into()),
+        ]
+        .into();
+        assert_eq!(validate_claims(&ok), Ok(()));
+        let max: Claims = (0..16).map(|i| (format!("c{i}"), "v".into())).collect();
+        assert_eq!(validate_claims(&max), Ok(()));
+        let long: Claims = [("n".repeat(64), "v".repeat(256))].into();
+        assert_eq!(validate_claims(&long), Ok(()));
+        let too_many: Claims = (0..17).map(|i| (format!("c{i}"), "v".into())).collect();
+        assert!(validate_claims(&too_many).is_err());
+        for (name, value) in [
+            ("", "v"),
+            ("n".repeat(65).as_str(), "v"),
+            ("a:b", "v"),
+            ("plan", ""),
+            ("plan", " pro"),
+            ("plan", "pro "),
+            ("plan", "p\u{7f}"),
+            ("plan", "\u{e9}"),
+            ("plan", "v".repeat(257).as_str()),
+        ] {
+            let c: Claims = [(name.to_owned(), value.to_owned())].into();
+            assert!(
+                validate_claims(&c).unwrap_err().starts_with("claims:"),
+                "{name:?}={value:?}"
+            );
+        }
+    }
+}

@@ -2,9 +2,13 @@
 //!
 //! Every statement is written once, with PostgreSQL's `$1`-style parameters; the SQLite backend
 //! rewrites them to SQLite's equivalent `?1` (see [`to_sqlite`]). Only these differ by engine:
-//! the column type of `changes.revision` (SQLite `INTEGER PRIMARY KEY AUTOINCREMENT`,
-//! PostgreSQL `BIGSERIAL`), where the schema version is kept, and how a write transaction
-//! starts (see the backends).
+//! the column type of `changes.revision` and `audit.id` (SQLite `INTEGER PRIMARY KEY
+//! AUTOINCREMENT`, PostgreSQL `BIGSERIAL`), where the schema version is kept, and how a write
+//! transaction starts (see the backends).
+//!
+//! The schema is version 1 ([`SQLITE_SCHEMA`], as first released, never edited) followed by
+//! the numbered migration steps ([`SQLITE_MIGRATIONS`]); a new database runs them all, an
+//! older one the steps after its version.
 //!
 //! Rules that keep the answers identical on both engines:
 //! - no `ORDER BY` on text (collations differ: SQLite compares bytes, PostgreSQL uses the
