@@ -382,6 +382,12 @@ fn parse_body<T: DeserializeOwned>(
             "request body is empty; expected a JSON object".into(),
         ));
     }
+    // serde would also build a struct from a JSON array (its fields in order): refuse that.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::BadRequest(
+            "invalid JSON body: expected a JSON object".into(),
+        ));
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }

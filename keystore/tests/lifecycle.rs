@@ -1186,3 +1186,83 @@ async fn a_user_holds_at_most_100_live_keys() {
     assert_eq!(r.status, StatusCode::OK);
     create_key(&ks, &w.bob, "acme", "bob", json!({"name": "after-revoke"})).await;
 }
+
+#[tokio::test]
+async fn new_endpoints_refuse_malformed_bodies_with_json_errors() {
+    let ks = Ks::new().await;
+    let w = world(&ks).await;
+    let one = format!("{}/{}", keys_uri("acme", "bob"), key_ref(&w.bob));
+    let rotate = format!("{one}/rotate");
+    let before = ks.revision().await;
+    let send = |method: &str, uri: &str, ct: Option<&str>, body: Vec<u8>| {
+        let mut b = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("x-api-key", ROOT_KEY);
+        if let Some(ct) = ct {
+            b = b.header("content-type", ct);
+        }
+        b.body(axum::body::Body::from(body)).unwrap()
+    };
+    let json = Some("application/json");
+    let endpoints = [
+        ("POST", keys_uri("acme", "bob")),
+        ("PATCH", one.clone()),
+        ("POST", rotate.clone()),
+        ("PATCH", "/api/v1/admin/accounts/acme".to_owned()),
+        ("POST", "/v1/usage".to_owned()),
+    ];
+    for (method, uri) in &endpoints {
+        for (ct, body, status, needle) in [
+            (json, b"{".to_vec(), StatusCode::BAD_REQUEST, "invalid JSON"),
+            (
+                json,
+                b"[1]".to_vec(),
+                StatusCode::BAD_REQUEST,
+                "invalid JSON",
+            ),
+            (
+                json,
+                b"null".to_vec(),
+                StatusCode::BAD_REQUEST,
+                "invalid JSON",
+            ),
+            (
+                Some("text/plain"),
+                b"{}".to_vec(),
+                StatusCode::BAD_REQUEST,
+                "content-type",
+            ),
+        ] {
+            ks.send(send(method, uri, ct, body))
+                .await
+                .assert_error(status, needle);
+        }
+        // Admin bodies are limited to 16 KiB; usage reports to 1 MiB.
+        let size = if uri == "/v1/usage" {
+            1_100_000
+        } else {
+            20 * 1024
+        };
+        ks.send(send(method, uri, json, vec![b' '; size]))
+            .await
+            .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "at most");
+        if uri != &rotate {
+            ks.send(send(method, uri, json, Vec::new()))
+                .await
+                .assert_error(StatusCode::BAD_REQUEST, "empty");
+        }
+    }
+    for (method, uri) in [
+        ("PUT", keys_uri("acme", "bob")),
+        ("GET", rotate),
+        ("POST", one),
+        ("POST", "/api/v1/admin/audit".to_owned()),
+    ] {
+        let r = ks.call(method, &uri, Some(ROOT_KEY), None).await;
+        r.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        assert!(r.headers.contains_key("allow"), "{method} {uri}");
+    }
+    assert_eq!(ks.revision().await, before);
+    ks.assert_active(&w.bob, "acme", "bob", "member").await;
+}
