@@ -137,13 +137,12 @@ fn is_preflight(method: &[u8], headers: &Headers) -> bool {
         && header(headers, "access-control-request-method").is_some()
 }
 
-/// The names of the client-sent headers (or trailers) that spell an identity header, in any
-/// case and with `_` for `-`.
+/// The names of the client-sent headers (or trailers) that spell an identity or claim header,
+/// in any case and with `_` for `-`.
 pub fn forged_identity(cfg: &Config, fields: &Headers) -> Vec<String> {
-    let identity = cfg.identity_headers.names();
     let mut out: Vec<String> = Vec::new();
     for (name, _) in fields {
-        let folded = identity.iter().any(|n| same_folded(name, n));
+        let folded = cfg.identity_headers.all().any(|n| same_folded(name, n));
         if folded && !out.contains(name) {
             out.push(name.clone());
         }
@@ -249,6 +248,13 @@ mod tests {
         // On refusal nothing goes upstream; on an anonymous pass they are removed too.
         let anon = req(b"/public/x", &[("X_ROLE", b"admin")]);
         assert!(matches!(admit(&c, &anon), Admission::Pass(p) if p.remove == ["X_ROLE"]));
+    }
+
+    #[test]
+    fn forged_claim_headers_are_removed_like_identity_headers() {
+        let c = cfg(r#","identity_headers":{"claims":{"plan":"x-plan"}}"#);
+        let h = req(b"/d", &[("x-api-key", b"k"), ("X_Plan", b"enterprise")]);
+        assert_eq!(plan(&admit(&c, &h)).remove, vec!["X_Plan"]);
     }
 
     #[test]

@@ -68,11 +68,24 @@ pub struct IdentityHeaders {
     pub account: String,
     pub user: String,
     pub role: String,
+    /// Claims forwarded as headers: (claim name in the store's answer, header name), sorted
+    /// by claim name.
+    pub claims: Vec<(String, String)>,
 }
+
+/// Most claims the configuration may map to headers.
+pub const MAX_CLAIM_HEADERS: usize = 16;
 
 impl IdentityHeaders {
     pub fn names(&self) -> [&str; 3] {
         [&self.account, &self.user, &self.role]
+    }
+
+    /// Every header the filter sets, identity and claims: the names clients may never send.
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        self.names()
+            .into_iter()
+            .chain(self.claims.iter().map(|(_, h)| h.as_str()))
     }
 }
 
@@ -185,6 +198,7 @@ struct RawIdentityHeaders {
     account: Option<String>,
     user: Option<String>,
     role: Option<String>,
+    claims: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -405,8 +419,9 @@ fn identity_headers(
         )?,
         user: identity_header("identity_headers.user", h.user, "x-user-id", sources)?,
         role: identity_header("identity_headers.role", h.role, "x-role", sources)?,
+        claims: claim_headers(h.claims.unwrap_or_default(), sources)?,
     };
-    let folded = headers.names().map(text::fold_header_name);
+    let folded: Vec<String> = headers.all().map(text::fold_header_name).collect();
     if folded
         .iter()
         .enumerate()
@@ -414,10 +429,33 @@ fn identity_headers(
     {
         return Err(err(
             "identity_headers",
-            "the three header names must differ (also with '_' read as '-')",
+            "the header names must all differ (also with '_' read as '-')",
         ));
     }
     Ok(headers)
+}
+
+fn claim_headers(
+    claims: std::collections::BTreeMap<String, String>,
+    sources: &[KeySource],
+) -> Result<Vec<(String, String)>, ConfigError> {
+    if claims.len() > MAX_CLAIM_HEADERS {
+        return Err(err(
+            "identity_headers.claims",
+            format!("at most {MAX_CLAIM_HEADERS} claims"),
+        ));
+    }
+    claims
+        .into_iter()
+        .map(|(claim, header)| {
+            let field = format!("identity_headers.claims.{claim}");
+            if claim.is_empty() || claim.len() > 64 || !text::is_token(&claim) {
+                return Err(err(&field, "a claim name is 1 to 64 token characters"));
+            }
+            let header = identity_header(&field, Some(header), "", sources)?;
+            Ok((claim, header))
+        })
+        .collect()
 }
 
 fn identity_header(
@@ -618,6 +656,7 @@ mod tests {
             c.identity_headers.names(),
             ["x-account-id", "x-user-id", "x-role"]
         );
+        assert!(c.identity_headers.claims.is_empty());
         assert_eq!(
             c.invalidate_paths,
             vec![Prefix::parse("/api/v1/admin").unwrap()]
@@ -760,6 +799,33 @@ mod tests {
                 format!("identity_headers.{field}"),
                 "{json} -> {e}"
             );
+        }
+    }
+
+    #[test]
+    fn claims_map_to_headers_with_the_identity_rules() {
+        let c = parse(r#"{"store":{"cluster":"k"},"identity_headers":{"claims":{"plan":"X-Plan","tier":"x-tier"}}}"#)
+            .unwrap();
+        assert_eq!(
+            c.identity_headers.claims,
+            vec![
+                ("plan".into(), "x-plan".into()),
+                ("tier".into(), "x-tier".into())
+            ]
+        );
+        assert_eq!(c.identity_headers.all().count(), 5);
+        for (claims, field) in [
+            (r#"{"plan":"x_role"}"#, "identity_headers"),
+            (r#"{"plan":"host"}"#, "identity_headers.claims.plan"),
+            (r#"{"plan":"x-api-key"}"#, "identity_headers.claims.plan"),
+            (r#"{"a b":"x-plan"}"#, "identity_headers.claims.a b"),
+            (r#"{"plan":"x-p","tier":"X_P"}"#, "identity_headers"),
+        ] {
+            let json = format!(
+                r#"{{"store":{{"cluster":"k"}},"identity_headers":{{"claims":{claims}}}}}"#
+            );
+            let e = parse(&json).expect_err(&json);
+            assert_eq!(e.field, field, "{json} -> {e}");
         }
     }
 

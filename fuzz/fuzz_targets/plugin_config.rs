@@ -163,6 +163,12 @@ fn to_json(c: &Config) -> serde_json::Value {
             "account": c.identity_headers.account,
             "user": c.identity_headers.user,
             "role": c.identity_headers.role,
+            "claims": c
+                .identity_headers
+                .claims
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect::<serde_json::Map<_, _>>(),
         },
         "invalidate_paths": c.invalidate_paths.iter().map(prefix_text).collect::<Vec<_>>(),
         "key_sources": sources,
