@@ -14,7 +14,9 @@ use crate::store::{Actor, Changes, Identity, KeySpec, Store, DEFAULT_KEY_NAME};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
-use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -23,8 +25,10 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
+use subtle::ConstantTimeEq as _;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -33,6 +37,31 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Sleep before answering each key lookup (to simulate a slow store in benchmarks).
     pub lookup_delay: Duration,
+    /// The bearer token the key-store protocol endpoints require, if any.
+    pub protocol_token: Option<ProtocolToken>,
+}
+
+/// The protocol token, kept as its SHA-256 digest. Presented tokens are hashed and the digests
+/// compared in constant time, so neither the token's length nor a matching prefix shows in the
+/// answer's timing.
+#[derive(Clone)]
+pub struct ProtocolToken([u8; 32]);
+
+impl ProtocolToken {
+    pub fn new(token: &str) -> ProtocolToken {
+        ProtocolToken(Sha256::digest(token.as_bytes()).into())
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.0.ct_eq(&digest).into()
+    }
+}
+
+impl std::fmt::Debug for ProtocolToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProtocolToken(<redacted>)")
+    }
 }
 
 impl AppState {
@@ -41,21 +70,30 @@ impl AppState {
             store,
             metrics: Arc::new(Metrics::default()),
             lookup_delay,
+            protocol_token: None,
         }
     }
 }
 
 /// The full router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+    // The key-store protocol (lookups, changes feed, usage reports): behind the protocol
+    // token, when one is configured.
+    let protocol = Router::new()
         .route("/v1/keys/{key_id}", get(lookup_key))
         .route("/v1/changes", get(changes))
         .route(
             "/v1/usage",
             post(lifecycle::record_usage).layer(DefaultBodyLimit::max(lifecycle::USAGE_BODY_LIMIT)),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_protocol_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(protocol)
         .route("/api/v1/admin/audit", get(lifecycle::audit_all))
         .route("/api/v1/admin/accounts", post(create_account))
         .route(
@@ -189,6 +227,36 @@ async fn metrics(State(st): State<AppState>) -> Response {
 
 // ---------------------------------------------------------------------------------------------
 // Key-store protocol
+
+/// With a protocol token configured, lets a request through only with exactly one
+/// `authorization: Bearer <token>` header carrying it; otherwise 401
+/// `{"error":"unauthorized"}` with `www-authenticate: Bearer`.
+async fn require_protocol_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(token) = &st.protocol_token else {
+        return next.run(req).await;
+    };
+    let mut values = req.headers().get_all(AUTHORIZATION).iter();
+    let presented = match (values.next(), values.next()) {
+        (Some(v), None) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim()),
+        _ => None,
+    };
+    if presented.is_some_and(|t| token.matches(t)) {
+        return next.run(req).await;
+    }
+    inc(&st.metrics.protocol_unauthorized);
+    let mut res = json_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    res.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res.extensions_mut().insert(ErrorDetail(
+        "missing or wrong protocol token (authorization: Bearer)".into(),
+    ));
+    res
+}
 
 async fn lookup_key(
     State(st): State<AppState>,

@@ -107,6 +107,9 @@ pub struct Config {
     pub database: Database,
     /// Raw root key; stored only as its key id.
     pub root_key: Option<String>,
+    /// Bearer token the key-store protocol endpoints (`/v1/keys/`, `/v1/changes`) require;
+    /// `None`: they are open. Kept only as its SHA-256 digest.
+    pub protocol_token: Option<String>,
     /// Sleep before answering each key lookup.
     pub lookup_delay: Duration,
     /// Change-log rows kept.
@@ -120,6 +123,10 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("database", &self.database)
             .field("root_key", &self.root_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "protocol_token",
+                &self.protocol_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("lookup_delay", &self.lookup_delay)
             .field("changes_retention", &self.changes_retention)
             .field("pool_size", &self.pool_size)
@@ -143,6 +150,7 @@ impl Config {
         Config {
             database,
             root_key: None,
+            protocol_token: None,
             lookup_delay: Duration::ZERO,
             changes_retention: DEFAULT_CHANGES_RETENTION,
             pool_size: DEFAULT_POOL_SIZE,
@@ -183,7 +191,18 @@ pub async fn open(config: &Config) -> Result<AppState, StoreError> {
             );
         }
     }
-    Ok(AppState::new(store, config.lookup_delay))
+    if config.protocol_token.is_none() {
+        tracing::warn!(
+            "no protocol token configured (--protocol-token-file or KEYSTORE_PROTOCOL_TOKEN): \
+             anyone who reaches /v1/keys/ and /v1/changes can read key ids; set one in production"
+        );
+    }
+    let mut state = AppState::new(store, config.lookup_delay);
+    state.protocol_token = config
+        .protocol_token
+        .as_deref()
+        .map(api::ProtocolToken::new);
+    Ok(state)
 }
 
 /// Serves `state` on `listener` until `shutdown` completes, then finishes in-flight requests.

@@ -4,7 +4,7 @@ use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 use keystore::{Config, Database};
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
@@ -41,9 +41,16 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     listen: String,
     /// File holding the root key (surrounding whitespace is trimmed). Without it the root key
-    /// comes from the KEYSTORE_ROOT_KEY environment variable, if set.
+    /// comes from the KEYSTORE_ROOT_KEY environment variable, if set. At most 512 visible ASCII
+    /// characters with at least 128 bits of estimated entropy (keystore/README.md).
     #[arg(long, value_name = "PATH")]
     root_key_file: Option<PathBuf>,
+    /// File holding the bearer token that GET /v1/keys/... and GET /v1/changes then require
+    /// (`authorization: Bearer <token>`, the filter's store.token). Without it the token comes
+    /// from KEYSTORE_PROTOCOL_TOKEN, if set; with neither, those endpoints are open (set one in
+    /// production). The same rules as the root key.
+    #[arg(long, value_name = "PATH")]
+    protocol_token_file: Option<PathBuf>,
     /// Milliseconds to sleep before answering each GET /v1/keys/{key_id}.
     #[arg(long, value_name = "N", default_value_t = 0)]
     lookup_delay_ms: u64,
@@ -55,20 +62,28 @@ struct ServeArgs {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-fn root_key(args: &ServeArgs) -> Result<Option<String>, BoxError> {
-    if let Some(path) = &args.root_key_file {
+/// A secret from `file` (option `option`; surrounding whitespace trimmed) or else from the
+/// environment variable `var`, checked by [`keystore::keys::validate_secret`]: the error names
+/// where it came from, never the secret.
+fn secret(file: Option<&Path>, option: &str, var: &str) -> Result<Option<String>, BoxError> {
+    let (value, source) = if let Some(path) = file {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read root key file {}: {e}", path.display()))?;
-        let key = text.trim();
-        if key.is_empty() {
-            return Err(format!("root key file {} is empty", path.display()).into());
+            .map_err(|e| format!("{option}: cannot read {}: {e}", path.display()))?;
+        if text.trim().is_empty() {
+            return Err(format!("{option}: {} is empty", path.display()).into());
         }
-        return Ok(Some(key.to_owned()));
-    }
-    match std::env::var("KEYSTORE_ROOT_KEY") {
-        Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
-        _ => Ok(None),
-    }
+        (
+            text.trim().to_owned(),
+            format!("{option} {}", path.display()),
+        )
+    } else {
+        match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => (v.trim().to_owned(), var.to_owned()),
+            _ => return Ok(None),
+        }
+    };
+    keystore::keys::validate_secret(&source, &value)?;
+    Ok(Some(value))
 }
 
 async fn shutdown_signal() {
@@ -115,7 +130,16 @@ fn database(args: &ServeArgs) -> Result<Database, BoxError> {
 
 async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     let mut config = Config::with_database(database(&args)?);
-    config.root_key = root_key(&args)?;
+    config.root_key = secret(
+        args.root_key_file.as_deref(),
+        "--root-key-file",
+        "KEYSTORE_ROOT_KEY",
+    )?;
+    config.protocol_token = secret(
+        args.protocol_token_file.as_deref(),
+        "--protocol-token-file",
+        "KEYSTORE_PROTOCOL_TOKEN",
+    )?;
     config.lookup_delay = Duration::from_millis(args.lookup_delay_ms);
     config.changes_retention = args.changes_retention;
     config.pool_size = args.database_pool_size;

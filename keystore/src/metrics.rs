@@ -12,6 +12,7 @@ pub struct Metrics {
     pub changes_requests: AtomicU64,
     pub admin_requests: AtomicU64,
     pub usage_reports: AtomicU64,
+    pub protocol_unauthorized: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -22,7 +23,7 @@ pub fn inc(counter: &AtomicU64) {
 impl Metrics {
     /// The counters in the Prometheus text exposition format (0.0.4).
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64); 6] = [
+        let rows: [(&str, &str, &AtomicU64); 7] = [
             (
                 "keystore_lookups_total",
                 "Key lookups answered (GET /v1/keys/{key_id} with a well-formed key id).",
@@ -52,6 +53,11 @@ impl Metrics {
                 "keystore_usage_reports_total",
                 "Usage reports received (POST /v1/usage).",
                 &self.usage_reports,
+            ),
+            (
+                "keystore_protocol_unauthorized_total",
+                "Key-store protocol requests refused for a missing or wrong protocol token.",
+                &self.protocol_unauthorized,
             ),
         ];
         let mut out = String::new();

@@ -12,6 +12,9 @@ mod common;
 
 use axum::http::StatusCode;
 use common::{changed, contains, ids, Ks, ROOT_KEY};
+
+/// Another root key (as strong as one the binary accepts).
+const NEW_ROOT: &str = "root-test-key-2-Hw9Jd4Ks7Lq1Vm";
 use keystore::keys::key_id;
 use serde_json::json;
 
@@ -628,22 +631,17 @@ async fn data_and_root_key_persist_across_reopen() {
     let rev = ks.revision().await;
 
     // Reopen with a different root key: the new one replaces the old one.
-    let ks = ks
-        .reopen(|c| c.root_key = Some("a-new-root-key".to_owned()))
-        .await;
+    let ks = ks.reopen(|c| c.root_key = Some(NEW_ROOT.to_owned())).await;
     ks.assert_active(&admin, "acme", "alice", "admin").await;
     ks.assert_inactive(ROOT_KEY).await;
-    ks.assert_active("a-new-root-key", "_system", "root", "root")
-        .await;
+    ks.assert_active(NEW_ROOT, "_system", "root", "root").await;
     let feed = ks.changes(rev).await;
-    assert_eq!(changed(&feed), ids(&[ROOT_KEY, "a-new-root-key"]));
-    ks.create_user("a-new-root-key", "acme", "bob", "member")
-        .await;
+    assert_eq!(changed(&feed), ids(&[ROOT_KEY, NEW_ROOT]));
+    ks.create_user(NEW_ROOT, "acme", "bob", "member").await;
 
     // Reopen without a root key: nothing is lost, the configured key stays.
     let ks = ks.reopen(|_| {}).await;
-    ks.assert_active("a-new-root-key", "_system", "root", "root")
-        .await;
+    ks.assert_active(NEW_ROOT, "_system", "root", "root").await;
     assert!(ks.revision().await > 0);
 }
 

@@ -341,7 +341,7 @@ fn bad_arguments_fail_fast() {
         "/nonexistent/key",
     ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("root key file"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--root-key-file"));
     let empty = dir.path().join("empty.key");
     std::fs::write(&empty, "  \n").unwrap();
     let out = run(&[

@@ -16,10 +16,15 @@ use keystore::keys::key_id;
 use serde_json::{json, Value};
 
 const ACCOUNTS: &str = "/api/v1/admin/accounts";
-/// Keys as another system might have issued them (32+ bytes of visible ASCII).
+/// Keys as another system might have issued them (32+ bytes of visible ASCII, at least 128
+/// bits of estimated entropy).
 const LEGACY_1: &str = "legacy-0123456789abcdef0123456789abcdef";
 const LEGACY_2: &str = "sk_live_!#$%&'()*+,-./:;<=>?@[\\]^_`{|}~9";
-const LEGACY_3: &str = "LEGACY3-zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz";
+const LEGACY_3: &str = "LEGACY3-9f86d081884c7d659a2feaa0c55ad015";
+/// Long enough, but too weak (estimated entropy under 128 bits): a run of one character, and a
+/// repeated block.
+const WEAK_1: &str = "LEGACY3-zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz";
+const WEAK_2: &str = "abcd1234abcd1234abcd1234abcd1234";
 
 async fn post(ks: &Ks, uri: &str, by: &str, body: Value) -> Resp {
     ks.call("POST", uri, Some(by), Some(body)).await
@@ -116,8 +121,9 @@ async fn imported_keys_are_stored_and_looked_up_by_key_id() {
 async fn length_boundaries_and_every_visible_character_are_accepted() {
     let ks = Ks::new().await;
     let admin = ks.create_account("acme", "alice").await;
-    let min = "m".repeat(32);
-    let max = "M".repeat(512);
+    // Hex digits of SHA-256 digests: random-looking, 32 and 512 characters.
+    let min = key_id("min")[..32].to_owned();
+    let max: String = (0..8).map(|i| key_id(&format!("max{i}"))).collect();
     let visible: String = (0x21u8..=0x7e).map(char::from).collect();
     for (user, key) in [("u-min", &min), ("u-max", &max), ("u-all", &visible)] {
         let r = post(
@@ -138,8 +144,12 @@ async fn invalid_keys_are_rejected_naming_user_key() {
     let admin = ks.create_account("acme", "alice").await;
     let bob = ks.create_user(&admin, "acme", "bob", "member").await;
     let rev = ks.revision().await;
-    let pad = "k".repeat(32);
+    let pad = key_id("pad")[..32].to_owned();
     let bad: Vec<(String, &str)> = vec![
+        (WEAK_1.to_owned(), "too weak"),
+        (WEAK_2.to_owned(), "too weak"),
+        ("k".repeat(32), "too weak"),
+        ("k".repeat(512), "too weak"),
         (String::new(), "too short"),
         ("k".repeat(31), "too short"),
         ("kg_short".to_owned(), "too short"),
