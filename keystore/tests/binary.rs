@@ -41,6 +41,7 @@ impl Server {
             .env_remove("KEYSTORE_DATABASE_URL")
             .args(extra)
             .env_remove("KEYSTORE_ROOT_KEY")
+            .env_remove("KEYSTORE_PROTOCOL_TOKEN")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -312,6 +313,130 @@ fn sigint_shuts_down_and_missing_root_key_warns() {
     let log = server.log();
     assert!(log.contains("no root key configured"), "{log}");
     assert_eq!(log.matches("keystore listening on ").count(), 1, "{log}");
+}
+
+/// `GET path` with one extra header line on a fresh connection: the whole response text.
+fn raw_get(addr: SocketAddr, path: &str, header: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nhost: ks\r\nconnection: close\r\n{header}\r\n\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    raw
+}
+
+#[test]
+fn the_protocol_token_file_guards_lookups_and_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "kgproto_0b7e4c9a2f61d38e5a7c0f4b9e2d6a18";
+    let file = dir.path().join("protocol.token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let db = dir.path().join("ks.db");
+    let server = Server::start(
+        &db,
+        &["--protocol-token-file", file.to_str().unwrap()],
+        Some(ROOT_KEY),
+    );
+    let lookup = format!("/v1/keys/{}", key_id(ROOT_KEY));
+    for path in [lookup.as_str(), "/v1/changes?since=0"] {
+        for header in [
+            "x-none: 1".to_owned(),
+            "authorization: Bearer wrong".to_owned(),
+        ] {
+            let res = raw_get(server.addr, path, &header);
+            assert!(res.starts_with("HTTP/1.1 401 "), "{res}");
+            assert!(
+                res.to_ascii_lowercase()
+                    .contains("www-authenticate: bearer"),
+                "{res}"
+            );
+            assert!(res.ends_with(r#"{"error":"unauthorized"}"#), "{res}");
+        }
+        let res = raw_get(server.addr, path, &format!("authorization: Bearer {token}"));
+        assert!(res.starts_with("HTTP/1.1 200 "), "{res}");
+    }
+    // The admin API still takes the root key.
+    let (status, _) = server.call(
+        "POST",
+        "/api/v1/admin/accounts",
+        Some(ROOT_KEY),
+        Some(json!({"account_id": "acme", "admin_user_id": "alice"})),
+    );
+    assert_eq!(status, 201);
+    let log = server.log();
+    assert!(!log.contains(token), "{log}");
+    assert!(!log.contains("no protocol token configured"), "{log}");
+}
+
+#[test]
+fn weak_or_malformed_secrets_are_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    let db = db.to_str().unwrap();
+    let weak_file = dir.path().join("weak.key");
+    std::fs::write(
+        &weak_file,
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n",
+    )
+    .unwrap();
+    let weak_file = weak_file.to_str().unwrap();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keystore"));
+        cmd.args(["serve", "--db", db, "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("KEYSTORE_ROOT_KEY")
+            .env_remove("KEYSTORE_PROTOCOL_TOKEN")
+            .env_remove("KEYSTORE_DATABASE_URL");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "started with {extra:?} {env:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let weak = "password1234";
+    for (extra, env, names) in [
+        (
+            vec![],
+            vec![("KEYSTORE_ROOT_KEY", weak)],
+            "KEYSTORE_ROOT_KEY",
+        ),
+        (
+            vec!["--root-key-file", weak_file],
+            vec![],
+            "--root-key-file",
+        ),
+        (
+            vec![],
+            vec![("KEYSTORE_PROTOCOL_TOKEN", weak)],
+            "KEYSTORE_PROTOCOL_TOKEN",
+        ),
+        (
+            vec!["--protocol-token-file", weak_file],
+            vec![],
+            "--protocol-token-file",
+        ),
+    ] {
+        let err = run(&extra, &env);
+        assert!(err.contains(names) && err.contains("too weak"), "{err}");
+        assert!(
+            !err.contains(weak) && !err.contains("aaaaaaaa"),
+            "secret echoed: {err}"
+        );
+    }
+    // A strong token that cannot go into a header.
+    let spaced = "kgproto 0b7e4c9a2f61d38e5a7c0f4b9e2d6a18 x";
+    let err = run(&[], &[("KEYSTORE_PROTOCOL_TOKEN", spaced)]);
+    assert!(
+        err.contains("KEYSTORE_PROTOCOL_TOKEN") && err.contains("visible ASCII"),
+        "{err}"
+    );
+    // An unreadable token file.
+    let err = run(&["--protocol-token-file", "/nonexistent/token"], &[]);
+    assert!(err.contains("--protocol-token-file"), "{err}");
 }
 
 #[test]
