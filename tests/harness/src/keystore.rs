@@ -24,6 +24,9 @@ pub struct KeystoreOpts {
     pub root_key: Option<String>,
     /// Pass the root key with `--root-key-file` instead of `KEYSTORE_ROOT_KEY`.
     pub root_key_via_file: bool,
+    /// `--protocol-token-file`: the bearer token `/v1/keys/` and `/v1/changes` then require
+    /// (the filter's `store.token`); `None`: those endpoints are open.
+    pub protocol_token: Option<String>,
     /// `--database-url`: run on PostgreSQL instead of a fresh SQLite file (several keystores
     /// given the same URL are replicas of one store).
     pub database_url: Option<String>,
@@ -44,6 +47,7 @@ impl Default for KeystoreOpts {
             lookup_delay_ms: None,
             root_key: None,
             root_key_via_file: false,
+            protocol_token: None,
             database_url: None,
             extra_args: Vec::new(),
             env: Vec::new(),
@@ -113,6 +117,12 @@ impl Keystore {
                 .env_remove("KEYSTORE_ROOT_KEY");
         } else {
             cmd.env("KEYSTORE_ROOT_KEY", &self.root_key);
+        }
+        cmd.env_remove("KEYSTORE_PROTOCOL_TOKEN");
+        if let Some(token) = &self.opts.protocol_token {
+            let file = self.dir.path().join("protocol.token");
+            std::fs::write(&file, token)?;
+            cmd.arg("--protocol-token-file").arg(file);
         }
         cmd.args(&self.opts.extra_args);
         for (k, v) in &self.opts.env {
@@ -412,10 +422,16 @@ fn user_key(r: &Response) -> String {
 
 /// A random root key: `kgroot_` and 32 random bytes in hex (from /dev/urandom).
 fn random_root_key() -> Result<String> {
+    random_secret("kgroot_")
+}
+
+/// `prefix` and 32 random bytes in hex (from /dev/urandom): a secret that passes the
+/// keystore's entropy rule (root keys, protocol tokens).
+pub fn random_secret(prefix: &str) -> Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let mut key = String::from("kgroot_");
+    let mut key = String::from(prefix);
     for b in bytes {
         key.push_str(&format!("{b:02x}"));
     }
