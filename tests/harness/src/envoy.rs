@@ -50,6 +50,9 @@ pub struct EnvoyOpts {
     /// The bootstrap template's text; `None` is `envoy/envoy.yaml.tmpl` (see
     /// [`crate::template_variant`]).
     pub template: Option<String>,
+    /// Render the template without Envoy's path normalisation and underscore-header settings
+    /// (`# keygate:hardening` lines): for tests of the filter's own defences.
+    pub without_envoy_hardening: bool,
 }
 
 impl EnvoyOpts {
@@ -76,6 +79,7 @@ impl EnvoyOpts {
             envoy_path: None,
             ready_timeout: Duration::from_secs(20),
             template: None,
+            without_envoy_hardening: false,
         }
     }
 
@@ -214,6 +218,7 @@ impl Envoy {
             },
             &EnvoyConfigExtras {
                 more_keystore_ports: self.opts.more_keystore_ports.clone(),
+                without_envoy_hardening: self.opts.without_envoy_hardening,
             },
         )?;
         std::fs::write(&self.config_path, rendered)?;

@@ -43,7 +43,7 @@ pub use paths::{
 pub use postgres::{postgres_url, PgSchema, DATABASE_URL_VAR};
 pub use render::{
     default_keygate_config, load_envoy_template, render_envoy_config, render_envoy_config_with,
-    template_variant, EnvoyConfigExtras, EnvoyConfigParams,
+    template_variant, EnvoyConfigExtras, EnvoyConfigParams, HARDENING_MARK,
 };
 pub use stub_wasm::{stub_wasm, STUB_METRIC};
 pub use tmp::TempDir;

@@ -40,7 +40,13 @@ pub struct EnvoyConfigExtras {
     /// `@KEYSTORE_MORE_ENDPOINTS@`: ports (on 127.0.0.1) of more keystore replicas, after the
     /// one at `@KEYSTORE_PORT@`.
     pub more_keystore_ports: Vec<u16>,
+    /// Leave out the template's lines marked [`HARDENING_MARK`] (Envoy's own path
+    /// normalisation and underscore-header handling), to test what the filter does alone.
+    pub without_envoy_hardening: bool,
 }
+
+/// The trailing comment that marks a template line of Envoy's hardening settings.
+pub const HARDENING_MARK: &str = "# keygate:hardening";
 
 /// One `lb_endpoints` entry, on one line.
 fn endpoint_line(port: u16) -> String {
@@ -121,6 +127,9 @@ pub fn render_envoy_config_with(
     let mut endpoint_lines = 0;
     for (n, line) in template.lines().enumerate() {
         let trimmed = line.trim_start();
+        if extras.without_envoy_hardening && line.trim_end().ends_with(HARDENING_MARK) {
+            continue;
+        }
         if trimmed.starts_with('#') {
             out.push_str(line);
         } else if line.contains(MORE_ENDPOINTS_PLACEHOLDER) {
@@ -282,6 +291,7 @@ mod tests {
             .all(|l| l.trim_start().starts_with('#') || !l.contains(MORE_ENDPOINTS_PLACEHOLDER)));
         let extras = EnvoyConfigExtras {
             more_keystore_ports: vec![8082, 8083],
+            ..EnvoyConfigExtras::default()
         };
         let three = render_envoy_config_with(&template, &params(&wasm, &config), &extras).unwrap();
         let placeholder = template
@@ -303,6 +313,38 @@ mod tests {
         assert_eq!(
             render_envoy_config("  @KEYGATE_CONFIG@\n", &p).unwrap(),
             "  {}\n"
+        );
+    }
+
+    #[test]
+    fn envoy_hardening_is_rendered_unless_left_out() {
+        let template = load_envoy_template().unwrap();
+        let wasm = PathBuf::from("/x/keygate.wasm");
+        let config = serde_json::to_string_pretty(&default_keygate_config()).unwrap();
+        let settings = [
+            "normalize_path: true",
+            "merge_slashes: true",
+            "path_with_escaped_slashes_action: REJECT_REQUEST",
+            "common_http_protocol_options:",
+            "headers_with_underscores_action: DROP_HEADER",
+        ];
+        let hardened = render_envoy_config(&template, &params(&wasm, &config)).unwrap();
+        let extras = EnvoyConfigExtras {
+            without_envoy_hardening: true,
+            ..EnvoyConfigExtras::default()
+        };
+        let bare = render_envoy_config_with(&template, &params(&wasm, &config), &extras).unwrap();
+        for setting in settings {
+            let has = |text: &str| {
+                text.lines()
+                    .any(|l| l.trim_start().starts_with(setting) && l.contains(HARDENING_MARK))
+            };
+            assert!(has(&hardened), "{setting} missing from the template");
+            assert!(!has(&bare), "{setting} rendered anyway");
+        }
+        assert_eq!(
+            bare.lines().count() + settings.len(),
+            hardened.lines().count()
         );
     }
 

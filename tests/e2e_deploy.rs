@@ -1,0 +1,138 @@
+//! Deploying safely, end to end on real Envoy: the settings the shipped template turns on
+//! (path normalisation, merged slashes, encoded slashes refused, underscore headers dropped;
+//! README "Deploying safely") seen from a client and from the upstream.
+#![cfg(not(target_arch = "wasm32"))]
+// Tests: panicking on a failed expectation is the point.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use keygate_harness::{Envoy, EnvoyOpts, Keystore, KeystoreOpts, Upstream};
+use serde_json::{json, Value};
+
+/// A keystore, an upstream and one Envoy (2 workers) rendered from the shipped template.
+struct One {
+    envoy: Envoy,
+    _upstream: Upstream,
+    keystore: Keystore,
+}
+
+fn start(cfg: Value) -> One {
+    let keystore = Keystore::start(KeystoreOpts::default()).unwrap();
+    let upstream = Upstream::start().unwrap();
+    let opts = EnvoyOpts::new("keygate-a", cfg, upstream.port(), keystore.port());
+    One {
+        envoy: Envoy::start(opts).unwrap(),
+        _upstream: upstream,
+        keystore,
+    }
+}
+
+/// One raw HTTP/1.1 GET of `target` (sent byte for byte, no client-side normalisation) with
+/// `headers`; returns the status and the body parsed as JSON (`Null` if it is not JSON).
+fn raw_get(envoy: &Envoy, target: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", envoy.port())).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = format!("GET {target} HTTP/1.1\r\nhost: api\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn paths_reach_the_filter_and_the_upstream_normalised() {
+    let one = start(config_with(json!({"anonymous_paths": ["/public/"]})));
+    let key = one.keystore.create_account("acme", "alice");
+    // A dot segment out of an anonymous prefix is the protected path for the filter too:
+    // without a key, 401; with one, the upstream gets the normalised path.
+    let (status, _) = raw_get(&one.envoy, "/public/../api/x", &[]);
+    assert_eq!(status, 401, "/public/../api/x passed as anonymous");
+    for (sent, seen) in [
+        ("/public/../api/x", "/api/x"),
+        ("/public/./../api//x", "/api/x"),
+        ("/api//v1///x", "/api/v1/x"),
+        ("/%61pi/x", "/api/x"),
+        ("/api/x/..", "/api/"),
+        ("/public/%2e%2e/api/x", "/api/x"),
+    ] {
+        let (status, echo) = raw_get(&one.envoy, sent, &[("x-api-key", &key)]);
+        assert_eq!(status, 200, "{sent}: {echo}");
+        assert_eq!(echo["path"], seen, "{sent}");
+        assert_eq!(echo["headers"]["x-account-id"], "acme", "{sent}");
+    }
+    // The anonymous prefix itself still passes without a key.
+    let (status, echo) = raw_get(&one.envoy, "/public//page", &[]);
+    assert_eq!((status, echo["path"].as_str()), (200, Some("/public/page")));
+}
+
+#[test]
+fn encoded_slashes_and_backslashes_are_refused_by_envoy() {
+    let one = start(config_with(json!({"anonymous_paths": ["/public/"]})));
+    let key = one.keystore.create_account("acme", "alice");
+    for target in [
+        "/public/..%2Fapi/x",
+        "/public%2F..%2Fapi",
+        "/public/..%5Capi/x",
+        "/api%2fx",
+    ] {
+        for headers in [vec![], vec![("x-api-key", key.as_str())]] {
+            let (status, echo) = raw_get(&one.envoy, target, &headers);
+            assert_eq!(
+                status,
+                400,
+                "{target} with {} headers: {echo}",
+                headers.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn identity_headers_spelled_with_underscores_never_reach_the_upstream() {
+    let one = start(config());
+    let key = one.keystore.create_account("acme", "alice");
+    let forged = [
+        ("x_account_id", "victim"),
+        ("x_role", "root"),
+        ("X_User_Id", "mallory"),
+        ("x-account_id", "victim"),
+    ];
+    let mut headers = vec![("x-api-key", key.as_str())];
+    headers.extend(forged);
+    let (status, echo) = raw_get(&one.envoy, "/orders", &headers);
+    assert_eq!(status, 200, "{echo}");
+    let seen = echo["headers"].as_object().unwrap();
+    for (name, _) in forged {
+        assert!(
+            !seen.contains_key(&name.to_ascii_lowercase()),
+            "{name} reached the upstream: {echo}"
+        );
+    }
+    assert_eq!(seen["x-account-id"], "acme");
+    assert_eq!(seen["x-user-id"], "alice");
+    assert_eq!(seen["x-role"], "admin");
+    assert_eq!(one.envoy.stat("http1.dropped_headers_with_underscores"), 4);
+}
