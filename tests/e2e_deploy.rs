@@ -18,7 +18,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-use keygate_harness::{Envoy, EnvoyOpts, Keystore, KeystoreOpts, Upstream};
+use keygate_harness::{random_secret, Envoy, EnvoyOpts, Keystore, KeystoreOpts, Upstream};
 use serde_json::{json, Value};
 
 /// A keystore, an upstream and one Envoy (2 workers) rendered from the shipped template.
@@ -135,4 +135,69 @@ fn identity_headers_spelled_with_underscores_never_reach_the_upstream() {
     assert_eq!(seen["x-user-id"], "alice");
     assert_eq!(seen["x-role"], "admin");
     assert_eq!(one.envoy.stat("http1.dropped_headers_with_underscores"), 4);
+}
+
+/// A keystore requiring `keystore_token` and an Envoy whose filter sends `filter_token`.
+fn start_with_tokens(keystore_token: &str, filter_token: Option<&str>) -> One {
+    let keystore = Keystore::start(KeystoreOpts {
+        protocol_token: Some(keystore_token.to_string()),
+        ..KeystoreOpts::default()
+    })
+    .unwrap();
+    let upstream = Upstream::start().unwrap();
+    let cfg = match filter_token {
+        Some(t) => config_with(json!({"store": {"token": t}})),
+        None => config(),
+    };
+    let opts = EnvoyOpts::new("keygate-a", cfg, upstream.port(), keystore.port());
+    One {
+        envoy: Envoy::start(opts).unwrap(),
+        _upstream: upstream,
+        keystore,
+    }
+}
+
+#[test]
+fn the_filter_reads_a_token_protected_store_with_store_token() {
+    let token = random_secret("kgproto_").unwrap();
+    let one = start_with_tokens(&token, Some(&token));
+    let key = one.keystore.create_account("acme", "alice");
+    let r = get_with_key(&one.envoy, "/orders", &key);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(upstream_headers(&r)["x-account-id"], "acme");
+    // The changes feed answers too: a revocation made in the store reaches the filter.
+    assert!(all_get(&one.envoy, &key, 4, 200));
+    one.keystore.revoke_account("acme");
+    within(
+        Duration::from_secs(5),
+        "revocation through the feed",
+        || all_get(&one.envoy, &key, 4, 401),
+    );
+    assert!(one.envoy.stat("keygate_sync_polls") > 0);
+    assert_eq!(one.envoy.stat("keygate_sync_errors"), 0);
+    assert_eq!(
+        one.keystore.metric("keystore_protocol_unauthorized_total"),
+        0.0
+    );
+}
+
+#[test]
+fn a_filter_without_the_token_gets_503_from_a_protected_store_never_200() {
+    let token = random_secret("kgproto_").unwrap();
+    let wrong = random_secret("kgproto_").unwrap();
+    for filter_token in [None, Some(wrong.as_str())] {
+        let one = start_with_tokens(&token, filter_token);
+        let key = one.keystore.create_account("acme", "alice");
+        let statuses = statuses(&one.envoy, &key, 6);
+        assert!(
+            statuses.iter().all(|s| *s == 503),
+            "token {:?}: {statuses:?}",
+            filter_token.map(|_| "wrong")
+        );
+        let r = get_with_key(&one.envoy, "/orders", &key);
+        assert_eq!(r.status, 503);
+        assert!(r.body.contains("key store unavailable"), "{}", r.body);
+        assert!(one.keystore.metric("keystore_protocol_unauthorized_total") >= 1.0);
+        assert_eq!(one.keystore.lookups(), 0);
+    }
 }
