@@ -9,7 +9,16 @@
 #      image is the Envoy major.minor the tests run; envoy/istio/wasmplugin.yaml parses, and its
 #      pluginConfig is the compose filter configuration except store.cluster/store.authority;
 #      that pluginConfig, given to the real filter in an Envoy config that has Istio's cluster
-#      name, passes `envoy --mode validate` as well.
+#      name, passes `envoy --mode validate` as well;
+#   4. deploying safely (README "Deploying safely"): every shipped Envoy configuration
+#      (envoy/envoy.yaml.tmpl, envoy/compose/envoy-{a,b}.yaml, the Istio EnvoyFilter) sets
+#      normalize_path, merge_slashes, path_with_escaped_slashes_action and
+#      headers_with_underscores_action on each HTTP connection manager, and binds Envoy's admin
+#      interface to 127.0.0.1; no admin port is published;
+#   5. no secret is shipped: no literal root key or protocol token in the shipped files, the
+#      keystore reads both from files that envoy/compose/init-secrets.sh generates (run here on
+#      temporary directories; the configurations it renders are the ones validated in 2, and the
+#      secrets it generates must start the real keystore when it is built).
 # Exits non-zero on the first failure. Idempotent; after the first run (which may apt-get
 # install docker-compose and python3-yaml) it takes a few seconds. Used by `make test`.
 #
@@ -24,12 +33,16 @@ die() { say "FAIL: $*"; exit 1; }
 COMPOSE_FILE=envoy/docker-compose.yaml
 ENVOY_CONFIGS=(envoy/compose/envoy-a.yaml envoy/compose/envoy-b.yaml)
 ISTIO_PLUGIN=envoy/istio/wasmplugin.yaml
+ISTIO_HARDENING=envoy/istio/hardening.yaml
+ENVOY_TEMPLATE=envoy/envoy.yaml.tmpl
+INIT_SECRETS=envoy/compose/init-secrets.sh
+KEYSTORE=${KEYGATE_KEYSTORE:-target/release/keystore}
 # The path the compose file mounts the filter at, inside the Envoy containers.
 CONTAINER_WASM=/etc/keygate/keygate.wasm
 ENVOY=${KEYGATE_ENVOY:-.tools/venv/bin/envoy}
 WASM=${KEYGATE_WASM:-target/wasm32-wasip1/release/keygate.wasm}
 
-for f in "$COMPOSE_FILE" "${ENVOY_CONFIGS[@]}" "$ISTIO_PLUGIN"; do
+for f in "$COMPOSE_FILE" "${ENVOY_CONFIGS[@]}" "$ISTIO_PLUGIN" "$ISTIO_HARDENING" "$ENVOY_TEMPLATE" "$INIT_SECRETS"; do
   [ -f "$f" ] || die "$f is missing"
 done
 [ -x "$ENVOY" ] || die "no Envoy at $ENVOY: run \`make setup\`"
@@ -64,7 +77,7 @@ fi
 # `config` reads the file only: no Docker engine needed. Unset variables take the file's
 # defaults; the environment must not make the check pass or fail, so ENVOY_IMAGE etc. are
 # cleared.
-if ! out=$(env -u ENVOY_IMAGE -u KEYGATE_ROOT_KEY -u KEYSTORE_LOG \
+if ! out=$(env -u ENVOY_IMAGE -u KEYSTORE_LOG \
     "${compose[@]}" -f "$COMPOSE_FILE" config -q 2>&1); then
   printf '%s\n' "$out" >&2
   die "$COMPOSE_FILE: \`${compose[*]} config -q\` failed"
@@ -85,18 +98,64 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# 5. The secrets service's script, on temporary directories: it must generate both secrets and
+# render both Envoy configurations with the token, and keep them on a second run.
+secrets_dir=$tmp/secrets rendered_dir=$tmp/rendered
+run_init() {
+  SECRETS_DIR=$secrets_dir ENVOY_DIR=$rendered_dir TEMPLATE_DIR=envoy/compose KEYSTORE_UID=$(id -u) \
+    bash "$INIT_SECRETS" >"$tmp/init.log" 2>&1 || { cat "$tmp/init.log" >&2; die "$INIT_SECRETS failed"; }
+}
+run_init
+first=$(cat "$secrets_dir/root.key" "$secrets_dir/protocol.token" "$rendered_dir/envoy-a.yaml")
+run_init
+[ "$first" = "$(cat "$secrets_dir/root.key" "$secrets_dir/protocol.token" "$rendered_dir/envoy-a.yaml")" ] ||
+  die "$INIT_SECRETS replaced existing secrets on its second run"
+grep -q 'keeping' "$tmp/init.log" || die "$INIT_SECRETS: no 'keeping' on its second run"
+for f in root.key protocol.token; do
+  [ "$(stat -c %a "$secrets_dir/$f")" = 400 ] || die "$INIT_SECRETS: $f is not mode 0400"
+done
+say "ok: $INIT_SECRETS generates the root key and the protocol token once, renders envoy-{a,b}.yaml"
+# The generated secrets pass the keystore's own rules (entropy, form): it starts with them.
+if [ -x "$KEYSTORE" ]; then
+  "$KEYSTORE" serve --db "$tmp/ks.db" --listen 127.0.0.1:0 --root-key-file "$secrets_dir/root.key" \
+    --protocol-token-file "$secrets_dir/protocol.token" >"$tmp/ks.log" 2>&1 &
+  ks_pid=$!
+  for _ in $(seq 100); do
+    grep -q 'keystore listening on' "$tmp/ks.log" && break
+    kill -0 "$ks_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  ok=0; grep -q 'keystore listening on' "$tmp/ks.log" && ok=1
+  kill "$ks_pid" 2>/dev/null || true; wait "$ks_pid" 2>/dev/null || true
+  [ "$ok" = 1 ] || { cat "$tmp/ks.log" >&2; die "the keystore refused the generated secrets"; }
+  say "ok: the keystore starts with the generated root key and protocol token"
+else
+  say "skipped: keystore start with the generated secrets (no $KEYSTORE: make build)"
+fi
+
 envoy_version=$("$ENVOY" --version | sed -n 's#.*/\([0-9][0-9]*\.[0-9][0-9]*\)\.[0-9][0-9]*/.*#\1#p' | head -n 1)
 [ -n "$envoy_version" ] || die "cannot read the version of $ENVOY"
 
 # Consistency checks; writes the configurations to validate into $tmp (the container's wasm
 # path replaced by the host's), one file name per line on stdout.
 to_validate=$("$py" - "$tmp" "$WASM" "$CONTAINER_WASM" "$envoy_version" "$COMPOSE_FILE" \
-    "$ISTIO_PLUGIN" "${ENVOY_CONFIGS[@]}" <<'PY'
-import copy, json, os, re, sys
+    "$ISTIO_PLUGIN" "$ISTIO_HARDENING" "$ENVOY_TEMPLATE" "$rendered_dir" "$secrets_dir" \
+    "${ENVOY_CONFIGS[@]}" <<'PY'
+import copy, glob, json, os, re, sys
 import yaml
 
-tmp, wasm, container_wasm, envoy_version, compose_file, istio_file, *envoy_files = sys.argv[1:]
+(tmp, wasm, container_wasm, envoy_version, compose_file, istio_file, istio_hardening_file,
+ template_file, rendered_dir, secrets_dir, *envoy_files) = sys.argv[1:]
 errors = []
+HCM = "envoy.filters.network.http_connection_manager"
+TOKEN_PLACEHOLDER = "@KEYGATE_PROTOCOL_TOKEN@"
+# What every shipped HTTP connection manager must say (README "Deploying safely").
+HARDENING = {
+    "normalize_path": True,
+    "merge_slashes": True,
+    "path_with_escaped_slashes_action": "REJECT_REQUEST",
+}
+UNDERSCORES = ("common_http_protocol_options", "headers_with_underscores_action", "DROP_HEADER")
 
 def fail(msg):
     errors.append(msg)
@@ -105,20 +164,69 @@ def load(path):
     with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
 
+def hcms(cfg):
+    for listener in cfg.get("static_resources", {}).get("listeners", []):
+        for chain in listener.get("filter_chains", []):
+            for f in chain.get("filters", []):
+                if f.get("name") == HCM:
+                    yield f["typed_config"]
+
 def wasm_filter(cfg):
-    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    for f in hcm["typed_config"]["http_filters"]:
+    hcm = next(hcms(cfg))
+    for f in hcm["http_filters"]:
         if f["name"] == "envoy.filters.http.wasm":
             return f["typed_config"]["config"]
     raise KeyError("no envoy.filters.http.wasm filter")
 
+def check_hardening(where, hcm):
+    for key, want in HARDENING.items():
+        if hcm.get(key) != want:
+            fail(f"{where}: {key} is {hcm.get(key)!r}, want {want!r} (README: Deploying safely)")
+    section, key, want = UNDERSCORES
+    have = (hcm.get(section) or {}).get(key)
+    if have != want:
+        fail(f"{where}: {section}.{key} is {have!r}, want {want!r} (README: Deploying safely)")
+
+def check_envoy_config(path, cfg):
+    found = list(hcms(cfg))
+    if not found:
+        fail(f"{path}: no HTTP connection manager")
+    for i, hcm in enumerate(found):
+        check_hardening(f"{path}: HTTP connection manager {i}", hcm)
+    admin = (cfg.get("admin") or {}).get("address", {}).get("socket_address", {})
+    if admin.get("address") != "127.0.0.1":
+        fail(f"{path}: admin binds {admin.get('address')!r}, want 127.0.0.1")
+
+def template_as_yaml(path):
+    # Placeholders filled with harmless values; lines that are only a placeholder dropped.
+    lines = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if re.fullmatch(r"\s*@[A-Z_]+@\s*", line):
+                continue
+            lines.append(re.sub(r"@[A-Z_]+@", "1", line))
+    return yaml.safe_load("".join(lines))
+
 # The compose file: the Envoy image is the major.minor that the tests run (.tools/venv).
 compose = load(compose_file)
 services = compose.get("services", {})
-for name in ("keystore", "upstream", "envoy-a", "envoy-b"):
+for name in ("secrets", "keystore", "upstream", "envoy-a", "envoy-b"):
     if name not in services:
         fail(f"{compose_file}: no service {name}")
-for name in ("envoy-a", "envoy-b"):
+
+def mounts(svc):
+    out = {}
+    for v in svc.get("volumes", []):
+        if isinstance(v, dict):
+            out[v.get("target")] = v
+        else:
+            parts = str(v).split(":")
+            out[parts[1] if len(parts) > 1 else parts[0]] = {
+                "source": parts[0], "target": parts[1] if len(parts) > 1 else parts[0],
+                "read_only": len(parts) > 2 and "ro" in parts[2].split(",")}
+    return out
+
+for name, node in (("envoy-a", "a"), ("envoy-b", "b")):
     svc = services.get(name, {})
     m = re.search(r"envoyproxy/envoy:v(\d+\.\d+)", str(svc.get("image", "")))
     if not m:
@@ -128,13 +236,59 @@ for name in ("envoy-a", "envoy-b"):
     cmd = svc.get("command", [])
     if "--concurrency" not in cmd or cmd[cmd.index("--concurrency") + 1] != "2":
         fail(f"{compose_file}: {name}: not started with --concurrency 2")
-    mounts = {v.get("target"): v for v in svc.get("volumes", []) if isinstance(v, dict)}
-    w = mounts.get(container_wasm, {})
+    if "-c" not in cmd or cmd[cmd.index("-c") + 1] != f"/etc/envoy/rendered/envoy-{node}.yaml":
+        fail(f"{compose_file}: {name}: not started with -c /etc/envoy/rendered/envoy-{node}.yaml")
+    mt = mounts(svc)
+    w = mt.get(container_wasm, {})
     if w.get("source") != "../target/wasm32-wasip1/release/keygate.wasm" or not w.get("read_only"):
         fail(f"{compose_file}: {name}: keygate.wasm is not mounted read-only at {container_wasm}")
+    r = mt.get("/etc/envoy/rendered", {})
+    if r.get("source") != "envoy-config" or not r.get("read_only"):
+        fail(f"{compose_file}: {name}: volume envoy-config is not mounted read-only at /etc/envoy/rendered")
+    if any(v.get("source") == "keystore-secrets" for v in mt.values()):
+        fail(f"{compose_file}: {name}: mounts keystore-secrets (the root key belongs to the keystore only)")
+    for port in svc.get("ports", []):
+        if str(port).split(":")[-1].split("/")[0] == "9901":
+            fail(f"{compose_file}: {name}: publishes Envoy's admin port ({port})")
+    if (svc.get("depends_on") or {}).get("secrets", {}).get("condition") != "service_completed_successfully":
+        fail(f"{compose_file}: {name}: does not wait for the secrets service")
+
+# No literal secret: the keystore reads both secrets from the generated files.
+ks = services.get("keystore", {})
+env = ks.get("environment") or {}
+env_names = env.keys() if isinstance(env, dict) else [str(e).split("=")[0] for e in env]
+for var in ("KEYSTORE_ROOT_KEY", "KEYSTORE_PROTOCOL_TOKEN"):
+    if var in env_names:
+        fail(f"{compose_file}: keystore: {var} is set in the file (a secret must not be shipped)")
+cmd = [str(c) for c in ks.get("command", [])]
+for opt, path in (("--root-key-file", "/run/keygate/secrets/root.key"),
+                  ("--protocol-token-file", "/run/keygate/secrets/protocol.token")):
+    if opt not in cmd or cmd[cmd.index(opt) + 1] != path:
+        fail(f"{compose_file}: keystore: not started with {opt} {path}")
+sec = mounts(ks).get("/run/keygate/secrets", {})
+if sec.get("source") != "keystore-secrets" or not sec.get("read_only"):
+    fail(f"{compose_file}: keystore: volume keystore-secrets is not mounted read-only at /run/keygate/secrets")
+init = services.get("secrets", {})
+if "init-secrets.sh" not in " ".join(str(c) for c in init.get("command", [])):
+    fail(f"{compose_file}: secrets: does not run init-secrets.sh")
+secret_like = re.compile(r"kgroot_[A-Za-z0-9_-]{6,}|kgproto_[A-Za-z0-9_-]{6,}|kg_[A-Za-z0-9_-]{43}"
+                         r"|DEMO_ONLY|not_a_secret|change_me", re.I)
+shipped = [compose_file, template_file, istio_file, istio_hardening_file] + sorted(
+    glob.glob("envoy/compose/*.yaml") + glob.glob("envoy/compose/*.sh")
+    + glob.glob("envoy/ratelimit/*.yaml"))
+for path in shipped:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if secret_like.search(line):
+                fail(f"{path}:{n}: looks like a shipped secret: {line.strip()[:80]}")
+
+# Deploying safely: the template and the compose configurations.
+check_envoy_config(template_file, template_as_yaml(template_file))
+configs = {path: load(path) for path in envoy_files}
+for path, cfg in configs.items():
+    check_envoy_config(path, cfg)
 
 # A and B: the same configuration but for node.id.
-configs = {path: load(path) for path in envoy_files}
 (path_a, a), (path_b, b) = configs.items()
 if a["node"]["id"] == b["node"]["id"]:
     fail(f"{path_a} and {path_b} have the same node.id")
@@ -143,12 +297,26 @@ a0["node"]["id"] = b0["node"]["id"] = None
 if a0 != b0:
     fail(f"{path_a} and {path_b} differ in more than node.id")
 
-# The filter configuration (JSON text in a StringValue).
+# The filter configuration (JSON text in a StringValue); the token is the placeholder that
+# init-secrets.sh replaces.
 try:
     filter_cfg = json.loads(wasm_filter(a)["configuration"]["value"])
 except (KeyError, ValueError) as e:
     fail(f"{path_a}: cannot read the filter configuration: {e}")
     filter_cfg = None
+if filter_cfg is not None and filter_cfg.get("store", {}).get("token") != TOKEN_PLACEHOLDER:
+    fail(f"{path_a}: store.token is not the placeholder {TOKEN_PLACEHOLDER}")
+
+# The rendered configurations: the templates with the generated token and nothing else changed.
+token = open(os.path.join(secrets_dir, "protocol.token"), encoding="utf-8").read().strip()
+for path in envoy_files:
+    rendered = os.path.join(rendered_dir, os.path.basename(path))
+    with open(path, encoding="utf-8") as f, open(rendered, encoding="utf-8") as g:
+        if f.read().replace(TOKEN_PLACEHOLDER, token) != g.read():
+            fail(f"{rendered}: not {path} with the generated token")
+    cfg = load(rendered)
+    if json.loads(wasm_filter(cfg)["configuration"]["value"])["store"].get("token") != token:
+        fail(f"{rendered}: store.token is not the generated token")
 
 # The Istio WasmPlugin.
 plugin = load(istio_file)
@@ -173,26 +341,50 @@ if not re.fullmatch(r"outbound\|\d+\|[^|]*\|[A-Za-z0-9.-]+", istio_cluster):
     fail(f"{istio_file}: store.cluster {istio_cluster!r} is not an Istio outbound cluster name")
 elif istio_cfg["store"].get("authority") != istio_cluster.rsplit("|", 1)[1]:
     fail(f"{istio_file}: store.authority is not the host of store.cluster")
+if "token" in ((istio_cfg or {}).get("store") or {}):
+    fail(f"{istio_file}: pluginConfig holds store.token: a token must not be shipped (README)")
 if filter_cfg is not None and istio_cfg is not None:
     x, y = copy.deepcopy(filter_cfg), copy.deepcopy(istio_cfg)
     for c in (x, y):
-        c.get("store", {}).pop("cluster", None)
-        c.get("store", {}).pop("authority", None)
+        for k in ("cluster", "authority", "token"):
+            c.get("store", {}).pop(k, None)
     if x != y:
         fail(f"{istio_file}: pluginConfig differs from the compose filter configuration "
-             f"(beyond store.cluster and store.authority):\n  compose {json.dumps(x, sort_keys=True)}"
-             f"\n  istio   {json.dumps(y, sort_keys=True)}")
+             f"(beyond store.cluster, store.authority and store.token):\n"
+             f"  compose {json.dumps(x, sort_keys=True)}\n  istio   {json.dumps(y, sort_keys=True)}")
+
+# The Istio EnvoyFilter: merged into an HTTP connection manager without the settings, its
+# patch gives exactly the compose configuration's connection manager settings.
+ef = load(istio_hardening_file)
+if ef.get("kind") != "EnvoyFilter" or not str(ef.get("apiVersion", "")).startswith("networking.istio.io/"):
+    fail(f"{istio_hardening_file}: not an Istio EnvoyFilter")
+patches = (ef.get("spec") or {}).get("configPatches") or []
+if not patches:
+    fail(f"{istio_hardening_file}: no configPatches")
+for i, cp in enumerate(patches):
+    if cp.get("applyTo") != "NETWORK_FILTER" or (cp.get("patch") or {}).get("operation") != "MERGE":
+        fail(f"{istio_hardening_file}: patch {i} is not a MERGE on NETWORK_FILTER")
+    name = (((cp.get("match") or {}).get("listener") or {}).get("filterChain") or {}).get("filter", {}).get("name")
+    if name != HCM:
+        fail(f"{istio_hardening_file}: patch {i} does not match {HCM}")
+    tc = ((cp.get("patch") or {}).get("value") or {}).get("typed_config") or {}
+    check_hardening(f"{istio_hardening_file}: patch {i}", tc)
+    compose_hcm = next(hcms(a))
+    for key in list(HARDENING) + [UNDERSCORES[0]]:
+        if tc.get(key) != compose_hcm.get(key):
+            fail(f"{istio_hardening_file}: patch {i}: {key} differs from {path_a}")
 
 if errors:
     for e in errors:
         print(f"[check-compose] FAIL: {e}", file=sys.stderr)
     sys.exit(1)
 
-# Files for `envoy --mode validate`: the compose configurations with the host's wasm path
-# (the text is kept as written, only the path changes), then an "Istio" variant of A: the
-# pluginConfig as Istio hands it over (JSON text) and the keystore cluster under Istio's name.
+# Files for `envoy --mode validate`: the configurations init-secrets.sh rendered, with the
+# host's wasm path (the text is kept as written, only the path changes), then an "Istio"
+# variant of A: the pluginConfig as Istio hands it over (JSON text) and the keystore cluster
+# under Istio's name.
 for path in envoy_files:
-    with open(path, encoding="utf-8") as f:
+    with open(os.path.join(rendered_dir, os.path.basename(path)), encoding="utf-8") as f:
         text = f.read()
     quoted = f'"{container_wasm}"'
     if text.count(quoted) != 1:
@@ -211,8 +403,7 @@ store_cluster = filter_cfg["store"]["cluster"]
 for c in istio_like["static_resources"]["clusters"]:
     if c["name"] == store_cluster:
         c["name"] = c["load_assignment"]["cluster_name"] = istio_cluster
-vhosts = istio_like["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
-    "typed_config"]["route_config"]["virtual_hosts"]
+vhosts = next(hcms(istio_like))["route_config"]["virtual_hosts"]
 for vh in vhosts:
     for r in vh["routes"]:
         if r.get("route", {}).get("cluster") == store_cluster:
@@ -224,6 +415,7 @@ print(out)
 PY
 ) || die "consistency checks failed"
 say "ok: Envoy A/B configs agree, image is Envoy $envoy_version, $ISTIO_PLUGIN matches"
+say "ok: hardening and admin on loopback in $ENVOY_TEMPLATE, ${ENVOY_CONFIGS[*]}, $ISTIO_HARDENING; no shipped secret"
 
 # 2. envoy --mode validate on each.
 while IFS= read -r cfg; do
