@@ -183,8 +183,16 @@ fn a_key_created_on_one_replica_is_used_at_once_through_the_other_and_a_revocati
     for envoy in [&a, &b] {
         assert!(all_get(envoy, &users[2], 4, 200));
     }
-    // B's feed polls reached both replicas.
-    assert!(ks.r1.changes_requests() > 0 && ks.r2.changes_requests() > 0);
+    // B's feed polls reach both replicas. Not "have reached by now": B's workers each pick
+    // hosts round robin from their own random starting point, lookups advance the same
+    // rotation, and B polls about once a second (2 or 3 polls by this point, fewer on a loaded
+    // machine), so all of them landing on replica 2 is a normal outcome (it failed this
+    // assertion about once in four runs). Replica 1's turn comes with the next polls.
+    within(
+        Duration::from_secs(30),
+        "B's feed polls reached both replicas",
+        || ks.r1.changes_requests() > 0 && ks.r2.changes_requests() > 0,
+    );
     eprintln!(
         "replicas: revocation on replica 2 refused everywhere after {refused_after:?} (bound {bound:?}); \
          feed polls: replica 1 {}, replica 2 {}",
@@ -204,6 +212,9 @@ fn a_key_created_on_one_replica_is_used_at_once_through_the_other_and_a_revocati
     );
     wait_all_healthy(&c);
     assert!(all_get(&c, &root, 4, 200));
+    // Both replicas in C's rotation right before the kill (a health check that timed out on a
+    // loaded machine can take one out for a moment).
+    wait_all_healthy(&c);
     let retries_before = envoy_stat(&c, "cluster.keystore.upstream_rq_retry");
     ks.r1.kill();
     let answers: Vec<(u16, String)> = (0..6)
@@ -224,8 +235,18 @@ fn a_key_created_on_one_replica_is_used_at_once_through_the_other_and_a_revocati
         "replicas: admin writes through C right after a kill -9 of replica 1: {:?}, {retries} retried",
         answers.iter().map(|(s, _)| *s).collect::<Vec<_>>()
     );
-    assert!(answers.iter().all(|(s, _)| *s == 201), "{answers:?}");
-    assert!(retries >= 1, "no admin write was retried");
+    assert!(
+        answers.iter().all(|(s, _)| *s == 201),
+        "{answers:?}\nC's keystore hosts: {:?}; stats {:?}; replica 2 ({}) running: {}; its log:\n{}",
+        health_flags(&c, "keystore"),
+        c.stats().into_iter().filter(|(k, v)| k.starts_with("cluster.keystore.") && *v > 0 && (k.contains("health") || k.contains("outlier") || k.contains("cx_") || k.contains("panic") || k.contains("membership"))).collect::<Vec<_>>(),
+        ks.r2.port(),
+        ks.r2.is_running(),
+        ks.r2.log_text()
+    );
+    // Whether one was retried (the first write picked replica 1 before anything noticed it
+    // was gone) or none needed to be (a health check saw it first, as happens on a loaded
+    // machine) is timing: what is asserted is that no write failed.
     drop((a, b, c));
 }
 
