@@ -137,7 +137,7 @@ pub fn validate_imported_key(value: &str) -> Result<(), String> {
 ///    distinct characters;
 /// 4. the estimate is effective length × log2(pool).
 ///
-/// `kg_` + 32 random bytes (base64url) scores about 280 bits, 32 random hex digits about 150,
+/// `kg_` + 32 random bytes (base64url) scores about 290 bits, 32 random hex digits about 160,
 /// `"a" × 64` about 5, `"0123456789abcdef" × 4` about 83.
 pub fn estimated_entropy_bits(secret: &str) -> f64 {
     let collapsed = shorten_runs(secret.as_bytes());
