@@ -35,6 +35,7 @@ ENVOY_CONFIGS=(envoy/compose/envoy-a.yaml envoy/compose/envoy-b.yaml)
 ISTIO_PLUGIN=envoy/istio/wasmplugin.yaml
 ISTIO_HARDENING=envoy/istio/hardening.yaml
 ENVOY_TEMPLATE=envoy/envoy.yaml.tmpl
+RATELIMIT_TEMPLATE=envoy/ratelimit/envoy.yaml.tmpl
 INIT_SECRETS=envoy/compose/init-secrets.sh
 KEYSTORE=${KEYGATE_KEYSTORE:-target/release/keystore}
 # The path the compose file mounts the filter at, inside the Envoy containers.
@@ -42,7 +43,7 @@ CONTAINER_WASM=/etc/keygate/keygate.wasm
 ENVOY=${KEYGATE_ENVOY:-.tools/venv/bin/envoy}
 WASM=${KEYGATE_WASM:-target/wasm32-wasip1/release/keygate.wasm}
 
-for f in "$COMPOSE_FILE" "${ENVOY_CONFIGS[@]}" "$ISTIO_PLUGIN" "$ISTIO_HARDENING" "$ENVOY_TEMPLATE" "$INIT_SECRETS"; do
+for f in "$COMPOSE_FILE" "${ENVOY_CONFIGS[@]}" "$ISTIO_PLUGIN" "$ISTIO_HARDENING" "$ENVOY_TEMPLATE" "$RATELIMIT_TEMPLATE" "$INIT_SECRETS"; do
   [ -f "$f" ] || die "$f is missing"
 done
 [ -x "$ENVOY" ] || die "no Envoy at $ENVOY: run \`make setup\`"
@@ -139,13 +140,13 @@ envoy_version=$("$ENVOY" --version | sed -n 's#.*/\([0-9][0-9]*\.[0-9][0-9]*\)\.
 # Consistency checks; writes the configurations to validate into $tmp (the container's wasm
 # path replaced by the host's), one file name per line on stdout.
 to_validate=$("$py" - "$tmp" "$WASM" "$CONTAINER_WASM" "$envoy_version" "$COMPOSE_FILE" \
-    "$ISTIO_PLUGIN" "$ISTIO_HARDENING" "$ENVOY_TEMPLATE" "$rendered_dir" "$secrets_dir" \
+    "$ISTIO_PLUGIN" "$ISTIO_HARDENING" "$ENVOY_TEMPLATE" "$RATELIMIT_TEMPLATE" "$rendered_dir" "$secrets_dir" \
     "${ENVOY_CONFIGS[@]}" <<'PY'
 import copy, glob, json, os, re, sys
 import yaml
 
 (tmp, wasm, container_wasm, envoy_version, compose_file, istio_file, istio_hardening_file,
- template_file, rendered_dir, secrets_dir, *envoy_files) = sys.argv[1:]
+ template_file, ratelimit_file, rendered_dir, secrets_dir, *envoy_files) = sys.argv[1:]
 errors = []
 HCM = "envoy.filters.network.http_connection_manager"
 TOKEN_PLACEHOLDER = "@KEYGATE_PROTOCOL_TOKEN@"
@@ -197,15 +198,24 @@ def check_envoy_config(path, cfg):
     if admin.get("address") != "127.0.0.1":
         fail(f"{path}: admin binds {admin.get('address')!r}, want 127.0.0.1")
 
-def template_as_yaml(path):
-    # Placeholders filled with harmless values; lines that are only a placeholder dropped.
+def render_template(path, values):
+    # Placeholders filled from `values` (default "1"); a line that is only a placeholder is
+    # dropped unless `values` has it (then it is replaced by the value, indented alike).
     lines = []
     with open(path, encoding="utf-8") as f:
         for line in f:
-            if re.fullmatch(r"\s*@[A-Z_]+@\s*", line):
+            alone = re.fullmatch(r"(\s*)(@[A-Z_]+@)\s*", line)
+            if alone:
+                if alone.group(2) in values:
+                    lines.append(alone.group(1) + values[alone.group(2)] + "\n")
                 continue
-            lines.append(re.sub(r"@[A-Z_]+@", "1", line))
-    return yaml.safe_load("".join(lines))
+            lines.append(re.sub(r"@[A-Z_]+@", lambda m: values.get(m.group(0), "1"), line))
+    return "".join(lines)
+
+def template_as_yaml(path):
+    return yaml.safe_load(render_template(path, {}))
+
+RATELIMIT_FILTERS = ("envoy.filters.http.header_mutation", "envoy.filters.http.local_ratelimit")
 
 # The compose file: the Envoy image is the major.minor that the tests run (.tools/venv).
 compose = load(compose_file)
@@ -282,8 +292,20 @@ for path in shipped:
             if secret_like.search(line):
                 fail(f"{path}:{n}: looks like a shipped secret: {line.strip()[:80]}")
 
-# Deploying safely: the template and the compose configurations.
+# Deploying safely: the templates and the compose configurations.
 check_envoy_config(template_file, template_as_yaml(template_file))
+check_envoy_config(ratelimit_file, template_as_yaml(ratelimit_file))
+# The rate-limit template is the main one plus its two filters, around keygate, in order.
+rl, main = template_as_yaml(ratelimit_file), template_as_yaml(template_file)
+rl_filters = [f["name"] for f in next(hcms(rl))["http_filters"]]
+want_order = [RATELIMIT_FILTERS[0], "envoy.filters.http.wasm", RATELIMIT_FILTERS[1],
+              "envoy.filters.http.router"]
+if rl_filters != want_order:
+    fail(f"{ratelimit_file}: HTTP filters {rl_filters}, want {want_order} (the limiter after keygate)")
+hcm = next(hcms(rl))
+hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] not in RATELIMIT_FILTERS]
+if rl != main:
+    fail(f"{ratelimit_file}: differs from {template_file} beyond its two rate-limit filters")
 configs = {path: load(path) for path in envoy_files}
 for path, cfg in configs.items():
     check_envoy_config(path, cfg)
@@ -412,10 +434,27 @@ out = os.path.join(tmp, "envoy-istio-plugin-config.yaml")
 with open(out, "w", encoding="utf-8") as f:
     yaml.safe_dump(istio_like, f, sort_keys=False)
 print(out)
+
+# The templates, rendered as the harness does (ports, the host's wasm, the compose filter
+# configuration with the generated token).
+rendered_cfg = copy.deepcopy(filter_cfg)
+rendered_cfg["store"]["token"] = token
+for path in (template_file, ratelimit_file):
+    text = render_template(path, {
+        "@NODE_ID@": "check", "@ADMIN_PORT@": "19901", "@LISTEN_PORT@": "19000",
+        "@UPSTREAM_PORT@": "19080", "@KEYSTORE_PORT@": "19081",
+        "@WASM_PATH@": wasm.replace("\\", "\\\\").replace('"', '\\"'),
+        "@KEYGATE_CONFIG@": json.dumps(rendered_cfg),
+    })
+    out = os.path.join(tmp, path.replace("/", "-").replace(".tmpl", ""))
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(out)
 PY
 ) || die "consistency checks failed"
 say "ok: Envoy A/B configs agree, image is Envoy $envoy_version, $ISTIO_PLUGIN matches"
-say "ok: hardening and admin on loopback in $ENVOY_TEMPLATE, ${ENVOY_CONFIGS[*]}, $ISTIO_HARDENING; no shipped secret"
+say "ok: hardening and admin on loopback in $ENVOY_TEMPLATE, $RATELIMIT_TEMPLATE, ${ENVOY_CONFIGS[*]}, $ISTIO_HARDENING; no shipped secret"
+say "ok: $RATELIMIT_TEMPLATE is $ENVOY_TEMPLATE with header_mutation before and local_ratelimit after keygate"
 
 # 2. envoy --mode validate on each.
 while IFS= read -r cfg; do
