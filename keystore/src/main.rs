@@ -45,7 +45,8 @@ struct ServeArgs {
     /// characters with at least 128 bits of estimated entropy (keystore/README.md).
     #[arg(long, value_name = "PATH")]
     root_key_file: Option<PathBuf>,
-    /// File holding the bearer token that GET /v1/keys/... and GET /v1/changes then require
+    /// File holding the bearer token that GET /v1/keys/..., GET /v1/changes and POST /v1/usage
+    /// then require
     /// (`authorization: Bearer <token>`, the filter's store.token). Without it the token comes
     /// from KEYSTORE_PROTOCOL_TOKEN, if set; with neither, those endpoints are open (set one in
     /// production). The same rules as the root key.

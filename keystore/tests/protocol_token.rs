@@ -1,5 +1,6 @@
 //! The protocol token (`--protocol-token-file` / `KEYSTORE_PROTOCOL_TOKEN`): with one
-//! configured, `GET /v1/keys/...` and `GET /v1/changes` need `authorization: Bearer <token>`;
+//! configured, `GET /v1/keys/...`, `GET /v1/changes` and `POST /v1/usage` need
+//! `authorization: Bearer <token>`;
 //! the admin API, `/healthz` and `/metrics` are unchanged. Through the real router over a real
 //! database (SQLite, or PostgreSQL with `KEYSTORE_TEST_DATABASE_URL`).
 #![allow(
@@ -75,6 +76,27 @@ async fn protocol_endpoints_need_the_token() {
     // Refusals happen before the handlers: no lookup or changes request was counted.
     assert!(ks.metric("keystore_protocol_unauthorized_total").await >= 20);
     assert_eq!(ks.metric("keystore_lookups_total").await, 4);
+}
+
+#[tokio::test]
+async fn usage_reports_need_the_token() {
+    let ks = with_token().await;
+    let admin = ks.create_account("acme", "alice").await;
+    let body = serde_json::json!({ "key_ids": [key_id(&admin)] }).to_string();
+    let post = |authorization: Option<String>| {
+        let mut b = Request::builder()
+            .method("POST")
+            .uri("/v1/usage")
+            .header("content-type", "application/json");
+        if let Some(v) = authorization {
+            b = b.header("authorization", v);
+        }
+        b.body(Body::from(body.clone())).unwrap()
+    };
+    assert_refused(&ks.send(post(None)).await);
+    assert_refused(&ks.send(post(Some("Bearer wrong-token".into()))).await);
+    let r = ks.send(post(Some(format!("Bearer {TOKEN}")))).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 }
 
 #[tokio::test]
