@@ -393,9 +393,34 @@ fn weak_or_malformed_secrets_are_refused_at_start_up() {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
-        assert!(!out.status.success(), "started with {extra:?} {env:?}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A refused secret exits at once; one that is accepted would serve forever.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("started with {extra:?} {env:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{extra:?} {env:?}");
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        err
     };
     let weak = "password1234";
     for (extra, env, names) in [
