@@ -19,22 +19,19 @@ use keygate_harness::h2::{self, H2Request};
 use keygate_harness::{load_envoy_template, TwoInstances, TwoOpts};
 use serde_json::{json, Value};
 
-/// Envoy's own defences in the shipped configs; the filter must be safe without them.
-const ENVOY_DEFENCES: [&str; 4] = [
-    "normalize_path:",
-    "merge_slashes:",
-    "path_with_escaped_slashes_action:",
-    "headers_with_underscores_action:",
-];
-
-/// The shipped template without Envoy's path and header defences.
+/// The shipped template without Envoy's own path and header defences (the lines marked
+/// `# keygate:hardening`): the filter must be safe when an operator leaves them out.
 fn undefended_template() -> String {
-    load_envoy_template()
-        .unwrap()
+    let template = load_envoy_template().unwrap();
+    let kept: Vec<&str> = template
         .lines()
-        .filter(|l| !ENVOY_DEFENCES.iter().any(|d| l.trim_start().starts_with(d)))
-        .collect::<Vec<_>>()
-        .join("\n")
+        .filter(|l| !l.trim_end().ends_with("# keygate:hardening"))
+        .collect();
+    assert!(
+        template.lines().count() - kept.len() >= 5,
+        "the template's hardening lines are no longer marked"
+    );
+    kept.join("\n")
 }
 
 /// The protected upstream spoken to over HTTP/2 (so request trailers reach it).
