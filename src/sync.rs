@@ -8,8 +8,8 @@
 //! worker answers from a verdict the feed reported changed.
 
 use crate::host::Host;
-use crate::lease::{self, Slot, Table};
 use crate::shared::{self, Change, ChangeRing, Epoch, Names, Reader, Record, Writer};
+use crate::shared_table::{self, Slot, Table};
 use crate::store::Changes;
 
 /// The shared sync record: where the feed is, and who is polling it.
@@ -190,7 +190,9 @@ fn bump_epoch<H: Host + ?Sized>(host: &H, names: &Names, change: impl Fn(&mut Ep
 }
 
 fn forget_slot<H: Host + ?Sized>(host: &H, table: &Table, change: &Change) {
-    let _ = table.update(host, &change.key, |slot: &Slot| lease::forget(slot, change));
+    let _ = table.update(host, &change.key, |slot: &Slot| {
+        shared_table::forget(slot, change)
+    });
 }
 
 #[cfg(test)]
@@ -198,7 +200,7 @@ mod tests {
     use super::*;
     use crate::fake_host::FakeHost;
     use crate::key::KeyId;
-    use crate::lease::SlotVerdict;
+    use crate::shared_table::SlotVerdict;
     use crate::test_support::test;
     use crate::verdict::Identity;
     use std::rc::Rc;

@@ -18,8 +18,8 @@ use crate::cache::{Entry, L1};
 use crate::config::Config;
 use crate::host::{CallResponse, Callout, DispatchError, Histogram, Host, Metric, SharedError};
 use crate::key::KeyId;
-use crate::lease::{self, SlotVerdict, Table, View, LEASE_GRACE_MS};
 use crate::shared::{self, Epoch, Names};
+use crate::shared_table::{self, SlotVerdict, Table, View, LEASE_GRACE_MS};
 use crate::store::{self, LookupAnswer};
 use crate::sync::{self, Start};
 use crate::verdict::{Decision, Identity, Outcome, Resolution, Verdict};
@@ -157,7 +157,7 @@ impl Worker {
             return Decision::Wait;
         }
         let (slot, _) = self.table.read(host, &key);
-        match lease::inspect(&slot, &key, now, self.epoch.generation, now) {
+        match shared_table::inspect(&slot, &key, now, self.epoch.generation, now) {
             View::Fresh(v) => {
                 host.count(Metric::SharedHits, 1);
                 let entry = v.to_entry();
@@ -439,7 +439,7 @@ impl Worker {
             Phase::Fetching { .. } => {} // the answer, or `expire_calls`, moves it on
             Phase::Queued | Phase::Following => {
                 let (slot, cas) = self.table.read(host, &key);
-                match lease::inspect(&slot, &key, now, self.epoch.generation, since_ms) {
+                match shared_table::inspect(&slot, &key, now, self.epoch.generation, since_ms) {
                     View::Fresh(v) => {
                         let entry = v.to_entry();
                         let outcome = Outcome::from_verdict(&entry.verdict, false);
@@ -461,7 +461,7 @@ impl Worker {
                         match self.table.swap(
                             host,
                             &key,
-                            &lease::take(&slot, key, self.owner, deadline),
+                            &shared_table::take(&slot, key, self.owner, deadline),
                             cas,
                         ) {
                             Ok(()) => {
@@ -507,9 +507,9 @@ impl Worker {
         let b = &self.cfg.miss_budget;
         if !bucket::take_token(host, &self.names.budget, b.per_second, b.burst) {
             if leased {
-                let _ = self
-                    .table
-                    .update(host, &key, |s| Some(lease::fail(s, key, self.owner, now)));
+                let _ = self.table.update(host, &key, |s| {
+                    Some(shared_table::fail(s, key, self.owner, now))
+                });
             }
             let outcome = self.stale_or(host, &key, now, Outcome::Throttled);
             self.resolve(key, outcome, out);
@@ -585,7 +585,7 @@ impl Worker {
             let entry = self.entry_for(verdict, now);
             let shared_verdict = SlotVerdict::from_entry(key, &entry);
             let _ = self.table.update(host, &key, |s| {
-                Some(lease::complete(
+                Some(shared_table::complete(
                     s,
                     self.owner,
                     Some(shared_verdict.clone()),
@@ -609,9 +609,9 @@ impl Worker {
     ) {
         host.count(Metric::LookupErrors, 1);
         if leased {
-            let _ = self
-                .table
-                .update(host, &key, |s| Some(lease::fail(s, key, self.owner, now)));
+            let _ = self.table.update(host, &key, |s| {
+                Some(shared_table::fail(s, key, self.owner, now))
+            });
         }
         let outcome = self.stale_or(host, &key, now, Outcome::Unavailable);
         self.resolve(key, outcome, out);
@@ -791,12 +791,12 @@ impl Worker {
 }
 
 /// The slot with our lease on `key` released (no verdict written).
-fn release(slot: &lease::Slot, key: &KeyId, owner: u64) -> Option<lease::Slot> {
+fn release(slot: &shared_table::Slot, key: &KeyId, owner: u64) -> Option<shared_table::Slot> {
     match &slot.lease {
-        Some(lease::Lease {
+        Some(shared_table::Lease {
             key: k,
-            state: lease::LeaseState::Held { owner: o, .. },
-        }) if k == key && *o == owner => Some(lease::Slot {
+            state: shared_table::LeaseState::Held { owner: o, .. },
+        }) if k == key && *o == owner => Some(shared_table::Slot {
             verdict: slot.verdict.clone(),
             lease: None,
         }),

@@ -19,7 +19,7 @@
 use std::fmt::Debug;
 
 use keygate::bucket::Bucket;
-use keygate::lease::{Lease, LeaseState, Slot, SlotVerdict};
+use keygate::shared_table::{Lease, LeaseState, Slot, SlotVerdict};
 use keygate::shared::{CatchUp, Change, ChangeRing, Counter, Epoch, Record};
 use keygate::sync::SyncRecord;
 use keygate::verdict::Identity;

@@ -37,7 +37,7 @@ use keygate::config::Config;
 use keygate::fake_host::FakeHost;
 use keygate::host::{CallResponse, Callout, Host};
 use keygate::key::KeyId;
-use keygate::lease::LEASE_GRACE_MS;
+use keygate::shared_table::LEASE_GRACE_MS;
 use keygate::store::{self, Changes, LookupAnswer};
 use keygate::verdict::{Decision, Outcome, Resolution};
 use keygate::worker::Worker;
