@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::host::CallResponse;
 use crate::request::{self, Refusal};
 use crate::store::MAX_CHANGES_BODY;
-use crate::verdict::{Outcome, Resolution};
+use crate::verdict::{Outcome, Resolution, Source};
 use crate::worker::Worker;
 
 #[derive(Default)]
@@ -51,8 +51,15 @@ impl Root {
                 let _ = hostcalls::resume_http_request();
             }
         }
-        let keep = s.worker.parked().saturating_mul(2);
+        let keep = s.worker.waiters().saturating_mul(2);
         s.deferred.shrink_to(keep);
+        // Local admin writes whose change every worker now knows: their responses go on.
+        let s = &mut *s;
+        for context_id in s.worker.take_released_writers(&s.host) {
+            if hostcalls::set_effective_context(context_id).is_ok() {
+                let _ = hostcalls::resume_http_response();
+            }
+        }
     }
 }
 
@@ -123,6 +130,7 @@ impl RootContext for Root {
                     .map(|context_id| Resolution {
                         context_id,
                         outcome: Outcome::Unavailable,
+                        source: Source::NoVerdict,
                     })
                     .collect(),
             );
