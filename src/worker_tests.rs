@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use crate::config::Config;
 use crate::fake_host::FakeHost;
-use crate::host::{CallResponse, Metric};
+use crate::host::{CallResponse, Gauge, Metric};
 use crate::key::KeyId;
 use crate::test_support::test;
 use crate::verdict::{Decision, Identity, Outcome, Resolution, Source};
@@ -1019,4 +1019,132 @@ fn answers_still_in_the_outbox_are_withdrawn_when_the_feed_reports_their_key() {
         rest.iter().all(|r| r.outcome == Outcome::Unavailable),
         "{rest:?}"
     );
+}
+
+/// Finding 3: a flood of new keys spends the main budget; a key that was valid moments ago
+/// (expired, within its stale window) is still revalidated by a real lookup, from the reserve,
+/// while a new key is refused.
+#[test]
+fn a_flood_of_new_keys_cannot_lock_out_a_key_that_was_valid_recently() {
+    let cfg = config(
+        r#","cache":{"ttl_s":1,"stale_if_error_s":300,"shared_slots":256},"miss_budget":{"per_second":1,"burst":1,"reserve_per_second":5}"#,
+    );
+    let (host, mut w) = synced_worker(&cfg);
+    let known = key(80);
+    cache_allow(&host, &mut w, known); // spends the main budget's only token
+    host.advance(1_500); // expired, within its stale window
+    for n in 0..50 {
+        assert_eq!(w.check(&host, 1000 + n, key(1000 + n)), Decision::Wait);
+    }
+    let r = w.on_tick(&host);
+    assert_eq!(
+        lookups(&host, &mut w).len(),
+        1,
+        "the main budget's one token"
+    );
+    assert_eq!(r.len(), 49);
+    assert!(r.iter().all(|r| r.outcome == Outcome::Throttled));
+    assert_eq!(
+        w.check(&host, 2000, key(2000)),
+        Decision::Answer(Outcome::Throttled, Source::NoVerdict),
+        "a new key shares the spent main budget"
+    );
+    assert_eq!(w.check(&host, 1, known), Decision::Wait, "revalidated");
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    assert_eq!(calls.len(), 1);
+    let r = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
+    assert!(is_allow(&r[0].outcome), "a fresh answer, not a stale one");
+    assert_eq!(r[0].source, Source::Lookup);
+    assert_eq!(host.metric(Metric::ReserveLookups), 1);
+}
+
+/// Finding 4a: one malformed key id in a page does not block the feed: it is skipped and
+/// counted, the rest applies and the next poll starts after the page.
+#[test]
+fn a_page_with_a_malformed_entry_is_applied_without_it() {
+    let cfg = config(r#","sync":{"interval_ms":1000}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(81);
+    cache_allow(&host, &mut w, k);
+    let poll = next_poll(&host, &mut w);
+    let body = format!(
+        r#"{{"revision":7,"changed":["not-a-key-id","{}"]}}"#,
+        k.hex()
+    );
+    respond(&host, &mut w, poll, 200, &body);
+    assert_eq!(host.metric(Metric::SyncSkippedEntries), 1);
+    assert_eq!(
+        w.check(&host, 1, k),
+        Decision::Wait,
+        "the valid entry applied"
+    );
+    w.forget(&host, 1);
+    host.advance(1_000);
+    w.on_tick(&host);
+    let calls = host.take_calls();
+    assert!(
+        calls.iter().any(|(_, c)| c.path == "/v1/changes?since=7"),
+        "the feed moved on: {calls:?}"
+    );
+}
+
+/// Finding 4b: with the feed failing for longer than 3 intervals while lookups work, a cached
+/// allow is re-checked by lookup at least every interval (a silent revocation is refused within
+/// about 3 intervals + 1), and the lag is exported.
+#[test]
+fn while_the_feed_fails_cached_allows_are_rechecked_every_interval() {
+    let cfg = config(r#","cache":{"ttl_s":300,"shared_slots":256},"sync":{"interval_ms":1000}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(82);
+    cache_allow(&host, &mut w, k);
+    let mut answered_from_cache = 0;
+    for _ in 0..4 {
+        let poll = next_poll(&host, &mut w); // +1 s
+        respond(&host, &mut w, poll, 503, "");
+        if matches!(w.check(&host, 5, k), Decision::Answer(..)) {
+            answered_from_cache += 1;
+        } else {
+            break;
+        }
+    }
+    assert_eq!(
+        answered_from_cache, 3,
+        "cached for 3 intervals of failed polls, then re-checked"
+    );
+    assert_eq!(host.gauge_value(Gauge::SyncLagMs), Some(4_000));
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    assert_eq!(calls.len(), 1);
+    let r = respond(&host, &mut w, calls[0].0, 404, ""); // revoked silently
+    assert_eq!(r[0].outcome, Outcome::Deny);
+    assert_eq!(host.metric(Metric::FeedDownRechecks), 1);
+    // A key re-checked less than an interval ago is answered from the cache.
+    let k2 = key(83);
+    cache_allow(&host, &mut w, k2);
+    host.advance(500);
+    assert!(matches!(w.check(&host, 6, k2), Decision::Answer(..)));
+    host.advance(600);
+    assert_eq!(w.check(&host, 7, k2), Decision::Wait);
+}
+
+/// Finding 1, for a new generation: a lookup sent before everything was dropped (a local
+/// write whose poll failed) answers afterwards: nobody gets it, the key is looked up again.
+#[test]
+fn an_answer_from_before_everything_was_dropped_is_given_to_nobody() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(84);
+    w.check(&host, 1, k);
+    w.on_tick(&host);
+    let lookup = lookups(&host, &mut w).remove(0);
+    assert_eq!(admin_write(&host, &mut w, 90, None), vec![90]);
+    let r = respond(&host, &mut w, lookup.0, 200, IDENTITY);
+    assert!(r.is_empty(), "{r:?}");
+    w.on_tick(&host);
+    let again = lookups(&host, &mut w);
+    assert_eq!(again.len(), 1, "looked up again");
+    let r = respond(&host, &mut w, again[0].0, 200, IDENTITY);
+    assert_eq!(r.len(), 1);
+    assert!(is_allow(&r[0].outcome));
 }
