@@ -165,7 +165,7 @@ impl Worker {
             // This worker would have to ask the store: with the budget spent, say so now
             // rather than park the request until the tick finds the same (a flood of
             // unknown keys then costs one shared read each, not a pause and a resume).
-            View::Free { .. } | View::Busy if !self.budget_left(host, &key, now) => {
+            View::Free { .. } | View::Busy if !self.budget_left(host, &key, &slot, now) => {
                 host.count(Metric::Misses, 1);
                 let (outcome, source) = self.stale_or(host, &key, now, Outcome::Throttled);
                 return Decision::Answer(outcome, source);
@@ -477,12 +477,19 @@ impl Worker {
 
     // ---- the miss budget ----
 
-    /// Whether a lookup for `key` could take a token now (a read; nothing is taken).
-    fn budget_left<H: Host + ?Sized>(&self, host: &H, key: &KeyId, now: u64) -> bool {
+    /// Whether a lookup for `key` (whose slot reads `slot`) could take a token now (a read;
+    /// nothing is taken).
+    fn budget_left<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        key: &KeyId,
+        slot: &shared_table::Slot,
+        now: u64,
+    ) -> bool {
         let b = &self.cfg.miss_budget;
         bucket::has_token(host, &self.names.budget, b.per_second, b.burst)
             || (b.reserve_per_second > 0
-                && self.recently_valid(host, key, now)
+                && self.stale_identity_in(key, slot, now).is_some()
                 && bucket::has_token(
                     host,
                     &self.names.reserve,
@@ -620,11 +627,21 @@ impl Worker {
         let generation = self.epoch.generation;
         self.l1.stale(key, now, generation).or_else(|| {
             let (slot, _) = self.table.read(host, key);
-            slot.verdict
-                .filter(|v| v.key == *key && now < v.stale_until_ms && v.generation == generation)
-                .and_then(|v| v.identity)
-                .map(Rc::new)
+            slot_stale_identity(&slot, key, now, generation)
         })
+    }
+
+    /// [`Worker::stale_identity`] with the slot already read.
+    fn stale_identity_in(
+        &self,
+        key: &KeyId,
+        slot: &shared_table::Slot,
+        now: u64,
+    ) -> Option<Rc<Identity>> {
+        let generation = self.epoch.generation;
+        self.l1
+            .stale(key, now, generation)
+            .or_else(|| slot_stale_identity(slot, key, now, generation))
     }
 
     fn remember<H: Host + ?Sized>(&mut self, host: &H, key: KeyId, entry: Entry) {
@@ -770,8 +787,11 @@ impl Worker {
     /// Held writers: send their poll, or drop everything for those whose poll failed.
     fn drive_writers<H: Host + ?Sized>(&mut self, host: &H, now: u64) {
         if self.writers.want_poll() && !self.flights.polls_in_flight(true) {
-            let since = sync::revision(host, &self.names);
-            self.send_poll(host, now, since, true);
+            match sync::revision(host, &self.names) {
+                // Never synced: `since=0` only tells the current revision, not the change.
+                0 => self.writers.poll_failed_to_send(),
+                since => self.send_poll(host, now, since, true),
+            }
         }
         if self.writers.need_fallback() && self.drop_everything(host, now) {
             self.writers.dropped_everything();
@@ -836,6 +856,20 @@ impl Worker {
             host.set_tick_ms(want);
         }
     }
+}
+
+/// The identity of an allow for `key` in `slot` still within its stale window.
+fn slot_stale_identity(
+    slot: &shared_table::Slot,
+    key: &KeyId,
+    now: u64,
+    generation: u64,
+) -> Option<Rc<Identity>> {
+    slot.verdict
+        .as_ref()
+        .filter(|v| v.key == *key && now < v.stale_until_ms && v.generation == generation)
+        .and_then(|v| v.identity.clone())
+        .map(Rc::new)
 }
 
 /// Counts an answer by where it came from: the one place these metrics are counted.

@@ -1148,3 +1148,16 @@ fn an_answer_from_before_everything_was_dropped_is_given_to_nobody() {
     assert_eq!(r.len(), 1);
     assert!(is_allow(&r[0].outcome));
 }
+
+/// Before this Envoy ever synced, a poll from `since=0` would only tell the current revision:
+/// a local write then drops everything rather than trust it.
+#[test]
+fn a_local_write_before_the_first_sync_drops_everything() {
+    let cfg = config("");
+    let host = FakeHost::new();
+    let mut w = Worker::new(&host, Rc::clone(&cfg)).unwrap();
+    assert_eq!(w.admin_write_done(&host, 5), WriteDone::Hold);
+    w.on_tick(&host);
+    assert_eq!(w.take_released_writers(&host), vec![5]);
+    assert_eq!(host.metric(Metric::LocalDropsEverything), 1);
+}
