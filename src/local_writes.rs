@@ -54,8 +54,10 @@ impl Writers {
         }
     }
 
-    /// The poll could not be sent: its writers go to the fallback.
+    /// The poll could not be sent (a first one, or the next page of one): its writers, and
+    /// those of a poll whose next page it was, go to the fallback.
     pub fn poll_failed_to_send(&mut self) {
+        self.fallback.append(&mut self.in_poll);
         self.fallback.append(&mut self.next);
     }
 
@@ -108,8 +110,11 @@ mod tests {
         w.poll_sent();
         w.poll_finished(false);
         assert!(w.need_fallback());
+        w.hold(3);
+        w.poll_sent();
+        w.poll_failed_to_send(); // the next page of 3's poll could not be asked for
         w.dropped_everything();
-        assert_eq!(w.take_released(), vec![2]);
+        assert_eq!(w.take_released(), vec![2, 3]);
         assert_eq!(w.held(), 0);
         assert!(!w.busy());
     }
