@@ -192,12 +192,25 @@ fn rotating_one_key_through_envoy_twenty_times_leaves_500_other_keys_cached() {
         .collect();
     let mut key = env.keystore.create_user("acme", "rot", "member");
     std::thread::sleep(Duration::from_millis(1500)); // the creations through the feed
-                                                     // Warm A until a whole pass makes no lookup (both workers hold all 500 in their L1).
+                                                     // Fill both workers' L1 with all 500: 16 keep-alive connections (each stays on one worker;
+                                                     // all 16 on one worker has odds of 1 in 32,768) each ask for every key, until a round of
+                                                     // that makes no lookup. New connections alone would leave keys whose slot another key took
+                                                     // in one worker's L1 only, and the other worker would look them up later.
     let mut warm = false;
-    for _ in 0..10 {
+    for _ in 0..5 {
         let before = lookups(&env.keystore);
-        let got = pass(&env.a, &others);
-        assert!(got.iter().all(|s| *s == 200), "warming up: {got:?}");
+        std::thread::scope(|s| {
+            for _ in 0..16 {
+                s.spawn(|| {
+                    let c = keygate_harness::Client::keep_alive(Duration::from_secs(10));
+                    let url = format!("{}/p", env.a.url());
+                    for k in &others {
+                        let r = c.get(&url, &[("x-api-key", k)]).unwrap();
+                        assert_eq!(r.status, 200, "warming up");
+                    }
+                });
+            }
+        });
         if lookups(&env.keystore) == before {
             warm = true;
             break;
