@@ -15,6 +15,9 @@
 //!   is given to nobody and cached nowhere; the key is looked up again;
 //! - no request is answered from a verdict the change ring or the generation has since
 //!   dropped, even one already decided and waiting in the outbox.
+//!
+//! This file is the orchestration; `freshness.rs` holds the freshness rules and the miss
+//! budget, `feed.rs` the changes-feed polls and the local admin writes waiting on them.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -27,12 +30,16 @@ use crate::host::{
 };
 use crate::key::KeyId;
 use crate::local_writes::Writers;
-use crate::shared::{self, ChangeRing, Counter, Epoch, Names};
+use crate::shared::{self, ChangeRing, Epoch, Names};
 use crate::shared_table::{self, SlotVerdict, Table, View, LEASE_GRACE_MS};
 use crate::single_flight::{Call, Fetch, Flights, Phase};
-use crate::store::{self, Changes, LookupAnswer};
-use crate::sync::{self, Start};
-use crate::verdict::{Decision, Identity, Outcome, Resolution, Source, Verdict};
+use crate::store::{self, LookupAnswer};
+use crate::verdict::{Decision, Outcome, Resolution, Source, Verdict};
+
+mod feed;
+mod freshness;
+
+use freshness::reserve_burst;
 
 /// Tick period while requests wait (the latency of answering from another worker's verdict).
 pub const FAST_TICK_MS: u32 = 1;
@@ -475,357 +482,6 @@ impl Worker {
         }
     }
 
-    // ---- the miss budget ----
-
-    /// Whether a lookup for `key` (whose slot reads `slot`) could take a token now (a read;
-    /// nothing is taken).
-    fn budget_left<H: Host + ?Sized>(
-        &self,
-        host: &H,
-        key: &KeyId,
-        slot: &shared_table::Slot,
-        now: u64,
-    ) -> bool {
-        let b = &self.cfg.miss_budget;
-        bucket::has_token(host, &self.names.budget, b.per_second, b.burst)
-            || (b.reserve_per_second > 0
-                && self.stale_identity_in(key, slot, now).is_some()
-                && bucket::has_token(
-                    host,
-                    &self.names.reserve,
-                    b.reserve_per_second,
-                    reserve_burst(&self.cfg),
-                ))
-    }
-
-    /// Takes a token for a lookup of `key`: a key valid recently draws from the reserve first
-    /// (a flood of new keys cannot lock it out), then, like any key, from the main bucket.
-    /// `Some(true)`: from the reserve; `None`: the budget is spent.
-    fn take_budget<H: Host + ?Sized>(&self, host: &H, key: &KeyId, now: u64) -> Option<bool> {
-        let b = &self.cfg.miss_budget;
-        let reserve = b.reserve_per_second > 0
-            && self.recently_valid(host, key, now)
-            && bucket::take_token(
-                host,
-                &self.names.reserve,
-                b.reserve_per_second,
-                reserve_burst(&self.cfg),
-            );
-        if reserve {
-            return Some(true);
-        }
-        bucket::take_token(host, &self.names.budget, b.per_second, b.burst).then_some(false)
-    }
-
-    /// Whether `key` had an allow recently: an expired (or feed-down re-checked) identity still
-    /// within its stale-if-error window, in the L1 or the shared table.
-    fn recently_valid<H: Host + ?Sized>(&self, host: &H, key: &KeyId, now: u64) -> bool {
-        self.stale_identity(host, key, now).is_some()
-    }
-
-    // ---- freshness ----
-
-    /// Applies what changed in the shared epoch since this worker last looked.
-    fn catch_up<H: Host + ?Sized>(&mut self, host: &H) {
-        let (epoch, _) = shared::read::<H, Epoch>(host, &self.names.epoch);
-        let epoch = epoch.unwrap_or_default();
-        if epoch == self.epoch {
-            return;
-        }
-        if epoch.change_seq != self.epoch.change_seq {
-            self.drop_changed(host);
-        }
-        if epoch.generation != self.epoch.generation {
-            self.flights.withdraw(|_, _| true);
-        }
-        self.epoch = epoch;
-    }
-
-    /// Drops from the L1 (and withdraws from the outbox) what the change ring reported since
-    /// this worker last looked.
-    fn drop_changed<H: Host + ?Sized>(&mut self, host: &H) {
-        let (ring, _) = shared::read::<H, ChangeRing>(host, &self.names.changes);
-        let ring = ring.unwrap_or_default();
-        match ring.since(self.epoch.change_seq) {
-            shared::CatchUp::Nothing => {}
-            shared::CatchUp::Keys(changes) => {
-                let mut dropped = 0u64;
-                self.flights.withdraw(|key, outcome| {
-                    changes
-                        .iter()
-                        .any(|c| c.key == *key && (!c.created || *outcome == Outcome::Deny))
-                });
-                for c in changes {
-                    let removed = if c.created {
-                        self.l1.remove_negative(&c.key)
-                    } else {
-                        self.l1.remove(&c.key)
-                    };
-                    dropped = dropped.saturating_add(u64::from(removed));
-                }
-                host.count(Metric::KeysInvalidated, dropped);
-            }
-            shared::CatchUp::Everything => {
-                let (p, n) = self.l1.len();
-                let all = u64::try_from(p.saturating_add(n)).unwrap_or(u64::MAX);
-                host.count(Metric::KeysInvalidated, all);
-                self.l1.clear();
-                self.flights.withdraw(|_, _| true);
-            }
-        }
-    }
-
-    /// When the feed was last polled successfully (this worker's start if never).
-    fn synced_ms(&self) -> u64 {
-        self.epoch.synced_ms.max(self.started_ms)
-    }
-
-    /// While polls have failed for longer than [`FEED_DOWN_INTERVALS`] intervals, an allow
-    /// fetched more than one interval ago is re-checked by lookup: revocation then stays within
-    /// about one interval through lookups alone. 0 (no cutoff) while the feed works.
-    fn allow_cutoff_ms(&self, now: u64) -> u64 {
-        let interval = self.cfg.sync.interval_ms;
-        let lag = now.saturating_sub(self.synced_ms());
-        if lag > interval.saturating_mul(FEED_DOWN_INTERVALS) {
-            now.saturating_sub(interval)
-        } else {
-            0
-        }
-    }
-
-    /// Stale-if-error: an expired positive verdict still within its stale window (from the L1,
-    /// else the shared table), or `fallback`. Keys the feed reported were removed from both, so
-    /// they are never served stale.
-    fn stale_or<H: Host + ?Sized>(
-        &self,
-        host: &H,
-        key: &KeyId,
-        now: u64,
-        fallback: Outcome,
-    ) -> (Outcome, Source) {
-        if self.cfg.cache.stale_if_error_ms == 0 {
-            return (fallback, Source::NoVerdict);
-        }
-        match self.stale_identity(host, key, now) {
-            Some(identity) => (
-                Outcome::Allow {
-                    identity,
-                    stale: true,
-                },
-                Source::Stale,
-            ),
-            None => (fallback, Source::NoVerdict),
-        }
-    }
-
-    fn stale_identity<H: Host + ?Sized>(
-        &self,
-        host: &H,
-        key: &KeyId,
-        now: u64,
-    ) -> Option<Rc<Identity>> {
-        let generation = self.epoch.generation;
-        self.l1.stale(key, now, generation).or_else(|| {
-            let (slot, _) = self.table.read(host, key);
-            slot_stale_identity(&slot, key, now, generation)
-        })
-    }
-
-    /// [`Worker::stale_identity`] with the slot already read.
-    fn stale_identity_in(
-        &self,
-        key: &KeyId,
-        slot: &shared_table::Slot,
-        now: u64,
-    ) -> Option<Rc<Identity>> {
-        let generation = self.epoch.generation;
-        self.l1
-            .stale(key, now, generation)
-            .or_else(|| slot_stale_identity(slot, key, now, generation))
-    }
-
-    fn remember<H: Host + ?Sized>(&mut self, host: &H, key: KeyId, entry: Entry) {
-        let evicted = self.l1.insert(key, entry);
-        if evicted > 0 {
-            host.count(
-                Metric::Evictions,
-                u64::try_from(evicted).unwrap_or(u64::MAX),
-            );
-        }
-    }
-
-    /// The cache entry for a verdict the store gave at `now`, for a lookup sent under
-    /// `generation` (an entry of an older generation is never answered with).
-    fn entry_for(&self, verdict: Verdict, now: u64, generation: u64) -> Entry {
-        let c = &self.cfg.cache;
-        let (ttl, stale_ms) = if verdict.is_allow() {
-            // Until this Envoy has synced with the feed once, it could miss a revocation that
-            // happened before its first poll: keep positive verdicts no longer than a poll.
-            let ttl = if self.epoch.revision == 0 {
-                c.ttl_ms.min(self.cfg.sync.interval_ms)
-            } else {
-                c.ttl_ms
-            };
-            (ttl, c.stale_if_error_ms)
-        } else {
-            (c.negative_ttl_ms, 0)
-        };
-        let expires_ms = now.saturating_add(ttl);
-        Entry {
-            verdict,
-            generation,
-            expires_ms,
-            stale_until_ms: expires_ms.saturating_add(stale_ms),
-            fetched_ms: now,
-        }
-    }
-
-    // ---- the changes feed ----
-
-    fn maybe_sync<H: Host + ?Sized>(&mut self, host: &H, now: u64) {
-        if now < self.next_sync_check_ms || self.flights.polls_in_flight(false) {
-            return;
-        }
-        match sync::try_start(host, &self.names, self.owner, self.lease_ms()) {
-            Start::NotNow { next_check_ms } => self.next_sync_check_ms = next_check_ms,
-            Start::Poll { since } => {
-                self.send_poll(host, now, since, false);
-                self.next_sync_check_ms = now.saturating_add(self.cfg.sync.interval_ms);
-            }
-        }
-    }
-
-    /// Sends a poll from `since`; `forced`: for held writers, outside the poll lease.
-    fn send_poll<H: Host + ?Sized>(&mut self, host: &H, now: u64, since: u64, forced: bool) {
-        host.count(Metric::SyncPolls, 1);
-        let call = Callout {
-            path: store::changes_path(&self.cfg.store.changes_path, since),
-            timeout_ms: self.cfg.store.timeout_ms,
-        };
-        match host.http_call(&call) {
-            Ok(token) => {
-                let deadline_ms = now.saturating_add(self.lease_ms());
-                let call = Call::Sync {
-                    since,
-                    deadline_ms,
-                    forced,
-                };
-                self.flights.polling(token, call);
-                if forced {
-                    self.writers.poll_sent();
-                }
-            }
-            Err(DispatchError) => {
-                host.count(Metric::SyncErrors, 1);
-                if forced {
-                    self.writers.poll_failed_to_send();
-                } else {
-                    let interval = self.cfg.sync.interval_ms;
-                    sync::finish(host, &self.names, &self.table, self.owner, None, interval);
-                }
-            }
-        }
-    }
-
-    /// A poll answered: publish the page (or note the failure), then release the writers that
-    /// waited for it.
-    fn finish_poll<H: Host + ?Sized>(
-        &mut self,
-        host: &H,
-        since: u64,
-        forced: bool,
-        response: &CallResponse,
-    ) {
-        let interval = self.cfg.sync.interval_ms;
-        let page = match store::parse_changes(response, since) {
-            Ok(page) => Some(page),
-            Err(e) => {
-                host.count(Metric::SyncErrors, 1);
-                log::warn!("changes feed poll failed: {e}; retrying in {interval} ms");
-                None
-            }
-        };
-        let applied = match (&page, forced) {
-            (Some(p), true) => sync::finish_forced(host, &self.names, &self.table, p),
-            (None, true) => sync::Applied::default(), // the lease holder's schedule stands
-            (_, false) => sync::finish(
-                host,
-                &self.names,
-                &self.table,
-                self.owner,
-                page.as_ref(),
-                interval,
-            ),
-        };
-        if applied.reset {
-            log::info!("changes feed reset: every cached verdict dropped");
-        }
-        if applied.skipped > 0 {
-            host.count(
-                Metric::SyncSkippedEntries,
-                u64::try_from(applied.skipped).unwrap_or(u64::MAX),
-            );
-            log::warn!(
-                "changes feed page to revision {} had {} malformed entries: skipped",
-                page.as_ref().map_or(0, Changes::revision),
-                applied.skipped
-            );
-        }
-        self.catch_up(host);
-        if forced {
-            match &page {
-                Some(Changes::Changed { more: true, .. }) => {
-                    let since = page.as_ref().map_or(since, Changes::revision);
-                    self.send_poll(host, host.now_ms(), since, true);
-                }
-                Some(_) => self.writers.poll_finished(true),
-                None => self.writers.poll_finished(false),
-            }
-        }
-    }
-
-    /// Held writers: send their poll, or drop everything for those whose poll failed.
-    fn drive_writers<H: Host + ?Sized>(&mut self, host: &H, now: u64) {
-        if self.writers.want_poll() && !self.flights.polls_in_flight(true) {
-            match sync::revision(host, &self.names) {
-                // Never synced: `since=0` only tells the current revision, not the change.
-                0 => self.writers.poll_failed_to_send(),
-                since => self.send_poll(host, now, since, true),
-            }
-        }
-        if self.writers.need_fallback() && self.drop_everything(host, now) {
-            self.writers.dropped_everything();
-        }
-    }
-
-    /// The fallback for a local write whose poll failed: every verdict cached by any worker of
-    /// this Envoy becomes stale (a new generation), at most once per
-    /// [`DROP_EVERYTHING_EVERY_MS`] per Envoy, so that a client looping admin writes cannot
-    /// keep the cache empty. False when rate-limited (the writers wait).
-    fn drop_everything<H: Host + ?Sized>(&mut self, host: &H, now: u64) -> bool {
-        let allowed = shared::update(host, &self.names.drops, |last: Option<Counter>| {
-            let last = last.map_or(0, |c| c.0);
-            (last == 0 || now >= last.saturating_add(DROP_EVERYTHING_EVERY_MS))
-                .then_some(Counter(now))
-        });
-        if !matches!(allowed, Ok(Some(_))) {
-            return false;
-        }
-        let written = shared::update(host, &self.names.epoch, |e: Option<Epoch>| {
-            let mut e = e.unwrap_or_default();
-            e.generation = e.generation.saturating_add(1);
-            Some(e)
-        });
-        if written.is_err() {
-            // Could not tell the other workers; at least this one must not answer stale.
-            self.l1.clear();
-        }
-        host.count(Metric::LocalDropsEverything, 1);
-        log::warn!("local admin write: the changes feed failed, every cached verdict dropped");
-        self.catch_up(host);
-        true
-    }
-
     // ---- timing ----
 
     /// Longest a request waits for a verdict: our lookup, or another worker's lease running out
@@ -858,20 +514,6 @@ impl Worker {
     }
 }
 
-/// The identity of an allow for `key` in `slot` still within its stale window.
-fn slot_stale_identity(
-    slot: &shared_table::Slot,
-    key: &KeyId,
-    now: u64,
-    generation: u64,
-) -> Option<Rc<Identity>> {
-    slot.verdict
-        .as_ref()
-        .filter(|v| v.key == *key && now < v.stale_until_ms && v.generation == generation)
-        .and_then(|v| v.identity.clone())
-        .map(Rc::new)
-}
-
 /// Counts an answer by where it came from: the one place these metrics are counted.
 fn tally<H: Host + ?Sized>(host: &H, source: Source) {
     let metric = match source {
@@ -881,11 +523,6 @@ fn tally<H: Host + ?Sized>(host: &H, source: Source) {
         Source::Lookup | Source::Stale | Source::NoVerdict => return,
     };
     host.count(metric, 1);
-}
-
-/// The reserve's bucket size: two seconds of its rate.
-fn reserve_burst(cfg: &Config) -> u64 {
-    cfg.miss_budget.reserve_per_second.saturating_mul(2).max(1)
 }
 
 /// Whether the change ring reported `key` after sequence `seq` (true when that cannot be known).
