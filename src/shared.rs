@@ -209,6 +209,16 @@ impl ChangeRing {
             CatchUp::Everything => true,
         }
     }
+
+    /// Whether a verdict on `key` (`allow` or not) fetched at sequence `seen` may predate a
+    /// change reported since (true when that cannot be known). A creation only outdates a deny.
+    pub fn outdates(&self, key: &KeyId, seen: u64, allow: bool) -> bool {
+        match self.since(seen) {
+            CatchUp::Nothing => false,
+            CatchUp::Keys(ids) => ids.iter().any(|c| c.key == *key && !(c.created && allow)),
+            CatchUp::Everything => true,
+        }
+    }
 }
 
 impl Record for ChangeRing {
@@ -413,6 +423,12 @@ mod tests {
         assert_eq!(ring.since(3), CatchUp::Nothing);
         assert!(ring.changed_since(&id(3), 2));
         assert!(!ring.changed_since(&id(1), 2));
+        assert!(
+            ring.outdates(&id(3), 2, false),
+            "a creation outdates a deny"
+        );
+        assert!(!ring.outdates(&id(3), 2, true), "but not an allow");
+        assert!(ring.outdates(&id(2), 1, true));
         assert_eq!(ChangeRing::decode(&ring.encode()), Some(ring));
     }
 

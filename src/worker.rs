@@ -379,7 +379,9 @@ impl Worker {
             }
         };
         let entry = self.entry_for(verdict, now, fetch.generation);
-        if self.outdated(host, &key, &fetch) || !self.publish(host, key, &entry, &fetch, now) {
+        let allow = entry.verdict.is_allow();
+        if self.outdated(host, &key, &fetch, allow) || !self.publish(host, key, &entry, &fetch, now)
+        {
             self.retry(host, key, &fetch);
             return;
         }
@@ -389,11 +391,17 @@ impl Worker {
     }
 
     /// Whether the key (or everything) changed since `fetch` was sent, as far as this worker
-    /// has caught up.
-    fn outdated<H: Host + ?Sized>(&self, host: &H, key: &KeyId, fetch: &Fetch) -> bool {
+    /// has caught up, so that its answer (`allow` or not) may predate the change.
+    fn outdated<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        key: &KeyId,
+        fetch: &Fetch,
+        allow: bool,
+    ) -> bool {
         self.epoch.generation != fetch.generation
             || (self.epoch.change_seq != fetch.change_seq
-                && changed_since(host, &self.names, key, fetch.change_seq))
+                && outdates(host, &self.names, key, fetch.change_seq, allow))
     }
 
     /// Writes the verdict into the key's slot, unless the change ring reported the key after
@@ -409,9 +417,11 @@ impl Worker {
         now: u64,
     ) -> bool {
         let changed = Cell::new(false);
+        let allow = entry.verdict.is_allow();
+        let seq = fetch.change_seq;
         let shared_verdict = SlotVerdict::from_entry(key, entry);
         let written = self.table.update(host, &key, |s| {
-            changed.set(changed_since(host, &self.names, &key, fetch.change_seq));
+            changed.set(outdates(host, &self.names, &key, seq, allow));
             if changed.get() {
                 return release(s, &key, self.owner);
             }
@@ -420,7 +430,7 @@ impl Worker {
         });
         if written.is_err() {
             // The slot could not be written: answer only if the ring is still silent.
-            return !changed_since(host, &self.names, &key, fetch.change_seq);
+            return !outdates(host, &self.names, &key, seq, allow);
         }
         !changed.get()
     }
@@ -525,10 +535,11 @@ fn tally<H: Host + ?Sized>(host: &H, source: Source) {
     host.count(metric, 1);
 }
 
-/// Whether the change ring reported `key` after sequence `seq` (true when that cannot be known).
-fn changed_since<H: Host + ?Sized>(host: &H, names: &Names, key: &KeyId, seq: u64) -> bool {
+/// Whether the change ring reported a change of `key` after sequence `seq` that a verdict
+/// (`allow` or not) fetched before it may predate (see [`ChangeRing::outdates`]).
+fn outdates<H: Host + ?Sized>(host: &H, names: &Names, key: &KeyId, seq: u64, allow: bool) -> bool {
     let (ring, _) = shared::read::<H, ChangeRing>(host, &names.changes);
-    ring.unwrap_or_default().changed_since(key, seq)
+    ring.unwrap_or_default().outdates(key, seq, allow)
 }
 
 /// The slot with our lease on `key` released (no verdict written).

@@ -1161,3 +1161,25 @@ fn a_local_write_before_the_first_sync_drops_everything() {
     assert_eq!(w.take_released_writers(&host), vec![5]);
     assert_eq!(host.metric(Metric::LocalDropsEverything), 1);
 }
+
+/// A creation reported during a lookup only outdates a "not found": an allow fetched meanwhile
+/// is answered (a key used right after its creation costs one lookup, not two).
+#[test]
+fn a_creation_reported_during_a_lookup_does_not_outdate_its_allow() {
+    let cfg = config(r#","sync":{"interval_ms":1000}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(85);
+    w.check(&host, 1, k);
+    w.on_tick(&host);
+    let lookup = lookups(&host, &mut w).remove(0);
+    let poll = next_poll(&host, &mut w);
+    let body = format!(
+        r#"{{"revision":5,"changed":["{k}"],"created":["{k}"]}}"#,
+        k = k.hex()
+    );
+    respond(&host, &mut w, poll, 200, &body);
+    let r = respond(&host, &mut w, lookup.0, 200, IDENTITY);
+    assert_eq!(r.len(), 1);
+    assert!(is_allow(&r[0].outcome));
+    assert_eq!(host.metric(Metric::LookupsOutdated), 0);
+}
