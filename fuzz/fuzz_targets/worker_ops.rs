@@ -175,6 +175,8 @@ struct Side {
 struct Freshness {
     /// The event of the last report of this key (0: never reported).
     reported: u64,
+    /// The event of the last report that was more than its creation (0: never).
+    reported_changed: u64,
     /// A cached allow may be answered with (no report, or a lookup after it found the key).
     allow_ok: bool,
     /// A cached deny may be answered with.
@@ -275,6 +277,7 @@ impl State {
         f.reported = self.events;
         f.deny_ok = false;
         if !created {
+            f.reported_changed = self.events;
             f.allow_ok = false;
         }
     }
@@ -299,12 +302,16 @@ impl State {
             let out = side.worker.on_call_response(&side.host, call.token, &resp);
             if let Some(k) = k {
                 let f = &mut self.keys[k];
-                if call.dispatched_event >= f.reported {
-                    match answer {
-                        LookupAnswer::Found(_) => f.allow_ok = true,
-                        LookupAnswer::NotFound => f.deny_ok = true,
-                        LookupAnswer::Error(_) => {}
+                // A creation reported after the lookup was sent outdates a "not found", not an
+                // identity.
+                match answer {
+                    LookupAnswer::Found(_) if call.dispatched_event >= f.reported_changed => {
+                        f.allow_ok = true;
                     }
+                    LookupAnswer::NotFound if call.dispatched_event >= f.reported => {
+                        f.deny_ok = true;
+                    }
+                    _ => {}
                 }
             }
             self.resolved(w, out);
@@ -433,6 +440,7 @@ fuzz_target!(|data: &[u8]| {
         sides: [side(host), side(sibling)],
         keys: [Freshness {
             reported: 0,
+            reported_changed: 0,
             allow_ok: true,
             deny_ok: true,
         }; KEYS],
