@@ -1183,3 +1183,23 @@ fn a_creation_reported_during_a_lookup_does_not_outdate_its_allow() {
     assert!(is_allow(&r[0].outcome));
     assert_eq!(host.metric(Metric::LookupsOutdated), 0);
 }
+
+/// A worker replaced by a reconfiguration releases its held writers after dropping everything
+/// (their polls' answers would reach a worker that knows nothing of them).
+#[test]
+fn a_replaced_worker_drops_everything_and_releases_its_writers() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(86);
+    cache_allow(&host, &mut w, k);
+    w.admin_write_done(&host, 7);
+    w.on_tick(&host); // its poll is in flight
+    w.abandon_writers(&host);
+    assert_eq!(w.take_released_writers(&host), vec![7]);
+    let (b, mut wb) = sibling_worker(&host, &cfg);
+    assert_eq!(
+        wb.check(&b, 1, k),
+        Decision::Wait,
+        "everything dropped first"
+    );
+}

@@ -121,8 +121,14 @@ impl RootContext for Root {
             }
         };
         if let Some(old) = self.shared.take() {
-            // Reconfigured: requests paused on the old worker get a 503 rather than hang.
-            let parked: Vec<u32> = old.borrow().deferred.keys().copied().collect();
+            // Reconfigured: requests paused on the old worker get a 503 rather than hang, and
+            // its held admin writes go on (`deliver` resumes them).
+            let parked: Vec<u32> = {
+                let mut s = old.borrow_mut();
+                let s = &mut *s;
+                s.worker.abandon_writers(&s.host);
+                s.deferred.keys().copied().collect()
+            };
             self.shared = Some(old);
             self.deliver(
                 parked

@@ -147,6 +147,13 @@ impl Worker {
         if !matches!(allowed, Ok(Some(_))) {
             return false;
         }
+        self.new_generation(host);
+        log::warn!("local admin write: the changes feed failed, every cached verdict dropped");
+        true
+    }
+
+    /// Every verdict cached by any worker of this Envoy becomes stale.
+    fn new_generation<H: Host + ?Sized>(&mut self, host: &H) {
         let written = shared::update(host, &self.names.epoch, |e: Option<Epoch>| {
             let mut e = e.unwrap_or_default();
             e.generation = e.generation.saturating_add(1);
@@ -157,8 +164,17 @@ impl Worker {
             self.l1.clear();
         }
         host.count(Metric::LocalDropsEverything, 1);
-        log::warn!("local admin write: the changes feed failed, every cached verdict dropped");
         self.catch_up(host);
-        true
+    }
+
+    /// The filter is being reconfigured and this worker replaced: its held writers are released
+    /// after everything is dropped, whatever the rate limit (the answers of their polls would
+    /// reach the new worker, which knows nothing of them). Resume the writers that
+    /// [`Worker::take_released_writers`] then returns.
+    pub fn abandon_writers<H: Host + ?Sized>(&mut self, host: &H) {
+        if self.writers.held() > 0 {
+            self.new_generation(host);
+            self.writers.dropped_everything();
+        }
     }
 }
