@@ -123,7 +123,7 @@ impl RootContext for Root {
         if let Some(old) = self.shared.take() {
             // Reconfigured: requests paused on the old worker get a 503 rather than hang, and
             // its held admin writes go on (`deliver` resumes them).
-            let parked: Vec<u32> = {
+            let waiters: Vec<u32> = {
                 let mut s = old.borrow_mut();
                 let s = &mut *s;
                 s.worker.abandon_writers(&s.host);
@@ -131,7 +131,7 @@ impl RootContext for Root {
             };
             self.shared = Some(old);
             self.deliver(
-                parked
+                waiters
                     .into_iter()
                     .map(|context_id| Resolution {
                         context_id,
