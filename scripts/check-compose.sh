@@ -465,4 +465,15 @@ while IFS= read -r cfg; do
   fi
   say "ok: envoy --mode validate $(basename "$cfg")"
 done <<<"$to_validate"
+
+# 4. envoy/examples/flood-limit.yaml (a per-client local rate limit in front of keygate), with
+#    the real filter: validate mode loads the module and the rate-limit descriptors.
+example=envoy/examples/flood-limit.yaml
+[ -f "$example" ] || die "$example is missing"
+sed "s#\"$CONTAINER_WASM\"#\"$WASM\"#" "$example" >"$tmp/flood-limit.yaml"
+if ! out=$("$ENVOY" --mode validate -c "$tmp/flood-limit.yaml" -l warning 2>&1); then
+  printf '%s\n' "$out" | tail -n 20 >&2
+  die "envoy --mode validate: $example"
+fi
+say "ok: envoy --mode validate $example"
 say "all compose/Istio checks passed"

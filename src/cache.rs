@@ -20,11 +20,17 @@ pub struct Entry {
     pub expires_ms: u64,
     /// Until when an expired positive verdict may be served if the store fails.
     pub stale_until_ms: u64,
+    /// When the store gave it (an allow older than the caller's cutoff is re-checked while the
+    /// changes feed is down).
+    pub fetched_ms: u64,
 }
 
 impl Entry {
-    pub fn is_fresh(&self, now_ms: u64, generation: u64) -> bool {
-        self.generation == generation && now_ms < self.expires_ms
+    /// Not expired, fetched under `generation`, and (for an allow) not before `allow_cutoff_ms`.
+    pub fn is_fresh(&self, now_ms: u64, generation: u64, allow_cutoff_ms: u64) -> bool {
+        self.generation == generation
+            && now_ms < self.expires_ms
+            && (self.fetched_ms >= allow_cutoff_ms || !self.verdict.is_allow())
     }
 }
 
@@ -50,10 +56,18 @@ impl L1 {
         L1::new(max_entries.saturating_sub(negative).max(1), negative)
     }
 
-    /// A verdict that may be answered with now: not expired and fetched under `generation`.
-    pub fn fresh(&self, key: &KeyId, now_ms: u64, generation: u64) -> Option<&Verdict> {
+    /// A verdict that may be answered with now (see [`Entry::is_fresh`]).
+    pub fn fresh(
+        &self,
+        key: &KeyId,
+        now_ms: u64,
+        generation: u64,
+        allow_cutoff_ms: u64,
+    ) -> Option<&Verdict> {
         let entry = self.positive.get(key).or_else(|| self.negative.get(key))?;
-        entry.is_fresh(now_ms, generation).then_some(&entry.verdict)
+        entry
+            .is_fresh(now_ms, generation, allow_cutoff_ms)
+            .then_some(&entry.verdict)
     }
 
     /// An identity that may still be served because the store failed (stale-if-error). Only
@@ -189,6 +203,7 @@ mod tests {
             generation: 0,
             expires_ms: expires,
             stale_until_ms: expires + 100,
+            fetched_ms: 0,
         }
     }
 
@@ -198,6 +213,7 @@ mod tests {
             generation: 0,
             expires_ms: expires,
             stale_until_ms: expires,
+            fetched_ms: 0,
         }
     }
 
@@ -205,8 +221,8 @@ mod tests {
     fn fresh_until_expiry_then_stale_until_window_ends() {
         let mut l1 = L1::new(10, 10);
         l1.insert(id(1), allow(1000));
-        assert!(l1.fresh(&id(1), 999, 0).is_some());
-        assert!(l1.fresh(&id(1), 1000, 0).is_none());
+        assert!(l1.fresh(&id(1), 999, 0, 0).is_some());
+        assert!(l1.fresh(&id(1), 1000, 0, 0).is_none());
         assert!(l1.stale(&id(1), 1050, 0).is_some());
         assert!(l1.stale(&id(1), 1100, 0).is_none());
     }
@@ -215,7 +231,7 @@ mod tests {
     fn another_generation_is_neither_fresh_nor_stale_eligible() {
         let mut l1 = L1::new(10, 10);
         l1.insert(id(1), allow(1000));
-        assert!(l1.fresh(&id(1), 10, 1).is_none());
+        assert!(l1.fresh(&id(1), 10, 1, 0).is_none());
         assert!(
             l1.stale(&id(1), 10, 1).is_none(),
             "a local admin write may have revoked it"
@@ -224,10 +240,20 @@ mod tests {
     }
 
     #[test]
+    fn an_allow_fetched_before_the_cutoff_is_not_fresh_a_deny_is() {
+        let mut l1 = L1::new(10, 10);
+        l1.insert(id(1), allow(1000));
+        l1.insert(id(2), deny(1000));
+        assert!(l1.fresh(&id(1), 10, 0, 1).is_none());
+        assert!(l1.fresh(&id(2), 10, 0, 1).is_some());
+        assert!(l1.stale(&id(1), 10, 0).is_some(), "still a stale candidate");
+    }
+
+    #[test]
     fn negative_entries_are_never_served_stale() {
         let mut l1 = L1::new(10, 10);
         l1.insert(id(1), deny(1000));
-        assert_eq!(l1.fresh(&id(1), 10, 0), Some(&Verdict::Deny));
+        assert_eq!(l1.fresh(&id(1), 10, 0, 0), Some(&Verdict::Deny));
         assert!(l1.stale(&id(1), 10, 0).is_none());
     }
 
@@ -240,9 +266,9 @@ mod tests {
         }
         assert_eq!(evicted, 2);
         assert_eq!(l1.len(), (3, 0));
-        assert!(l1.fresh(&id(0), 1, 0).is_none());
-        assert!(l1.fresh(&id(1), 1, 0).is_none());
-        assert!(l1.fresh(&id(4), 1, 0).is_some());
+        assert!(l1.fresh(&id(0), 1, 0, 0).is_none());
+        assert!(l1.fresh(&id(1), 1, 0, 0).is_none());
+        assert!(l1.fresh(&id(4), 1, 0, 0).is_some());
     }
 
     #[test]
@@ -252,9 +278,9 @@ mod tests {
         l1.insert(id(2), allow(1000));
         l1.insert(id(1), allow(2000)); // id(1) now newest
         l1.insert(id(3), allow(2000)); // evicts id(2)
-        assert!(l1.fresh(&id(1), 1, 0).is_some());
-        assert!(l1.fresh(&id(2), 1, 0).is_none());
-        assert!(l1.fresh(&id(3), 1, 0).is_some());
+        assert!(l1.fresh(&id(1), 1, 0, 0).is_some());
+        assert!(l1.fresh(&id(2), 1, 0, 0).is_none());
+        assert!(l1.fresh(&id(3), 1, 0, 0).is_some());
     }
 
     #[test]
@@ -267,7 +293,7 @@ mod tests {
             l1.insert(id(n), deny(1000));
         }
         assert_eq!(l1.len(), (75, 25));
-        assert!((0..75).all(|n| l1.fresh(&id(n), 1, 0).is_some()));
+        assert!((0..75).all(|n| l1.fresh(&id(n), 1, 0, 0).is_some()));
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct SyncConfig {
 pub struct MissBudget {
     pub per_second: u64,
     pub burst: u64,
+    /// Lookups per second kept for revalidating keys that were valid recently (within
+    /// `cache.stale_if_error_s` of their verdict), in a bucket of twice that; 0: no reserve.
+    pub reserve_per_second: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -190,6 +193,7 @@ struct RawSync {
 struct RawMissBudget {
     per_second: Option<i64>,
     burst: Option<i64>,
+    reserve_per_second: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -361,6 +365,14 @@ fn miss_budget(b: RawMissBudget) -> Result<MissBudget, ConfigError> {
         per_second: ranged("miss_budget.per_second", b.per_second, 100, 1, 1_000_000)?
             .unsigned_abs(),
         burst: ranged("miss_budget.burst", b.burst, 200, 1, 10_000_000)?.unsigned_abs(),
+        reserve_per_second: ranged(
+            "miss_budget.reserve_per_second",
+            b.reserve_per_second,
+            100,
+            0,
+            1_000_000,
+        )?
+        .unsigned_abs(),
     })
 }
 
@@ -652,6 +664,7 @@ mod tests {
         assert_eq!(c.cache.shared_slots, 8192);
         assert_eq!(c.sync.interval_ms, 1000);
         assert_eq!((c.miss_budget.per_second, c.miss_budget.burst), (100, 200));
+        assert_eq!(c.miss_budget.reserve_per_second, 100);
         assert_eq!(
             c.identity_headers.names(),
             ["x-account-id", "x-user-id", "x-role"]
@@ -720,6 +733,10 @@ mod tests {
             (
                 r#"{"store":{"cluster":"k"},"sync":{"interval_ms":5}}"#,
                 "sync.interval_ms",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"miss_budget":{"reserve_per_second":-1}}"#,
+                "miss_budget.reserve_per_second",
             ),
             (
                 r#"{"store":{"cluster":"k"},"identity_headers":{"role":"x role"}}"#,

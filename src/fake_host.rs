@@ -10,7 +10,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::host::{Callout, DispatchError, Histogram, Host, Metric, SharedError};
+use crate::host::{Callout, DispatchError, Gauge, Histogram, Host, Metric, SharedError};
+
+/// Something another worker does just before a set of a key containing the pattern.
+type Hook = (String, Box<dyn FnOnce()>);
 
 #[derive(Default)]
 struct Space {
@@ -19,6 +22,10 @@ struct Space {
     writes: u64,
     /// key → value written by "another worker" just before the next set of that key.
     interference: HashMap<String, Vec<u8>>,
+    /// Run once, before the next set of a key that contains the pattern.
+    hooks: Vec<Hook>,
+    /// Sets of keys containing the pattern that fail with a host error (count left).
+    failing: Vec<(String, u32)>,
 }
 
 impl Space {
@@ -31,6 +38,14 @@ impl Space {
     }
 
     fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        if let Some(f) = self
+            .failing
+            .iter_mut()
+            .find(|(p, n)| *n > 0 && key.contains(p.as_str()))
+        {
+            f.1 -= 1;
+            return Err(SharedError::Host);
+        }
         if let Some(other) = self.interference.remove(key) {
             let c = self.bump();
             self.data.insert(key.to_string(), (other, c));
@@ -60,6 +75,7 @@ pub struct FakeHost {
     tick_ms: Cell<u32>,
     metrics: RefCell<HashMap<&'static str, u64>>,
     histograms: RefCell<Vec<u64>>,
+    gauges: RefCell<HashMap<&'static str, u64>>,
 }
 
 impl FakeHost {
@@ -80,6 +96,7 @@ impl FakeHost {
             tick_ms: Cell::new(0),
             metrics: RefCell::new(HashMap::new()),
             histograms: RefCell::new(Vec::new()),
+            gauges: RefCell::new(HashMap::new()),
         }
     }
 
@@ -111,6 +128,11 @@ impl FakeHost {
 
     pub fn metric(&self, m: Metric) -> u64 {
         self.metrics.borrow().get(m.name()).copied().unwrap_or(0)
+    }
+
+    /// A gauge's last value (`None`: never set).
+    pub fn gauge_value(&self, g: Gauge) -> Option<u64> {
+        self.gauges.borrow().get(g.name()).copied()
     }
 
     pub fn histogram(&self) -> Vec<u64> {
@@ -147,6 +169,39 @@ impl FakeHost {
     }
 }
 
+impl FakeHost {
+    /// Runs `hook` (another worker's doing) just before the next set of a key containing
+    /// `pattern`, on any worker of this Envoy: a race at an exact point.
+    pub fn before_next_set(&self, pattern: &str, hook: impl FnOnce() + 'static) {
+        self.space
+            .borrow_mut()
+            .hooks
+            .push((pattern.to_string(), Box::new(hook)));
+    }
+
+    /// The next `n` sets of keys containing `pattern` fail with a host error.
+    pub fn fail_sets(&self, pattern: &str, n: u32) {
+        self.space
+            .borrow_mut()
+            .failing
+            .push((pattern.to_string(), n));
+    }
+
+    fn run_hook(&self, key: &str) {
+        let hook = {
+            let mut space = self.space.borrow_mut();
+            let i = space
+                .hooks
+                .iter()
+                .position(|(p, _)| key.contains(p.as_str()));
+            i.map(|i| space.hooks.remove(i).1)
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+}
+
 impl Default for FakeHost {
     fn default() -> Self {
         FakeHost::new()
@@ -166,6 +221,7 @@ impl Host for FakeHost {
     }
 
     fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        self.run_hook(key);
         self.space.borrow_mut().set(key, value, cas)
     }
 
@@ -189,6 +245,10 @@ impl Host for FakeHost {
 
     fn record(&self, _metric: Histogram, value: u64) {
         self.histograms.borrow_mut().push(value);
+    }
+
+    fn gauge(&self, metric: Gauge, value: u64) {
+        self.gauges.borrow_mut().insert(metric.name(), value);
     }
 }
 

@@ -47,6 +47,8 @@ pub trait Host {
     fn count(&self, metric: Metric, delta: u64);
     /// Records a value in a histogram.
     fn record(&self, metric: Histogram, value: u64);
+    /// Sets a gauge.
+    fn gauge(&self, metric: Gauge, value: u64);
 }
 
 /// Counters, exported by the glue as `keygate_<name>`.
@@ -74,10 +76,15 @@ pub enum Metric {
     MalformedKeys,
     BadRequests,
     Anonymous,
+    LocalDropsEverything,
+    SyncSkippedEntries,
+    LookupsOutdated,
+    ReserveLookups,
+    FeedDownRechecks,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 22] = [
+    pub const ALL: [Metric; 27] = [
         Metric::Allowed,
         Metric::Denied,
         Metric::Forbidden,
@@ -100,6 +107,11 @@ impl Metric {
         Metric::MalformedKeys,
         Metric::BadRequests,
         Metric::Anonymous,
+        Metric::LocalDropsEverything,
+        Metric::SyncSkippedEntries,
+        Metric::LookupsOutdated,
+        Metric::ReserveLookups,
+        Metric::FeedDownRechecks,
     ];
 
     pub fn name(self) -> &'static str {
@@ -126,6 +138,11 @@ impl Metric {
             Metric::MalformedKeys => "keygate_malformed_keys",
             Metric::BadRequests => "keygate_requests_bad",
             Metric::Anonymous => "keygate_requests_anonymous",
+            Metric::LocalDropsEverything => "keygate_local_drops_everything",
+            Metric::SyncSkippedEntries => "keygate_sync_skipped_entries",
+            Metric::LookupsOutdated => "keygate_lookups_outdated",
+            Metric::ReserveLookups => "keygate_store_lookups_reserve",
+            Metric::FeedDownRechecks => "keygate_feed_down_rechecks",
         }
     }
 
@@ -144,6 +161,21 @@ impl Histogram {
     pub fn name(self) -> &'static str {
         match self {
             Histogram::LookupMs => "keygate_store_lookup_ms",
+        }
+    }
+}
+
+/// Gauges, exported by the glue as `keygate_<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gauge {
+    /// Milliseconds since the last good changes-feed poll of this Envoy.
+    SyncLagMs,
+}
+
+impl Gauge {
+    pub fn name(self) -> &'static str {
+        match self {
+            Gauge::SyncLagMs => "keygate_sync_lag_ms",
         }
     }
 }

@@ -5,7 +5,7 @@
 //! semantics. The Envoy glue (`glue`) exists only on the filter's target, `wasm32-wasip1`.
 //!
 //! Layers, in the order a request meets them: the **L1** ([`cache`], per worker), the **shared
-//! table** ([`lease`], per Envoy, in proxy-wasm shared data), and the **store** ([`store`], over
+//! table** ([`shared_table`], per Envoy, in proxy-wasm shared data), and the **store** ([`store`], over
 //! HTTP). [`worker`] ties them together; [`sync`] keeps them fresh from the store's changes
 //! feed; [`bucket`] bounds the store lookups that misses may cause.
 #![cfg_attr(
@@ -26,10 +26,12 @@ pub mod config;
 pub mod fake_host;
 pub mod host;
 pub mod key;
-pub mod lease;
+pub mod local_writes;
 pub mod path;
 pub mod request;
 pub mod shared;
+pub mod shared_table;
+pub mod single_flight;
 pub mod store;
 pub mod sync;
 pub mod text;

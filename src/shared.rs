@@ -3,14 +3,14 @@
 //!
 //! Proxy-wasm shared data has no delete and no expiry, so every record here has a fixed name
 //! and a bounded size: the epoch, the change ring, the sync record, the miss budget, an owner
-//! counter, and the fixed table of slots (see `lease.rs`). Decoders never panic: a record that
+//! counter, and the fixed table of slots (see `shared_table.rs`). Decoders never panic: a record that
 //! does not decode is treated as absent and overwritten by CAS.
 
 use crate::host::{Host, SharedError};
 use crate::key::KeyId;
 
 /// Bumped when a record's layout changes; records of another version decode as absent.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 
 /// How many times a CAS update re-reads and retries before giving up.
 pub const MAX_CAS_RETRIES: usize = 16;
@@ -67,6 +67,10 @@ pub struct Names {
     pub budget: String,
     pub owners: String,
     pub table_ready: String,
+    /// The miss budget's reserve for revalidating keys that were valid recently.
+    pub reserve: String,
+    /// When this Envoy last dropped every cached verdict for a local admin write.
+    pub drops: String,
 }
 
 impl Names {
@@ -79,6 +83,8 @@ impl Names {
             budget: format!("{prefix}budget"),
             owners: format!("{prefix}owners"),
             table_ready: format!("{prefix}table"),
+            reserve: format!("{prefix}reserve"),
+            drops: format!("{prefix}drops"),
             prefix,
         }
     }
@@ -97,6 +103,8 @@ pub struct Epoch {
     pub change_seq: u64,
     /// The store revision the change ring is synced to (0: not synced yet).
     pub revision: u64,
+    /// When the last good poll was published (0: never).
+    pub synced_ms: u64,
 }
 
 impl Record for Epoch {
@@ -105,6 +113,7 @@ impl Record for Epoch {
         w.u64(self.generation);
         w.u64(self.change_seq);
         w.u64(self.revision);
+        w.u64(self.synced_ms);
         w.finish()
     }
 
@@ -114,6 +123,7 @@ impl Record for Epoch {
             generation: r.u64()?,
             change_seq: r.u64()?,
             revision: r.u64()?,
+            synced_ms: r.u64()?,
         };
         r.end()?;
         Some(e)
@@ -196,6 +206,16 @@ impl ChangeRing {
         match self.since(seen) {
             CatchUp::Nothing => false,
             CatchUp::Keys(ids) => ids.iter().any(|c| c.key == *key),
+            CatchUp::Everything => true,
+        }
+    }
+
+    /// Whether a verdict on `key` (`allow` or not) fetched at sequence `seen` may predate a
+    /// change reported since (true when that cannot be known). A creation only outdates a deny.
+    pub fn outdates(&self, key: &KeyId, seen: u64, allow: bool) -> bool {
+        match self.since(seen) {
+            CatchUp::Nothing => false,
+            CatchUp::Keys(ids) => ids.iter().any(|c| c.key == *key && !(c.created && allow)),
             CatchUp::Everything => true,
         }
     }
@@ -368,6 +388,7 @@ mod tests {
             generation: 3,
             change_seq: 9,
             revision: 77,
+            synced_ms: 5,
         };
         assert_eq!(Epoch::decode(&e.encode()), Some(e));
         assert_eq!(Epoch::decode(&[]), None);
@@ -402,6 +423,12 @@ mod tests {
         assert_eq!(ring.since(3), CatchUp::Nothing);
         assert!(ring.changed_since(&id(3), 2));
         assert!(!ring.changed_since(&id(1), 2));
+        assert!(
+            ring.outdates(&id(3), 2, false),
+            "a creation outdates a deny"
+        );
+        assert!(!ring.outdates(&id(3), 2, true), "but not an allow");
+        assert!(ring.outdates(&id(2), 1, true));
         assert_eq!(ChangeRing::decode(&ring.encode()), Some(ring));
     }
 

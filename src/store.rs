@@ -106,20 +106,31 @@ pub enum Changes {
         revision: u64,
         keys: Vec<Change>,
         more: bool,
+        /// Entries that were not key ids, skipped.
+        skipped: usize,
     },
     Reset {
         revision: u64,
     },
 }
 
+impl Changes {
+    /// The revision the page brings the feed to.
+    pub fn revision(&self) -> u64 {
+        match self {
+            Changes::Changed { revision, .. } | Changes::Reset { revision } => *revision,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct RawChanges {
     revision: u64,
     #[serde(default)]
-    changed: Vec<String>,
+    changed: Vec<serde_json::Value>,
     /// Optional: the subset of `changed` whose only change is their creation.
     #[serde(default)]
-    created: Vec<String>,
+    created: Vec<serde_json::Value>,
     #[serde(default)]
     reset: bool,
     #[serde(default)]
@@ -152,29 +163,30 @@ pub fn parse_changes(resp: &CallResponse, since: u64) -> Result<Changes, StoreEr
             revision: raw.revision,
         });
     }
-    let parse = |s: &String| {
-        KeyId::from_hex(s).ok_or_else(|| StoreError::BadBody(format!("not a key id: {:.70}", s)))
+    // A malformed entry is skipped (and counted), not a reason to reject the page: rejecting it
+    // would retry the same `since` forever and stall every later change. A string that is not a
+    // key id names no key any filter could have cached, so skipping it loses nothing.
+    // Hex in upper case still names a key: read it as such.
+    let parse = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| KeyId::from_hex(&s.to_ascii_lowercase()))
     };
-    let created = raw
-        .created
-        .iter()
-        .map(parse)
-        .collect::<Result<Vec<_>, _>>()?;
-    let keys = raw
+    let created: Vec<KeyId> = raw.created.iter().filter_map(parse).collect();
+    let keys: Vec<Change> = raw
         .changed
         .iter()
-        .map(|s| {
-            let key = parse(s)?;
-            Ok(Change {
-                key,
-                created: created.contains(&key),
-            })
+        .filter_map(parse)
+        .map(|key| Change {
+            key,
+            created: created.contains(&key),
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        .collect();
+    let skipped = raw.changed.len().saturating_sub(keys.len());
     Ok(Changes::Changed {
         revision: raw.revision,
         keys,
         more: raw.more,
+        skipped,
     })
 }
 
@@ -278,7 +290,8 @@ mod tests {
                     key: k,
                     created: false
                 }],
-                more: false
+                more: false,
+                skipped: 0
             })
         );
         assert_eq!(
@@ -289,7 +302,8 @@ mod tests {
             Ok(Changes::Changed {
                 revision: 12,
                 keys: vec![],
-                more: true
+                more: true,
+                skipped: 0
             })
         );
         let body = format!(
@@ -304,7 +318,8 @@ mod tests {
                     key: k,
                     created: true
                 }],
-                more: false
+                more: false,
+                skipped: 0
             })
         );
         assert_eq!(
@@ -315,7 +330,21 @@ mod tests {
             parse_changes(&resp(200, r#"{"revision":3,"changed":[]}"#), 10),
             Ok(Changes::Reset { revision: 3 })
         );
-        assert!(parse_changes(&resp(200, r#"{"revision":12,"changed":["nope"]}"#), 10).is_err());
+        // Malformed entries are skipped and counted; the rest of the page applies.
+        let body = format!(
+            r#"{{"revision":12,"changed":["nope",7,null,"{}","{}"]}}"#,
+            k.hex(),
+            KeyId::of(b"j").hex().to_uppercase()
+        );
+        assert_eq!(
+            parse_changes(&resp(200, &body), 10),
+            Ok(Changes::Changed {
+                revision: 12,
+                keys: vec![Change::of(k), Change::of(KeyId::of(b"j"))],
+                more: false,
+                skipped: 3
+            })
+        );
         assert!(parse_changes(&resp(200, r#"{"revision":-1}"#), 0).is_err());
         assert!(
             parse_changes(&resp(200, "[20]"), 0).is_err(),

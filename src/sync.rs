@@ -8,8 +8,8 @@
 //! worker answers from a verdict the feed reported changed.
 
 use crate::host::Host;
-use crate::lease::{self, Slot, Table};
 use crate::shared::{self, Change, ChangeRing, Epoch, Names, Reader, Record, Writer};
+use crate::shared_table::{self, Slot, Table};
 use crate::store::Changes;
 
 /// The shared sync record: where the feed is, and who is polling it.
@@ -96,6 +96,8 @@ pub fn try_start<H: Host + ?Sized>(host: &H, names: &Names, owner: u64, lease_ms
 pub struct Applied {
     pub keys: usize,
     pub reset: bool,
+    /// Malformed entries of the page, skipped.
+    pub skipped: usize,
 }
 
 /// Publishes a page of the feed to every worker of this Envoy, then releases the poll lease.
@@ -109,44 +111,10 @@ pub fn finish<H: Host + ?Sized>(
     interval_ms: u64,
 ) -> Applied {
     let now = host.now_ms();
-    let mut applied = Applied::default();
-    let mut new_revision = None;
-    let mut again_now = false;
-    match page {
-        None => {}
-        Some(Changes::Changed {
-            revision,
-            keys,
-            more,
-        }) => {
-            if !keys.is_empty() {
-                let head = publish(host, names, |ring| ring.push(keys));
-                for change in keys {
-                    forget_slot(host, table, change);
-                }
-                bump_epoch(host, names, |e| {
-                    e.change_seq = head;
-                    e.revision = *revision;
-                });
-                applied.keys = keys.len();
-            } else {
-                bump_epoch(host, names, |e| e.revision = *revision);
-            }
-            new_revision = Some(*revision);
-            again_now = *more;
-        }
-        Some(Changes::Reset { revision }) => {
-            let head = publish(host, names, ChangeRing::reset);
-            table.clear(host);
-            bump_epoch(host, names, |e| {
-                e.generation = e.generation.saturating_add(1);
-                e.change_seq = head;
-                e.revision = *revision;
-            });
-            applied.reset = true;
-            new_revision = Some(*revision);
-        }
-    }
+    let applied = page
+        .map(|p| apply(host, names, table, p))
+        .unwrap_or_default();
+    let again_now = matches!(page, Some(Changes::Changed { more: true, .. }));
     let next_poll_ms = if again_now {
         now
     } else {
@@ -159,13 +127,91 @@ pub fn finish<H: Host + ?Sized>(
             return None;
         }
         Some(SyncRecord {
-            revision: new_revision.unwrap_or(rec.revision),
+            revision: page.map_or(rec.revision, Changes::revision),
             owner: 0,
             deadline_ms: 0,
             next_poll_ms,
         })
     });
     applied
+}
+
+/// The revision the next poll starts from.
+pub fn revision<H: Host + ?Sized>(host: &H, names: &Names) -> u64 {
+    shared::read::<H, SyncRecord>(host, &names.sync)
+        .0
+        .unwrap_or_default()
+        .revision
+}
+
+/// Publishes a page polled outside the poll lease (for local admin writes). The sync record's
+/// revision moves on only when nobody holds the lease; its schedule is left alone. Publishing
+/// a page twice (the lease holder may fetch the same changes) is harmless.
+pub fn finish_forced<H: Host + ?Sized>(
+    host: &H,
+    names: &Names,
+    table: &Table,
+    page: &Changes,
+) -> Applied {
+    let applied = apply(host, names, table, page);
+    let _ = shared::update(host, &names.sync, |rec: Option<SyncRecord>| {
+        let rec = rec.unwrap_or_default();
+        (rec.owner == 0).then_some(SyncRecord {
+            revision: page.revision(),
+            ..rec
+        })
+    });
+    applied
+}
+
+/// Publishes a page: key ids into the change ring, their slots cleared, then the epoch moved.
+fn apply<H: Host + ?Sized>(host: &H, names: &Names, table: &Table, page: &Changes) -> Applied {
+    let now = host.now_ms();
+    match page {
+        Changes::Changed {
+            revision,
+            keys,
+            skipped,
+            ..
+        } => {
+            // An empty page still moves the epoch: `synced_ms` says the feed works.
+            let head = (!keys.is_empty()).then(|| publish(host, names, |ring| ring.push(keys)));
+            // A slot that could not be cleared may hold a verdict the feed just reported: then
+            // nothing fetched before this page may be answered with (a new generation).
+            let failed = keys.iter().filter(|c| !forget_slot(host, table, c)).count();
+            let all_forgotten = failed == 0;
+            bump_epoch(host, names, |e| {
+                if let Some(head) = head {
+                    e.change_seq = head;
+                }
+                e.revision = *revision;
+                e.synced_ms = now;
+                if !all_forgotten {
+                    e.generation = e.generation.saturating_add(1);
+                }
+            });
+            Applied {
+                keys: keys.len(),
+                reset: false,
+                skipped: *skipped,
+            }
+        }
+        Changes::Reset { revision } => {
+            let head = publish(host, names, ChangeRing::reset);
+            table.clear(host);
+            bump_epoch(host, names, |e| {
+                e.generation = e.generation.saturating_add(1);
+                e.change_seq = head;
+                e.revision = *revision;
+                e.synced_ms = now;
+            });
+            Applied {
+                keys: 0,
+                reset: true,
+                skipped: 0,
+            }
+        }
+    }
 }
 
 fn publish<H: Host + ?Sized>(host: &H, names: &Names, change: impl Fn(&mut ChangeRing)) -> u64 {
@@ -189,8 +235,16 @@ fn bump_epoch<H: Host + ?Sized>(host: &H, names: &Names, change: impl Fn(&mut Ep
     });
 }
 
-fn forget_slot<H: Host + ?Sized>(host: &H, table: &Table, change: &Change) {
-    let _ = table.update(host, &change.key, |slot: &Slot| lease::forget(slot, change));
+/// Clears what the slot of a reported key holds about it, and writes the slot even when there
+/// is nothing to clear: the write moves its cas, so a lookup answer read before the report
+/// (whose owner checks the change ring inside its CAS loop) cannot land after it. False when
+/// the slot could not be written.
+fn forget_slot<H: Host + ?Sized>(host: &H, table: &Table, change: &Change) -> bool {
+    table
+        .update(host, &change.key, |slot: &Slot| {
+            Some(shared_table::forget(slot, change).unwrap_or_else(|| slot.clone()))
+        })
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -198,7 +252,7 @@ mod tests {
     use super::*;
     use crate::fake_host::FakeHost;
     use crate::key::KeyId;
-    use crate::lease::SlotVerdict;
+    use crate::shared_table::SlotVerdict;
     use crate::test_support::test;
     use crate::verdict::Identity;
     use std::rc::Rc;
@@ -248,6 +302,7 @@ mod tests {
                 generation: 0,
                 expires_ms: 99_999,
                 stale_until_ms: 99_999,
+                fetched_ms: 0,
             }),
             lease: None,
         };
@@ -258,12 +313,14 @@ mod tests {
             revision: 7,
             keys: vec![Change::of(k)],
             more: false,
+            skipped: 0,
         };
         assert_eq!(
             finish(&host, &names, &table, 1, Some(&page), 1000),
             Applied {
                 keys: 1,
-                reset: false
+                reset: false,
+                skipped: 0
             }
         );
 
@@ -279,7 +336,8 @@ mod tests {
             Epoch {
                 generation: 0,
                 change_seq: 1,
-                revision: 7
+                revision: 7,
+                synced_ms: 1000,
             }
         );
         assert_eq!(
@@ -323,6 +381,7 @@ mod tests {
                 revision: 3,
                 keys: vec![],
                 more: true,
+                skipped: 0,
             }),
             1000,
         );
@@ -345,6 +404,7 @@ mod tests {
                 generation: 0,
                 expires_ms: 9,
                 stale_until_ms: 9,
+                fetched_ms: 0,
             }),
             lease: None,
         };
@@ -388,6 +448,7 @@ mod tests {
                 revision: 5,
                 keys: vec![],
                 more: false,
+                skipped: 0,
             }),
             1000,
         );

@@ -66,10 +66,27 @@ impl Outcome {
     }
 }
 
+/// Where an answer came from (as pingora's `CacheStatus`): the layers of README, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// This worker's cache.
+    L1,
+    /// The shared table (a verdict another worker fetched).
+    Shared,
+    /// A lookup this request started, or another worker's lookup it waited for.
+    Lookup,
+    /// A lookup another request on this worker started.
+    Coalesced,
+    /// An expired identity served because the store failed or the budget was spent.
+    Stale,
+    /// No verdict: a refusal for a store error, the miss budget or a deadline.
+    NoVerdict,
+}
+
 /// What the filter does with a request now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Answer(Outcome),
+    Answer(Outcome, Source),
     /// Paused: a lookup is pending; the answer comes later as a [`Resolution`].
     Wait,
 }
@@ -79,4 +96,5 @@ pub enum Decision {
 pub struct Resolution {
     pub context_id: u32,
     pub outcome: Outcome,
+    pub source: Source,
 }

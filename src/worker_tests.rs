@@ -5,11 +5,11 @@ use std::rc::Rc;
 
 use crate::config::Config;
 use crate::fake_host::FakeHost;
-use crate::host::{CallResponse, Metric};
+use crate::host::{CallResponse, Gauge, Metric};
 use crate::key::KeyId;
 use crate::test_support::test;
-use crate::verdict::{Decision, Identity, Outcome, Resolution};
-use crate::worker::{Worker, FAST_TICK_MS, MAX_ANSWERS_PER_CALLBACK};
+use crate::verdict::{Decision, Identity, Outcome, Resolution, Source};
+use crate::worker::{Worker, WriteDone, FAST_TICK_MS, MAX_ANSWERS_PER_CALLBACK};
 
 const IDENTITY: &str = r#"{"account_id":"acme","user_id":"ann","role":"admin"}"#;
 
@@ -121,20 +121,24 @@ fn a_miss_asks_the_store_once_then_answers_from_l1() {
             outcome: Outcome::Allow {
                 identity: Rc::new(ann()),
                 stale: false
-            }
+            },
+            source: Source::Lookup,
         }]
     );
     assert!(host.tick_ms() > FAST_TICK_MS, "idle again");
     assert_eq!(
         w.check(&host, 2, k),
-        Decision::Answer(Outcome::Allow {
-            identity: Rc::new(ann()),
-            stale: false
-        })
+        Decision::Answer(
+            Outcome::Allow {
+                identity: Rc::new(ann()),
+                stale: false
+            },
+            Source::L1
+        )
     );
     assert_eq!(host.metric(Metric::L1Hits), 1);
     assert_eq!(host.metric(Metric::LookupsStarted), 1);
-    assert_eq!(w.parked(), 0);
+    assert_eq!(w.waiters(), 0);
 }
 
 #[test]
@@ -157,7 +161,7 @@ fn concurrent_misses_on_one_worker_share_one_lookup() {
         FAST_TICK_MS,
         "more to answer: the tick stays fast"
     );
-    while w.parked() > 0 {
+    while w.waiters() > 0 {
         let batch = w.on_tick(&host);
         assert!(!batch.is_empty() && batch.len() <= MAX_ANSWERS_PER_CALLBACK);
         answered.extend(batch);
@@ -179,9 +183,9 @@ fn with_the_budget_spent_a_new_miss_is_refused_at_once_without_parking() {
     cache_allow(&host, &mut w, key(50)); // spends the only token
     assert_eq!(
         w.check(&host, 1, key(51)),
-        Decision::Answer(Outcome::Throttled)
+        Decision::Answer(Outcome::Throttled, Source::NoVerdict)
     );
-    assert_eq!(w.parked(), 0);
+    assert_eq!(w.waiters(), 0);
     assert!(lookups(&host, &mut w).is_empty());
     host.advance(1_000);
     assert_eq!(
@@ -209,7 +213,7 @@ fn a_client_gone_while_its_answer_waits_in_the_outbox_is_not_answered() {
     let rest = w.on_tick(&host);
     assert_eq!(first.len() + rest.len(), 99);
     assert!(rest.iter().all(|r| r.context_id != waiting));
-    assert_eq!(w.parked(), 0);
+    assert_eq!(w.waiters(), 0);
 }
 
 #[test]
@@ -236,13 +240,13 @@ fn workers_of_one_envoy_share_one_lookup_through_the_lease() {
     // shared table.
     assert!(matches!(
         wb.check(&b, 3, k),
-        Decision::Answer(Outcome::Allow { .. })
+        Decision::Answer(Outcome::Allow { .. }, _)
     ));
     let c = a.sibling();
     let mut wc = Worker::new(&c, Rc::clone(&cfg)).unwrap();
     assert!(matches!(
         wc.check(&c, 4, k),
-        Decision::Answer(Outcome::Allow { .. })
+        Decision::Answer(Outcome::Allow { .. }, _)
     ));
     assert_eq!(c.metric(Metric::SharedHits), 1);
     assert!(lookups(&b, &mut wb).is_empty() && lookups(&c, &mut wc).is_empty());
@@ -258,7 +262,10 @@ fn an_unknown_key_is_denied_and_negatively_cached_for_negative_ttl() {
     let calls = lookups(&host, &mut w);
     let r = respond(&host, &mut w, calls[0].0, 404, r#"{"error":"not found"}"#);
     assert_eq!(r[0].outcome, Outcome::Deny);
-    assert_eq!(w.check(&host, 2, k), Decision::Answer(Outcome::Deny));
+    assert_eq!(
+        w.check(&host, 2, k),
+        Decision::Answer(Outcome::Deny, Source::L1)
+    );
     host.advance(5_000);
     assert_eq!(
         w.check(&host, 3, k),
@@ -386,7 +393,7 @@ fn a_dead_lease_holder_is_taken_over_and_nobody_waits_forever() {
     wb.check(&b, 2, k);
     wb.on_tick(&b);
     assert!(lookups(&b, &mut wb).is_empty());
-    b.advance(1_000 + crate::lease::LEASE_GRACE_MS);
+    b.advance(1_000 + crate::shared_table::LEASE_GRACE_MS);
     wb.on_tick(&b);
     let calls = lookups(&b, &mut wb);
     assert_eq!(calls.len(), 1, "B took the expired lease over");
@@ -411,7 +418,7 @@ fn a_request_waiting_past_its_deadline_gets_503() {
         answered = w.on_tick(&host);
         let _ = lookups(&host, &mut w); // the retried lookup never answers either
         assert!(
-            waited <= 2 * (1000 + crate::lease::LEASE_GRACE_MS) + 100,
+            waited <= 2 * (1000 + crate::shared_table::LEASE_GRACE_MS) + 100,
             "waited {waited} ms"
         );
     }
@@ -419,10 +426,11 @@ fn a_request_waiting_past_its_deadline_gets_503() {
         answered,
         vec![Resolution {
             context_id: 1,
-            outcome: Outcome::Unavailable
+            outcome: Outcome::Unavailable,
+            source: Source::NoVerdict,
         }]
     );
-    assert_eq!(w.parked(), 0);
+    assert_eq!(w.waiters(), 0);
 }
 
 #[test]
@@ -442,7 +450,7 @@ fn the_miss_budget_bounds_store_lookups_and_cached_keys_are_unaffected() {
     assert_eq!(throttled, 46);
     assert!(matches!(
         w.check(&host, 999, good),
-        Decision::Answer(Outcome::Allow { .. })
+        Decision::Answer(Outcome::Allow { .. }, _)
     ));
     host.advance(1_000);
     for n in 100..150 {
@@ -456,21 +464,127 @@ fn the_miss_budget_bounds_store_lookups_and_cached_keys_are_unaffected() {
     );
 }
 
+/// A local admin write through `w` (context `ctx`): its response is held, the root polls the
+/// feed at once; the poll answers `changed` (or fails, with `None`). Returns the writers the
+/// worker released after the answer.
+fn admin_write(host: &FakeHost, w: &mut Worker, ctx: u32, changed: Option<&[KeyId]>) -> Vec<u32> {
+    assert_eq!(w.admin_write_done(host, ctx), WriteDone::Hold);
+    assert_eq!(
+        host.tick_ms(),
+        FAST_TICK_MS,
+        "a held writer makes the root tick fast"
+    );
+    assert!(w.take_released_writers(host).is_empty());
+    w.on_tick(host);
+    let calls = host.take_calls();
+    let poll = calls
+        .iter()
+        .find(|(_, c)| c.path.starts_with("/v1/changes"))
+        .expect("a poll at once");
+    match changed {
+        Some(keys) => feed_reports(host, w, poll.0, 100 + u64::from(ctx), keys),
+        None => {
+            respond(host, w, poll.0, 503, "");
+        }
+    }
+    w.on_tick(host);
+    w.take_released_writers(host)
+}
+
+/// Finding 2: a member rotating its own key through this Envoy must not empty the cache. The
+/// writer's answer is held until the feed's page (polled at once) was published: then every
+/// worker drops the changed key, and only it (stale copies of others are kept).
 #[test]
-fn a_local_admin_write_makes_every_worker_ask_again() {
+fn a_local_admin_write_drops_exactly_what_changed_before_the_writer_sees_its_answer() {
     let cfg = config("");
     let (a, mut wa) = synced_worker(&cfg);
     let (b, mut wb) = sibling_worker(&a, &cfg);
-    let k = key(9);
+    let (changed, other) = (key(9), key(19));
+    cache_allow(&a, &mut wa, changed);
+    cache_allow(&a, &mut wa, other);
+    assert!(matches!(wb.check(&b, 1, changed), Decision::Answer(..)));
+    let lookups_before = a.metric(Metric::LookupsStarted);
+    for round in 0..20 {
+        let released = admin_write(&b, &mut wb, 50 + round, Some(&[changed]));
+        assert_eq!(released, vec![50 + round], "released once published");
+        assert_eq!(wa.check(&a, 2, changed), Decision::Wait, "A dropped it");
+        assert_eq!(
+            wb.check(&b, 3, changed),
+            Decision::Wait,
+            "B and the table too"
+        );
+        wa.forget(&a, 2);
+        wb.forget(&b, 3);
+        for (h, w) in [(&a, &mut wa), (&b, &mut wb)] {
+            assert!(
+                matches!(
+                    w.check(h, 4, other),
+                    Decision::Answer(Outcome::Allow { .. }, _)
+                ),
+                "round {round}: an unrelated key stays cached"
+            );
+        }
+    }
+    assert_eq!(a.metric(Metric::LookupsStarted), lookups_before);
+    assert_eq!(b.metric(Metric::LocalDropsEverything), 0);
+}
+
+/// Finding 2, fallback: when the feed fails, a local write drops everything, at most once a
+/// second per Envoy (counted); a writer waits for that drop, never for less.
+#[test]
+fn a_local_write_whose_poll_fails_drops_everything_at_most_once_a_second() {
+    let cfg = config("");
+    let (a, mut wa) = synced_worker(&cfg);
+    let (b, mut wb) = sibling_worker(&a, &cfg);
+    let k = key(29);
     cache_allow(&a, &mut wa, k);
-    assert!(matches!(wb.check(&b, 1, k), Decision::Answer(_)));
-    wb.invalidate_local(&b);
-    assert_eq!(
-        wa.check(&a, 2, k),
-        Decision::Wait,
-        "A's L1 entry is from an older generation"
+    assert_eq!(admin_write(&b, &mut wb, 60, None), vec![60]);
+    assert_eq!(b.metric(Metric::LocalDropsEverything), 1);
+    assert_eq!(wa.check(&a, 1, k), Decision::Wait, "everything dropped");
+    wa.forget(&a, 1);
+    cache_allow(&a, &mut wa, k);
+    a.advance(10);
+    assert!(
+        admin_write(&a, &mut wa, 61, None).is_empty(),
+        "rate-limited: held"
     );
-    assert_eq!(wb.check(&b, 3, k), Decision::Wait, "the shared table's too");
+    assert!(
+        matches!(wa.check(&a, 2, k), Decision::Answer(..)),
+        "nothing dropped yet"
+    );
+    a.advance(1_000);
+    wa.on_tick(&a);
+    assert_eq!(wa.take_released_writers(&a), vec![61]);
+    assert_eq!(a.metric(Metric::LocalDropsEverything), 1);
+    assert_eq!(
+        wa.check(&a, 3, k),
+        Decision::Wait,
+        "dropped before the writer's answer"
+    );
+}
+
+/// Writes that complete while a poll is in flight wait for the next poll (the one in flight
+/// may predate their change); writes that complete together share one poll.
+#[test]
+fn writes_during_a_poll_wait_for_the_next_one_and_concurrent_writes_share_it() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    w.admin_write_done(&host, 70);
+    w.on_tick(&host);
+    let first = host.take_calls().remove(0);
+    w.admin_write_done(&host, 71);
+    w.admin_write_done(&host, 72);
+    w.on_tick(&host);
+    assert!(host.take_calls().is_empty(), "one forced poll at a time");
+    feed_reports(&host, &mut w, first.0, 2, &[]);
+    assert_eq!(w.take_released_writers(&host), vec![70]);
+    w.on_tick(&host);
+    let second = host.take_calls();
+    assert_eq!(second.len(), 1, "one poll for both");
+    assert_eq!(second[0].1.path, "/v1/changes?since=2");
+    feed_reports(&host, &mut w, second[0].0, 3, &[]);
+    assert_eq!(w.take_released_writers(&host), vec![71, 72]);
+    assert_eq!(w.writers_held(), 0);
 }
 
 #[test]
@@ -480,7 +594,7 @@ fn the_changes_feed_drops_reported_keys_everywhere_and_they_are_never_served_sta
     let (b, mut wb) = sibling_worker(&a, &cfg);
     let k = key(10);
     cache_allow(&a, &mut wa, k);
-    assert!(matches!(wb.check(&b, 1, k), Decision::Answer(_)));
+    assert!(matches!(wb.check(&b, 1, k), Decision::Answer(..)));
     // The next poll reports k.
     a.advance(1_000);
     wa.on_tick(&a);
@@ -539,32 +653,112 @@ fn only_one_worker_polls_the_feed_per_interval() {
     );
 }
 
+/// Answers a pending poll of `w` reporting `changed` (key ids) at `revision`.
+fn feed_reports(host: &FakeHost, w: &mut Worker, token: u32, revision: u64, changed: &[KeyId]) {
+    let ids: Vec<String> = changed.iter().map(|k| format!("\"{}\"", k.hex())).collect();
+    let body = format!(r#"{{"revision":{revision},"changed":[{}]}}"#, ids.join(","));
+    respond(host, w, token, 200, &body);
+}
+
+/// The next poll of `w` (due after `advance`), dispatched by a tick.
+fn next_poll(host: &FakeHost, w: &mut Worker) -> u32 {
+    host.advance(1_000);
+    w.on_tick(host);
+    let calls = host.take_calls();
+    let poll = calls
+        .iter()
+        .find(|(_, c)| c.path.starts_with("/v1/changes"))
+        .expect("a poll");
+    poll.0
+}
+
+/// Finding 1a: a lookup dispatched before the feed reported its key answers afterwards. Its
+/// answer may predate the revocation: nobody gets it, neither the request that started it nor
+/// one that joined after the report; the key is looked up again and both get the new answer.
 #[test]
-fn a_verdict_fetched_while_the_feed_reported_the_key_is_answered_but_not_cached() {
+fn an_answer_from_before_the_feed_reported_the_key_is_given_to_nobody() {
     let cfg = config(r#","sync":{"interval_ms":1000}"#);
     let (host, mut w) = synced_worker(&cfg);
     let k = key(11);
     w.check(&host, 1, k);
     w.on_tick(&host);
     let lookup = lookups(&host, &mut w).remove(0);
-    // Before the lookup answers, a poll reports k (revoked meanwhile).
-    host.advance(1_000);
-    w.on_tick(&host);
-    let poll = host.take_calls().remove(0);
-    respond(
-        &host,
-        &mut w,
-        poll.0,
-        200,
-        &format!(r#"{{"revision":5,"changed":["{}"]}}"#, k.hex()),
-    );
-    let r = respond(&host, &mut w, lookup.0, 200, IDENTITY);
-    assert!(is_allow(&r[0].outcome));
+    let poll = next_poll(&host, &mut w);
+    feed_reports(&host, &mut w, poll, 5, &[k]);
     assert_eq!(
         w.check(&host, 2, k),
         Decision::Wait,
-        "not cached: it may predate the revocation"
+        "arrived after the report"
     );
+    let r = respond(&host, &mut w, lookup.0, 200, IDENTITY);
+    assert!(r.is_empty(), "the old answer went to nobody: {r:?}");
+    w.on_tick(&host);
+    let again = lookups(&host, &mut w);
+    assert_eq!(again.len(), 1, "looked up again");
+    let r = respond(&host, &mut w, again[0].0, 404, "");
+    assert_eq!(r.len(), 2);
+    assert!(r.iter().all(|r| r.outcome == Outcome::Deny), "{r:?}");
+    assert_eq!(
+        w.check(&host, 3, k),
+        Decision::Answer(Outcome::Deny, Source::L1)
+    );
+}
+
+/// Finding 1b: worker B publishes a feed page reporting the key between worker A's read of the
+/// epoch and its write of the lookup's answer into the slot. The write must not land.
+#[test]
+fn a_lookup_answer_is_not_written_to_the_slot_after_the_feed_reported_the_key() {
+    let cfg = config(r#","sync":{"interval_ms":1000}"#);
+    let (a, mut wa) = synced_worker(&cfg);
+    let (b, wb) = sibling_worker(&a, &cfg);
+    let b = Rc::new(std::cell::RefCell::new((b, wb)));
+    let k = key(12);
+    let poll = {
+        let (bh, bw) = &mut *b.borrow_mut();
+        next_poll(bh, bw)
+    };
+    wa.check(&a, 1, k);
+    wa.on_tick(&a);
+    let lookup = lookups(&a, &mut wa).remove(0);
+    let b2 = Rc::clone(&b);
+    a.before_next_set("slot.", move || {
+        let (bh, bw) = &mut *b2.borrow_mut();
+        feed_reports(bh, bw, poll, 5, &[k]);
+    });
+    let r = respond(&a, &mut wa, lookup.0, 200, IDENTITY);
+    assert!(r.is_empty(), "the answer predates the report: {r:?}");
+    let (bh, bw) = &mut *b.borrow_mut();
+    assert_eq!(
+        bw.check(bh, 2, k),
+        Decision::Wait,
+        "not in the shared table"
+    );
+    let (c, mut wc) = sibling_worker(&a, &cfg);
+    assert_eq!(
+        wc.check(&c, 3, k),
+        Decision::Wait,
+        "not in the shared table"
+    );
+}
+
+/// Finding 1c: the slot of a key the feed reported could not be cleared (a host error): the
+/// generation is bumped instead, so no worker answers from it.
+#[test]
+fn a_slot_the_feed_could_not_clear_is_never_answered_from() {
+    let cfg = config(r#","sync":{"interval_ms":1000}"#);
+    let (a, mut wa) = synced_worker(&cfg);
+    let k = key(13);
+    cache_allow(&a, &mut wa, k);
+    let poll = next_poll(&a, &mut wa);
+    a.fail_sets("slot.", 1);
+    feed_reports(&a, &mut wa, poll, 5, &[k]);
+    let (b, mut wb) = sibling_worker(&a, &cfg);
+    assert_eq!(
+        wb.check(&b, 1, k),
+        Decision::Wait,
+        "the slot's verdict is stale"
+    );
+    assert_eq!(wa.check(&a, 2, k), Decision::Wait);
 }
 
 #[test]
@@ -588,7 +782,7 @@ fn a_request_whose_client_left_is_forgotten() {
         lookups(&host, &mut w).is_empty(),
         "nobody waits for key 13 any more"
     );
-    assert_eq!(w.parked(), 0);
+    assert_eq!(w.waiters(), 0);
 }
 
 #[test]
@@ -602,7 +796,8 @@ fn a_dispatch_failure_is_a_503() {
         r,
         vec![Resolution {
             context_id: 1,
-            outcome: Outcome::Unavailable
+            outcome: Outcome::Unavailable,
+            source: Source::NoVerdict,
         }]
     );
 }
@@ -720,7 +915,7 @@ fn a_creation_reported_by_the_feed_drops_a_negative_verdict_but_keeps_a_known_id
     assert!(
         matches!(
             w.check(&host, 3, known),
-            Decision::Answer(Outcome::Allow { .. })
+            Decision::Answer(Outcome::Allow { .. }, _)
         ),
         "the identity was kept"
     );
@@ -752,7 +947,11 @@ fn after_a_local_admin_write_nothing_older_is_served_stale() {
     let (b, mut wb) = sibling_worker(&a, &cfg);
     let k = key(40);
     cache_allow(&a, &mut wa, k); // in A's L1 and in the shared table
-    wa.invalidate_local(&a);
+    assert_eq!(
+        admin_write(&a, &mut wa, 99, None),
+        vec![99],
+        "the feed fails: drop all"
+    );
     // A asks the store, which fails: not served stale from A's L1.
     assert_eq!(wa.check(&a, 1, k), Decision::Wait);
     wa.on_tick(&a);
@@ -763,7 +962,8 @@ fn after_a_local_admin_write_nothing_older_is_served_stale() {
         r,
         vec![Resolution {
             context_id: 1,
-            outcome: Outcome::Unavailable
+            outcome: Outcome::Unavailable,
+            source: Source::NoVerdict,
         }]
     );
     // B, later, with the store still failing: not served stale from the shared table either.
@@ -781,7 +981,8 @@ fn after_a_local_admin_write_nothing_older_is_served_stale() {
         r,
         vec![Resolution {
             context_id: 2,
-            outcome: Outcome::Unavailable
+            outcome: Outcome::Unavailable,
+            source: Source::NoVerdict,
         }]
     );
 }
@@ -810,12 +1011,195 @@ fn answers_still_in_the_outbox_are_withdrawn_when_the_feed_reports_their_key() {
     // The feed reports k before the other 36 are handed out: they become 503s.
     let body = format!(r#"{{"revision":2,"changed":["{}"]}}"#, k.hex());
     let mut rest = respond(&host, &mut w, poll.0, 200, &body);
-    while w.parked() > 0 {
+    while w.waiters() > 0 {
         rest.extend(w.on_tick(&host));
     }
     assert_eq!(rest.len(), 100 - MAX_ANSWERS_PER_CALLBACK);
     assert!(
         rest.iter().all(|r| r.outcome == Outcome::Unavailable),
         "{rest:?}"
+    );
+}
+
+/// Finding 3: a flood of new keys spends the main budget; a key that was valid moments ago
+/// (expired, within its stale window) is still revalidated by a real lookup, from the reserve,
+/// while a new key is refused.
+#[test]
+fn a_flood_of_new_keys_cannot_lock_out_a_key_that_was_valid_recently() {
+    let cfg = config(
+        r#","cache":{"ttl_s":1,"stale_if_error_s":300,"shared_slots":256},"miss_budget":{"per_second":1,"burst":1,"reserve_per_second":5}"#,
+    );
+    let (host, mut w) = synced_worker(&cfg);
+    let known = key(80);
+    cache_allow(&host, &mut w, known); // spends the main budget's only token
+    host.advance(1_500); // expired, within its stale window
+    for n in 0..50 {
+        assert_eq!(w.check(&host, 1000 + n, key(1000 + n)), Decision::Wait);
+    }
+    let r = w.on_tick(&host);
+    assert_eq!(
+        lookups(&host, &mut w).len(),
+        1,
+        "the main budget's one token"
+    );
+    assert_eq!(r.len(), 49);
+    assert!(r.iter().all(|r| r.outcome == Outcome::Throttled));
+    assert_eq!(
+        w.check(&host, 2000, key(2000)),
+        Decision::Answer(Outcome::Throttled, Source::NoVerdict),
+        "a new key shares the spent main budget"
+    );
+    assert_eq!(w.check(&host, 1, known), Decision::Wait, "revalidated");
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    assert_eq!(calls.len(), 1);
+    let r = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
+    assert!(is_allow(&r[0].outcome), "a fresh answer, not a stale one");
+    assert_eq!(r[0].source, Source::Lookup);
+    assert_eq!(host.metric(Metric::ReserveLookups), 1);
+}
+
+/// Finding 4a: one malformed key id in a page does not block the feed: it is skipped and
+/// counted, the rest applies and the next poll starts after the page.
+#[test]
+fn a_page_with_a_malformed_entry_is_applied_without_it() {
+    let cfg = config(r#","sync":{"interval_ms":1000}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(81);
+    cache_allow(&host, &mut w, k);
+    let poll = next_poll(&host, &mut w);
+    let body = format!(
+        r#"{{"revision":7,"changed":["not-a-key-id","{}"]}}"#,
+        k.hex()
+    );
+    respond(&host, &mut w, poll, 200, &body);
+    assert_eq!(host.metric(Metric::SyncSkippedEntries), 1);
+    assert_eq!(
+        w.check(&host, 1, k),
+        Decision::Wait,
+        "the valid entry applied"
+    );
+    w.forget(&host, 1);
+    host.advance(1_000);
+    w.on_tick(&host);
+    let calls = host.take_calls();
+    assert!(
+        calls.iter().any(|(_, c)| c.path == "/v1/changes?since=7"),
+        "the feed moved on: {calls:?}"
+    );
+}
+
+/// Finding 4b: with the feed failing for longer than 3 intervals while lookups work, a cached
+/// allow is re-checked by lookup at least every interval (a silent revocation is refused within
+/// about 3 intervals + 1), and the lag is exported.
+#[test]
+fn while_the_feed_fails_cached_allows_are_rechecked_every_interval() {
+    let cfg = config(r#","cache":{"ttl_s":300,"shared_slots":256},"sync":{"interval_ms":1000}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(82);
+    cache_allow(&host, &mut w, k);
+    let mut answered_from_cache = 0;
+    for _ in 0..4 {
+        let poll = next_poll(&host, &mut w); // +1 s
+        respond(&host, &mut w, poll, 503, "");
+        if matches!(w.check(&host, 5, k), Decision::Answer(..)) {
+            answered_from_cache += 1;
+        } else {
+            break;
+        }
+    }
+    assert_eq!(
+        answered_from_cache, 3,
+        "cached for 3 intervals of failed polls, then re-checked"
+    );
+    assert_eq!(host.gauge_value(Gauge::SyncLagMs), Some(4_000));
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    assert_eq!(calls.len(), 1);
+    let r = respond(&host, &mut w, calls[0].0, 404, ""); // revoked silently
+    assert_eq!(r[0].outcome, Outcome::Deny);
+    assert_eq!(host.metric(Metric::FeedDownRechecks), 1);
+    // A key re-checked less than an interval ago is answered from the cache.
+    let k2 = key(83);
+    cache_allow(&host, &mut w, k2);
+    host.advance(500);
+    assert!(matches!(w.check(&host, 6, k2), Decision::Answer(..)));
+    host.advance(600);
+    assert_eq!(w.check(&host, 7, k2), Decision::Wait);
+}
+
+/// Finding 1, for a new generation: a lookup sent before everything was dropped (a local
+/// write whose poll failed) answers afterwards: nobody gets it, the key is looked up again.
+#[test]
+fn an_answer_from_before_everything_was_dropped_is_given_to_nobody() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(84);
+    w.check(&host, 1, k);
+    w.on_tick(&host);
+    let lookup = lookups(&host, &mut w).remove(0);
+    assert_eq!(admin_write(&host, &mut w, 90, None), vec![90]);
+    let r = respond(&host, &mut w, lookup.0, 200, IDENTITY);
+    assert!(r.is_empty(), "{r:?}");
+    w.on_tick(&host);
+    let again = lookups(&host, &mut w);
+    assert_eq!(again.len(), 1, "looked up again");
+    let r = respond(&host, &mut w, again[0].0, 200, IDENTITY);
+    assert_eq!(r.len(), 1);
+    assert!(is_allow(&r[0].outcome));
+}
+
+/// Before this Envoy ever synced, a poll from `since=0` would only tell the current revision:
+/// a local write then drops everything rather than trust it.
+#[test]
+fn a_local_write_before_the_first_sync_drops_everything() {
+    let cfg = config("");
+    let host = FakeHost::new();
+    let mut w = Worker::new(&host, Rc::clone(&cfg)).unwrap();
+    assert_eq!(w.admin_write_done(&host, 5), WriteDone::Hold);
+    w.on_tick(&host);
+    assert_eq!(w.take_released_writers(&host), vec![5]);
+    assert_eq!(host.metric(Metric::LocalDropsEverything), 1);
+}
+
+/// A creation reported during a lookup only outdates a "not found": an allow fetched meanwhile
+/// is answered (a key used right after its creation costs one lookup, not two).
+#[test]
+fn a_creation_reported_during_a_lookup_does_not_outdate_its_allow() {
+    let cfg = config(r#","sync":{"interval_ms":1000}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(85);
+    w.check(&host, 1, k);
+    w.on_tick(&host);
+    let lookup = lookups(&host, &mut w).remove(0);
+    let poll = next_poll(&host, &mut w);
+    let body = format!(
+        r#"{{"revision":5,"changed":["{k}"],"created":["{k}"]}}"#,
+        k = k.hex()
+    );
+    respond(&host, &mut w, poll, 200, &body);
+    let r = respond(&host, &mut w, lookup.0, 200, IDENTITY);
+    assert_eq!(r.len(), 1);
+    assert!(is_allow(&r[0].outcome));
+    assert_eq!(host.metric(Metric::LookupsOutdated), 0);
+}
+
+/// A worker replaced by a reconfiguration releases its held writers after dropping everything
+/// (their polls' answers would reach a worker that knows nothing of them).
+#[test]
+fn a_replaced_worker_drops_everything_and_releases_its_writers() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(86);
+    cache_allow(&host, &mut w, k);
+    w.admin_write_done(&host, 7);
+    w.on_tick(&host); // its poll is in flight
+    w.abandon_writers(&host);
+    assert_eq!(w.take_released_writers(&host), vec![7]);
+    let (b, mut wb) = sibling_worker(&host, &cfg);
+    assert_eq!(
+        wb.check(&b, 1, k),
+        Decision::Wait,
+        "everything dropped first"
     );
 }

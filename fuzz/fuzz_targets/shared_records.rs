@@ -19,7 +19,7 @@
 use std::fmt::Debug;
 
 use keygate::bucket::Bucket;
-use keygate::lease::{Lease, LeaseState, Slot, SlotVerdict};
+use keygate::shared_table::{Lease, LeaseState, Slot, SlotVerdict};
 use keygate::shared::{CatchUp, Change, ChangeRing, Counter, Epoch, Record};
 use keygate::sync::SyncRecord;
 use keygate::verdict::Identity;
@@ -90,6 +90,7 @@ fn slot(c: &mut Cursor) -> Slot {
         generation: c.u64(),
         expires_ms: c.u64(),
         stale_until_ms: c.u64(),
+        fetched_ms: c.u64(),
     });
     let lease = (flags & 2 != 0).then(|| Lease {
         key: c.key_id(),
@@ -142,6 +143,7 @@ fuzz_target!(|data: &[u8]| {
             generation: c.u64(),
             change_seq: c.u64(),
             revision: c.u64(),
+            synced_ms: c.u64(),
         }),
         1 => {
             let head_seq = c.u64();

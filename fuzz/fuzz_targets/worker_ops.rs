@@ -11,7 +11,7 @@
 //!   r W I A     answer worker W's outstanding callout I with answer A (see `lookup_answer`,
 //!               `changes_answer`; answer 7 reads a status byte and a length-prefixed body)
 //!   f W I       the client of worker W's I-th waiting request goes away
-//!   i W         a local admin write on worker W (`invalidate_local`)
+//!   i W         a local admin write on worker W, answered 2xx (`admin_write_done`)
 //!   d W         toggle callout dispatch failures on worker W
 //!   any other byte: the operation `byte % 7`, in the order above
 //!
@@ -21,13 +21,17 @@
 //! Properties:
 //! - nothing panics (debug assertions and overflow checks are on);
 //! - every request answered `Wait` is resolved at most once, only while it waits (never after
-//!   its client went away), and `parked()` is always the number of such requests;
-//! - after 10 s and one tick per worker with no callout answered, nothing is parked and every
-//!   waiting request has been resolved: nobody waits forever;
+//!   its client went away), and `waiters()` is always the number of such requests;
+//! - every held admin write is released at most once, and `writers_held()` counts them;
+//! - after 10 s and one tick per worker with no callout answered, nothing waits and every
+//!   waiting request and held write has been answered: nobody waits forever;
 //! - an allowed identity is always header-safe;
 //! - freshness: once the changes feed reported a key (or a reset) and the page was applied, no
 //!   worker answers for that key from a cache (allow or deny; deny only, for a key reported as
-//!   created) nor serves it stale, until a lookup sent after the report brought a new verdict.
+//!   created) nor serves it stale, until a lookup sent after the report brought a new verdict;
+//! - no answer from a lookup dispatched before the feed reported its key: after the report, no
+//!   waiter (early or late) gets an allow (a deny, for any report) until a lookup sent after
+//!   the report answered.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,7 +41,7 @@ use keygate::config::Config;
 use keygate::fake_host::FakeHost;
 use keygate::host::{CallResponse, Callout, Host};
 use keygate::key::KeyId;
-use keygate::lease::LEASE_GRACE_MS;
+use keygate::shared_table::LEASE_GRACE_MS;
 use keygate::store::{self, Changes, LookupAnswer};
 use keygate::verdict::{Decision, Outcome, Resolution};
 use keygate::worker::Worker;
@@ -158,6 +162,8 @@ struct Side {
     next_context: u32,
     /// Requests answered `Wait` and not resolved or gone yet, with their key.
     waiting: BTreeMap<u32, usize>,
+    /// Admin writes whose response is held.
+    writers: BTreeSet<u32>,
     gone: BTreeSet<u32>,
     calls: Vec<Call>,
     last_tick_ms: u64,
@@ -169,6 +175,8 @@ struct Side {
 struct Freshness {
     /// The event of the last report of this key (0: never reported).
     reported: u64,
+    /// The event of the last report that was more than its creation (0: never).
+    reported_changed: u64,
     /// A cached allow may be answered with (no report, or a lookup after it found the key).
     allow_ok: bool,
     /// A cached deny may be answered with.
@@ -213,14 +221,21 @@ impl State {
                     r.context_id
                 );
             };
-            if let Outcome::Allow { identity, stale } = &r.outcome {
-                assert!(identity.is_header_safe(), "{identity:?}");
-                if *stale {
+            match &r.outcome {
+                Outcome::Allow { identity, stale } => {
+                    assert!(identity.is_header_safe(), "{identity:?}");
                     assert!(
                         self.keys[k].allow_ok,
-                        "worker {w}: key {k} served stale after the feed reported it"
+                        "worker {w}: key {k} allowed (stale: {stale}, {:?}) from a lookup sent \
+                         before the feed reported it",
+                        r.source
                     );
                 }
+                Outcome::Deny => assert!(
+                    self.keys[k].deny_ok,
+                    "worker {w}: key {k} denied from a lookup sent before the feed reported it"
+                ),
+                Outcome::Unavailable | Outcome::Throttled => {}
             }
         }
     }
@@ -235,7 +250,7 @@ impl State {
             Decision::Wait => {
                 side.waiting.insert(context, k);
             }
-            Decision::Answer(outcome) => match outcome {
+            Decision::Answer(outcome, _) => match outcome {
                 // With the miss budget spent, check refuses a miss at once: Throttled, or the
                 // stale identity when one is in its window (same rules as any stale answer).
                 Outcome::Throttled => {}
@@ -262,6 +277,7 @@ impl State {
         f.reported = self.events;
         f.deny_ok = false;
         if !created {
+            f.reported_changed = self.events;
             f.allow_ok = false;
         }
     }
@@ -286,12 +302,16 @@ impl State {
             let out = side.worker.on_call_response(&side.host, call.token, &resp);
             if let Some(k) = k {
                 let f = &mut self.keys[k];
-                if call.dispatched_event >= f.reported {
-                    match answer {
-                        LookupAnswer::Found(_) => f.allow_ok = true,
-                        LookupAnswer::NotFound => f.deny_ok = true,
-                        LookupAnswer::Error(_) => {}
+                // A creation reported after the lookup was sent outdates a "not found", not an
+                // identity.
+                match answer {
+                    LookupAnswer::Found(_) if call.dispatched_event >= f.reported_changed => {
+                        f.allow_ok = true;
                     }
+                    LookupAnswer::NotFound if call.dispatched_event >= f.reported => {
+                        f.deny_ok = true;
+                    }
+                    _ => {}
                 }
             }
             self.resolved(w, out);
@@ -362,9 +382,34 @@ impl State {
     fn assert_parked(&self) {
         for (w, side) in self.sides.iter().enumerate() {
             assert_eq!(
-                side.worker.parked(),
+                side.worker.waiters(),
                 side.waiting.len(),
-                "worker {w}: parked() disagrees with the requests waiting"
+                "worker {w}: waiters() disagrees with the requests waiting"
+            );
+            assert_eq!(
+                side.worker.writers_held(),
+                side.writers.len(),
+                "worker {w}: writers_held() disagrees with the writes held"
+            );
+        }
+    }
+
+    fn admin_write(&mut self, w: usize) {
+        let side = &mut self.sides[w];
+        side.next_context += 1;
+        let context = side.next_context;
+        trace!("  admin write w{w} ctx {context}");
+        side.worker.admin_write_done(&side.host, context);
+        side.writers.insert(context);
+    }
+
+    fn released_writers(&mut self, w: usize) {
+        let side = &mut self.sides[w];
+        for context in side.worker.take_released_writers(&side.host) {
+            trace!("    w{w} writer {context} released");
+            assert!(
+                side.writers.remove(&context),
+                "worker {w}: writer {context} released twice, or never held"
             );
         }
     }
@@ -384,6 +429,7 @@ fuzz_target!(|data: &[u8]| {
             worker,
             next_context: 0,
             waiting: BTreeMap::new(),
+            writers: BTreeSet::new(),
             gone: BTreeSet::new(),
             calls: Vec::new(),
             last_tick_ms: 0,
@@ -394,6 +440,7 @@ fuzz_target!(|data: &[u8]| {
         sides: [side(host), side(sibling)],
         keys: [Freshness {
             reported: 0,
+            reported_changed: 0,
             allow_ok: true,
             deny_ok: true,
         }; KEYS],
@@ -445,10 +492,7 @@ fuzz_target!(|data: &[u8]| {
             }
             5 => {
                 let w = arg(&mut c) & 1;
-                s.events += 1;
-                trace!("  invalidate w{w}");
-                let side = &mut s.sides[w];
-                side.worker.invalidate_local(&side.host);
+                s.admin_write(w);
             }
             _ => {
                 let side = &mut s.sides[arg(&mut c) & 1];
@@ -459,6 +503,8 @@ fuzz_target!(|data: &[u8]| {
         }
         s.collect_calls(0);
         s.collect_calls(1);
+        s.released_writers(0);
+        s.released_writers(1);
         s.assert_parked();
     }
 
@@ -467,16 +513,28 @@ fuzz_target!(|data: &[u8]| {
     trace!("  advance 10 s, tick both until answered");
     s.sides[0].host.advance(10_000);
     for w in 0..2 {
-        let rounds = s.sides[w].worker.parked() / keygate::worker::MAX_ANSWERS_PER_CALLBACK + 2;
+        let rounds = s.sides[w].worker.waiters() / keygate::worker::MAX_ANSWERS_PER_CALLBACK + 2;
         for _ in 0..rounds {
             s.tick(w);
+        }
+        // A held write's poll was lost (never answered): the fallback releases it within a
+        // second; the fallback's rate limit may need one more second.
+        for _ in 0..3 {
+            s.sides[0].host.advance(1_000);
+            s.tick(w);
+            s.released_writers(w);
         }
     }
     for (w, side) in s.sides.iter().enumerate() {
         assert_eq!(
-            side.worker.parked(),
+            side.worker.waiters(),
             0,
-            "worker {w}: requests still parked after 10 s"
+            "worker {w}: requests still waiting after 10 s"
+        );
+        assert!(
+            side.writers.is_empty(),
+            "worker {w}: writes still held: {:?}",
+            side.writers
         );
         assert!(
             side.waiting.is_empty(),

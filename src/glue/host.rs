@@ -7,7 +7,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MetricType, Status};
 
 use crate::config::StoreConfig;
-use crate::host::{Callout, DispatchError, Histogram, Host, Metric, SharedError};
+use crate::host::{Callout, DispatchError, Gauge, Histogram, Host, Metric, SharedError};
 
 pub(crate) struct ProxyHost {
     cluster: String,
@@ -16,6 +16,7 @@ pub(crate) struct ProxyHost {
     authorization: Option<String>,
     counters: [Option<u32>; Metric::ALL.len()],
     lookup_ms: Option<u32>,
+    sync_lag_ms: Option<u32>,
 }
 
 impl ProxyHost {
@@ -28,10 +29,12 @@ impl ProxyHost {
         }
         let lookup_ms =
             hostcalls::define_metric(MetricType::Histogram, Histogram::LookupMs.name()).ok();
+        let sync_lag_ms = hostcalls::define_metric(MetricType::Gauge, Gauge::SyncLagMs.name()).ok();
         ProxyHost {
             cluster: store.cluster.clone(),
             authority: store.authority.clone(),
             authorization: store.token.as_ref().map(|t| format!("Bearer {t}")),
+            sync_lag_ms,
             counters,
             lookup_ms,
         }
@@ -91,6 +94,12 @@ impl Host for ProxyHost {
 
     fn record(&self, _metric: Histogram, value: u64) {
         if let Some(id) = self.lookup_ms {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+
+    fn gauge(&self, _metric: Gauge, value: u64) {
+        if let Some(id) = self.sync_lag_ms {
             let _ = hostcalls::record_metric(id, value);
         }
     }

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::host::{Host, Metric};
 use crate::request::{self, Refusal, RequestIo};
 use crate::verdict::Decision;
+use crate::worker::WriteDone;
 
 pub(crate) struct Http {
     id: u32,
@@ -92,7 +93,7 @@ impl HttpContext for Http {
         plan.carry_out(&mut Envoy);
         self.invalidating = plan.invalidates;
         match s.worker.check(&s.host, self.id, key) {
-            Decision::Answer(outcome) => {
+            Decision::Answer(outcome, _source) => {
                 let (route, anonymous) = (&plan.route, plan.anonymous);
                 if request::finish(&cfg, &s.host, &mut Envoy, &outcome, route, anonymous) {
                     Action::Continue
@@ -138,7 +139,13 @@ impl HttpContext for Http {
             if let Some(shared) = &self.shared {
                 if let Ok(mut s) = shared.try_borrow_mut() {
                     let s = &mut *s;
-                    s.worker.invalidate_local(&s.host);
+                    // Held until every worker drops what the write changed; the root resumes it.
+                    match s.worker.admin_write_done(&s.host, self.id) {
+                        WriteDone::Hold => {
+                            self.paused = true;
+                            return Action::Pause;
+                        }
+                    }
                 }
             }
         }

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::host::CallResponse;
 use crate::request::{self, Refusal};
 use crate::store::MAX_CHANGES_BODY;
-use crate::verdict::{Outcome, Resolution};
+use crate::verdict::{Outcome, Resolution, Source};
 use crate::worker::Worker;
 
 #[derive(Default)]
@@ -51,8 +51,15 @@ impl Root {
                 let _ = hostcalls::resume_http_request();
             }
         }
-        let keep = s.worker.parked().saturating_mul(2);
+        let keep = s.worker.waiters().saturating_mul(2);
         s.deferred.shrink_to(keep);
+        // Local admin writes whose change every worker now knows: their responses go on.
+        let s = &mut *s;
+        for context_id in s.worker.take_released_writers(&s.host) {
+            if hostcalls::set_effective_context(context_id).is_ok() {
+                let _ = hostcalls::resume_http_response();
+            }
+        }
     }
 }
 
@@ -114,15 +121,22 @@ impl RootContext for Root {
             }
         };
         if let Some(old) = self.shared.take() {
-            // Reconfigured: requests paused on the old worker get a 503 rather than hang.
-            let parked: Vec<u32> = old.borrow().deferred.keys().copied().collect();
+            // Reconfigured: requests paused on the old worker get a 503 rather than hang, and
+            // its held admin writes go on (`deliver` resumes them).
+            let waiters: Vec<u32> = {
+                let mut s = old.borrow_mut();
+                let s = &mut *s;
+                s.worker.abandon_writers(&s.host);
+                s.deferred.keys().copied().collect()
+            };
             self.shared = Some(old);
             self.deliver(
-                parked
+                waiters
                     .into_iter()
                     .map(|context_id| Resolution {
                         context_id,
                         outcome: Outcome::Unavailable,
+                        source: Source::NoVerdict,
                     })
                     .collect(),
             );

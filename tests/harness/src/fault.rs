@@ -18,6 +18,9 @@ pub enum Fault {
     Pass,
     /// Wait this long, then forward.
     Delay(Duration),
+    /// Forward at once, then hold the keystore's answer this long (an answer read before a
+    /// change in the store that arrives after it).
+    SlowAnswer(Duration),
     /// Answer this status with a small JSON body.
     Status(u16),
     /// Answer 200 with a body of this many bytes (JSON-looking, never valid).
@@ -175,6 +178,7 @@ fn serve(mut conn: TcpStream, target_port: u16, faults: &Mutex<Faults>, seen: &A
             thread::sleep(d);
             forward(&mut conn, target_port, &head, &body);
         }
+        Fault::SlowAnswer(d) => forward_held(&mut conn, target_port, &head, &body, d),
         Fault::Status(status) => respond(&mut conn, status, br#"{"error":"injected"}"#),
         Fault::HugeBody(n) => {
             let mut b = Vec::with_capacity(n);
@@ -228,6 +232,11 @@ fn reset(conn: TcpStream) {
 }
 
 fn forward(conn: &mut TcpStream, target_port: u16, head: &[u8], body: &[u8]) {
+    forward_held(conn, target_port, head, body, Duration::ZERO);
+}
+
+/// Forwards, and holds the answer for `hold` before passing it on.
+fn forward_held(conn: &mut TcpStream, target_port: u16, head: &[u8], body: &[u8], hold: Duration) {
     let Ok(mut up) = TcpStream::connect(("127.0.0.1", target_port)) else {
         respond(conn, 502, br#"{"error":"keystore unreachable"}"#);
         return;
@@ -252,6 +261,7 @@ fn forward(conn: &mut TcpStream, target_port: u16, head: &[u8], body: &[u8]) {
     }
     let mut answer = Vec::new();
     let _ = up.read_to_end(&mut answer);
+    thread::sleep(hold);
     let _ = conn.write_all(&answer);
     let _ = conn.flush();
     let _ = conn.shutdown(Shutdown::Write);

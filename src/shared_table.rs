@@ -36,6 +36,8 @@ pub struct SlotVerdict {
     pub generation: u64,
     pub expires_ms: u64,
     pub stale_until_ms: u64,
+    /// When the store gave it.
+    pub fetched_ms: u64,
 }
 
 impl SlotVerdict {
@@ -50,6 +52,7 @@ impl SlotVerdict {
             generation: e.generation,
             expires_ms: e.expires_ms,
             stale_until_ms: e.stale_until_ms,
+            fetched_ms: e.fetched_ms,
         }
     }
 
@@ -63,6 +66,7 @@ impl SlotVerdict {
             generation: self.generation,
             expires_ms: self.expires_ms,
             stale_until_ms: self.stale_until_ms,
+            fetched_ms: self.fetched_ms,
         }
     }
 
@@ -100,10 +104,19 @@ pub enum View {
 }
 
 /// Reads a slot for `key`. `since_ms` is when the caller started waiting: a failure older than
-/// that belongs to an earlier wave of requests and does not fail this one.
-pub fn inspect(slot: &Slot, key: &KeyId, now_ms: u64, generation: u64, since_ms: u64) -> View {
+/// that belongs to an earlier wave of requests and does not fail this one. An allow fetched
+/// before `allow_cutoff_ms` is not fresh (re-checked while the changes feed is down).
+pub fn inspect(
+    slot: &Slot,
+    key: &KeyId,
+    now_ms: u64,
+    generation: u64,
+    since_ms: u64,
+    allow_cutoff_ms: u64,
+) -> View {
     if let Some(v) = &slot.verdict {
-        if v.key == *key && v.generation == generation && now_ms < v.expires_ms {
+        let cut = v.identity.is_some() && v.fetched_ms < allow_cutoff_ms;
+        if v.key == *key && v.generation == generation && now_ms < v.expires_ms && !cut {
             return View::Fresh(v.clone());
         }
     }
@@ -204,6 +217,7 @@ impl Record for Slot {
             w.u64(v.generation);
             w.u64(v.expires_ms);
             w.u64(v.stale_until_ms);
+            w.u64(v.fetched_ms);
             match &v.identity {
                 None => w.u8(0),
                 Some(i) => {
@@ -270,6 +284,7 @@ fn decode_verdict(r: &mut Reader<'_>) -> Option<SlotVerdict> {
     let generation = r.u64()?;
     let expires_ms = r.u64()?;
     let stale_until_ms = r.u64()?;
+    let fetched_ms = r.u64()?;
     let identity = match r.u8()? {
         0 => None,
         1 => Some(Identity {
@@ -285,6 +300,7 @@ fn decode_verdict(r: &mut Reader<'_>) -> Option<SlotVerdict> {
         generation,
         expires_ms,
         stale_until_ms,
+        fetched_ms,
     })
 }
 
@@ -395,6 +411,7 @@ mod tests {
             generation: 0,
             expires_ms: expires,
             stale_until_ms: expires + 1000,
+            fetched_ms: 0,
         }
     }
 
@@ -405,6 +422,7 @@ mod tests {
             generation: 0,
             expires_ms: expires,
             stale_until_ms: expires,
+            fetched_ms: 0,
         }
     }
 
@@ -445,32 +463,38 @@ mod tests {
     fn inspect_follows_the_lease_life_cycle() {
         let k = id(1);
         let empty = Slot::default();
-        assert_eq!(inspect(&empty, &k, 0, 0, 0), View::Free { takeover: false });
-        let held = take(&empty, k, 1, 100);
-        assert_eq!(inspect(&held, &k, 50, 0, 0), View::Pending);
-        assert_eq!(inspect(&held, &k, 100, 0, 0), View::Free { takeover: true });
-        assert_eq!(inspect(&held, &id(2), 50, 0, 0), View::Busy);
-        let failed = fail(&held, k, 1, 60);
-        assert_eq!(inspect(&failed, &k, 61, 0, 10), View::Failed);
         assert_eq!(
-            inspect(&failed, &k, 61, 0, 61),
+            inspect(&empty, &k, 0, 0, 0, 0),
+            View::Free { takeover: false }
+        );
+        let held = take(&empty, k, 1, 100);
+        assert_eq!(inspect(&held, &k, 50, 0, 0, 0), View::Pending);
+        assert_eq!(
+            inspect(&held, &k, 100, 0, 0, 0),
+            View::Free { takeover: true }
+        );
+        assert_eq!(inspect(&held, &id(2), 50, 0, 0, 0), View::Busy);
+        let failed = fail(&held, k, 1, 60);
+        assert_eq!(inspect(&failed, &k, 61, 0, 10, 0), View::Failed);
+        assert_eq!(
+            inspect(&failed, &k, 61, 0, 61, 0),
             View::Free { takeover: false },
             "an older failure"
         );
         assert_eq!(
-            inspect(&failed, &id(2), 61, 0, 0),
+            inspect(&failed, &id(2), 61, 0, 0, 0),
             View::Free { takeover: false }
         );
         let done = complete(&held, 1, Some(allow(k, 1000)), 70);
         assert_eq!(done.lease, None);
-        assert!(matches!(inspect(&done, &k, 70, 0, 0), View::Fresh(_)));
+        assert!(matches!(inspect(&done, &k, 70, 0, 0, 0), View::Fresh(_)));
         assert_eq!(
-            inspect(&done, &k, 70, 1, 0),
+            inspect(&done, &k, 70, 1, 0, 0),
             View::Free { takeover: false },
             "another generation"
         );
         assert_eq!(
-            inspect(&done, &k, 1000, 0, 0),
+            inspect(&done, &k, 1000, 0, 0, 0),
             View::Free { takeover: false },
             "expired"
         );
@@ -561,7 +585,10 @@ mod tests {
         let rb = table.swap(&b, &k, &take(&sb, k, 2, 100), cb);
         assert_eq!(ra, Ok(()));
         assert_eq!(rb, Err(SharedError::CasMismatch));
-        assert_eq!(inspect(&table.read(&b, &k).0, &k, 1, 0, 0), View::Pending);
+        assert_eq!(
+            inspect(&table.read(&b, &k).0, &k, 1, 0, 0, 0),
+            View::Pending
+        );
     }
 
     /// Without creating the table first, two workers that both see a missing slot both "create"

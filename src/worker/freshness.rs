@@ -1,0 +1,246 @@
+//! The worker's freshness rules: catching up with the shared epoch and change ring, the
+//! "feed down" cutoff for cached allows, stale-if-error, cache entries, and the miss budget
+//! with its reserve for keys that were valid recently.
+
+use std::rc::Rc;
+
+use super::{Worker, FEED_DOWN_INTERVALS};
+use crate::bucket;
+use crate::cache::Entry;
+use crate::config::Config;
+use crate::host::{Host, Metric};
+use crate::key::KeyId;
+use crate::shared::{self, ChangeRing, Epoch};
+use crate::shared_table;
+use crate::verdict::{Identity, Outcome, Source, Verdict};
+
+impl Worker {
+    // ---- the miss budget ----
+
+    /// Whether a lookup for `key` (whose slot reads `slot`) could take a token now (a read;
+    /// nothing is taken).
+    pub(super) fn budget_left<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        key: &KeyId,
+        slot: &shared_table::Slot,
+        now: u64,
+    ) -> bool {
+        let b = &self.cfg.miss_budget;
+        bucket::has_token(host, &self.names.budget, b.per_second, b.burst)
+            || (b.reserve_per_second > 0
+                && self.stale_identity_in(key, slot, now).is_some()
+                && bucket::has_token(
+                    host,
+                    &self.names.reserve,
+                    b.reserve_per_second,
+                    reserve_burst(&self.cfg),
+                ))
+    }
+
+    /// Takes a token for a lookup of `key`: a key valid recently draws from the reserve first
+    /// (a flood of new keys cannot lock it out), then, like any key, from the main bucket.
+    /// `Some(true)`: from the reserve; `None`: the budget is spent.
+    pub(super) fn take_budget<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        key: &KeyId,
+        now: u64,
+    ) -> Option<bool> {
+        let b = &self.cfg.miss_budget;
+        let reserve = b.reserve_per_second > 0
+            && self.recently_valid(host, key, now)
+            && bucket::take_token(
+                host,
+                &self.names.reserve,
+                b.reserve_per_second,
+                reserve_burst(&self.cfg),
+            );
+        if reserve {
+            return Some(true);
+        }
+        bucket::take_token(host, &self.names.budget, b.per_second, b.burst).then_some(false)
+    }
+
+    /// Whether `key` had an allow recently: an expired (or feed-down re-checked) identity still
+    /// within its stale-if-error window, in the L1 or the shared table.
+    pub(super) fn recently_valid<H: Host + ?Sized>(&self, host: &H, key: &KeyId, now: u64) -> bool {
+        self.stale_identity(host, key, now).is_some()
+    }
+
+    // ---- freshness ----
+
+    /// Applies what changed in the shared epoch since this worker last looked.
+    pub(super) fn catch_up<H: Host + ?Sized>(&mut self, host: &H) {
+        let (epoch, _) = shared::read::<H, Epoch>(host, &self.names.epoch);
+        let epoch = epoch.unwrap_or_default();
+        if epoch == self.epoch {
+            return;
+        }
+        if epoch.change_seq != self.epoch.change_seq {
+            self.drop_changed(host);
+        }
+        if epoch.generation != self.epoch.generation {
+            self.flights.withdraw(|_, _| true);
+        }
+        self.epoch = epoch;
+    }
+
+    /// Drops from the L1 (and withdraws from the outbox) what the change ring reported since
+    /// this worker last looked.
+    pub(super) fn drop_changed<H: Host + ?Sized>(&mut self, host: &H) {
+        let (ring, _) = shared::read::<H, ChangeRing>(host, &self.names.changes);
+        let ring = ring.unwrap_or_default();
+        match ring.since(self.epoch.change_seq) {
+            shared::CatchUp::Nothing => {}
+            shared::CatchUp::Keys(changes) => {
+                let mut dropped = 0u64;
+                self.flights.withdraw(|key, outcome| {
+                    changes
+                        .iter()
+                        .any(|c| c.key == *key && (!c.created || *outcome == Outcome::Deny))
+                });
+                for c in changes {
+                    let removed = if c.created {
+                        self.l1.remove_negative(&c.key)
+                    } else {
+                        self.l1.remove(&c.key)
+                    };
+                    dropped = dropped.saturating_add(u64::from(removed));
+                }
+                host.count(Metric::KeysInvalidated, dropped);
+            }
+            shared::CatchUp::Everything => {
+                let (p, n) = self.l1.len();
+                let all = u64::try_from(p.saturating_add(n)).unwrap_or(u64::MAX);
+                host.count(Metric::KeysInvalidated, all);
+                self.l1.clear();
+                self.flights.withdraw(|_, _| true);
+            }
+        }
+    }
+
+    /// When the feed was last polled successfully (this worker's start if never).
+    pub(super) fn synced_ms(&self) -> u64 {
+        self.epoch.synced_ms.max(self.started_ms)
+    }
+
+    /// While polls have failed for longer than [`FEED_DOWN_INTERVALS`] intervals, an allow
+    /// fetched more than one interval ago is re-checked by lookup: revocation then stays within
+    /// about one interval through lookups alone. 0 (no cutoff) while the feed works.
+    pub(super) fn allow_cutoff_ms(&self, now: u64) -> u64 {
+        let interval = self.cfg.sync.interval_ms;
+        let lag = now.saturating_sub(self.synced_ms());
+        if lag > interval.saturating_mul(FEED_DOWN_INTERVALS) {
+            now.saturating_sub(interval)
+        } else {
+            0
+        }
+    }
+
+    /// Stale-if-error: an expired positive verdict still within its stale window (from the L1,
+    /// else the shared table), or `fallback`. Keys the feed reported were removed from both, so
+    /// they are never served stale.
+    pub(super) fn stale_or<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        key: &KeyId,
+        now: u64,
+        fallback: Outcome,
+    ) -> (Outcome, Source) {
+        if self.cfg.cache.stale_if_error_ms == 0 {
+            return (fallback, Source::NoVerdict);
+        }
+        match self.stale_identity(host, key, now) {
+            Some(identity) => (
+                Outcome::Allow {
+                    identity,
+                    stale: true,
+                },
+                Source::Stale,
+            ),
+            None => (fallback, Source::NoVerdict),
+        }
+    }
+
+    pub(super) fn stale_identity<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        key: &KeyId,
+        now: u64,
+    ) -> Option<Rc<Identity>> {
+        let generation = self.epoch.generation;
+        self.l1.stale(key, now, generation).or_else(|| {
+            let (slot, _) = self.table.read(host, key);
+            slot_stale_identity(&slot, key, now, generation)
+        })
+    }
+
+    /// [`Worker::stale_identity`] with the slot already read.
+    pub(super) fn stale_identity_in(
+        &self,
+        key: &KeyId,
+        slot: &shared_table::Slot,
+        now: u64,
+    ) -> Option<Rc<Identity>> {
+        let generation = self.epoch.generation;
+        self.l1
+            .stale(key, now, generation)
+            .or_else(|| slot_stale_identity(slot, key, now, generation))
+    }
+
+    pub(super) fn remember<H: Host + ?Sized>(&mut self, host: &H, key: KeyId, entry: Entry) {
+        let evicted = self.l1.insert(key, entry);
+        if evicted > 0 {
+            host.count(
+                Metric::Evictions,
+                u64::try_from(evicted).unwrap_or(u64::MAX),
+            );
+        }
+    }
+
+    /// The cache entry for a verdict the store gave at `now`, for a lookup sent under
+    /// `generation` (an entry of an older generation is never answered with).
+    pub(super) fn entry_for(&self, verdict: Verdict, now: u64, generation: u64) -> Entry {
+        let c = &self.cfg.cache;
+        let (ttl, stale_ms) = if verdict.is_allow() {
+            // Until this Envoy has synced with the feed once, it could miss a revocation that
+            // happened before its first poll: keep positive verdicts no longer than a poll.
+            let ttl = if self.epoch.revision == 0 {
+                c.ttl_ms.min(self.cfg.sync.interval_ms)
+            } else {
+                c.ttl_ms
+            };
+            (ttl, c.stale_if_error_ms)
+        } else {
+            (c.negative_ttl_ms, 0)
+        };
+        let expires_ms = now.saturating_add(ttl);
+        Entry {
+            verdict,
+            generation,
+            expires_ms,
+            stale_until_ms: expires_ms.saturating_add(stale_ms),
+            fetched_ms: now,
+        }
+    }
+}
+
+/// The identity of an allow for `key` in `slot` still within its stale window.
+fn slot_stale_identity(
+    slot: &shared_table::Slot,
+    key: &KeyId,
+    now: u64,
+    generation: u64,
+) -> Option<Rc<Identity>> {
+    slot.verdict
+        .as_ref()
+        .filter(|v| v.key == *key && now < v.stale_until_ms && v.generation == generation)
+        .and_then(|v| v.identity.clone())
+        .map(Rc::new)
+}
+
+/// The reserve's bucket size: two seconds of its rate.
+pub(super) fn reserve_burst(cfg: &Config) -> u64 {
+    cfg.miss_budget.reserve_per_second.saturating_mul(2).max(1)
+}
