@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/keygate.wasm
 
-.PHONY: all setup build demo test test-unit test-wasm lint test-compose test-postgres test-e2e test-fuzz fuzz soak bench bench-smoke clean
+.PHONY: all setup build demo test test-unit test-wasm lint test-compose test-postgres test-e2e test-fuzz fuzz soak bench bench-smoke bench-store clean
 
 all: build
 
@@ -75,6 +75,12 @@ soak: build
 ## flood. Writes bench/RESULTS.md and bench/throughput-ratios.svg.
 bench: build
 	@scripts/bench.sh
+
+## The keystore at fleet scale: SQLite and PostgreSQL with 10^4, 10^5, 10^6 keys; lookups and
+## change-feed polls against the database driver's own floor, memory. Writes bench/STORE.md.
+## Not in `make test`: its smoke run (scripts/bench-store.sh --smoke) takes about a minute.
+bench-store:
+	@scripts/bench-store.sh
 
 ## A few seconds per contender: fails unless every contender answers 200 and the report is written.
 bench-smoke: build
