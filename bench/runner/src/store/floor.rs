@@ -15,6 +15,23 @@ use crate::load::{CHANGES, LOOKUP};
 use crate::proc::{pin_this_thread, thread_cpu_seconds};
 use crate::Db;
 
+/// A lookup's row: account, user, role, expiry, account claims, key claims.
+type Identity = (
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Unix seconds, as the keystore passes them for expiry.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Queries in flight on the PostgreSQL floor's connection.
 const INFLIGHT: usize = 16;
 
@@ -104,12 +121,15 @@ fn sqlite(path: &std::path::Path, work: &Work, secs: Duration) -> Result<FloorRu
             Work::Lookups(ids) => {
                 let id = &ids[rng.below(ids.len())];
                 let mut stmt = conn.prepare_cached(&to_sqlite(LOOKUP)).map_err(e)?;
-                let mut rows = stmt.query([id]).map_err(e)?;
+                let mut rows = stmt.query(rusqlite::params![id, now()]).map_err(e)?;
                 while let Some(r) = rows.next().map_err(e)? {
-                    let _: (String, String, String) = (
+                    let _: Identity = (
                         r.get(0).map_err(e)?,
                         r.get(1).map_err(e)?,
                         r.get(2).map_err(e)?,
+                        r.get(3).map_err(e)?,
+                        r.get(4).map_err(e)?,
+                        r.get(5).map_err(e)?,
                     );
                 }
             }
@@ -209,8 +229,8 @@ async fn pg_loop(
         match work {
             Work::Lookups(ids) => {
                 let id = &ids[rng.below(ids.len())];
-                for r in client.query(&lookup, &[id]).await.map_err(e)? {
-                    let _: (String, String, String) = (r.get(0), r.get(1), r.get(2));
+                for r in client.query(&lookup, &[id, &now()]).await.map_err(e)? {
+                    let _: Identity = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
                 }
             }
             Work::Changes { since } => {

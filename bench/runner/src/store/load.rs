@@ -4,8 +4,9 @@
 //! hex SHA-256 of those bytes. Misses are ids of `kg_miss_{i}`, never loaded. Keys are loaded
 //! in bulk, directly into the database, in the schema the keystore created when it started
 //! (it migrates at start-up, so the bench starts it once before loading): [`load`] is the only
-//! function that knows that schema. When the schema changes (issue 12: schema version 2), adjust
-//! [`load`] and nothing else; [`LOOKUP`] and [`CHANGES`] are the keystore's own read statements,
+//! function that writes that schema (version 2: the columns added by version 2 keep their
+//! defaults: key name `default`, no expiry, no claims). When the schema changes, adjust [`load`]
+//! and nothing else; [`LOOKUP`] and [`CHANGES`] are the keystore's own read statements,
 //! copied from `keystore/src/store/sql.rs` for the driver floor.
 //!
 //! Invariant: after `load(db, a, b)` every key id of `a..b` is active (key, user and account
@@ -17,11 +18,14 @@ use keygate_harness::{Error, Result};
 
 use crate::Db;
 
-/// The keystore's key lookup (`keystore/src/store/sql.rs`, `LOOKUP`), PostgreSQL parameters.
-pub const LOOKUP: &str = "SELECT k.account_id, k.user_id, u.role FROM keys k \
+/// The keystore's key lookup (`keystore/src/store/sql.rs`, `LOOKUP`, schema version 2),
+/// PostgreSQL parameters: `$1` the key id, `$2` now (Unix seconds, for expiry).
+pub const LOOKUP: &str = "SELECT k.account_id, k.user_id, u.role, k.expires_at, \
+       a.claims, k.claims FROM keys k \
      JOIN users u ON u.account_id = k.account_id AND u.user_id = k.user_id \
      JOIN accounts a ON a.account_id = k.account_id \
      WHERE k.key_id = $1 AND k.revoked_at IS NULL \
+       AND (k.expires_at IS NULL OR k.expires_at > $2) \
        AND u.revoked_at IS NULL AND a.revoked_at IS NULL";
 
 /// The keystore's changes-feed read (`ChangesSince` in keystore/src/store.rs): the pruning

@@ -73,6 +73,9 @@ pub struct Size {
     pub pg_rss_kib: u64,
     pub floor: Vec<Measure>,
     pub keystore: Vec<Measure>,
+    /// `GET /healthz` saturated: the keystore's HTTP path and its way to the database with a
+    /// trivial `SELECT 1` (what a lookup costs beyond its query).
+    pub healthz: Measure,
     /// Keystore lookups paced at half its saturated rate.
     pub paced: Measure,
     pub paced_rate: f64,
@@ -314,6 +317,30 @@ fn keystore_run(ks: &Keystore, side: &Side, run: &WrkRun) -> Result<Measure> {
     })
 }
 
+/// `GET /healthz` at saturation: HTTP, routing, the database path, `SELECT 1`, JSON.
+fn healthz_run(plan: &Plan, ks: &Keystore, side: &Side) -> Result<Measure> {
+    let run = WrkRun {
+        url: format!("{}/healthz", ks.url()),
+        threads: 1,
+        connections: plan.wrk_connections,
+        secs: plan.secs,
+        headers: vec![],
+        script: None,
+        cpus: plan.pinned.then(|| LOAD_CPU.to_string()),
+    };
+    let cpu0 = side.keystore_cpu() + side.db_cpu();
+    let r = run.run()?;
+    Ok(Measure {
+        ops: r.requests,
+        secs: r.duration_s,
+        cpu_s: side.keystore_cpu() + side.db_cpu() - cpu0,
+        p50_ms: r.p50_ms,
+        p99_ms: r.p99_ms,
+        hit_ratio: f64::NAN,
+        errors: r.non2xx + r.socket_errors,
+    })
+}
+
 fn floor_measure(db: &Db, side: &Side, work: Work, secs: f64) -> Result<Measure> {
     let db0 = side.db_cpu();
     let f: FloorRun = floor::run(db, work, secs, side.cpu(Some(SERVER_CPU)))?;
@@ -352,6 +379,7 @@ fn lookups(plan: &Plan, ks: &Keystore, db: &Db, side: &Side, s: &mut Size) -> Re
             }
         }
     }
+    s.healthz = healthz_run(plan, ks, side)?;
     let sat = crate::report::median(&s.keystore.iter().map(Measure::rate).collect::<Vec<_>>());
     s.paced_rate = (sat / 2.0).max(10.0).round();
     let secs = plan.secs.max(3.0);
@@ -394,7 +422,7 @@ fn feeds(plan: &Plan, ks: &Keystore, db: &Db, side: &Side, s: &mut Size) -> Resu
         let q = |p: f64| crate::report::quantile(&run.latencies_ms, p);
         let m = Measure {
             ops: run.polls,
-            secs: plan.poll_secs + 0.2,
+            secs: plan.poll_secs,
             cpu_s,
             p50_ms: q(0.5),
             p99_ms: q(0.99),
