@@ -220,7 +220,12 @@ fn targets(s: &mut String, r: &Results) {
             }
         }
     }
-    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "\nWhere a lookup's CPU goes (the `/healthz` column is the keystore's fixed path to the \
+         database), why the targets above are missed and what would close the gap: \
+         bench/README.md, \"What the store costs\".\n"
+    );
 }
 
 /// The headline for the terminal.
