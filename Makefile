@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/keygate.wasm
 
-.PHONY: all setup build demo test test-unit test-wasm lint test-compose test-postgres test-e2e test-fuzz fuzz soak bench bench-smoke clean
+.PHONY: all setup build demo test test-unit test-wasm lint test-compose test-postgres test-e2e test-fuzz fuzz soak bench bench-smoke bench-store bench-store-smoke clean
 
 all: build
 
@@ -24,7 +24,7 @@ demo: build
 	target/release/keygate-demo
 
 ## Everything: unit tests (native and wasm), lints, the keystore's API tests, end to end against real Envoy.
-test: build test-unit test-wasm lint test-compose test-postgres test-e2e test-fuzz bench-smoke
+test: build test-unit test-wasm lint test-compose test-postgres test-e2e test-fuzz bench-smoke bench-store-smoke
 	@echo "make test: all suites passed"
 
 ## The key store's API tests and the harness's own tests (the core's run in test-wasm).
@@ -75,6 +75,16 @@ soak: build
 ## flood. Writes bench/RESULTS.md and bench/throughput-ratios.svg.
 bench: build
 	@scripts/bench.sh
+
+## The keystore at fleet scale: SQLite and PostgreSQL with 10^4, 10^5, 10^6 keys; lookups and
+## change-feed polls against the database driver's own floor, memory. Writes bench/STORE.md.
+bench-store:
+	@scripts/bench-store.sh
+
+## 10^4 keys, a second per run, both engines (about 50 s with PostgreSQL's start): fails unless
+## every lookup answered 200 or 404, every poll 200, and the report was written.
+bench-store-smoke:
+	@scripts/bench-store.sh --smoke
 
 ## A few seconds per contender: fails unless every contender answers 200 and the report is written.
 bench-smoke: build

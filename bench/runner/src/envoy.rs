@@ -22,15 +22,17 @@ pub enum Contender {
     ExtAuthz,
     Floor,
     Keygate,
+    Lua,
 }
 
 impl Contender {
-    pub const ALL: [Contender; 5] = [
+    pub const ALL: [Contender; 6] = [
         Contender::NoAuth,
         Contender::Native,
         Contender::ExtAuthz,
         Contender::Floor,
         Contender::Keygate,
+        Contender::Lua,
     ];
 
     /// Short name: listener name, stat prefix, table key.
@@ -41,6 +43,7 @@ impl Contender {
             Contender::ExtAuthz => "ext_authz",
             Contender::Floor => "floor",
             Contender::Keygate => "keygate",
+            Contender::Lua => "lua",
         }
     }
 
@@ -52,6 +55,7 @@ impl Contender {
             Contender::ExtAuthz => "ext_authz (HTTP, in-memory)",
             Contender::Floor => "wasm floor",
             Contender::Keygate => "keygate (hit path)",
+            Contender::Lua => "Lua filter (by hand, hit path)",
         }
     }
 
@@ -62,6 +66,7 @@ impl Contender {
             Contender::ExtAuthz => 'C',
             Contender::Floor => 'D',
             Contender::Keygate => 'E',
+            Contender::Lua => 'F',
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct Bootstrap {
     pub keygate_wasm: PathBuf,
     /// keygate's plugin configuration (JSON text).
     pub keygate_config: String,
+    /// The Lua contender's source (`bench/lua_auth.lua`).
+    pub lua_code: String,
 }
 
 /// Escapes a value for a YAML double-quoted scalar.
@@ -210,6 +217,14 @@ impl Bootstrap {
                 Contender::Keygate => {
                     wasm_filter("keygate", &self.keygate_wasm, &self.keygate_config)
                 }
+                Contender::Lua => format!(
+                    "          - name: envoy.filters.http.lua
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code: {{ inline_string: {} }}
+",
+                    dq(&self.lua_code)
+                ),
             };
             listeners.push_str(&listener(contender.id(), *port, DIRECT_OK, &filters));
             if *contender == Contender::ExtAuthz {

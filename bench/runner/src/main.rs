@@ -52,12 +52,15 @@ struct Opts {
     out: PathBuf,
     floor_wasm: PathBuf,
     lua: PathBuf,
+    /// The Lua contender's source.
+    lua_auth: PathBuf,
 }
 
 const USAGE: &str =
     "usage: keygate-bench [--smoke] [--out DIR] [--rounds N] [--secs S] [--warmup S]
                      [--connections C] [--herd N,N,...] [--flood-secs S] [--flood-rate R]
-                     [--flood-pairs P] [--floor-wasm PATH] [--lua PATH] [--serve]
+                     [--flood-pairs P] [--floor-wasm PATH] [--lua PATH]
+                     [--lua-auth PATH] [--serve]
 Full run by default (report in bench/); --smoke: a short run that checks every contender
 answers 200 (give --out, or the report goes to a temporary directory). --serve: start the
 throughput phase's keystore and Envoy, print their ports and the bench key, and wait (Ctrl-C
@@ -88,6 +91,7 @@ fn parse_args() -> std::result::Result<Opts, String> {
     let mut floor_wasm =
         keygate_harness::target_dir().join("wasm32-wasip1/release/keygate_floor.wasm");
     let mut lua = root.join("bench/flood.lua");
+    let mut lua_auth = root.join("bench/lua_auth.lua");
     let mut serve = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -130,6 +134,7 @@ fn parse_args() -> std::result::Result<Opts, String> {
             }
             "--floor-wasm" => floor_wasm = PathBuf::from(value("--floor-wasm")?),
             "--lua" => lua = PathBuf::from(value("--lua")?),
+            "--lua-auth" => lua_auth = PathBuf::from(value("--lua-auth")?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -147,6 +152,7 @@ fn parse_args() -> std::result::Result<Opts, String> {
         out,
         floor_wasm,
         lua,
+        lua_auth,
     })
 }
 
@@ -207,6 +213,7 @@ fn run(o: &Opts) -> Result<bool> {
     for (what, path) in [
         ("the wasm floor", &o.floor_wasm),
         ("the flood script", &o.lua),
+        ("the Lua contender", &o.lua_auth),
     ] {
         if !path.is_file() {
             return Err(Error::msg(format!(
@@ -220,14 +227,15 @@ fn run(o: &Opts) -> Result<bool> {
     let keygate_wasm = keygate_harness::wasm_path();
     let _ = keygate_harness::keystore_path();
 
+    let lua_code = std::fs::read_to_string(&o.lua_auth)?;
     let started = Instant::now();
     let mut machine = machine(&envoy_bin);
     say(format!(
         "{} CPU(s), {}; {}; load {}",
         machine.nproc, machine.cpu_model, machine.envoy_version, machine.load_start
     ));
-    let throughput = throughput(o, &machine, &envoy_bin, &keygate_wasm)?;
-    let (herd, flood) = herd_and_flood(o, &envoy_bin, &keygate_wasm)?;
+    let throughput = throughput(o, &machine, &envoy_bin, &keygate_wasm, &lua_code)?;
+    let (herd, flood, lua_flood) = herd_and_flood(o, &envoy_bin, &keygate_wasm, &lua_code)?;
     machine.load_end = loadavg();
     let results = Results {
         machine,
@@ -235,6 +243,7 @@ fn run(o: &Opts) -> Result<bool> {
         throughput,
         herd,
         flood,
+        lua_flood,
         elapsed_s: started.elapsed().as_secs_f64(),
     };
     report::write(&results, &o.out)
@@ -356,9 +365,15 @@ fn status(port: u16, key: &str) -> Result<u16> {
     Ok(keygate_harness::get(&url(port, "/check"), &[("x-api-key", key)])?.status)
 }
 
-fn throughput(o: &Opts, m: &Machine, envoy_bin: &Path, keygate_wasm: &Path) -> Result<Throughput> {
+fn throughput(
+    o: &Opts,
+    m: &Machine,
+    envoy_bin: &Path,
+    keygate_wasm: &Path,
+    lua_code: &str,
+) -> Result<Throughput> {
     let p = &o.plan;
-    say("throughput: starting the keystore and one Envoy (1 worker) with five listeners");
+    say("throughput: starting the keystore and one Envoy (1 worker), one listener per contender");
     let ks = Keystore::start(KeystoreOpts::default())?;
     let bench_key = ks.create_account("bench", "bench-user");
     let boot = Bootstrap {
@@ -370,6 +385,7 @@ fn throughput(o: &Opts, m: &Machine, envoy_bin: &Path, keygate_wasm: &Path) -> R
         floor_wasm: o.floor_wasm.clone(),
         keygate_wasm: keygate_wasm.to_path_buf(),
         keygate_config: p.keygate_config.clone(),
+        lua_code: lua_code.to_string(),
     };
     let (envoy_cpus, wrk_cpus) = if m.pinned {
         (Some("0"), Some("1".to_string()))
@@ -405,6 +421,7 @@ fn throughput(o: &Opts, m: &Machine, envoy_bin: &Path, keygate_wasm: &Path) -> R
         };
         out.sanity.push((*c, ok, bad));
     }
+    out.envoy_errors = envoy.error_lines(5);
     say(format!(
         "checks: {}",
         out.sanity
@@ -484,10 +501,63 @@ fn throughput(o: &Opts, m: &Machine, envoy_bin: &Path, keygate_wasm: &Path) -> R
     Ok(out)
 }
 
-fn herd_and_flood(o: &Opts, envoy_bin: &Path, keygate_wasm: &Path) -> Result<(HerdPhase, Flood)> {
+/// Where the herd and the flood run: a keystore answering after `store_delay_ms`, and how to
+/// start a fresh 2-worker Envoy with one contender's listener.
+struct Stage<'a> {
+    o: &'a Opts,
+    envoy_bin: &'a Path,
+    keygate_wasm: &'a Path,
+    lua_code: &'a str,
+    ks: Keystore,
+}
+
+impl Stage<'_> {
+    /// One Envoy per herd (and one per flood): fresh VMs and tables, empty caches, and a herd
+    /// that breaks the filter cannot spoil what follows.
+    fn start_envoy(&self, c: Contender) -> Result<(BenchEnvoy, u16)> {
+        let port = free_port();
+        let boot = Bootstrap {
+            admin_port: free_port(),
+            listeners: vec![(c, port)],
+            authsvc_port: 0,
+            keystore_port: self.ks.port(),
+            bench_key: "unused".to_string(),
+            floor_wasm: self.o.floor_wasm.clone(),
+            keygate_wasm: self.keygate_wasm.to_path_buf(),
+            keygate_config: self.o.plan.keygate_config.clone(),
+            lua_code: self.lua_code.to_string(),
+        };
+        let envoy = BenchEnvoy::start(self.envoy_bin, &boot, 2, None)?;
+        // Let the filter's first changes-feed poll (a cold start) go by.
+        thread::sleep(Duration::from_millis(1200));
+        Ok((envoy, port))
+    }
+
+    /// The store's real latency, asked directly (a new connection each time, as a callout
+    /// after an idle spell would): the herd's floor.
+    fn store_direct_ms(&self) -> Result<f64> {
+        let mut store_ms = Vec::new();
+        let probe = format!("{}/v1/keys/{}", self.ks.url(), "0".repeat(64));
+        for _ in 0..7 {
+            let t0 = Instant::now();
+            let r = keygate_harness::get(&probe, &[])?;
+            if r.status == 404 {
+                store_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        Ok(model::median(&store_ms))
+    }
+}
+
+fn herd_and_flood(
+    o: &Opts,
+    envoy_bin: &Path,
+    keygate_wasm: &Path,
+    lua_code: &str,
+) -> Result<(HerdPhase, Flood, Flood)> {
     let p = &o.plan;
     say(format!(
-        "herd and flood: keystore answering after {} ms, Envoy with keygate on 2 workers",
+        "herd and flood: keystore answering after {} ms, Envoy with keygate (then the Lua filter) on 2 workers",
         p.store_delay_ms
     ));
     let ks = Keystore::start(KeystoreOpts {
@@ -495,104 +565,134 @@ fn herd_and_flood(o: &Opts, envoy_bin: &Path, keygate_wasm: &Path) -> Result<(He
         ..KeystoreOpts::default()
     })?;
     let _admin = ks.create_account("herd", "herd-admin");
-    // One Envoy per herd (and one for the flood): fresh VMs, empty caches, and a herd that
-    // breaks the filter cannot spoil what follows.
-    let start_envoy = || -> Result<(BenchEnvoy, u16)> {
-        let port = free_port();
-        let boot = Bootstrap {
-            admin_port: free_port(),
-            listeners: vec![(Contender::Keygate, port)],
-            authsvc_port: 0,
-            keystore_port: ks.port(),
-            bench_key: "unused".to_string(),
-            floor_wasm: o.floor_wasm.clone(),
-            keygate_wasm: keygate_wasm.to_path_buf(),
-            keygate_config: p.keygate_config.clone(),
-        };
-        let envoy = BenchEnvoy::start(envoy_bin, &boot, 2, None)?;
-        // Let the filter's first changes-feed poll (a cold start) go by.
-        thread::sleep(Duration::from_millis(1200));
-        Ok((envoy, port))
+    let stage = Stage {
+        o,
+        envoy_bin,
+        keygate_wasm,
+        lua_code,
+        ks,
     };
-    // The store's real latency, asked directly (a new connection each time, as a callout
-    // after an idle spell would): the herd's floor.
-    let mut store_ms = Vec::new();
-    let probe = format!("{}/v1/keys/{}", ks.url(), "0".repeat(64));
-    for _ in 0..7 {
-        let t0 = Instant::now();
-        let r = keygate_harness::get(&probe, &[])?;
-        if r.status == 404 {
-            store_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
-    let store_direct_ms = model::median(&store_ms);
+    let store_direct_ms = stage.store_direct_ms()?;
     say(format!(
         "store lookup asked directly: median {store_direct_ms:.1} ms"
     ));
-
-    let mut herd_rows = Vec::new();
+    let mut rows = Vec::new();
+    let mut lua_rows = Vec::new();
     for (i, n) in p.herd_ns.iter().enumerate() {
-        // A key nobody has asked for yet.
-        let key = ks.create_user("herd", &format!("fresh-{i}"), "member");
-        let (mut envoy, port) = start_envoy()?;
-        let ks0 = ks.lookups();
-        let st0 = envoy.stats()?;
-        let result = herd::fire(port, "/herd", &key, *n)?;
-        // A late duplicate lookup must be counted too.
-        thread::sleep(Duration::from_millis(300));
-        let ks1 = ks.lookups();
-        let st1 = envoy.stats().unwrap_or_default();
-        let d = |name: &str| {
-            st1.get(name)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(st0.get(name).copied().unwrap_or(0))
-        };
-        // After the herd: does the filter still answer? (A broken VM fails every request.)
-        let after = status(port, &key).unwrap_or(0);
-        let row = HerdRow {
-            store_lookups: ks1.saturating_sub(ks0),
-            keygate_lookups: d("keygate_store_lookups"),
-            coalesced: d("keygate_lookups_coalesced"),
-            waited_other_worker: d("keygate_lookups_waited_other_worker"),
-            status_after: after,
-            envoy_errors: envoy.error_lines(3),
-            result,
-        };
-        say(format!(
-            "herd N={n}: statuses {:?}, {} store lookup(s), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; next request {}",
-            row.result.statuses,
-            row.store_lookups,
-            row.p50(),
-            row.p99(),
-            row.max(),
-            row.status_after
-        ));
-        for line in &row.envoy_errors {
-            say(format!("  envoy: {line}"));
-        }
-        herd_rows.push(row);
-        envoy.stop();
+        rows.push(herd_one(
+            &stage,
+            Contender::Keygate,
+            *n,
+            &format!("fresh-{i}"),
+        )?);
+        lua_rows.push(herd_one(
+            &stage,
+            Contender::Lua,
+            *n,
+            &format!("lua-fresh-{i}"),
+        )?);
     }
+    let flood = flood_for(&stage, Contender::Keygate)?;
+    let lua_flood = flood_for(&stage, Contender::Lua)?;
+    Ok((
+        HerdPhase {
+            rows,
+            lua_rows,
+            store_direct_ms,
+        },
+        flood,
+        lua_flood,
+    ))
+}
 
-    // The flood.
-    let valid = ks.create_user("herd", "steady", "member");
-    let (mut envoy, port) = start_envoy()?;
-    let first = status(port, &valid)?;
-    if first != 200 {
-        let stats = envoy.stats().unwrap_or_default();
-        let mut keygate: Vec<String> = stats
-            .iter()
-            .filter(|(k, v)| k.starts_with("keygate_") && **v > 0)
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        keygate.sort();
-        return Err(Error::msg(format!(
-            "flood: the steady stream's key got {first}, not 200; keygate stats: {}; envoy log tail:\n{}",
-            keygate.join(" "),
-            envoy.log_tail(30)
-        )));
+/// One herd of `n` first requests for a fresh key through contender `c`.
+fn herd_one(stage: &Stage, c: Contender, n: usize, user: &str) -> Result<HerdRow> {
+    // A key nobody has asked for yet.
+    let key = stage.ks.create_user("herd", user, "member");
+    let (mut envoy, port) = stage.start_envoy(c)?;
+    let ks0 = stage.ks.lookups();
+    let st0 = envoy.stats()?;
+    let result = herd::fire(port, "/herd", &key, n)?;
+    // A late duplicate lookup must be counted too.
+    thread::sleep(Duration::from_millis(300));
+    let ks1 = stage.ks.lookups();
+    let st1 = envoy.stats().unwrap_or_default();
+    let d = |name: &str| {
+        st1.get(name)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(st0.get(name).copied().unwrap_or(0))
+    };
+    // After the herd: does the filter still answer? (A broken VM fails every request.)
+    let after = status(port, &key).unwrap_or(0);
+    let row = HerdRow {
+        store_lookups: ks1.saturating_sub(ks0),
+        keygate_lookups: d("keygate_store_lookups"),
+        coalesced: d("keygate_lookups_coalesced"),
+        waited_other_worker: d("keygate_lookups_waited_other_worker"),
+        status_after: after,
+        envoy_errors: envoy.error_lines(3),
+        result,
+    };
+    say(format!(
+        "herd {} N={n}: statuses {:?}, {} store lookup(s), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; next request {}",
+        c.id(),
+        row.result.statuses,
+        row.store_lookups,
+        row.p50(),
+        row.p99(),
+        row.max(),
+        row.status_after
+    ));
+    for line in &row.envoy_errors {
+        say(format!("  envoy: {line}"));
     }
+    envoy.stop();
+    Ok(row)
+}
+
+/// The steady stream's key must pass before the flood starts.
+fn check_steady(envoy: &BenchEnvoy, port: u16, key: &str) -> Result<()> {
+    let first = status(port, key)?;
+    if first == 200 {
+        return Ok(());
+    }
+    let stats = envoy.stats().unwrap_or_default();
+    let mut keygate: Vec<String> = stats
+        .iter()
+        .filter(|(k, v)| k.starts_with("keygate_") && **v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    keygate.sort();
+    Err(Error::msg(format!(
+        "flood: the steady stream's key got {first}, not 200; keygate stats: {}; envoy log tail:\n{}",
+        keygate.join(" "),
+        envoy.log_tail(30)
+    )))
+}
+
+/// The flood's connections: enough to keep its schedule (rate × latency). keygate answers an
+/// unknown key at once (401 or 429); the Lua filter holds each one for a store lookup, so it
+/// needs rate × twice the store's delay.
+fn flood_connections(p: &Plan, c: Contender) -> u32 {
+    match c {
+        Contender::Lua => {
+            let need = p.flood_rate.saturating_mul(2 * p.store_delay_ms) / 1000;
+            p.flood_connections
+                .max(u32::try_from(need).unwrap_or(u32::MAX))
+        }
+        _ => p.flood_connections,
+    }
+}
+
+/// The flood through contender `c`: runs without and with it, interleaved.
+fn flood_for(stage: &Stage, c: Contender) -> Result<Flood> {
+    let p = &stage.o.plan;
+    let valid = stage
+        .ks
+        .create_user("herd", &format!("steady-{}", c.id()), "member");
+    let (mut envoy, port) = stage.start_envoy(c)?;
+    check_steady(&envoy, port, &valid)?;
     let valid_run = WrkRun {
         url: url(port, "/steady"),
         threads: 1,
@@ -605,11 +705,11 @@ fn herd_and_flood(o: &Opts, envoy_bin: &Path, keygate_wasm: &Path) -> Result<(He
     let flood_run = WrkRun {
         url: url(port, "/flood"),
         threads: 1,
-        connections: p.flood_connections,
+        connections: flood_connections(p, c),
         secs: p.flood_secs,
         headers: vec![],
         script: Some((
-            o.lua.clone(),
+            stage.o.lua.clone(),
             vec![p.flood_rate.to_string(), "1".to_string()],
         )),
         cpus: None,
@@ -622,47 +722,10 @@ fn herd_and_flood(o: &Opts, envoy_bin: &Path, keygate_wasm: &Path) -> Result<(He
             [true, false]
         };
         for flooded in order {
-            let ks0 = ks.lookups();
-            let st0 = envoy.stats()?;
-            let t0 = Instant::now();
-            let envoy_cpu0 = envoy.cpu_seconds();
-            let child = if flooded {
-                Some(flood_run.spawn()?)
-            } else {
-                None
-            };
-            let children0 = cpu::children_cpu_seconds();
-            let valid_res = valid_run.run()?;
-            let children1 = cpu::children_cpu_seconds();
-            let flood_res = match child {
-                Some(c) => Some(flood_run.wait(c)?),
-                None => None,
-            };
-            let children2 = cpu::children_cpu_seconds();
-            let envoy_cpu_s = envoy.cpu_seconds() - envoy_cpu0;
-            let window_s = t0.elapsed().as_secs_f64();
-            let ks1 = ks.lookups();
-            let st1 = envoy.stats()?;
-            let d = |name: &str| {
-                st1.get(name)
-                    .copied()
-                    .unwrap_or(0)
-                    .saturating_sub(st0.get(name).copied().unwrap_or(0))
-            };
-            let run = FloodRun {
-                flooded,
-                valid: valid_res,
-                flood: flood_res,
-                store_lookups: ks1.saturating_sub(ks0),
-                window_s,
-                throttled: d("keygate_requests_throttled"),
-                denied: d("keygate_requests_denied"),
-                envoy_cpu_s,
-                valid_wrk_cpu_s: children1 - children0,
-                flood_wrk_cpu_s: children2 - children1,
-            };
+            let run = flood_run_once(stage, &envoy, &valid_run, flooded.then_some(&flood_run))?;
             say(format!(
-                "{}: valid {:.0} req/s p99 {:.2} ms; flood {:.0} keys/s; {} store lookups ({:.1}/s); {} throttled; CPU-s envoy {:.2}, wrk {:.2} + {:.2}",
+                "{} {}: valid {:.0} req/s p99 {:.2} ms; flood {:.0} keys/s; {} store lookups ({:.1}/s); {} throttled; CPU-s envoy {:.2}, wrk {:.2} + {:.2}",
+                c.id(),
                 if flooded { "flood   " } else { "no flood" },
                 run.valid.rps,
                 run.valid.p99_ms,
@@ -679,11 +742,51 @@ fn herd_and_flood(o: &Opts, envoy_bin: &Path, keygate_wasm: &Path) -> Result<(He
         }
     }
     envoy.stop();
-    Ok((
-        HerdPhase {
-            rows: herd_rows,
-            store_direct_ms,
-        },
-        flood,
-    ))
+    Ok(flood)
+}
+
+fn flood_run_once(
+    stage: &Stage,
+    envoy: &BenchEnvoy,
+    valid_run: &WrkRun,
+    flood_run: Option<&WrkRun>,
+) -> Result<FloodRun> {
+    let ks0 = stage.ks.lookups();
+    let st0 = envoy.stats()?;
+    let t0 = Instant::now();
+    let envoy_cpu0 = envoy.cpu_seconds();
+    let child = match flood_run {
+        Some(f) => Some(f.spawn()?),
+        None => None,
+    };
+    let children0 = cpu::children_cpu_seconds();
+    let valid_res = valid_run.run()?;
+    let children1 = cpu::children_cpu_seconds();
+    let flood_res = match (child, flood_run) {
+        (Some(c), Some(f)) => Some(f.wait(c)?),
+        _ => None,
+    };
+    let children2 = cpu::children_cpu_seconds();
+    let envoy_cpu_s = envoy.cpu_seconds() - envoy_cpu0;
+    let window_s = t0.elapsed().as_secs_f64();
+    let ks1 = stage.ks.lookups();
+    let st1 = envoy.stats()?;
+    let d = |name: &str| {
+        st1.get(name)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(st0.get(name).copied().unwrap_or(0))
+    };
+    Ok(FloodRun {
+        flooded: flood_run.is_some(),
+        valid: valid_res,
+        flood: flood_res,
+        store_lookups: ks1.saturating_sub(ks0),
+        window_s,
+        throttled: d("keygate_requests_throttled"),
+        denied: d("keygate_requests_denied"),
+        envoy_cpu_s,
+        valid_wrk_cpu_s: children1 - children0,
+        flood_wrk_cpu_s: children2 - children1,
+    })
 }

@@ -65,6 +65,9 @@ pub struct Throughput {
     pub samples: Vec<Sample>,
     /// Checks before measuring: contender → (status with the bench key, status with a wrong key).
     pub sanity: Vec<(Contender, u16, Option<u16>)>,
+    /// Error lines Envoy logged during the checks (a filter that failed, e.g. a Lua script
+    /// error, which Envoy answers 200 to all the same).
+    pub envoy_errors: Vec<String>,
     /// keygate's counters over the measured rounds (hit path: lookups should stay 0).
     pub keygate_l1_hits: u64,
     pub keygate_store_lookups: u64,
@@ -141,6 +144,9 @@ impl Throughput {
                 ));
             }
         }
+        for e in &self.envoy_errors {
+            out.push(format!("Envoy logged an error during the checks: {e}"));
+        }
         for (c, ok, bad) in &self.sanity {
             if *ok != 200 {
                 out.push(format!("{}: the bench key got {ok}, not 200", c.id()));
@@ -186,7 +192,10 @@ impl HerdRow {
 /// The herds, and the store's latency asked directly.
 #[derive(Debug, Clone, Default)]
 pub struct HerdPhase {
+    /// keygate's herds.
     pub rows: Vec<HerdRow>,
+    /// The Lua contender's, same N, each right after keygate's.
+    pub lua_rows: Vec<HerdRow>,
     /// Median of a few lookups sent straight to the keystore (ms).
     pub store_direct_ms: f64,
 }
@@ -326,7 +335,9 @@ pub struct Results {
     pub plan: Plan,
     pub throughput: Throughput,
     pub herd: HerdPhase,
+    /// keygate's flood, and the Lua contender's.
     pub flood: Flood,
+    pub lua_flood: Flood,
     pub elapsed_s: f64,
 }
 
