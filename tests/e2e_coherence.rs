@@ -21,49 +21,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use keygate_harness::{
-    Envoy, EnvoyOpts, Fault, FaultProxy, Keystore, KeystoreOpts, TwoInstances, Upstream,
-};
-use serde_json::{json, Value};
-
-/// A keystore behind a fault proxy, an upstream, Envoy A and B on the proxy.
-struct Behind {
-    a: Envoy,
-    b: Envoy,
-    proxy: FaultProxy,
-    keystore: Keystore,
-    _upstream: Upstream,
-}
-
-impl Behind {
-    fn start(cfg: Value) -> Behind {
-        let keystore = Keystore::start(KeystoreOpts::default()).unwrap();
-        let proxy = FaultProxy::start(keystore.port()).unwrap();
-        let upstream = Upstream::start().unwrap();
-        let envoy = |node: &str| {
-            Envoy::start(EnvoyOpts::new(
-                node,
-                cfg.clone(),
-                upstream.port(),
-                proxy.port(),
-            ))
-            .unwrap()
-        };
-        let a = envoy("keygate-a");
-        let b = envoy("keygate-b");
-        Behind {
-            a,
-            b,
-            proxy,
-            keystore,
-            _upstream: upstream,
-        }
-    }
-
-    fn envoys(&self) -> [&Envoy; 2] {
-        [&self.a, &self.b]
-    }
-}
+use keygate_harness::{Envoy, Fault, TwoInstances};
+use serde_json::json;
 
 /// Finding 1: the store's answers reach Envoy 4 s after it read the key. A lookup for bob
 /// starts on A and on B (the store reads bob: valid), bob is revoked 0.3 s later, the feed
@@ -72,7 +31,7 @@ impl Behind {
 /// "allow" goes to nobody.
 #[test]
 fn a_slow_lookup_answered_after_the_feed_reported_the_key_is_given_to_nobody() {
-    let env = Behind::start(config_with(json!({
+    let env = BehindProxy::start(config_with(json!({
         "store": {"timeout_ms": 6000},
         "cache": {"ttl_s": 300, "negative_ttl_s": 300},
         "sync": {"interval_ms": 250}
@@ -321,7 +280,7 @@ fn a_flood_of_random_keys_cannot_lock_out_keys_that_were_valid_recently() {
 #[test]
 fn with_the_feed_failing_a_silent_revocation_is_refused_within_three_intervals_and_a_second() {
     let interval = 500;
-    let env = Behind::start(config_with(json!({
+    let env = BehindProxy::start(config_with(json!({
         "cache": {"ttl_s": 300},
         "sync": {"interval_ms": interval}
     })));

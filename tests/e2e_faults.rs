@@ -17,46 +17,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use keygate_harness::{Envoy, EnvoyOpts, Fault, FaultProxy, Keystore, KeystoreOpts, Upstream};
+use keygate_harness::{Envoy, Fault};
 use serde_json::{json, Value};
 
-struct Faulty {
-    a: Envoy,
-    b: Envoy,
-    proxy: FaultProxy,
-    keystore: Keystore,
-    _upstream: Upstream,
-}
-
-impl Faulty {
-    fn start(cfg: Value) -> Faulty {
-        let keystore = Keystore::start(KeystoreOpts::default()).unwrap();
-        let proxy = FaultProxy::start(keystore.port()).unwrap();
-        let upstream = Upstream::start().unwrap();
-        let envoy = |node: &str| {
-            Envoy::start(EnvoyOpts::new(
-                node,
-                cfg.clone(),
-                upstream.port(),
-                proxy.port(),
-            ))
-            .unwrap()
-        };
-        let a = envoy("keygate-a");
-        let b = envoy("keygate-b");
-        Faulty {
-            a,
-            b,
-            proxy,
-            keystore,
-            _upstream: upstream,
-        }
-    }
-
-    fn envoys(&self) -> [&Envoy; 2] {
-        [&self.a, &self.b]
-    }
-
+impl BehindProxy {
     /// Creates acme/bob, waits for the feed to report the creations, caches bob's key on A and
     /// B, and returns it.
     fn cached_member_key(&self) -> String {
@@ -92,7 +56,7 @@ fn no_trap(envoy: &Envoy) {
 
 #[test]
 fn every_kind_of_store_failure_gives_503_for_unknown_keys_and_stale_for_known_ones() {
-    let env = Faulty::start(faulty_config());
+    let env = BehindProxy::start(faulty_config());
     env.keystore.create_account("acme", "alice");
     let known = env.keystore.create_user("acme", "bob", "member");
     std::thread::sleep(Duration::from_millis(700)); // let the feed report the creations first
@@ -180,7 +144,7 @@ fn sha256_hex(key: &str) -> String {
 
 #[test]
 fn waiters_on_a_lookup_that_never_answers_get_503_in_bounded_time() {
-    let env = Faulty::start(faulty_config());
+    let env = BehindProxy::start(faulty_config());
     env.keystore.create_account("acme", "alice");
     let fresh = env.keystore.create_user("acme", "bob", "member");
     env.proxy.lookups(Fault::Hang);
@@ -210,7 +174,7 @@ fn waiters_on_a_lookup_that_never_answers_get_503_in_bounded_time() {
 
 #[test]
 fn a_changes_feed_that_goes_backwards_drops_the_caches_and_nothing_breaks() {
-    let env = Faulty::start(config_with(json!({"sync": {"interval_ms": 300}})));
+    let env = BehindProxy::start(config_with(json!({"sync": {"interval_ms": 300}})));
     let key = env.cached_member_key();
     let before = env.proxy.lookups_seen();
     // The store "lost history": its revision is now lower than what the filters have seen.
@@ -239,7 +203,7 @@ fn a_changes_feed_that_goes_backwards_drops_the_caches_and_nothing_breaks() {
 
 #[test]
 fn a_broken_changes_feed_is_retried_and_changes_nothing_meanwhile() {
-    let env = Faulty::start(config_with(json!({"sync": {"interval_ms": 300}})));
+    let env = BehindProxy::start(config_with(json!({"sync": {"interval_ms": 300}})));
     let key = env.cached_member_key();
     // Failed polls drop nothing: the key keeps answering 200 (after 3 intervals of failures,
     // from lookups that re-check it: see e2e_coherence).

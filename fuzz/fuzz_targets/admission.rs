@@ -27,7 +27,7 @@ use keygate::admission::{self, Admission, Plan};
 use keygate::config::Config;
 use keygate::key::{self, KeyError, KeyId};
 use keygate::request::{Recorder, Refusal};
-use keygate_fuzz::first_line;
+use keygate_fuzz::{first_line, header_lines};
 use libfuzzer_sys::fuzz_target;
 
 const IDENTITY: [&str; 3] = ["x-account-id", "x-user-id", "x-role"];
@@ -181,22 +181,13 @@ fuzz_target!(|data: &[u8]| {
     let (opts, rest) = first_line(data);
     let cfg = config(opts);
     let (path_line, rest) = first_line(rest.unwrap_or_default());
-    let (method, mut rest) = first_line(rest.unwrap_or_default());
+    let (method, rest) = first_line(rest.unwrap_or_default());
     let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
     if path_line != b"-" {
         headers.push((":path".into(), path_line.to_vec()));
     }
     headers.push((":method".into(), method.to_vec()));
-    while let Some(r) = rest {
-        let (line, next) = first_line(r);
-        rest = next;
-        let split = line.iter().skip(1).position(|&b| b == b':').map(|i| i + 1);
-        let (name, value) = match split {
-            Some(i) => (&line[..i], &line[i + 1..]),
-            None => (line, &[][..]),
-        };
-        headers.push((String::from_utf8_lossy(name).to_ascii_lowercase(), value.to_vec()));
-    }
+    headers.extend(header_lines(rest));
     let admission = admission::admit(&cfg, &headers);
     let Ok(path) = std::str::from_utf8(path_line).map(str::to_string) else {
         assert_eq!(admission, Admission::Refuse(Refusal::BadRequest, None));

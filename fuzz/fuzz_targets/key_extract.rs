@@ -20,7 +20,7 @@
 
 use keygate::config::{Config, KeySource};
 use keygate::key::{self, KeyError, KeyId};
-use keygate_fuzz::{first_line, is_key_id_hex, is_valid_key};
+use keygate_fuzz::{first_line, header_lines, is_key_id_hex, is_valid_key};
 use libfuzzer_sys::fuzz_target;
 
 fn default_sources() -> Vec<KeySource> {
@@ -197,19 +197,7 @@ fuzz_target!(|data: &[u8]| {
     let sources = sources(spec);
     let (path_line, rest) = first_line(rest.unwrap_or_default());
     let path = String::from_utf8_lossy(path_line).into_owned();
-    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut rest = rest;
-    while let Some(r) = rest {
-        let (line, next) = first_line(r);
-        rest = next;
-        // `name:value`; a leading ':' belongs to the name (pseudo-headers).
-        let split = line.iter().skip(1).position(|&b| b == b':').map(|i| i + 1);
-        let (name, value) = match split {
-            Some(i) => (&line[..i], &line[i + 1..]),
-            None => (line, &[][..]),
-        };
-        headers.push((String::from_utf8_lossy(name).to_ascii_lowercase(), value.to_vec()));
-    }
+    let headers = header_lines(rest);
 
     // extract, against the documented rule.
     assert_eq!(key::query_of(&path), query_of(&path), "query of {path:?}");

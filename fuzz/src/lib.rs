@@ -9,6 +9,23 @@ pub fn first_line(data: &[u8]) -> (&[u8], Option<&[u8]>) {
     }
 }
 
+/// Request headers written one per line as `name:value` (a leading ':' belongs to the name, for
+/// pseudo-headers), names lowercased as Envoy hands them over.
+pub fn header_lines(mut rest: Option<&[u8]>) -> Vec<(String, Vec<u8>)> {
+    let mut headers = Vec::new();
+    while let Some(r) = rest {
+        let (line, next) = first_line(r);
+        rest = next;
+        let split = line.iter().skip(1).position(|&b| b == b':').map(|i| i + 1);
+        let (name, value) = match split {
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => (line, &[][..]),
+        };
+        headers.push((String::from_utf8_lossy(name).to_ascii_lowercase(), value.to_vec()));
+    }
+    headers
+}
+
 /// An HTTP status line of a test input: a number that fits a u16, else "no response".
 pub fn status(line: &[u8]) -> Option<u16> {
     std::str::from_utf8(line).ok()?.trim().parse().ok()

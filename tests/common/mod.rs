@@ -6,7 +6,9 @@ use std::net::TcpStream;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use keygate_harness::{Client, Envoy, Keystore, Response};
+use keygate_harness::{
+    Client, Envoy, EnvoyOpts, FaultProxy, Keystore, KeystoreOpts, Response, Upstream,
+};
 use serde_json::{json, Value};
 
 /// The filter configuration used unless a test needs another.
@@ -175,4 +177,44 @@ pub fn raw_get(envoy: &Envoy, path: &str, headers: &[(&str, &str)]) -> (u16, Str
     }
     head.push_str("\r\n");
     raw_exchange(envoy, head.as_bytes())
+}
+
+/// A keystore behind a controllable [`FaultProxy`], an upstream, and Envoy A and B whose
+/// `keystore` cluster is the proxy: for tests of a misbehaving or slow store.
+pub struct BehindProxy {
+    pub a: Envoy,
+    pub b: Envoy,
+    pub proxy: FaultProxy,
+    pub keystore: Keystore,
+    pub _upstream: Upstream,
+}
+
+impl BehindProxy {
+    pub fn start(cfg: Value) -> BehindProxy {
+        let keystore = Keystore::start(KeystoreOpts::default()).unwrap();
+        let proxy = FaultProxy::start(keystore.port()).unwrap();
+        let upstream = Upstream::start().unwrap();
+        let envoy = |node: &str| {
+            Envoy::start(EnvoyOpts::new(
+                node,
+                cfg.clone(),
+                upstream.port(),
+                proxy.port(),
+            ))
+            .unwrap()
+        };
+        let a = envoy("keygate-a");
+        let b = envoy("keygate-b");
+        BehindProxy {
+            a,
+            b,
+            proxy,
+            keystore,
+            _upstream: upstream,
+        }
+    }
+
+    pub fn envoys(&self) -> [&Envoy; 2] {
+        [&self.a, &self.b]
+    }
 }
