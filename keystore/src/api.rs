@@ -67,8 +67,8 @@ impl std::fmt::Debug for ProtocolToken {
 impl AppState {
     pub fn new(store: Store, lookup_delay: Duration) -> AppState {
         AppState {
+            metrics: store.metrics().clone(),
             store,
-            metrics: Arc::new(Metrics::default()),
             lookup_delay,
             protocol_token: None,
         }
@@ -130,8 +130,28 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(no_route)
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// Records each request's latency under its route template, method and status class.
+async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let res = next.run(req).await;
+    st.metrics.observe_request(
+        &route,
+        method.as_str(),
+        res.status().as_u16(),
+        started.elapsed(),
+    );
+    res
 }
 
 async fn no_route() -> ApiError {
@@ -218,7 +238,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
     (
         [(
             CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
         )],
         st.metrics.render(),
     )
@@ -327,13 +347,17 @@ async fn changes(
             changed,
             created,
             more,
-        } => ChangesBody {
-            revision,
-            changed: Some(changed),
-            created,
-            more,
-            reset: false,
-        },
+        } => {
+            #[allow(clippy::cast_precision_loss)] // page sizes are at most a few thousand
+            st.metrics.changes_page_size.observe(changed.len() as f64);
+            ChangesBody {
+                revision,
+                changed: Some(changed),
+                created,
+                more,
+                reset: false,
+            }
+        }
     };
     Ok(Json(body))
 }

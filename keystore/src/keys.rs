@@ -8,7 +8,6 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
-use std::fmt::Write as _;
 
 /// Prefix of every key minted by the store.
 pub const KEY_PREFIX: &str = "kg_";
@@ -53,13 +52,7 @@ pub fn generate_key() -> Result<String, getrandom::Error> {
 
 /// The key id of a raw key: lowercase hex SHA-256 of its bytes.
 pub fn key_id(raw_key: &str) -> String {
-    let digest = Sha256::digest(raw_key.as_bytes());
-    let mut out = String::with_capacity(KEY_ID_LEN);
-    for byte in digest {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
+    hex::encode(Sha256::digest(raw_key.as_bytes()))
 }
 
 /// Whether `s` is a well-formed key id: exactly 64 lowercase hex characters.

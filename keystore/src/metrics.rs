@@ -1,70 +1,170 @@
-//! In-memory counters, exported in the Prometheus text format on `GET /metrics`.
+//! The keystore's metrics on `GET /metrics`, kept with `prometheus-client` and exported in the
+//! OpenMetrics text format (which Prometheus scrapes like its own).
+//!
+//! Invariants: label values come from bounded sets only (route templates, never raw paths, so
+//! no key id reaches a label; status classes; job names), so the number of series is bounded;
+//! the counter names of the first release (`keystore_lookups_total`, ...) are kept.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
 
-/// Request counters.
-#[derive(Debug, Default)]
+/// Labels of a request's latency: the route template, the method and the status class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route template (`/v1/keys/{key_id}`), or `unmatched`.
+    pub route: String,
+    pub method: String,
+    /// `2xx`, `4xx`, `5xx`, ...
+    pub status: String,
+}
+
+/// Labels of a database call: the job (`Lookup`, `CreateKey`, ...) and read or write.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbLabels {
+    pub op: String,
+    pub kind: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Latency buckets: 0.25 ms to ~4 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00025, 2.0, 15))
+}
+
+/// Everything the keystore measures; one per process (shared by the store and the API).
+#[derive(Debug)]
 pub struct Metrics {
-    pub lookups: AtomicU64,
-    pub lookups_found: AtomicU64,
-    pub lookups_not_found: AtomicU64,
-    pub changes_requests: AtomicU64,
-    pub admin_requests: AtomicU64,
-    pub usage_reports: AtomicU64,
-    pub protocol_unauthorized: AtomicU64,
+    registry: Registry,
+    pub lookups: Counter,
+    pub lookups_found: Counter,
+    pub lookups_not_found: Counter,
+    pub changes_requests: Counter,
+    pub admin_requests: Counter,
+    pub usage_reports: Counter,
+    pub protocol_unauthorized: Counter,
+    pub requests: HistogramFamily<RequestLabels>,
+    pub db: HistogramFamily<DbLabels>,
+    /// Key ids per change-feed page.
+    pub changes_page_size: Histogram,
 }
 
 /// Adds one to a counter.
-pub fn inc(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+pub fn inc(counter: &Counter) {
+    counter.inc();
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            lookups: Counter::default(),
+            lookups_found: Counter::default(),
+            lookups_not_found: Counter::default(),
+            changes_requests: Counter::default(),
+            admin_requests: Counter::default(),
+            usage_reports: Counter::default(),
+            protocol_unauthorized: Counter::default(),
+            requests: Family::new_with_constructor(latency_histogram),
+            db: Family::new_with_constructor(latency_histogram),
+            changes_page_size: Histogram::new(exponential_buckets(1.0, 4.0, 6)),
+        };
+        m.register();
+        m
+    }
 }
 
 impl Metrics {
-    /// The counters in the Prometheus text exposition format (0.0.4).
-    pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64); 7] = [
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        let counters = [
             (
-                "keystore_lookups_total",
+                "keystore_lookups",
                 "Key lookups answered (GET /v1/keys/{key_id} with a well-formed key id).",
                 &self.lookups,
             ),
             (
-                "keystore_lookups_found_total",
-                "Key lookups that found an active key.",
+                "keystore_lookups_found",
+                "Key lookups that found an active key (hits).",
                 &self.lookups_found,
             ),
             (
-                "keystore_lookups_not_found_total",
-                "Key lookups that found no active key.",
+                "keystore_lookups_not_found",
+                "Key lookups that found no active key (misses).",
                 &self.lookups_not_found,
             ),
             (
-                "keystore_changes_requests_total",
+                "keystore_changes_requests",
                 "Change-feed requests (GET /v1/changes).",
                 &self.changes_requests,
             ),
             (
-                "keystore_admin_requests_total",
+                "keystore_admin_requests",
                 "Admin API requests (/api/v1/admin/...).",
                 &self.admin_requests,
             ),
             (
-                "keystore_usage_reports_total",
+                "keystore_usage_reports",
                 "Usage reports received (POST /v1/usage).",
                 &self.usage_reports,
             ),
             (
-                "keystore_protocol_unauthorized_total",
+                "keystore_protocol_unauthorized",
                 "Key-store protocol requests refused for a missing or wrong protocol token.",
                 &self.protocol_unauthorized,
             ),
         ];
+        for (name, help, counter) in counters {
+            r.register(name, help, counter.clone());
+        }
+        r.register(
+            "keystore_request_duration_seconds",
+            "HTTP request latency by route template, method and status class.",
+            self.requests.clone(),
+        );
+        r.register(
+            "keystore_db_duration_seconds",
+            "Database call latency by job and kind (read or write transaction).",
+            self.db.clone(),
+        );
+        r.register(
+            "keystore_changes_page_keys",
+            "Key ids per change-feed page (changed), pages that reset excluded.",
+            self.changes_page_size.clone(),
+        );
+    }
+
+    /// Records one answered request.
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        let labels = RequestLabels {
+            route: route.to_owned(),
+            method: method.to_owned(),
+            status: format!("{}xx", status / 100),
+        };
+        self.requests
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records one database call.
+    pub fn observe_db(&self, op: &str, kind: &str, took: Duration) {
+        let labels = DbLabels {
+            op: op.to_owned(),
+            kind: kind.to_owned(),
+        };
+        self.db.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// Everything in the OpenMetrics text format.
+    pub fn render(&self) -> String {
         let mut out = String::new();
-        for (name, help, value) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
         }
         out
     }
@@ -81,31 +181,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_every_counter() {
+    fn renders_every_counter_under_its_first_release_name() {
         let m = Metrics::default();
         inc(&m.lookups);
         inc(&m.lookups);
         inc(&m.admin_requests);
         let text = m.render();
-        assert!(text.contains("\nkeystore_lookups_total 2\n"), "{text}");
+        for line in [
+            "\nkeystore_lookups_total 2\n",
+            "\nkeystore_admin_requests_total 1\n",
+            "\nkeystore_lookups_found_total 0\n",
+            "\nkeystore_lookups_not_found_total 0\n",
+            "\nkeystore_changes_requests_total 0\n",
+            "\nkeystore_usage_reports_total 0\n",
+            "# TYPE keystore_lookups counter",
+        ] {
+            assert!(text.contains(line), "{line:?} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn latency_is_labelled_by_route_template_and_status_class() {
+        let m = Metrics::default();
+        m.observe_request("/v1/keys/{key_id}", "GET", 404, Duration::from_millis(3));
+        m.observe_db("Lookup", "read", Duration::from_millis(1));
+        m.changes_page_size.observe(3.0);
+        let text = m.render();
         assert!(
-            text.contains("\nkeystore_admin_requests_total 1\n"),
+            text.contains(r#"keystore_request_duration_seconds_count{route="/v1/keys/{key_id}",method="GET",status="4xx"} 1"#),
             "{text}"
         );
         assert!(
-            text.contains("\nkeystore_lookups_found_total 0\n"),
+            text.contains(r#"keystore_db_duration_seconds_count{op="Lookup",kind="read"} 1"#),
             "{text}"
         );
         assert!(
-            text.contains("\nkeystore_lookups_not_found_total 0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("\nkeystore_changes_requests_total 0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("# TYPE keystore_lookups_total counter"),
+            text.contains("keystore_changes_page_keys_count 1"),
             "{text}"
         );
     }

@@ -29,10 +29,12 @@ pub use lifecycle::{
 };
 
 use crate::keys::{ROLE_ADMIN, ROLE_ROOT, ROOT_USER, SYSTEM_ACCOUNT};
+use crate::metrics::Metrics;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Most change-log rows returned by one [`Store::changes`] call.
 pub const CHANGES_PAGE: usize = 1000;
@@ -266,6 +268,12 @@ pub(crate) trait Backend {
     async fn read<J: Job>(&self, job: J) -> Result<J::Out, StoreError>;
     /// Runs a job in one write transaction, pruning the change log before it commits.
     async fn write<J: Job>(&self, job: J) -> Result<J::Out, StoreError>;
+}
+
+/// A job's type name without its module path (`Lookup`): a bounded metric label.
+fn job_name<J>() -> &'static str {
+    let full = std::any::type_name::<J>();
+    full.rsplit("::").next().unwrap_or(full)
 }
 
 /// Unix seconds now.
@@ -833,6 +841,8 @@ impl Job for RevokeAccount {
 #[derive(Clone)]
 pub struct Store {
     engine: Engine,
+    /// Where database call latencies go (shared with the API's [`crate::api::AppState`]).
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Clone)]
@@ -859,6 +869,7 @@ impl Store {
                 path,
                 retention(changes_retention),
             )?),
+            metrics: Arc::default(),
         })
     }
 
@@ -874,6 +885,7 @@ impl Store {
             postgres::PgStore::connect(url, retention(changes_retention), pool_size).await?;
         Ok(Store {
             engine: Engine::Postgres(store),
+            metrics: Arc::default(),
         })
     }
 
@@ -885,18 +897,31 @@ impl Store {
         }
     }
 
+    /// The process's metrics, which this store feeds with its database latencies.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     async fn read<J: Job>(&self, job: J) -> Result<J::Out, StoreError> {
-        match &self.engine {
+        let started = Instant::now();
+        let out = match &self.engine {
             Engine::Sqlite(s) => s.read(job).await,
             Engine::Postgres(p) => p.read(job).await,
-        }
+        };
+        self.metrics
+            .observe_db(job_name::<J>(), "read", started.elapsed());
+        out
     }
 
     async fn write<J: Job>(&self, job: J) -> Result<J::Out, StoreError> {
-        match &self.engine {
+        let started = Instant::now();
+        let out = match &self.engine {
             Engine::Sqlite(s) => s.write(job).await,
             Engine::Postgres(p) => p.write(job).await,
-        }
+        };
+        self.metrics
+            .observe_db(job_name::<J>(), "write", started.elapsed());
+        out
     }
 
     /// Checks that the database answers a trivial query.

@@ -25,25 +25,39 @@ async fn healthz_and_metrics() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json(), json!({"status": "ok"}));
 
+    let unknown = format!("/v1/keys/{}", "0".repeat(64));
+    assert_eq!(
+        ks.call("GET", &unknown, None, None).await.status,
+        StatusCode::NOT_FOUND
+    );
     let r = ks.call("GET", "/metrics", None, None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.headers["content-type"]
         .to_str()
         .unwrap()
-        .starts_with("text/plain"));
+        .starts_with("application/openmetrics-text"));
     let text = String::from_utf8(r.body.to_vec()).unwrap();
-    for name in [
-        "keystore_lookups_total",
-        "keystore_lookups_found_total",
-        "keystore_lookups_not_found_total",
-        "keystore_changes_requests_total",
-        "keystore_admin_requests_total",
+    for (name, value) in [
+        ("keystore_lookups", 1),
+        ("keystore_lookups_found", 0),
+        ("keystore_lookups_not_found", 1),
+        ("keystore_changes_requests", 0),
+        ("keystore_admin_requests", 0),
     ] {
         assert!(
-            text.contains(&format!("# TYPE {name} counter\n{name} 0\n")),
+            text.contains(&format!("# TYPE {name} counter\n{name}_total {value}\n")),
             "{text}"
         );
     }
+    // Latency per route template (never the raw path) and status class; database latency.
+    for line in [
+        r#"keystore_request_duration_seconds_count{route="/v1/keys/{key_id}",method="GET",status="4xx"} 1"#,
+        r#"keystore_request_duration_seconds_count{route="/healthz",method="GET",status="2xx"} 1"#,
+        r#"keystore_db_duration_seconds_count{op="Lookup",kind="read"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} missing in {text}");
+    }
+    assert!(!text.contains(&"0".repeat(64)), "{text}");
 }
 
 #[tokio::test]
