@@ -1,0 +1,440 @@
+//! The subcommands, each one admin API call (the audit trail with `--all`: one per page), and
+//! how its answer is shown. The mapping from a subcommand to its method, path and body is the
+//! only place that knows the API's routes.
+
+use crate::client::{read_key_file, Client, Error};
+use crate::output::{self, View};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+
+/// Environment variable holding the caller's key when `--key-file` is not given.
+pub const KEY_ENV: &str = "KEYGATE_ROOT_KEY";
+
+#[derive(Parser)]
+#[command(
+    name = "keygatectl",
+    version,
+    about = "Admin CLI for the keygate keystore"
+)]
+#[command(
+    after_help = "The caller's key comes from --key-file (or KEYGATE_KEY_FILE), else \
+from the KEYGATE_ROOT_KEY variable; it is never a command-line argument."
+)]
+pub struct Cli {
+    /// The keystore (or an Envoy routing /api/v1/admin/ to it).
+    #[arg(
+        long,
+        env = "KEYGATE_URL",
+        default_value = "http://127.0.0.1:8181",
+        global = true
+    )]
+    url: String,
+    /// File holding the caller's key (root, an account admin, or a user).
+    #[arg(long, env = "KEYGATE_KEY_FILE", global = true)]
+    key_file: Option<PathBuf>,
+    /// Print the API's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Accounts: create, revoke, set claims.
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Users of an account: create, list, set role, rotate all their keys, revoke.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// A user's named keys: list, create, update (expiry, name, claims), rotate, revoke.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// The audit trail: everything (root) or one account's (root, its admins).
+    Audit(AuditArgs),
+}
+
+/// A new key: expiry and an optional key to import instead of minting one.
+#[derive(Args)]
+struct NewKeyArgs {
+    /// Expiry of the new key (RFC 3339, e.g. 2027-06-30T00:00:00Z).
+    #[arg(long)]
+    expires_at: Option<String>,
+    /// Import the key in this file instead of minting one.
+    #[arg(long)]
+    import_key_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Create an account and its admin user (root).
+    Create {
+        account: String,
+        #[arg(long)]
+        admin: String,
+        #[command(flatten)]
+        key: NewKeyArgs,
+    },
+    /// Revoke an account, its users and their keys (root).
+    Revoke { account: String },
+    /// Set the account's claims, NAME=VALUE (none: clear them) (root).
+    SetClaims {
+        account: String,
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claims: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create a user with a key named "default".
+    Create {
+        account: String,
+        user: String,
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        key: NewKeyArgs,
+    },
+    /// List an account's active users.
+    List { account: String },
+    /// Change a user's role.
+    SetRole {
+        account: String,
+        user: String,
+        role: String,
+    },
+    /// Replace all of a user's keys by one new key; the old ones expire after --grace seconds.
+    Rotate {
+        account: String,
+        user: String,
+        #[arg(long, value_name = "SECONDS")]
+        grace: Option<i64>,
+        #[command(flatten)]
+        key: NewKeyArgs,
+    },
+    /// Revoke a user and all their keys.
+    Revoke { account: String, user: String },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// List a user's keys (references and hints, never the keys).
+    List { account: String, user: String },
+    /// Add a named key to a user.
+    Create {
+        account: String,
+        user: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claims: Vec<String>,
+        #[command(flatten)]
+        key: NewKeyArgs,
+    },
+    /// Change a key's name, expiry or claims (KEY: the reference shown by `key list`).
+    Update(UpdateArgs),
+    /// Rotate one key: a new key with its name and claims; the old one expires after --grace.
+    Rotate {
+        account: String,
+        user: String,
+        key: String,
+        #[arg(long, value_name = "SECONDS")]
+        grace: Option<i64>,
+        #[command(flatten)]
+        new: NewKeyArgs,
+    },
+    /// Revoke one key; the user's other keys keep working.
+    Revoke {
+        account: String,
+        user: String,
+        key: String,
+    },
+}
+
+#[derive(Args)]
+struct UpdateArgs {
+    account: String,
+    user: String,
+    key: String,
+    #[arg(long)]
+    name: Option<String>,
+    /// New expiry (RFC 3339).
+    #[arg(long, conflicts_with = "no_expiry")]
+    expires_at: Option<String>,
+    /// Remove the expiry.
+    #[arg(long)]
+    no_expiry: bool,
+    /// Replace the key's claims (root only).
+    #[arg(
+        long = "claim",
+        value_name = "NAME=VALUE",
+        conflicts_with = "clear_claims"
+    )]
+    claims: Vec<String>,
+    /// Remove the key's claims (root only).
+    #[arg(long)]
+    clear_claims: bool,
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// Only this account's entries (root or the account's admins).
+    #[arg(long)]
+    account: Option<String>,
+    /// Entries with an id greater than this.
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    /// Entries per page (1 to 1000).
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Follow the pages to the end.
+    #[arg(long)]
+    all: bool,
+}
+
+/// One admin call: method, path (segments already escaped), body, and how to show the answer.
+struct Call {
+    method: &'static str,
+    path: String,
+    body: Option<Value>,
+    view: View,
+}
+
+/// Runs the command line.
+pub fn run(cli: &Cli) -> Result<(), Error> {
+    let client = Client::new(&cli.url, caller_key(cli)?);
+    if let Cmd::Audit(args) = &cli.cmd {
+        let page = audit(&client, args)?;
+        return output::print(&page, View::Audit, cli.json);
+    }
+    let call = plan(&cli.cmd)?;
+    let answer = client.call(call.method, &call.path, call.body.as_ref())?;
+    output::print(&answer, call.view, cli.json)
+}
+
+/// The caller's key: `--key-file`, else `KEYGATE_ROOT_KEY`.
+fn caller_key(cli: &Cli) -> Result<String, Error> {
+    if let Some(path) = &cli.key_file {
+        return read_key_file(path, "key file");
+    }
+    match std::env::var(KEY_ENV) {
+        Ok(k) if !k.trim().is_empty() => Ok(k.trim().to_owned()),
+        _ => Err(Error::Usage(format!(
+            "no credential: give --key-file PATH (or KEYGATE_KEY_FILE) or set {KEY_ENV}"
+        ))),
+    }
+}
+
+/// One path segment, percent-encoded.
+fn seg(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn account_path(account: &str) -> String {
+    format!("/api/v1/admin/accounts/{}", seg(account))
+}
+
+fn user_path(account: &str, user: &str) -> String {
+    format!("{}/users/{}", account_path(account), seg(user))
+}
+
+fn key_path(account: &str, user: &str, key: &str) -> String {
+    format!("{}/keys/{}", user_path(account, user), seg(key))
+}
+
+fn plan(cmd: &Cmd) -> Result<Call, Error> {
+    match cmd {
+        Cmd::Account(c) => plan_account(c),
+        Cmd::User(c) => plan_user(c),
+        Cmd::Key(c) => plan_key(c),
+        Cmd::Audit(_) => Err(Error::Usage("audit is paged, not one call".into())),
+    }
+}
+
+fn call(method: &'static str, path: String, body: Option<Value>, view: View) -> Call {
+    Call {
+        method,
+        path,
+        body,
+        view,
+    }
+}
+
+fn plan_account(cmd: &AccountCmd) -> Result<Call, Error> {
+    Ok(match cmd {
+        AccountCmd::Create {
+            account,
+            admin,
+            key,
+        } => {
+            let mut body = new_key_body(key)?;
+            body.insert("account_id".into(), json!(account));
+            body.insert("admin_user_id".into(), json!(admin));
+            let path = "/api/v1/admin/accounts".to_owned();
+            call("POST", path, Some(Value::Object(body)), View::NewKey)
+        }
+        AccountCmd::Revoke { account } => call("DELETE", account_path(account), None, View::Fields),
+        AccountCmd::SetClaims { account, claims } => {
+            let body = json!({ "claims": parse_claims(claims)? });
+            call("PATCH", account_path(account), Some(body), View::Fields)
+        }
+    })
+}
+
+fn plan_user(cmd: &UserCmd) -> Result<Call, Error> {
+    Ok(match cmd {
+        UserCmd::Create {
+            account,
+            user,
+            role,
+            key,
+        } => {
+            let mut body = new_key_body(key)?;
+            body.insert("user_id".into(), json!(user));
+            body.insert("role".into(), json!(role));
+            let path = format!("{}/users", account_path(account));
+            call("POST", path, Some(Value::Object(body)), View::NewKey)
+        }
+        UserCmd::List { account } => {
+            let path = format!("{}/users", account_path(account));
+            call("GET", path, None, View::Users)
+        }
+        UserCmd::SetRole {
+            account,
+            user,
+            role,
+        } => {
+            let body = json!({ "role": role });
+            call("PATCH", user_path(account, user), Some(body), View::Fields)
+        }
+        UserCmd::Rotate {
+            account,
+            user,
+            grace,
+            key,
+        } => {
+            let mut body = new_key_body(key)?;
+            if let Some(g) = grace {
+                body.insert("grace_s".into(), json!(g));
+            }
+            let path = format!("{}/key", user_path(account, user));
+            call("POST", path, Some(Value::Object(body)), View::NewKey)
+        }
+        UserCmd::Revoke { account, user } => {
+            call("DELETE", user_path(account, user), None, View::Fields)
+        }
+    })
+}
+
+fn plan_key(cmd: &KeyCmd) -> Result<Call, Error> {
+    Ok(match cmd {
+        KeyCmd::List { account, user } => {
+            let path = format!("{}/keys", user_path(account, user));
+            call("GET", path, None, View::Keys)
+        }
+        KeyCmd::Create {
+            account,
+            user,
+            name,
+            claims,
+            key,
+        } => {
+            let mut body = new_key_body(key)?;
+            body.insert("name".into(), json!(name));
+            if !claims.is_empty() {
+                body.insert("claims".into(), parse_claims(claims)?);
+            }
+            let path = format!("{}/keys", user_path(account, user));
+            call("POST", path, Some(Value::Object(body)), View::NewKey)
+        }
+        KeyCmd::Update(args) => plan_update(args)?,
+        KeyCmd::Rotate {
+            account,
+            user,
+            key,
+            grace,
+            new,
+        } => {
+            let mut body = new_key_body(new)?;
+            if let Some(g) = grace {
+                body.insert("grace_s".into(), json!(g));
+            }
+            let path = format!("{}/rotate", key_path(account, user, key));
+            call("POST", path, Some(Value::Object(body)), View::NewKey)
+        }
+        KeyCmd::Revoke { account, user, key } => {
+            call("DELETE", key_path(account, user, key), None, View::Fields)
+        }
+    })
+}
+
+fn plan_update(a: &UpdateArgs) -> Result<Call, Error> {
+    let mut body = Map::new();
+    if let Some(name) = &a.name {
+        body.insert("name".into(), json!(name));
+    }
+    if let Some(at) = &a.expires_at {
+        body.insert("expires_at".into(), json!(at));
+    } else if a.no_expiry {
+        body.insert("expires_at".into(), Value::Null);
+    }
+    if a.clear_claims {
+        body.insert("claims".into(), Value::Null);
+    } else if !a.claims.is_empty() {
+        body.insert("claims".into(), parse_claims(&a.claims)?);
+    }
+    let path = key_path(&a.account, &a.user, &a.key);
+    Ok(call("PATCH", path, Some(Value::Object(body)), View::Fields))
+}
+
+/// `expires_at` and an imported `user_key`, when given.
+fn new_key_body(args: &NewKeyArgs) -> Result<Map<String, Value>, Error> {
+    let mut body = Map::new();
+    if let Some(at) = &args.expires_at {
+        body.insert("expires_at".into(), json!(at));
+    }
+    if let Some(path) = &args.import_key_file {
+        body.insert(
+            "user_key".into(),
+            json!(read_key_file(path, "key to import")?),
+        );
+    }
+    Ok(body)
+}
+
+/// `NAME=VALUE` pairs as a JSON object (the store checks the names and values).
+fn parse_claims(pairs: &[String]) -> Result<Value, Error> {
+    let mut claims = Map::new();
+    for pair in pairs {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--claim {pair:?}: expected NAME=VALUE")))?;
+        claims.insert(name.to_owned(), json!(value));
+    }
+    Ok(Value::Object(claims))
+}
+
+/// One page of the audit trail, or with `--all` every page from `--after` on, merged.
+fn audit(client: &Client, args: &AuditArgs) -> Result<Value, Error> {
+    let base = match &args.account {
+        Some(a) => format!("{}/audit", account_path(a)),
+        None => "/api/v1/admin/audit".to_owned(),
+    };
+    let mut after = args.after;
+    let mut entries = Vec::new();
+    loop {
+        let path = format!("{base}?after={after}&limit={}", args.limit);
+        let page = client.call("GET", &path, None)?;
+        let more = page.get("more").and_then(Value::as_bool).unwrap_or(false);
+        let got = page.get("entries").and_then(Value::as_array).cloned();
+        let got = got.unwrap_or_default();
+        let last = got.last().and_then(|e| e.get("id")).and_then(Value::as_u64);
+        entries.extend(got);
+        match last {
+            Some(id) if args.all && more => after = id,
+            _ => return Ok(json!({ "entries": entries, "more": more && !args.all })),
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! keygatectl against a real keystore binary (release build, SQLite in a temp dir): every
+//! admin operation, tables and `--json`, credentials from the environment or a file, and the
+//! API's error message with a non-zero exit status on failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use keygate_harness::{http, Keystore, KeystoreOpts};
+use serde_json::Value;
+use std::process::Command;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs keygatectl with `KEYGATE_URL` = the store and the caller's key in `KEYGATE_ROOT_KEY`.
+fn ctl(ks: &Keystore, key: Option<&str>, args: &[&str]) -> Out {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygatectl"));
+    cmd.args(args)
+        .env("KEYGATE_URL", ks.url())
+        .env_remove("KEYGATE_ROOT_KEY")
+        .env_remove("KEYGATE_KEY_FILE");
+    if let Some(k) = key {
+        cmd.env("KEYGATE_ROOT_KEY", k);
+    }
+    let out = cmd.output().unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs with `--json` and parses the answer; the call must succeed.
+fn ctl_json(ks: &Keystore, key: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = ctl(ks, Some(key), &all);
+    assert_eq!(out.code, 0, "{args:?}: {}{}", out.stdout, out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+fn lookup_status(ks: &Keystore, raw_key: &str) -> u16 {
+    let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(raw_key.as_bytes()));
+    http::get(&format!("{}/v1/keys/{id}", ks.url()), &[])
+        .unwrap()
+        .status
+}
+
+fn store() -> Keystore {
+    Keystore::start(KeystoreOpts::default()).unwrap()
+}
+
+#[test]
+fn accounts_users_and_keys_through_the_cli() {
+    let ks = store();
+    let root = ks.root_key().to_owned();
+    let acme = ctl_json(
+        &ks,
+        &root,
+        &["account", "create", "acme", "--admin", "alice"],
+    );
+    let alice = acme["user_key"].as_str().unwrap().to_owned();
+    assert_eq!(acme["account_id"], "acme");
+
+    let bob = ctl_json(
+        &ks,
+        &alice,
+        &["user", "create", "acme", "bob", "--role", "member"],
+    );
+    let bob_key = bob["user_key"].as_str().unwrap().to_owned();
+    let users = ctl(&ks, Some(&alice), &["user", "list", "acme"]);
+    assert_eq!(users.code, 0, "{}", users.stderr);
+    for word in ["user_id", "alice", "admin", "bob", "member"] {
+        assert!(users.stdout.contains(word), "{}", users.stdout);
+    }
+    ctl_json(&ks, &alice, &["user", "set-role", "acme", "bob", "reader"]);
+
+    // A named key with an expiry and claims (root), listed without the key.
+    let ci = ctl_json(
+        &ks,
+        &root,
+        &[
+            "key",
+            "create",
+            "acme",
+            "bob",
+            "--name",
+            "ci",
+            "--expires-at",
+            "2099-06-30T00:00:00Z",
+            "--claim",
+            "plan=pro",
+        ],
+    );
+    let ci_key = ci["user_key"].as_str().unwrap().to_owned();
+    let ci_ref = ci["key"].as_str().unwrap().to_owned();
+    let list = ctl(&ks, Some(&bob_key), &["key", "list", "acme", "bob"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    for word in [
+        "ci",
+        "default",
+        "2099-06-30T00:00:00Z",
+        "plan=pro",
+        ci_ref.as_str(),
+    ] {
+        assert!(list.stdout.contains(word), "{word} not in {}", list.stdout);
+    }
+    assert!(!list.stdout.contains(&ci_key) && !list.stdout.contains(&bob_key));
+
+    let updated = ctl_json(
+        &ks,
+        &alice,
+        &[
+            "key",
+            "update",
+            "acme",
+            "bob",
+            &ci_ref,
+            "--no-expiry",
+            "--name",
+            "ci2",
+        ],
+    );
+    assert_eq!(updated["expires_at"], Value::Null);
+    assert_eq!(updated["name"], "ci2");
+    ctl_json(
+        &ks,
+        &root,
+        &["account", "set-claims", "acme", "--claim", "tier=gold"],
+    );
+
+    // Revoke the one key: bob's default key keeps working.
+    ctl_json(&ks, &bob_key, &["key", "revoke", "acme", "bob", &ci_ref]);
+    assert_eq!(lookup_status(&ks, &ci_key), 404);
+    assert_eq!(lookup_status(&ks, &bob_key), 200);
+    ctl_json(&ks, &alice, &["user", "revoke", "acme", "bob"]);
+    assert_eq!(lookup_status(&ks, &bob_key), 404);
+    ctl_json(&ks, &root, &["account", "revoke", "acme"]);
+    assert_eq!(lookup_status(&ks, &alice), 404);
+}
+
+#[test]
+fn rotation_with_grace_keeps_the_old_key_until_it_ends() {
+    let ks = store();
+    let root = ks.root_key().to_owned();
+    ctl_json(
+        &ks,
+        &root,
+        &["account", "create", "acme", "--admin", "alice"],
+    );
+    let bob = ctl_json(
+        &ks,
+        &root,
+        &["user", "create", "acme", "bob", "--role", "member"],
+    );
+    let old = bob["user_key"].as_str().unwrap().to_owned();
+    let listed = ctl_json(&ks, &root, &["key", "list", "acme", "bob"]);
+    let old_ref = listed["keys"][0]["key"].as_str().unwrap().to_owned();
+
+    let out = ctl(
+        &ks,
+        Some(&root),
+        &["key", "rotate", "acme", "bob", &old_ref, "--grace", "3600"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("shown only this once"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("user_key") && out.stdout.contains("valid_until"));
+    let new = out
+        .stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("kg_") && !w.contains("..."))
+        .unwrap()
+        .to_owned();
+    assert_eq!(lookup_status(&ks, &old), 200, "old key during the grace");
+    assert_eq!(lookup_status(&ks, &new), 200, "new key");
+
+    // The whole user, no grace: every other key revoked at once.
+    let again = ctl_json(&ks, &root, &["user", "rotate", "acme", "bob"]);
+    assert_eq!(lookup_status(&ks, &old), 404);
+    assert_eq!(lookup_status(&ks, &new), 404);
+    assert_eq!(lookup_status(&ks, again["user_key"].as_str().unwrap()), 200);
+}
+
+#[test]
+fn the_audit_trail_pages_and_keys_come_from_files() {
+    let ks = store();
+    let dir = tempfile::tempdir().unwrap();
+    let root_file = dir.path().join("root.key");
+    std::fs::write(&root_file, format!("{}\n", ks.root_key())).unwrap();
+    let legacy = "legacy-5f0c1e9a4b7d42a8b3c6e1f09d2a7b4c";
+    let import = dir.path().join("import.key");
+    std::fs::write(&import, legacy).unwrap();
+    let root_file = root_file.to_str().unwrap();
+    let import = import.to_str().unwrap();
+
+    let out = ctl(
+        &ks,
+        None,
+        &[
+            "--key-file",
+            root_file,
+            "--json",
+            "account",
+            "create",
+            "acme",
+            "--admin",
+            "alice",
+            "--import-key-file",
+            import,
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(lookup_status(&ks, legacy), 200);
+    for user in ["u1", "u2", "u3"] {
+        ctl_json(
+            &ks,
+            legacy,
+            &["user", "create", "acme", user, "--role", "member"],
+        );
+    }
+    let all = ctl_json(&ks, ks.root_key(), &["audit", "--limit", "2", "--all"]);
+    let actions: Vec<&str> = all["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "account.create",
+            "user.create",
+            "user.create",
+            "user.create"
+        ]
+    );
+    let page = ctl(
+        &ks,
+        Some(legacy),
+        &["audit", "--account", "acme", "--limit", "1"],
+    );
+    assert_eq!(page.code, 0, "{}", page.stderr);
+    assert!(page.stdout.contains("account.create") && page.stdout.contains("_system/root"));
+    assert!(page.stdout.contains("more entries"), "{}", page.stdout);
+    assert!(!page.stdout.contains(legacy));
+}
+
+#[test]
+fn failures_exit_non_zero_with_the_api_message() {
+    let ks = store();
+    let root = ks.root_key().to_owned();
+    let acme = ctl_json(
+        &ks,
+        &root,
+        &["account", "create", "acme", "--admin", "alice"],
+    );
+    let alice = acme["user_key"].as_str().unwrap();
+
+    let cases: [(Option<&str>, &[&str], i32, &str); 6] = [
+        (
+            Some(alice),
+            &["account", "create", "other", "--admin", "x"],
+            1,
+            "403: forbidden",
+        ),
+        (
+            Some(&root),
+            &["user", "list", "nope"],
+            1,
+            "404: account nope not found",
+        ),
+        (
+            Some(&root),
+            &["user", "rotate", "acme", "alice", "--grace", "999999999"],
+            1,
+            "400: grace_s must be 0 to 604800",
+        ),
+        (
+            Some("kg_wrong"),
+            &["user", "list", "acme"],
+            1,
+            "401: unauthorized",
+        ),
+        (None, &["user", "list", "acme"], 2, "no credential"),
+        (
+            Some(&root),
+            &[
+                "key", "create", "acme", "alice", "--name", "x", "--claim", "novalue",
+            ],
+            2,
+            "expected NAME=VALUE",
+        ),
+    ];
+    for (key, args, code, message) in cases {
+        let out = ctl(&ks, key, args);
+        assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(message), "{args:?}: {}", out.stderr);
+    }
+    // There is no flag that takes a key on the command line.
+    let out = ctl(&ks, None, &["--key", &root, "user", "list", "acme"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // An unreachable store: exit 3.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygatectl"));
+    let port = keygate_harness::free_port();
+    let out = cmd
+        .args(["user", "list", "acme"])
+        .env("KEYGATE_URL", format!("http://127.0.0.1:{port}"))
+        .env("KEYGATE_ROOT_KEY", &root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
