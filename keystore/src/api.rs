@@ -2,7 +2,10 @@
 //! metrics. The key lifecycle's endpoints (named keys, expiry, rotation with grace, usage
 //! reports, claims, the audit trail) are in [`lifecycle`].
 
+mod doc;
 mod lifecycle;
+
+pub use doc::ErrorBody;
 
 use crate::error::{json_error, ApiError, ErrorDetail, BODY_LIMIT};
 use crate::keys::{
@@ -20,15 +23,16 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
 use axum::{Json, Router};
+use doc::AdminErrors;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq as _;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -75,59 +79,52 @@ impl AppState {
     }
 }
 
-/// The full router.
-pub fn router(state: AppState) -> Router {
+/// Every route with its documented operation: `routes!` registers both from one annotated
+/// handler (see [`doc`]). With `state`, the key-store protocol's routes are behind its token
+/// check (without, for the document alone, the routes are the same).
+pub(crate) fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
+    // A usage report may be larger than an admin body: its own limit, innermost, wins.
+    let usage = OpenApiRouter::new()
+        .routes(routes!(lifecycle::record_usage))
+        .layer(DefaultBodyLimit::max(lifecycle::USAGE_BODY_LIMIT));
     // The key-store protocol (lookups, changes feed, usage reports): behind the protocol
     // token, when one is configured.
-    let protocol = Router::new()
-        .route("/v1/keys/{key_id}", get(lookup_key))
-        .route("/v1/changes", get(changes))
-        .route(
-            "/v1/usage",
-            post(lifecycle::record_usage).layer(DefaultBodyLimit::max(lifecycle::USAGE_BODY_LIMIT)),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+    let mut protocol = OpenApiRouter::new()
+        .routes(routes!(lookup_key))
+        .routes(routes!(changes))
+        .merge(usage);
+    if let Some(st) = state {
+        protocol = protocol.route_layer(axum::middleware::from_fn_with_state(
+            st.clone(),
             require_protocol_token,
         ));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+    }
+    OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(metrics))
+        .routes(routes!(doc::openapi_json))
         .merge(protocol)
-        .route("/api/v1/admin/audit", get(lifecycle::audit_all))
-        .route("/api/v1/admin/accounts", post(create_account))
-        .route(
-            "/api/v1/admin/accounts/{account}",
-            axum::routing::delete(revoke_account).patch(lifecycle::set_account),
-        )
-        .route(
-            "/api/v1/admin/accounts/{account}/audit",
-            get(lifecycle::audit_of_account),
-        )
-        .route(
-            "/api/v1/admin/accounts/{account}/users/{user}/keys",
-            get(lifecycle::list_keys).post(lifecycle::create_key),
-        )
-        .route(
-            "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}",
-            patch(lifecycle::update_key).delete(lifecycle::revoke_key),
-        )
-        .route(
-            "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}/rotate",
-            post(lifecycle::rotate_one_key),
-        )
-        .route(
-            "/api/v1/admin/accounts/{account}/users",
-            post(create_user).get(list_users),
-        )
-        .route(
-            "/api/v1/admin/accounts/{account}/users/{user}",
-            patch(set_role).delete(revoke_user),
-        )
-        .route(
-            "/api/v1/admin/accounts/{account}/users/{user}/key",
-            post(rotate_key),
-        )
+        .routes(routes!(lifecycle::audit_all))
+        .routes(routes!(create_account))
+        .routes(routes!(revoke_account, lifecycle::set_account))
+        .routes(routes!(lifecycle::audit_of_account))
+        .routes(routes!(lifecycle::list_keys, lifecycle::create_key))
+        .routes(routes!(lifecycle::update_key, lifecycle::revoke_key))
+        .routes(routes!(lifecycle::rotate_one_key))
+        .routes(routes!(create_user, list_users))
+        .routes(routes!(set_role, revoke_user))
+        .routes(routes!(rotate_key))
+}
+
+/// The OpenAPI document of [`router`].
+pub fn openapi() -> &'static utoipa::openapi::OpenApi {
+    doc::openapi()
+}
+
+/// The full router.
+pub fn router(state: AppState) -> Router {
+    let (routes, _) = api_routes(Some(&state)).split_for_parts();
+    routes
         .fallback(no_route)
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
@@ -219,14 +216,38 @@ async fn json_errors(req: Request, next: Next) -> Response {
 // ---------------------------------------------------------------------------------------------
 // Health and metrics
 
+/// The health check's answer.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`
+    pub status: String,
+}
+
+/// How many keys a revocation ended.
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    pub revoked: usize,
+}
+
+/// An account's active users.
+#[derive(Serialize, ToSchema)]
+pub struct UserList {
+    pub account_id: String,
+    pub users: Vec<crate::store::UserInfo>,
+}
+
 /// How long a health check waits for the database.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `{"status":"ok"}` when the database answers a trivial query within [`HEALTH_TIMEOUT`],
 /// else 503: a replica that lost its database is taken out of a load balancer's rotation.
-async fn healthz(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody, description = "The database did not answer")))]
+async fn healthz(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
     match tokio::time::timeout(HEALTH_TIMEOUT, st.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(json!({ "status": "ok" }))),
+        Ok(Ok(())) => Ok(Json(Health {
+            status: "ok".into(),
+        })),
         Ok(Err(e)) => Err(ApiError::Unavailable(format!("health check: {e}"))),
         Err(_) => Err(ApiError::Unavailable(format!(
             "health check: the database did not answer within {HEALTH_TIMEOUT:?}"
@@ -234,6 +255,8 @@ async fn healthz(State(st): State<AppState>) -> Result<Json<serde_json::Value>, 
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics in the OpenMetrics text format", content_type = "application/openmetrics-text")))]
 async fn metrics(State(st): State<AppState>) -> Response {
     (
         [(
@@ -278,6 +301,11 @@ async fn require_protocol_token(State(st): State<AppState>, req: Request, next: 
     res
 }
 
+#[utoipa::path(get, path = "/v1/keys/{key_id}", tag = "protocol", security((), ("protocol_token" = [])),
+    params(("key_id" = String, Path, description = "Lowercase hex SHA-256 of the key (64 characters)")),
+    responses((status = 200, body = Identity, description = "The key is active"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "Protocol token configured: missing or wrong"),
+        (status = 404, body = ErrorBody, description = "No active key")))]
 async fn lookup_key(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -308,7 +336,7 @@ struct ChangesQuery {
     since: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ChangesBody {
     revision: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -321,6 +349,10 @@ struct ChangesBody {
     reset: bool,
 }
 
+#[utoipa::path(get, path = "/v1/changes", tag = "protocol", security((), ("protocol_token" = [])),
+    params(("since" = u64, Query, description = "The last revision the client has seen (0: cold start)")),
+    responses((status = 200, body = ChangesBody), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody, description = "Protocol token configured: missing or wrong")))]
 async fn changes(
     State(st): State<AppState>,
     query: Result<Query<ChangesQuery>, QueryRejection>,
@@ -539,7 +571,7 @@ fn with_key<T: Serialize>(status: StatusCode, body: T) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateAccount {
     account_id: String,
@@ -552,13 +584,16 @@ struct CreateAccount {
     expires_at: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AccountCreated {
     account_id: String,
     user_id: String,
     user_key: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/accounts", tag = "admin",
+    request_body = CreateAccount, security(("api_key" = []), ("bearer" = [])),
+    responses((status = 201, body = AccountCreated), AdminErrors))]
 async fn create_account(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -602,7 +637,7 @@ async fn create_account(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateUser {
     user_id: String,
@@ -615,7 +650,7 @@ struct CreateUser {
     expires_at: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateKey {
     /// A key to import instead of minting one.
@@ -629,12 +664,15 @@ struct RotateKey {
     grace_s: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct UserKey {
     user_id: String,
     user_key: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users", tag = "admin",
+    params(("account" = String, Path, description = "Account id")), request_body = CreateUser, security(("api_key" = []), ("bearer" = [])),
+    responses((status = 201, body = UserKey), AdminErrors))]
 async fn create_user(
     State(st): State<AppState>,
     Path(account): Path<String>,
@@ -677,6 +715,10 @@ async fn create_user(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users/{user}/key", tag = "admin",
+    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body(content = Option<RotateKey>, description = "Optional"),
+    security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = UserKey), AdminErrors))]
 async fn rotate_key(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
@@ -718,18 +760,21 @@ async fn rotate_key(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetRole {
     role: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct UserRole {
     user_id: String,
     role: String,
 }
 
+#[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}/users/{user}", tag = "admin",
+    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body = SetRole, security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = UserRole), AdminErrors))]
 async fn set_role(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
@@ -759,11 +804,14 @@ async fn set_role(
     }))
 }
 
+#[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}/users/{user}", tag = "admin",
+    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = Revoked), AdminErrors))]
 async fn revoke_user(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
     check_id("user", &user)?;
@@ -774,14 +822,17 @@ async fn revoke_user(
         .revoke_user(caller.actor(), account.clone(), user.clone())
         .await?;
     tracing::info!(%account, %user, revoked, "user revoked");
-    Ok(Json(json!({ "revoked": revoked })))
+    Ok(Json(Revoked { revoked }))
 }
 
+#[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}", tag = "admin",
+    params(("account" = String, Path, description = "Account id")), security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = Revoked), AdminErrors))]
 async fn revoke_account(
     State(st): State<AppState>,
     Path(account): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
     caller.require(caller.is_root())?;
@@ -791,17 +842,23 @@ async fn revoke_account(
         .revoke_account(caller.actor(), account.clone())
         .await?;
     tracing::info!(%account, revoked, "account revoked");
-    Ok(Json(json!({ "revoked": revoked })))
+    Ok(Json(Revoked { revoked }))
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/users", tag = "admin",
+    params(("account" = String, Path, description = "Account id")), security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = UserList), AdminErrors))]
 async fn list_users(
     State(st): State<AppState>,
     Path(account): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<UserList>, ApiError> {
     let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
     caller.require(caller.is_root() || caller.is_admin_of(&account))?;
     let users = st.store.list_users(account.clone()).await?;
-    Ok(Json(json!({ "account_id": account, "users": users })))
+    Ok(Json(UserList {
+        account_id: account,
+        users,
+    }))
 }

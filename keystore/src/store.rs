@@ -100,7 +100,7 @@ pub enum StoreError {
 }
 
 /// Who an active key belongs to: the answer of the key-store protocol's lookup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Identity {
     pub account_id: String,
     pub user_id: String,
@@ -114,7 +114,7 @@ pub struct Identity {
 }
 
 /// A user as listed by the admin API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UserInfo {
     pub user_id: String,
     pub role: String,

@@ -8,9 +8,10 @@
 //!   claims carry entitlements such as a plan;
 //! - the whole audit trail: root; an account's: root and the account's admins.
 
+use super::doc::AdminErrors;
 use super::{
     authenticate, check_id, check_not_system, issue_key, parse_body, parse_optional_body, with_key,
-    ApiError, AppState, Caller,
+    ApiError, AppState, Caller, ErrorBody, Revoked,
 };
 use crate::keys::{is_key_id, log_prefix};
 use crate::metrics::inc;
@@ -25,7 +26,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 /// Longest grace period of a rotation: 7 days.
 pub const MAX_GRACE_S: i64 = 7 * 24 * 3600;
@@ -111,19 +112,24 @@ fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 // ---------------------------------------------------------------------------------------------
 // A user's keys
 
+#[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/users/{user}/keys", tag = "admin",
+    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = KeyList), AdminErrors))]
 pub(super) async fn list_keys(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<KeyList>, ApiError> {
     key_caller(&st, &headers, &account, &user, true).await?;
     let keys = st.store.list_keys(account.clone(), user.clone()).await?;
-    Ok(Json(
-        json!({ "account_id": account, "user_id": user, "keys": keys }),
-    ))
+    Ok(Json(KeyList {
+        account_id: account,
+        user_id: user,
+        keys,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateKey {
     name: String,
@@ -136,15 +142,48 @@ struct CreateKey {
 }
 
 /// A key with its raw value: the answer of a create or rotate call, shown once.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct NewKey {
     #[serde(flatten)]
     info: KeyInfo,
     user_key: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    replaces: Option<serde_json::Value>,
+    replaces: Option<Replaces>,
 }
 
+/// The key a rotation replaced and until when it stays valid.
+#[derive(Serialize, ToSchema)]
+struct Replaces {
+    key: String,
+    grace_s: i64,
+    /// RFC 3339
+    valid_until: String,
+}
+
+/// A user's unrevoked keys, oldest first.
+#[derive(Serialize, ToSchema)]
+pub(super) struct KeyList {
+    account_id: String,
+    user_id: String,
+    keys: Vec<KeyInfo>,
+}
+
+/// An account's claims after a change.
+#[derive(Serialize, ToSchema)]
+pub(super) struct AccountClaims {
+    account_id: String,
+    claims: Claims,
+}
+
+/// How many keys a usage report wrote.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Recorded {
+    recorded: u64,
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users/{user}/keys", tag = "admin",
+    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body = CreateKey, security(("api_key" = []), ("bearer" = [])),
+    responses((status = 201, body = NewKey), AdminErrors))]
 pub(super) async fn create_key(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
@@ -177,7 +216,7 @@ pub(super) async fn create_key(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateKey {
     #[serde(default)]
@@ -188,6 +227,9 @@ struct UpdateKey {
     claims: Option<Option<Claims>>,
 }
 
+#[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}", tag = "admin",
+    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")), request_body = UpdateKey, security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = KeyInfo), AdminErrors))]
 pub(super) async fn update_key(
     State(st): State<AppState>,
     Path((account, user, key)): Path<(String, String, String)>,
@@ -229,21 +271,24 @@ pub(super) async fn update_key(
     Ok(Json(info))
 }
 
+#[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}", tag = "admin",
+    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")), security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = Revoked), AdminErrors))]
 pub(super) async fn revoke_key(
     State(st): State<AppState>,
     Path((account, user, key)): Path<(String, String, String)>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Revoked>, ApiError> {
     let caller = key_caller(&st, &headers, &account, &user, true).await?;
     check_not_system(&account)?;
     check_key_ref(&key)?;
     let target = Target { account, user, key };
     let id = st.store.revoke_key(caller.actor(), target.clone()).await?;
     tracing::info!(account = %target.account, user = %target.user, key = log_prefix(&id), "key revoked");
-    Ok(Json(json!({ "revoked": 1 })))
+    Ok(Json(Revoked { revoked: 1 }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateOne {
     #[serde(default)]
@@ -254,6 +299,9 @@ struct RotateOne {
     user_key: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}/rotate", tag = "admin",
+    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")), request_body(content = Option<RotateOne>, description = "Optional"), security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = NewKey), AdminErrors))]
 pub(super) async fn rotate_one_key(
     State(st): State<AppState>,
     Path((account, user, key)): Path<(String, String, String)>,
@@ -275,9 +323,11 @@ pub(super) async fn rotate_one_key(
         .await?;
     tracing::info!(account = %target.account, user = %target.user, old = %target.key,
         key = log_prefix(&id), imported, grace_s, "key rotated");
-    let replaces = json!({
-        "key": target.key, "grace_s": grace_s, "valid_until": rfc3339(valid_until)
-    });
+    let replaces = Replaces {
+        key: target.key,
+        grace_s,
+        valid_until: rfc3339(valid_until),
+    };
     Ok(with_key(
         StatusCode::OK,
         NewKey {
@@ -291,18 +341,21 @@ pub(super) async fn rotate_one_key(
 // ---------------------------------------------------------------------------------------------
 // Account claims
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetAccount {
     claims: Option<Claims>,
 }
 
+#[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}", tag = "admin",
+    params(("account" = String, Path, description = "Account id")), request_body = SetAccount, security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = AccountClaims), AdminErrors))]
 pub(super) async fn set_account(
     State(st): State<AppState>,
     Path(account): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AccountClaims>, ApiError> {
     let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
     caller.require(caller.is_root())?;
@@ -314,15 +367,23 @@ pub(super) async fn set_account(
         .await?;
     tracing::info!(%account, "account claims set");
     let claims = req.claims.unwrap_or_default();
-    Ok(Json(json!({ "account_id": account, "claims": claims })))
+    Ok(Json(AccountClaims {
+        account_id: account,
+        claims,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Audit trail
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AuditQuery {
+    /// Entries with an id greater than this (default 0).
+    #[param(value_type = Option<u64>)]
     after: Option<String>,
+    /// Entries per page, 1 to 1000 (default 100).
+    #[param(value_type = Option<u32>)]
     limit: Option<String>,
 }
 
@@ -352,6 +413,9 @@ fn audit_range(query: Result<Query<AuditQuery>, QueryRejection>) -> Result<(i64,
     Ok((after, limit))
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin",
+    params(AuditQuery), security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = AuditPage), AdminErrors))]
 pub(super) async fn audit_all(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -363,6 +427,9 @@ pub(super) async fn audit_all(
     Ok(Json(st.store.audit(None, after, limit).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/audit", tag = "admin",
+    params(("account" = String, Path, description = "Account id"), AuditQuery), security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = AuditPage), AdminErrors))]
 pub(super) async fn audit_of_account(
     State(st): State<AppState>,
     Path(account): Path<String>,
@@ -379,18 +446,23 @@ pub(super) async fn audit_of_account(
 // ---------------------------------------------------------------------------------------------
 // Usage reports (key-store protocol)
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Usage {
     key_ids: Vec<String>,
 }
 
 /// `POST /v1/usage {"key_ids": [...]}`: records that these keys were used this minute.
+#[utoipa::path(post, path = "/v1/usage", tag = "protocol", request_body = Usage,
+    security((), ("protocol_token" = [])),
+    responses((status = 200, body = Recorded), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody, description = "Protocol token configured: missing or wrong"),
+        (status = 413, body = ErrorBody)))]
 pub(super) async fn record_usage(
     State(st): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Recorded>, ApiError> {
     inc(&st.metrics.usage_reports);
     if body
         .as_ref()
@@ -409,7 +481,7 @@ pub(super) async fn record_usage(
         )));
     }
     let recorded = st.store.record_usage(req.key_ids).await?;
-    Ok(Json(json!({ "recorded": recorded })))
+    Ok(Json(Recorded { recorded }))
 }
 
 fn usage_too_large() -> ApiError {

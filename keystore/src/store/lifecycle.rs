@@ -38,7 +38,7 @@ pub const MAX_AUDIT_PAGE: usize = 1000;
 pub type Claims = BTreeMap<String, String>;
 
 /// Who made an admin call: recorded in the audit trail and as a key's creator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Actor {
     pub account_id: String,
     pub user_id: String,
@@ -84,37 +84,42 @@ pub struct KeyPatch {
 }
 
 /// A key as listed: never the key, never its full key id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct KeyInfo {
     /// The key reference: the first [`KEY_REF_LEN`] characters of the key id.
     pub key: String,
     pub name: String,
     pub hint: Option<String>,
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     pub created_by: Option<String>,
     #[serde(serialize_with = "ser_opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<i64>,
     #[serde(serialize_with = "ser_opt_time")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<i64>,
     pub claims: Claims,
 }
 
 /// One audit-trail entry.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     #[serde(serialize_with = "ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: i64,
     pub actor: Actor,
     pub action: String,
     pub account_id: String,
     pub object: String,
+    #[schema(value_type = Object)]
     pub detail: serde_json::Value,
 }
 
 /// A page of the audit trail; `more` when entries after the last one exist.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     pub more: bool,
