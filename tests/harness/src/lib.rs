@@ -35,7 +35,8 @@ pub use fault::{Fault, FaultProxy};
 pub use http::{get, request, send_json, Client, Response};
 pub use keystore::{random_secret, Keystore, KeystoreOpts};
 pub use metrics::{
-    parse_envoy_stats_json, parse_envoy_stats_text, parse_prometheus, WASM_CUSTOM_PREFIX,
+    parse_envoy_stats_json, parse_envoy_stats_text, parse_prometheus, prometheus_names,
+    WASM_CUSTOM_PREFIX,
 };
 pub use paths::{
     echo_path, envoy_path, envoy_template_path, keystore_path, repo_root, target_dir, wasm_path,

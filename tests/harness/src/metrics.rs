@@ -1,64 +1,83 @@
 //! Parsers for the keystore's Prometheus text and Envoy's `/stats`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use prometheus_parse::Value as PromValue;
 
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// Parses Prometheus text exposition: `name{labels} value [timestamp]` per line, `#` lines
-/// skipped. Keys are the series as written (`name` or `name{labels}`, labels verbatim).
-/// Lines that do not parse are skipped.
+/// Parses the Prometheus text format (and OpenMetrics, as the keystore serves it) with the
+/// `prometheus-parse` crate. Keys are series: `name`, or `name{k="v",...}` with the labels in
+/// name order; a histogram appears as its `name_bucket{...,le="..."}` series (its `_sum` and
+/// `_count` as written). Lines that do not parse are skipped.
 pub fn parse_prometheus(text: &str) -> HashMap<String, f64> {
+    // Envoy writes a series without labels as `name{} value`, which prometheus-parse 0.2
+    // skips (its sample pattern wants at least one label between braces): drop the braces.
+    let lines = text.lines().map(|l| Ok(l.replacen("{} ", " ", 1)));
+    let Ok(scrape) = prometheus_parse::Scrape::parse(lines) else {
+        return HashMap::new();
+    };
     let mut out = HashMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
+    for sample in scrape.samples {
+        let labels: BTreeMap<&str, &str> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match &sample.value {
+            PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v) => {
+                out.insert(series(&sample.metric, &labels, None), *v);
+            }
+            PromValue::Histogram(buckets) => {
+                let name = format!("{}_bucket", sample.metric);
+                for b in buckets {
+                    let le = format_float(b.less_than);
+                    out.insert(series(&name, &labels, Some(("le", &le))), b.count);
+                }
+            }
+            PromValue::Summary(quantiles) => {
+                for q in quantiles {
+                    let at = format_float(q.quantile);
+                    out.insert(
+                        series(&sample.metric, &labels, Some(("quantile", &at))),
+                        q.count,
+                    );
+                }
+            }
         }
-        let Some((series, rest)) = split_series(line) else {
-            continue;
-        };
-        let Some(value) = rest.split_whitespace().next() else {
-            continue;
-        };
-        let value = match value {
-            "+Inf" | "Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => match v.parse::<f64>() {
-                Ok(v) => v,
-                Err(_) => continue,
-            },
-        };
-        out.insert(series.to_string(), value);
     }
     out
 }
 
-/// Splits `name{labels} rest` or `name rest` into the series and the rest.
-fn split_series(line: &str) -> Option<(&str, &str)> {
-    let name_end = line
-        .find(|c: char| c == '{' || c.is_whitespace())
-        .unwrap_or(line.len());
-    if name_end == 0 {
-        return None;
+/// The metric names (series without labels) in a Prometheus text.
+pub fn prometheus_names(text: &str) -> BTreeSet<String> {
+    parse_prometheus(text)
+        .into_keys()
+        .map(|k| k.split('{').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn format_float(v: f64) -> String {
+    if v.is_infinite() {
+        "+Inf".to_owned()
+    } else {
+        v.to_string()
     }
-    if !line.get(name_end..)?.starts_with('{') {
-        return Some((line.get(..name_end)?, line.get(name_end..)?));
+}
+
+/// `name{k="v",...}` (labels sorted, `extra` last), or `name` without labels.
+fn series(name: &str, labels: &BTreeMap<&str, &str>, extra: Option<(&str, &str)>) -> String {
+    let mut parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    if let Some((k, v)) = extra {
+        parts.push(format!("{k}=\"{v}\""));
     }
-    // Find the closing brace outside quoted label values (which may hold `}` or `\"`).
-    let mut in_quote = false;
-    let mut escaped = false;
-    for (i, c) in line.char_indices().skip_while(|(i, _)| *i <= name_end) {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if in_quote => escaped = true,
-            '"' => in_quote = !in_quote,
-            '}' if !in_quote => return Some((line.get(..=i)?, line.get(i + 1..)?)),
-            _ => {}
-        }
+    if parts.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{}}}", parts.join(","))
     }
-    None
 }
 
 /// The prefix Envoy's `/stats` puts before the metrics a wasm filter defines (its Prometheus
@@ -123,26 +142,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prometheus_plain_labels_comments() {
-        let text = "# HELP keystore_lookups_total Key lookups.\n\
-                    # TYPE keystore_lookups_total counter\n\
+    fn prometheus_counters_labels_and_histograms() {
+        // The keystore's OpenMetrics output and Envoy's Prometheus output, in miniature.
+        let text = "# HELP keystore_lookups Key lookups.\n\
+                    # TYPE keystore_lookups counter\n\
                     keystore_lookups_total 42\n\
-                    keystore_lookups_found_total 40 1700000000000\n\
-                    req{path=\"/a b}\",code=\"200\"} 3.5\n\
-                    weird{q=\"x\\\"}\"} 1e3\n\
-                    \n\
-                    up +Inf\n\
-                    broken_line\n\
-                    nan_metric NaN\n";
+                    # TYPE keystore_request_duration_seconds histogram\n\
+                    keystore_request_duration_seconds_sum{route=\"/healthz\",status=\"2xx\"} 0.5\n\
+                    keystore_request_duration_seconds_count{route=\"/healthz\",status=\"2xx\"} 2\n\
+                    keystore_request_duration_seconds_bucket{le=\"0.001\",route=\"/healthz\",status=\"2xx\"} 1\n\
+                    keystore_request_duration_seconds_bucket{le=\"+Inf\",route=\"/healthz\",status=\"2xx\"} 2\n\
+                    # TYPE keygate_l1_hits counter\n\
+                    keygate_l1_hits{} 7 1700000000000\n\
+                    envoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"keystore\"} 3.5\n\
+                    broken line here\n\
+                    # EOF\n";
         let m = parse_prometheus(text);
         assert_eq!(m.get("keystore_lookups_total"), Some(&42.0));
-        assert_eq!(m.get("keystore_lookups_found_total"), Some(&40.0));
-        assert_eq!(m.get("req{path=\"/a b}\",code=\"200\"}"), Some(&3.5));
-        assert_eq!(m.get("weird{q=\"x\\\"}\"}"), Some(&1000.0));
-        assert_eq!(m.get("up"), Some(&f64::INFINITY));
-        assert!(m.get("nan_metric").is_some_and(|v| v.is_nan()));
-        assert!(!m.contains_key("broken_line"));
-        assert_eq!(m.len(), 6);
+        assert_eq!(m.get("keygate_l1_hits"), Some(&7.0));
+        assert_eq!(
+            m.get("envoy_cluster_upstream_rq{envoy_cluster_name=\"keystore\",envoy_response_code=\"200\"}"),
+            Some(&3.5)
+        );
+        let h = "keystore_request_duration_seconds";
+        assert_eq!(
+            m.get(&format!("{h}_count{{route=\"/healthz\",status=\"2xx\"}}")),
+            Some(&2.0)
+        );
+        assert_eq!(
+            m.get(&format!(
+                "{h}_bucket{{route=\"/healthz\",status=\"2xx\",le=\"+Inf\"}}"
+            )),
+            Some(&2.0),
+            "{m:?}"
+        );
+        let names = prometheus_names(text);
+        for n in [
+            "keystore_lookups_total",
+            "keygate_l1_hits",
+            "keystore_request_duration_seconds_bucket",
+            "keystore_request_duration_seconds_count",
+            "envoy_cluster_upstream_rq",
+        ] {
+            assert!(names.contains(n), "{n} not in {names:?}");
+        }
+        assert_eq!(names.len(), 6, "{names:?}");
     }
 
     #[test]
