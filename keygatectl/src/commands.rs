@@ -70,16 +70,22 @@ struct NewKeyArgs {
 enum AccountCmd {
     /// Create an account and its admin user (root).
     Create {
+        /// Account id
         account: String,
+        /// Id of the account's admin user (created with it)
         #[arg(long)]
         admin: String,
         #[command(flatten)]
         key: NewKeyArgs,
     },
     /// Revoke an account, its users and their keys (root).
-    Revoke { account: String },
+    Revoke {
+        /// Account id
+        account: String,
+    },
     /// Set the account's claims, NAME=VALUE (none: clear them) (root).
     SetClaims {
+        /// Account id
         account: String,
         #[arg(long = "claim", value_name = "NAME=VALUE")]
         claims: Vec<String>,
@@ -90,42 +96,66 @@ enum AccountCmd {
 enum UserCmd {
     /// Create a user with a key named "default".
     Create {
+        /// Account id
         account: String,
+        /// User id
         user: String,
+        /// Role (admin administers the account; any other name is stored as it is)
         #[arg(long)]
         role: String,
         #[command(flatten)]
         key: NewKeyArgs,
     },
     /// List an account's active users.
-    List { account: String },
+    List {
+        /// Account id
+        account: String,
+    },
     /// Change a user's role.
     SetRole {
+        /// Account id
         account: String,
+        /// User id
         user: String,
         role: String,
     },
     /// Replace all of a user's keys by one new key; the old ones expire after --grace seconds.
     Rotate {
+        /// Account id
         account: String,
+        /// User id
         user: String,
+        /// How long the replaced key(s) stay valid: 0 (default: revoked at once) to 604800
         #[arg(long, value_name = "SECONDS")]
         grace: Option<i64>,
         #[command(flatten)]
         key: NewKeyArgs,
     },
     /// Revoke a user and all their keys.
-    Revoke { account: String, user: String },
+    Revoke {
+        /// Account id
+        account: String,
+        /// User id
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum KeyCmd {
     /// List a user's keys (references and hints, never the keys).
-    List { account: String, user: String },
+    List {
+        /// Account id
+        account: String,
+        /// User id
+        user: String,
+    },
     /// Add a named key to a user.
     Create {
+        /// Account id
         account: String,
+        /// User id
         user: String,
+        /// Name of the key (e.g. one per deployment)
         #[arg(long)]
         name: String,
         #[arg(long = "claim", value_name = "NAME=VALUE")]
@@ -137,9 +167,13 @@ enum KeyCmd {
     Update(UpdateArgs),
     /// Rotate one key: a new key with its name and claims; the old one expires after --grace.
     Rotate {
+        /// Account id
         account: String,
+        /// User id
         user: String,
+        /// Key reference (the 16 hex characters `key list` shows)
         key: String,
+        /// How long the replaced key(s) stay valid: 0 (default: revoked at once) to 604800
         #[arg(long, value_name = "SECONDS")]
         grace: Option<i64>,
         #[command(flatten)]
@@ -147,16 +181,22 @@ enum KeyCmd {
     },
     /// Revoke one key; the user's other keys keep working.
     Revoke {
+        /// Account id
         account: String,
+        /// User id
         user: String,
+        /// Key reference (the 16 hex characters `key list` shows)
         key: String,
     },
 }
 
 #[derive(Args)]
 struct UpdateArgs {
+    /// Account id
     account: String,
+    /// User id
     user: String,
+    /// Key reference (the 16 hex characters `key list` shows)
     key: String,
     #[arg(long)]
     name: Option<String>,
