@@ -56,8 +56,8 @@ test-docs:
 test-k8s:
 	@scripts/check-k8s.sh
 
-## envoy/grafana/keygate.json: valid, and every metric it queries is exported by a real run
-## (Envoy's /stats/prometheus and the keystore's /metrics).
+## envoy/grafana/keygate.json and alerts.yaml: well-formed, and every metric they query is
+## exported by a real run (Envoy's /stats/prometheus and the keystore's /metrics).
 test-dashboard:
 	$(CARGO) test --release -p keygate --test dashboard -- --test-threads=1
 

@@ -1,5 +1,6 @@
-//! The Grafana dashboard `envoy/grafana/keygate.json`: well-formed, and every metric it queries
-//! is exported by a real run (Envoy A's `/stats/prometheus` with the real filter, and the real
+//! The Grafana dashboard `envoy/grafana/keygate.json` and the alerting rules
+//! `envoy/grafana/alerts.yaml`: well-formed, and every metric they query is exported by a real
+//! run (Envoy A's `/stats/prometheus` with the real filter, and the real
 //! keystore's `/metrics`), so a renamed metric breaks this test rather than a panel.
 #![cfg(not(target_arch = "wasm32"))]
 #![allow(
@@ -28,6 +29,17 @@ fn dashboard() -> Value {
     let path = repo_root().join("envoy/grafana/keygate.json");
     let text = std::fs::read_to_string(&path).unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The alerting rules without their comment lines.
+fn alert_rules() -> String {
+    let path = repo_root().join("envoy/grafana/alerts.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    lines.join("\n")
 }
 
 /// Every PromQL expression of every panel.
@@ -132,6 +144,33 @@ fn the_dashboard_is_well_formed() {
 }
 
 #[test]
+fn every_alert_has_an_expression_a_duration_and_a_severity() {
+    let rules = alert_rules();
+    let count = |prefix: &str| {
+        rules
+            .lines()
+            .filter(|l| l.trim_start().starts_with(prefix))
+            .count()
+    };
+    let alerts = count("- alert: ");
+    assert!(alerts >= 8, "{rules}");
+    for field in ["expr: ", "for: ", "labels: { severity: ", "summary: "] {
+        assert_eq!(count(field), alerts, "every alert needs {field:?}");
+    }
+    for needed in [
+        "keygate_requests_unavailable",
+        "keygate_sync_errors",
+        "keygate_sync_lag_ms",
+        "keystore_request_duration_seconds_bucket",
+    ] {
+        assert!(
+            metric_names(&rules).contains(needed),
+            "no alert on {needed}"
+        );
+    }
+}
+
+#[test]
 fn every_metric_the_dashboard_queries_is_exported() {
     let env = TwoInstances::start(config()).unwrap();
     // Traffic that makes every series appear: an admin write (through A), lookups of a valid
@@ -156,10 +195,11 @@ fn every_metric_the_dashboard_queries_is_exported() {
         env.keystore.url()
     ))));
 
-    let queried: BTreeSet<String> = expressions(&dashboard())
+    let mut queried: BTreeSet<String> = expressions(&dashboard())
         .iter()
         .flat_map(|e| metric_names(e))
         .collect();
+    queried.extend(metric_names(&alert_rules()));
     let mut missing = Vec::new();
     for name in &queried {
         if exported.contains(name) {
@@ -173,7 +213,7 @@ fn every_metric_the_dashboard_queries_is_exported() {
     }
     assert!(
         missing.is_empty(),
-        "the dashboard queries metrics no real run exports: {missing:?}"
+        "the dashboard or the alerts query metrics no real run exports: {missing:?}"
     );
     eprintln!("dashboard: {} metrics queried, all exported", queried.len());
 }
