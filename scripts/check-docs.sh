@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks that the READMEs name only what exists (in `make test`): every repository path they
 # cite (in `code`, or as a link target) is in the tree, and every `make X` names a target of
-# the Makefile. Files checked: *.md at the top level and in envoy/ (and its subdirectories),
+# the Makefile, and every `cargo ... -p NAME` / `--test NAME` a package and a test target of the
+# tree. Files checked: *.md at the top level and in envoy/ (and its subdirectories),
 # keystore/, keygatectl/, bench/, fuzz/. A path is resolved against the Markdown file's own
 # directory first, then the repository root. Tokens with placeholders (<x>, {x}, *, ..., $X),
 # URLs, absolute paths and build outputs (target/, .tools/) are not paths of the tree.
@@ -29,6 +30,13 @@ with open("Makefile") as f:
 targets = {t for group in targets for t in group.split()}
 
 top = {p.split("/")[0] for p in tracked}
+packages = set()
+for toml in (p for p in tracked if p.endswith("Cargo.toml")):
+    m = re.search(r'^\[package\][^\[]*?^name = "([^"]+)"', open(toml).read(), re.M | re.S)
+    if m:
+        packages.add(m.group(1))
+test_targets = {os.path.basename(p)[:-3] for p in tracked
+                if re.search(r"(^|/)tests/[^/]+\.rs$", p)}
 PATHLIKE = re.compile(r"^\.{0,2}/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+/?$")
 SKIP = re.compile(r"[<>{}*$]|\.\.\.|^/|(^|/)(target|\.tools)/|://")
 errors = []
@@ -53,6 +61,14 @@ for md in files:
                     errors.append(f"{md}:{n}: {tok} does not exist")
         code = [line] if fenced else re.findall(r"`([^`]*)`", line)
         makes = [t for c in code for t in re.findall(r"(?:^|[\s;&|(])make ([a-z][a-z0-9-]*)", c)]
+        for c in code:
+            for cmd in re.findall(r"cargo [^;&|]*", c):
+                for pkg in re.findall(r"(?:-p|--package) ([A-Za-z0-9_-]+)", cmd):
+                    if pkg not in packages:
+                        errors.append(f"{md}:{n}: cargo -p {pkg}: no such package")
+                for t in re.findall(r"--test ([A-Za-z0-9_]+)", cmd):
+                    if t not in test_targets:
+                        errors.append(f"{md}:{n}: cargo --test {t}: no such test target")
         for t in makes:
             if t not in targets:
                 errors.append(f"{md}:{n}: make {t}: no such target in the Makefile")
