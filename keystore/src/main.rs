@@ -21,6 +21,9 @@ struct Cli {
 enum Command {
     /// Serve the key-store and admin HTTP API.
     Serve(ServeArgs),
+    /// Print the OpenAPI document (the one GET /openapi.json serves) and exit, e.g. to
+    /// generate a client in CI without running a store.
+    Openapi,
 }
 
 #[derive(Args)]
@@ -155,6 +158,19 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
+fn print_openapi() -> ExitCode {
+    match serde_json::to_string_pretty(keystore::api::openapi()) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("keystore: error: cannot encode the OpenAPI document: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -163,7 +179,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Openapi => return print_openapi(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

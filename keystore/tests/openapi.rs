@@ -88,6 +88,23 @@ fn the_router_has_no_route_outside_routes_macro() {
     }
 }
 
+/// `keystore openapi` prints the document the server serves.
+#[tokio::test]
+async fn the_binary_prints_the_served_document() {
+    let out = Command::new(env!("CARGO_BIN_EXE_keystore"))
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ks = Ks::new().await;
+    assert_eq!(printed, document(&ks).await);
+}
+
 #[tokio::test]
 async fn the_document_is_valid_openapi() {
     let validator = repo_root().join(".tools/venv/bin/openapi-spec-validator");
