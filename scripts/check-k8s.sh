@@ -6,7 +6,8 @@
 #  2. what no schema says: kustomization.yaml lists every manifest; the Service and the PDB
 #     select the Deployment's pods; the probes hit /healthz on a declared container port; the
 #     Secret holds every key the Deployment reads; resources and limits are set; the
-#     WasmPlugin's store.cluster and store.authority name the Service and its port.
+#     WasmPlugin's store.cluster and store.authority name the Service and its port; the
+#     container's arguments are options of the built keystore binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-envoy/kubernetes}
@@ -74,6 +75,16 @@ check(res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory
       and res.get("limits", {}).get("memory"), "cpu/memory requests and a memory limit are required")
 args = c.get("args", [])
 check("--root-key-file" in args, "the root key must come from the Secret as a file (--root-key-file)")
+# The container's arguments are the keystore's (the image's entrypoint is the keystore binary).
+binary = os.environ.get("KEYGATE_KEYSTORE", "target/release/keystore")
+if os.path.exists(binary):
+    import subprocess
+    help_text = subprocess.run([binary, args[0], "--help"], capture_output=True, text=True).stdout
+    for a in args:
+        if a.startswith("--"):
+            check(f"{a} " in help_text or f"{a}\n" in help_text, f"keystore {args[0]} has no option {a}")
+else:
+    print(f"check-k8s: {binary} not built: container arguments not checked", file=sys.stderr)
 check(not any("postgres://" in a for a in args), "the database URL must not be an argument")
 
 held = set(secret.get("stringData", {})) | set(secret.get("data", {}))
