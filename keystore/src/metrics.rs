@@ -141,6 +141,13 @@ impl Metrics {
 
     /// Records one answered request.
     pub fn observe_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        // Clients choose the method: an extension method (`FOO`) must not make a new series.
+        const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+        let method = if KNOWN.contains(&method) {
+            method
+        } else {
+            "other"
+        };
         let labels = RequestLabels {
             route: route.to_owned(),
             method: method.to_owned(),
@@ -204,6 +211,8 @@ mod tests {
     fn latency_is_labelled_by_route_template_and_status_class() {
         let m = Metrics::default();
         m.observe_request("/v1/keys/{key_id}", "GET", 404, Duration::from_millis(3));
+        m.observe_request("unmatched", "BREW", 404, Duration::from_millis(1));
+        m.observe_request("unmatched", "PROPFIND2", 404, Duration::from_millis(1));
         m.observe_db("Lookup", "read", Duration::from_millis(1));
         m.changes_page_size.observe(3.0);
         let text = m.render();
@@ -219,5 +228,12 @@ mod tests {
             text.contains("keystore_changes_page_keys_count 1"),
             "{text}"
         );
+        // Extension methods share one series.
+        let other = r#"{route="unmatched",method="other",status="4xx"} 2"#;
+        assert!(
+            text.contains(&format!("keystore_request_duration_seconds_count{other}")),
+            "{text}"
+        );
+        assert!(!text.contains("BREW"), "{text}");
     }
 }
