@@ -37,7 +37,8 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.00025, 2.0, 15))
 }
 
-/// Everything the keystore measures; one per process (shared by the store and the API).
+/// Everything the keystore measures; one per process (shared by the store and the API). Help
+/// texts have no final period: the encoder adds one.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -85,32 +86,32 @@ impl Metrics {
         let counters = [
             (
                 "keystore_lookups",
-                "Key lookups answered (GET /v1/keys/{key_id} with a well-formed key id).",
+                "Key lookups answered (GET /v1/keys/{key_id} with a well-formed key id)",
                 &self.lookups,
             ),
             (
                 "keystore_lookups_found",
-                "Key lookups that found an active key (hits).",
+                "Key lookups that found an active key (hits)",
                 &self.lookups_found,
             ),
             (
                 "keystore_lookups_not_found",
-                "Key lookups that found no active key (misses).",
+                "Key lookups that found no active key (misses)",
                 &self.lookups_not_found,
             ),
             (
                 "keystore_changes_requests",
-                "Change-feed requests (GET /v1/changes).",
+                "Change-feed requests (GET /v1/changes)",
                 &self.changes_requests,
             ),
             (
                 "keystore_admin_requests",
-                "Admin API requests (/api/v1/admin/...).",
+                "Admin API requests (/api/v1/admin/...)",
                 &self.admin_requests,
             ),
             (
                 "keystore_usage_reports",
-                "Usage reports received (POST /v1/usage).",
+                "Usage reports received (POST /v1/usage)",
                 &self.usage_reports,
             ),
             (
@@ -124,17 +125,17 @@ impl Metrics {
         }
         r.register(
             "keystore_request_duration_seconds",
-            "HTTP request latency by route template, method and status class.",
+            "HTTP request latency by route template, method and status class",
             self.requests.clone(),
         );
         r.register(
             "keystore_db_duration_seconds",
-            "Database call latency by job and kind (read or write transaction).",
+            "Database call latency by job and kind (read or write transaction)",
             self.db.clone(),
         );
         r.register(
             "keystore_changes_page_keys",
-            "Key ids per change-feed page (changed), pages that reset excluded.",
+            "Key ids per change-feed page (changed), pages that reset excluded",
             self.changes_page_size.clone(),
         );
     }
