@@ -3,7 +3,7 @@
 #  1. every built-in resource against the Kubernetes OpenAPI schemas bundled in the PyPI package
 #     kubernetes-validate (--strict: unknown fields are errors), installed in .tools/venv by
 #     `scripts/setup.sh test`;
-#  2. what no schema says: kustomization.yaml lists every manifest; the Service and the PDB
+#  2. what no schema says: kustomization.yaml lists every manifest but the WasmPlugin; the Service and the PDB
 #     select the Deployment's pods; the probes hit /healthz on a declared container port; the
 #     Secret holds every key the Deployment reads; resources and limits are set; the
 #     WasmPlugin's store.cluster and store.authority name the Service and its port; the
@@ -46,7 +46,8 @@ def one(kind):
     return items[0][1] if items else {}
 
 kust = one("Kustomization")
-files = {n for n in os.listdir(d) if n.endswith(".yaml") and n != "kustomization.yaml"}
+# The WasmPlugin is applied on its own, with the protocol token added (never committed).
+files = {n for n in os.listdir(d) if n.endswith(".yaml")} - {"kustomization.yaml", "wasmplugin.yaml"}
 check(set(kust.get("resources", [])) == files,
       f"kustomization.yaml resources {sorted(kust.get('resources', []))} != files {sorted(files)}")
 
@@ -75,6 +76,8 @@ check(res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory
       and res.get("limits", {}).get("memory"), "cpu/memory requests and a memory limit are required")
 args = c.get("args", [])
 check("--root-key-file" in args, "the root key must come from the Secret as a file (--root-key-file)")
+check("--protocol-token-file" in args,
+      "the protocol endpoints must require the token (--protocol-token-file from the Secret)")
 # The container's arguments are the keystore's (the image's entrypoint is the keystore binary).
 binary = os.environ.get("KEYGATE_KEYSTORE", "target/release/keystore")
 if os.path.exists(binary):
