@@ -102,7 +102,7 @@ soak: build
 
 ## keygate against no filter, Envoy's api_key_auth, ext_authz and the wasm floor; the herd; the
 ## flood. Writes bench/RESULTS.md and bench/throughput-ratios.svg.
-bench: build
+bench: setup-test build
 	@scripts/bench.sh
 
 ## The keystore at fleet scale: SQLite and PostgreSQL with 10^4, 10^5, 10^6 keys; lookups and
@@ -116,7 +116,7 @@ bench-store-smoke:
 	@scripts/bench-store.sh --smoke
 
 ## A few seconds per contender: fails unless every contender answers 200 and the report is written.
-bench-smoke: build
+bench-smoke: setup-test build
 	@scripts/bench.sh --smoke
 
 clean:
