@@ -45,7 +45,7 @@ test-cli:
 	$(CARGO) test -p keygatectl
 
 ## GET /openapi.json: valid (openapi-spec-validator), and every router route documented.
-test-openapi:
+test-openapi: setup-test
 	KEYGATE_REQUIRE_TOOLS=1 $(CARGO) test -p keystore --test openapi
 
 ## Every repository path and `make` target the READMEs name exists.
@@ -53,7 +53,7 @@ test-docs:
 	@scripts/check-docs.sh
 
 ## envoy/kubernetes/ validated offline (kubernetes-validate --strict, then cross-references).
-test-k8s:
+test-k8s: setup-test
 	@scripts/check-k8s.sh
 
 ## envoy/grafana/keygate.json and alerts.yaml: well-formed, and every metric they query is
@@ -63,7 +63,7 @@ test-dashboard:
 
 ## The core's unit tests, natively and compiled to wasm32-unknown-unknown under
 ## wasm-bindgen-test-runner (Node.js). Fails if the wasm run executed fewer tests.
-test-wasm:
+test-wasm: setup-test
 	@scripts/test-wasm.sh
 
 lint:
