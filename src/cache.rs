@@ -197,6 +197,7 @@ mod tests {
             account_id: "a".into(),
             user_id: "u".into(),
             role: "r".into(),
+            ..Identity::default()
         };
         Entry {
             verdict: Verdict::Allow(Rc::new(identity)),

@@ -203,6 +203,7 @@ mod tests {
             account_id: "acme".into(),
             user_id: "ann".into(),
             role: role.into(),
+            ..Identity::default()
         };
         Outcome::Allow {
             identity: Rc::new(identity),

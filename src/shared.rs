@@ -10,7 +10,7 @@ use crate::host::{Host, SharedError};
 use crate::key::KeyId;
 
 /// Bumped when a record's layout changes; records of another version decode as absent.
-pub const RECORD_VERSION: u8 = 2;
+pub const RECORD_VERSION: u8 = 3;
 
 /// How many times a CAS update re-reads and retries before giving up.
 pub const MAX_CAS_RETRIES: usize = 16;

@@ -225,6 +225,12 @@ impl Record for Slot {
                     w.str(&i.account_id);
                     w.str(&i.user_id);
                     w.str(&i.role);
+                    w.u64(i.expires_ms.unwrap_or(u64::MAX));
+                    w.u8(u8::try_from(i.claims.len()).unwrap_or(u8::MAX));
+                    for (name, value) in i.claims.iter().take(usize::from(u8::MAX)) {
+                        w.str(name);
+                        w.str(value);
+                    }
                 }
             }
         }
@@ -287,11 +293,7 @@ fn decode_verdict(r: &mut Reader<'_>) -> Option<SlotVerdict> {
     let fetched_ms = r.u64()?;
     let identity = match r.u8()? {
         0 => None,
-        1 => Some(Identity {
-            account_id: r.str()?,
-            user_id: r.str()?,
-            role: r.str()?,
-        }),
+        1 => Some(decode_identity(r)?),
         _ => return None,
     };
     Some(SlotVerdict {
@@ -301,6 +303,25 @@ fn decode_verdict(r: &mut Reader<'_>) -> Option<SlotVerdict> {
         expires_ms,
         stale_until_ms,
         fetched_ms,
+    })
+}
+
+/// An identity as [`Slot::encode`] wrote it: `u64::MAX` stands for "never expires".
+fn decode_identity(r: &mut Reader<'_>) -> Option<Identity> {
+    let account_id = r.str()?;
+    let user_id = r.str()?;
+    let role = r.str()?;
+    let expires_ms = Some(r.u64()?).filter(|e| *e != u64::MAX);
+    let count = r.u8()?;
+    let claims = (0..count)
+        .map(|_| Some((r.str()?, r.str()?)))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Identity {
+        account_id,
+        user_id,
+        role,
+        expires_ms,
+        claims,
     })
 }
 
@@ -404,6 +425,8 @@ mod tests {
             account_id: "acme".into(),
             user_id: "ann".into(),
             role: "admin".into(),
+            expires_ms: Some(expires.saturating_mul(10)),
+            claims: vec![("plan".into(), "pro".into())],
         };
         SlotVerdict {
             key,

@@ -1,7 +1,11 @@
 //! The key store protocol: the requests the filter makes and the parsing of the answers.
 //!
-//! - `GET {lookup_path}{key_id}` → `200 {"account_id", "user_id", "role"}` (extra fields
-//!   ignored) or `404`. Anything else is a store error, never a deny.
+//! - `GET {lookup_path}{key_id}` → `200 {"account_id", "user_id", "role"[, "expires_at"]
+//!   [, "claims"]}` (extra fields ignored) or `404`. Anything else is a store error, never a
+//!   deny. `expires_at` is unix seconds; `claims` an object of strings. A claim that cannot go
+//!   into a header as is (or too many of them) makes the whole answer a store error, like a bad
+//!   identity field: forwarding the others would hide the store's fault from the upstream.
+//! - `POST {usage_path}` `{"key_ids": [...]}` → any 2xx: recorded (the filter's usage report).
 //! - `GET {changes_path}?since={revision}` → `200 {"revision": N, "changed": [key ids]}`, with
 //!   `"more": true` when the store has more to send at once, or `{"revision": N, "reset": true}`
 //!   when `since` is too old (or newer than the store: it was restored from a backup).
@@ -51,6 +55,22 @@ struct RawIdentity {
     account_id: String,
     user_id: String,
     role: String,
+    #[serde(default)]
+    expires_at: Option<u64>,
+    #[serde(default)]
+    claims: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl RawIdentity {
+    fn into_identity(self) -> Identity {
+        Identity {
+            account_id: self.account_id,
+            user_id: self.user_id,
+            role: self.role,
+            expires_ms: self.expires_at.map(|s| s.saturating_mul(1000)),
+            claims: self.claims.unwrap_or_default().into_iter().collect(),
+        }
+    }
 }
 
 /// serde's derived struct parsers also accept a JSON array (fields by position); the protocol
@@ -79,16 +99,13 @@ pub fn parse_lookup(resp: &CallResponse) -> LookupAnswer {
             match serde_json::from_slice::<RawIdentity>(body) {
                 Err(e) => LookupAnswer::Error(StoreError::BadBody(e.to_string())),
                 Ok(raw) => {
-                    let identity = Identity {
-                        account_id: raw.account_id,
-                        user_id: raw.user_id,
-                        role: raw.role,
-                    };
+                    let identity = raw.into_identity();
                     if identity.is_header_safe() {
                         LookupAnswer::Found(identity)
                     } else {
                         LookupAnswer::Error(StoreError::BadBody(
-                            "identity field empty, too long, not visible ASCII or with a comma"
+                            "identity field or claim empty, too long, not visible ASCII or \
+                             with a comma, or too many claims"
                                 .into(),
                         ))
                     }
@@ -215,9 +232,69 @@ mod tests {
             LookupAnswer::Found(Identity {
                 account_id: "acme".into(),
                 user_id: "ann".into(),
-                role: "admin".into()
+                role: "admin".into(),
+                ..Identity::default()
             })
         );
+    }
+
+    #[test]
+    fn lookup_expiry_and_claims_are_read_and_bad_claims_are_store_errors() {
+        let r = resp(
+            200,
+            r#"{"account_id":"a","user_id":"u","role":"r","expires_at":1830297599,
+                "claims":{"team":"ml","plan":"pro plus"}}"#,
+        );
+        let LookupAnswer::Found(i) = parse_lookup(&r) else {
+            panic!("not found")
+        };
+        assert_eq!(i.expires_ms, Some(1_830_297_599_000));
+        assert_eq!(
+            i.claims,
+            vec![
+                ("plan".into(), "pro plus".into()),
+                ("team".into(), "ml".into())
+            ]
+        );
+        assert_eq!(i.claim("plan"), Some("pro plus"));
+        let plain = parse_lookup(&resp(200, std::str::from_utf8(IDENTITY_JSON).unwrap()));
+        assert!(
+            matches!(plain, LookupAnswer::Found(i) if i.expires_ms.is_none() && i.claims.is_empty())
+        );
+        let many: Vec<String> = (0..=crate::verdict::MAX_CLAIMS)
+            .map(|n| format!(r#""c{n}":"v""#))
+            .collect();
+        for claims in [
+            r#"{"plan":"a
+x-role: root"}"#
+                .to_string(),
+            r#"{"plan":"pro, enterprise"}"#.to_string(),
+            r#"{"plan":7}"#.to_string(),
+            r#"{"":"v"}"#.to_string(),
+            format!(r#"{{"plan":"{}"}}"#, "x".repeat(257)),
+            format!("{{{}}}", many.join(",")),
+        ] {
+            let body =
+                format!(r#"{{"account_id":"a","user_id":"u","role":"r","claims":{claims}}}"#);
+            assert!(
+                matches!(
+                    parse_lookup(&resp(200, &body)),
+                    LookupAnswer::Error(StoreError::BadBody(_))
+                ),
+                "{claims}"
+            );
+        }
+        for exp in ["-1", "1.5", "\"soon\""] {
+            let body =
+                format!(r#"{{"account_id":"a","user_id":"u","role":"r","expires_at":{exp}}}"#);
+            assert!(
+                matches!(
+                    parse_lookup(&resp(200, &body)),
+                    LookupAnswer::Error(StoreError::BadBody(_))
+                ),
+                "{exp}"
+            );
+        }
     }
 
     #[test]

@@ -294,6 +294,7 @@ mod tests {
             account_id: "a".into(),
             user_id: "u".into(),
             role: "r".into(),
+            ..Identity::default()
         };
         let slot = Slot {
             verdict: Some(SlotVerdict {

@@ -7,12 +7,22 @@ use crate::text;
 /// Longest identity field accepted from the store, in bytes.
 pub const MAX_IDENTITY_FIELD: usize = 256;
 
+/// Most claims accepted in one store answer; more is a store error.
+pub const MAX_CLAIMS: usize = 32;
+/// Longest claim name accepted from the store, in bytes.
+pub const MAX_CLAIM_NAME: usize = 64;
+
 /// Who a key belongs to, as the store answered. Sent upstream in the identity headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Identity {
     pub account_id: String,
     pub user_id: String,
     pub role: String,
+    /// When the key expires, in unix milliseconds; `None`: never. No verdict allowing the key
+    /// is cached or served at or past it.
+    pub expires_ms: Option<u64>,
+    /// The key's claims (name, value), sorted by name; forwarded when configured.
+    pub claims: Vec<(String, String)>,
 }
 
 impl Identity {
@@ -25,6 +35,28 @@ impl Identity {
             .all(|f| {
                 !f.is_empty() && f.len() <= MAX_IDENTITY_FIELD && text::is_safe_header_value(f)
             })
+            && self.claims.len() <= MAX_CLAIMS
+            && self.claims.iter().all(|(name, value)| {
+                !name.is_empty()
+                    && name.len() <= MAX_CLAIM_NAME
+                    && text::is_safe_header_value(name)
+                    && !value.is_empty()
+                    && value.len() <= MAX_IDENTITY_FIELD
+                    && text::is_safe_header_value(value)
+            })
+    }
+
+    /// Whether the key has expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|e| now_ms >= e)
+    }
+
+    /// The value of claim `name`, if the key has it.
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        self.claims
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -370,6 +370,9 @@ impl Worker {
         let now = host.now_ms();
         self.catch_up(host);
         let verdict = match answer {
+            // Expired by our clock although the store still allowed it (clocks differ): the
+            // expiry wins.
+            LookupAnswer::Found(identity) if identity.expired(now) => Verdict::Deny,
             LookupAnswer::Found(identity) => Verdict::Allow(Rc::new(identity)),
             LookupAnswer::NotFound => Verdict::Deny,
             LookupAnswer::Error(e) => {

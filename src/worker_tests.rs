@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use crate::config::Config;
 use crate::fake_host::FakeHost;
-use crate::host::{CallResponse, Gauge, Metric};
+use crate::host::{CallResponse, Gauge, Host, Metric};
 use crate::key::KeyId;
 use crate::test_support::test;
 use crate::verdict::{Decision, Identity, Outcome, Resolution, Source};
@@ -32,6 +32,7 @@ fn ann() -> Identity {
         account_id: "acme".into(),
         user_id: "ann".into(),
         role: "admin".into(),
+        ..Identity::default()
     }
 }
 
@@ -1202,4 +1203,70 @@ fn a_replaced_worker_drops_everything_and_releases_its_writers() {
         Decision::Wait,
         "everything dropped first"
     );
+}
+
+/// An answer for `ann` with `"expires_at": expires_s` (unix seconds).
+fn expiring_identity(expires_s: u64) -> String {
+    format!(r#"{{"account_id":"acme","user_id":"ann","role":"admin","expires_at":{expires_s}}}"#)
+}
+
+/// Moves the clock to `to_ms` a poll interval at a time, the feed answering "no changes".
+fn pass_time(host: &FakeHost, w: &mut Worker, to_ms: u64) {
+    while host.now_ms() < to_ms {
+        host.set_now((host.now_ms() + 1000).min(to_ms));
+        w.on_tick(host);
+        assert!(lookups(host, w).is_empty());
+    }
+}
+
+#[test]
+fn a_key_expiring_while_cached_is_refused_on_every_worker_and_never_served_stale() {
+    let cfg = config(r#","cache":{"ttl_s":300,"stale_if_error_s":300,"shared_slots":256}"#);
+    let (a, mut wa) = synced_worker(&cfg);
+    let (b, mut wb) = sibling_worker(&a, &cfg);
+    pass_time(&a, &mut wa, 1_000_000);
+    let k = key(40);
+    assert_eq!(wa.check(&a, 1, k), Decision::Wait);
+    wa.on_tick(&a);
+    let calls = lookups(&a, &mut wa);
+    let r = respond(&a, &mut wa, calls[0].0, 200, &expiring_identity(1_010));
+    assert!(is_allow(&r[0].outcome));
+    // B takes the verdict from the shared table: it carries the expiry.
+    assert!(matches!(wb.check(&b, 2, k), Decision::Answer(ref o, Source::Shared) if is_allow(o)));
+    pass_time(&a, &mut wa, 1_009_999);
+    assert!(matches!(wa.check(&a, 3, k), Decision::Answer(ref o, Source::L1) if is_allow(o)));
+    assert!(matches!(wb.check(&b, 4, k), Decision::Answer(ref o, Source::L1) if is_allow(o)));
+    pass_time(&a, &mut wa, 1_010_000);
+    assert_eq!(
+        wa.check(&a, 5, k),
+        Decision::Wait,
+        "expired: not from A's L1"
+    );
+    assert_eq!(
+        wb.check(&b, 6, k),
+        Decision::Wait,
+        "expired: not from B's L1"
+    );
+    wa.on_tick(&a);
+    wb.on_tick(&b);
+    let calls = lookups(&a, &mut wa);
+    assert_eq!(calls.len(), 1);
+    // The store fails: an expired key is not served stale, on either worker.
+    let r = respond(&a, &mut wa, calls[0].0, 503, "");
+    assert_eq!(r[0].outcome, Outcome::Unavailable);
+    let rb = wb.on_tick(&b);
+    assert_eq!(rb[0].outcome, Outcome::Unavailable);
+}
+
+#[test]
+fn an_answer_already_expired_by_our_clock_is_a_deny() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    pass_time(&host, &mut w, 2_000_000);
+    let k = key(41);
+    w.check(&host, 1, k);
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    let r = respond(&host, &mut w, calls[0].0, 200, &expiring_identity(2_000));
+    assert_eq!(r[0].outcome, Outcome::Deny);
 }

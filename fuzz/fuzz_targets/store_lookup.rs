@@ -7,7 +7,9 @@
 //! - 404 is `NotFound`; any status but 200 and 404, and no response, are store errors.
 //! - `Found` only for a 200 whose body is JSON with the three fields (an object; serde also
 //!   takes them by position from an array), and the identity it returns is exactly those fields and `is_header_safe()` by the documented rule
-//!   (1-256 bytes, visible ASCII or inner spaces): the store cannot inject headers.
+//!   (1-256 bytes, visible ASCII or inner spaces): the store cannot inject headers. Its
+//!   `expires_ms` is the body's `expires_at` seconds × 1000 and its claims exactly the body's,
+//!   each value header-safe.
 //! - The same body bytes, cut at `\n` into account, user and role and sent as a well-formed
 //!   JSON object: `Found` exactly when the three fields are header-safe (nothing good refused).
 #![no_main]
@@ -43,6 +45,16 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(field("account_id", 0), Some(identity.account_id.as_str()));
                 assert_eq!(field("user_id", 1), Some(identity.user_id.as_str()));
                 assert_eq!(field("role", 2), Some(identity.role.as_str()));
+                let expires_at = v.get("expires_at").and_then(serde_json::Value::as_u64);
+                assert_eq!(identity.expires_ms, expires_at.map(|s| s.saturating_mul(1000)));
+                let claims = v.get("claims").and_then(serde_json::Value::as_object);
+                assert_eq!(identity.claims.len(), claims.map_or(0, |c| c.len()));
+                for (name, value) in &identity.claims {
+                    assert!(is_header_safe_field(value), "{identity:?}");
+                    assert!(!name.is_empty() && name.len() <= 64, "{identity:?}");
+                    let sent = claims.and_then(|c| c.get(name)).and_then(|x| x.as_str());
+                    assert_eq!(sent, Some(value.as_str()));
+                }
             }
         }
         (LookupAnswer::Error(StoreError::BadBody(why)), Some(200)) => assert!(!why.is_empty()),

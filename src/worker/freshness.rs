@@ -215,12 +215,18 @@ impl Worker {
         } else {
             (c.negative_ttl_ms, 0)
         };
-        let expires_ms = now.saturating_add(ttl);
+        // A key's own expiry caps both the TTL and the stale window: nothing allows it past
+        // `expires_at`, whatever `cache.ttl_s` and stale-if-error say.
+        let key_expiry = match &verdict {
+            Verdict::Allow(identity) => identity.expires_ms.unwrap_or(u64::MAX),
+            Verdict::Deny => u64::MAX,
+        };
+        let expires_ms = now.saturating_add(ttl).min(key_expiry);
         Entry {
             verdict,
             generation,
             expires_ms,
-            stale_until_ms: expires_ms.saturating_add(stale_ms),
+            stale_until_ms: expires_ms.saturating_add(stale_ms).min(key_expiry),
             fetched_ms: now,
         }
     }
