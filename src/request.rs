@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::host::{Host, Metric};
 use crate::path::Route;
-use crate::verdict::Outcome;
+use crate::verdict::{Identity, Outcome};
 
 /// A response the filter sends itself instead of forwarding the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,13 +82,33 @@ pub trait RequestIo {
 /// What to do with a request whose key was decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action<'a> {
-    /// Go on with these identity headers.
+    /// Go on with these identity headers, and the configured claims the key has.
     Forward {
         headers: [(&'a str, &'a str); 3],
+        claims: ClaimHeaders<'a>,
     },
     /// Go on without identity (an anonymous path whose key did not authenticate).
     Anonymous,
     Refuse(Refusal),
+}
+
+/// The claim headers of an allowed request: for each claim the configuration maps to a header
+/// (`identity_headers.claims`), the key's value if it has that claim. Borrowed, not collected:
+/// the hit path allocates nothing for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimHeaders<'a> {
+    map: &'a [(String, String)],
+    identity: &'a Identity,
+}
+
+impl<'a> ClaimHeaders<'a> {
+    /// `(header, value)` pairs, in the configuration's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let identity = self.identity;
+        self.map
+            .iter()
+            .filter_map(move |(claim, header)| Some((header.as_str(), identity.claim(claim)?)))
+    }
 }
 
 /// Turns a decided outcome into an action: `required_roles` for `route`, and Kong's
@@ -112,6 +132,10 @@ pub fn act<'a>(
                     (h.user.as_str(), identity.user_id.as_str()),
                     (h.role.as_str(), identity.role.as_str()),
                 ],
+                claims: ClaimHeaders {
+                    map: &h.claims,
+                    identity: identity.as_ref(),
+                },
             }
         }
         Outcome::Deny => Action::Refuse(Refusal::Unauthorized),
@@ -135,8 +159,8 @@ pub fn finish<H: Host + ?Sized>(
     anonymous: bool,
 ) -> bool {
     match act(cfg, outcome, route, anonymous) {
-        Action::Forward { headers } => {
-            for (name, value) in headers {
+        Action::Forward { headers, claims } => {
+            for (name, value) in headers.into_iter().chain(claims.iter()) {
                 io.set_header(name, value);
             }
             host.count(Metric::Allowed, 1);
@@ -187,7 +211,6 @@ mod tests {
     use super::*;
     use crate::fake_host::FakeHost;
     use crate::test_support::test;
-    use crate::verdict::Identity;
     use std::rc::Rc;
 
     fn cfg() -> Config {
@@ -219,15 +242,50 @@ mod tests {
     fn allowed_requests_carry_the_configured_identity_headers() {
         let c = cfg();
         let o = allow("member");
+        let Action::Forward { headers, claims } = act(&c, &o, &route("/data"), false) else {
+            panic!("not forwarded")
+        };
         assert_eq!(
-            act(&c, &o, &route("/data"), false),
-            Action::Forward {
-                headers: [
-                    ("x-acct", "acme"),
-                    ("x-user-id", "ann"),
-                    ("x-role", "member")
-                ]
-            }
+            headers,
+            [
+                ("x-acct", "acme"),
+                ("x-user-id", "ann"),
+                ("x-role", "member")
+            ]
+        );
+        assert_eq!(claims.iter().count(), 0, "no claims configured");
+    }
+
+    #[test]
+    fn configured_claims_the_key_has_are_forwarded_as_their_headers() {
+        let c = Config::from_json(
+            br#"{"store":{"cluster":"k"},"identity_headers":{"claims":{"plan":"x-plan","tier":"x-tier"}}}"#,
+        )
+        .unwrap();
+        let identity = Identity {
+            account_id: "acme".into(),
+            user_id: "ann".into(),
+            role: "member".into(),
+            claims: vec![("plan".into(), "pro".into()), ("team".into(), "ml".into())],
+            ..Identity::default()
+        };
+        let o = Outcome::Allow {
+            identity: Rc::new(identity),
+            stale: false,
+        };
+        let host = FakeHost::new();
+        let mut io = Recorder::default();
+        assert!(finish(&c, &host, &mut io, &o, &route("/d"), false));
+        assert_eq!(
+            io.set.len(),
+            4,
+            "three identity headers and x-plan: {:?}",
+            io.set
+        );
+        assert!(io.set.contains(&("x-plan".into(), "pro".into())));
+        assert!(
+            !io.set.iter().any(|(h, _)| h == "x-tier" || h == "team"),
+            "an absent claim sets nothing, an unmapped one is not forwarded"
         );
     }
 
