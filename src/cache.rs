@@ -6,6 +6,7 @@
 //! have expired first. Expired positive entries are kept (until evicted or past the
 //! stale-if-error window) so that they can be served while the store is down.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 
 use crate::key::KeyId;
@@ -23,6 +24,8 @@ pub struct Entry {
     /// When the store gave it (an allow older than the caller's cutoff is re-checked while the
     /// changes feed is down).
     pub fetched_ms: u64,
+    /// Noted in this worker's usage log since its last merge (see [`crate::usage`]).
+    pub used: Cell<bool>,
 }
 
 impl Entry {
@@ -64,10 +67,27 @@ impl L1 {
         generation: u64,
         allow_cutoff_ms: u64,
     ) -> Option<&Verdict> {
+        self.fresh_entry(key, now_ms, generation, allow_cutoff_ms)
+            .map(|e| &e.verdict)
+    }
+
+    /// [`L1::fresh`], with the entry (to flag its use).
+    pub fn fresh_entry(
+        &self,
+        key: &KeyId,
+        now_ms: u64,
+        generation: u64,
+        allow_cutoff_ms: u64,
+    ) -> Option<&Entry> {
         let entry = self.positive.get(key).or_else(|| self.negative.get(key))?;
         entry
             .is_fresh(now_ms, generation, allow_cutoff_ms)
-            .then_some(&entry.verdict)
+            .then_some(entry)
+    }
+
+    /// The positive entry for `key`, fresh or not.
+    pub fn positive(&self, key: &KeyId) -> Option<&Entry> {
+        self.positive.get(key)
     }
 
     /// An identity that may still be served because the store failed (stale-if-error). Only
@@ -205,6 +225,7 @@ mod tests {
             expires_ms: expires,
             stale_until_ms: expires + 100,
             fetched_ms: 0,
+            used: Cell::new(false),
         }
     }
 
@@ -215,6 +236,7 @@ mod tests {
             expires_ms: expires,
             stale_until_ms: expires,
             fetched_ms: 0,
+            used: Cell::new(false),
         }
     }
 

@@ -15,6 +15,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub cache: CacheConfig,
     pub sync: SyncConfig,
+    pub usage: UsageConfig,
     pub miss_budget: MissBudget,
     pub identity_headers: IdentityHeaders,
     pub invalidate_paths: Vec<Prefix>,
@@ -33,6 +34,8 @@ pub struct StoreConfig {
     pub authority: String,
     pub lookup_path: String,
     pub changes_path: String,
+    /// Where usage reports go (`POST`).
+    pub usage_path: String,
     pub timeout_ms: u64,
     /// Sent as `authorization: Bearer <token>` on every call to the store, when set.
     pub token: Option<String>,
@@ -56,6 +59,17 @@ pub struct CacheConfig {
 pub struct SyncConfig {
     pub interval_ms: u64,
 }
+
+/// Usage reports ("last used"): the key ids each Envoy admitted, sent to the store at most
+/// once per interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageConfig {
+    /// Off: nothing is collected or sent.
+    pub enabled: bool,
+    pub interval_ms: u64,
+}
+
+pub const DEFAULT_USAGE_INTERVAL_S: i64 = 60;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MissBudget {
@@ -146,6 +160,8 @@ struct RawConfig {
     #[serde(default)]
     sync: RawSync,
     #[serde(default)]
+    usage: RawUsage,
+    #[serde(default)]
     miss_budget: RawMissBudget,
     #[serde(default)]
     identity_headers: RawIdentityHeaders,
@@ -168,6 +184,7 @@ struct RawStore {
     authority: Option<String>,
     lookup_path: Option<String>,
     changes_path: Option<String>,
+    usage_path: Option<String>,
     timeout_ms: Option<i64>,
     token: Option<String>,
 }
@@ -186,6 +203,13 @@ struct RawCache {
 #[serde(deny_unknown_fields)]
 struct RawSync {
     interval_ms: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUsage {
+    enabled: Option<bool>,
+    interval_s: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -257,6 +281,18 @@ impl TryFrom<RawConfig> for Config {
             )?
             .unsigned_abs(),
         };
+        let usage = UsageConfig {
+            enabled: raw.usage.enabled.unwrap_or(true),
+            interval_ms: ranged(
+                "usage.interval_s",
+                raw.usage.interval_s,
+                DEFAULT_USAGE_INTERVAL_S,
+                1,
+                3600,
+            )?
+            .unsigned_abs()
+            .saturating_mul(1000),
+        };
         let miss_budget = miss_budget(raw.miss_budget)?;
         let key_sources = key_sources(raw.key_sources)?;
         let identity_headers = identity_headers(raw.identity_headers, &key_sources)?;
@@ -268,6 +304,7 @@ impl TryFrom<RawConfig> for Config {
             store,
             cache,
             sync,
+            usage,
             miss_budget,
             identity_headers,
             invalidate_paths: prefixes("invalidate_paths", invalidate_paths)?,
@@ -306,6 +343,7 @@ fn store_config(store: Option<RawStore>) -> Result<StoreConfig, ConfigError> {
         authority,
         lookup_path: path_field("store.lookup_path", store.lookup_path, "/v1/keys/")?,
         changes_path: path_field("store.changes_path", store.changes_path, "/v1/changes")?,
+        usage_path: path_field("store.usage_path", store.usage_path, "/v1/usage")?,
         timeout_ms: ranged("store.timeout_ms", store.timeout_ms, 1000, 1, 60_000)?.unsigned_abs(),
         token,
     })
@@ -663,6 +701,9 @@ mod tests {
         assert_eq!(c.cache.negative_max_entries, 25_000);
         assert_eq!(c.cache.shared_slots, 8192);
         assert_eq!(c.sync.interval_ms, 1000);
+        assert_eq!(c.store.usage_path, "/v1/usage");
+        assert!(c.usage.enabled);
+        assert_eq!(c.usage.interval_ms, 60_000);
         assert_eq!((c.miss_budget.per_second, c.miss_budget.burst), (100, 200));
         assert_eq!(c.miss_budget.reserve_per_second, 100);
         assert_eq!(
@@ -733,6 +774,22 @@ mod tests {
             (
                 r#"{"store":{"cluster":"k"},"sync":{"interval_ms":5}}"#,
                 "sync.interval_ms",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"usage":{"interval_s":0}}"#,
+                "usage.interval_s",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"usage":{"interval_s":3601}}"#,
+                "usage.interval_s",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"usage":{"enabled":"no"}}"#,
+                "usage.enabled",
+            ),
+            (
+                r#"{"store":{"cluster":"k","usage_path":"usage"}}"#,
+                "store.usage_path",
             ),
             (
                 r#"{"store":{"cluster":"k"},"miss_budget":{"reserve_per_second":-1}}"#,

@@ -14,8 +14,38 @@ pub enum SharedError {
 /// An HTTP call to the key store, dispatched on the store cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Callout {
+    pub method: Method,
     pub path: String,
+    /// A JSON body (sent with `content-type: application/json`), for `POST`.
+    pub body: Option<Vec<u8>>,
     pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+        }
+    }
+}
+
+impl Callout {
+    /// A `GET` without a body.
+    pub fn get(path: String, timeout_ms: u64) -> Callout {
+        Callout {
+            method: Method::Get,
+            path,
+            body: None,
+            timeout_ms,
+        }
+    }
 }
 
 /// The store's answer to a callout, as the host delivers it.
@@ -81,10 +111,13 @@ pub enum Metric {
     LookupsOutdated,
     ReserveLookups,
     FeedDownRechecks,
+    UsageReports,
+    UsageIdsReported,
+    UsageErrors,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 27] = [
+    pub const ALL: [Metric; 30] = [
         Metric::Allowed,
         Metric::Denied,
         Metric::Forbidden,
@@ -112,6 +145,9 @@ impl Metric {
         Metric::LookupsOutdated,
         Metric::ReserveLookups,
         Metric::FeedDownRechecks,
+        Metric::UsageReports,
+        Metric::UsageIdsReported,
+        Metric::UsageErrors,
     ];
 
     pub fn name(self) -> &'static str {
@@ -143,6 +179,9 @@ impl Metric {
             Metric::LookupsOutdated => "keygate_lookups_outdated",
             Metric::ReserveLookups => "keygate_store_lookups_reserve",
             Metric::FeedDownRechecks => "keygate_feed_down_rechecks",
+            Metric::UsageReports => "keygate_usage_reports",
+            Metric::UsageIdsReported => "keygate_usage_ids_reported",
+            Metric::UsageErrors => "keygate_usage_report_errors",
         }
     }
 

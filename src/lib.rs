@@ -35,6 +35,7 @@ pub mod single_flight;
 pub mod store;
 pub mod sync;
 pub mod text;
+pub mod usage;
 pub mod verdict;
 pub mod worker;
 #[cfg(test)]

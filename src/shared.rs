@@ -71,6 +71,8 @@ pub struct Names {
     pub reserve: String,
     /// When this Envoy last dropped every cached verdict for a local admin write.
     pub drops: String,
+    /// The key ids admitted, waiting for the next usage report.
+    pub usage: String,
 }
 
 impl Names {
@@ -85,6 +87,7 @@ impl Names {
             table_ready: format!("{prefix}table"),
             reserve: format!("{prefix}reserve"),
             drops: format!("{prefix}drops"),
+            usage: format!("{prefix}usage"),
             prefix,
         }
     }

@@ -67,6 +67,7 @@ impl SlotVerdict {
             expires_ms: self.expires_ms,
             stale_until_ms: self.stale_until_ms,
             fetched_ms: self.fetched_ms,
+            used: std::cell::Cell::new(false),
         }
     }
 

@@ -56,9 +56,14 @@ struct Flight {
 }
 
 /// What a callout token stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Lookup(KeyId),
+    /// A usage report of these key ids (see [`crate::usage`]).
+    Usage {
+        ids: Vec<KeyId>,
+        deadline_ms: u64,
+    },
     /// A changes-feed poll from `since`; `forced` when sent for local admin writes.
     Sync {
         since: u64,
@@ -233,10 +238,14 @@ impl Flights {
             .collect()
     }
 
-    /// Polls whose answer never came by their deadline are given up.
+    /// Polls and usage reports whose answer never came by their deadline are given up.
     pub fn expire_polls(&mut self, now_ms: u64) {
-        self.calls
-            .retain(|_, c| !matches!(c, Call::Sync { deadline_ms, .. } if now_ms >= *deadline_ms));
+        self.calls.retain(|_, c| match c {
+            Call::Sync { deadline_ms, .. } | Call::Usage { deadline_ms, .. } => {
+                now_ms < *deadline_ms
+            }
+            Call::Lookup(_) => true,
+        });
     }
 
     /// A waiter whose client went away: out of its flight and the outbox. Its flight ends

@@ -34,10 +34,12 @@ use crate::shared::{self, ChangeRing, Epoch, Names};
 use crate::shared_table::{self, SlotVerdict, Table, View, LEASE_GRACE_MS};
 use crate::single_flight::{Call, Fetch, Flights, Phase};
 use crate::store::{self, LookupAnswer};
+use crate::usage::UsageLog;
 use crate::verdict::{Decision, Outcome, Resolution, Source, Verdict};
 
 mod feed;
 mod freshness;
+mod usage;
 
 use freshness::reserve_burst;
 
@@ -78,6 +80,9 @@ pub struct Worker {
     tick_ms: u32,
     next_sync_check_ms: u64,
     started_ms: u64,
+    /// Key ids admitted since the last merge into the Envoy's usage batch.
+    usage: UsageLog,
+    next_usage_ms: u64,
 }
 
 impl Worker {
@@ -111,6 +116,8 @@ impl Worker {
             tick_ms: 0,
             next_sync_check_ms: 0,
             started_ms: host.now_ms(),
+            usage: UsageLog::default(),
+            next_usage_ms: 0,
         };
         worker.adjust_tick(host);
         Ok(worker)
@@ -139,8 +146,19 @@ impl Worker {
         let now = host.now_ms();
         self.catch_up(host);
         let cutoff = self.allow_cutoff_ms(now);
-        if let Some(v) = self.l1.fresh(&key, now, self.epoch.generation, cutoff) {
-            let outcome = Outcome::from_verdict(v, false);
+        if let Some(e) = self
+            .l1
+            .fresh_entry(&key, now, self.epoch.generation, cutoff)
+        {
+            // Usage: one flag test per hit; the first hit since the last merge notes the key.
+            if !e.used.get()
+                && e.verdict.is_allow()
+                && self.cfg.usage.enabled
+                && self.usage.note(key)
+            {
+                e.used.set(true);
+            }
+            let outcome = Outcome::from_verdict(&e.verdict, false);
             tally(host, Source::L1);
             return Decision::Answer(outcome, Source::L1);
         }
@@ -166,6 +184,7 @@ impl Worker {
                 let entry = v.to_entry();
                 let outcome = Outcome::from_verdict(&entry.verdict, false);
                 self.remember(host, key, entry);
+                self.note_use(key);
                 tally(host, Source::Shared);
                 return Decision::Answer(outcome, Source::Shared);
             }
@@ -224,6 +243,7 @@ impl Worker {
         self.expire_calls(now);
         self.maybe_sync(host, now);
         self.drive_writers(host, now);
+        self.drive_usage(host, now);
         host.gauge(Gauge::SyncLagMs, now.saturating_sub(self.synced_ms()));
         self.deliver(host)
     }
@@ -248,6 +268,7 @@ impl Worker {
             Some(Call::Sync { since, forced, .. }) => {
                 self.finish_poll(host, since, forced, response);
             }
+            Some(Call::Usage { ids, .. }) => self.finish_usage(host, ids, response),
         }
         self.deliver(host)
     }
@@ -285,6 +306,7 @@ impl Worker {
                 let entry = v.to_entry();
                 let outcome = Outcome::from_verdict(&entry.verdict, false);
                 self.remember(host, key, entry);
+                self.note_use(key);
                 self.flights.resolve(&key, &outcome, Source::Shared);
             }
             View::Pending => {
@@ -331,10 +353,10 @@ impl Worker {
             self.flights.resolve(&key, &outcome, source);
             return;
         };
-        let call = Callout {
-            path: store::lookup_path(&self.cfg.store.lookup_path, &key),
-            timeout_ms: self.cfg.store.timeout_ms,
-        };
+        let call = Callout::get(
+            store::lookup_path(&self.cfg.store.lookup_path, &key),
+            self.cfg.store.timeout_ms,
+        );
         match host.http_call(&call) {
             Ok(token) => {
                 host.count(Metric::LookupsStarted, 1);
@@ -390,6 +412,7 @@ impl Worker {
         }
         let outcome = Outcome::from_verdict(&entry.verdict, false);
         self.remember(host, key, entry);
+        self.note_use(key);
         self.flights.resolve(&key, &outcome, Source::Lookup);
     }
 

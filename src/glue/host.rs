@@ -63,7 +63,7 @@ impl Host for ProxyHost {
 
     fn http_call(&self, call: &Callout) -> Result<u32, DispatchError> {
         let mut headers = vec![
-            (":method", "GET"),
+            (":method", call.method.as_str()),
             (":path", call.path.as_str()),
             (":authority", self.authority.as_str()),
             ("accept", "application/json"),
@@ -72,10 +72,13 @@ impl Host for ProxyHost {
         if let Some(a) = &self.authorization {
             headers.push(("authorization", a.as_str()));
         }
+        if call.body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
         hostcalls::dispatch_http_call(
             &self.cluster,
             headers,
-            None,
+            call.body.as_deref(),
             vec![],
             Duration::from_millis(call.timeout_ms),
         )

@@ -34,10 +34,10 @@ impl Worker {
         forced: bool,
     ) {
         host.count(Metric::SyncPolls, 1);
-        let call = Callout {
-            path: store::changes_path(&self.cfg.store.changes_path, since),
-            timeout_ms: self.cfg.store.timeout_ms,
-        };
+        let call = Callout::get(
+            store::changes_path(&self.cfg.store.changes_path, since),
+            self.cfg.store.timeout_ms,
+        );
         match host.http_call(&call) {
             Ok(token) => {
                 let deadline_ms = now.saturating_add(self.lease_ms());

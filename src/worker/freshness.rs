@@ -228,6 +228,7 @@ impl Worker {
             expires_ms,
             stale_until_ms: expires_ms.saturating_add(stale_ms).min(key_expiry),
             fetched_ms: now,
+            used: std::cell::Cell::new(false),
         }
     }
 }
