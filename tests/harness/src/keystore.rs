@@ -427,6 +427,23 @@ fn random_root_key() -> Result<String> {
 
 /// `prefix` and 32 random bytes in hex (from /dev/urandom): a secret that passes the
 /// keystore's entropy rule (root keys, protocol tokens).
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Unix seconds as RFC 3339 (UTC), as the keystore's admin API takes times.
+pub fn rfc3339(unix_secs: u64) -> String {
+    let t = i64::try_from(unix_secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 pub fn random_secret(prefix: &str) -> Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 32];

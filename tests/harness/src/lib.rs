@@ -33,7 +33,7 @@ pub use envoy::{Envoy, EnvoyOpts};
 pub use error::{Error, Result};
 pub use fault::{Fault, FaultProxy};
 pub use http::{get, request, send_json, Client, Response};
-pub use keystore::{random_secret, Keystore, KeystoreOpts};
+pub use keystore::{random_secret, rfc3339, unix_now, Keystore, KeystoreOpts};
 pub use metrics::{
     parse_envoy_stats_json, parse_envoy_stats_text, parse_prometheus, prometheus_names,
     WASM_CUSTOM_PREFIX,
