@@ -1,6 +1,7 @@
 //! Per-account rate limits with Envoy's own local rate limiter, end to end on real Envoy
 //! (2 workers): `envoy/ratelimit/envoy.yaml.tmpl`, where `local_ratelimit` runs after keygate
-//! and keeps one token bucket per `x-account-id` (60 requests a minute; 600 for `x-plan: pro`).
+//! and keeps one token bucket per `x-account-id` (60 requests a minute; 600 for `x-plan: pro`,
+//! which keygate sets from the store's `plan` claim).
 #![cfg(not(target_arch = "wasm32"))]
 // Tests: panicking on a failed expectation is the point.
 #![allow(
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use common::*;
 use keygate_harness::{repo_root, Client, Envoy, EnvoyOpts, Keystore, KeystoreOpts, Upstream};
+use serde_json::json;
 
 /// The account bucket and the pro bucket of the shipped configuration.
 const FREE: usize = 60;
@@ -32,10 +34,15 @@ fn shipped_template() -> String {
     std::fs::read_to_string(repo_root().join("envoy/ratelimit/envoy.yaml.tmpl")).unwrap()
 }
 
-fn start(template: String) -> Limited {
+fn start(template: String, keygate_config: serde_json::Value) -> Limited {
     let keystore = Keystore::start(KeystoreOpts::default()).unwrap();
     let upstream = Upstream::start().unwrap();
-    let mut opts = EnvoyOpts::new("keygate-a", config(), upstream.port(), keystore.port());
+    let mut opts = EnvoyOpts::new(
+        "keygate-a",
+        keygate_config,
+        upstream.port(),
+        keystore.port(),
+    );
     opts.template = Some(template);
     Limited {
         envoy: Envoy::start(opts).unwrap(),
@@ -82,7 +89,7 @@ fn assert_bucket(what: &str, got: Option<usize>, size: usize) {
 
 #[test]
 fn one_account_gets_429_while_another_on_the_same_envoy_keeps_getting_200() {
-    let l = start(shipped_template());
+    let l = start(shipped_template(), config());
     let acme = l.keystore.create_account("acme", "alice");
     let acme_bob = l.keystore.create_user("acme", "bob", "member");
     let globex = l.keystore.create_account("globex", "gina");
@@ -122,14 +129,14 @@ fn one_account_gets_429_while_another_on_the_same_envoy_keeps_getting_200() {
 #[test]
 fn x_plan_pro_raises_the_limit_but_a_client_cannot_claim_it() {
     // The shipped configuration removes a client-sent x-plan: pro does not help.
-    let l = start(shipped_template());
+    let l = start(shipped_template(), config());
     let acme = l.keystore.create_account("acme", "alice");
     let n = count_until_429(&l.envoy, &acme, &[("x-plan", "pro")], 2 * FREE + 2);
     assert_bucket("client-sent x-plan: pro", n, FREE);
     drop(l);
 
-    // Until keygate sets x-plan from the store's claims, stand in for it: the same
-    // configuration without the filter that removes x-plan, the client sending it.
+    // keygate sets x-plan from the store's `plan` claim (and strips client-sent copies itself):
+    // even without the template's header_mutation filter, only the store picks the plan.
     let template = shipped_template();
     let from = template
         .find("          - name: envoy.filters.http.header_mutation")
@@ -137,11 +144,19 @@ fn x_plan_pro_raises_the_limit_but_a_client_cannot_claim_it() {
     let to = template
         .find("          - name: envoy.filters.http.wasm")
         .unwrap();
-    let l = start(format!("{}{}", &template[..from], &template[to..]));
-    let acme = l.keystore.create_account("acme", "alice");
-    let globex = l.keystore.create_account("globex", "gina");
-    let n = count_until_429(&l.envoy, &acme, &[("x-plan", "pro")], 2 * PRO + 2);
-    assert_bucket("x-plan: pro", n, PRO);
-    let n = count_until_429(&l.envoy, &globex, &[], 2 * FREE + 2);
-    assert_bucket("globex without a plan", n, FREE);
+    let claims = config_with(json!({"identity_headers": {"claims": {"plan": "x-plan"}}}));
+    for template in [
+        template.clone(),
+        format!("{}{}", &template[..from], &template[to..]),
+    ] {
+        let l = start(template, claims.clone());
+        let acme = l.keystore.create_account("acme", "alice");
+        l.keystore
+            .set_account_claims("acme", &json!({"plan": "pro"}));
+        let globex = l.keystore.create_account("globex", "gina");
+        let n = count_until_429(&l.envoy, &acme, &[], 2 * PRO + 2);
+        assert_bucket("acme on plan pro", n, PRO);
+        let n = count_until_429(&l.envoy, &globex, &[("x-plan", "pro")], 2 * FREE + 2);
+        assert_bucket("globex without a plan, sending x-plan: pro", n, FREE);
+    }
 }
