@@ -276,8 +276,13 @@ impl Worker {
     /// Hands out at most [`MAX_ANSWERS_PER_CALLBACK`] answers from the outbox, counted by
     /// source; a non-empty outbox keeps the tick fast.
     fn deliver<H: Host + ?Sized>(&mut self, host: &H) -> Vec<Resolution> {
-        let out = self.flights.deliver(MAX_ANSWERS_PER_CALLBACK);
-        for r in &out {
+        let mut out = self.flights.deliver(MAX_ANSWERS_PER_CALLBACK);
+        let now = host.now_ms();
+        for r in &mut out {
+            // An allow that waited in the outbox past the key's expiry is not given.
+            if matches!(&r.outcome, Outcome::Allow { identity, .. } if identity.expired(now)) {
+                r.outcome = Outcome::Deny;
+            }
             tally(host, r.source);
         }
         self.adjust_tick(host);

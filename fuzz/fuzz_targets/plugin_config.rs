@@ -32,7 +32,7 @@ fn check_invariants(c: &Config) {
     let s = &c.store;
     assert!(!s.cluster.trim().is_empty(), "cluster {:?}", s.cluster);
     assert!(!s.authority.is_empty() && is_header_value(&s.authority));
-    for p in [&s.lookup_path, &s.changes_path] {
+    for p in [&s.lookup_path, &s.changes_path, &s.usage_path] {
         assert!(p.starts_with('/'), "{p:?}");
         assert!(
             p.bytes().all(|b| (0x21..=0x7e).contains(&b)) && !p.contains('?'),
@@ -63,6 +63,11 @@ fn check_invariants(c: &Config) {
     );
 
     assert!((100..=3_600_000).contains(&c.sync.interval_ms));
+    assert!(
+        (1000..=3_600_000).contains(&c.usage.interval_ms) && c.usage.interval_ms % 1000 == 0,
+        "usage interval {}",
+        c.usage.interval_ms
+    );
     assert!((1..=1_000_000).contains(&c.miss_budget.per_second));
     assert!((1..=10_000_000).contains(&c.miss_budget.burst));
 
@@ -147,6 +152,7 @@ fn to_json(c: &Config) -> serde_json::Value {
             "authority": c.store.authority,
             "lookup_path": c.store.lookup_path,
             "changes_path": c.store.changes_path,
+            "usage_path": c.store.usage_path,
             "timeout_ms": c.store.timeout_ms,
             "token": c.store.token,
         },
@@ -158,6 +164,7 @@ fn to_json(c: &Config) -> serde_json::Value {
             "shared_slots": c.cache.shared_slots,
         },
         "sync": { "interval_ms": c.sync.interval_ms },
+        "usage": { "enabled": c.usage.enabled, "interval_s": c.usage.interval_ms / 1000 },
         "miss_budget": { "per_second": c.miss_budget.per_second, "burst": c.miss_budget.burst },
         "identity_headers": {
             "account": c.identity_headers.account,

@@ -79,7 +79,8 @@ fn identity(c: &mut Cursor) -> Identity {
         account_id: c.short_string(),
         user_id: c.short_string(),
         role: c.short_string(),
-        expires_ms: (c.u8() & 1 != 0).then(|| c.u64()),
+        // `u64::MAX` is how "never" is written: as an expiry it reads back as `None`.
+        expires_ms: (c.u8() & 1 != 0).then(|| c.u64()).filter(|e| *e != u64::MAX),
         claims: (0..c.u8() % 4)
             .map(|_| (c.short_string(), c.short_string()))
             .collect(),

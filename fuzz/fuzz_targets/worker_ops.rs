@@ -25,7 +25,7 @@
 //! - every held admin write is released at most once, and `writers_held()` counts them;
 //! - after 10 s and one tick per worker with no callout answered, nothing waits and every
 //!   waiting request and held write has been answered: nobody waits forever;
-//! - an allowed identity is always header-safe;
+//! - an allowed identity is always header-safe and never past its `expires_at`;
 //! - freshness: once the changes feed reported a key (or a reset) and the page was applied, no
 //!   worker answers for that key from a cache (allow or deny; deny only, for a key reported as
 //!   created) nor serves it stale, until a lookup sent after the report brought a new verdict;
@@ -39,7 +39,7 @@ use std::rc::Rc;
 
 use keygate::config::Config;
 use keygate::fake_host::FakeHost;
-use keygate::host::{CallResponse, Callout, Host};
+use keygate::host::{CallResponse, Callout, Host, Method};
 use keygate::key::KeyId;
 use keygate::shared_table::LEASE_GRACE_MS;
 use keygate::store::{self, Changes, LookupAnswer};
@@ -76,6 +76,9 @@ const CONFIGS: [&str; 4] = [
 
 const ANN: &str = r#"{"account_id":"acme","user_id":"ann","role":"admin"}"#;
 const BOB: &str = r#"{"account_id":"acme","user_id":"bob","role":"member","extra":1}"#;
+/// Expiring 2 s and 30 s into the run (the fake clock starts at 1,000 s), with claims.
+const ANN_2S: &str = r#"{"account_id":"acme","user_id":"ann","role":"admin","expires_at":1002,"claims":{"plan":"pro"}}"#;
+const ANN_30S: &str = r#"{"account_id":"acme","user_id":"ann","role":"admin","expires_at":1030}"#;
 
 fn key(n: usize) -> KeyId {
     KeyId::of(format!("key-{n}").as_bytes())
@@ -112,8 +115,10 @@ fn raw_answer(c: &mut Cursor) -> CallResponse {
 }
 
 fn lookup_answer(c: &mut Cursor) -> CallResponse {
-    match arg(c) % 8 {
+    match arg(c) % 10 {
         0 => response(Some(200), Some(ANN.as_bytes())),
+        8 => response(Some(200), Some(ANN_2S.as_bytes())),
+        9 => response(Some(200), Some(ANN_30S.as_bytes())),
         1 => response(Some(404), Some(b"")),
         2 => response(Some(500), Some(b"oops")),
         3 => response(None, None),
@@ -224,6 +229,8 @@ impl State {
             match &r.outcome {
                 Outcome::Allow { identity, stale } => {
                     assert!(identity.is_header_safe(), "{identity:?}");
+                    let now = self.sides[w].host.now_ms();
+                    assert!(!identity.expired(now), "worker {w}: expired key allowed at {now}");
                     assert!(
                         self.keys[k].allow_ok,
                         "worker {w}: key {k} allowed (stale: {stale}, {:?}) from a lookup sent \
@@ -256,6 +263,8 @@ impl State {
                 Outcome::Throttled => {}
                 Outcome::Allow { identity, .. } => {
                     assert!(identity.is_header_safe(), "{identity:?}");
+                    let now = self.sides[w].host.now_ms();
+                    assert!(!identity.expired(now), "worker {w}: expired key allowed at {now}");
                     assert!(
                         self.keys[k].allow_ok,
                         "worker {w}: key {k} allowed from a cache after the feed reported it"
@@ -289,7 +298,19 @@ impl State {
         let call = self.sides[w].calls.remove(index);
         let path = call.callout.path.clone();
         trace!("  answer w{w} call {} {path}", call.token);
-        if let Some(hex) = path.strip_prefix(&self.lookup_prefix) {
+        if call.callout.method == Method::Post {
+            // A usage report: recorded, not supported, failed or lost.
+            let resp = match arg(c) % 4 {
+                0 => response(Some(200), Some(b"{}")),
+                1 => response(Some(404), Some(b"")),
+                2 => response(Some(503), Some(b"")),
+                _ => response(None, None),
+            };
+            trace!("    usage report answered {:?}", resp.status);
+            let side = &mut self.sides[w];
+            let out = side.worker.on_call_response(&side.host, call.token, &resp);
+            self.resolved(w, out);
+        } else if let Some(hex) = path.strip_prefix(&self.lookup_prefix) {
             let resp = lookup_answer(c);
             trace!(
                 "    with {:?} {:?}",
