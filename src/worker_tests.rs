@@ -1405,3 +1405,24 @@ fn usage_reports_can_be_turned_off() {
         .iter()
         .all(|(_, c)| c.method == Method::Get));
 }
+
+#[test]
+fn an_allow_still_in_the_outbox_at_the_keys_expiry_is_not_given() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    pass_time(&host, &mut w, 1_999_000);
+    let k = key(42);
+    let n = MAX_ANSWERS_PER_CALLBACK as u32 + 6;
+    for ctx in 0..n {
+        assert_eq!(w.check(&host, ctx, k), Decision::Wait);
+    }
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    let first = respond(&host, &mut w, calls[0].0, 200, &expiring_identity(2_000));
+    assert!(first.iter().all(|r| is_allow(&r.outcome)));
+    assert_eq!(first.len(), MAX_ANSWERS_PER_CALLBACK);
+    host.set_now(2_000_000);
+    let rest = w.on_tick(&host);
+    assert_eq!(rest.len(), 6);
+    assert!(rest.iter().all(|r| r.outcome == Outcome::Deny), "{rest:?}");
+}
