@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use keygate_harness::{
-    default_keygate_config, port_is_free, process, request, send_json, Error, KeystoreOpts,
+    default_keygate_config, port_is_free, process, request, send_json, Envoy, Error, KeystoreOpts,
     Response, Result, TwoInstances, TwoOpts,
 };
 use serde_json::{json, Value};
@@ -350,9 +350,75 @@ fn run() -> Result<usize> {
         println!("      and through B: still {last} after 5 s");
     }
 
+    rotate_with_grace(&mut s, a, b, &alice)?;
+
     println!("\nstopping everything");
     drop(env);
     Ok(s.mismatches)
+}
+
+/// The grace period of the demo's rotation.
+const GRACE_S: u64 = 5;
+
+/// A zero-downtime rotation: alice rotates her own key through A keeping the old one valid for
+/// [`GRACE_S`] seconds; both keys work on A and B meanwhile (a deployed client switches at its
+/// own pace), then the old one is refused everywhere without any further admin call.
+fn rotate_with_grace(s: &mut Steps, a: &Envoy, b: &Envoy, old: &str) -> Result<()> {
+    let r = send_json(
+        "POST",
+        &format!(
+            "{}/api/v1/admin/accounts/{ACCOUNT}/users/{ADMIN_USER}/key",
+            a.url()
+        ),
+        &[("x-api-key", old)],
+        &json!({ "grace_s": GRACE_S }),
+    )?;
+    let rotated = Instant::now();
+    s.step(
+        &format!("rotate {ADMIN_USER}'s key through A, {GRACE_S} s grace"),
+        r.status,
+        200,
+    );
+    let new = user_key(&r)?;
+    println!(
+        "      new key {}, old key {} valid {GRACE_S} s more",
+        short(&new),
+        short(old)
+    );
+    let get = |envoy: &Envoy, key: &str| -> Result<u16> {
+        Ok(request(
+            "GET",
+            &format!("{}/orders", envoy.url()),
+            &[("x-api-key", key)],
+            None,
+        )?
+        .status)
+    };
+    s.header("during the grace, a deployed client switches keys:");
+    for (what, envoy, key) in [
+        ("old key through B", b, old),
+        ("new key through B", b, new.as_str()),
+        ("old key through A", a, old),
+        ("new key through A", a, new.as_str()),
+    ] {
+        let status = get(envoy, key)?;
+        s.expect(status == 200, &format!("{what}: {status}"));
+    }
+    let end = Duration::from_secs(GRACE_S + 1);
+    thread::sleep(end.saturating_sub(rotated.elapsed()));
+    s.header(&format!(
+        "{} s after the rotation (no other admin call):",
+        end.as_secs()
+    ));
+    for (what, envoy, key, want) in [
+        ("old key through A", a, old, 401),
+        ("old key through B", b, old, 401),
+        ("new key through B", b, new.as_str(), 200),
+    ] {
+        let status = get(envoy, key)?;
+        s.expect(status == want, &format!("{what}: {status}"));
+    }
+    Ok(())
 }
 
 /// `CONCURRENT` requests at once, alternating between `urls`, each on its own connection.
