@@ -186,6 +186,15 @@ struct Freshness {
     allow_ok: bool,
     /// A cached deny may be answered with.
     deny_ok: bool,
+    /// The earliest `expires_at` (ms) of the identities found by lookups sent since the last
+    /// report: from then on, a deny is the right answer too.
+    expires_ms: Option<u64>,
+}
+
+impl Freshness {
+    fn deny_ok_at(&self, now_ms: u64) -> bool {
+        self.deny_ok || self.expires_ms.is_some_and(|e| now_ms >= e)
+    }
 }
 
 struct State {
@@ -239,7 +248,7 @@ impl State {
                     );
                 }
                 Outcome::Deny => assert!(
-                    self.keys[k].deny_ok,
+                    self.keys[k].deny_ok_at(self.sides[w].host.now_ms()),
                     "worker {w}: key {k} denied from a lookup sent before the feed reported it"
                 ),
                 Outcome::Unavailable | Outcome::Throttled => {}
@@ -271,7 +280,7 @@ impl State {
                     );
                 }
                 Outcome::Deny => assert!(
-                    self.keys[k].deny_ok,
+                    self.keys[k].deny_ok_at(side.host.now_ms()),
                     "worker {w}: key {k} denied from a cache after the feed reported it"
                 ),
                 other => panic!("check answered {other:?} without a lookup"),
@@ -285,6 +294,7 @@ impl State {
         let f = &mut self.keys[k];
         f.reported = self.events;
         f.deny_ok = false;
+        f.expires_ms = None;
         if !created {
             f.reported_changed = self.events;
             f.allow_ok = false;
@@ -325,6 +335,11 @@ impl State {
                 let f = &mut self.keys[k];
                 // A creation reported after the lookup was sent outdates a "not found", not an
                 // identity.
+                if let LookupAnswer::Found(i) = &answer {
+                    if let (Some(e), true) = (i.expires_ms, call.dispatched_event >= f.reported) {
+                        f.expires_ms = Some(f.expires_ms.map_or(e, |old| old.min(e)));
+                    }
+                }
                 match answer {
                     LookupAnswer::Found(_) if call.dispatched_event >= f.reported_changed => {
                         f.allow_ok = true;
@@ -464,6 +479,7 @@ fuzz_target!(|data: &[u8]| {
             reported_changed: 0,
             allow_ok: true,
             deny_ok: true,
+            expires_ms: None,
         }; KEYS],
         events: 0,
         lease_ms: cfg.store.timeout_ms + LEASE_GRACE_MS,
