@@ -17,7 +17,8 @@
 //!   dropped, even one already decided and waiting in the outbox.
 //!
 //! This file is the orchestration; `freshness.rs` holds the freshness rules and the miss
-//! budget, `feed.rs` the changes-feed polls and the local admin writes waiting on them.
+//! budget, `feed.rs` the changes-feed polls and the local admin writes waiting on them,
+//! `usage.rs` the usage reports (the hit path only flips a flag in the L1 entry).
 
 use std::cell::Cell;
 use std::rc::Rc;
