@@ -83,6 +83,15 @@ pub fn has_token<H: Host + ?Sized>(host: &H, key: &str, per_second: u64, burst: 
     }
 }
 
+/// Whole tokens in the bucket now (a read; for the budget gauges).
+pub fn level<H: Host + ?Sized>(host: &H, key: &str, per_second: u64, burst: u64) -> u64 {
+    let now = host.now_ms();
+    match shared::read::<H, Bucket>(host, key).0 {
+        Some(b) => b.refilled(now, per_second, burst).milli_tokens / MILLI,
+        None => burst,
+    }
+}
+
 /// Takes one token from the shared bucket under CAS. `false` when the budget is spent, and
 /// also when the CAS kept failing (contention that heavy means the budget is being raced for).
 pub fn take_token<H: Host + ?Sized>(host: &H, key: &str, per_second: u64, burst: u64) -> bool {
@@ -184,5 +193,25 @@ mod tests {
             }
         }
         assert_eq!(taken, 50);
+    }
+
+    #[test]
+    fn the_level_counts_whole_tokens_after_refill() {
+        let h = FakeHost::new();
+        h.set_now(1_000);
+        assert_eq!(level(&h, "b", 10, 20), 20, "a missing bucket is full");
+        create(&h, "b", 20);
+        for _ in 0..15 {
+            assert!(take_token(&h, "b", 10, 20));
+        }
+        assert_eq!(level(&h, "b", 10, 20), 5);
+        h.set_now(1_250);
+        assert_eq!(
+            level(&h, "b", 10, 20),
+            7,
+            "2.5 tokens refilled, whole ones counted"
+        );
+        h.set_now(10_000);
+        assert_eq!(level(&h, "b", 10, 20), 20, "never above the burst");
     }
 }

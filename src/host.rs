@@ -209,12 +209,28 @@ impl Histogram {
 pub enum Gauge {
     /// Milliseconds since the last good changes-feed poll of this Envoy.
     SyncLagMs,
+    /// Whole tokens left in this Envoy's miss budget (0: new keys are refused with 503).
+    MissBudgetTokens,
+    /// Whole tokens left in the reserve for keys that were valid recently.
+    MissReserveTokens,
 }
 
 impl Gauge {
+    pub const ALL: [Gauge; 3] = [
+        Gauge::SyncLagMs,
+        Gauge::MissBudgetTokens,
+        Gauge::MissReserveTokens,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Gauge::SyncLagMs => "keygate_sync_lag_ms",
+            Gauge::MissBudgetTokens => "keygate_miss_budget_tokens",
+            Gauge::MissReserveTokens => "keygate_miss_reserve_tokens",
         }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
     }
 }

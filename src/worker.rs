@@ -246,6 +246,7 @@ impl Worker {
         self.drive_writers(host, now);
         self.drive_usage(host, now);
         host.gauge(Gauge::SyncLagMs, now.saturating_sub(self.synced_ms()));
+        self.report_budget(host);
         self.deliver(host)
     }
 

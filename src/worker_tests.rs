@@ -1426,3 +1426,22 @@ fn an_allow_still_in_the_outbox_at_the_keys_expiry_is_not_given() {
     assert_eq!(rest.len(), 6);
     assert!(rest.iter().all(|r| r.outcome == Outcome::Deny), "{rest:?}");
 }
+
+/// The miss budget's level is exported on the tick, so an alert can fire before new keys get
+/// 503s.
+#[test]
+fn the_miss_budget_level_is_exported_on_the_tick() {
+    let cfg = config(r#","miss_budget":{"per_second":1,"burst":3,"reserve_per_second":2}"#);
+    let host = FakeHost::new();
+    let mut w = Worker::new(&host, Rc::clone(&cfg)).unwrap();
+    w.on_tick(&host);
+    assert_eq!(host.gauge_value(Gauge::MissBudgetTokens), Some(3));
+    assert_eq!(host.gauge_value(Gauge::MissReserveTokens), Some(4));
+    for n in 0..2 {
+        assert_eq!(w.check(&host, 10 + n, key(200 + n)), Decision::Wait);
+    }
+    w.on_tick(&host);
+    assert_eq!(lookups(&host, &mut w).len(), 2);
+    w.on_tick(&host);
+    assert_eq!(host.gauge_value(Gauge::MissBudgetTokens), Some(1));
+}

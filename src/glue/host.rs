@@ -16,7 +16,7 @@ pub(crate) struct ProxyHost {
     authorization: Option<String>,
     counters: [Option<u32>; Metric::ALL.len()],
     lookup_ms: Option<u32>,
-    sync_lag_ms: Option<u32>,
+    gauges: [Option<u32>; Gauge::ALL.len()],
 }
 
 impl ProxyHost {
@@ -29,12 +29,12 @@ impl ProxyHost {
         }
         let lookup_ms =
             hostcalls::define_metric(MetricType::Histogram, Histogram::LookupMs.name()).ok();
-        let sync_lag_ms = hostcalls::define_metric(MetricType::Gauge, Gauge::SyncLagMs.name()).ok();
+        let gauges = Gauge::ALL.map(|g| hostcalls::define_metric(MetricType::Gauge, g.name()).ok());
         ProxyHost {
             cluster: store.cluster.clone(),
             authority: store.authority.clone(),
             authorization: store.token.as_ref().map(|t| format!("Bearer {t}")),
-            sync_lag_ms,
+            gauges,
             counters,
             lookup_ms,
         }
@@ -101,9 +101,9 @@ impl Host for ProxyHost {
         }
     }
 
-    fn gauge(&self, _metric: Gauge, value: u64) {
-        if let Some(id) = self.sync_lag_ms {
-            let _ = hostcalls::record_metric(id, value);
+    fn gauge(&self, metric: Gauge, value: u64) {
+        if let Some(Some(id)) = self.gauges.get(metric.index()) {
+            let _ = hostcalls::record_metric(*id, value);
         }
     }
 }

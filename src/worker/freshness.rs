@@ -8,7 +8,7 @@ use super::{Worker, FEED_DOWN_INTERVALS};
 use crate::bucket;
 use crate::cache::Entry;
 use crate::config::Config;
-use crate::host::{Host, Metric};
+use crate::host::{Gauge, Host, Metric};
 use crate::key::KeyId;
 use crate::shared::{self, ChangeRing, Epoch};
 use crate::shared_table;
@@ -36,6 +36,18 @@ impl Worker {
                     b.reserve_per_second,
                     reserve_burst(&self.cfg),
                 ))
+    }
+
+    /// Reports the miss budget's and the reserve's levels (on the tick: two shared reads).
+    pub(super) fn report_budget<H: Host + ?Sized>(&self, host: &H) {
+        let b = &self.cfg.miss_budget;
+        let main = bucket::level(host, &self.names.budget, b.per_second, b.burst);
+        host.gauge(Gauge::MissBudgetTokens, main);
+        let reserve = match b.reserve_per_second {
+            0 => 0,
+            r => bucket::level(host, &self.names.reserve, r, reserve_burst(&self.cfg)),
+        };
+        host.gauge(Gauge::MissReserveTokens, reserve);
     }
 
     /// Takes a token for a lookup of `key`: a key valid recently draws from the reserve first
