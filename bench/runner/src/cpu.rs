@@ -1,31 +1,37 @@
 //! CPU time: of a process (from /proc) and of the waited-for children (wrk).
 
-/// User + system CPU seconds of process `pid`, all threads; NaN if unreadable.
+use procfs::Current as _;
+
+/// User + system CPU seconds of process `pid`, all threads; NaN if unreadable. Read through
+/// the `procfs` crate, like every other look at /proc in the bench.
 pub fn process_cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return f64::NAN;
-    };
-    // rest starts at field 3 (state); utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(u), Some(s)) => (u + s) / clock_ticks(),
-        _ => f64::NAN,
-    }
+    stat(pid).map_or(f64::NAN, |s| ticks_to_seconds(s.utime + s.stime))
 }
 
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
-    }
+/// The 1, 5 and 15 minute load averages, as /proc/loadavg shows them.
+pub fn loadavg() -> String {
+    procfs::LoadAverage::current()
+        .map(|l| format!("{:.2} {:.2} {:.2}", l.one, l.five, l.fifteen))
+        .unwrap_or_default()
+}
+
+/// The CPU model name of the first CPU.
+pub fn cpu_model() -> Option<String> {
+    procfs::CpuInfo::current()
+        .ok()
+        .and_then(|c| c.model_name(0).map(str::to_string))
+}
+
+pub(crate) fn process(pid: u32) -> Option<procfs::process::Process> {
+    procfs::process::Process::new(i32::try_from(pid).ok()?).ok()
+}
+
+pub(crate) fn stat(pid: u32) -> Option<procfs::process::Stat> {
+    process(pid).and_then(|p| p.stat().ok())
+}
+
+pub(crate) fn ticks_to_seconds(ticks: u64) -> f64 {
+    ticks as f64 / procfs::ticks_per_second() as f64
 }
 
 /// User + system CPU seconds of every child process waited for so far (getrusage).
@@ -55,5 +61,6 @@ mod tests {
         let s = process_cpu_seconds(std::process::id());
         assert!(s.is_finite() && s >= 0.0, "{s}");
         assert!(children_cpu_seconds() >= 0.0);
+        assert_eq!(loadavg().split_whitespace().count(), 3);
     }
 }

@@ -301,26 +301,14 @@ fn cmd_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
+use cpu::loadavg;
 
 fn machine(envoy_bin: &Path) -> Machine {
     let nproc = cmd_output("nproc", &[])
         .trim()
         .parse()
         .unwrap_or_else(|_| thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string());
+    let cpu_model = cpu::cpu_model().unwrap_or_else(|| "unknown".to_string());
     let envoy_version = cmd_output(&envoy_bin.to_string_lossy(), &["--version"])
         .split("version:")
         .nth(1)

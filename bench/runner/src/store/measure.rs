@@ -89,11 +89,7 @@ pub struct Engine {
     pub sizes: Vec<Size>,
 }
 
-pub fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
+pub use crate::cpu::loadavg;
 
 pub fn date() -> String {
     std::process::Command::new("date")

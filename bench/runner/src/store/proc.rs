@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::cpu::process_cpu_seconds;
+use crate::cpu::{process, process_cpu_seconds, stat, ticks_to_seconds};
 
 /// Pins the calling thread to `cpu` (threads it starts later inherit it).
 pub fn pin_this_thread(cpu: usize) {
@@ -32,22 +32,40 @@ pub fn pin_pid(pid: u32, cpus: &str) {
         .output();
 }
 
-/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`); 0 if unreadable.
-pub fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+/// cutime + cstime of `pid` (children it has waited for), seconds; 0 if unreadable.
+pub fn reaped_children_cpu_seconds(pid: u32) -> f64 {
+    stat(pid).map_or(0.0, |s| {
+        ticks_to_seconds(u64::try_from(s.cutime + s.cstime).unwrap_or(0))
+    })
 }
 
-fn ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(1)?.parse().ok()
+/// The parent of `pid`, if it is still there.
+pub fn parent(pid: u32) -> Option<u32> {
+    stat(pid).and_then(|s| u32::try_from(s.ppid).ok())
+}
+
+/// Every pid on the machine.
+pub fn all_pids() -> Vec<u32> {
+    procfs::process::all_processes()
+        .map(|it| {
+            it.flatten()
+                .filter_map(|p| u32::try_from(p.pid()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A memory field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`); 0 if unreadable.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let Some(status) = process(pid).and_then(|p| p.status().ok()) else {
+        return 0;
+    };
+    match field {
+        "VmRSS" => status.vmrss,
+        "VmHWM" => status.vmhwm,
+        _ => None,
+    }
+    .unwrap_or(0)
 }
 
 /// The processes of one PostgreSQL server: its postmaster and every child.
@@ -59,21 +77,16 @@ pub struct PgServer {
 impl PgServer {
     /// From the pid of any backend (`SELECT pg_backend_pid()`).
     pub fn from_backend(backend: u32) -> Option<PgServer> {
-        ppid(backend).map(|postmaster| PgServer { postmaster })
+        parent(backend).map(|postmaster| PgServer { postmaster })
     }
 
     pub fn pids(&self) -> Vec<u32> {
         let mut out = vec![self.postmaster];
-        if let Ok(dir) = std::fs::read_dir("/proc") {
-            for e in dir.flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                    continue;
-                };
-                if ppid(pid) == Some(self.postmaster) {
-                    out.push(pid);
-                }
-            }
-        }
+        out.extend(
+            all_pids()
+                .into_iter()
+                .filter(|p| parent(*p) == Some(self.postmaster)),
+        );
         out
     }
 
@@ -86,7 +99,7 @@ impl PgServer {
             .map(|p| process_cpu_seconds(*p))
             .filter(|x| x.is_finite())
             .sum();
-        live + reaped_children_cpu(self.postmaster)
+        live + reaped_children_cpu_seconds(self.postmaster)
     }
 
     /// Resident memory of every server process, KiB (shared buffers counted once per process
@@ -102,17 +115,18 @@ impl PgServer {
     }
 }
 
-/// cutime + cstime of `pid` (children it has waited for), seconds.
-fn reaped_children_cpu(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (t(13) + t(14)) / hz
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_seen_through_procfs() {
+        let me = std::process::id();
+        assert!(status_kib(me, "VmRSS") > 0);
+        assert!(status_kib(me, "VmHWM") >= status_kib(me, "VmRSS") / 2);
+        assert_eq!(status_kib(me, "Nope"), 0);
+        assert!(parent(me).is_some());
+        assert!(all_pids().contains(&me));
+        assert!(reaped_children_cpu_seconds(me) >= 0.0);
+    }
 }
