@@ -83,6 +83,16 @@ impl Admission<'_> {
 /// Decides what to do with a request from its headers (Envoy's snapshot, pseudo-headers
 /// included). Never calls the store.
 pub fn admit<'a>(cfg: &Config, headers: &'a Headers) -> Admission<'a> {
+    admit_with(cfg, headers, &mut KeyId::of)
+}
+
+/// [`admit`], with the key id of a raw key given by `key_id` (the filter's
+/// [`crate::key_ids::KeyIds`], which remembers the ids of keys seen recently).
+pub fn admit_with<'a>(
+    cfg: &Config,
+    headers: &'a Headers,
+    key_id: &mut dyn FnMut(&[u8]) -> KeyId,
+) -> Admission<'a> {
     let raw_path = header(headers, ":path").ok_or(PathError::Missing);
     let route = match raw_path.and_then(Route::parse) {
         Ok(r) => r,
@@ -116,7 +126,7 @@ pub fn admit<'a>(cfg: &Config, headers: &'a Headers) -> Admission<'a> {
                 }
                 plan.path = new_path;
             }
-            Admission::Check(KeyId::of(&raw_key), plan)
+            Admission::Check(key_id(&raw_key), plan)
         }
         Err(_) if plan.anonymous => Admission::Pass(plan),
         Err(e) => {

@@ -26,6 +26,7 @@ pub mod config;
 pub mod fake_host;
 pub mod host;
 pub mod key;
+pub mod key_ids;
 pub mod local_writes;
 pub mod path;
 pub mod request;

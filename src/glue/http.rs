@@ -73,7 +73,8 @@ impl HttpContext for Http {
             return Action::Pause;
         };
         let cfg = Rc::clone(s.worker.config());
-        let admission = admission::admit(&cfg, &headers);
+        let key_ids = &mut s.key_ids;
+        let admission = admission::admit_with(&cfg, &headers, &mut |raw| key_ids.id(raw));
         if admission.is_malformed_key() {
             s.host.count(Metric::MalformedKeys, 1);
         }

@@ -19,6 +19,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
 
 use crate::admission::Deferred;
+use crate::key_ids::KeyIds;
 use crate::request::{Refusal, RequestIo};
 use crate::worker::Worker;
 
@@ -33,6 +34,8 @@ pub(crate) struct Shared {
     pub host: host::ProxyHost,
     /// What each paused request still needs when its verdict arrives (route, anonymity).
     pub deferred: HashMap<u32, Deferred>,
+    /// The ids of keys seen recently (a hit then skips SHA-256).
+    pub key_ids: KeyIds,
 }
 
 pub(crate) type SharedRef = Rc<RefCell<Shared>>;
