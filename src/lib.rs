@@ -24,6 +24,7 @@ pub mod bucket;
 pub mod cache;
 pub mod config;
 pub mod fake_host;
+pub mod fields;
 pub mod host;
 pub mod key;
 pub mod key_ids;
