@@ -36,8 +36,7 @@ struct ServeArgs {
     /// this option and without --db, the URL comes from KEYSTORE_DATABASE_URL, if set.
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
-    /// PostgreSQL connections this process may open. One in four (none below 4) is shared by
-    /// the lookups, which pipeline on it; size it to the database server's cores.
+    /// PostgreSQL connections this process may open.
     #[arg(long, value_name = "N", default_value_t = keystore::DEFAULT_POOL_SIZE,
           value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
     database_pool_size: usize,

@@ -362,9 +362,9 @@ async fn healthz_is_503_while_the_database_cannot_be_reached() {
     drop(guard);
 }
 
-/// Lookups share a quarter of the pool's connections (pipelined); the rest serve writes. With
-/// a pool of 1 (nothing shared) and of 4 (one shared), many concurrent lookups and writes all
-/// answer, and every key written is found at once.
+/// With a pool of 1 and of 4 connections (the store bench's size for one core), many more
+/// concurrent lookups and writes than connections all answer, and every key written is found
+/// at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_lookups_and_writes_all_answer_with_small_pools() {
     for pool_size in [1, 4] {

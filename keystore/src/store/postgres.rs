@@ -13,23 +13,12 @@
 //!   (or rolling back). Revisions therefore become visible in order, and a poller that has seen
 //!   revision N has seen every revision below N. Readers never wait for the lock.
 //! - A feed page reads the revision and the rows in one `REPEATABLE READ` snapshot.
-//!
-//! Reads that need no snapshot (lookups above all) run on a few connections shared by every
-//! request, one in four of the pool's ([`shared_connections`]): tokio-postgres pipelines the
-//! concurrent queries of one client, so a burst of lookups costs the server one process
-//! wake-up for many queries instead of one each. A shared connection found closed, or whose
-//! read failed because the connection was lost, is replaced by a fresh one from the pool
-//! before the next read; the rest of the pool serves
-//! writes and snapshot reads (a transaction needs a connection of its own).
 
 use super::{prune, sql, Arg, Backend, Cell, Db, Job, Noop, Row, StoreError};
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Mutex;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, NoTls};
 
@@ -51,22 +40,6 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct PgStore {
     pool: Pool,
     retention: i64,
-    shared: Arc<Shared>,
-}
-
-type SharedClient = Arc<deadpool_postgres::Object>;
-
-/// The connections shared by reads outside a transaction (see the module doc).
-#[derive(Default)]
-struct Shared {
-    slots: Vec<Mutex<Option<SharedClient>>>,
-    next: AtomicUsize,
-}
-
-/// How many of a pool's `pool_size` connections are shared by the reads outside a transaction:
-/// one in four, none when that would leave the pool without one for writes (pools of 1 to 3).
-pub(crate) fn shared_connections(pool_size: usize) -> usize {
-    pool_size / 4
 }
 
 impl From<PoolError> for StoreError {
@@ -166,18 +139,7 @@ impl PgStore {
             .recycle_timeout(Some(CONNECTION_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Internal(format!("cannot build the connection pool: {e}")))?;
-        let slots = (0..shared_connections(pool_size))
-            .map(|_| Mutex::new(None))
-            .collect();
-        let shared = Arc::new(Shared {
-            slots,
-            next: AtomicUsize::new(0),
-        });
-        let store = PgStore {
-            pool,
-            retention,
-            shared,
-        };
+        let store = PgStore { pool, retention };
         store.migrate().await?;
         store.write(Noop).await?;
         Ok(store)
@@ -243,69 +205,8 @@ async fn existing_version(tx: &deadpool_postgres::Transaction<'_>) -> Result<i64
     }
 }
 
-impl PgStore {
-    /// The next shared connection (round robin) and its slot, opened from the pool if it is
-    /// missing or closed; `None` when the pool has no shared connections.
-    async fn shared_client(&self) -> Result<Option<(usize, SharedClient)>, StoreError> {
-        let slots = &self.shared.slots;
-        let n = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        let Some((i, slot)) = n
-            .checked_rem(slots.len())
-            .and_then(|i| Some((i, slots.get(i)?)))
-        else {
-            return Ok(None);
-        };
-        let mut slot = slot.lock().await;
-        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(Some((i, Arc::clone(client))));
-        }
-        // A closed connection goes back to the pool (which discards it) once its last
-        // in-flight read ends.
-        *slot = None;
-        let client = Arc::new(self.pool.get().await?);
-        *slot = Some(Arc::clone(&client));
-        Ok(Some((i, client)))
-    }
-
-    /// Empties shared slot `i` if it still holds `client` (whose connection was lost: the next
-    /// read there opens a fresh one instead of failing on it too).
-    async fn drop_shared(&self, i: usize, client: &SharedClient) {
-        if let Some(slot) = self.shared.slots.get(i) {
-            let mut slot = slot.lock().await;
-            if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, client)) {
-                *slot = None;
-            }
-        }
-    }
-}
-
-/// Whether an error means the connection is lost or being shut down (rather than one
-/// statement failing): closed, an I/O error, or SQLSTATE class 08 (connection exception) or
-/// 57 (operator intervention, e.g. the server terminated the backend).
-fn connection_lost(e: &StoreError) -> bool {
-    match e {
-        StoreError::Postgres(e) => {
-            e.is_closed()
-                || e.as_db_error().is_none_or(|d| {
-                    let code = d.code().code();
-                    code.starts_with("08") || code.starts_with("57")
-                })
-        }
-        _ => false,
-    }
-}
-
 impl Backend for PgStore {
     async fn read<J: Job>(&self, job: J) -> Result<J::Out, StoreError> {
-        if !J::SNAPSHOT {
-            if let Some((slot, client)) = self.shared_client().await? {
-                let out = job.run(&mut PgDb { client: &*client }, super::now()).await;
-                if out.as_ref().is_err_and(connection_lost) {
-                    self.drop_shared(slot, &client).await;
-                }
-                return out;
-            }
-        }
         let mut client = self.pool.get().await?;
         if J::SNAPSHOT {
             let tx = client

@@ -73,6 +73,9 @@ pub struct Plan {
     pub fleet_rate: f64,
     /// The keystore binary (`None`: the release build).
     pub keystore: Option<PathBuf>,
+    /// The keystore's async workers (`TOKIO_WORKER_THREADS`; 0: tokio's default, one per CPU
+    /// it may run on at start-up, before the bench pins it).
+    pub workers: usize,
 }
 
 /// The lookup rate of README's fleet example ("Cost at fleet scale"): E = 500 Envoys,
@@ -85,7 +88,7 @@ pub const PG_POOL: usize = 4;
 const USAGE: &str = "usage: keygate-store-bench [--smoke] [--out DIR] [--database-url URL]
                            [--sizes N,N,...] [--secs S] [--rounds N] [--envoys N,N,...]
                            [--poll-secs S] [--engines sqlite,pg] [--pool-size N]
-                           [--fleet-rate R] [--keystore PATH]
+                           [--fleet-rate R] [--keystore PATH] [--workers N]
 --envoys 0 skips the feed runs. Full run by default (10^4, 10^5, 10^6 keys; report in bench/STORE.md). --smoke: 10^4 keys,
 a second per run, the report in a temporary directory (or --out). PostgreSQL runs when
 --database-url or KEYSTORE_TEST_DATABASE_URL names a server (the bench creates and drops a
@@ -146,6 +149,7 @@ fn parse_args() -> std::result::Result<Plan, String> {
         pg_pool: PG_POOL,
         fleet_rate: FLEET_RATE,
         keystore: None,
+        workers: 0,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -171,6 +175,7 @@ fn parse_args() -> std::result::Result<Plan, String> {
             "--engines" => (p.sqlite, p.postgresql) = engines(&value("--engines")?)?,
             "--pool-size" => p.pg_pool = secs(value("--pool-size")?)? as usize,
             "--fleet-rate" => p.fleet_rate = secs(value("--fleet-rate")?)?,
+            "--workers" => p.workers = list(&value("--workers")?)?.first().copied().unwrap_or(0),
             "--keystore" => p.keystore = Some(PathBuf::from(value("--keystore")?)),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),

@@ -165,6 +165,11 @@ pub fn engine(plan: &Plan, pg: Option<&String>) -> Result<Engine> {
         database_url: url.clone(),
         extra_args: vec!["--database-pool-size".to_owned(), plan.pg_pool.to_string()],
         binary: plan.keystore.clone(),
+        env: if plan.workers > 0 {
+            vec![("TOKIO_WORKER_THREADS".to_owned(), plan.workers.to_string())]
+        } else {
+            vec![]
+        },
         ..KeystoreOpts::default()
     })?;
     let db = match &url {
