@@ -258,6 +258,9 @@ pub(crate) trait Job: Send + 'static {
     type Out: Send + 'static;
     /// Reads that must all come from one snapshot (a read transaction).
     const SNAPSHOT: bool = false;
+    /// One statement on a primary key, no snapshot: short enough for SQLite to run it on the
+    /// async worker itself when a reader connection is free (see `store/sqlite.rs`).
+    const QUICK: bool = false;
     /// Runs the job; `at` is the time of a write (Unix seconds).
     async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<Self::Out, StoreError>;
 }
@@ -431,6 +434,7 @@ struct Ping;
 
 impl Job for Ping {
     type Out = ();
+    const QUICK: bool = true;
     async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<(), StoreError> {
         single_int(db, sql::PING).await.map(|_| ())
     }
@@ -442,6 +446,7 @@ struct Lookup {
 
 impl Job for Lookup {
     type Out = Option<Identity>;
+    const QUICK: bool = true;
     async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<Option<Identity>, StoreError> {
         let args = [Arg::Text(&self.key_id), Arg::Int(at)];
         match first(db, sql::LOOKUP, &args).await? {

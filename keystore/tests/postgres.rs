@@ -361,3 +361,50 @@ async fn healthz_is_503_while_the_database_cannot_be_reached() {
     drop(ks);
     drop(guard);
 }
+
+/// With a pool of 1 and of 4 connections (the store bench's size for one core), many more
+/// concurrent lookups and writes than connections all answer, and every key written is found
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_and_writes_all_answer_with_small_pools() {
+    for pool_size in [1, 4] {
+        let Some(_) = postgres_url_for("concurrent_lookups_and_writes_all_answer") else {
+            return;
+        };
+        let ks = Arc::new(Ks::with(|c| c.pool_size = pool_size).await);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let ks = Arc::clone(&ks);
+            tasks.spawn(async move {
+                let account = format!("acct{i}");
+                let key = ks.create_account(&account, "admin").await;
+                Some((key, account))
+            });
+        }
+        for i in 0..64 {
+            let ks = Arc::clone(&ks);
+            tasks.spawn(async move {
+                let r = if i % 2 == 0 {
+                    ks.lookup(ROOT_KEY).await
+                } else {
+                    ks.lookup(&format!("never-issued-{i}")).await
+                };
+                let want = if i % 2 == 0 {
+                    StatusCode::OK
+                } else {
+                    StatusCode::NOT_FOUND
+                };
+                assert_eq!(r.status, want, "pool {pool_size}: {:?}", r.body);
+                None
+            });
+        }
+        let mut created = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            created.extend(done.unwrap());
+        }
+        assert_eq!(created.len(), 8, "pool {pool_size}");
+        for (key, account) in &created {
+            ks.assert_active(key, account, "admin", "admin").await;
+        }
+    }
+}

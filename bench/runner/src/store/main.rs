@@ -64,12 +64,32 @@ pub struct Plan {
     pub out: PathBuf,
     pub lua: PathBuf,
     pub pinned: bool,
+    /// Run SQLite (and PostgreSQL, when a server is given).
+    pub sqlite: bool,
+    pub postgresql: bool,
+    /// The keystore's PostgreSQL connections (`--database-pool-size`).
+    pub pg_pool: usize,
+    /// The fixed lookup rate for the operational p99 (see [`FLEET_RATE`]).
+    pub fleet_rate: f64,
+    /// The keystore binary (`None`: the release build).
+    pub keystore: Option<PathBuf>,
+    /// The keystore's async workers (`TOKIO_WORKER_THREADS`; 0: tokio's default, one per CPU
+    /// it may run on at start-up, before the bench pins it).
+    pub workers: usize,
 }
+
+/// The lookup rate of README's fleet example ("Cost at fleet scale"): E = 500 Envoys,
+/// A = 5,000 keys in use per Envoy, T = `cache.ttl_s` = 300 s: E × A / T lookups/s.
+pub const FLEET_RATE: f64 = 500.0 * 5000.0 / 300.0;
+/// The keystore's PostgreSQL connections in the bench: the serving side has one core, and
+/// more server processes than that only take turns on it (see bench/README.md).
+pub const PG_POOL: usize = 4;
 
 const USAGE: &str = "usage: keygate-store-bench [--smoke] [--out DIR] [--database-url URL]
                            [--sizes N,N,...] [--secs S] [--rounds N] [--envoys N,N,...]
-                           [--poll-secs S]
-Full run by default (10^4, 10^5, 10^6 keys; report in bench/STORE.md). --smoke: 10^4 keys,
+                           [--poll-secs S] [--engines sqlite,pg] [--pool-size N]
+                           [--fleet-rate R] [--keystore PATH] [--workers N]
+--envoys 0 skips the feed runs. Full run by default (10^4, 10^5, 10^6 keys; report in bench/STORE.md). --smoke: 10^4 keys,
 a second per run, the report in a temporary directory (or --out). PostgreSQL runs when
 --database-url or KEYSTORE_TEST_DATABASE_URL names a server (the bench creates and drops a
 database of its own there, keygate_store_bench); otherwise only SQLite runs.";
@@ -82,6 +102,19 @@ fn list(v: &str) -> std::result::Result<Vec<usize>, String> {
                 .map_err(|_| format!("not a list of counts: {v}"))
         })
         .collect()
+}
+
+/// `sqlite`, `pg` (or `postgres`, `postgresql`), comma-separated: (SQLite, PostgreSQL).
+fn engines(v: &str) -> std::result::Result<(bool, bool), String> {
+    let (mut sqlite, mut pg) = (false, false);
+    for e in v.split(',').map(str::trim) {
+        match e.to_ascii_lowercase().as_str() {
+            "sqlite" => sqlite = true,
+            "pg" | "postgres" | "postgresql" => pg = true,
+            _ => return Err(format!("unknown engine {e:?} (sqlite, pg)")),
+        }
+    }
+    Ok((sqlite, pg))
 }
 
 fn parse_args() -> std::result::Result<Plan, String> {
@@ -111,6 +144,12 @@ fn parse_args() -> std::result::Result<Plan, String> {
         },
         lua: root.join("bench/lookup.lua"),
         pinned: std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2,
+        sqlite: true,
+        postgresql: true,
+        pg_pool: PG_POOL,
+        fleet_rate: FLEET_RATE,
+        keystore: None,
+        workers: 0,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -126,10 +165,18 @@ fn parse_args() -> std::result::Result<Plan, String> {
             "--out" => p.out = PathBuf::from(value("--out")?),
             "--database-url" => p.postgres = Some(value("--database-url")?),
             "--sizes" => p.sizes = list(&value("--sizes")?)?,
-            "--envoys" => p.envoys = list(&value("--envoys")?)?,
+            "--envoys" => {
+                p.envoys = list(&value("--envoys")?)?;
+                p.envoys.retain(|&e| e > 0);
+            }
             "--secs" => p.secs = secs(value("--secs")?)?.round().max(1.0),
             "--poll-secs" => p.poll_secs = secs(value("--poll-secs")?)?,
             "--rounds" => p.rounds = secs(value("--rounds")?)? as usize,
+            "--engines" => (p.sqlite, p.postgresql) = engines(&value("--engines")?)?,
+            "--pool-size" => p.pg_pool = secs(value("--pool-size")?)? as usize,
+            "--fleet-rate" => p.fleet_rate = secs(value("--fleet-rate")?)?,
+            "--workers" => p.workers = list(&value("--workers")?)?.first().copied().unwrap_or(0),
+            "--keystore" => p.keystore = Some(PathBuf::from(value("--keystore")?)),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -170,9 +217,13 @@ fn run(plan: &Plan) -> Result<bool> {
     let _ = keygate_harness::keystore_path();
     let started = std::time::Instant::now();
     let load_start = measure::loadavg();
-    let mut engines = vec![measure::engine(plan, None)?];
+    let mut engines = Vec::new();
+    if plan.sqlite {
+        engines.push(measure::engine(plan, None)?);
+    }
     match &plan.postgres {
-        Some(url) => engines.push(measure::engine(plan, Some(url))?),
+        Some(url) if plan.postgresql => engines.push(measure::engine(plan, Some(url))?),
+        Some(_) => say("PostgreSQL skipped: --engines"),
         None => say("PostgreSQL skipped: no --database-url or KEYSTORE_TEST_DATABASE_URL"),
     }
     let results = report::Results {

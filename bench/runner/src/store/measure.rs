@@ -79,6 +79,8 @@ pub struct Size {
     /// Keystore lookups paced at half its saturated rate.
     pub paced: Measure,
     pub paced_rate: f64,
+    /// Keystore lookups paced at the fleet rate (`Plan::fleet_rate`).
+    pub fleet: Measure,
     pub feeds: Vec<Feed>,
     pub feed_floor: Measure,
 }
@@ -161,6 +163,13 @@ pub fn engine(plan: &Plan, pg: Option<&String>) -> Result<Engine> {
     };
     let mut ks = Keystore::start(KeystoreOpts {
         database_url: url.clone(),
+        extra_args: vec!["--database-pool-size".to_owned(), plan.pg_pool.to_string()],
+        binary: plan.keystore.clone(),
+        env: if plan.workers > 0 {
+            vec![("TOKIO_WORKER_THREADS".to_owned(), plan.workers.to_string())]
+        } else {
+            vec![]
+        },
         ..KeystoreOpts::default()
     })?;
     let db = match &url {
@@ -380,14 +389,20 @@ fn lookups(plan: &Plan, ks: &Keystore, db: &Db, side: &Side, s: &mut Size) -> Re
     s.paced_rate = (sat / 2.0).max(10.0).round();
     let secs = plan.secs.max(3.0);
     s.paced = keystore_run(ks, side, &wrk_lookups(plan, ks, &path, s.paced_rate, secs))?;
+    s.fleet = keystore_run(
+        ks,
+        side,
+        &wrk_lookups(plan, ks, &path, plan.fleet_rate, secs),
+    )?;
     let (f, k) = (
         s.floor.last().cloned().unwrap_or_default(),
         s.keystore.last().cloned().unwrap_or_default(),
     );
     say(format!(
-        "{} {} keys: floor {:.0}/s ({:.0}/core-s, p99 {:.2} ms); keystore {:.0}/s ({:.0}/core-s, p99 {:.2} ms, hits {:.0}%); at {:.0}/s p99 {:.2} ms",
+        "{} {} keys: floor {:.0}/s ({:.0}/core-s, p99 {:.2} ms); keystore {:.0}/s ({:.0}/core-s, p99 {:.2} ms, hits {:.0}%); at {:.0}/s p99 {:.2} ms; at {:.0}/s p99 {:.2} ms (got {:.0}/s); load {}",
         db.engine(), s.keys, f.rate(), f.per_core(), f.p99_ms, k.rate(), k.per_core(), k.p99_ms,
-        k.hit_ratio * 100.0, s.paced_rate, s.paced.p99_ms
+        k.hit_ratio * 100.0, s.paced_rate, s.paced.p99_ms, plan.fleet_rate, s.fleet.p99_ms,
+        s.fleet.rate(), loadavg()
     ));
     Ok(())
 }
@@ -401,6 +416,9 @@ fn current_revision(ks: &Keystore) -> Result<i64> {
 }
 
 fn feeds(plan: &Plan, ks: &Keystore, db: &Db, side: &Side, s: &mut Size) -> Result<()> {
+    if plan.envoys.is_empty() {
+        return Ok(());
+    }
     for &envoys in &plan.envoys {
         let stop = AtomicBool::new(false);
         let done = AtomicU64::new(0);
