@@ -79,6 +79,11 @@ pub trait Host {
     fn record(&self, metric: Histogram, value: u64);
     /// Sets a gauge.
     fn gauge(&self, metric: Gauge, value: u64);
+    /// Asks for a root callback on this worker as soon as its event loop is free (the glue
+    /// enqueues to the worker's own shared queue, [`crate::worker::Worker::wake_queue`]): the
+    /// worker then calls [`crate::worker::Worker::on_wake`]. False when it cannot (no queue):
+    /// the tick is the fallback.
+    fn wake(&self) -> bool;
 }
 
 /// Counters, exported by the glue as `keygate_<name>`.

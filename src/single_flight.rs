@@ -88,6 +88,11 @@ impl Flights {
         self.index.len().saturating_add(self.outbox.len())
     }
 
+    /// Answers decided and not handed out yet.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// Whether anything waits (the root must tick fast).
     pub fn busy(&self) -> bool {
         !self.outbox.is_empty() || !self.index.is_empty()

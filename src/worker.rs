@@ -48,7 +48,9 @@ use freshness::reserve_burst;
 pub const FAST_TICK_MS: u32 = 1;
 /// Longest tick period when idle; shorter when the sync interval is short.
 pub const IDLE_TICK_MS: u32 = 250;
-/// Most waiters answered per root callback; the rest wait for the next tick (1 ms).
+/// Most waiters answered per root callback; the rest go out in the next one: a wake-up the
+/// worker asks for at once ([`Host::wake`], on the next event-loop iteration), or the next tick
+/// (1 ms) when it cannot have one.
 /// Envoy runs what a resumed request does next (the rest of its filter chain and, for a local
 /// reply or a direct response, its response callbacks into this VM) after the VM call, and each
 /// of those calls runs the next queued resume before returning: answering k requests at once
@@ -84,6 +86,8 @@ pub struct Worker {
     /// Key ids admitted since the last merge into the Envoy's usage batch.
     usage: UsageLog,
     next_usage_ms: u64,
+    /// A wake-up was asked for and has not come yet ([`Worker::on_wake`]).
+    wake_pending: bool,
 }
 
 impl Worker {
@@ -119,6 +123,7 @@ impl Worker {
             started_ms: host.now_ms(),
             usage: UsageLog::default(),
             next_usage_ms: 0,
+            wake_pending: false,
         };
         worker.adjust_tick(host);
         Ok(worker)
@@ -130,6 +135,12 @@ impl Worker {
 
     pub fn config(&self) -> &Rc<Config> {
         &self.cfg
+    }
+
+    /// The name of this worker's own shared queue, which the glue registers for its root
+    /// context and enqueues to when the worker asks for a wake-up ([`Host::wake`]).
+    pub fn wake_queue(&self) -> String {
+        self.names.wake_queue(self.owner)
     }
 
     /// How many waiters (paused requests) this worker has.
@@ -275,10 +286,23 @@ impl Worker {
         self.deliver(host)
     }
 
+    /// The wake-up this worker asked for ([`Host::wake`]): the next batch of answers.
+    pub fn on_wake<H: Host + ?Sized>(&mut self, host: &H) -> Vec<Resolution> {
+        self.wake_pending = false;
+        self.deliver(host)
+    }
+
     /// Hands out at most [`MAX_ANSWERS_PER_CALLBACK`] answers from the outbox, counted by
-    /// source; a non-empty outbox keeps the tick fast.
+    /// source. When more remain, asks for a wake-up to hand out the next batch (one pending
+    /// at a time); a non-empty outbox also keeps the tick fast, the fallback.
     fn deliver<H: Host + ?Sized>(&mut self, host: &H) -> Vec<Resolution> {
         let mut out = self.flights.deliver(MAX_ANSWERS_PER_CALLBACK);
+        if self.flights.outbox_len() == 0 {
+            // A wake-up lost on the way must not block the next ones.
+            self.wake_pending = false;
+        } else if !self.wake_pending {
+            self.wake_pending = host.wake();
+        }
         let now = host.now_ms();
         for r in &mut out {
             // An allow that waited in the outbox past the key's expiry is not given.

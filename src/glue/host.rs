@@ -1,6 +1,7 @@
 //! [`Host`] over proxy-wasm host calls. Every call that can fail returns its error instead of
 //! panicking (the SDK's convenience methods unwrap; a panic would trap the worker's VM).
 
+use std::cell::Cell;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
@@ -17,6 +18,8 @@ pub(crate) struct ProxyHost {
     counters: [Option<u32>; Metric::ALL.len()],
     lookup_ms: Option<u32>,
     gauges: [Option<u32>; Gauge::ALL.len()],
+    /// This worker's own shared queue (registered by the root context), for [`Host::wake`].
+    wake_queue: Cell<Option<u32>>,
 }
 
 impl ProxyHost {
@@ -37,6 +40,29 @@ impl ProxyHost {
             gauges,
             counters,
             lookup_ms,
+            wake_queue: Cell::new(None),
+        }
+    }
+
+    /// Registers `name` as this worker's own shared queue, received by the root context that
+    /// is current (call it from the root's own callbacks). Without it, [`Host::wake`] fails.
+    pub fn register_wake_queue(&self, name: &str) {
+        match hostcalls::register_shared_queue(name) {
+            Ok(id) => self.wake_queue.set(Some(id)),
+            Err(e) => {
+                log::warn!("no wake-up queue ({e:?}): answers beyond a batch wait for the tick")
+            }
+        }
+    }
+
+    /// Empties a wake-up queue (its items carry nothing): this one's, or one a replaced
+    /// configuration registered for the same root context.
+    pub fn drain_queue(&self, queue_id: u32) {
+        // Bounded: at most one wake-up is pending at a time, a few if one was lost meanwhile.
+        for _ in 0..64 {
+            if !matches!(hostcalls::dequeue_shared_queue(queue_id), Ok(Some(_))) {
+                break;
+            }
         }
     }
 }
@@ -105,5 +131,11 @@ impl Host for ProxyHost {
         if let Some(Some(id)) = self.gauges.get(metric.index()) {
             let _ = hostcalls::record_metric(*id, value);
         }
+    }
+
+    fn wake(&self) -> bool {
+        self.wake_queue
+            .get()
+            .is_some_and(|id| hostcalls::enqueue_shared_queue(id, Some(b"w")).is_ok())
     }
 }

@@ -120,6 +120,7 @@ impl RootContext for Root {
                 return false;
             }
         };
+        host.register_wake_queue(&worker.wake_queue());
         if let Some(old) = self.shared.take() {
             // Reconfigured: requests paused on the old worker get a 503 rather than hang, and
             // its held admin writes go on (`deliver` resumes them).
@@ -163,6 +164,22 @@ impl RootContext for Root {
             Ok(mut s) => {
                 let s = &mut *s;
                 s.worker.on_tick(&s.host)
+            }
+            Err(_) => return,
+        };
+        self.deliver(resolutions);
+    }
+
+    /// The wake-up the worker asked for: the next batch of answers.
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        let Some(shared) = &self.shared else { return };
+        let resolutions = match shared.try_borrow_mut() {
+            Ok(mut s) => {
+                let s = &mut *s;
+                // A queue of a replaced configuration's worker: nothing waits on it any more,
+                // but this worker's answers may (an extra delivery costs nothing).
+                s.host.drain_queue(queue_id);
+                s.worker.on_wake(&s.host)
             }
             Err(_) => return,
         };
