@@ -216,6 +216,9 @@ impl Worker {
         }
         self.flights.start(key, context_id, deadline_ms, now);
         self.adjust_tick(host);
+        // Start the lookup from the root context as soon as the event loop is free, rather
+        // than on the next tick (which a burst of arriving requests delays).
+        self.ask_wake(host);
         Decision::Wait
     }
 
@@ -248,9 +251,7 @@ impl Worker {
     pub fn on_tick<H: Host + ?Sized>(&mut self, host: &H) -> Vec<Resolution> {
         let now = host.now_ms();
         self.catch_up(host);
-        for (key, phase, since_ms) in self.flights.snapshot() {
-            self.advance(host, key, phase, since_ms, now);
-        }
+        self.advance_flights(host, now);
         self.expire_waiters(host, now);
         self.expire_calls(now);
         self.maybe_sync(host, now);
@@ -286,10 +287,27 @@ impl Worker {
         self.deliver(host)
     }
 
-    /// The wake-up this worker asked for ([`Host::wake`]): the next batch of answers.
+    /// The wake-up this worker asked for ([`Host::wake`]): new flights start their lookup,
+    /// and the next batch of answers goes out.
     pub fn on_wake<H: Host + ?Sized>(&mut self, host: &H) -> Vec<Resolution> {
         self.wake_pending = false;
+        let now = host.now_ms();
+        self.catch_up(host);
+        self.advance_flights(host, now);
         self.deliver(host)
+    }
+
+    /// Asks for a wake-up unless one is pending.
+    fn ask_wake<H: Host + ?Sized>(&mut self, host: &H) {
+        if !self.wake_pending {
+            self.wake_pending = host.wake();
+        }
+    }
+
+    fn advance_flights<H: Host + ?Sized>(&mut self, host: &H, now: u64) {
+        for (key, phase, since_ms) in self.flights.snapshot() {
+            self.advance(host, key, phase, since_ms, now);
+        }
     }
 
     /// Hands out at most [`MAX_ANSWERS_PER_CALLBACK`] answers from the outbox, counted by
@@ -300,8 +318,8 @@ impl Worker {
         if self.flights.outbox_len() == 0 {
             // A wake-up lost on the way must not block the next ones.
             self.wake_pending = false;
-        } else if !self.wake_pending {
-            self.wake_pending = host.wake();
+        } else {
+            self.ask_wake(host);
         }
         let now = host.now_ms();
         for r in &mut out {

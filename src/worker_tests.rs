@@ -188,6 +188,89 @@ fn concurrent_misses_on_one_worker_share_one_lookup() {
 }
 
 #[test]
+fn a_new_flight_asks_for_a_wake_up_that_starts_its_lookup_without_a_tick() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    host.take_wakes();
+    assert_eq!(w.check(&host, 1, key(1)), Decision::Wait);
+    assert_eq!(
+        w.check(&host, 2, key(1)),
+        Decision::Wait,
+        "joins the flight"
+    );
+    assert_eq!(w.check(&host, 3, key(2)), Decision::Wait);
+    assert_eq!(host.take_wakes(), 1, "one wake-up pending at a time");
+    assert!(lookups(&host, &mut w).is_empty(), "check never dispatches");
+    assert!(w.on_wake(&host).is_empty());
+    assert_eq!(
+        lookups(&host, &mut w).len(),
+        2,
+        "both lookups start in the wake-up"
+    );
+    assert_eq!(
+        host.take_wakes(),
+        0,
+        "nothing left to hand out: no further wake-up"
+    );
+    assert_eq!(w.check(&host, 4, key(3)), Decision::Wait);
+    assert_eq!(host.take_wakes(), 1, "the next flight asks again");
+}
+
+#[test]
+fn answers_beyond_a_batch_go_out_in_wake_ups_and_the_last_batch_asks_for_none() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    let n = 2 * MAX_ANSWERS_PER_CALLBACK + 10;
+    for ctx in 1..=n {
+        assert_eq!(w.check(&host, ctx as u32, key(1)), Decision::Wait);
+    }
+    w.on_wake(&host);
+    let calls = lookups(&host, &mut w);
+    assert_eq!(calls.len(), 1);
+    host.take_wakes();
+    let mut answered = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
+    assert_eq!(answered.len(), MAX_ANSWERS_PER_CALLBACK);
+    assert_eq!(host.take_wakes(), 1, "more remain: wake me");
+    answered.extend(w.on_wake(&host));
+    assert_eq!(answered.len(), 2 * MAX_ANSWERS_PER_CALLBACK);
+    assert_eq!(host.take_wakes(), 1, "more remain: wake me again");
+    answered.extend(w.on_wake(&host));
+    assert_eq!(answered.len(), n);
+    assert_eq!(host.take_wakes(), 0, "the outbox is empty");
+    assert_eq!(w.waiters(), 0);
+    let mut contexts: Vec<u32> = answered.iter().map(|r| r.context_id).collect();
+    contexts.sort_unstable();
+    contexts.dedup();
+    assert_eq!(contexts.len(), n, "each request answered once");
+    assert!(answered.iter().all(|r| is_allow(&r.outcome)));
+}
+
+#[test]
+fn without_wake_ups_the_tick_starts_lookups_and_hands_out_the_rest() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    host.fail_wake(true);
+    let n = MAX_ANSWERS_PER_CALLBACK + 5;
+    for ctx in 1..=n {
+        assert_eq!(w.check(&host, ctx as u32, key(1)), Decision::Wait);
+    }
+    assert_eq!(host.tick_ms(), FAST_TICK_MS);
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    assert_eq!(calls.len(), 1);
+    let mut answered = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
+    assert_eq!(answered.len(), MAX_ANSWERS_PER_CALLBACK);
+    assert_eq!(host.tick_ms(), FAST_TICK_MS, "the tick is the fallback");
+    // A wake-up that failed is asked for again once the queue works.
+    host.fail_wake(false);
+    answered.extend(w.on_tick(&host));
+    assert_eq!(answered.len(), n);
+    assert_eq!(host.take_wakes(), 0);
+    assert_eq!(w.check(&host, 999, key(2)), Decision::Wait);
+    assert_eq!(host.take_wakes(), 1);
+}
+
+#[test]
 fn with_the_budget_spent_a_new_miss_is_refused_at_once_without_parking() {
     let cfg = config(r#","miss_budget":{"per_second":1,"burst":1}"#);
     let (host, mut w) = synced_worker(&cfg);
