@@ -649,6 +649,17 @@ fn run_herd_only(o: &Opts, envoy_bin: &Path, keygate_wasm: &Path) -> Result<bool
             f.p99(),
             h.p99() - f.p99()
         );
+        for (name, r) in [("keygate", &h.result), ("floor", &f.result)] {
+            let q: Vec<String> = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0]
+                .iter()
+                .map(|x| format!("{:.1}", herd::quantile(&r.latencies_ms, *x)))
+                .collect();
+            println!(
+                "    {name:<7} min/p10/p25/p50/p75/p90/p99/max ms: {}; sends spread over {:.1} ms",
+                q.join(" "),
+                r.send_spread_ms
+            );
+        }
         ok &= h.result.ok() == h.result.n && f.result.ok() == f.result.n;
     }
     Ok(ok)
