@@ -76,6 +76,8 @@ pub struct FakeHost {
     /// Wake-ups asked for ([`Host::wake`]) since the last [`FakeHost::take_wakes`].
     wakes: Cell<u32>,
     wake_fails: Cell<bool>,
+    /// Other workers' queues enqueued to ([`Host::wake_worker`]).
+    woken: RefCell<Vec<String>>,
     metrics: RefCell<HashMap<&'static str, u64>>,
     histograms: RefCell<Vec<u64>>,
     gauges: RefCell<HashMap<&'static str, u64>>,
@@ -99,6 +101,7 @@ impl FakeHost {
             tick_ms: Cell::new(0),
             wakes: Cell::new(0),
             wake_fails: Cell::new(false),
+            woken: RefCell::new(Vec::new()),
             metrics: RefCell::new(HashMap::new()),
             histograms: RefCell::new(Vec::new()),
             gauges: RefCell::new(HashMap::new()),
@@ -130,6 +133,11 @@ impl FakeHost {
     /// How many wake-ups were asked for since the last call.
     pub fn take_wakes(&self) -> u32 {
         self.wakes.replace(0)
+    }
+
+    /// The queues of other workers woken since the last call.
+    pub fn take_woken(&self) -> Vec<String> {
+        std::mem::take(&mut self.woken.borrow_mut())
     }
 
     /// Makes [`Host::wake`] fail (as when the glue has no queue).
@@ -271,6 +279,11 @@ impl Host for FakeHost {
             return false;
         }
         self.wakes.set(self.wakes.get() + 1);
+        true
+    }
+
+    fn wake_worker(&self, queue: &str) -> bool {
+        self.woken.borrow_mut().push(queue.to_string());
         true
     }
 }

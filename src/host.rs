@@ -84,6 +84,10 @@ pub trait Host {
     /// worker then calls [`crate::worker::Worker::on_wake`]. False when it cannot (no queue):
     /// the tick is the fallback.
     fn wake(&self) -> bool;
+    /// Asks for a root callback on another worker of this Envoy: enqueues to the shared queue
+    /// named `queue` (its [`crate::worker::Worker::wake_queue`]). False when there is no such
+    /// queue (the name is stale) or the host refused.
+    fn wake_worker(&self, queue: &str) -> bool;
 }
 
 /// Counters, exported by the glue as `keygate_<name>`.

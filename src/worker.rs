@@ -31,7 +31,7 @@ use crate::host::{
 };
 use crate::key::KeyId;
 use crate::local_writes::Writers;
-use crate::shared::{self, ChangeRing, Epoch, Names};
+use crate::shared::{self, ChangeRing, Counter, Epoch, Names};
 use crate::shared_table::{self, SlotVerdict, Table, View, LEASE_GRACE_MS};
 use crate::single_flight::{Call, Fetch, Flights, Phase};
 use crate::store::{self, LookupAnswer};
@@ -57,6 +57,9 @@ pub const IDLE_TICK_MS: u32 = 250;
 /// nests k levels deep. With ~500 at once V8 ran out of stack ("Maximum call stack size
 /// exceeded") and trapped the VM; 64 keeps the nesting shallow.
 pub const MAX_ANSWERS_PER_CALLBACK: usize = 64;
+/// How many of this Envoy's most recent workers (by owner id) a finished lookup wakes; more
+/// workers than this see the verdict on their tick instead.
+pub const WAKE_WORKERS_MAX: u64 = 16;
 /// Polls failing for longer than this many sync intervals put the worker in "feed down" mode:
 /// cached allows older than one interval are re-checked by lookup.
 pub const FEED_DOWN_INTERVALS: u64 = 3;
@@ -463,6 +466,20 @@ impl Worker {
         self.remember(host, key, entry);
         self.note_use(key);
         self.flights.resolve(&key, &outcome, Source::Lookup);
+        self.wake_followers(host);
+    }
+
+    /// The key's slot now holds a verdict (or a failed lease) that other workers of this Envoy
+    /// may be waiting for: wake them, so that they answer now rather than on their next tick.
+    /// Workers are known by owner id only, so this wakes the most recent ones (a stale id
+    /// names a queue nobody registered, or one whose root finds nothing to do).
+    fn wake_followers<H: Host + ?Sized>(&self, host: &H) {
+        let (count, _) = shared::read::<H, Counter>(host, &self.names.owners);
+        let last = count.map_or(0, |c| c.0);
+        let first = last.saturating_sub(WAKE_WORKERS_MAX - 1).max(1);
+        for owner in (first..=last).filter(|o| *o != self.owner) {
+            host.wake_worker(&self.names.wake_queue(owner));
+        }
     }
 
     /// Whether the key (or everything) changed since `fetch` was sent, as far as this worker
@@ -535,6 +552,7 @@ impl Worker {
             let _ = self.table.update(host, &key, |s| {
                 Some(shared_table::fail(s, key, self.owner, now))
             });
+            self.wake_followers(host);
         }
         let (outcome, source) = self.stale_or(host, &key, now, Outcome::Unavailable);
         self.flights.resolve(&key, &outcome, source);

@@ -476,6 +476,48 @@ fn waiters_on_another_worker_learn_of_the_failure_and_get_stale_from_the_shared_
 }
 
 #[test]
+fn a_finished_lookup_wakes_the_other_workers_which_answer_without_a_tick() {
+    let cfg = config("");
+    let (a, mut wa) = synced_worker(&cfg);
+    let (b, mut wb) = sibling_worker(&a, &cfg);
+    let k = key(7);
+    wa.check(&a, 1, k);
+    wa.on_wake(&a);
+    let calls = lookups(&a, &mut wa);
+    assert_eq!(calls.len(), 1);
+    wb.check(&b, 2, k);
+    assert!(wb.on_wake(&b).is_empty(), "B follows A's lease");
+    assert!(lookups(&b, &mut wb).is_empty());
+    assert!(a.take_woken().is_empty());
+    let ra = respond(&a, &mut wa, calls[0].0, 200, IDENTITY);
+    assert!(is_allow(&ra[0].outcome));
+    let woken = a.take_woken();
+    assert!(woken.contains(&wb.wake_queue()), "B woken: {woken:?}");
+    assert!(!woken.contains(&wa.wake_queue()), "A does not wake itself");
+    let rb = wb.on_wake(&b);
+    assert_eq!(rb.len(), 1);
+    assert!(is_allow(&rb[0].outcome));
+    assert_eq!(rb[0].source, Source::Shared);
+}
+
+#[test]
+fn a_failed_lookup_wakes_the_other_workers_too() {
+    let cfg = config("");
+    let (a, mut wa) = synced_worker(&cfg);
+    let (b, mut wb) = sibling_worker(&a, &cfg);
+    let k = key(8);
+    wa.check(&a, 1, k);
+    wa.on_wake(&a);
+    let calls = lookups(&a, &mut wa);
+    wb.check(&b, 2, k);
+    wb.on_wake(&b);
+    respond(&a, &mut wa, calls[0].0, 500, "");
+    assert!(a.take_woken().contains(&wb.wake_queue()));
+    let rb = wb.on_wake(&b);
+    assert_eq!(rb[0].outcome, Outcome::Unavailable);
+}
+
+#[test]
 fn a_dead_lease_holder_is_taken_over_and_nobody_waits_forever() {
     let cfg = config("");
     let (a, mut wa) = synced_worker(&cfg);

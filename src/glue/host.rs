@@ -1,7 +1,8 @@
 //! [`Host`] over proxy-wasm host calls. Every call that can fail returns its error instead of
 //! panicking (the SDK's convenience methods unwrap; a panic would trap the worker's VM).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
@@ -20,6 +21,10 @@ pub(crate) struct ProxyHost {
     gauges: [Option<u32>; Gauge::ALL.len()],
     /// This worker's own shared queue (registered by the root context), for [`Host::wake`].
     wake_queue: Cell<Option<u32>>,
+    /// This VM's `vm_id` (other workers' queues are looked up under it).
+    vm_id: String,
+    /// Other workers' queues already looked up, by name.
+    other_queues: RefCell<HashMap<String, u32>>,
 }
 
 impl ProxyHost {
@@ -41,6 +46,12 @@ impl ProxyHost {
             counters,
             lookup_ms,
             wake_queue: Cell::new(None),
+            vm_id: hostcalls::get_property(vec!["plugin_vm_id"])
+                .ok()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
+            other_queues: RefCell::new(HashMap::new()),
         }
     }
 
@@ -131,6 +142,26 @@ impl Host for ProxyHost {
         if let Some(Some(id)) = self.gauges.get(metric.index()) {
             let _ = hostcalls::record_metric(*id, value);
         }
+    }
+
+    fn wake_worker(&self, queue: &str) -> bool {
+        let known = self.other_queues.borrow().get(queue).copied();
+        let id = match known {
+            Some(id) => id,
+            None => match hostcalls::resolve_shared_queue(&self.vm_id, queue) {
+                Ok(Some(id)) => {
+                    // Bounded by the owner ids a worker wakes (the most recent few).
+                    let mut cache = self.other_queues.borrow_mut();
+                    if cache.len() >= 64 {
+                        cache.clear();
+                    }
+                    cache.insert(queue.to_string(), id);
+                    id
+                }
+                _ => return false,
+            },
+        };
+        hostcalls::enqueue_shared_queue(id, Some(b"w")).is_ok()
     }
 
     fn wake(&self) -> bool {
