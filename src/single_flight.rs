@@ -24,7 +24,7 @@ struct Waiter {
 /// Where a flight stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Decide on the next tick: read the slot, follow or take the lease.
+    /// Decide on the next wake-up or tick: read the slot, follow or take the lease.
     Queued,
     /// Another worker holds the lease: wait for its verdict in the slot.
     Following,
@@ -112,7 +112,7 @@ impl Flights {
         true
     }
 
-    /// Starts a flight for `key` with its first waiter (queued for the next tick).
+    /// Starts a flight for `key` with its first waiter (queued for the next wake-up or tick).
     pub fn start(&mut self, key: KeyId, context_id: u32, deadline_ms: u64, now_ms: u64) {
         let waiter = Waiter {
             context_id,

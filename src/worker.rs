@@ -4,12 +4,17 @@
 //! table (verdicts other workers fetched), or a store lookup; [`Source`] says which. A request
 //! that needs a lookup becomes a *waiter* ([`crate::single_flight`]): within a worker the
 //! waiters on a key share one lookup; across workers, the one that holds the slot's lease asks
-//! the store and the others read its verdict from the shared table on their next tick.
+//! the store and the others read its verdict from the shared table.
+//!
+//! When to act is decided here too: a new flight, an outbox still holding answers after a
+//! batch, and a finished lookup (for the other workers) ask for a wake-up ([`Host::wake`],
+//! [`Host::wake_worker`]: each worker's own shared queue), which runs [`Worker::on_wake`] on
+//! the next event-loop iteration; the tick (fast while anything waits) is the fallback.
 //!
 //! Invariants:
-//! - callouts are dispatched only from the root context (`on_tick`, `on_http_call_response`),
-//!   so a lookup belongs to the worker, not to the request that triggered it;
-//!   [`Worker::check`] never dispatches;
+//! - callouts are dispatched only from the root context (`on_tick`, `on_wake`,
+//!   `on_http_call_response`), so a lookup belongs to the worker, not to the request that
+//!   triggered it; [`Worker::check`] never dispatches;
 //! - no answer outlives the changes that happened during its lookup: an answer for a key that
 //!   the change ring reported after the lookup was sent (or fetched under an older generation)
 //!   is given to nobody and cached nowhere; the key is looked up again;

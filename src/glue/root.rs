@@ -1,4 +1,9 @@
 //! The root context: one per worker VM (and one on Envoy's main thread).
+//!
+//! Each root registers a shared queue of its own (named by the worker,
+//! [`crate::worker::Worker::wake_queue`]); an item in it means "the worker asked for a wake-up"
+//! and `on_queue_ready` runs [`crate::worker::Worker::on_wake`]. Invariant: every root callback
+//! hands out at most the one batch of answers the worker returns.
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -340,9 +340,11 @@ pub fn markdown(r: &Results) -> String {
         s,
         "\n*Next request*: one more request with the same key once the herd is over, to see \
          whether the filter still works. Each N runs on a fresh Envoy (fresh VMs, empty \
-         caches). The latency above the store's is keygate's: waiting for a tick to start the \
-         lookup, the other worker's tick to see the verdict, and each worker answering its \
-         parked requests one after another, which is why it grows with N.\n"
+         caches). The latency above the store's: the arriving requests themselves (each worker \
+         reads its share of the N requests before its root context runs and dispatches the \
+         lookup), the lookup slowed by a machine saturated by them, and each worker answering \
+         its parked requests one after another, 64 per root callback, which is why it grows \
+         with N; the floor below shows how much of it any Envoy pays.\n"
     );
     let _ = writeln!(
         s,
