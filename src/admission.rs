@@ -82,7 +82,17 @@ impl Admission<'_> {
 
 /// Decides what to do with a request from its headers (Envoy's snapshot, pseudo-headers
 /// included). Never calls the store.
-pub fn admit<'a>(cfg: &Config, headers: &'a Headers) -> Admission<'a> {
+pub fn admit<'a>(cfg: &Config, headers: &'a Headers<'a>) -> Admission<'a> {
+    admit_with(cfg, headers, &mut KeyId::of)
+}
+
+/// [`admit`], with the key id of a raw key given by `key_id` (the filter's
+/// [`crate::key_ids::KeyIds`], which remembers the ids of keys seen recently).
+pub fn admit_with<'a>(
+    cfg: &Config,
+    headers: &'a Headers<'a>,
+    key_id: &mut dyn FnMut(&[u8]) -> KeyId,
+) -> Admission<'a> {
     let raw_path = header(headers, ":path").ok_or(PathError::Missing);
     let route = match raw_path.and_then(Route::parse) {
         Ok(r) => r,
@@ -116,7 +126,7 @@ pub fn admit<'a>(cfg: &Config, headers: &'a Headers) -> Admission<'a> {
                 }
                 plan.path = new_path;
             }
-            Admission::Check(KeyId::of(&raw_key), plan)
+            Admission::Check(key_id(&raw_key), plan)
         }
         Err(_) if plan.anonymous => Admission::Pass(plan),
         Err(e) => {
@@ -131,7 +141,7 @@ pub fn admit<'a>(cfg: &Config, headers: &'a Headers) -> Admission<'a> {
 
 /// A CORS preflight: `OPTIONS` with `origin` and `access-control-request-method` (Fetch
 /// standard). Browsers send it without credentials.
-fn is_preflight(method: &[u8], headers: &Headers) -> bool {
+fn is_preflight(method: &[u8], headers: &Headers<'_>) -> bool {
     method == b"OPTIONS"
         && header(headers, "origin").is_some()
         && header(headers, "access-control-request-method").is_some()
@@ -139,12 +149,12 @@ fn is_preflight(method: &[u8], headers: &Headers) -> bool {
 
 /// The names of the client-sent headers (or trailers) that spell an identity or claim header,
 /// in any case and with `_` for `-`.
-pub fn forged_identity(cfg: &Config, fields: &Headers) -> Vec<String> {
+pub fn forged_identity(cfg: &Config, fields: &Headers<'_>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for (name, _) in fields {
         let folded = cfg.identity_headers.all().any(|n| same_folded(name, n));
-        if folded && !out.contains(name) {
-            out.push(name.clone());
+        if folded && !out.iter().any(|o| o == name) {
+            out.push((*name).to_string());
         }
     }
     out
@@ -163,11 +173,8 @@ fn same_folded(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
 }
 
-fn header<'h>(headers: &'h Headers, name: &str) -> Option<&'h [u8]> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_slice())
+fn header<'h>(headers: &Headers<'h>, name: &str) -> Option<&'h [u8]> {
+    headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
 }
 
 #[cfg(test)]
@@ -189,12 +196,9 @@ mod tests {
         .unwrap()
     }
 
-    fn req(path: &[u8], h: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
-        let mut v = vec![
-            (":method".to_string(), b"GET".to_vec()),
-            (":path".to_string(), path.to_vec()),
-        ];
-        v.extend(h.iter().map(|(k, v)| (k.to_string(), v.to_vec())));
+    fn req<'h>(path: &'h [u8], h: &[(&'h str, &'h [u8])]) -> Vec<(&'h str, &'h [u8])> {
+        let mut v = vec![(":method", &b"GET"[..]), (":path", path)];
+        v.extend_from_slice(h);
         v
     }
 
@@ -214,7 +218,7 @@ mod tests {
             Admission::Refuse(Refusal::BadRequest, None)
         );
         let mut none = req(b"/", &[("x-api-key", b"k")]);
-        none.retain(|(k, _)| k != ":path");
+        none.retain(|(k, _)| *k != ":path");
         assert_eq!(
             admit(&c, &none),
             Admission::Refuse(Refusal::BadRequest, None)
@@ -260,10 +264,7 @@ mod tests {
     #[test]
     fn forged_identity_in_trailers_is_found_too() {
         let c = cfg("");
-        let trailers = vec![
-            ("x-account-id".to_string(), b"victim".to_vec()),
-            ("grpc-status".to_string(), b"0".to_vec()),
-        ];
+        let trailers = [("x-account-id", &b"victim"[..]), ("grpc-status", b"0")];
         assert_eq!(forged_identity(&c, &trailers), vec!["x-account-id"]);
     }
 
@@ -342,9 +343,9 @@ mod tests {
     fn admin_writes_are_recognised_on_any_reading() {
         let c = cfg("");
         let mut h = req(b"/api/v1//admin/users", &[("x-api-key", b"k")]);
-        h[0].1 = b"post".to_vec();
+        h[0].1 = b"post";
         assert!(plan(&admit(&c, &h)).invalidates);
-        h[0].1 = b"GET".to_vec();
+        h[0].1 = b"GET";
         assert!(!plan(&admit(&c, &h)).invalidates);
     }
 
@@ -359,14 +360,14 @@ mod tests {
                     ("x_role", b"admin"),
                 ],
             );
-            h[0].1 = b"OPTIONS".to_vec();
+            h[0].1 = b"OPTIONS";
             matches!(admit(c, &h), Admission::Pass(p) if p.remove == ["x_role"])
         };
         assert!(preflight(&cfg("")));
         assert!(!preflight(&cfg(r#","run_on_preflight":true"#)));
         // An OPTIONS that is not a preflight is authenticated like any request.
         let mut h = req(b"/private/x", &[("origin", b"https://app.example")]);
-        h[0].1 = b"OPTIONS".to_vec();
+        h[0].1 = b"OPTIONS";
         assert!(matches!(
             admit(&cfg(""), &h),
             Admission::Refuse(Refusal::Unauthorized, _)

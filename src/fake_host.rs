@@ -20,6 +20,7 @@ struct Space {
     data: HashMap<String, (Vec<u8>, u32)>,
     next_cas: u32,
     writes: u64,
+    reads: u64,
     /// key → value written by "another worker" just before the next set of that key.
     interference: HashMap<String, Vec<u8>>,
     /// Run once, before the next set of a key that contains the pattern.
@@ -162,6 +163,11 @@ impl FakeHost {
         self.histograms.borrow().clone()
     }
 
+    /// Shared-data reads so far, by any worker of this Envoy.
+    pub fn shared_reads(&self) -> u64 {
+        self.space.borrow().reads
+    }
+
     /// Successful shared-data writes so far, by any worker of this Envoy.
     pub fn shared_writes(&self) -> u64 {
         self.space.borrow().writes
@@ -237,7 +243,9 @@ impl Host for FakeHost {
     }
 
     fn get_shared(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.space.borrow().data.get(key) {
+        let mut space = self.space.borrow_mut();
+        space.reads += 1;
+        match space.data.get(key) {
             Some((v, c)) => (Some(v.clone()), Some(*c)),
             None => (None, None),
         }

@@ -4,6 +4,7 @@
 //! request: it is what the store is asked about, what shared data and logs hold. A raw key is
 //! never stored or logged.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use sha2::{Digest, Sha256};
@@ -133,8 +134,17 @@ pub fn validate(key: &[u8]) -> Result<&[u8], KeyError> {
 }
 
 /// A request's headers as Envoy hands them over: lowercase names (pseudo-headers included),
-/// raw values, a name repeated when the client sent it more than once.
-pub type Headers = [(String, Vec<u8>)];
+/// raw values, a name repeated when the client sent it more than once. Borrowed from the
+/// host's buffer (the glue parses it in place: no allocation per header on the hit path).
+pub type Headers<'h> = [(&'h str, &'h [u8])];
+
+/// Borrows owned header fields as [`Headers`] (tests, fuzzing, tools).
+pub fn fields(owned: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
+    owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect()
+}
 
 /// Finds the key in the first configured source that is present.
 ///
@@ -142,7 +152,11 @@ pub type Headers = [(String, Vec<u8>)];
 /// when a later source would have one, so a client cannot smuggle two keys past the filter
 /// (an application that reads the last of two values would see another key than the one
 /// checked). `query` is the query string of `:path` (without `?` and fragment).
-pub fn extract(sources: &[KeySource], headers: &Headers, query: &str) -> Result<Vec<u8>, KeyError> {
+pub fn extract<'h>(
+    sources: &[KeySource],
+    headers: &'h Headers<'h>,
+    query: &'h str,
+) -> Result<Cow<'h, [u8]>, KeyError> {
     for source in sources {
         let mut values = source_values(source, headers, query);
         let Some(first) = values.next() else { continue };
@@ -150,32 +164,36 @@ pub fn extract(sources: &[KeySource], headers: &Headers, query: &str) -> Result<
             return Err(KeyError::Duplicate);
         }
         let first = first?;
-        return validate(&first).map(<[u8]>::to_vec);
+        validate(&first)?;
+        return Ok(first);
     }
     Err(KeyError::Missing)
 }
 
 /// The candidate keys a source holds, in order: each header of that name (after its scheme
 /// prefix, OWS trimmed), or each query parameter of that (decoded) name (value decoded).
-fn source_values<'a>(
-    source: &'a KeySource,
-    headers: &'a Headers,
-    query: &'a str,
-) -> Box<dyn Iterator<Item = Result<Vec<u8>, KeyError>> + 'a> {
-    match source {
-        KeySource::Header { name, prefix } => Box::new(
-            headers
-                .iter()
-                .filter(move |(k, _)| k == name)
-                .filter_map(move |(_, v)| header_key(v, prefix.as_deref()))
-                .map(|v| Ok(v.to_vec())),
-        ),
-        KeySource::Query { name } => Box::new(
-            query_pairs(query)
-                .filter(move |(k, _)| decode_query(k).as_deref() == Some(name.as_bytes()))
-                .map(|(_, v)| decode_query(v).ok_or(KeyError::Invalid)),
-        ),
-    }
+fn source_values<'s, 'h>(
+    source: &'s KeySource,
+    headers: &'h Headers<'h>,
+    query: &'h str,
+) -> impl Iterator<Item = Result<Cow<'h, [u8]>, KeyError>> + use<'s, 'h> {
+    let (header, param) = match source {
+        KeySource::Header { name, prefix } => (Some((name, prefix)), None),
+        KeySource::Query { name } => (None, Some(name)),
+    };
+    let from_headers = header.into_iter().flat_map(move |(name, prefix)| {
+        headers
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .filter_map(move |(_, v)| header_key(v, prefix.as_deref()))
+            .map(|v| Ok(Cow::Borrowed(v)))
+    });
+    let from_query = param.into_iter().flat_map(move |name| {
+        query_pairs(query)
+            .filter(move |(k, _)| decode_query(k).as_deref() == Some(name.as_bytes()))
+            .map(|(_, v)| decode_query(v).map(Cow::Owned).ok_or(KeyError::Invalid))
+    });
+    from_headers.chain(from_query)
 }
 
 /// The key a header value holds: after the scheme prefix if the source has one (another
@@ -192,7 +210,7 @@ fn header_key<'v>(value: &'v [u8], prefix: Option<&str>) -> Option<&'v [u8]> {
 /// names, and the new `:path` if a query parameter went.
 pub fn hiding(
     sources: &[KeySource],
-    headers: &Headers,
+    headers: &Headers<'_>,
     path: &str,
     key: &[u8],
 ) -> (Vec<String>, Option<String>) {
@@ -205,8 +223,8 @@ pub fn hiding(
     let mut names: Vec<String> = Vec::new();
     for (name, value) in headers {
         let holds = prefixes.iter().any(|p| header_key(value, *p) == Some(key));
-        if holds && !name.starts_with(':') && name != "host" && !names.contains(name) {
-            names.push(name.clone());
+        if holds && !name.starts_with(':') && *name != "host" && !names.iter().any(|n| n == name) {
+            names.push((*name).to_string());
         }
     }
     let holds = |v: &str| v.as_bytes() == key || decode_query(v).as_deref() == Some(key);
@@ -311,12 +329,8 @@ mod tests {
         }]
     }
 
-    fn headers(h: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
-        h.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect()
-    }
-
     fn extract_from(h: &[(&str, &[u8])], query: &str) -> Result<Vec<u8>, KeyError> {
-        extract(&default_sources(), &headers(h), query)
+        extract(&default_sources(), h, query).map(Cow::into_owned)
     }
 
     #[test]
@@ -424,7 +438,7 @@ mod tests {
     fn query_parameter_names_are_decoded_like_values() {
         let q = query_source();
         assert_eq!(
-            extract(&q, &[], "a=1&api%6B%65%79=k%2Dy&b=2"),
+            extract(&q, &[], "a=1&api%6B%65%79=k%2Dy&b=2").map(Cow::into_owned),
             Ok(b"k-y".to_vec())
         );
         assert_eq!(extract(&q, &[], "apikey=%zz"), Err(KeyError::Invalid));
@@ -442,13 +456,13 @@ mod tests {
     #[test]
     fn hiding_removes_the_key_wherever_it_appears() {
         let sources = [default_sources(), query_source()].concat();
-        let h = headers(&[
+        let h: [(&str, &[u8]); 5] = [
             (":path", b"/x?apikey=K&a=1&copy=K#frag"),
             ("x-api-key", b"K"),
             ("authorization", b"Bearer K"),
             ("x-other", b"not the key"),
             ("host", b"K"),
-        ]);
+        ];
         let (names, path) = hiding(&sources, &h, "/x?apikey=K&a=1&copy=K#frag", b"K");
         assert_eq!(
             names,

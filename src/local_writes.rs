@@ -6,6 +6,11 @@
 //! everything) ran. Writes that complete while a poll is in flight wait for the next one: that
 //! poll may have been sent before their change was committed. Concurrent writes share a poll.
 //!
+//! A released writer is resumed only once the clock has passed the millisecond in which its
+//! change was published: a worker re-reads the shared epoch whenever the millisecond changes
+//! (see `Worker::check`), so every request that reaches any worker after the writer's
+//! response was resumed sees the change.
+//!
 //! Invariant: a writer is in exactly one of `next`, `in_poll`, `fallback`, `released`.
 
 #[derive(Debug, Default)]
@@ -16,8 +21,9 @@ pub struct Writers {
     in_poll: Vec<u32>,
     /// Their poll failed: waiting for the (rate-limited) drop of everything.
     fallback: Vec<u32>,
-    /// Ready to be resumed by the glue.
-    released: Vec<u32>,
+    /// Ready to be resumed by the glue once the clock is past the millisecond (the second
+    /// field) in which their change was published.
+    released: Vec<(u32, u64)>,
 }
 
 impl Writers {
@@ -44,11 +50,12 @@ impl Writers {
         self.in_poll.append(&mut self.next);
     }
 
-    /// The poll was published (`done`) or failed: release its writers, or hand them to the
-    /// fallback.
-    pub fn poll_finished(&mut self, published: bool) {
-        if published {
-            self.released.append(&mut self.in_poll);
+    /// The poll was published (at `now_ms`, read after publishing) or failed (`None`): release
+    /// its writers, or hand them to the fallback.
+    pub fn poll_finished(&mut self, published_ms: Option<u64>) {
+        if let Some(at) = published_ms {
+            self.released
+                .extend(self.in_poll.drain(..).map(|id| (id, at)));
         } else {
             self.fallback.append(&mut self.in_poll);
         }
@@ -61,35 +68,37 @@ impl Writers {
         self.fallback.append(&mut self.next);
     }
 
-    /// Everything was dropped: every writer held so far is released.
-    pub fn dropped_everything(&mut self) {
-        self.released.append(&mut self.fallback);
-        self.released.append(&mut self.in_poll);
-        self.released.append(&mut self.next);
+    /// Everything was dropped (published at `published_ms`): every writer held so far is
+    /// released.
+    pub fn dropped_everything(&mut self, published_ms: u64) {
+        for list in [&mut self.fallback, &mut self.in_poll, &mut self.next] {
+            self.released
+                .extend(list.drain(..).map(|id| (id, published_ms)));
+        }
     }
 
-    /// The writers to resume now.
-    pub fn take_released(&mut self) -> Vec<u32> {
-        std::mem::take(&mut self.released)
+    /// The writers to resume now (`now_ms`): those released in an earlier millisecond.
+    pub fn take_released(&mut self, now_ms: u64) -> Vec<u32> {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.released)
+            .into_iter()
+            .partition(|(_, at)| now_ms > *at);
+        self.released = later;
+        due.into_iter().map(|(id, _)| id).collect()
     }
 
     pub fn held(&self) -> usize {
-        [&self.next, &self.in_poll, &self.fallback, &self.released]
+        [&self.next, &self.in_poll, &self.fallback]
             .iter()
             .map(|v| v.len())
-            .fold(0, usize::saturating_add)
+            .fold(self.released.len(), usize::saturating_add)
     }
 
     /// The writer's client went away.
     pub fn forget(&mut self, context_id: u32) {
-        for v in [
-            &mut self.next,
-            &mut self.in_poll,
-            &mut self.fallback,
-            &mut self.released,
-        ] {
+        for v in [&mut self.next, &mut self.in_poll, &mut self.fallback] {
             v.retain(|c| *c != context_id);
         }
+        self.released.retain(|(c, _)| *c != context_id);
     }
 }
 
@@ -104,17 +113,24 @@ mod tests {
         w.hold(1);
         w.poll_sent();
         w.hold(2);
-        w.poll_finished(true);
-        assert_eq!(w.take_released(), vec![1]);
+        w.poll_finished(Some(10));
+        assert_eq!(
+            w.take_released(10),
+            Vec::<u32>::new(),
+            "not in the publishing ms"
+        );
+        assert_eq!(w.take_released(11), vec![1]);
         assert!(w.want_poll());
         w.poll_sent();
-        w.poll_finished(false);
+        w.poll_finished(None);
         assert!(w.need_fallback());
         w.hold(3);
         w.poll_sent();
         w.poll_failed_to_send(); // the next page of 3's poll could not be asked for
-        w.dropped_everything();
-        assert_eq!(w.take_released(), vec![2, 3]);
+        w.dropped_everything(20);
+        assert!(w.busy(), "released but not yet due: still held");
+        assert_eq!(w.take_released(20), Vec::<u32>::new());
+        assert_eq!(w.take_released(21), vec![2, 3]);
         assert_eq!(w.held(), 0);
         assert!(!w.busy());
     }

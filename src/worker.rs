@@ -86,6 +86,9 @@ pub struct Worker {
     l1: L1,
     /// The epoch this worker's L1 is caught up with.
     epoch: Epoch,
+    /// The clock (ms) read just before the epoch was last read: requests within the same
+    /// millisecond use that read (see [`Worker::check`]).
+    epoch_read_ms: u64,
     flights: Flights,
     writers: Writers,
     tick_ms: u32,
@@ -124,6 +127,7 @@ impl Worker {
             owner,
             l1,
             epoch: epoch.unwrap_or_default(),
+            epoch_read_ms: 0,
             flights: Flights::default(),
             writers: Writers::default(),
             tick_ms: 0,
@@ -164,7 +168,12 @@ impl Worker {
     /// Decides a request with key id `key` (context `context_id`). Never calls the store.
     pub fn check<H: Host + ?Sized>(&mut self, host: &H, context_id: u32, key: KeyId) -> Decision {
         let now = host.now_ms();
-        self.catch_up(host);
+        // The shared epoch is read at most once per millisecond: held local writers are
+        // resumed only in a later millisecond than the one their change was published in
+        // (see `local_writes`), so no request after that can use an older read.
+        if now != self.epoch_read_ms {
+            self.catch_up(host, now);
+        }
         let cutoff = self.allow_cutoff_ms(now);
         if let Some(e) = self
             .l1
@@ -250,7 +259,7 @@ impl Worker {
 
     /// Held writers whose change every worker now knows: the glue resumes their responses.
     pub fn take_released_writers<H: Host + ?Sized>(&mut self, host: &H) -> Vec<u32> {
-        let released = self.writers.take_released();
+        let released = self.writers.take_released(host.now_ms());
         self.adjust_tick(host);
         released
     }
@@ -258,7 +267,7 @@ impl Worker {
     /// The root context's tick: moves flights on, times out waiters, polls the feed.
     pub fn on_tick<H: Host + ?Sized>(&mut self, host: &H) -> Vec<Resolution> {
         let now = host.now_ms();
-        self.catch_up(host);
+        self.catch_up(host, now);
         self.advance_flights(host, now);
         self.expire_waiters(host, now);
         self.expire_calls(now);
@@ -300,7 +309,7 @@ impl Worker {
     pub fn on_wake<H: Host + ?Sized>(&mut self, host: &H) -> Vec<Resolution> {
         self.wake_pending = false;
         let now = host.now_ms();
-        self.catch_up(host);
+        self.catch_up(host, now);
         self.advance_flights(host, now);
         self.deliver(host)
     }
@@ -447,7 +456,7 @@ impl Worker {
             return;
         };
         let now = host.now_ms();
-        self.catch_up(host);
+        self.catch_up(host, now);
         let verdict = match answer {
             // Expired by our clock although the store still allowed it (clocks differ): the
             // expiry wins.
@@ -586,7 +595,7 @@ impl Worker {
         let forced_before = self.flights.polls_in_flight(true);
         self.flights.expire_polls(now);
         if forced_before && !self.flights.polls_in_flight(true) {
-            self.writers.poll_finished(false);
+            self.writers.poll_finished(None);
         }
     }
 

@@ -624,6 +624,12 @@ fn admin_write(host: &FakeHost, w: &mut Worker, ctx: u32, changed: Option<&[KeyI
         }
     }
     w.on_tick(host);
+    assert!(
+        w.take_released_writers(host).is_empty(),
+        "never resumed in the millisecond its change was published"
+    );
+    host.advance(u64::from(FAST_TICK_MS));
+    w.on_tick(host);
     w.take_released_writers(host)
 }
 
@@ -665,6 +671,46 @@ fn a_local_admin_write_drops_exactly_what_changed_before_the_writer_sees_its_ans
     assert_eq!(b.metric(Metric::LocalDropsEverything), 0);
 }
 
+/// The shared epoch is read at most once per millisecond per worker (the hit path's costliest
+/// host call). A worker that read it in the millisecond a local write's change was published
+/// may still answer from that read; the writer is therefore resumed only in a later
+/// millisecond, when every worker reads the epoch again.
+#[test]
+fn a_writer_is_resumed_only_after_the_millisecond_other_workers_may_have_read_in() {
+    let cfg = config("");
+    let (a, mut wa) = synced_worker(&cfg);
+    let (b, mut wb) = sibling_worker(&a, &cfg);
+    let changed = key(14);
+    cache_allow(&a, &mut wa, changed);
+    a.advance(5);
+    assert!(matches!(wa.check(&a, 1, changed), Decision::Answer(..)));
+    let reads = a.shared_reads();
+    assert!(matches!(wa.check(&a, 1, changed), Decision::Answer(..)));
+    assert_eq!(
+        a.shared_reads(),
+        reads,
+        "a second hit in the same ms reads nothing shared"
+    );
+    assert_eq!(wb.admin_write_done(&b, 40), WriteDone::Hold);
+    wb.on_tick(&b);
+    let poll = b.take_calls().remove(0);
+    feed_reports(&b, &mut wb, poll.0, 200, &[changed]);
+    wb.on_tick(&b);
+    assert!(wb.take_released_writers(&b).is_empty(), "same ms: held");
+    assert!(
+        matches!(wa.check(&a, 2, changed), Decision::Answer(..)),
+        "A still uses its read from this millisecond"
+    );
+    a.advance(1);
+    wb.on_tick(&b);
+    assert_eq!(wb.take_released_writers(&b), vec![40]);
+    assert_eq!(
+        wa.check(&a, 3, changed),
+        Decision::Wait,
+        "A read the epoch again"
+    );
+}
+
 /// Finding 2, fallback: when the feed fails, a local write drops everything, at most once a
 /// second per Envoy (counted); a writer waits for that drop, never for less.
 #[test]
@@ -690,6 +736,7 @@ fn a_local_write_whose_poll_fails_drops_everything_at_most_once_a_second() {
     );
     a.advance(1_000);
     wa.on_tick(&a);
+    a.advance(1);
     assert_eq!(wa.take_released_writers(&a), vec![61]);
     assert_eq!(a.metric(Metric::LocalDropsEverything), 1);
     assert_eq!(
@@ -713,12 +760,14 @@ fn writes_during_a_poll_wait_for_the_next_one_and_concurrent_writes_share_it() {
     w.on_tick(&host);
     assert!(host.take_calls().is_empty(), "one forced poll at a time");
     feed_reports(&host, &mut w, first.0, 2, &[]);
+    host.advance(1);
     assert_eq!(w.take_released_writers(&host), vec![70]);
     w.on_tick(&host);
     let second = host.take_calls();
     assert_eq!(second.len(), 1, "one poll for both");
     assert_eq!(second[0].1.path, "/v1/changes?since=2");
     feed_reports(&host, &mut w, second[0].0, 3, &[]);
+    host.advance(1);
     assert_eq!(w.take_released_writers(&host), vec![71, 72]);
     assert_eq!(w.writers_held(), 0);
 }
@@ -1294,6 +1343,8 @@ fn a_local_write_before_the_first_sync_drops_everything() {
     let mut w = Worker::new(&host, Rc::clone(&cfg)).unwrap();
     assert_eq!(w.admin_write_done(&host, 5), WriteDone::Hold);
     w.on_tick(&host);
+    assert!(w.take_released_writers(&host).is_empty());
+    host.advance(1);
     assert_eq!(w.take_released_writers(&host), vec![5]);
     assert_eq!(host.metric(Metric::LocalDropsEverything), 1);
 }

@@ -81,12 +81,24 @@ fn check_invariants(c: &Config) {
     }
     for p in c.invalidate_paths.iter().chain(&c.anonymous_paths) {
         let p = p.as_str();
-        assert!(p.is_empty() || (p.starts_with('/') && !p.ends_with('/')), "{p:?}");
+        assert!(
+            p.is_empty() || (p.starts_with('/') && !p.ends_with('/')),
+            "{p:?}"
+        );
     }
     let folded: Vec<String> = names.iter().map(|n| n.replace('_', "-")).collect();
     for (i, n) in folded.iter().enumerate() {
-        assert!(!folded[..i].contains(n), "identity headers fold alike: {names:?}");
-        assert!(!["host", "authorization", "content-length", "transfer-encoding"].contains(&n.as_str()));
+        assert!(
+            !folded[..i].contains(n),
+            "identity headers fold alike: {names:?}"
+        );
+        assert!(![
+            "host",
+            "authorization",
+            "content-length",
+            "transfer-encoding"
+        ]
+        .contains(&n.as_str()));
     }
     if let Some(t) = &c.store.token {
         assert!((16..=512).contains(&t.len()) && t.bytes().all(|b| (0x21..=0x7e).contains(&b)));

@@ -19,8 +19,8 @@
 use std::fmt::Debug;
 
 use keygate::bucket::Bucket;
-use keygate::shared_table::{Lease, LeaseState, Slot, SlotVerdict};
 use keygate::shared::{CatchUp, Change, ChangeRing, Counter, Epoch, Record};
+use keygate::shared_table::{Lease, LeaseState, Slot, SlotVerdict};
 use keygate::sync::SyncRecord;
 use keygate::verdict::Identity;
 use keygate_fuzz::Cursor;
@@ -80,7 +80,9 @@ fn identity(c: &mut Cursor) -> Identity {
         user_id: c.short_string(),
         role: c.short_string(),
         // `u64::MAX` is how "never" is written: as an expiry it reads back as `None`.
-        expires_ms: (c.u8() & 1 != 0).then(|| c.u64()).filter(|e| *e != u64::MAX),
+        expires_ms: (c.u8() & 1 != 0)
+            .then(|| c.u64())
+            .filter(|e| *e != u64::MAX),
         claims: (0..c.u8() % 4)
             .map(|_| (c.short_string(), c.short_string()))
             .collect(),

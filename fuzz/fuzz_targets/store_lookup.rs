@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(field("user_id", 1), Some(identity.user_id.as_str()));
                 assert_eq!(field("role", 2), Some(identity.role.as_str()));
                 let expires_at = v.get("expires_at").and_then(serde_json::Value::as_u64);
-                assert_eq!(identity.expires_ms, expires_at.map(|s| s.saturating_mul(1000)));
+                assert_eq!(
+                    identity.expires_ms,
+                    expires_at.map(|s| s.saturating_mul(1000))
+                );
                 let claims = v.get("claims").and_then(serde_json::Value::as_object);
                 assert_eq!(identity.claims.len(), claims.map_or(0, |c| c.len()));
                 for (name, value) in &identity.claims {

@@ -239,7 +239,10 @@ impl State {
                 Outcome::Allow { identity, stale } => {
                     assert!(identity.is_header_safe(), "{identity:?}");
                     let now = self.sides[w].host.now_ms();
-                    assert!(!identity.expired(now), "worker {w}: expired key allowed at {now}");
+                    assert!(
+                        !identity.expired(now),
+                        "worker {w}: expired key allowed at {now}"
+                    );
                     assert!(
                         self.keys[k].allow_ok,
                         "worker {w}: key {k} allowed (stale: {stale}, {:?}) from a lookup sent \
@@ -273,7 +276,10 @@ impl State {
                 Outcome::Allow { identity, .. } => {
                     assert!(identity.is_header_safe(), "{identity:?}");
                     let now = self.sides[w].host.now_ms();
-                    assert!(!identity.expired(now), "worker {w}: expired key allowed at {now}");
+                    assert!(
+                        !identity.expired(now),
+                        "worker {w}: expired key allowed at {now}"
+                    );
                     assert!(
                         self.keys[k].allow_ok,
                         "worker {w}: key {k} allowed from a cache after the feed reported it"

@@ -21,7 +21,10 @@ pub fn header_lines(mut rest: Option<&[u8]>) -> Vec<(String, Vec<u8>)> {
             Some(i) => (&line[..i], &line[i + 1..]),
             None => (line, &[][..]),
         };
-        headers.push((String::from_utf8_lossy(name).to_ascii_lowercase(), value.to_vec()));
+        headers.push((
+            String::from_utf8_lossy(name).to_ascii_lowercase(),
+            value.to_vec(),
+        ));
     }
     headers
 }
@@ -42,7 +45,8 @@ pub fn is_header_safe_field(f: &str) -> bool {
     let b = f.as_bytes();
     !b.is_empty()
         && b.len() <= 256
-        && b.iter().all(|&c| c == b' ' || ((0x21..=0x7e).contains(&c) && c != b','))
+        && b.iter()
+            .all(|&c| c == b' ' || ((0x21..=0x7e).contains(&c) && c != b','))
         && b[0] != b' '
         && b[b.len() - 1] != b' '
 }

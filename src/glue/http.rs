@@ -10,6 +10,7 @@ use proxy_wasm::types::{Action, MapType};
 use super::{Envoy, SharedRef};
 use crate::admission::{self, Admission, Deferred};
 use crate::config::Config;
+use crate::fields;
 use crate::host::{Host, Metric};
 use crate::request::{self, Refusal, RequestIo};
 use crate::verdict::Decision;
@@ -68,12 +69,14 @@ impl HttpContext for Http {
             return Action::Pause;
         };
         let s = &mut *guard;
-        let Ok(headers) = hostcalls::get_map_bytes(MapType::HttpRequestHeaders) else {
+        let buf = super::header_map(MapType::HttpRequestHeaders);
+        let Some(headers) = buf.as_deref().and_then(fields::parse) else {
             request::refuse(&s.host, &mut Envoy, Refusal::Unavailable);
             return Action::Pause;
         };
         let cfg = Rc::clone(s.worker.config());
-        let admission = admission::admit(&cfg, &headers);
+        let key_ids = &mut s.key_ids;
+        let admission = admission::admit_with(&cfg, &headers, &mut |raw| key_ids.id(raw));
         if admission.is_malformed_key() {
             s.host.count(Metric::MalformedKeys, 1);
         }
@@ -113,14 +116,15 @@ impl HttpContext for Http {
         let Some(cfg) = &self.cfg else {
             return Action::Continue;
         };
-        match hostcalls::get_map_bytes(MapType::HttpRequestTrailers) {
-            Ok(trailers) => {
+        let buf = super::header_map(MapType::HttpRequestTrailers);
+        match buf.as_deref().and_then(fields::parse) {
+            Some(trailers) => {
                 for name in admission::forged_identity(cfg, &trailers) {
                     let _ = hostcalls::remove_map_value(MapType::HttpRequestTrailers, &name);
                 }
                 Action::Continue
             }
-            Err(_) => {
+            None => {
                 Envoy.send(Refusal::Unavailable);
                 Action::Pause
             }

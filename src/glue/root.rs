@@ -17,6 +17,7 @@ use super::http::Http;
 use super::{Envoy, Shared, SharedRef};
 use crate::config::Config;
 use crate::host::CallResponse;
+use crate::key_ids::KeyIds;
 use crate::request::{self, Refusal};
 use crate::store::MAX_CHANGES_BODY;
 use crate::verdict::{Outcome, Resolution, Source};
@@ -117,6 +118,16 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let (Ok(k0), Ok(k1)) = (getrandom::u64(), getrandom::u64()) else {
+            log::error!("no randomness from the host (WASI random_get) for the key-id memo");
+            return false;
+        };
+        let key_ids = KeyIds::new(
+            [k0, k1],
+            cfg.cache
+                .max_entries
+                .saturating_add(cfg.cache.negative_max_entries),
+        );
         let host = ProxyHost::new(&cfg.store);
         let worker = match Worker::new(&host, Rc::clone(&cfg)) {
             Ok(w) => w,
@@ -159,6 +170,7 @@ impl RootContext for Root {
             worker,
             host,
             deferred: Default::default(),
+            key_ids,
         })));
         true
     }

@@ -107,15 +107,16 @@ impl Worker {
                 applied.skipped
             );
         }
-        self.catch_up(host);
+        let published_ms = host.now_ms();
+        self.catch_up(host, published_ms);
         if forced {
             match &page {
                 Some(Changes::Changed { more: true, .. }) => {
                     let since = page.as_ref().map_or(since, Changes::revision);
                     self.send_poll(host, host.now_ms(), since, true);
                 }
-                Some(_) => self.writers.poll_finished(true),
-                None => self.writers.poll_finished(false),
+                Some(_) => self.writers.poll_finished(Some(published_ms)),
+                None => self.writers.poll_finished(None),
             }
         }
     }
@@ -130,7 +131,7 @@ impl Worker {
             }
         }
         if self.writers.need_fallback() && self.drop_everything(host, now) {
-            self.writers.dropped_everything();
+            self.writers.dropped_everything(host.now_ms());
         }
     }
 
@@ -164,17 +165,20 @@ impl Worker {
             self.l1.clear();
         }
         host.count(Metric::LocalDropsEverything, 1);
-        self.catch_up(host);
+        self.catch_up(host, host.now_ms());
     }
 
     /// The filter is being reconfigured and this worker replaced: its held writers are released
     /// after everything is dropped, whatever the rate limit (the answers of their polls would
     /// reach the new worker, which knows nothing of them). Resume the writers that
-    /// [`Worker::take_released_writers`] then returns.
+    /// [`Worker::take_released_writers`] then returns, at once: this worker will not tick
+    /// again. Unlike every other release, a request reaching another worker within the same
+    /// millisecond may still be answered from that worker's older epoch read (reconfiguration
+    /// only).
     pub fn abandon_writers<H: Host + ?Sized>(&mut self, host: &H) {
         if self.writers.held() > 0 {
             self.new_generation(host);
-            self.writers.dropped_everything();
+            self.writers.dropped_everything(0);
         }
     }
 }

@@ -82,8 +82,10 @@ impl Worker {
 
     // ---- freshness ----
 
-    /// Applies what changed in the shared epoch since this worker last looked.
-    pub(super) fn catch_up<H: Host + ?Sized>(&mut self, host: &H) {
+    /// Applies what changed in the shared epoch since this worker last looked. `now` is the
+    /// clock read before this call (it tags the read; see [`Worker::check`]).
+    pub(super) fn catch_up<H: Host + ?Sized>(&mut self, host: &H, now: u64) {
+        self.epoch_read_ms = now;
         let (epoch, _) = shared::read::<H, Epoch>(host, &self.names.epoch);
         let epoch = epoch.unwrap_or_default();
         if epoch == self.epoch {
