@@ -310,6 +310,9 @@ impl Worker {
         self.wake_pending = false;
         let now = host.now_ms();
         self.catch_up(host, now);
+        // A lookup started here may be a feed-down re-check: the lag that decided it is
+        // reported before its answer, as the tick would have.
+        host.gauge(Gauge::SyncLagMs, now.saturating_sub(self.synced_ms()));
         self.advance_flights(host, now);
         self.deliver(host)
     }

@@ -518,6 +518,17 @@ fn a_failed_lookup_wakes_the_other_workers_too() {
 }
 
 #[test]
+fn a_wake_up_reports_the_sync_lag_before_the_lookup_it_starts() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    host.advance(2_500);
+    assert_eq!(w.check(&host, 1, key(9)), Decision::Wait);
+    w.on_wake(&host);
+    assert_eq!(lookups(&host, &mut w).len(), 1);
+    assert_eq!(host.gauge_value(Gauge::SyncLagMs), Some(2_500));
+}
+
+#[test]
 fn a_dead_lease_holder_is_taken_over_and_nobody_waits_forever() {
     let cfg = config("");
     let (a, mut wa) = synced_worker(&cfg);
