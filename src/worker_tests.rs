@@ -1016,6 +1016,30 @@ fn before_the_first_sync_positive_verdicts_live_no_longer_than_a_poll() {
 }
 
 #[test]
+fn before_the_first_sync_negative_verdicts_live_no_longer_than_a_poll() {
+    // The key may be created before the first poll, which (from `since=0`) would not report it.
+    let cfg =
+        config(r#","cache":{"negative_ttl_s":300,"shared_slots":256},"sync":{"interval_ms":1000}"#);
+    let host = FakeHost::new();
+    let mut w = Worker::new(&host, Rc::clone(&cfg)).unwrap();
+    let k = key(16);
+    w.check(&host, 1, k);
+    w.on_wake(&host);
+    for (token, call) in host.take_calls() {
+        if call.path.starts_with("/v1/keys/") {
+            let r = respond(&host, &mut w, token, 404, "");
+            assert_eq!(r[0].outcome, Outcome::Deny);
+        }
+    }
+    assert!(matches!(
+        w.check(&host, 2, k),
+        Decision::Answer(Outcome::Deny, _)
+    ));
+    host.advance(1_001);
+    assert_eq!(w.check(&host, 3, k), Decision::Wait, "looked up again");
+}
+
+#[test]
 fn shared_data_stays_bounded_whatever_the_number_of_keys() {
     let cfg = config(
         r#","cache":{"max_entries":1000,"shared_slots":256},"miss_budget":{"per_second":1000000,"burst":10000000}"#,
