@@ -58,10 +58,10 @@ impl ProxyHost {
     /// Registers `name` as this worker's own shared queue, received by the root context that
     /// is current (call it from the root's own callbacks). Without it, [`Host::wake`] fails.
     pub fn register_wake_queue(&self, name: &str) {
-        match hostcalls::register_shared_queue(name) {
-            Ok(id) => self.wake_queue.set(Some(id)),
-            Err(e) => {
-                log::warn!("no wake-up queue ({e:?}): answers beyond a batch wait for the tick")
+        match super::queue::register(name) {
+            Some(id) => self.wake_queue.set(Some(id)),
+            None => {
+                log::warn!("no wake-up queue: lookups and answers wait for the tick")
             }
         }
     }
@@ -71,7 +71,7 @@ impl ProxyHost {
     pub fn drain_queue(&self, queue_id: u32) {
         // Bounded: at most one wake-up is pending at a time, a few if one was lost meanwhile.
         for _ in 0..64 {
-            if !matches!(hostcalls::dequeue_shared_queue(queue_id), Ok(Some(_))) {
+            if !super::queue::dequeue(queue_id) {
                 break;
             }
         }
@@ -148,8 +148,8 @@ impl Host for ProxyHost {
         let known = self.other_queues.borrow().get(queue).copied();
         let id = match known {
             Some(id) => id,
-            None => match hostcalls::resolve_shared_queue(&self.vm_id, queue) {
-                Ok(Some(id)) => {
+            None => match super::queue::resolve(&self.vm_id, queue) {
+                Some(id) => {
                     // Bounded by the owner ids a worker wakes (the most recent few).
                     let mut cache = self.other_queues.borrow_mut();
                     if cache.len() >= 64 {
@@ -161,12 +161,12 @@ impl Host for ProxyHost {
                 _ => return false,
             },
         };
-        hostcalls::enqueue_shared_queue(id, Some(b"w")).is_ok()
+        super::queue::enqueue(id, b"w")
     }
 
     fn wake(&self) -> bool {
         self.wake_queue
             .get()
-            .is_some_and(|id| hostcalls::enqueue_shared_queue(id, Some(b"w")).is_ok())
+            .is_some_and(|id| super::queue::enqueue(id, b"w"))
     }
 }

@@ -7,6 +7,7 @@
 
 mod host;
 mod http;
+mod queue;
 mod root;
 
 use std::cell::RefCell;
