@@ -74,6 +74,11 @@ pub struct FakeHost {
     calls: RefCell<Vec<(u32, Callout)>>,
     dispatch_fails: Cell<bool>,
     tick_ms: Cell<u32>,
+    /// Wake-ups asked for ([`Host::wake`]) since the last [`FakeHost::take_wakes`].
+    wakes: Cell<u32>,
+    wake_fails: Cell<bool>,
+    /// Other workers' queues enqueued to ([`Host::wake_worker`]).
+    woken: RefCell<Vec<String>>,
     metrics: RefCell<HashMap<&'static str, u64>>,
     histograms: RefCell<Vec<u64>>,
     gauges: RefCell<HashMap<&'static str, u64>>,
@@ -95,6 +100,9 @@ impl FakeHost {
             calls: RefCell::new(Vec::new()),
             dispatch_fails: Cell::new(false),
             tick_ms: Cell::new(0),
+            wakes: Cell::new(0),
+            wake_fails: Cell::new(false),
+            woken: RefCell::new(Vec::new()),
             metrics: RefCell::new(HashMap::new()),
             histograms: RefCell::new(Vec::new()),
             gauges: RefCell::new(HashMap::new()),
@@ -121,6 +129,21 @@ impl FakeHost {
 
     pub fn fail_dispatch(&self, fail: bool) {
         self.dispatch_fails.set(fail);
+    }
+
+    /// How many wake-ups were asked for since the last call.
+    pub fn take_wakes(&self) -> u32 {
+        self.wakes.replace(0)
+    }
+
+    /// The queues of other workers woken since the last call.
+    pub fn take_woken(&self) -> Vec<String> {
+        std::mem::take(&mut self.woken.borrow_mut())
+    }
+
+    /// Makes [`Host::wake`] fail (as when the glue has no queue).
+    pub fn fail_wake(&self, fail: bool) {
+        self.wake_fails.set(fail);
     }
 
     pub fn tick_ms(&self) -> u32 {
@@ -257,6 +280,19 @@ impl Host for FakeHost {
 
     fn gauge(&self, metric: Gauge, value: u64) {
         self.gauges.borrow_mut().insert(metric.name(), value);
+    }
+
+    fn wake(&self) -> bool {
+        if self.wake_fails.get() {
+            return false;
+        }
+        self.wakes.set(self.wakes.get() + 1);
+        true
+    }
+
+    fn wake_worker(&self, queue: &str) -> bool {
+        self.woken.borrow_mut().push(queue.to_string());
+        true
     }
 }
 

@@ -79,6 +79,15 @@ pub trait Host {
     fn record(&self, metric: Histogram, value: u64);
     /// Sets a gauge.
     fn gauge(&self, metric: Gauge, value: u64);
+    /// Asks for a root callback on this worker as soon as its event loop is free (the glue
+    /// enqueues to the worker's own shared queue, [`crate::worker::Worker::wake_queue`]): the
+    /// worker then calls [`crate::worker::Worker::on_wake`]. False when it cannot (no queue):
+    /// the tick is the fallback.
+    fn wake(&self) -> bool;
+    /// Asks for a root callback on another worker of this Envoy: enqueues to the shared queue
+    /// named `queue` (its [`crate::worker::Worker::wake_queue`]). False when there is no such
+    /// queue (the name is stale) or the host refused.
+    fn wake_worker(&self, queue: &str) -> bool;
 }
 
 /// Counters, exported by the glue as `keygate_<name>`.

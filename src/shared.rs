@@ -92,6 +92,12 @@ impl Names {
         }
     }
 
+    /// The shared queue through which worker `owner` wakes its own root context: unique per
+    /// worker of this Envoy and namespace (registering a taken name would steal its receiver).
+    pub fn wake_queue(&self, owner: u64) -> String {
+        format!("{}wake.{owner}", self.prefix)
+    }
+
     pub fn slot(&self, index: u32) -> String {
         format!("{}slot.{index}", self.prefix)
     }

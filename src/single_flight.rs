@@ -24,7 +24,7 @@ struct Waiter {
 /// Where a flight stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Decide on the next tick: read the slot, follow or take the lease.
+    /// Decide on the next wake-up or tick: read the slot, follow or take the lease.
     Queued,
     /// Another worker holds the lease: wait for its verdict in the slot.
     Following,
@@ -88,6 +88,11 @@ impl Flights {
         self.index.len().saturating_add(self.outbox.len())
     }
 
+    /// Answers decided and not handed out yet.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// Whether anything waits (the root must tick fast).
     pub fn busy(&self) -> bool {
         !self.outbox.is_empty() || !self.index.is_empty()
@@ -107,7 +112,7 @@ impl Flights {
         true
     }
 
-    /// Starts a flight for `key` with its first waiter (queued for the next tick).
+    /// Starts a flight for `key` with its first waiter (queued for the next wake-up or tick).
     pub fn start(&mut self, key: KeyId, context_id: u32, deadline_ms: u64, now_ms: u64) {
         let waiter = Waiter {
             context_id,

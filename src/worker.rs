@@ -4,12 +4,17 @@
 //! table (verdicts other workers fetched), or a store lookup; [`Source`] says which. A request
 //! that needs a lookup becomes a *waiter* ([`crate::single_flight`]): within a worker the
 //! waiters on a key share one lookup; across workers, the one that holds the slot's lease asks
-//! the store and the others read its verdict from the shared table on their next tick.
+//! the store and the others read its verdict from the shared table.
+//!
+//! When to act is decided here too: a new flight, an outbox still holding answers after a
+//! batch, and a finished lookup (for the other workers) ask for a wake-up ([`Host::wake`],
+//! [`Host::wake_worker`]: each worker's own shared queue), which runs [`Worker::on_wake`] on
+//! the next event-loop iteration; the tick (fast while anything waits) is the fallback.
 //!
 //! Invariants:
-//! - callouts are dispatched only from the root context (`on_tick`, `on_http_call_response`),
-//!   so a lookup belongs to the worker, not to the request that triggered it;
-//!   [`Worker::check`] never dispatches;
+//! - callouts are dispatched only from the root context (`on_tick`, `on_wake`,
+//!   `on_http_call_response`), so a lookup belongs to the worker, not to the request that
+//!   triggered it; [`Worker::check`] never dispatches;
 //! - no answer outlives the changes that happened during its lookup: an answer for a key that
 //!   the change ring reported after the lookup was sent (or fetched under an older generation)
 //!   is given to nobody and cached nowhere; the key is looked up again;
@@ -31,7 +36,7 @@ use crate::host::{
 };
 use crate::key::KeyId;
 use crate::local_writes::Writers;
-use crate::shared::{self, ChangeRing, Epoch, Names};
+use crate::shared::{self, ChangeRing, Counter, Epoch, Names};
 use crate::shared_table::{self, SlotVerdict, Table, View, LEASE_GRACE_MS};
 use crate::single_flight::{Call, Fetch, Flights, Phase};
 use crate::store::{self, LookupAnswer};
@@ -48,13 +53,18 @@ use freshness::reserve_burst;
 pub const FAST_TICK_MS: u32 = 1;
 /// Longest tick period when idle; shorter when the sync interval is short.
 pub const IDLE_TICK_MS: u32 = 250;
-/// Most waiters answered per root callback; the rest wait for the next tick (1 ms).
+/// Most waiters answered per root callback; the rest go out in the next one: a wake-up the
+/// worker asks for at once ([`Host::wake`], on the next event-loop iteration), or the next tick
+/// (1 ms) when it cannot have one.
 /// Envoy runs what a resumed request does next (the rest of its filter chain and, for a local
 /// reply or a direct response, its response callbacks into this VM) after the VM call, and each
 /// of those calls runs the next queued resume before returning: answering k requests at once
 /// nests k levels deep. With ~500 at once V8 ran out of stack ("Maximum call stack size
 /// exceeded") and trapped the VM; 64 keeps the nesting shallow.
 pub const MAX_ANSWERS_PER_CALLBACK: usize = 64;
+/// How many of this Envoy's most recent workers (by owner id) a finished lookup wakes; more
+/// workers than this see the verdict on their tick instead.
+pub const WAKE_WORKERS_MAX: u64 = 16;
 /// Polls failing for longer than this many sync intervals put the worker in "feed down" mode:
 /// cached allows older than one interval are re-checked by lookup.
 pub const FEED_DOWN_INTERVALS: u64 = 3;
@@ -87,6 +97,8 @@ pub struct Worker {
     /// Key ids admitted since the last merge into the Envoy's usage batch.
     usage: UsageLog,
     next_usage_ms: u64,
+    /// A wake-up was asked for and has not come yet ([`Worker::on_wake`]).
+    wake_pending: bool,
 }
 
 impl Worker {
@@ -123,6 +135,7 @@ impl Worker {
             started_ms: host.now_ms(),
             usage: UsageLog::default(),
             next_usage_ms: 0,
+            wake_pending: false,
         };
         worker.adjust_tick(host);
         Ok(worker)
@@ -134,6 +147,12 @@ impl Worker {
 
     pub fn config(&self) -> &Rc<Config> {
         &self.cfg
+    }
+
+    /// The name of this worker's own shared queue, which the glue registers for its root
+    /// context and enqueues to when the worker asks for a wake-up ([`Host::wake`]).
+    pub fn wake_queue(&self) -> String {
+        self.names.wake_queue(self.owner)
     }
 
     /// How many waiters (paused requests) this worker has.
@@ -214,6 +233,9 @@ impl Worker {
         }
         self.flights.start(key, context_id, deadline_ms, now);
         self.adjust_tick(host);
+        // Start the lookup from the root context as soon as the event loop is free, rather
+        // than on the next tick (which a burst of arriving requests delays).
+        self.ask_wake(host);
         Decision::Wait
     }
 
@@ -246,9 +268,7 @@ impl Worker {
     pub fn on_tick<H: Host + ?Sized>(&mut self, host: &H) -> Vec<Resolution> {
         let now = host.now_ms();
         self.catch_up(host, now);
-        for (key, phase, since_ms) in self.flights.snapshot() {
-            self.advance(host, key, phase, since_ms, now);
-        }
+        self.advance_flights(host, now);
         self.expire_waiters(host, now);
         self.expire_calls(now);
         self.maybe_sync(host, now);
@@ -284,10 +304,43 @@ impl Worker {
         self.deliver(host)
     }
 
+    /// The wake-up this worker asked for ([`Host::wake`]): new flights start their lookup,
+    /// and the next batch of answers goes out.
+    pub fn on_wake<H: Host + ?Sized>(&mut self, host: &H) -> Vec<Resolution> {
+        self.wake_pending = false;
+        let now = host.now_ms();
+        self.catch_up(host, now);
+        // A lookup started here may be a feed-down re-check: the lag that decided it is
+        // reported before its answer, as the tick would have.
+        host.gauge(Gauge::SyncLagMs, now.saturating_sub(self.synced_ms()));
+        self.advance_flights(host, now);
+        self.deliver(host)
+    }
+
+    /// Asks for a wake-up unless one is pending.
+    fn ask_wake<H: Host + ?Sized>(&mut self, host: &H) {
+        if !self.wake_pending {
+            self.wake_pending = host.wake();
+        }
+    }
+
+    fn advance_flights<H: Host + ?Sized>(&mut self, host: &H, now: u64) {
+        for (key, phase, since_ms) in self.flights.snapshot() {
+            self.advance(host, key, phase, since_ms, now);
+        }
+    }
+
     /// Hands out at most [`MAX_ANSWERS_PER_CALLBACK`] answers from the outbox, counted by
-    /// source; a non-empty outbox keeps the tick fast.
+    /// source. When more remain, asks for a wake-up to hand out the next batch (one pending
+    /// at a time); a non-empty outbox also keeps the tick fast, the fallback.
     fn deliver<H: Host + ?Sized>(&mut self, host: &H) -> Vec<Resolution> {
         let mut out = self.flights.deliver(MAX_ANSWERS_PER_CALLBACK);
+        if self.flights.outbox_len() == 0 {
+            // A wake-up lost on the way must not block the next ones.
+            self.wake_pending = false;
+        } else {
+            self.ask_wake(host);
+        }
         let now = host.now_ms();
         for r in &mut out {
             // An allow that waited in the outbox past the key's expiry is not given.
@@ -430,6 +483,20 @@ impl Worker {
         self.remember(host, key, entry);
         self.note_use(key);
         self.flights.resolve(&key, &outcome, Source::Lookup);
+        self.wake_followers(host);
+    }
+
+    /// The key's slot now holds a verdict (or a failed lease) that other workers of this Envoy
+    /// may be waiting for: wake them, so that they answer now rather than on their next tick.
+    /// Workers are known by owner id only, so this wakes the most recent ones (a stale id
+    /// names a queue nobody registered, or one whose root finds nothing to do).
+    fn wake_followers<H: Host + ?Sized>(&self, host: &H) {
+        let (count, _) = shared::read::<H, Counter>(host, &self.names.owners);
+        let last = count.map_or(0, |c| c.0);
+        let first = last.saturating_sub(WAKE_WORKERS_MAX - 1).max(1);
+        for owner in (first..=last).filter(|o| *o != self.owner) {
+            host.wake_worker(&self.names.wake_queue(owner));
+        }
     }
 
     /// Whether the key (or everything) changed since `fetch` was sent, as far as this worker
@@ -502,6 +569,7 @@ impl Worker {
             let _ = self.table.update(host, &key, |s| {
                 Some(shared_table::fail(s, key, self.owner, now))
             });
+            self.wake_followers(host);
         }
         let (outcome, source) = self.stale_or(host, &key, now, Outcome::Unavailable);
         self.flights.resolve(&key, &outcome, source);

@@ -188,6 +188,89 @@ fn concurrent_misses_on_one_worker_share_one_lookup() {
 }
 
 #[test]
+fn a_new_flight_asks_for_a_wake_up_that_starts_its_lookup_without_a_tick() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    host.take_wakes();
+    assert_eq!(w.check(&host, 1, key(1)), Decision::Wait);
+    assert_eq!(
+        w.check(&host, 2, key(1)),
+        Decision::Wait,
+        "joins the flight"
+    );
+    assert_eq!(w.check(&host, 3, key(2)), Decision::Wait);
+    assert_eq!(host.take_wakes(), 1, "one wake-up pending at a time");
+    assert!(lookups(&host, &mut w).is_empty(), "check never dispatches");
+    assert!(w.on_wake(&host).is_empty());
+    assert_eq!(
+        lookups(&host, &mut w).len(),
+        2,
+        "both lookups start in the wake-up"
+    );
+    assert_eq!(
+        host.take_wakes(),
+        0,
+        "nothing left to hand out: no further wake-up"
+    );
+    assert_eq!(w.check(&host, 4, key(3)), Decision::Wait);
+    assert_eq!(host.take_wakes(), 1, "the next flight asks again");
+}
+
+#[test]
+fn answers_beyond_a_batch_go_out_in_wake_ups_and_the_last_batch_asks_for_none() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    let n = 2 * MAX_ANSWERS_PER_CALLBACK + 10;
+    for ctx in 1..=n {
+        assert_eq!(w.check(&host, ctx as u32, key(1)), Decision::Wait);
+    }
+    w.on_wake(&host);
+    let calls = lookups(&host, &mut w);
+    assert_eq!(calls.len(), 1);
+    host.take_wakes();
+    let mut answered = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
+    assert_eq!(answered.len(), MAX_ANSWERS_PER_CALLBACK);
+    assert_eq!(host.take_wakes(), 1, "more remain: wake me");
+    answered.extend(w.on_wake(&host));
+    assert_eq!(answered.len(), 2 * MAX_ANSWERS_PER_CALLBACK);
+    assert_eq!(host.take_wakes(), 1, "more remain: wake me again");
+    answered.extend(w.on_wake(&host));
+    assert_eq!(answered.len(), n);
+    assert_eq!(host.take_wakes(), 0, "the outbox is empty");
+    assert_eq!(w.waiters(), 0);
+    let mut contexts: Vec<u32> = answered.iter().map(|r| r.context_id).collect();
+    contexts.sort_unstable();
+    contexts.dedup();
+    assert_eq!(contexts.len(), n, "each request answered once");
+    assert!(answered.iter().all(|r| is_allow(&r.outcome)));
+}
+
+#[test]
+fn without_wake_ups_the_tick_starts_lookups_and_hands_out_the_rest() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    host.fail_wake(true);
+    let n = MAX_ANSWERS_PER_CALLBACK + 5;
+    for ctx in 1..=n {
+        assert_eq!(w.check(&host, ctx as u32, key(1)), Decision::Wait);
+    }
+    assert_eq!(host.tick_ms(), FAST_TICK_MS);
+    w.on_tick(&host);
+    let calls = lookups(&host, &mut w);
+    assert_eq!(calls.len(), 1);
+    let mut answered = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
+    assert_eq!(answered.len(), MAX_ANSWERS_PER_CALLBACK);
+    assert_eq!(host.tick_ms(), FAST_TICK_MS, "the tick is the fallback");
+    // A wake-up that failed is asked for again once the queue works.
+    host.fail_wake(false);
+    answered.extend(w.on_tick(&host));
+    assert_eq!(answered.len(), n);
+    assert_eq!(host.take_wakes(), 0);
+    assert_eq!(w.check(&host, 999, key(2)), Decision::Wait);
+    assert_eq!(host.take_wakes(), 1);
+}
+
+#[test]
 fn with_the_budget_spent_a_new_miss_is_refused_at_once_without_parking() {
     let cfg = config(r#","miss_budget":{"per_second":1,"burst":1}"#);
     let (host, mut w) = synced_worker(&cfg);
@@ -390,6 +473,59 @@ fn waiters_on_another_worker_learn_of_the_failure_and_get_stale_from_the_shared_
         lookups(&b, &mut wb).is_empty(),
         "B did not ask the failing store again"
     );
+}
+
+#[test]
+fn a_finished_lookup_wakes_the_other_workers_which_answer_without_a_tick() {
+    let cfg = config("");
+    let (a, mut wa) = synced_worker(&cfg);
+    let (b, mut wb) = sibling_worker(&a, &cfg);
+    let k = key(7);
+    wa.check(&a, 1, k);
+    wa.on_wake(&a);
+    let calls = lookups(&a, &mut wa);
+    assert_eq!(calls.len(), 1);
+    wb.check(&b, 2, k);
+    assert!(wb.on_wake(&b).is_empty(), "B follows A's lease");
+    assert!(lookups(&b, &mut wb).is_empty());
+    assert!(a.take_woken().is_empty());
+    let ra = respond(&a, &mut wa, calls[0].0, 200, IDENTITY);
+    assert!(is_allow(&ra[0].outcome));
+    let woken = a.take_woken();
+    assert!(woken.contains(&wb.wake_queue()), "B woken: {woken:?}");
+    assert!(!woken.contains(&wa.wake_queue()), "A does not wake itself");
+    let rb = wb.on_wake(&b);
+    assert_eq!(rb.len(), 1);
+    assert!(is_allow(&rb[0].outcome));
+    assert_eq!(rb[0].source, Source::Shared);
+}
+
+#[test]
+fn a_failed_lookup_wakes_the_other_workers_too() {
+    let cfg = config("");
+    let (a, mut wa) = synced_worker(&cfg);
+    let (b, mut wb) = sibling_worker(&a, &cfg);
+    let k = key(8);
+    wa.check(&a, 1, k);
+    wa.on_wake(&a);
+    let calls = lookups(&a, &mut wa);
+    wb.check(&b, 2, k);
+    wb.on_wake(&b);
+    respond(&a, &mut wa, calls[0].0, 500, "");
+    assert!(a.take_woken().contains(&wb.wake_queue()));
+    let rb = wb.on_wake(&b);
+    assert_eq!(rb[0].outcome, Outcome::Unavailable);
+}
+
+#[test]
+fn a_wake_up_reports_the_sync_lag_before_the_lookup_it_starts() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    host.advance(2_500);
+    assert_eq!(w.check(&host, 1, key(9)), Decision::Wait);
+    w.on_wake(&host);
+    assert_eq!(lookups(&host, &mut w).len(), 1);
+    assert_eq!(host.gauge_value(Gauge::SyncLagMs), Some(2_500));
 }
 
 #[test]
@@ -877,6 +1013,30 @@ fn before_the_first_sync_positive_verdicts_live_no_longer_than_a_poll() {
     }
     host.advance(1_001);
     assert_eq!(w.check(&host, 2, k), Decision::Wait);
+}
+
+#[test]
+fn before_the_first_sync_negative_verdicts_live_no_longer_than_a_poll() {
+    // The key may be created before the first poll, which (from `since=0`) would not report it.
+    let cfg =
+        config(r#","cache":{"negative_ttl_s":300,"shared_slots":256},"sync":{"interval_ms":1000}"#);
+    let host = FakeHost::new();
+    let mut w = Worker::new(&host, Rc::clone(&cfg)).unwrap();
+    let k = key(16);
+    w.check(&host, 1, k);
+    w.on_wake(&host);
+    for (token, call) in host.take_calls() {
+        if call.path.starts_with("/v1/keys/") {
+            let r = respond(&host, &mut w, token, 404, "");
+            assert_eq!(r[0].outcome, Outcome::Deny);
+        }
+    }
+    assert!(matches!(
+        w.check(&host, 2, k),
+        Decision::Answer(Outcome::Deny, _)
+    ));
+    host.advance(1_001);
+    assert_eq!(w.check(&host, 3, k), Decision::Wait, "looked up again");
 }
 
 #[test]

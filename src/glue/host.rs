@@ -1,6 +1,8 @@
 //! [`Host`] over proxy-wasm host calls. Every call that can fail returns its error instead of
 //! panicking (the SDK's convenience methods unwrap; a panic would trap the worker's VM).
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
@@ -17,6 +19,12 @@ pub(crate) struct ProxyHost {
     counters: [Option<u32>; Metric::ALL.len()],
     lookup_ms: Option<u32>,
     gauges: [Option<u32>; Gauge::ALL.len()],
+    /// This worker's own shared queue (registered by the root context), for [`Host::wake`].
+    wake_queue: Cell<Option<u32>>,
+    /// This VM's `vm_id` (other workers' queues are looked up under it).
+    vm_id: String,
+    /// Other workers' queues already looked up, by name.
+    other_queues: RefCell<HashMap<String, u32>>,
 }
 
 impl ProxyHost {
@@ -37,6 +45,35 @@ impl ProxyHost {
             gauges,
             counters,
             lookup_ms,
+            wake_queue: Cell::new(None),
+            vm_id: hostcalls::get_property(vec!["plugin_vm_id"])
+                .ok()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
+            other_queues: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Registers `name` as this worker's own shared queue, received by the root context that
+    /// is current (call it from the root's own callbacks). Without it, [`Host::wake`] fails.
+    pub fn register_wake_queue(&self, name: &str) {
+        match super::queue::register(name) {
+            Some(id) => self.wake_queue.set(Some(id)),
+            None => {
+                log::warn!("no wake-up queue: lookups and answers wait for the tick")
+            }
+        }
+    }
+
+    /// Empties a wake-up queue (its items carry nothing): this one's, or one a replaced
+    /// configuration registered for the same root context.
+    pub fn drain_queue(&self, queue_id: u32) {
+        // Bounded: at most one wake-up is pending at a time, a few if one was lost meanwhile.
+        for _ in 0..64 {
+            if !super::queue::dequeue(queue_id) {
+                break;
+            }
         }
     }
 }
@@ -105,5 +142,31 @@ impl Host for ProxyHost {
         if let Some(Some(id)) = self.gauges.get(metric.index()) {
             let _ = hostcalls::record_metric(*id, value);
         }
+    }
+
+    fn wake_worker(&self, queue: &str) -> bool {
+        let known = self.other_queues.borrow().get(queue).copied();
+        let id = match known {
+            Some(id) => id,
+            None => match super::queue::resolve(&self.vm_id, queue) {
+                Some(id) => {
+                    // Bounded by the owner ids a worker wakes (the most recent few).
+                    let mut cache = self.other_queues.borrow_mut();
+                    if cache.len() >= 64 {
+                        cache.clear();
+                    }
+                    cache.insert(queue.to_string(), id);
+                    id
+                }
+                _ => return false,
+            },
+        };
+        super::queue::enqueue(id, b"w")
+    }
+
+    fn wake(&self) -> bool {
+        self.wake_queue
+            .get()
+            .is_some_and(|id| super::queue::enqueue(id, b"w"))
     }
 }

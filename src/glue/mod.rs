@@ -1,11 +1,13 @@
 //! The Envoy glue: the only code that talks to proxy-wasm, compiled only for `wasm32-wasip1`.
 //!
 //! - `host`: the [`crate::host::Host`] trait over proxy-wasm host calls;
-//! - `root`: the root context (configuration, ticks, callout answers, resuming paused requests);
+//! - `root`: the root context (configuration, ticks, wake-ups through its shared queue, callout
+//!   answers, resuming paused requests);
 //! - `http`: the HTTP context (strip identity headers, read the key, ask the worker).
 
 mod host;
 mod http;
+mod queue;
 mod root;
 
 use std::cell::RefCell;

@@ -1,4 +1,9 @@
 //! The root context: one per worker VM (and one on Envoy's main thread).
+//!
+//! Each root registers a shared queue of its own (named by the worker,
+//! [`crate::worker::Worker::wake_queue`]); an item in it means "the worker asked for a wake-up"
+//! and `on_queue_ready` runs [`crate::worker::Worker::on_wake`]. Invariant: every root callback
+//! hands out at most the one batch of answers the worker returns.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -131,6 +136,7 @@ impl RootContext for Root {
                 return false;
             }
         };
+        host.register_wake_queue(&worker.wake_queue());
         if let Some(old) = self.shared.take() {
             // Reconfigured: requests paused on the old worker get a 503 rather than hang, and
             // its held admin writes go on (`deliver` resumes them).
@@ -175,6 +181,22 @@ impl RootContext for Root {
             Ok(mut s) => {
                 let s = &mut *s;
                 s.worker.on_tick(&s.host)
+            }
+            Err(_) => return,
+        };
+        self.deliver(resolutions);
+    }
+
+    /// The wake-up the worker asked for: the next batch of answers.
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        let Some(shared) = &self.shared else { return };
+        let resolutions = match shared.try_borrow_mut() {
+            Ok(mut s) => {
+                let s = &mut *s;
+                // A queue of a replaced configuration's worker: nothing waits on it any more,
+                // but this worker's answers may (an extra delivery costs nothing).
+                s.host.drain_queue(queue_id);
+                s.worker.on_wake(&s.host)
             }
             Err(_) => return,
         };

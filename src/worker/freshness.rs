@@ -218,16 +218,18 @@ impl Worker {
     pub(super) fn entry_for(&self, verdict: Verdict, now: u64, generation: u64) -> Entry {
         let c = &self.cfg.cache;
         let (ttl, stale_ms) = if verdict.is_allow() {
-            // Until this Envoy has synced with the feed once, it could miss a revocation that
-            // happened before its first poll: keep positive verdicts no longer than a poll.
-            let ttl = if self.epoch.revision == 0 {
-                c.ttl_ms.min(self.cfg.sync.interval_ms)
-            } else {
-                c.ttl_ms
-            };
-            (ttl, c.stale_if_error_ms)
+            (c.ttl_ms, c.stale_if_error_ms)
         } else {
             (c.negative_ttl_ms, 0)
+        };
+        // Until this Envoy has synced with the feed once, it could miss a change that happened
+        // before its first poll (a first poll, `since=0`, only tells the current revision): a
+        // revocation, or the creation of a key it just cached as unknown. Keep verdicts no
+        // longer than a poll.
+        let ttl = if self.epoch.revision == 0 {
+            ttl.min(self.cfg.sync.interval_ms)
+        } else {
+            ttl
         };
         // A key's own expiry caps both the TTL and the stale window: nothing allows it past
         // `expires_at`, whatever `cache.ttl_s` and stale-if-error say.

@@ -23,6 +23,10 @@ pub enum Contender {
     Floor,
     Keygate,
     Lua,
+    /// Not a contender of the throughput phase: the herd's floor. No auth filter; Envoy's fault
+    /// filter holds every request for the store's delay, then the route answers it. What Envoy
+    /// itself costs to hold and answer N simultaneous requests, with nothing of keygate's.
+    HerdFloor,
 }
 
 impl Contender {
@@ -44,6 +48,7 @@ impl Contender {
             Contender::Floor => "floor",
             Contender::Keygate => "keygate",
             Contender::Lua => "lua",
+            Contender::HerdFloor => "herd_floor",
         }
     }
 
@@ -56,6 +61,7 @@ impl Contender {
             Contender::Floor => "wasm floor",
             Contender::Keygate => "keygate (hit path)",
             Contender::Lua => "Lua filter (by hand, hit path)",
+            Contender::HerdFloor => "herd floor (no auth, requests held for the store's delay)",
         }
     }
 
@@ -67,6 +73,7 @@ impl Contender {
             Contender::Floor => 'D',
             Contender::Keygate => 'E',
             Contender::Lua => 'F',
+            Contender::HerdFloor => 'H',
         }
     }
 }
@@ -88,6 +95,8 @@ pub struct Bootstrap {
     pub keygate_config: String,
     /// The Lua contender's source (`bench/lua_auth.lua`).
     pub lua_code: String,
+    /// How long the herd floor ([`Contender::HerdFloor`]) holds each request (the store's delay).
+    pub herd_delay_ms: u64,
 }
 
 /// Escapes a value for a YAML double-quoted scalar.
@@ -137,6 +146,22 @@ fn wasm_filter(name: &str, path: &Path, configuration: &str) -> String {
 ",
         file = dq(&path.to_string_lossy()),
         value = dq(configuration),
+    )
+}
+
+/// Envoy's fault filter delaying every request by `ms` (the herd floor's stand-in for a store).
+fn fixed_delay(ms: u64) -> String {
+    format!(
+        "          - name: envoy.filters.http.fault
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              max_active_faults: 1000000
+              delay:
+                fixed_delay: {}.{:03}s
+                percentage: {{ numerator: 100, denominator: HUNDRED }}
+",
+        ms / 1000,
+        ms % 1000
     )
 }
 
@@ -225,6 +250,7 @@ impl Bootstrap {
 ",
                     dq(&self.lua_code)
                 ),
+                Contender::HerdFloor => fixed_delay(self.herd_delay_ms),
             };
             listeners.push_str(&listener(contender.id(), *port, DIRECT_OK, &filters));
             if *contender == Contender::ExtAuthz {

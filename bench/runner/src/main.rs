@@ -48,6 +48,9 @@ struct Opts {
     /// Start the throughput phase's keystore and Envoy, print where they are, and wait (for
     /// profiling by hand) instead of measuring.
     serve: bool,
+    /// `--only herd`: the herd phase alone (keygate and its floor; no throughput, flood or Lua
+    /// contender), its figures printed, no report written.
+    herd_only: bool,
     plan: Plan,
     out: PathBuf,
     floor_wasm: PathBuf,
@@ -60,11 +63,12 @@ const USAGE: &str =
     "usage: keygate-bench [--smoke] [--out DIR] [--rounds N] [--secs S] [--warmup S]
                      [--connections C] [--herd N,N,...] [--flood-secs S] [--flood-rate R]
                      [--flood-pairs P] [--floor-wasm PATH] [--lua PATH]
-                     [--lua-auth PATH] [--serve]
+                     [--lua-auth PATH] [--serve] [--only herd]
 Full run by default (report in bench/); --smoke: a short run that checks every contender
 answers 200 (give --out, or the report goes to a temporary directory). --serve: start the
 throughput phase's keystore and Envoy, print their ports and the bench key, and wait (Ctrl-C
-ends it), for profiling by hand.";
+ends it), for profiling by hand. --only herd: the herd phase alone (keygate and the herd
+floor at each --herd N), figures printed, no report written (for before/after runs).";
 
 fn parse_args() -> std::result::Result<Opts, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -93,6 +97,7 @@ fn parse_args() -> std::result::Result<Opts, String> {
     let mut lua = root.join("bench/flood.lua");
     let mut lua_auth = root.join("bench/lua_auth.lua");
     let mut serve = false;
+    let mut herd_only = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -105,6 +110,10 @@ fn parse_args() -> std::result::Result<Opts, String> {
         match a.as_str() {
             "--smoke" => {}
             "--serve" => serve = true,
+            "--only" => match value("--only")?.as_str() {
+                "herd" => herd_only = true,
+                other => return Err(format!("--only: unknown phase {other:?} (known: herd)")),
+            },
             "--out" => out = Some(PathBuf::from(value("--out")?)),
             "--rounds" => plan.rounds = num("--rounds", value("--rounds")?)? as usize,
             "--secs" => plan.secs = num("--secs", value("--secs")?)?.round().max(1.0),
@@ -148,6 +157,7 @@ fn parse_args() -> std::result::Result<Opts, String> {
     };
     Ok(Opts {
         serve,
+        herd_only,
         plan,
         out,
         floor_wasm,
@@ -227,6 +237,9 @@ fn run(o: &Opts) -> Result<bool> {
     let keygate_wasm = keygate_harness::wasm_path();
     let _ = keygate_harness::keystore_path();
 
+    if o.herd_only {
+        return run_herd_only(o, &envoy_bin, &keygate_wasm);
+    }
     let lua_code = std::fs::read_to_string(&o.lua_auth)?;
     let started = Instant::now();
     let mut machine = machine(&envoy_bin);
@@ -374,6 +387,7 @@ fn throughput(
         keygate_wasm: keygate_wasm.to_path_buf(),
         keygate_config: p.keygate_config.clone(),
         lua_code: lua_code.to_string(),
+        herd_delay_ms: p.store_delay_ms,
     };
     let (envoy_cpus, wrk_cpus) = if m.pinned {
         (Some("0"), Some("1".to_string()))
@@ -514,6 +528,7 @@ impl Stage<'_> {
             keygate_wasm: self.keygate_wasm.to_path_buf(),
             keygate_config: self.o.plan.keygate_config.clone(),
             lua_code: self.lua_code.to_string(),
+            herd_delay_ms: self.o.plan.store_delay_ms,
         };
         let envoy = BenchEnvoy::start(self.envoy_bin, &boot, 2, None)?;
         // Let the filter's first changes-feed poll (a cold start) go by.
@@ -543,9 +558,23 @@ fn herd_and_flood(
     keygate_wasm: &Path,
     lua_code: &str,
 ) -> Result<(HerdPhase, Flood, Flood)> {
+    let stage = stage(o, envoy_bin, keygate_wasm, lua_code)?;
+    let herd = herd_phase(&stage, true)?;
+    let flood = flood_for(&stage, Contender::Keygate)?;
+    let lua_flood = flood_for(&stage, Contender::Lua)?;
+    Ok((herd, flood, lua_flood))
+}
+
+/// The slow keystore the herd and the flood run against, and its latency asked directly.
+fn stage<'a>(
+    o: &'a Opts,
+    envoy_bin: &'a Path,
+    keygate_wasm: &'a Path,
+    lua_code: &'a str,
+) -> Result<Stage<'a>> {
     let p = &o.plan;
     say(format!(
-        "herd and flood: keystore answering after {} ms, Envoy with keygate (then the Lua filter) on 2 workers",
+        "herd and flood: keystore answering after {} ms, Envoy with keygate (then the herd floor, the Lua filter) on 2 workers",
         p.store_delay_ms
     ));
     let ks = Keystore::start(KeystoreOpts {
@@ -553,44 +582,87 @@ fn herd_and_flood(
         ..KeystoreOpts::default()
     })?;
     let _admin = ks.create_account("herd", "herd-admin");
-    let stage = Stage {
+    Ok(Stage {
         o,
         envoy_bin,
         keygate_wasm,
         lua_code,
         ks,
-    };
+    })
+}
+
+/// For each N: keygate's herd, the herd floor's and (`with_lua`) the Lua contender's.
+fn herd_phase(stage: &Stage, with_lua: bool) -> Result<HerdPhase> {
     let store_direct_ms = stage.store_direct_ms()?;
     say(format!(
         "store lookup asked directly: median {store_direct_ms:.1} ms"
     ));
-    let mut rows = Vec::new();
-    let mut lua_rows = Vec::new();
-    for (i, n) in p.herd_ns.iter().enumerate() {
-        rows.push(herd_one(
-            &stage,
-            Contender::Keygate,
+    let mut phase = HerdPhase {
+        store_direct_ms,
+        ..HerdPhase::default()
+    };
+    for (i, n) in stage.o.plan.herd_ns.iter().enumerate() {
+        let user = format!("fresh-{i}");
+        phase
+            .rows
+            .push(herd_one(stage, Contender::Keygate, *n, &user)?);
+        phase.floor_rows.push(herd_one(
+            stage,
+            Contender::HerdFloor,
             *n,
-            &format!("fresh-{i}"),
+            &format!("floor-{user}"),
         )?);
-        lua_rows.push(herd_one(
-            &stage,
-            Contender::Lua,
-            *n,
-            &format!("lua-fresh-{i}"),
-        )?);
+        if with_lua {
+            phase
+                .lua_rows
+                .push(herd_one(stage, Contender::Lua, *n, &format!("lua-{user}"))?);
+        }
     }
-    let flood = flood_for(&stage, Contender::Keygate)?;
-    let lua_flood = flood_for(&stage, Contender::Lua)?;
-    Ok((
-        HerdPhase {
-            rows,
-            lua_rows,
-            store_direct_ms,
-        },
-        flood,
-        lua_flood,
-    ))
+    Ok(phase)
+}
+
+/// `--only herd`: the herd phase alone; one line per N on stdout. False if a request of
+/// keygate's herd or the floor's was not answered 200.
+fn run_herd_only(o: &Opts, envoy_bin: &Path, keygate_wasm: &Path) -> Result<bool> {
+    let stage = stage(o, envoy_bin, keygate_wasm, "")?;
+    let phase = herd_phase(&stage, false)?;
+    let limit = stage.o.plan.store_delay_ms as f64 + report::TARGET_HERD_SLACK_MS;
+    println!(
+        "herd only: {} (store {} ms, {:.1} ms asked directly; target p99 <= {limit} ms)",
+        keygate_wasm.display(),
+        stage.o.plan.store_delay_ms,
+        phase.store_direct_ms
+    );
+    let mut ok = true;
+    for (h, f) in phase.rows.iter().zip(&phase.floor_rows) {
+        println!(
+            "N={:>5}  keygate {}/{} ok, {} lookup(s), p50 {:.1} ms, p99 {:.1} ms  |  floor {}/{} ok, p50 {:.1} ms, p99 {:.1} ms  |  keygate p99 - floor p99 {:.1} ms",
+            h.result.n,
+            h.result.ok(),
+            h.result.n,
+            h.store_lookups,
+            h.p50(),
+            h.p99(),
+            f.result.ok(),
+            f.result.n,
+            f.p50(),
+            f.p99(),
+            h.p99() - f.p99()
+        );
+        for (name, r) in [("keygate", &h.result), ("floor", &f.result)] {
+            let q: Vec<String> = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0]
+                .iter()
+                .map(|x| format!("{:.1}", herd::quantile(&r.latencies_ms, *x)))
+                .collect();
+            println!(
+                "    {name:<7} min/p10/p25/p50/p75/p90/p99/max ms: {}; sends spread over {:.1} ms",
+                q.join(" "),
+                r.send_spread_ms
+            );
+        }
+        ok &= h.result.ok() == h.result.n && f.result.ok() == f.result.n;
+    }
+    Ok(ok)
 }
 
 /// One herd of `n` first requests for a fresh key through contender `c`.

@@ -196,6 +196,8 @@ pub struct HerdPhase {
     pub rows: Vec<HerdRow>,
     /// The Lua contender's, same N, each right after keygate's.
     pub lua_rows: Vec<HerdRow>,
+    /// The herd floor's ([`crate::envoy::Contender::HerdFloor`]), same N, right after keygate's.
+    pub floor_rows: Vec<HerdRow>,
     /// Median of a few lookups sent straight to the keystore (ms).
     pub store_direct_ms: f64,
 }
