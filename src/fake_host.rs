@@ -76,6 +76,8 @@ pub struct FakeHost {
     tick_ms: Cell<u32>,
     /// Wake-ups asked for ([`Host::wake`]) since the last [`FakeHost::take_wakes`].
     wakes: Cell<u32>,
+    /// [`Host::flush_counts`] calls (this fake counts at once: there is nothing to flush).
+    flushes: Cell<u32>,
     wake_fails: Cell<bool>,
     /// Other workers' queues enqueued to ([`Host::wake_worker`]).
     woken: RefCell<Vec<String>>,
@@ -101,6 +103,7 @@ impl FakeHost {
             dispatch_fails: Cell::new(false),
             tick_ms: Cell::new(0),
             wakes: Cell::new(0),
+            flushes: Cell::new(0),
             wake_fails: Cell::new(false),
             woken: RefCell::new(Vec::new()),
             metrics: RefCell::new(HashMap::new()),
@@ -164,6 +167,11 @@ impl FakeHost {
     }
 
     /// Shared-data reads so far, by any worker of this Envoy.
+    /// How many times the worker asked to flush its kept counts ([`Host::flush_counts`]).
+    pub fn flushes(&self) -> u32 {
+        self.flushes.get()
+    }
+
     pub fn shared_reads(&self) -> u64 {
         self.space.borrow().reads
     }
@@ -280,6 +288,10 @@ impl Host for FakeHost {
 
     fn gauge(&self, metric: Gauge, value: u64) {
         self.gauges.borrow_mut().insert(metric.name(), value);
+    }
+
+    fn flush_counts(&self) {
+        self.flushes.set(self.flushes.get().saturating_add(1));
     }
 
     fn wake(&self) -> bool {

@@ -73,8 +73,14 @@ pub trait Host {
     fn http_call(&self, call: &Callout) -> Result<u32, DispatchError>;
     /// Sets this worker's tick period.
     fn set_tick_ms(&self, ms: u32);
-    /// Adds to a counter.
+    /// Adds to a counter. The counters of every allowed hit ([`Metric::is_deferred`]) may be
+    /// kept in the worker until [`Host::flush_counts`].
     fn count(&self, metric: Metric, delta: u64);
+    /// Adds the counts kept in the worker to the host's counters. The worker calls it at most
+    /// once per millisecond from the hit path and on every tick (so within
+    /// [`crate::worker::IDLE_TICK_MS`] when traffic stops). A host that keeps nothing back
+    /// (such as [`crate::fake_host::FakeHost`]) has nothing to do.
+    fn flush_counts(&self) {}
     /// Records a value in a histogram.
     fn record(&self, metric: Histogram, value: u64);
     /// Sets a gauge.
@@ -196,6 +202,13 @@ impl Metric {
 
     pub fn index(self) -> usize {
         self as usize
+    }
+
+    /// The counters every allowed hit moves (two host calls per request, measured 0.18 µs of
+    /// Envoy CPU): the glue keeps them in the worker and adds them in one call per counter at
+    /// most once per millisecond ([`Host::flush_counts`]).
+    pub fn is_deferred(self) -> bool {
+        matches!(self, Metric::L1Hits | Metric::Allowed)
     }
 }
 

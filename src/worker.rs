@@ -173,6 +173,7 @@ impl Worker {
         // (see `local_writes`), so no request after that can use an older read.
         if now != self.epoch_read_ms {
             self.catch_up(host, now);
+            host.flush_counts();
         }
         let cutoff = self.allow_cutoff_ms(now);
         if let Some(e) = self
@@ -268,6 +269,7 @@ impl Worker {
     pub fn on_tick<H: Host + ?Sized>(&mut self, host: &H) -> Vec<Resolution> {
         let now = host.now_ms();
         self.catch_up(host, now);
+        host.flush_counts();
         self.advance_flights(host, now);
         self.expire_waiters(host, now);
         self.expire_calls(now);

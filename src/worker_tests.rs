@@ -722,6 +722,29 @@ fn a_writer_is_resumed_only_after_the_millisecond_other_workers_may_have_read_in
     );
 }
 
+/// The counters of every hit may be kept in the worker (two host calls saved per request):
+/// the worker flushes them at most once per millisecond from the hit path, and on every tick,
+/// so they reach Envoy within the idle tick period once traffic stops.
+#[test]
+fn kept_counts_are_flushed_once_per_millisecond_and_on_every_tick() {
+    let cfg = config("");
+    let (host, mut w) = synced_worker(&cfg);
+    let k = key(15);
+    cache_allow(&host, &mut w, k);
+    host.advance(1);
+    let before = host.flushes();
+    for ctx in 0..10 {
+        assert!(matches!(w.check(&host, ctx, k), Decision::Answer(..)));
+    }
+    assert_eq!(host.flushes(), before + 1, "ten hits in one ms: one flush");
+    host.advance(1);
+    w.check(&host, 11, k);
+    assert_eq!(host.flushes(), before + 2, "a new ms: another");
+    w.on_tick(&host);
+    assert_eq!(host.flushes(), before + 3, "and every tick");
+    assert!(host.tick_ms() <= crate::worker::IDLE_TICK_MS);
+}
+
 /// Finding 2, fallback: when the feed fails, a local write drops everything, at most once a
 /// second per Envoy (counted); a writer waits for that drop, never for less.
 #[test]

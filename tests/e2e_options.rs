@@ -136,6 +136,22 @@ fn deltas(envoy: &Envoy, before: &HashMap<String, u64>) -> HashMap<String, u64> 
         .collect()
 }
 
+/// [`deltas`] once `done` holds for them, or after 5 s (the asserts then say what is missing).
+fn settled_deltas(
+    envoy: &Envoy,
+    before: &HashMap<String, u64>,
+    done: impl Fn(&HashMap<String, u64>) -> bool,
+) -> HashMap<String, u64> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let d = deltas(envoy, before);
+        if done(&d) || std::time::Instant::now() > deadline {
+            return d;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn metrics_move_as_requests_are_answered() {
     let mut env = TwoInstances::start(config_with(
@@ -156,7 +172,11 @@ fn metrics_move_as_requests_are_answered() {
         get_with_key(&env.a, "/m", "bad key with spaces").status,
         401
     );
-    let d = deltas(&env.a, &before);
+    // The counters of hits are kept in the worker and flushed at most once per millisecond
+    // and on every tick (250 ms when idle): wait for the last ones.
+    let d = settled_deltas(&env.a, &before, |d| {
+        d["keygate_requests_allowed"] >= 6 && d["keygate_l1_hits"] + d["keygate_shared_hits"] >= 5
+    });
     assert_eq!(d["keygate_requests_allowed"], 6, "{d:?}");
     assert_eq!(d["keygate_requests_denied"], 2, "{d:?}");
     assert_eq!(d["keygate_malformed_keys"], 1, "{d:?}");

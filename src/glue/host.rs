@@ -17,6 +17,9 @@ pub(crate) struct ProxyHost {
     /// `Bearer <store.token>`, sent as `authorization` on every callout when configured.
     authorization: Option<String>,
     counters: [Option<u32>; Metric::ALL.len()],
+    /// Counts kept back for the deferred counters ([`Metric::is_deferred`]), by index; added to
+    /// Envoy's counters by [`Host::flush_counts`].
+    kept: [Cell<u64>; Metric::ALL.len()],
     lookup_ms: Option<u32>,
     gauges: [Option<u32>; Gauge::ALL.len()],
     /// This worker's own shared queue (registered by the root context), for [`Host::wake`].
@@ -44,6 +47,7 @@ impl ProxyHost {
             authorization: store.token.as_ref().map(|t| format!("Bearer {t}")),
             gauges,
             counters,
+            kept: std::array::from_fn(|_| Cell::new(0)),
             lookup_ms,
             wake_queue: Cell::new(None),
             vm_id: hostcalls::get_property(vec!["plugin_vm_id"])
@@ -75,6 +79,21 @@ impl ProxyHost {
                 break;
             }
         }
+    }
+}
+
+impl ProxyHost {
+    fn add_to_counter(&self, index: usize, delta: u64) {
+        if let Some(Some(id)) = self.counters.get(index) {
+            let _ = hostcalls::increment_metric(*id, i64::try_from(delta).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+impl Drop for ProxyHost {
+    /// A replaced worker's kept counts still reach Envoy.
+    fn drop(&mut self) {
+        self.flush_counts();
     }
 }
 
@@ -127,8 +146,21 @@ impl Host for ProxyHost {
     }
 
     fn count(&self, metric: Metric, delta: u64) {
-        if let Some(Some(id)) = self.counters.get(metric.index()) {
-            let _ = hostcalls::increment_metric(*id, i64::try_from(delta).unwrap_or(i64::MAX));
+        if metric.is_deferred() {
+            if let Some(kept) = self.kept.get(metric.index()) {
+                kept.set(kept.get().saturating_add(delta));
+                return;
+            }
+        }
+        self.add_to_counter(metric.index(), delta);
+    }
+
+    fn flush_counts(&self) {
+        for (index, kept) in self.kept.iter().enumerate() {
+            let delta = kept.replace(0);
+            if delta > 0 {
+                self.add_to_counter(index, delta);
+            }
         }
     }
 

@@ -83,6 +83,10 @@ impl RequestIo for Envoy {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
     }
 
+    fn add_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value);
+    }
+
     fn send(&mut self, refusal: Refusal) {
         let _ = hostcalls::send_http_response(
             refusal.status(),

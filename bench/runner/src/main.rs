@@ -487,6 +487,8 @@ fn throughput(
         }
         envoy.check_running()?;
     }
+    // keygate keeps the counters of hits in the worker until its next tick (250 ms when idle).
+    thread::sleep(Duration::from_millis(300));
     let after = envoy.stats()?;
     let delta = |name: &str| {
         after
