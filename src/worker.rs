@@ -31,9 +31,7 @@ use std::rc::Rc;
 use crate::bucket;
 use crate::cache::{Entry, L1};
 use crate::config::Config;
-use crate::host::{
-    CallResponse, Callout, DispatchError, Gauge, Histogram, Host, Metric, SharedError,
-};
+use crate::host::{CallResponse, Callout, DispatchError, Histogram, Host, Metric, SharedError};
 use crate::key::KeyId;
 use crate::local_writes::Writers;
 use crate::shared::{self, ChangeRing, Counter, Epoch, Names};
@@ -276,7 +274,7 @@ impl Worker {
         self.maybe_sync(host, now);
         self.drive_writers(host, now);
         self.drive_usage(host, now);
-        host.gauge(Gauge::SyncLagMs, now.saturating_sub(self.synced_ms()));
+        self.report_sync_lag(host, now);
         self.report_budget(host);
         self.deliver(host)
     }
@@ -314,7 +312,7 @@ impl Worker {
         self.catch_up(host, now);
         // A lookup started here may be a feed-down re-check: the lag that decided it is
         // reported before its answer, as the tick would have.
-        host.gauge(Gauge::SyncLagMs, now.saturating_sub(self.synced_ms()));
+        self.report_sync_lag(host, now);
         self.advance_flights(host, now);
         self.deliver(host)
     }

@@ -62,7 +62,7 @@ impl ProxyHost {
     /// Registers `name` as this worker's own shared queue, received by the root context that
     /// is current (call it from the root's own callbacks). Without it, [`Host::wake`] fails.
     pub fn register_wake_queue(&self, name: &str) {
-        match super::queue::register(name) {
+        match super::abi::register(name) {
             Some(id) => self.wake_queue.set(Some(id)),
             None => {
                 log::warn!("no wake-up queue: lookups and answers wait for the tick")
@@ -75,14 +75,12 @@ impl ProxyHost {
     pub fn drain_queue(&self, queue_id: u32) {
         // Bounded: at most one wake-up is pending at a time, a few if one was lost meanwhile.
         for _ in 0..64 {
-            if !super::queue::dequeue(queue_id) {
+            if !super::abi::dequeue(queue_id) {
                 break;
             }
         }
     }
-}
 
-impl ProxyHost {
     fn add_to_counter(&self, index: usize, delta: u64) {
         if let Some(Some(id)) = self.counters.get(index) {
             let _ = hostcalls::increment_metric(*id, i64::try_from(delta).unwrap_or(i64::MAX));
@@ -180,7 +178,7 @@ impl Host for ProxyHost {
         let known = self.other_queues.borrow().get(queue).copied();
         let id = match known {
             Some(id) => id,
-            None => match super::queue::resolve(&self.vm_id, queue) {
+            None => match super::abi::resolve(&self.vm_id, queue) {
                 Some(id) => {
                     // Bounded by the owner ids a worker wakes (the most recent few).
                     let mut cache = self.other_queues.borrow_mut();
@@ -193,12 +191,12 @@ impl Host for ProxyHost {
                 _ => return false,
             },
         };
-        super::queue::enqueue(id, b"w")
+        super::abi::enqueue(id, b"w")
     }
 
     fn wake(&self) -> bool {
         self.wake_queue
             .get()
-            .is_some_and(|id| super::queue::enqueue(id, b"w"))
+            .is_some_and(|id| super::abi::enqueue(id, b"w"))
     }
 }

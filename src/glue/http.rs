@@ -69,7 +69,7 @@ impl HttpContext for Http {
             return Action::Pause;
         };
         let s = &mut *guard;
-        let buf = super::header_map(MapType::HttpRequestHeaders);
+        let buf = super::abi::header_map(MapType::HttpRequestHeaders);
         let Some(headers) = buf.as_deref().and_then(fields::parse) else {
             request::refuse(&s.host, &mut Envoy, Refusal::Unavailable);
             return Action::Pause;
@@ -116,7 +116,7 @@ impl HttpContext for Http {
         let Some(cfg) = &self.cfg else {
             return Action::Continue;
         };
-        let buf = super::header_map(MapType::HttpRequestTrailers);
+        let buf = super::abi::header_map(MapType::HttpRequestTrailers);
         match buf.as_deref().and_then(fields::parse) {
             Some(trailers) => {
                 for name in admission::forged_identity(cfg, &trailers) {

@@ -1,13 +1,14 @@
 //! The Envoy glue: the only code that talks to proxy-wasm, compiled only for `wasm32-wasip1`.
 //!
+//! - `abi`: the raw ABI calls the glue makes itself (header map, shared queues);
 //! - `host`: the [`crate::host::Host`] trait over proxy-wasm host calls;
 //! - `root`: the root context (configuration, ticks, wake-ups through its shared queue, callout
 //!   answers, resuming paused requests);
 //! - `http`: the HTTP context (strip identity headers, read the key, ask the worker).
 
+mod abi;
 mod host;
 mod http;
-mod queue;
 mod root;
 
 use std::cell::RefCell;
@@ -41,35 +42,6 @@ pub(crate) struct Shared {
 }
 
 pub(crate) type SharedRef = Rc<RefCell<Shared>>;
-
-extern "C" {
-    // The ABI call behind the SDK's `hostcalls::get_map_bytes`, declared again here so that the
-    // buffer can be parsed in place (`crate::fields`) instead of copied into a `String` and a
-    // `Vec` per header, and so that an error status is returned rather than a panic (the SDK
-    // panics on any status but `Ok`).
-    fn proxy_get_header_map_pairs(
-        map_type: MapType,
-        return_map_data: *mut *mut u8,
-        return_map_size: *mut usize,
-    ) -> proxy_wasm::types::Status;
-}
-
-/// The serialized header map `map` (see [`crate::fields`]), or `None` if Envoy has none to give.
-pub(crate) fn header_map(map: MapType) -> Option<Vec<u8>> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the host writes a pointer and a size; on `Ok` the pointer is null or a buffer
-    // of `size` bytes that the host allocated through this module's allocator
-    // (`proxy_on_memory_allocate`), whose ownership passes to us: `Vec::from_raw_parts` takes
-    // it with capacity `size`, as the SDK's own `get_map_bytes` does.
-    unsafe {
-        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
-            proxy_wasm::types::Status::Ok if data.is_null() => Some(Vec::new()),
-            proxy_wasm::types::Status::Ok => Some(Vec::from_raw_parts(data, size, size)),
-            _ => None,
-        }
-    }
-}
 
 /// [`RequestIo`] over proxy-wasm host calls, on the current (or effective) HTTP context.
 pub(crate) struct Envoy;

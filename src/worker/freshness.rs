@@ -38,6 +38,11 @@ impl Worker {
                 ))
     }
 
+    /// Reports the time since the last good poll (`keygate_sync_lag_ms`).
+    pub(super) fn report_sync_lag<H: Host + ?Sized>(&self, host: &H, now: u64) {
+        host.gauge(Gauge::SyncLagMs, now.saturating_sub(self.synced_ms()));
+    }
+
     /// Reports the miss budget's and the reserve's levels (on the tick: two shared reads).
     pub(super) fn report_budget<H: Host + ?Sized>(&self, host: &H) {
         let b = &self.cfg.miss_budget;

@@ -1,10 +1,17 @@
-//! Shared queues over the raw ABI calls: the SDK's `hostcalls` versions panic on any status
-//! they do not expect (a panic traps the worker's VM), these return `None` / `false` instead.
-//! Used only for the workers' wake-ups ([`crate::host::Host::wake`]).
+//! Raw proxy-wasm ABI calls that the glue makes itself: the SDK's `hostcalls` versions panic
+//! on any status they do not expect (a panic traps the worker's VM) and copy what they read;
+//! these return `None` / `false` instead. The request's header map (read in place by
+//! [`crate::fields`]), and the shared queues of the workers' wake-ups
+//! ([`crate::host::Host::wake`]).
 
-use proxy_wasm::types::Status;
+use proxy_wasm::types::{MapType, Status};
 
 extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
     fn proxy_register_shared_queue(
         name_data: *const u8,
         name_size: usize,
@@ -67,20 +74,29 @@ pub(crate) fn enqueue(id: u32, value: &[u8]) -> bool {
     )
 }
 
+/// The serialized header map `map` (see [`crate::fields`]), or `None` if Envoy has none to give.
+pub(crate) fn header_map(map: MapType) -> Option<Vec<u8>> {
+    // SAFETY: the host writes a pointer and a size into the two out-parameters.
+    take_buffer(|data, size| unsafe { proxy_get_header_map_pairs(map, data, size) })
+}
+
 /// Takes one item off the queue; false when it is empty (or the host refused).
 pub(crate) fn dequeue(id: u32) -> bool {
+    // SAFETY: the host writes a pointer and a size into the two out-parameters.
+    take_buffer(|data, size| unsafe { proxy_dequeue_shared_queue(id, data, size) }).is_some()
+}
+
+/// Runs a call that hands back a buffer through a pointer and a size, and takes ownership of
+/// that buffer: `None` unless the status is `Ok`.
+fn take_buffer(call: impl FnOnce(*mut *mut u8, *mut usize) -> Status) -> Option<Vec<u8>> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
-    // SAFETY: the host writes a pointer and a size; on `Ok` the pointer is null or a buffer of
-    // `size` bytes allocated through this module's allocator, whose ownership passes to us
-    // (freed here by `Vec::from_raw_parts`, as the SDK's own `dequeue_shared_queue` does).
-    match unsafe { proxy_dequeue_shared_queue(id, &mut data, &mut size) } {
-        Status::Ok => {
-            if !data.is_null() {
-                drop(unsafe { Vec::from_raw_parts(data, size, size) });
-            }
-            true
-        }
-        _ => false,
+    match call(&mut data, &mut size) {
+        Status::Ok if data.is_null() => Some(Vec::new()),
+        // SAFETY: on `Ok` the pointer is a buffer of `size` bytes that the host allocated
+        // through this module's allocator (`proxy_on_memory_allocate`, a boxed slice of exactly
+        // `size` bytes), whose ownership passes to us, as in the SDK's own readers.
+        Status::Ok => Some(unsafe { Vec::from_raw_parts(data, size, size) }),
+        _ => None,
     }
 }
