@@ -217,6 +217,51 @@ def template_as_yaml(path):
 
 RATELIMIT_FILTERS = ("envoy.filters.http.header_mutation", "envoy.filters.http.local_ratelimit")
 
+def check_plans(path, limiter):
+    # Fail closed: every request with an account meets exactly one account bucket. Each
+    # rate_limits entry is [header_value_match on x-plan -> plan, x-account-id -> account]; one
+    # entry (expect_match false) gives plan=default to every x-plan its regex does not match
+    # in full; the others (exact match, expect_match true) give their plan. The regex must be
+    # exactly the named plans, and every plan value produced must have a bucket.
+    cfg = limiter.get("typed_config", {})
+    buckets = set()
+    # retry-after (whole seconds) covers the slowest bucket's time for one token.
+    retry = [h["header"]["value"] for h in cfg.get("response_headers_to_add", [])
+             if h.get("header", {}).get("key") == "retry-after"]
+    for d in cfg.get("descriptors", []):
+        tb = d.get("token_bucket", {})
+        per_token = float(str(tb.get("fill_interval", "0s")).rstrip("s")) / max(1, tb.get("tokens_per_fill", 1))
+        if len(retry) != 1 or not retry[0].isdigit() or int(retry[0]) < per_token:
+            fail(f"{path}: retry-after {retry} is shorter than one token of bucket {d.get('entries')} ({per_token} s)")
+        e = d.get("entries", [])
+        if len(e) == 2 and e[0].get("key") == "plan" and e[1] == {"key": "account"}:
+            buckets.add(e[0].get("value"))
+        else:
+            fail(f"{path}: descriptor {e} is not [plan=<name>, account]")
+    named, default_regex = set(), None
+    for rl in cfg.get("rate_limits", []):
+        acts = rl.get("actions", [])
+        hvm = (acts[0] if acts else {}).get("header_value_match", {})
+        hdrs = hvm.get("headers", [])
+        if (len(acts) != 2 or hvm.get("descriptor_key") != "plan" or len(hdrs) != 1
+                or hdrs[0].get("name") != "x-plan"
+                or acts[1] != {"request_headers": {"header_name": "x-account-id", "descriptor_key": "account"}}):
+            fail(f"{path}: rate_limits entry {rl} is not [x-plan match -> plan, x-account-id -> account]")
+            continue
+        sm = hdrs[0].get("string_match", {})
+        if hvm.get("expect_match") is False and hvm.get("descriptor_value") == "default":
+            default_regex = sm.get("safe_regex", {}).get("regex")
+        elif hvm.get("expect_match", True) and sm.get("exact") == hvm.get("descriptor_value"):
+            named.add(hvm.get("descriptor_value"))
+        else:
+            fail(f"{path}: rate_limits entry {rl}: a plan is an exact match giving its own name")
+    if default_regex is None:
+        fail(f"{path}: no rate_limits entry gives plan=default to the other x-plan values")
+    elif sorted(default_regex.split("|")) != sorted(named):
+        fail(f"{path}: the default entry's regex {default_regex!r} is not exactly the plans {sorted(named)}")
+    if buckets != named | {"default"}:
+        fail(f"{path}: buckets for plans {sorted(b for b in buckets if b)}, rate_limits give {sorted(named | {'default'})}")
+
 # The compose file: the Envoy image is the major.minor that the tests run (.tools/venv).
 compose = load(compose_file)
 services = compose.get("services", {})
@@ -303,9 +348,18 @@ want_order = [RATELIMIT_FILTERS[0], "envoy.filters.http.wasm", RATELIMIT_FILTERS
 if rl_filters != want_order:
     fail(f"{ratelimit_file}: HTTP filters {rl_filters}, want {want_order} (the limiter after keygate)")
 hcm = next(hcms(rl))
+check_plans(ratelimit_file, next((f for f in hcm["http_filters"] if f["name"] == RATELIMIT_FILTERS[1]), {}))
 hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] not in RATELIMIT_FILTERS]
+# The admin route turns the limiter off (the admin API is not counted in an account's bucket).
+admin_routes = [r for vh in hcm["route_config"]["virtual_hosts"] for r in vh["routes"]
+                if r.get("match", {}).get("prefix") == "/api/v1/admin/"]
+if len(admin_routes) != 1 or admin_routes[0].pop("typed_per_filter_config", None) != {
+        RATELIMIT_FILTERS[1]: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                               "disabled": True}}:
+    fail(f"{ratelimit_file}: the /api/v1/admin/ route does not turn {RATELIMIT_FILTERS[1]} off")
 if rl != main:
-    fail(f"{ratelimit_file}: differs from {template_file} beyond its two rate-limit filters")
+    fail(f"{ratelimit_file}: differs from {template_file} beyond its two rate-limit filters "
+         f"and the admin route's limiter switch")
 configs = {path: load(path) for path in envoy_files}
 for path, cfg in configs.items():
     check_envoy_config(path, cfg)
@@ -454,7 +508,7 @@ PY
 ) || die "consistency checks failed"
 say "ok: Envoy A/B configs agree, image is Envoy $envoy_version, $ISTIO_PLUGIN matches"
 say "ok: hardening and admin on loopback in $ENVOY_TEMPLATE, $RATELIMIT_TEMPLATE, ${ENVOY_CONFIGS[*]}, $ISTIO_HARDENING; no shipped secret"
-say "ok: $RATELIMIT_TEMPLATE is $ENVOY_TEMPLATE with header_mutation before and local_ratelimit after keygate"
+say "ok: $RATELIMIT_TEMPLATE is $ENVOY_TEMPLATE with header_mutation before and local_ratelimit after keygate, off on the admin route; every x-plan value meets one account bucket"
 
 # 2. envoy --mode validate on each.
 while IFS= read -r cfg; do

@@ -1,7 +1,8 @@
 //! Per-account rate limits with Envoy's own local rate limiter, end to end on real Envoy
 //! (2 workers): `envoy/ratelimit/envoy.yaml.tmpl`, where `local_ratelimit` runs after keygate
-//! and keeps one token bucket per `x-account-id` (60 requests a minute; 600 for `x-plan: pro`,
-//! which keygate sets from the store's `plan` claim).
+//! and keeps one token bucket per `x-account-id` (60 requests a minute; 600 for exactly
+//! `x-plan: pro`, which keygate sets from the store's `plan` claim; any other plan, or none,
+//! meets the 60 bucket). The key store's admin API is not counted.
 #![cfg(not(target_arch = "wasm32"))]
 // Tests: panicking on a failed expectation is the point.
 #![allow(
@@ -68,13 +69,43 @@ fn count_until_429(envoy: &Envoy, key: &str, extra: &[(&str, &str)], cap: usize)
         match r.status {
             200 => {}
             429 => {
-                assert_eq!(r.header("x-ratelimit-scope"), Some("account"), "{}", r.body);
+                assert_refusal_headers(&r);
                 return Some(i);
             }
             s => panic!("request {i}: {s} {}", r.body),
         }
     }
     None
+}
+
+/// A 429 of the account limiter says so, and when to come back: `retry-after` (1 s: the
+/// buckets refill continuously, a token a second at 60 a minute) and Envoy's `x-ratelimit-*`
+/// headers (the bucket's size, nothing left, seconds to the refill).
+fn assert_refusal_headers(r: &keygate_harness::Response) {
+    assert_eq!(r.header("x-ratelimit-scope"), Some("account"), "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("1"), "{:?}", r.headers);
+    let limit: usize = r
+        .header("x-ratelimit-limit")
+        .unwrap_or("")
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        [FREE, PRO].contains(&limit),
+        "x-ratelimit-limit {:?}",
+        r.headers
+    );
+    assert_eq!(
+        r.header("x-ratelimit-remaining"),
+        Some("0"),
+        "{:?}",
+        r.headers
+    );
+    let reset: u64 = r
+        .header("x-ratelimit-reset")
+        .unwrap_or("")
+        .parse()
+        .unwrap_or(999);
+    assert!(reset <= 60, "x-ratelimit-reset {:?}", r.headers);
 }
 
 /// The number of 200s before the first 429 for a bucket of `size` (refilled once a minute):
@@ -159,4 +190,52 @@ fn x_plan_pro_raises_the_limit_but_a_client_cannot_claim_it() {
         let n = count_until_429(&l.envoy, &globex, &[("x-plan", "pro")], 2 * FREE + 2);
         assert_bucket("globex without a plan, sending x-plan: pro", n, FREE);
     }
+}
+
+#[test]
+fn a_plan_the_template_does_not_know_meets_the_default_account_bucket() {
+    // The store's plan claim goes to x-plan. Only the exact value "pro" selects the pro
+    // bucket; a plan the template has no bucket for (a new one, a typo, another spelling) or
+    // none at all meets the default account bucket, never only the filter-wide one.
+    let claims = config_with(json!({"identity_headers": {"claims": {"plan": "x-plan"}}}));
+    let l = start(shipped_template(), claims);
+    for (account, plan) in [
+        ("ent", Some("enterprise")),
+        ("caps", Some("Pro")),
+        ("none", None),
+    ] {
+        let key = l.keystore.create_account(account, "admin");
+        if let Some(plan) = plan {
+            l.keystore
+                .set_account_claims(account, &json!({ "plan": plan }));
+        }
+        let n = count_until_429(&l.envoy, &key, &[], 2 * FREE + 2);
+        assert_bucket(&format!("plan {plan:?}"), n, FREE);
+    }
+}
+
+#[test]
+fn an_account_admin_can_revoke_a_key_through_envoy_after_the_account_bucket_is_empty() {
+    let l = start(shipped_template(), config());
+    let admin = l.keystore.create_account("acme", "alice");
+    let leaked = l.keystore.create_user("acme", "bob", "member");
+    // The leaked key empties the account's bucket: the admin's own data calls get 429 too.
+    let n = count_until_429(&l.envoy, &leaked, &[], 2 * FREE + 2);
+    assert_bucket("acme", n, FREE);
+    let r = get_with_key(&l.envoy, "/orders", &admin);
+    assert_eq!(r.status, 429, "the admin's data call: {}", r.body);
+    // The key store's admin API is not counted in that bucket: the admin lists the account's
+    // users and revokes the leaked key's user through the gateway.
+    let c = Client::keep_alive(Duration::from_secs(10));
+    let users = format!("{}/api/v1/admin/accounts/acme/users", l.envoy.url());
+    let r = c.get(&users, &[("x-api-key", &admin)]).unwrap();
+    assert_eq!(r.status, 200, "listing: {}", r.body);
+    assert_eq!(r.header("x-ratelimit-limit"), None, "{:?}", r.headers);
+    let bob = format!("{users}/bob");
+    let r = keygate_harness::request("DELETE", &bob, &[("x-api-key", &admin)], None).unwrap();
+    assert_eq!(r.status, 200, "revoking bob: {}", r.body);
+    // The leaked key is refused by keygate now, before the limiter.
+    within(Duration::from_secs(5), "bob's key refused", || {
+        get_with_key(&l.envoy, "/orders", &leaked).status == 401
+    });
 }
