@@ -3,7 +3,9 @@
 //! reports, claims, the audit trail) are in [`lifecycle`].
 
 mod doc;
+mod leak;
 mod lifecycle;
+mod refusal;
 
 pub use doc::ErrorBody;
 
@@ -43,6 +45,9 @@ pub struct AppState {
     pub lookup_delay: Duration,
     /// The bearer token the key-store protocol endpoints require, if any.
     pub protocol_token: Option<ProtocolToken>,
+    /// How many refused admin calls may still be written to the audit trail (see
+    /// [`refusal`]).
+    pub refusals: Arc<std::sync::Mutex<refusal::Bucket>>,
 }
 
 /// The protocol token, kept as its SHA-256 digest. Presented tokens are hashed and the digests
@@ -75,6 +80,7 @@ impl AppState {
             store,
             lookup_delay,
             protocol_token: None,
+            refusals: Arc::default(),
         }
     }
 }
@@ -114,6 +120,8 @@ pub(crate) fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(create_user, list_users))
         .routes(routes!(set_role, revoke_user))
         .routes(routes!(rotate_key))
+        .routes(routes!(leak::find_key))
+        .routes(routes!(leak::revoke_key))
 }
 
 /// The OpenAPI document of [`router`].
@@ -127,6 +135,10 @@ pub fn router(state: AppState) -> Router {
     routes
         .fallback(no_route)
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refusal::record,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -398,26 +410,36 @@ async fn changes(
 // Admin API
 
 /// The authenticated caller of an admin request.
-struct Caller(Identity);
+struct Caller {
+    identity: Identity,
+    /// The calling key's key id (the audit records its key reference, never the key).
+    key_id: String,
+}
 
 impl Caller {
     fn is_root(&self) -> bool {
-        self.0.role == ROLE_ROOT && self.0.account_id == SYSTEM_ACCOUNT
+        self.identity.role == ROLE_ROOT && self.identity.account_id == SYSTEM_ACCOUNT
     }
 
     fn is_admin_of(&self, account: &str) -> bool {
-        self.0.role == ROLE_ADMIN && self.0.account_id == account
+        self.identity.role == ROLE_ADMIN && self.identity.account_id == account
+    }
+
+    /// An admin of some account (not root).
+    fn is_admin(&self) -> bool {
+        self.identity.role == ROLE_ADMIN && self.identity.account_id != SYSTEM_ACCOUNT
     }
 
     fn is_user(&self, account: &str, user: &str) -> bool {
-        self.0.account_id == account && self.0.user_id == user
+        self.identity.account_id == account && self.identity.user_id == user
     }
 
     /// The caller as recorded in the audit trail.
     fn actor(&self) -> Actor {
         Actor {
-            account_id: self.0.account_id.clone(),
-            user_id: self.0.user_id.clone(),
+            account_id: self.identity.account_id.clone(),
+            user_id: self.identity.user_id.clone(),
+            key: Some(crate::store::key_ref(&self.key_id).to_owned()),
         }
     }
 
@@ -431,25 +453,41 @@ impl Caller {
 }
 
 /// Counts the admin request and authenticates it by `x-api-key` or `Authorization: Bearer`.
+/// What it learns (the caller, or why there is none) goes to [`refusal::note`], for the
+/// record of a refused call.
 async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     inc(&st.metrics.admin_requests);
+    let unauthorized = |reason: &'static str| {
+        refusal::note(None, reason);
+        ApiError::Unauthorized
+    };
     let raw = if let Some(v) = headers.get("x-api-key") {
-        v.to_str().map_err(|_| ApiError::Unauthorized)?.trim()
+        v.to_str()
+            .map_err(|_| unauthorized("x-api-key is not visible ASCII"))?
+            .trim()
     } else if let Some(v) = headers.get(AUTHORIZATION) {
-        let v = v.to_str().map_err(|_| ApiError::Unauthorized)?.trim();
+        let v = v
+            .to_str()
+            .map_err(|_| unauthorized("authorization is not visible ASCII"))?
+            .trim();
         match v.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => return Err(ApiError::Unauthorized),
+            _ => return Err(unauthorized("authorization is not a Bearer token")),
         }
     } else {
-        return Err(ApiError::Unauthorized);
+        return Err(unauthorized("no key"));
     };
     if raw.is_empty() {
-        return Err(ApiError::Unauthorized);
+        return Err(unauthorized("empty key"));
     }
-    match st.store.lookup(key_id(raw)).await? {
-        Some(identity) => Ok(Caller(identity)),
-        None => Err(ApiError::Unauthorized),
+    let key_id = key_id(raw);
+    match st.store.lookup(key_id.clone()).await? {
+        Some(identity) => {
+            let caller = Caller { identity, key_id };
+            refusal::note(Some(caller.actor()), "");
+            Ok(caller)
+        }
+        None => Err(unauthorized("unknown, revoked, disabled or expired key")),
     }
 }
 
@@ -762,18 +800,27 @@ async fn rotate_key(
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SetRole {
-    role: String,
+struct UpdateUser {
+    /// The new role.
+    #[serde(default)]
+    role: Option<String>,
+    /// `false` disables the user (its keys are not looked up and cannot call the admin API);
+    /// `true` enables it again.
+    #[serde(default)]
+    enabled: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
 struct UserRole {
     user_id: String,
     role: String,
+    /// Present when the call changed it: whether the user is enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enabled: Option<bool>,
 }
 
 #[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}/users/{user}", tag = "admin",
-    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body = SetRole, security(("api_key" = []), ("bearer" = [])),
+    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body = UpdateUser, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = UserRole), AdminErrors))]
 async fn set_role(
     State(st): State<AppState>,
@@ -786,21 +833,37 @@ async fn set_role(
     check_id("user", &user)?;
     caller.require(caller.is_root() || caller.is_admin_of(&account))?;
     check_not_system(&account)?;
-    let req: SetRole = parse_body(&headers, body)?;
-    check_role(&req.role)?;
-    let previous = st
-        .store
-        .set_role(
-            caller.actor(),
-            account.clone(),
-            user.clone(),
-            req.role.clone(),
-        )
-        .await?;
-    tracing::info!(%account, %user, from = %previous, to = %req.role, "role changed");
+    let req: UpdateUser = parse_body(&headers, body)?;
+    if let Some(role) = &req.role {
+        check_role(role)?;
+    }
+    let mut role = match req.role.clone() {
+        Some(role) => role,
+        None if req.enabled.is_some() => String::new(),
+        None => {
+            return Err(ApiError::BadRequest(
+                "nothing to change: give role or enabled".into(),
+            ))
+        }
+    };
+    if let Some(new) = req.role {
+        let previous = st
+            .store
+            .set_role(caller.actor(), account.clone(), user.clone(), new.clone())
+            .await?;
+        tracing::info!(%account, %user, from = %previous, to = %new, "role changed");
+    }
+    if let Some(enabled) = req.enabled {
+        role = st
+            .store
+            .set_user_enabled(caller.actor(), account.clone(), user.clone(), enabled)
+            .await?;
+        tracing::info!(%account, %user, enabled, "user enabled state set");
+    }
     Ok(Json(UserRole {
         user_id: user,
-        role: req.role,
+        role,
+        enabled: req.enabled,
     }))
 }
 

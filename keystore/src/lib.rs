@@ -185,9 +185,13 @@ pub async fn open(config: &Config) -> Result<AppState, StoreError> {
             tracing::info!(key = keys::log_prefix(&id), "root key installed");
         }
         None => {
+            let revoked = store.remove_root_key().await?;
+            let refs: Vec<&str> = revoked.iter().map(|k| keys::log_prefix(k)).collect();
             tracing::warn!(
+                revoked = ?refs,
                 "no root key configured (--root-key-file or KEYSTORE_ROOT_KEY): \
-                 the admin API only accepts keys already in the database"
+                 the stored root key, if any, is revoked; the admin API only accepts \
+                 account keys already in the database"
             );
         }
     }

@@ -49,6 +49,10 @@ pub struct Metrics {
     pub admin_requests: Counter,
     pub usage_reports: Counter,
     pub protocol_unauthorized: Counter,
+    /// Admin calls answered 401 or 403.
+    pub admin_refusals: Counter,
+    /// Refused admin calls not written to the audit trail (over the rate bound).
+    pub audit_refusals_dropped: Counter,
     pub requests: HistogramFamily<RequestLabels>,
     pub db: HistogramFamily<DbLabels>,
     /// Key ids per change-feed page.
@@ -71,6 +75,8 @@ impl Default for Metrics {
             admin_requests: Counter::default(),
             usage_reports: Counter::default(),
             protocol_unauthorized: Counter::default(),
+            admin_refusals: Counter::default(),
+            audit_refusals_dropped: Counter::default(),
             requests: Family::new_with_constructor(latency_histogram),
             db: Family::new_with_constructor(latency_histogram),
             changes_page_size: Histogram::new(exponential_buckets(1.0, 4.0, 6)),
@@ -118,6 +124,16 @@ impl Metrics {
                 "keystore_protocol_unauthorized",
                 "Key-store protocol requests refused for a missing or wrong protocol token.",
                 &self.protocol_unauthorized,
+            ),
+            (
+                "keystore_admin_refusals",
+                "Admin API calls refused (401 or 403)",
+                &self.admin_refusals,
+            ),
+            (
+                "keystore_audit_refusals_dropped",
+                "Refused admin calls counted but not written to the audit trail (rate bound)",
+                &self.audit_refusals_dropped,
             ),
         ];
         for (name, help, counter) in counters {

@@ -18,11 +18,14 @@
 //! last use, claims, the audit trail). The schema is migrated at start-up, step by step, from
 //! whatever version the database holds (see [`SCHEMA_VERSION`] and [`steps_after`]).
 
+mod admin;
 mod lifecycle;
 mod postgres;
 mod sql;
 mod sqlite;
 
+pub use admin::{AccountInfo, KeyState, Refusal, MAX_REFUSALS_KEPT, REFUSED};
+pub(crate) use admin::enabled_kind;
 pub use lifecycle::{
     hint, key_ref, parse_rfc3339, rfc3339, validate_claims, Actor, AuditEntry, AuditPage, Claims,
     KeyInfo, KeyPatch, KeySpec, Target, DEFAULT_KEY_NAME, KEY_REF_LEN, MAX_AUDIT_PAGE,
@@ -40,7 +43,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 pub const CHANGES_PAGE: usize = 1000;
 
 /// The schema version this keystore writes: version 1 plus one per migration step.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 const _: () = assert!(SCHEMA_VERSION == 1 + sql::SQLITE_MIGRATIONS.len() as i64);
 const _: () = assert!(SCHEMA_VERSION == 1 + sql::POSTGRES_MIGRATIONS.len() as i64);
 
@@ -63,6 +66,9 @@ const KIND_ROTATED: &str = "rotated";
 const KIND_ROLE: &str = "role_changed";
 const KIND_EXPIRY: &str = "expiry_changed";
 const KIND_CLAIMS: &str = "claims_changed";
+const KIND_DISABLED: &str = "disabled";
+/// A re-enabled key: like a creation, it was unknown to the lookup until now.
+const KIND_ENABLED: &str = "enabled";
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +125,8 @@ pub struct UserInfo {
     pub user_id: String,
     pub role: String,
     pub created_at: i64,
+    /// `false` while the user is disabled (its keys are not looked up).
+    pub enabled: bool,
 }
 
 /// The answer to a change-feed query.
@@ -528,7 +536,7 @@ fn page(revision: i64, rows: &[(i64, String, String)]) -> Changes {
         .collect();
     let not_only_created: HashSet<&str> = page
         .iter()
-        .filter(|(_, _, kind)| kind != KIND_CREATED)
+        .filter(|(_, _, kind)| kind != KIND_CREATED && kind != KIND_ENABLED)
         .map(|(_, key_id, _)| key_id.as_str())
         .collect();
     let created = changed
@@ -561,6 +569,7 @@ impl Job for ListUsers {
                     user_id: r.text(0)?,
                     role: r.text(1)?,
                     created_at: r.int(2)?,
+                    enabled: r.opt_int(3)?.is_none(),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -578,47 +587,7 @@ impl Job for UpsertRootKey {
     type Out = ();
     async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<(), StoreError> {
         let key_id = self.key_id.as_str();
-        let account_changed = db
-            .exec(
-                sql::UPSERT_ACCOUNT,
-                &[Arg::Text(SYSTEM_ACCOUNT), Arg::Int(at)],
-            )
-            .await?;
-        let user_changed = db
-            .exec(
-                sql::UPSERT_USER,
-                &[
-                    Arg::Text(SYSTEM_ACCOUNT),
-                    Arg::Text(ROOT_USER),
-                    Arg::Text(ROLE_ROOT),
-                    Arg::Int(at),
-                ],
-            )
-            .await?;
-        let existing = match first(db, sql::KEY_OWNER, &[Arg::Text(key_id)]).await? {
-            Some(row) => Some((row.text(0)?, row.text(1)?, row.opt_int(2)?)),
-            None => None,
-        };
-        match existing {
-            None => {
-                let key = KeySpec::named(key_id.to_owned(), lifecycle::DEFAULT_KEY_NAME);
-                insert_key(db, &key, SYSTEM_ACCOUNT, ROOT_USER, None, at).await?
-            }
-            Some((account, user, _)) if account != SYSTEM_ACCOUNT || user != ROOT_USER => {
-                return Err(StoreError::Internal(
-                    "the configured root key is already issued to another user".into(),
-                ));
-            }
-            Some((_, _, Some(_))) => {
-                db.exec(sql::UNREVOKE_KEY, &[Arg::Text(key_id)]).await?;
-                log_change(db, key_id, KIND_CREATED, at).await?;
-            }
-            Some((_, _, None)) => {
-                if account_changed > 0 || user_changed > 0 {
-                    log_change(db, key_id, KIND_CREATED, at).await?;
-                }
-            }
-        }
+        let installed = install_root_key(db, key_id, at).await?;
         let others = texts(
             db,
             sql::REVOKE_OTHER_KEYS,
@@ -633,7 +602,80 @@ impl Job for UpsertRootKey {
         for old in &others {
             log_change(db, old, KIND_REVOKED, at).await?;
         }
-        Ok(())
+        let action = match installed {
+            Some(_) if !others.is_empty() => "root_key.replace",
+            Some(action) => action,
+            None => return Ok(()),
+        };
+        let revoked: Vec<&str> = others.iter().map(|k| key_ref(k)).collect();
+        let detail = serde_json::json!({ "key": key_ref(key_id), "revoked": revoked });
+        let actor = Actor::configuration();
+        let entry = lifecycle::Audit::new(&actor, action, SYSTEM_ACCOUNT, ROOT_OBJECT);
+        entry.detail(detail).write(db, at).await
+    }
+}
+
+/// The audit object of the root key's user.
+const ROOT_OBJECT: &str = "_system/root";
+
+/// Makes `key_id` an active key of the root user; what that was (`root_key.install` for a new
+/// key, `root_key.revive` for a revoked one), or `None` if it was active already.
+async fn install_root_key<D: Db>(
+    db: &mut D,
+    key_id: &str,
+    at: i64,
+) -> Result<Option<&'static str>, StoreError> {
+    let account_args = [Arg::Text(SYSTEM_ACCOUNT), Arg::Int(at)];
+    let account_changed = db.exec(sql::UPSERT_ACCOUNT, &account_args).await?;
+    let user_args = [
+        Arg::Text(SYSTEM_ACCOUNT),
+        Arg::Text(ROOT_USER),
+        Arg::Text(ROLE_ROOT),
+        Arg::Int(at),
+    ];
+    let user_changed = db.exec(sql::UPSERT_USER, &user_args).await?;
+    let existing = match first(db, sql::KEY_OWNER, &[Arg::Text(key_id)]).await? {
+        Some(row) => Some((row.text(0)?, row.text(1)?, row.opt_int(2)?)),
+        None => None,
+    };
+    match existing {
+        None => {
+            let key = KeySpec::named(key_id.to_owned(), lifecycle::DEFAULT_KEY_NAME);
+            insert_key(db, &key, SYSTEM_ACCOUNT, ROOT_USER, None, at).await?;
+            Ok(Some("root_key.install"))
+        }
+        Some((account, user, _)) if account != SYSTEM_ACCOUNT || user != ROOT_USER => Err(
+            StoreError::Internal("the configured root key is already issued to another user".into()),
+        ),
+        Some((_, _, Some(_))) => {
+            db.exec(sql::UNREVOKE_KEY, &[Arg::Text(key_id)]).await?;
+            log_change(db, key_id, KIND_CREATED, at).await?;
+            Ok(Some("root_key.revive"))
+        }
+        Some((_, _, None)) => {
+            if account_changed > 0 || user_changed > 0 {
+                log_change(db, key_id, KIND_CREATED, at).await?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Revokes the root user's keys: a keystore started without a root key honours none.
+struct RemoveRootKey;
+
+impl Job for RemoveRootKey {
+    type Out = Vec<String>;
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<Vec<String>, StoreError> {
+        let revoked = revoke_keys(db, SYSTEM_ACCOUNT, Some(ROOT_USER), KIND_REVOKED, at).await?;
+        if !revoked.is_empty() {
+            let refs: Vec<&str> = revoked.iter().map(|k| key_ref(k)).collect();
+            let detail = serde_json::json!({ "revoked": refs });
+            let actor = Actor::configuration();
+            let entry = lifecycle::Audit::new(&actor, "root_key.remove", SYSTEM_ACCOUNT, ROOT_OBJECT);
+            entry.detail(detail).write(db, at).await?;
+        }
+        Ok(revoked)
     }
 }
 
@@ -738,7 +780,8 @@ impl Job for RotateKey {
         insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
         let old_refs: Vec<&str> = old.iter().map(|k| key_ref(k)).collect();
         let detail = serde_json::json!({
-            "key": key_ref(&self.key.key_id), "old_keys": old_refs, "grace_s": self.grace_s
+            "key": key_ref(&self.key.key_id), "old_keys": old_refs, "grace_s": self.grace_s,
+            "expires_at": self.key.expires_at.map(lifecycle::rfc3339),
         });
         let object = format!("{account}/{user}");
         let entry = lifecycle::Audit::new(&self.actor, "user.rotate_key", account, &object);
@@ -778,7 +821,7 @@ impl Job for SetRole {
                 log_change(db, key_id, KIND_ROLE, at).await?;
             }
         }
-        let detail = serde_json::json!({ "from": previous, "to": self.role });
+        let detail = serde_json::json!({ "role": lifecycle::change(&previous, &self.role) });
         let object = format!("{}/{}", self.account, self.user);
         let entry = lifecycle::Audit::new(&self.actor, "user.set_role", &self.account, &object);
         entry.detail(detail).write(db, at).await?;
@@ -958,6 +1001,12 @@ impl Store {
     /// creating the account and user as needed and revoking any other root key.
     pub async fn upsert_root_key(&self, key_id: String) -> Result<(), StoreError> {
         self.write(UpsertRootKey { key_id }).await
+    }
+
+    /// Revokes the stored root key(s), for a keystore started without one. Returns their
+    /// key ids (none when there was none).
+    pub async fn remove_root_key(&self) -> Result<Vec<String>, StoreError> {
+        self.write(RemoveRootKey).await
     }
 
     /// Creates an account and its admin user (role `admin`) holding `key`.
@@ -1154,6 +1203,66 @@ impl Store {
             limit,
         })
         .await
+    }
+
+    /// Enables or disables a user; returns its role.
+    pub async fn set_user_enabled(
+        &self,
+        actor: Actor,
+        account: String,
+        user: String,
+        enabled: bool,
+    ) -> Result<String, StoreError> {
+        self.write(admin::SetUserEnabled {
+            actor,
+            account,
+            user,
+            enabled,
+        })
+        .await
+    }
+
+    /// Enables or disables an account.
+    pub async fn set_account_enabled(
+        &self,
+        actor: Actor,
+        account: String,
+        enabled: bool,
+    ) -> Result<(), StoreError> {
+        self.write(admin::SetAccountEnabled {
+            actor,
+            account,
+            enabled,
+        })
+        .await
+    }
+
+    /// An active account: its claims and whether it is enabled.
+    pub async fn account(&self, account: String) -> Result<AccountInfo, StoreError> {
+        self.read(admin::ReadAccount { account }).await
+    }
+
+    /// The key with this key id, if it is in `scope` (`None`: any account); with `revoke`,
+    /// revoked. Audited either way; `None` when unknown or out of scope.
+    pub async fn find_key(
+        &self,
+        actor: Actor,
+        key_id: String,
+        scope: Option<String>,
+        revoke: bool,
+    ) -> Result<Option<KeyState>, StoreError> {
+        self.write(admin::FindKey {
+            actor,
+            key_id,
+            scope,
+            revoke,
+        })
+        .await
+    }
+
+    /// Appends a refused admin call to the audit trail (pruning the oldest refusals).
+    pub async fn record_refusal(&self, refusal: Refusal) -> Result<(), StoreError> {
+        self.write(admin::RecordRefusal { refusal }).await
     }
 
     /// The active users of an active account, by user id.

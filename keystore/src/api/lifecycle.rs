@@ -16,7 +16,7 @@ use super::{
 use crate::keys::{is_key_id, log_prefix};
 use crate::metrics::inc;
 use crate::store::{
-    parse_rfc3339, rfc3339, validate_claims, AuditPage, Claims, KeyInfo, KeyPatch, Target,
+    parse_rfc3339, rfc3339, validate_claims, AccountInfo, AuditPage, Claims, KeyInfo, KeyPatch, Target,
     KEY_REF_LEN, MAX_AUDIT_PAGE,
 };
 use axum::body::Bytes;
@@ -168,13 +168,6 @@ pub(super) struct KeyList {
     keys: Vec<KeyInfo>,
 }
 
-/// An account's claims after a change.
-#[derive(Serialize, ToSchema)]
-pub(super) struct AccountClaims {
-    account_id: String,
-    claims: Claims,
-}
-
 /// How many keys a usage report wrote.
 #[derive(Serialize, ToSchema)]
 pub(super) struct Recorded {
@@ -225,6 +218,10 @@ struct UpdateKey {
     expires_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
     claims: Option<Option<Claims>>,
+    /// `false` disables the key (the lookup answers 404, it cannot call the admin API);
+    /// `true` enables it again.
+    #[serde(default)]
+    enabled: Option<bool>,
 }
 
 #[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}", tag = "admin",
@@ -252,15 +249,17 @@ pub(super) async fn update_key(
         Some(None) => Some(None),
         None => None,
     };
-    if req.name.is_none() && expires_at.is_none() && req.claims.is_none() {
+    if req.name.is_none() && expires_at.is_none() && req.claims.is_none() && req.enabled.is_none()
+    {
         return Err(ApiError::BadRequest(
-            "nothing to change: give name, expires_at or claims".into(),
+            "nothing to change: give name, expires_at, claims or enabled".into(),
         ));
     }
     let patch = KeyPatch {
         name: req.name,
         expires_at,
         claims: req.claims,
+        enabled: req.enabled,
     };
     let target = Target { account, user, key };
     let info = st
@@ -344,33 +343,49 @@ pub(super) async fn rotate_one_key(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetAccount {
-    claims: Option<Claims>,
+    /// The account's claims (`null` clears them; absent: unchanged).
+    #[serde(default, deserialize_with = "double_option")]
+    claims: Option<Option<Claims>>,
+    /// `false` disables the account (none of its keys is looked up); `true` enables it again.
+    #[serde(default)]
+    enabled: Option<bool>,
 }
 
 #[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}", tag = "admin",
     params(("account" = String, Path, description = "Account id")), request_body = SetAccount, security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = AccountClaims), AdminErrors))]
+    responses((status = 200, body = AccountInfo), AdminErrors))]
 pub(super) async fn set_account(
     State(st): State<AppState>,
     Path(account): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<AccountClaims>, ApiError> {
+) -> Result<Json<AccountInfo>, ApiError> {
     let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
     caller.require(caller.is_root())?;
     check_not_system(&account)?;
     let req: SetAccount = parse_body(&headers, body)?;
-    req.claims.as_ref().map(check_claims).transpose()?;
-    st.store
-        .set_account_claims(caller.actor(), account.clone(), req.claims.clone())
-        .await?;
-    tracing::info!(%account, "account claims set");
-    let claims = req.claims.unwrap_or_default();
-    Ok(Json(AccountClaims {
-        account_id: account,
-        claims,
-    }))
+    if let Some(Some(claims)) = &req.claims {
+        check_claims(claims)?;
+    }
+    if req.claims.is_none() && req.enabled.is_none() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: give claims or enabled".into(),
+        ));
+    }
+    if let Some(claims) = req.claims {
+        st.store
+            .set_account_claims(caller.actor(), account.clone(), claims)
+            .await?;
+        tracing::info!(%account, "account claims set");
+    }
+    if let Some(enabled) = req.enabled {
+        st.store
+            .set_account_enabled(caller.actor(), account.clone(), enabled)
+            .await?;
+        tracing::info!(%account, enabled, "account enabled state set");
+    }
+    Ok(Json(st.store.account(account).await?))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,8 +4,10 @@
 //! Invariants:
 //! - a listing never carries a key or a full key id: a key is named by its *key reference*
 //!   (the first [`KEY_REF_LEN`] hex characters of its key id) and shown with its hint;
-//! - every admin write appends one audit row in its own transaction; audit rows are never
-//!   pruned (the change log's retention does not apply to them), and never hold a key;
+//! - every admin write appends one audit row in its own transaction, naming the acting key by
+//!   its key reference, with the `before` and `after` values of what it changed; audit rows
+//!   are never pruned (the change log's retention does not apply to them) except refusal
+//!   entries (see `admin.rs`), and never hold a key;
 //! - whatever changes a lookup answer (expiry, claims) appends a change-log row, so filters
 //!   drop their cached verdict.
 
@@ -42,9 +44,25 @@ pub type Claims = BTreeMap<String, String>;
 pub struct Actor {
     pub account_id: String,
     pub user_id: String,
+    /// The acting key's reference (the first [`KEY_REF_LEN`] hex characters of its key id;
+    /// never the key); `null` for the keystore's configuration, or an unknown key.
+    pub key: Option<String>,
 }
 
+/// The actor of what the keystore does at start-up from its configuration (root key).
+pub const CONFIGURATION_USER: &str = "(configuration)";
+
 impl Actor {
+    /// The keystore's configuration, acting at start-up.
+    pub fn configuration() -> Actor {
+        Actor {
+            account_id: crate::keys::SYSTEM_ACCOUNT.to_owned(),
+            user_id: CONFIGURATION_USER.to_owned(),
+            key: None,
+        }
+    }
+
+
     /// `account/user`, as stored in `keys.created_by`.
     pub fn name(&self) -> String {
         format!("{}/{}", self.account_id, self.user_id)
@@ -81,6 +99,8 @@ pub struct KeyPatch {
     pub name: Option<String>,
     pub expires_at: Option<Option<i64>>,
     pub claims: Option<Option<Claims>>,
+    /// `Some(false)` disables the key, `Some(true)` enables it again.
+    pub enabled: Option<bool>,
 }
 
 /// A key as listed: never the key, never its full key id.
@@ -101,6 +121,8 @@ pub struct KeyInfo {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<i64>,
     pub claims: Claims,
+    /// `false` while the key is disabled (the lookup does not answer it).
+    pub enabled: bool,
 }
 
 /// One audit-trail entry.
@@ -261,6 +283,7 @@ impl<'a> Audit<'a> {
                 Arg::Text(self.account),
                 Arg::Text(self.object),
                 Arg::OptText(detail.as_deref()),
+                Arg::OptText(self.actor.key.as_deref()),
             ],
         )
         .await?;
@@ -278,6 +301,7 @@ fn key_info(row: &Row) -> Result<KeyInfo, StoreError> {
         expires_at: row.opt_int(5)?,
         last_used_at: row.opt_int(6)?,
         claims: parse_claims(row.opt_text(7)?)?,
+        enabled: row.opt_int(8)?.is_none(),
     })
 }
 
@@ -302,6 +326,7 @@ struct Found {
     name: String,
     expires_at: Option<i64>,
     claims: Option<String>,
+    disabled_at: Option<i64>,
 }
 
 async fn find_key<D: Db>(db: &mut D, target: &Target) -> Result<Found, StoreError> {
@@ -319,6 +344,7 @@ async fn find_key<D: Db>(db: &mut D, target: &Target) -> Result<Found, StoreErro
             name: row.text(1)?,
             expires_at: row.opt_int(2)?,
             claims: row.opt_text(3)?,
+            disabled_at: row.opt_int(4)?,
         }),
         _ => Err(StoreError::KeyNotFound {
             account: target.account.clone(),
@@ -381,8 +407,9 @@ impl Job for CreateKey {
         super::insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
         let reference = key_ref(&self.key.key_id).to_owned();
         let object = format!("{account}/{user}/keys/{reference}");
-        let detail =
-            serde_json::json!({ "name": self.key.name, "expires_at": self.key.expires_at });
+        let detail = serde_json::json!({
+            "name": self.key.name, "expires_at": self.key.expires_at.map(rfc3339)
+        });
         let entry = Audit::new(&self.actor, "key.create", account, &object);
         entry.detail(detail).write(db, at).await?;
         listed(db, account, user, &reference).await
@@ -409,14 +436,21 @@ pub(crate) struct UpdateKey {
     pub patch: KeyPatch,
 }
 
+/// `{"before": .., "after": ..}`: an audit detail's record of one field of a change.
+pub(crate) fn change<T: Serialize>(before: T, after: T) -> serde_json::Value {
+    serde_json::json!({ "before": before, "after": after })
+}
+
 impl Job for UpdateKey {
     type Out = KeyInfo;
     async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<KeyInfo, StoreError> {
         let found = find_key(db, &self.target).await?;
         let id = found.key_id.as_str();
+        let mut detail = serde_json::Map::new();
         if let Some(name) = &self.patch.name {
             db.exec(sql::SET_KEY_NAME, &[Arg::Text(name), Arg::Text(id)])
                 .await?;
+            detail.insert("name".into(), change(&found.name, name));
         }
         if let Some(expires_at) = self.patch.expires_at {
             if expires_at != found.expires_at {
@@ -424,6 +458,8 @@ impl Job for UpdateKey {
                 db.exec(sql::SET_KEY_EXPIRY, &args).await?;
                 log_change(db, id, KIND_EXPIRY, at).await?;
             }
+            let times = (found.expires_at.map(rfc3339), expires_at.map(rfc3339));
+            detail.insert("expires_at".into(), change(times.0, times.1));
         }
         if let Some(claims) = &self.patch.claims {
             let text = claims_text(claims.as_ref())?;
@@ -432,15 +468,22 @@ impl Job for UpdateKey {
                 db.exec(sql::SET_KEY_CLAIMS, &args).await?;
                 log_change(db, id, KIND_CLAIMS, at).await?;
             }
+            let before = parse_claims(found.claims.clone())?;
+            detail.insert("claims".into(), change(before, claims.clone().unwrap_or_default()));
         }
-        let detail = serde_json::json!({
-            "name": self.patch.name,
-            "expires_at": self.patch.expires_at,
-            "claims": self.patch.claims,
-        });
+        if let Some(enabled) = self.patch.enabled {
+            let was = found.disabled_at.is_none();
+            if enabled != was {
+                let disabled_at = (!enabled).then_some(at);
+                db.exec(sql::SET_KEY_DISABLED, &[Arg::OptInt(disabled_at), Arg::Text(id)])
+                    .await?;
+                log_change(db, id, super::enabled_kind(enabled), at).await?;
+            }
+            detail.insert("enabled".into(), change(was, enabled));
+        }
         let (t, object) = (&self.target, self.target.object());
         let entry = Audit::new(&self.actor, "key.update", &t.account, &object);
-        entry.detail(detail).write(db, at).await?;
+        entry.detail(detail.into()).write(db, at).await?;
         listed(db, &t.account, &t.user, &t.key).await
     }
 }
@@ -499,7 +542,11 @@ impl Job for RotateOne {
         let t = &self.target;
         super::insert_key(db, &self.key, &t.account, &t.user, Some(&self.actor), at).await?;
         let reference = key_ref(&self.key.key_id).to_owned();
-        let detail = serde_json::json!({ "new_key": reference, "grace_s": self.grace_s });
+        let detail = serde_json::json!({
+            "new_key": reference,
+            "grace_s": self.grace_s,
+            "expires_at": change(found.expires_at.map(rfc3339), Some(rfc3339(valid_until))),
+        });
         let object = t.object();
         let entry = Audit::new(&self.actor, "key.rotate", &t.account, &object);
         entry.detail(detail).write(db, at).await?;
@@ -533,7 +580,9 @@ impl Job for SetAccountClaims {
                 log_change(db, &key_id, KIND_CLAIMS, at).await?;
             }
         }
-        let detail = serde_json::json!({ "claims": self.claims });
+        let before = parse_claims(before)?;
+        let detail =
+            serde_json::json!({ "claims": change(before, self.claims.clone().unwrap_or_default()) });
         let entry = Audit::new(&self.actor, "account.set_claims", account, account);
         entry.detail(detail).write(db, at).await
     }
@@ -604,6 +653,7 @@ fn audit_entry(row: &Row) -> Result<AuditEntry, StoreError> {
         actor: Actor {
             account_id: row.text(2)?,
             user_id: row.text(3)?,
+            key: row.opt_text(8)?,
         },
         action: row.text(4)?,
         account_id: row.text(5)?,

@@ -69,10 +69,13 @@ pub const POSTGRES_SCHEMA: &str = schema!("BIGSERIAL PRIMARY KEY");
 
 /// The migration steps after version 1, with the engine's type for `audit.id`: step `i`
 /// (from 0) moves the schema from version `i + 1` to `i + 2`. Version 2: key names, expiry,
-/// last use, hints, creators and claims; account claims; the audit trail.
+/// last use, hints, creators and claims; account claims; the audit trail. Version 3: (the
+/// capabilities step). Version 4: accounts, users and keys can be disabled (`disabled_at`,
+/// NULL = enabled); audit entries name the acting key (`actor_key`, a key reference).
 macro_rules! migrations {
     ($serial:literal) => {
-        [concat!(
+        [
+            concat!(
             "
 ALTER TABLE accounts ADD COLUMN claims TEXT;
 ALTER TABLE keys ADD COLUMN name TEXT NOT NULL DEFAULT 'default';
@@ -95,14 +98,24 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_account ON audit(account_id, id);
 "
-        )]
+            ),
+            // Version 3: a placeholder for the capabilities step (task K1), replaced by it.
+            "SELECT 1;",
+            "
+ALTER TABLE accounts ADD COLUMN disabled_at BIGINT;
+ALTER TABLE users ADD COLUMN disabled_at BIGINT;
+ALTER TABLE keys ADD COLUMN disabled_at BIGINT;
+ALTER TABLE audit ADD COLUMN actor_key TEXT;
+CREATE INDEX audit_by_action ON audit(action, id);
+",
+        ]
     };
 }
 
 /// The migration steps on SQLite.
-pub const SQLITE_MIGRATIONS: [&str; 1] = migrations!("INTEGER PRIMARY KEY AUTOINCREMENT");
+pub const SQLITE_MIGRATIONS: [&str; 3] = migrations!("INTEGER PRIMARY KEY AUTOINCREMENT");
 /// The migration steps on PostgreSQL.
-pub const POSTGRES_MIGRATIONS: [&str; 1] = migrations!("BIGSERIAL PRIMARY KEY");
+pub const POSTGRES_MIGRATIONS: [&str; 3] = migrations!("BIGSERIAL PRIMARY KEY");
 
 /// The current revision: the newest change row (pruning always keeps at least one), or
 /// `pruned_through` when there is none.
@@ -115,14 +128,15 @@ pub const INSERT_CHANGE: &str = "INSERT INTO changes (key_id, kind, at) VALUES (
 pub const CHANGES_AFTER: &str =
     "SELECT revision, key_id, kind FROM changes WHERE revision > $1 ORDER BY revision LIMIT $2";
 
-/// An active key: unrevoked key, user and account, and not expired at `$2`.
+/// An active key: unrevoked and enabled key, user and account, and not expired at `$2`.
 pub const LOOKUP: &str = "SELECT k.account_id, k.user_id, u.role, k.expires_at, \
        a.claims, k.claims FROM keys k \
      JOIN users u ON u.account_id = k.account_id AND u.user_id = k.user_id \
      JOIN accounts a ON a.account_id = k.account_id \
      WHERE k.key_id = $1 AND k.revoked_at IS NULL \
        AND (k.expires_at IS NULL OR k.expires_at > $2) \
-       AND u.revoked_at IS NULL AND a.revoked_at IS NULL";
+       AND u.revoked_at IS NULL AND a.revoked_at IS NULL \
+       AND k.disabled_at IS NULL AND u.disabled_at IS NULL AND a.disabled_at IS NULL";
 
 pub const ACCOUNT_EXISTS: &str = "SELECT 1 FROM accounts WHERE account_id = $1";
 pub const ACCOUNT_ACTIVE: &str =
@@ -148,8 +162,8 @@ pub const REVOKE_USER: &str =
 pub const REVOKE_ACCOUNT_USERS: &str =
     "UPDATE users SET revoked_at = $1 WHERE account_id = $2 AND revoked_at IS NULL";
 /// Unordered: sorted by user id in Rust (byte order on both engines).
-pub const LIST_ACTIVE_USERS: &str =
-    "SELECT user_id, role, created_at FROM users WHERE account_id = $1 AND revoked_at IS NULL";
+pub const LIST_ACTIVE_USERS: &str = "SELECT user_id, role, created_at, disabled_at FROM users \
+     WHERE account_id = $1 AND revoked_at IS NULL";
 
 pub const KEY_EXISTS: &str = "SELECT 1 FROM keys WHERE key_id = $1";
 pub const KEY_OWNER: &str = "SELECT account_id, user_id, revoked_at FROM keys WHERE key_id = $1";
@@ -169,14 +183,14 @@ pub const REVOKE_OTHER_KEYS: &str = "UPDATE keys SET revoked_at = $1 \
 
 /// The unrevoked keys of a user (expired ones included), unordered.
 pub const LIST_KEYS: &str = "SELECT key_id, name, hint, created_at, created_by, expires_at, \
-       last_used_at, claims FROM keys \
+       last_used_at, claims, disabled_at FROM keys \
      WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL";
 /// How many unrevoked keys of a user are not expired at `$3`.
 pub const COUNT_LIVE_KEYS: &str = "SELECT COUNT(*) FROM keys \
      WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL \
        AND (expires_at IS NULL OR expires_at > $3)";
 /// The unrevoked keys of a user whose key id starts with `$3` (a key reference).
-pub const KEYS_BY_REF: &str = "SELECT key_id, name, expires_at, claims FROM keys \
+pub const KEYS_BY_REF: &str = "SELECT key_id, name, expires_at, claims, disabled_at FROM keys \
      WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL \
        AND substr(key_id, 1, 16) = $3";
 pub const REVOKE_KEY: &str = "UPDATE keys SET revoked_at = $1 WHERE key_id = $2";
@@ -193,20 +207,47 @@ pub const ACCOUNT_CLAIMS: &str =
 pub const SET_ACCOUNT_CLAIMS: &str = "UPDATE accounts SET claims = $1 WHERE account_id = $2";
 pub const ACCOUNT_ACTIVE_KEYS: &str =
     "SELECT key_id FROM keys WHERE account_id = $1 AND revoked_at IS NULL";
-/// Records a use at minute `$1` unless one at that minute or later is recorded already.
+/// Records a use at minute `$1` unless one at that minute or later is recorded already, and
+/// only for a key that is unrevoked and enabled, of an unrevoked, enabled user and account.
 pub const TOUCH_KEY: &str = "UPDATE keys SET last_used_at = $1 \
-     WHERE key_id = $2 AND (last_used_at IS NULL OR last_used_at < $1)";
+     WHERE key_id = $2 AND (last_used_at IS NULL OR last_used_at < $1) \
+       AND revoked_at IS NULL AND disabled_at IS NULL \
+       AND EXISTS (SELECT 1 FROM users u JOIN accounts a ON a.account_id = u.account_id \
+         WHERE u.account_id = keys.account_id AND u.user_id = keys.user_id \
+           AND u.revoked_at IS NULL AND u.disabled_at IS NULL \
+           AND a.revoked_at IS NULL AND a.disabled_at IS NULL)";
 
 pub const INSERT_AUDIT: &str = "INSERT INTO audit \
-     (at, actor_account, actor_user, action, account_id, object, detail) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+     (at, actor_account, actor_user, action, account_id, object, detail, actor_key) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 /// One page of the audit trail (`$1`: after id, `$2`: limit).
 pub const AUDIT_AFTER: &str = "SELECT id, at, actor_account, actor_user, action, account_id, \
-       object, detail FROM audit WHERE id > $1 ORDER BY id LIMIT $2";
+       object, detail, actor_key FROM audit WHERE id > $1 ORDER BY id LIMIT $2";
 /// One page of the audit trail of account `$3`.
 pub const AUDIT_OF_ACCOUNT_AFTER: &str = "SELECT id, at, actor_account, actor_user, action, \
-       account_id, object, detail FROM audit WHERE id > $1 AND account_id = $3 \
+       account_id, object, detail, actor_key FROM audit WHERE id > $1 AND account_id = $3 \
      ORDER BY id LIMIT $2";
+/// Deletes the entries of action `$1` older than the newest `$2` of them.
+pub const PRUNE_AUDIT_ACTION: &str = "DELETE FROM audit WHERE action = $1 AND id <= \
+     (SELECT id FROM audit WHERE action = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)";
+
+/// Enabling and disabling (`$1`: the time, or NULL to enable).
+pub const SET_ACCOUNT_DISABLED: &str = "UPDATE accounts SET disabled_at = $1 WHERE account_id = $2";
+pub const SET_USER_DISABLED: &str =
+    "UPDATE users SET disabled_at = $1 WHERE account_id = $2 AND user_id = $3";
+pub const SET_KEY_DISABLED: &str = "UPDATE keys SET disabled_at = $1 WHERE key_id = $2";
+pub const ACCOUNT_DISABLED_AT: &str =
+    "SELECT disabled_at FROM accounts WHERE account_id = $1 AND revoked_at IS NULL";
+pub const USER_DISABLED_AT: &str = "SELECT disabled_at FROM users \
+     WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL";
+
+/// Everything a leak report needs about one key id, whatever its state.
+pub const KEY_STATE: &str = "SELECT k.account_id, k.user_id, k.name, k.revoked_at, \
+       k.disabled_at, k.expires_at, u.revoked_at, u.disabled_at, a.revoked_at, a.disabled_at \
+     FROM keys k \
+     JOIN users u ON u.account_id = k.account_id AND u.user_id = k.user_id \
+     JOIN accounts a ON a.account_id = k.account_id \
+     WHERE k.key_id = $1";
 
 /// A trivial query, for health checks.
 pub const PING: &str = "SELECT 1";

@@ -1,0 +1,85 @@
+//! The leak response: given a raw key (a secret-scanning report), find its owner and state,
+//! or revoke it. The value travels in the body only (never in a URL), answers are never
+//! cached, and both calls are audited.
+//!
+//! Who may call: root (any key) and account admins (their account's keys only: any other key
+//! answers exactly like an unknown one, 404, so the call is no oracle). Members: 403.
+
+use super::doc::AdminErrors;
+use super::{authenticate, parse_body, with_key, ApiError, AppState};
+use crate::keys::{key_id, log_prefix};
+use crate::store::KeyState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::header::CACHE_CONTROL;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+/// A leaked key's value.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct LeakedKey {
+    /// The raw key, as found.
+    user_key: String,
+}
+
+/// Finds (or revokes) the key, answering its state or 404 (never cached either way).
+async fn answer(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    revoke: bool,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(st, headers).await?;
+    caller.require(caller.is_root() || caller.is_admin())?;
+    let req: LeakedKey = parse_body(headers, body)?;
+    if req.user_key.trim().is_empty() {
+        return Err(ApiError::BadRequest("user_key must not be empty".into()));
+    }
+    let id = key_id(&req.user_key);
+    let scope = (!caller.is_root()).then(|| caller.identity.account_id.clone());
+    let found = st
+        .store
+        .find_key(caller.actor(), id.clone(), scope, revoke)
+        .await?;
+    match found {
+        Some(state) => {
+            tracing::info!(account = %state.account_id, user = %state.user_id,
+                key = log_prefix(&id), revoke, state = %state.state, "leak report answered");
+            Ok(with_key(StatusCode::OK, state))
+        }
+        None => {
+            let mut res = ApiError::NotFound("no such key".into()).into_response();
+            res.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(res)
+        }
+    }
+}
+
+/// The owner, key reference, name and state of a key given its value.
+#[utoipa::path(post, path = "/api/v1/admin/keys/find", tag = "admin",
+    request_body = LeakedKey, security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = KeyState), AdminErrors))]
+pub(super) async fn find_key(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    answer(&st, &headers, body, false).await
+}
+
+/// Revokes a key given its value; answers as `find` does, with the state after (`revoked`).
+#[utoipa::path(post, path = "/api/v1/admin/keys/revoke", tag = "admin",
+    request_body = LeakedKey, security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = KeyState), AdminErrors))]
+pub(super) async fn revoke_key(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    answer(&st, &headers, body, true).await
+}

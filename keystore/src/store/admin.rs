@@ -1,0 +1,285 @@
+//! Enabling and disabling accounts, users and keys; the leak response (find or revoke a key
+//! by its value); the bounded record of refused admin calls. Jobs written once against [`Db`].
+//!
+//! Invariants:
+//! - a disabled account, user or key is never looked up (`sql::LOOKUP`), so it cannot
+//!   authenticate either; disabling and enabling append a change-log row for every
+//!   unrevoked key it affects (`disabled`, or `enabled`, which the feed reports like a
+//!   creation: the key was unknown until now);
+//! - a leak report names a key only to a caller allowed to see it: out of scope answers exactly
+//!   like an unknown key;
+//! - refusal entries (`admin.refused`) are the only audit rows ever deleted: at most
+//!   [`MAX_REFUSALS_KEPT`] of them are kept, the oldest go first.
+
+use super::lifecycle::{change, Audit};
+use super::{
+    first, key_ref, log_change, require_account, require_user, sql, texts, Actor, Arg, Claims,
+    Db, Job, StoreError, KIND_DISABLED, KIND_ENABLED, KIND_REVOKED,
+};
+use serde::Serialize;
+
+/// Most refusal entries kept in the audit trail (older ones are deleted as new ones come).
+pub const MAX_REFUSALS_KEPT: i64 = 10_000;
+/// The audit action of a refused admin call.
+pub const REFUSED: &str = "admin.refused";
+
+/// The change-log kind of enabling (`true`) or disabling (`false`).
+pub(crate) fn enabled_kind(enabled: bool) -> &'static str {
+    if enabled {
+        KIND_ENABLED
+    } else {
+        KIND_DISABLED
+    }
+}
+
+/// Sets `disabled_at` with `statement` when the state changes, and logs `keys` if it did.
+async fn switch<D: Db>(
+    db: &mut D,
+    was_enabled: bool,
+    enabled: bool,
+    statement: &'static str,
+    ids: [&str; 2],
+    keys: &'static str,
+    at: i64,
+) -> Result<(), StoreError> {
+    if was_enabled == enabled {
+        return Ok(());
+    }
+    let disabled_at = (!enabled).then_some(at);
+    let [account, user] = ids;
+    let (args, key_args): (Vec<Arg<'_>>, Vec<Arg<'_>>) = if user.is_empty() {
+        (
+            vec![Arg::OptInt(disabled_at), Arg::Text(account)],
+            vec![Arg::Text(account)],
+        )
+    } else {
+        (
+            vec![Arg::OptInt(disabled_at), Arg::Text(account), Arg::Text(user)],
+            vec![Arg::Text(account), Arg::Text(user)],
+        )
+    };
+    db.exec(statement, &args).await?;
+    for key_id in texts(db, keys, &key_args).await? {
+        log_change(db, &key_id, enabled_kind(enabled), at).await?;
+    }
+    Ok(())
+}
+
+/// Enables or disables a user (of an active account).
+pub(crate) struct SetUserEnabled {
+    pub actor: Actor,
+    pub account: String,
+    pub user: String,
+    pub enabled: bool,
+}
+
+impl Job for SetUserEnabled {
+    /// The user's role.
+    type Out = String;
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<String, StoreError> {
+        let (account, user) = (self.account.as_str(), self.user.as_str());
+        let role = require_user(db, account, user).await?;
+        let was = match first(db, sql::USER_DISABLED_AT, &[Arg::Text(account), Arg::Text(user)])
+            .await?
+        {
+            Some(row) => row.opt_int(0)?.is_none(),
+            None => true,
+        };
+        let ids = [account, user];
+        let (set, keys) = (sql::SET_USER_DISABLED, sql::ACTIVE_KEYS);
+        switch(db, was, self.enabled, set, ids, keys, at).await?;
+        let object = format!("{account}/{user}");
+        let detail = serde_json::json!({ "enabled": change(was, self.enabled) });
+        let entry = Audit::new(&self.actor, "user.update", account, &object);
+        entry.detail(detail).write(db, at).await?;
+        Ok(role)
+    }
+}
+
+/// Enables or disables an account.
+pub(crate) struct SetAccountEnabled {
+    pub actor: Actor,
+    pub account: String,
+    pub enabled: bool,
+}
+
+impl Job for SetAccountEnabled {
+    type Out = ();
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<(), StoreError> {
+        let account = self.account.as_str();
+        require_account(db, account).await?;
+        let was = match first(db, sql::ACCOUNT_DISABLED_AT, &[Arg::Text(account)]).await? {
+            Some(row) => row.opt_int(0)?.is_none(),
+            None => true,
+        };
+        let ids = [account, ""];
+        let (set, keys) = (sql::SET_ACCOUNT_DISABLED, sql::ACCOUNT_ACTIVE_KEYS);
+        switch(db, was, self.enabled, set, ids, keys, at).await?;
+        let detail = serde_json::json!({ "enabled": change(was, self.enabled) });
+        let entry = Audit::new(&self.actor, "account.update", account, account);
+        entry.detail(detail).write(db, at).await
+    }
+}
+
+/// An account as shown by the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct AccountInfo {
+    pub account_id: String,
+    pub claims: Claims,
+    /// `false` while the account is disabled (none of its keys is looked up).
+    pub enabled: bool,
+}
+
+pub(crate) struct ReadAccount {
+    pub account: String,
+}
+
+impl Job for ReadAccount {
+    type Out = AccountInfo;
+    const SNAPSHOT: bool = true;
+    async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<AccountInfo, StoreError> {
+        require_account(db, &self.account).await?;
+        let args = [Arg::Text(&self.account)];
+        let claims = match first(db, sql::ACCOUNT_CLAIMS, &args).await? {
+            Some(row) => super::lifecycle::parse_claims(row.opt_text(0)?)?,
+            None => Claims::new(),
+        };
+        let enabled = match first(db, sql::ACCOUNT_DISABLED_AT, &args).await? {
+            Some(row) => row.opt_int(0)?.is_none(),
+            None => true,
+        };
+        Ok(AccountInfo {
+            account_id: self.account,
+            claims,
+            enabled,
+        })
+    }
+}
+
+/// What a leak report learns about a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct KeyState {
+    pub account_id: String,
+    pub user_id: String,
+    /// The key reference (the first 16 hex characters of the key id).
+    pub key: String,
+    pub name: String,
+    /// `active`, `disabled`, `expired` or `revoked` (the key, its user or its account).
+    pub state: String,
+}
+
+/// Finds (and with `revoke`, revokes) a key by key id, for a leak report. `scope`: the one
+/// account the caller may see (`None`: every account, root).
+pub(crate) struct FindKey {
+    pub actor: Actor,
+    pub key_id: String,
+    pub scope: Option<String>,
+    pub revoke: bool,
+}
+
+/// A key's state from a `sql::KEY_STATE` row at time `at`.
+fn state_of(row: &super::Row, at: i64) -> Result<&'static str, StoreError> {
+    let revoked = [3, 6, 8]
+        .into_iter()
+        .map(|i| row.opt_int(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let disabled = [4, 7, 9]
+        .into_iter()
+        .map(|i| row.opt_int(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(if revoked.iter().any(Option::is_some) {
+        "revoked"
+    } else if disabled.iter().any(Option::is_some) {
+        "disabled"
+    } else if row.opt_int(5)?.is_some_and(|t| t <= at) {
+        "expired"
+    } else {
+        "active"
+    })
+}
+
+impl Job for FindKey {
+    type Out = Option<KeyState>;
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<Option<KeyState>, StoreError> {
+        let action = if self.revoke {
+            "key.revoke_by_value"
+        } else {
+            "key.find"
+        };
+        let row = first(db, sql::KEY_STATE, &[Arg::Text(&self.key_id)]).await?;
+        let owner = row.as_ref().map(|r| r.text(0)).transpose()?;
+        let in_scope = match (&owner, &self.scope) {
+            (Some(owner), Some(scope)) => owner == scope,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let row = match row {
+            Some(row) if in_scope => row,
+            _ => {
+                // Unknown, or out of the caller's scope: recorded in the caller's own trail.
+                let account = self.actor.account_id.as_str();
+                let entry = Audit::new(&self.actor, action, account, "keys/find");
+                let detail = serde_json::json!({ "found": false });
+                entry.detail(detail).write(db, at).await?;
+                return Ok(None);
+            }
+        };
+        let before = state_of(&row, at)?;
+        let (account, user) = (row.text(0)?, row.text(1)?);
+        let reference = key_ref(&self.key_id).to_owned();
+        let mut state = before;
+        if self.revoke && row.opt_int(3)?.is_none() {
+            db.exec(sql::REVOKE_KEY, &[Arg::Int(at), Arg::Text(&self.key_id)])
+                .await?;
+            log_change(db, &self.key_id, KIND_REVOKED, at).await?;
+            state = "revoked";
+        }
+        let object = format!("{account}/{user}/keys/{reference}");
+        let detail = serde_json::json!({ "found": true, "state": change(before, state) });
+        let entry = Audit::new(&self.actor, action, &account, &object);
+        entry.detail(detail).write(db, at).await?;
+        Ok(Some(KeyState {
+            account_id: account,
+            user_id: user,
+            key: reference,
+            name: row.text(2)?,
+            state: state.to_owned(),
+        }))
+    }
+}
+
+/// A refused admin call (401 or 403), as recorded.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The caller, when its key was known; else empty ids and no key.
+    pub actor: Actor,
+    pub method: String,
+    /// The route template (never the raw path).
+    pub route: String,
+    pub status: u16,
+    pub reason: String,
+}
+
+pub(crate) struct RecordRefusal {
+    pub refusal: Refusal,
+}
+
+impl Job for RecordRefusal {
+    type Out = ();
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<(), StoreError> {
+        let r = &self.refusal;
+        let account = if r.actor.account_id.is_empty() {
+            crate::keys::SYSTEM_ACCOUNT
+        } else {
+            r.actor.account_id.as_str()
+        };
+        let detail = serde_json::json!({
+            "method": r.method, "route": r.route, "status": r.status, "reason": r.reason
+        });
+        let entry = Audit::new(&r.actor, REFUSED, account, &r.route);
+        entry.detail(detail).write(db, at).await?;
+        let args = [Arg::Text(REFUSED), Arg::Int(MAX_REFUSALS_KEPT)];
+        db.exec(sql::PRUNE_AUDIT_ACTION, &args).await?;
+        Ok(())
+    }
+}
