@@ -8,6 +8,7 @@ mod lifecycle;
 mod refusal;
 
 pub use doc::ErrorBody;
+pub use refusal::{RefusalBound, BURST as REFUSAL_BURST, REFUSALS_PER_MINUTE};
 
 use crate::error::{json_error, ApiError, ErrorDetail, BODY_LIMIT};
 use crate::keys::{
@@ -47,7 +48,7 @@ pub struct AppState {
     pub protocol_token: Option<ProtocolToken>,
     /// How many refused admin calls may still be written to the audit trail (see
     /// [`refusal`]).
-    pub refusals: Arc<std::sync::Mutex<refusal::Bucket>>,
+    pub refusals: Arc<std::sync::Mutex<RefusalBound>>,
 }
 
 /// The protocol token, kept as its SHA-256 digest. Presented tokens are hashed and the digests
@@ -120,8 +121,8 @@ pub(crate) fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(create_user, list_users))
         .routes(routes!(set_role, revoke_user))
         .routes(routes!(rotate_key))
-        .routes(routes!(leak::find_key))
-        .routes(routes!(leak::revoke_key))
+        .routes(routes!(leak::find_key_by_value))
+        .routes(routes!(leak::revoke_key_by_value))
 }
 
 /// The OpenAPI document of [`router`].
@@ -802,12 +803,19 @@ async fn rotate_key(
 #[serde(deny_unknown_fields)]
 struct UpdateUser {
     /// The new role.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     role: Option<String>,
     /// `false` disables the user (its keys are not looked up and cannot call the admin API);
     /// `true` enables it again.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     enabled: Option<bool>,
+}
+
+/// An optional field that, when present, must hold a value (`null` is refused).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 #[derive(Serialize, ToSchema)]

@@ -24,8 +24,8 @@ mod postgres;
 mod sql;
 mod sqlite;
 
-pub use admin::{AccountInfo, KeyState, Refusal, MAX_REFUSALS_KEPT, REFUSED};
 pub(crate) use admin::enabled_kind;
+pub use admin::{AccountInfo, KeyState, Refusal, MAX_REFUSALS_KEPT, REFUSED};
 pub use lifecycle::{
     hint, key_ref, parse_rfc3339, rfc3339, validate_claims, Actor, AuditEntry, AuditPage, Claims,
     KeyInfo, KeyPatch, KeySpec, Target, DEFAULT_KEY_NAME, KEY_REF_LEN, MAX_AUDIT_PAGE,
@@ -603,7 +603,8 @@ impl Job for UpsertRootKey {
             log_change(db, old, KIND_REVOKED, at).await?;
         }
         let action = match installed {
-            Some(_) if !others.is_empty() => "root_key.replace",
+            // A revoked key coming back is a revival, whatever it replaces.
+            Some("root_key.install") if !others.is_empty() => "root_key.replace",
             Some(action) => action,
             None => return Ok(()),
         };
@@ -644,9 +645,11 @@ async fn install_root_key<D: Db>(
             insert_key(db, &key, SYSTEM_ACCOUNT, ROOT_USER, None, at).await?;
             Ok(Some("root_key.install"))
         }
-        Some((account, user, _)) if account != SYSTEM_ACCOUNT || user != ROOT_USER => Err(
-            StoreError::Internal("the configured root key is already issued to another user".into()),
-        ),
+        Some((account, user, _)) if account != SYSTEM_ACCOUNT || user != ROOT_USER => {
+            Err(StoreError::Internal(
+                "the configured root key is already issued to another user".into(),
+            ))
+        }
         Some((_, _, Some(_))) => {
             db.exec(sql::UNREVOKE_KEY, &[Arg::Text(key_id)]).await?;
             log_change(db, key_id, KIND_CREATED, at).await?;
@@ -672,7 +675,8 @@ impl Job for RemoveRootKey {
             let refs: Vec<&str> = revoked.iter().map(|k| key_ref(k)).collect();
             let detail = serde_json::json!({ "revoked": refs });
             let actor = Actor::configuration();
-            let entry = lifecycle::Audit::new(&actor, "root_key.remove", SYSTEM_ACCOUNT, ROOT_OBJECT);
+            let entry =
+                lifecycle::Audit::new(&actor, "root_key.remove", SYSTEM_ACCOUNT, ROOT_OBJECT);
             entry.detail(detail).write(db, at).await?;
         }
         Ok(revoked)
@@ -1261,8 +1265,9 @@ impl Store {
     }
 
     /// Appends a refused admin call to the audit trail (pruning the oldest refusals).
-    pub async fn record_refusal(&self, refusal: Refusal) -> Result<(), StoreError> {
-        self.write(admin::RecordRefusal { refusal }).await
+    /// `kept`: how many refusal entries to keep.
+    pub async fn record_refusal(&self, refusal: Refusal, kept: i64) -> Result<(), StoreError> {
+        self.write(admin::RecordRefusal { refusal, kept }).await
     }
 
     /// The active users of an active account, by user id.

@@ -653,10 +653,22 @@ async fn data_and_root_key_persist_across_reopen() {
     assert_eq!(changed(&feed), ids(&[ROOT_KEY, NEW_ROOT]));
     ks.create_user(NEW_ROOT, "acme", "bob", "member").await;
 
-    // Reopen without a root key: nothing is lost, the configured key stays.
+    // Reopen without a root key: nothing else is lost, but the stored root key is revoked
+    // (an operator who removes it means it), in the feed and in the audit trail.
+    let rev = ks.revision().await;
     let ks = ks.reopen(|_| {}).await;
-    ks.assert_active(NEW_ROOT, "_system", "root", "root").await;
-    assert!(ks.revision().await > 0);
+    ks.assert_inactive(NEW_ROOT).await;
+    ks.assert_active(&admin, "acme", "alice", "admin").await;
+    assert_eq!(changed(&ks.changes(rev).await), ids(&[NEW_ROOT]));
+    let audit = ks
+        .call(
+            "GET",
+            "/api/v1/admin/accounts/_system/audit",
+            Some(NEW_ROOT),
+            None,
+        )
+        .await;
+    audit.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
 }
 
 #[tokio::test]

@@ -674,3 +674,64 @@ fn two_keystores_on_one_postgres_database_serve_one_store() {
     drop((r1, r2));
     drop(schema);
 }
+
+#[test]
+fn a_keystore_restarted_without_its_root_key_no_longer_honours_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ks.db");
+    let server = Server::start(&db, &[], Some(ROOT_KEY));
+    let (status, created) = server.call(
+        "POST",
+        "/api/v1/admin/accounts",
+        Some(ROOT_KEY),
+        Some(json!({"account_id": "acme", "admin_user_id": "alice"})),
+    );
+    assert_eq!(status, 201, "{created}");
+    let alice = created["user_key"].as_str().unwrap().to_owned();
+    drop(server);
+
+    // The operator removes the root key: the stored one is revoked, with a warning.
+    let mut server = Server::start(&db, &[], None);
+    let (status, body) = server.call(
+        "POST",
+        "/api/v1/admin/accounts",
+        Some(ROOT_KEY),
+        Some(json!({"account_id": "evil", "admin_user_id": "mallory"})),
+    );
+    assert_eq!((status, body), (401, json!({"error": "unauthorized"})));
+    let lookup = format!("/v1/keys/{}", key_id(ROOT_KEY));
+    assert_eq!(server.call("GET", &lookup, None, None).0, 404);
+    let (status, _) = server.call(
+        "GET",
+        "/api/v1/admin/accounts/acme/users",
+        Some(&alice),
+        None,
+    );
+    assert_eq!(status, 200, "account keys keep working");
+    server.signal("TERM");
+    assert!(server.wait(Duration::from_secs(20)).success());
+    let log = server.log();
+    let prefix = &key_id(ROOT_KEY)[..8];
+    assert!(
+        log.contains("WARN") && log.contains("the stored root key, if any, is revoked"),
+        "{log}"
+    );
+    assert!(log.contains(prefix), "the revoked key's log prefix: {log}");
+    assert!(!log.contains(ROOT_KEY), "{log}");
+
+    // Configured again, it comes back; the audit trail shows all three.
+    let server = Server::start(&db, &[], Some(ROOT_KEY));
+    let (status, audit) = server.call("GET", "/api/v1/admin/audit", Some(ROOT_KEY), None);
+    assert_eq!(status, 200, "{audit}");
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"].as_str().unwrap().starts_with("root_key."))
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["root_key.install", "root_key.remove", "root_key.revive"]
+    );
+}

@@ -166,7 +166,12 @@ async fn reset_after_pruning() {
     assert_eq!(ks.changes(0).await, json!({"revision": rev, "changed": []}));
 
     // Lowering the retention at restart prunes straight away.
-    let ks = ks.reopen(|c| c.changes_retention = 2).await;
+    let ks = ks
+        .reopen(|c| {
+            c.changes_retention = 2;
+            c.root_key = Some(ROOT_KEY.to_owned());
+        })
+        .await;
     assert_eq!(ks.changes(5).await, json!({"revision": 8, "reset": true}));
     assert_eq!(changed(&ks.changes(6).await).len(), 2);
 }

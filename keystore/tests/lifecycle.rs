@@ -151,6 +151,7 @@ async fn a_user_holds_several_named_keys_and_revoking_one_keeps_the_others() {
             "claims",
             "created_at",
             "created_by",
+            "enabled",
             "expires_at",
             "hint",
             "key",
@@ -780,7 +781,7 @@ async fn claims_of_accounts_and_keys_reach_the_lookup_answer() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(
         r.json(),
-        json!({"account_id": "acme", "claims": {"plan": "pro", "region": "eu"}})
+        json!({"account_id": "acme", "claims": {"plan": "pro", "region": "eu"}, "enabled": true})
     );
     // Every active key of the account is in the feed: its answer changed.
     assert_eq!(changed(&ks.changes(rev).await), ids(&[&w.alice, &w.bob]));
@@ -964,7 +965,7 @@ async fn every_admin_write_is_in_the_audit_trail() {
         None,
     )
     .await;
-    // A refused write is not recorded.
+    // A refused write is recorded as refused, naming the caller and its key.
     ks.call(
         "DELETE",
         "/api/v1/admin/accounts/acme",
@@ -1013,6 +1014,12 @@ async fn every_admin_write_is_in_the_audit_trail() {
     assert_eq!(
         actions,
         [
+            (
+                "_system",
+                "(configuration)",
+                "root_key.install",
+                "_system/root"
+            ),
             ("_system", "root", "account.create", "acme"),
             ("acme", "alice", "user.create", "acme/bob"),
             ("_system", "root", "account.create", "other"),
@@ -1024,15 +1031,46 @@ async fn every_admin_write_is_in_the_audit_trail() {
             ("_system", "root", "account.set_claims", "other"),
             ("other", "olga", "user.rotate_key", "other/olga"),
             ("other", "oscar", "user.revoke", "other/olga"),
+            (
+                "acme",
+                "alice",
+                "admin.refused",
+                "/api/v1/admin/accounts/{account}"
+            ),
         ]
     );
-    let first = &entries[0];
+    let first = &entries[1];
     assert!(first["at"].as_str().unwrap().ends_with('Z'));
     assert_eq!(first["account_id"], "acme");
-    assert_eq!(entries[6]["detail"]["grace_s"], 60);
+    assert_eq!(entries[7]["detail"]["grace_s"], 60);
     assert_eq!(
-        entries[7]["detail"],
-        json!({"from": "member", "to": "reader"})
+        entries[8]["detail"],
+        json!({"role": {"before": "member", "after": "reader"}})
+    );
+    // Every entry names the acting key by its reference (the configuration has none).
+    let acting = [
+        None,
+        Some(ROOT_KEY.to_owned()),
+        Some(w.alice.clone()),
+        Some(ROOT_KEY.to_owned()),
+        Some(w.oscar.clone()),
+        Some(w.bob.clone()),
+        Some(w.alice.clone()),
+        Some(w.bob.clone()),
+        Some(w.alice.clone()),
+        Some(ROOT_KEY.to_owned()),
+        Some(w.olga.clone()),
+        Some(w.oscar.clone()),
+        Some(w.alice.clone()),
+    ];
+    for (entry, key) in entries.iter().zip(&acting) {
+        let want = key.as_ref().map(|k| key_ref(k));
+        assert_eq!(entry["actor"]["key"].as_str(), want.as_deref(), "{entry}");
+    }
+    assert_eq!(
+        entries[12]["detail"],
+        json!({"method": "DELETE", "route": "/api/v1/admin/accounts/{account}",
+               "status": 403, "reason": "forbidden"})
     );
 
     // Paged: after + limit.
@@ -1068,7 +1106,7 @@ async fn every_admin_write_is_in_the_audit_trail() {
     assert_eq!(acme.status, StatusCode::OK, "{:?}", acme.body);
     let acme = acme.json();
     let acme_entries = acme["entries"].as_array().unwrap();
-    assert_eq!(acme_entries.len(), 6);
+    assert_eq!(acme_entries.len(), 7);
     assert!(acme_entries.iter().all(|e| e["account_id"] == "acme"));
     let other = ks
         .call(

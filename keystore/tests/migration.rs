@@ -96,7 +96,7 @@ async fn schema_version(ks: &Ks) -> i64 {
 async fn a_version_1_database_keeps_every_account_user_and_key() {
     let (dir, pg, config) = v1_database().await;
     let ks = Ks::open_at(dir, pg, &config).await;
-    assert_eq!(schema_version(&ks).await, 2);
+    assert_eq!(schema_version(&ks).await, 4);
 
     // Every active key answers exactly as before (no expiry, no claims); the others do not.
     ks.assert_active(ROOT_KEY, "_system", "root", "root").await;
@@ -128,7 +128,7 @@ async fn a_version_1_database_keeps_every_account_user_and_key() {
         r.json()["keys"],
         json!([{"key": bob_ref, "name": "default", "hint": null,
                 "created_at": "1970-01-01T00:21:40Z", "created_by": null, "expires_at": null,
-                "last_used_at": null, "claims": {}}])
+                "last_used_at": null, "claims": {}, "enabled": true}])
     );
     let r = ks
         .call(
@@ -193,6 +193,18 @@ async fn a_version_1_database_keeps_every_account_user_and_key() {
         .map(|e| e["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, ["key.rotate", "account.set_claims"]);
+    // Version 4: entries name the acting key; keys, users and accounts can be disabled.
+    assert_eq!(audit["entries"][0]["actor"]["key"], bob_ref);
+    let r = ks
+        .call(
+            "PATCH",
+            "/api/v1/admin/accounts/acme/users/bob",
+            Some(ALICE),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    ks.assert_inactive(&new_bob).await;
     // Names (and ids) of revoked users and accounts are still never reused.
     ks.call(
         "POST",
@@ -205,13 +217,17 @@ async fn a_version_1_database_keeps_every_account_user_and_key() {
 
     // Opening again is a no-op.
     let ks = ks.reopen(|c| c.root_key = Some(ROOT_KEY.to_owned())).await;
-    assert_eq!(schema_version(&ks).await, 2);
+    assert_eq!(schema_version(&ks).await, 4);
     let alice = ks.lookup(ALICE).await.json();
     assert_eq!(
         (&alice["user_id"], &alice["claims"]),
         (&json!("alice"), &json!({"plan": "pro"}))
     );
-    assert_eq!(ks.lookup(&new_bob).await.status, StatusCode::OK);
+    assert_eq!(
+        ks.lookup(&new_bob).await.status,
+        StatusCode::NOT_FOUND,
+        "still disabled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +237,7 @@ async fn replicas_starting_together_on_a_version_1_database_migrate_it_once() {
     let (a, b) = (a.unwrap(), b.unwrap());
     drop((a, b));
     let ks = Ks::open_at(dir, pg, &config).await;
-    assert_eq!(schema_version(&ks).await, 2);
+    assert_eq!(schema_version(&ks).await, 4);
     ks.assert_active(BOB, "acme", "bob", "member").await;
     assert_eq!(ks.revision().await, 8);
 }
@@ -234,24 +250,24 @@ async fn a_newer_schema_is_refused() {
             schema
                 .connect()
                 .await
-                .batch_execute("UPDATE meta SET value = 3 WHERE name = 'schema_version'")
+                .batch_execute("UPDATE meta SET value = 5 WHERE name = 'schema_version'")
                 .await
                 .unwrap();
         }
         (None, Database::Sqlite(path)) => {
             rusqlite::Connection::open(path)
                 .unwrap()
-                .pragma_update(None, "user_version", 3)
+                .pragma_update(None, "user_version", 5)
                 .unwrap();
         }
         (None, Database::Postgres(_)) => unreachable!(),
     }
     let err = match keystore::open(&Config::with_database(ks.database.clone())).await {
-        Ok(_) => panic!("opened a database of schema version 3"),
+        Ok(_) => panic!("opened a database of schema version 5"),
         Err(e) => e.to_string(),
     };
     assert!(
-        err.contains("database schema version 3 is newer than this keystore supports (2)"),
+        err.contains("database schema version 5 is newer than this keystore supports (4)"),
         "{err}"
     );
 }

@@ -235,7 +235,7 @@ async fn a_newer_schema_or_a_foreign_meta_table_is_refused() {
     let ks = Ks::new().await;
     let schema = ks.pg.as_ref().unwrap();
     let raw = schema.connect().await;
-    raw.batch_execute("UPDATE meta SET value = 3 WHERE name = 'schema_version'")
+    raw.batch_execute("UPDATE meta SET value = 5 WHERE name = 'schema_version'")
         .await
         .unwrap();
     let err = match keystore::open(&Config::with_database(ks.database.clone())).await {

@@ -64,7 +64,7 @@ async fn answer(
 #[utoipa::path(post, path = "/api/v1/admin/keys/find", tag = "admin",
     request_body = LeakedKey, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = KeyState), AdminErrors))]
-pub(super) async fn find_key(
+pub(super) async fn find_key_by_value(
     State(st): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -76,7 +76,7 @@ pub(super) async fn find_key(
 #[utoipa::path(post, path = "/api/v1/admin/keys/revoke", tag = "admin",
     request_body = LeakedKey, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = KeyState), AdminErrors))]
-pub(super) async fn revoke_key(
+pub(super) async fn revoke_key_by_value(
     State(st): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

@@ -16,8 +16,8 @@ use super::{
 use crate::keys::{is_key_id, log_prefix};
 use crate::metrics::inc;
 use crate::store::{
-    parse_rfc3339, rfc3339, validate_claims, AccountInfo, AuditPage, Claims, KeyInfo, KeyPatch, Target,
-    KEY_REF_LEN, MAX_AUDIT_PAGE,
+    parse_rfc3339, rfc3339, validate_claims, AccountInfo, AuditPage, Claims, KeyInfo, KeyPatch,
+    Target, KEY_REF_LEN, MAX_AUDIT_PAGE,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -220,7 +220,7 @@ struct UpdateKey {
     claims: Option<Option<Claims>>,
     /// `false` disables the key (the lookup answers 404, it cannot call the admin API);
     /// `true` enables it again.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::present")]
     enabled: Option<bool>,
 }
 
@@ -249,8 +249,7 @@ pub(super) async fn update_key(
         Some(None) => Some(None),
         None => None,
     };
-    if req.name.is_none() && expires_at.is_none() && req.claims.is_none() && req.enabled.is_none()
-    {
+    if req.name.is_none() && expires_at.is_none() && req.claims.is_none() && req.enabled.is_none() {
         return Err(ApiError::BadRequest(
             "nothing to change: give name, expires_at, claims or enabled".into(),
         ));
@@ -347,7 +346,7 @@ struct SetAccount {
     #[serde(default, deserialize_with = "double_option")]
     claims: Option<Option<Claims>>,
     /// `false` disables the account (none of its keys is looked up); `true` enables it again.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::present")]
     enabled: Option<bool>,
 }
 

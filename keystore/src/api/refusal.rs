@@ -12,9 +12,8 @@
 use super::AppState;
 use crate::error::ErrorDetail;
 use crate::metrics::inc;
-use crate::store::{Actor, Refusal};
-#[cfg(doc)]
 use crate::store::MAX_REFUSALS_KEPT;
+use crate::store::{Actor, Refusal};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -27,32 +26,44 @@ pub const REFUSALS_PER_MINUTE: u32 = 60;
 /// Refusal entries that may be written at once after a quiet minute.
 pub const BURST: u32 = 60;
 
-/// A token bucket of refusal entries.
+/// The bound on refusal entries: a token bucket of writes, and how many entries are kept.
 #[derive(Debug)]
-pub struct Bucket {
+pub struct RefusalBound {
     tokens: f64,
     last: Option<Instant>,
+    burst: u32,
+    per_minute: u32,
+    /// Refusal entries kept in the store (older ones are deleted).
+    pub kept: i64,
 }
 
-impl Default for Bucket {
-    fn default() -> Bucket {
-        Bucket {
-            tokens: f64::from(BURST),
-            last: None,
-        }
+impl Default for RefusalBound {
+    fn default() -> RefusalBound {
+        RefusalBound::new(BURST, REFUSALS_PER_MINUTE, MAX_REFUSALS_KEPT)
     }
 }
 
-impl Bucket {
-    /// Takes one token at `now` if there is one (refilled at [`REFUSALS_PER_MINUTE`] a minute
-    /// since the last call, up to [`BURST`]).
+impl RefusalBound {
+    /// `burst` writes at once, `per_minute` in the long run, the newest `kept` entries kept.
+    pub fn new(burst: u32, per_minute: u32, kept: i64) -> RefusalBound {
+        RefusalBound {
+            tokens: f64::from(burst),
+            last: None,
+            burst,
+            per_minute,
+            kept,
+        }
+    }
+
+    /// Takes one token at `now` if there is one (refilled at `per_minute` a minute since the
+    /// last call, up to `burst`).
     pub fn take(&mut self, now: Instant) -> bool {
         let elapsed = self
             .last
             .map_or(Duration::ZERO, |last| now.saturating_duration_since(last));
         self.last = Some(now);
-        let refill = elapsed.as_secs_f64() * f64::from(REFUSALS_PER_MINUTE) / 60.0;
-        self.tokens = (self.tokens + refill).min(f64::from(BURST));
+        let refill = elapsed.as_secs_f64() * f64::from(self.per_minute) / 60.0;
+        self.tokens = (self.tokens + refill).min(f64::from(self.burst));
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -83,7 +94,10 @@ pub(super) fn note(actor: Option<Actor>, reason: &'static str) {
 /// Middleware: runs the request; if it is an admin call answered 401 or 403, counts it and
 /// records it in the audit trail while the bucket allows.
 pub(super) async fn record(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
     let Some(route) = route.filter(|r| r.starts_with("/api/v1/admin/")) else {
         return next.run(req).await;
     };
@@ -99,15 +113,15 @@ pub(super) async fn record(State(st): State<AppState>, req: Request, next: Next)
         return res;
     }
     inc(&st.metrics.admin_refusals);
-    let allowed = st
+    let kept = st
         .refusals
         .lock()
-        .map(|mut b| b.take(Instant::now()))
-        .unwrap_or(false);
-    if !allowed {
+        .ok()
+        .and_then(|mut b| b.take(Instant::now()).then_some(b.kept));
+    let Some(kept) = kept else {
         inc(&st.metrics.audit_refusals_dropped);
         return res;
-    }
+    };
     let reason = match (noted.reason, res.extensions().get::<ErrorDetail>()) {
         ("", Some(detail)) => detail.0.clone(),
         ("", None) => status.canonical_reason().unwrap_or("refused").to_owned(),
@@ -125,7 +139,7 @@ pub(super) async fn record(State(st): State<AppState>, req: Request, next: Next)
         status: status.as_u16(),
         reason,
     };
-    if let Err(e) = st.store.record_refusal(refusal).await {
+    if let Err(e) = st.store.record_refusal(refusal, kept).await {
         tracing::warn!("cannot record a refused admin call in the audit trail: {e}");
     }
     res
@@ -137,7 +151,7 @@ mod tests {
 
     #[test]
     fn the_bucket_allows_a_burst_then_one_a_second() {
-        let mut bucket = Bucket::default();
+        let mut bucket = RefusalBound::default();
         let t0 = Instant::now();
         let taken = (0..100).filter(|_| bucket.take(t0)).count();
         assert_eq!(taken, 60, "the burst");

@@ -13,8 +13,8 @@
 
 use super::lifecycle::{change, Audit};
 use super::{
-    first, key_ref, log_change, require_account, require_user, sql, texts, Actor, Arg, Claims,
-    Db, Job, StoreError, KIND_DISABLED, KIND_ENABLED, KIND_REVOKED,
+    first, key_ref, log_change, require_account, require_user, sql, texts, Actor, Arg, Claims, Db,
+    Job, StoreError, KIND_DISABLED, KIND_ENABLED, KIND_REVOKED,
 };
 use serde::Serialize;
 
@@ -54,7 +54,11 @@ async fn switch<D: Db>(
         )
     } else {
         (
-            vec![Arg::OptInt(disabled_at), Arg::Text(account), Arg::Text(user)],
+            vec![
+                Arg::OptInt(disabled_at),
+                Arg::Text(account),
+                Arg::Text(user),
+            ],
             vec![Arg::Text(account), Arg::Text(user)],
         )
     };
@@ -79,8 +83,12 @@ impl Job for SetUserEnabled {
     async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<String, StoreError> {
         let (account, user) = (self.account.as_str(), self.user.as_str());
         let role = require_user(db, account, user).await?;
-        let was = match first(db, sql::USER_DISABLED_AT, &[Arg::Text(account), Arg::Text(user)])
-            .await?
+        let was = match first(
+            db,
+            sql::USER_DISABLED_AT,
+            &[Arg::Text(account), Arg::Text(user)],
+        )
+        .await?
         {
             Some(row) => row.opt_int(0)?.is_none(),
             None => true,
@@ -262,6 +270,8 @@ pub struct Refusal {
 
 pub(crate) struct RecordRefusal {
     pub refusal: Refusal,
+    /// Refusal entries to keep (the newest).
+    pub kept: i64,
 }
 
 impl Job for RecordRefusal {
@@ -278,7 +288,7 @@ impl Job for RecordRefusal {
         });
         let entry = Audit::new(&r.actor, REFUSED, account, &r.route);
         entry.detail(detail).write(db, at).await?;
-        let args = [Arg::Text(REFUSED), Arg::Int(MAX_REFUSALS_KEPT)];
+        let args = [Arg::Text(REFUSED), Arg::Int(self.kept.max(0))];
         db.exec(sql::PRUNE_AUDIT_ACTION, &args).await?;
         Ok(())
     }

@@ -62,7 +62,6 @@ impl Actor {
         }
     }
 
-
     /// `account/user`, as stored in `keys.created_by`.
     pub fn name(&self) -> String {
         format!("{}/{}", self.account_id, self.user_id)
@@ -469,14 +468,20 @@ impl Job for UpdateKey {
                 log_change(db, id, KIND_CLAIMS, at).await?;
             }
             let before = parse_claims(found.claims.clone())?;
-            detail.insert("claims".into(), change(before, claims.clone().unwrap_or_default()));
+            detail.insert(
+                "claims".into(),
+                change(before, claims.clone().unwrap_or_default()),
+            );
         }
         if let Some(enabled) = self.patch.enabled {
             let was = found.disabled_at.is_none();
             if enabled != was {
                 let disabled_at = (!enabled).then_some(at);
-                db.exec(sql::SET_KEY_DISABLED, &[Arg::OptInt(disabled_at), Arg::Text(id)])
-                    .await?;
+                db.exec(
+                    sql::SET_KEY_DISABLED,
+                    &[Arg::OptInt(disabled_at), Arg::Text(id)],
+                )
+                .await?;
                 log_change(db, id, super::enabled_kind(enabled), at).await?;
             }
             detail.insert("enabled".into(), change(was, enabled));
@@ -581,8 +586,7 @@ impl Job for SetAccountClaims {
             }
         }
         let before = parse_claims(before)?;
-        let detail =
-            serde_json::json!({ "claims": change(before, self.claims.clone().unwrap_or_default()) });
+        let detail = serde_json::json!({ "claims": change(before, self.claims.clone().unwrap_or_default()) });
         let entry = Audit::new(&self.actor, "account.set_claims", account, account);
         entry.detail(detail).write(db, at).await
     }

@@ -76,7 +76,7 @@ macro_rules! migrations {
     ($serial:literal) => {
         [
             concat!(
-            "
+                "
 ALTER TABLE accounts ADD COLUMN claims TEXT;
 ALTER TABLE keys ADD COLUMN name TEXT NOT NULL DEFAULT 'default';
 ALTER TABLE keys ADD COLUMN hint TEXT;
@@ -86,8 +86,8 @@ ALTER TABLE keys ADD COLUMN last_used_at BIGINT;
 ALTER TABLE keys ADD COLUMN claims TEXT;
 CREATE TABLE audit (
     id            ",
-            $serial,
-            ",
+                $serial,
+                ",
     at            BIGINT NOT NULL,
     actor_account TEXT NOT NULL,
     actor_user    TEXT NOT NULL,

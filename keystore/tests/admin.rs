@@ -1,0 +1,518 @@
+//! Enabling and disabling keys, users and accounts; the leak response (find or revoke a key by
+//! its value); usage reports of revoked and disabled keys; what the audit trail records (the
+//! acting key, before and after values, root key events, refused calls). Through the real
+//! router on SQLite or (with `KEYSTORE_TEST_DATABASE_URL`) PostgreSQL.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
+mod common;
+
+use axum::http::StatusCode;
+use common::{changed, contains, ids, Ks, ROOT_KEY};
+use keystore::api::RefusalBound;
+use keystore::keys::key_id;
+use serde_json::{json, Value};
+
+/// acme (admin alice, member bob) and other (admin oscar, member olga).
+struct World {
+    alice: String,
+    bob: String,
+    oscar: String,
+    olga: String,
+}
+
+async fn world(ks: &Ks) -> World {
+    let alice = ks.create_account("acme", "alice").await;
+    let bob = ks.create_user(&alice, "acme", "bob", "member").await;
+    let oscar = ks.create_account("other", "oscar").await;
+    let olga = ks.create_user(&oscar, "other", "olga", "member").await;
+    World {
+        alice,
+        bob,
+        oscar,
+        olga,
+    }
+}
+
+fn key_ref(raw: &str) -> String {
+    key_id(raw)[..16].to_owned()
+}
+
+fn key_uri(account: &str, user: &str, raw: &str) -> String {
+    format!(
+        "/api/v1/admin/accounts/{account}/users/{user}/keys/{}",
+        key_ref(raw)
+    )
+}
+
+async fn patch(ks: &Ks, by: &str, uri: &str, body: Value) -> Value {
+    let r = ks.call("PATCH", uri, Some(by), Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{uri}: {:?}", r.body);
+    r.json()
+}
+
+/// The whole audit trail, as root reads it.
+async fn audit(ks: &Ks) -> Vec<Value> {
+    let r = ks
+        .call(
+            "GET",
+            "/api/v1/admin/audit?limit=1000",
+            Some(ROOT_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    r.json()["entries"].as_array().unwrap().clone()
+}
+
+async fn last_entry(ks: &Ks, action: &str) -> Value {
+    audit(ks)
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e["action"] == action)
+        .unwrap_or_else(|| panic!("no {action} entry"))
+}
+
+#[tokio::test]
+async fn a_disabled_key_is_not_looked_up_until_it_is_enabled_again() {
+    let ks = Ks::new().await;
+    let w = world(&ks).await;
+    let uri = key_uri("acme", "bob", &w.bob);
+    let rev = ks.revision().await;
+    let key = patch(&ks, &w.alice, &uri, json!({"enabled": false})).await;
+    assert_eq!(key["enabled"], false);
+    ks.assert_inactive(&w.bob).await;
+    // The feed reports it; it cannot call the admin API either.
+    assert_eq!(changed(&ks.changes(rev).await), ids(&[&w.bob]));
+    let own = "/api/v1/admin/accounts/acme/users/bob/keys";
+    ks.call("GET", own, Some(&w.bob), None)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    // The listing shows it disabled; disabling again changes nothing in the feed.
+    let listed = ks.call("GET", own, Some(&w.alice), None).await.json();
+    assert_eq!(listed["keys"][0]["enabled"], false);
+    let rev = ks.revision().await;
+    patch(&ks, &w.alice, &uri, json!({"enabled": false})).await;
+    assert_eq!(ks.revision().await, rev);
+
+    // Enabled again: looked up as before; the feed lists it as created (it was unknown).
+    let key = patch(&ks, &w.alice, &uri, json!({"enabled": true})).await;
+    assert_eq!(key["enabled"], true);
+    ks.assert_active(&w.bob, "acme", "bob", "member").await;
+    let feed = ks.changes(rev).await;
+    assert_eq!(changed(&feed), ids(&[&w.bob]));
+    assert_eq!(feed["created"], json!([key_id(&w.bob)]));
+
+    // Members may not, nor admins of another account; null and non-booleans are refused.
+    for (by, status) in [
+        (&w.bob, StatusCode::FORBIDDEN),
+        (&w.oscar, StatusCode::FORBIDDEN),
+    ] {
+        let r = ks
+            .call("PATCH", &uri, Some(by), Some(json!({"enabled": false})))
+            .await;
+        assert_eq!(r.status, status);
+    }
+    for bad in [json!({"enabled": null}), json!({"enabled": "no"})] {
+        ks.call("PATCH", &uri, Some(&w.alice), Some(bad))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid type");
+    }
+    ks.assert_active(&w.bob, "acme", "bob", "member").await;
+}
+
+#[tokio::test]
+async fn a_disabled_user_or_account_takes_its_keys_out_until_enabled() {
+    let ks = Ks::new().await;
+    let w = world(&ks).await;
+    let user = "/api/v1/admin/accounts/acme/users/bob";
+    let rev = ks.revision().await;
+    let r = patch(&ks, &w.alice, user, json!({"enabled": false})).await;
+    assert_eq!(
+        r,
+        json!({"user_id": "bob", "role": "member", "enabled": false})
+    );
+    ks.assert_inactive(&w.bob).await;
+    assert_eq!(changed(&ks.changes(rev).await), ids(&[&w.bob]));
+    let users = ks
+        .call(
+            "GET",
+            "/api/v1/admin/accounts/acme/users",
+            Some(&w.alice),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(users["users"][1]["enabled"], false);
+    assert_eq!(users["users"][0]["enabled"], true);
+    let rev = ks.revision().await;
+    patch(&ks, &w.alice, user, json!({"enabled": true})).await;
+    ks.assert_active(&w.bob, "acme", "bob", "member").await;
+    assert_eq!(ks.changes(rev).await["created"], json!([key_id(&w.bob)]));
+
+    // An account: root only; every key of it goes, the other account's stay.
+    let account = "/api/v1/admin/accounts/acme";
+    ks.call(
+        "PATCH",
+        account,
+        Some(&w.alice),
+        Some(json!({"enabled": false})),
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let rev = ks.revision().await;
+    let r = patch(&ks, ROOT_KEY, account, json!({"enabled": false})).await;
+    assert_eq!(
+        r,
+        json!({"account_id": "acme", "claims": {}, "enabled": false})
+    );
+    ks.assert_inactive(&w.alice).await;
+    ks.assert_inactive(&w.bob).await;
+    ks.assert_active(&w.olga, "other", "olga", "member").await;
+    assert_eq!(changed(&ks.changes(rev).await), ids(&[&w.alice, &w.bob]));
+    // The account's claims are untouched by a PATCH that does not name them.
+    let r = patch(&ks, ROOT_KEY, account, json!({"claims": {"plan": "pro"}})).await;
+    assert_eq!(r["enabled"], false);
+    let r = patch(&ks, ROOT_KEY, account, json!({"enabled": true})).await;
+    assert_eq!(
+        r,
+        json!({"account_id": "acme", "claims": {"plan": "pro"}, "enabled": true})
+    );
+    assert_eq!(
+        ks.lookup(&w.bob).await.json()["claims"],
+        json!({"plan": "pro"})
+    );
+    ks.call("PATCH", account, Some(ROOT_KEY), Some(json!({})))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "nothing to change");
+    ks.call("PATCH", user, Some(&w.alice), Some(json!({})))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "nothing to change");
+}
+
+#[tokio::test]
+async fn usage_of_revoked_disabled_and_unknown_keys_is_not_recorded() {
+    let ks = Ks::new().await;
+    let w = world(&ks).await;
+    let revoked = ks.rotate(&w.alice, "acme", "bob").await; // bob's first key is revoked
+    let (old_bob, bob) = (w.bob.clone(), revoked);
+    patch(
+        &ks,
+        &w.oscar,
+        &key_uri("other", "olga", &w.olga),
+        json!({"enabled": false}),
+    )
+    .await;
+    let report = json!({"key_ids": [key_id(&old_bob), key_id(&w.olga), key_id("never-issued")]});
+    let r = ks.call("POST", "/v1/usage", None, Some(report)).await;
+    assert_eq!(r.json(), json!({"recorded": 0}));
+    let listed = ks
+        .call(
+            "GET",
+            "/api/v1/admin/accounts/other/users/olga/keys",
+            Some(&w.oscar),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(listed["keys"][0]["last_used_at"], Value::Null);
+    // A key of a disabled user is not recorded either; an active key is.
+    patch(
+        &ks,
+        &w.alice,
+        "/api/v1/admin/accounts/acme/users/alice",
+        json!({"enabled": false}),
+    )
+    .await;
+    let report = json!({"key_ids": [key_id(&w.alice), key_id(&bob)]});
+    let r = ks.call("POST", "/v1/usage", None, Some(report)).await;
+    assert_eq!(r.json(), json!({"recorded": 1}));
+}
+
+/// `POST path {"user_key": value}` by `by`.
+async fn leak(ks: &Ks, path: &str, by: &str, value: &str) -> common::Resp {
+    let uri = format!("/api/v1/admin/keys/{path}");
+    ks.call("POST", &uri, Some(by), Some(json!({"user_key": value})))
+        .await
+}
+
+#[tokio::test]
+async fn a_leaked_key_is_found_and_revoked_by_root_or_its_accounts_admin_only() {
+    let ks = Ks::new().await;
+    let w = world(&ks).await;
+    let r = leak(&ks, "find", ROOT_KEY, &w.bob).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let found = json!({"account_id": "acme", "user_id": "bob", "key": key_ref(&w.bob),
+                       "name": "default", "state": "active"});
+    assert_eq!(r.json(), found);
+    assert_eq!(leak(&ks, "find", &w.alice, &w.bob).await.json(), found);
+    // Another account's admin: exactly an unknown key's answer. Members: 403.
+    let unknown = leak(
+        &ks,
+        "find",
+        &w.oscar,
+        "kg_never-issued-0000000000000000000000",
+    )
+    .await;
+    let other = leak(&ks, "find", &w.oscar, &w.bob).await;
+    other.assert_error(StatusCode::NOT_FOUND, "no such key");
+    assert_eq!((other.status, &other.body), (unknown.status, &unknown.body));
+    assert_eq!(other.headers["cache-control"], "no-store");
+    for path in ["find", "revoke"] {
+        leak(&ks, path, &w.olga, &w.olga)
+            .await
+            .assert_error(StatusCode::FORBIDDEN, "forbidden");
+        leak(&ks, path, &w.bob, &w.bob)
+            .await
+            .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    leak(&ks, "revoke", &w.oscar, &w.bob)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "no such key");
+    ks.assert_active(&w.bob, "acme", "bob", "member").await;
+
+    // States: disabled, then revoked (by the account's admin), then found as revoked.
+    patch(
+        &ks,
+        &w.alice,
+        &key_uri("acme", "bob", &w.bob),
+        json!({"enabled": false}),
+    )
+    .await;
+    assert_eq!(
+        leak(&ks, "find", ROOT_KEY, &w.bob).await.json()["state"],
+        "disabled"
+    );
+    let rev = ks.revision().await;
+    let r = leak(&ks, "revoke", &w.alice, &w.bob).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["state"], "revoked");
+    assert_eq!(changed(&ks.changes(rev).await), ids(&[&w.bob]));
+    assert_eq!(
+        leak(&ks, "find", &w.alice, &w.bob).await.json()["state"],
+        "revoked"
+    );
+    // Root revokes any key, its own included.
+    assert_eq!(
+        leak(&ks, "revoke", ROOT_KEY, &w.olga).await.json()["state"],
+        "revoked"
+    );
+    ks.assert_inactive(&w.olga).await;
+
+    // Audited, by key reference only; never the value.
+    let trail = audit(&ks).await;
+    let leaks: Vec<(&str, &str)> = trail
+        .iter()
+        .filter(|e| e["action"].as_str().unwrap().starts_with("key."))
+        .filter(|e| e["action"] != "key.update")
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["actor"]["user_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        leaks,
+        [
+            ("key.find", "root"),
+            ("key.find", "alice"),
+            ("key.find", "oscar"),
+            ("key.find", "oscar"),
+            ("key.revoke_by_value", "oscar"),
+            ("key.find", "root"),
+            ("key.revoke_by_value", "alice"),
+            ("key.find", "alice"),
+            ("key.revoke_by_value", "root"),
+        ]
+    );
+    let oscar_miss = trail
+        .iter()
+        .find(|e| e["actor"]["user_id"] == "oscar" && e["action"] == "key.find")
+        .unwrap();
+    assert_eq!(oscar_miss["account_id"], "other", "{oscar_miss}");
+    assert_eq!(oscar_miss["detail"], json!({"found": false}));
+    let body = serde_json::to_vec(&trail).unwrap();
+    assert!(!contains(&body, w.bob.as_bytes()));
+    assert!(!contains(&body, key_id(&w.bob).as_bytes()));
+
+    // Bad input: no value, an empty one, a value in the URL is no route.
+    for (body, needle) in [
+        (json!({}), "missing field `user_key`"),
+        (json!({"user_key": ""}), "must not be empty"),
+        (json!({"user_key": 1}), "invalid type"),
+        (json!({"user_key": "x", "more": 1}), "unknown field"),
+    ] {
+        ks.call(
+            "POST",
+            "/api/v1/admin/keys/find",
+            Some(ROOT_KEY),
+            Some(body),
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, needle);
+    }
+}
+
+#[tokio::test]
+async fn a_patch_that_removes_an_expiry_is_audited_apart_from_one_that_changes_nothing() {
+    let ks = Ks::new().await;
+    let w = world(&ks).await;
+    let uri = key_uri("acme", "bob", &w.bob);
+    let at = "2099-01-01T00:00:00Z";
+    patch(&ks, &w.alice, &uri, json!({"expires_at": at})).await;
+    let set = last_entry(&ks, "key.update").await;
+    assert_eq!(
+        set["detail"],
+        json!({"expires_at": {"before": null, "after": at}})
+    );
+    patch(&ks, &w.alice, &uri, json!({"expires_at": null})).await;
+    let removed = last_entry(&ks, "key.update").await;
+    assert_eq!(
+        removed["detail"],
+        json!({"expires_at": {"before": at, "after": null}})
+    );
+    patch(&ks, &w.alice, &uri, json!({"expires_at": null})).await;
+    let nothing = last_entry(&ks, "key.update").await;
+    assert_eq!(
+        nothing["detail"],
+        json!({"expires_at": {"before": null, "after": null}})
+    );
+    // Every entry names the acting key by reference.
+    assert_eq!(removed["actor"]["key"], key_ref(&w.alice));
+    assert_eq!(
+        last_entry(&ks, "user.create").await["actor"]["key"],
+        key_ref(&w.oscar)
+    );
+    // Account claims and names, too.
+    patch(
+        &ks,
+        ROOT_KEY,
+        "/api/v1/admin/accounts/acme",
+        json!({"claims": {"plan": "pro"}}),
+    )
+    .await;
+    assert_eq!(
+        last_entry(&ks, "account.set_claims").await["detail"],
+        json!({"claims": {"before": {}, "after": {"plan": "pro"}}})
+    );
+    patch(&ks, &w.alice, &uri, json!({"name": "laptop"})).await;
+    assert_eq!(
+        last_entry(&ks, "key.update").await["detail"],
+        json!({"name": {"before": "default", "after": "laptop"}})
+    );
+}
+
+#[tokio::test]
+async fn root_key_install_replacement_and_revival_are_audited() {
+    let ks = Ks::new().await;
+    let root_ref = key_ref(ROOT_KEY);
+    let install = last_entry(&ks, "root_key.install").await;
+    assert_eq!(
+        install["actor"],
+        json!({"account_id": "_system", "user_id": "(configuration)", "key": null})
+    );
+    assert_eq!(install["detail"], json!({"key": root_ref, "revoked": []}));
+    const NEW_ROOT: &str = "second-root-key-Hk29Xq7Lw";
+    let ks = ks.reopen(|c| c.root_key = Some(NEW_ROOT.to_owned())).await;
+    let r = ks
+        .call("GET", "/api/v1/admin/audit", Some(NEW_ROOT), None)
+        .await
+        .json();
+    let replace = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "root_key.replace")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        replace["detail"],
+        json!({"key": key_ref(NEW_ROOT), "revoked": [root_ref]})
+    );
+    // The same key again writes nothing; the first one back is a revival.
+    let ks = ks.reopen(|c| c.root_key = Some(NEW_ROOT.to_owned())).await;
+    let ks = ks.reopen(|c| c.root_key = Some(ROOT_KEY.to_owned())).await;
+    let actions: Vec<String> = audit(&ks)
+        .await
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        actions,
+        ["root_key.install", "root_key.replace", "root_key.revive"]
+    );
+}
+
+#[tokio::test]
+async fn refused_admin_calls_are_audited_without_the_presented_value_and_bounded() {
+    let ks = Ks::new().await;
+    let w = world(&ks).await;
+    let wrong = "kg_a-guessed-key-that-is-not-in-the-store-00";
+    ks.call(
+        "GET",
+        "/api/v1/admin/accounts/acme/users",
+        Some(wrong),
+        None,
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    ks.call("DELETE", "/api/v1/admin/accounts/acme", Some(&w.bob), None)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let trail = audit(&ks).await;
+    let refused: Vec<&Value> = trail
+        .iter()
+        .filter(|e| e["action"] == "admin.refused")
+        .collect();
+    assert_eq!(refused.len(), 2, "{trail:?}");
+    assert_eq!(
+        (
+            &refused[0]["actor"],
+            &refused[0]["account_id"],
+            &refused[0]["detail"]
+        ),
+        (
+            &json!({"account_id": "", "user_id": "", "key": null}),
+            &json!("_system"),
+            &json!({"method": "GET", "route": "/api/v1/admin/accounts/{account}/users",
+                    "status": 401, "reason": "unknown, revoked, disabled or expired key"})
+        )
+    );
+    assert_eq!(
+        refused[1]["actor"],
+        json!({"account_id": "acme", "user_id": "bob", "key": key_ref(&w.bob)})
+    );
+    assert_eq!(refused[1]["account_id"], "acme");
+    assert_eq!(refused[1]["detail"]["status"], 403);
+    let body = serde_json::to_vec(&trail).unwrap();
+    assert!(!contains(&body, wrong.as_bytes()));
+    assert!(!contains(&body, key_id(wrong).as_bytes()));
+
+    // A flood: every refusal is counted, at most the bucket's tokens are written, and only
+    // the newest `kept` entries stay. (The default bound is 60 a minute, 10,000 kept; here a
+    // bucket of 5 that never refills and 4 kept, so nothing depends on time.)
+    *ks.state.refusals.lock().unwrap() = RefusalBound::new(5, 0, 4);
+    for _ in 0..100 {
+        ks.call("GET", "/api/v1/admin/audit", None, None).await;
+    }
+    let kept: Vec<Value> = audit(&ks)
+        .await
+        .into_iter()
+        .filter(|e| e["action"] == "admin.refused")
+        .collect();
+    assert_eq!(kept.len(), 4, "{kept:?}");
+    assert!(kept
+        .iter()
+        .all(|e| e["detail"]["route"] == "/api/v1/admin/audit"));
+    assert_eq!(kept[0]["detail"]["reason"], "no key");
+    assert_eq!(ks.metric("keystore_admin_refusals_total").await, 102);
+    assert_eq!(ks.metric("keystore_audit_refusals_dropped_total").await, 95);
+}
