@@ -9,8 +9,15 @@
 //! - rules match the path as the upstream will read it ([`crate::path`]): a rule that matches
 //!   any reading of the path is never skipped, and a path is anonymous only when every
 //!   reading is;
+//! - which of `anonymous_paths` and `required_roles` applies is [`crate::rules`]' one rule
+//!   (the most specific prefix decides, whatever the order);
 //! - a key source given more than once is refused (401) before any lookup;
-//! - with `hide_credentials`, the key leaves the request wherever its value appears.
+//! - with `hide_credentials`, the key leaves the request wherever its value appears;
+//! - with `run_on_preflight` off, only a real CORS preflight ([`is_preflight`]) goes on without
+//!   a key: `OPTIONS` with `origin` and `access-control-request-method`, no body (its headers
+//!   end the stream, no `content-length` but `0`, no `transfer-encoding`) and no credential (no
+//!   key in any key source, no `authorization`, no `cookie`). Anything else is an ordinary
+//!   request: key required, `required_roles` applied, `hide_credentials` too.
 
 use crate::config::Config;
 use crate::key::{self, Headers, KeyError, KeyId};
@@ -81,9 +88,9 @@ impl Admission<'_> {
 }
 
 /// Decides what to do with a request from its headers (Envoy's snapshot, pseudo-headers
-/// included). Never calls the store.
-pub fn admit<'a>(cfg: &Config, headers: &'a Headers<'a>) -> Admission<'a> {
-    admit_with(cfg, headers, &mut KeyId::of)
+/// included) and whether they end the stream (no body follows). Never calls the store.
+pub fn admit<'a>(cfg: &Config, headers: &'a Headers<'a>, end_of_stream: bool) -> Admission<'a> {
+    admit_with(cfg, headers, end_of_stream, &mut KeyId::of)
 }
 
 /// [`admit`], with the key id of a raw key given by `key_id` (the filter's
@@ -91,6 +98,7 @@ pub fn admit<'a>(cfg: &Config, headers: &'a Headers<'a>) -> Admission<'a> {
 pub fn admit_with<'a>(
     cfg: &Config,
     headers: &'a Headers<'a>,
+    end_of_stream: bool,
     key_id: &mut dyn FnMut(&[u8]) -> KeyId,
 ) -> Admission<'a> {
     let raw_path = header(headers, ":path").ok_or(PathError::Missing);
@@ -111,10 +119,11 @@ pub fn admit_with<'a>(
         anonymous: cfg.is_anonymous(&route),
         route,
     };
-    if !cfg.run_on_preflight && is_preflight(method, headers) {
+    let found = key::extract(&cfg.key_sources, headers, key::query_of(path));
+    let no_key = matches!(found, Err(KeyError::Missing));
+    if !cfg.run_on_preflight && no_key && is_preflight(method, headers, end_of_stream) {
         return Admission::Pass(plan);
     }
-    let found = key::extract(&cfg.key_sources, headers, key::query_of(path));
     match found {
         Ok(raw_key) => {
             if cfg.hide_credentials {
@@ -139,12 +148,26 @@ pub fn admit_with<'a>(
     }
 }
 
-/// A CORS preflight: `OPTIONS` with `origin` and `access-control-request-method` (Fetch
-/// standard). Browsers send it without credentials.
-fn is_preflight(method: &[u8], headers: &Headers<'_>) -> bool {
-    method == b"OPTIONS"
-        && header(headers, "origin").is_some()
-        && header(headers, "access-control-request-method").is_some()
+/// A real CORS preflight as browsers send it (Fetch standard): `OPTIONS` with `origin` and
+/// `access-control-request-method`, no body and no credential. The caller has checked that no
+/// key source holds anything; this checks the rest.
+pub fn is_preflight(method: &[u8], headers: &Headers<'_>, end_of_stream: bool) -> bool {
+    let (mut origin, mut request_method) = (false, false);
+    for (name, value) in headers {
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        if is("origin") {
+            origin = true;
+        } else if is("access-control-request-method") {
+            request_method = true;
+        } else if (is("content-length") && *value != b"0")
+            || is("transfer-encoding")
+            || is("authorization")
+            || is("cookie")
+        {
+            return false;
+        }
+    }
+    method == b"OPTIONS" && end_of_stream && origin && request_method
 }
 
 /// The names of the client-sent headers (or trailers) that spell an identity or claim header,
@@ -200,6 +223,11 @@ mod tests {
         let mut v = vec![(":method", &b"GET"[..]), (":path", path)];
         v.extend_from_slice(h);
         v
+    }
+
+    /// A request whose headers end the stream, as most in these tests.
+    fn admit<'a>(c: &Config, h: &'a Headers<'a>) -> Admission<'a> {
+        super::admit(c, h, true)
     }
 
     fn plan<'a>(a: &'a Admission<'a>) -> &'a Plan<'a> {
@@ -349,29 +377,90 @@ mod tests {
         assert!(!plan(&admit(&c, &h)).invalidates);
     }
 
-    #[test]
-    fn cors_preflights_pass_without_a_key_unless_run_on_preflight() {
-        let preflight = |c: &Config| {
-            let mut h = req(
-                b"/private/x",
-                &[
-                    ("origin", b"https://app.example"),
-                    ("access-control-request-method", b"POST"),
-                    ("x_role", b"admin"),
-                ],
-            );
-            h[0].1 = b"OPTIONS";
-            matches!(admit(c, &h), Admission::Pass(p) if p.remove == ["x_role"])
-        };
-        assert!(preflight(&cfg("")));
-        assert!(!preflight(&cfg(r#","run_on_preflight":true"#)));
-        // An OPTIONS that is not a preflight is authenticated like any request.
-        let mut h = req(b"/private/x", &[("origin", b"https://app.example")]);
+    /// A browser's preflight for `POST /private/x`, plus `extra` headers.
+    fn preflight<'h>(extra: &[(&'h str, &'h [u8])]) -> Vec<(&'h str, &'h [u8])> {
+        let mut h = req(
+            b"/private/x",
+            &[
+                ("origin", b"https://app.example"),
+                ("access-control-request-method", b"POST"),
+                ("x_role", b"admin"),
+            ],
+        );
         h[0].1 = b"OPTIONS";
-        assert!(matches!(
-            admit(&cfg(""), &h),
-            Admission::Refuse(Refusal::Unauthorized, _)
+        h.extend_from_slice(extra);
+        h
+    }
+
+    #[test]
+    fn a_real_preflight_passes_without_a_key_unless_run_on_preflight() {
+        let passes = |c: &Config, h: &[(&str, &[u8])]| matches!(super::admit(c, h, true), Admission::Pass(p) if p.remove == ["x_role"]);
+        assert!(passes(&cfg(""), &preflight(&[])));
+        assert!(passes(&cfg(""), &preflight(&[("content-length", b"0")])));
+        assert!(!passes(
+            &cfg(r#","run_on_preflight":true"#),
+            &preflight(&[])
         ));
+    }
+
+    #[test]
+    fn a_preflight_shape_with_a_body_or_a_credential_is_an_ordinary_request() {
+        let c = cfg(r#","key_sources":[{"header":"x-api-key"},{"query":"apikey"}]"#);
+        let refused = |h: &[(&str, &[u8])], end_of_stream: bool| {
+            super::admit(&c, h, end_of_stream)
+                == Admission::Refuse(Refusal::Unauthorized, Some(KeyError::Missing))
+        };
+        assert!(
+            refused(&preflight(&[]), false),
+            "a body follows the headers"
+        );
+        for shape in [
+            ("content-length", &b"27"[..]),
+            ("transfer-encoding", b"chunked"),
+            ("authorization", b"Basic YTpi"),
+            ("cookie", b"session=s"),
+            ("Cookie", b"session=s"),
+        ] {
+            assert!(refused(&preflight(&[shape]), true), "{shape:?}");
+        }
+        let mut no_origin = preflight(&[]);
+        no_origin.retain(|(n, _)| *n != "origin");
+        assert!(refused(&no_origin, true), "no origin");
+        let mut no_method = preflight(&[]);
+        no_method.retain(|(n, _)| *n != "access-control-request-method");
+        assert!(
+            refused(&no_method, true),
+            "no access-control-request-method"
+        );
+        let mut get = preflight(&[]);
+        get[0].1 = b"GET";
+        assert!(refused(&get, true), "not OPTIONS");
+        // A key in a key source: checked like any request, so required_roles apply.
+        let keyed = preflight(&[("x-api-key", b"k")]);
+        assert!(matches!(
+            super::admit(&c, &keyed, true),
+            Admission::Check(..)
+        ));
+        let mut queried = preflight(&[]);
+        queried[1].1 = b"/private/x?apikey=k";
+        assert!(matches!(
+            super::admit(&c, &queried, true),
+            Admission::Check(..)
+        ));
+        let malformed = preflight(&[("x-api-key", b"a b")]);
+        assert!(matches!(
+            super::admit(&c, &malformed, true),
+            Admission::Refuse(Refusal::Unauthorized, Some(KeyError::Invalid))
+        ));
+    }
+
+    #[test]
+    fn a_preflight_checked_with_run_on_preflight_has_its_key_hidden() {
+        let c = cfg(r#","run_on_preflight":true,"hide_credentials":true"#);
+        let h = preflight(&[("x-api-key", b"k")]);
+        let a = super::admit(&c, &h, true);
+        assert!(matches!(&a, Admission::Check(id, _) if *id == KeyId::of(b"k")));
+        assert_eq!(plan(&a).remove, vec!["x_role", "x-api-key"]);
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::path::{self, Prefix, Route};
+use crate::path::{Prefix, Route};
+use crate::rules::PathRules;
 use crate::text;
 
 /// The validated configuration. Durations are in milliseconds from here on.
@@ -21,10 +22,15 @@ pub struct Config {
     pub invalidate_paths: Vec<Prefix>,
     pub key_sources: Vec<KeySource>,
     pub hide_credentials: bool,
+    /// As configured (in order); [`Config::path_rules`] is what requests meet.
     pub anonymous_paths: Vec<Prefix>,
+    /// As configured (in order); [`Config::path_rules`] is what requests meet.
     pub required_roles: Vec<RoleRule>,
-    /// Authenticate CORS preflights too (Kong's `run_on_preflight`); off: they pass without a
-    /// key (browsers send them without credentials), identity headers still removed.
+    /// `anonymous_paths` and `required_roles` as one list, most specific first
+    /// ([`crate::rules`]).
+    pub path_rules: PathRules,
+    /// Authenticate CORS preflights too (Kong's `run_on_preflight`); off: a real preflight
+    /// (see [`crate::admission`]) passes without a key, identity headers still removed.
     pub run_on_preflight: bool,
 }
 
@@ -300,6 +306,9 @@ impl TryFrom<RawConfig> for Config {
             None => vec!["/api/v1/admin/".to_string()],
             Some(paths) => paths,
         };
+        let anonymous_paths = prefixes("anonymous_paths", raw.anonymous_paths)?;
+        let required_roles = role_rules(raw.required_roles)?;
+        let path_rules = path_rules(&anonymous_paths, &required_roles)?;
         Ok(Config {
             store,
             cache,
@@ -310,8 +319,9 @@ impl TryFrom<RawConfig> for Config {
             invalidate_paths: prefixes("invalidate_paths", invalidate_paths)?,
             key_sources,
             hide_credentials: raw.hide_credentials,
-            anonymous_paths: prefixes("anonymous_paths", raw.anonymous_paths)?,
-            required_roles: role_rules(raw.required_roles)?,
+            anonymous_paths,
+            required_roles,
+            path_rules,
             run_on_preflight: raw.run_on_preflight,
         })
     }
@@ -548,22 +558,54 @@ fn role_rules(rules: Vec<RawRoleRule>) -> Result<Vec<RoleRule>, ConfigError> {
     Ok(out)
 }
 
+/// Refuses a prefix listed twice (in one list or in both, compared without case, as role rules
+/// match), naming both fields; then orders the rules ([`crate::rules`]).
+fn path_rules(anonymous: &[Prefix], roles: &[RoleRule]) -> Result<PathRules, ConfigError> {
+    let named = anonymous
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("anonymous_paths[{i}]"), p))
+        .chain(
+            roles
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("required_roles[{i}].prefix"), &r.prefix)),
+        );
+    let mut seen: Vec<(String, &Prefix)> =
+        Vec::with_capacity(anonymous.len().saturating_add(roles.len()));
+    for (field, prefix) in named {
+        let same = |(_, p): &&(String, &Prefix)| p.as_str().eq_ignore_ascii_case(prefix.as_str());
+        if let Some((first, _)) = seen.iter().find(same) {
+            return Err(err(
+                &field,
+                format!(
+                    "the same prefix as {first} ({:?}): one rule per prefix",
+                    display_prefix(prefix)
+                ),
+            ));
+        }
+        seen.push((field, prefix));
+    }
+    Ok(PathRules::new(anonymous, roles))
+}
+
+fn display_prefix(p: &Prefix) -> &str {
+    if p.as_str().is_empty() {
+        "/"
+    } else {
+        p.as_str()
+    }
+}
+
 impl Config {
-    /// Whether `route` is anonymous: every reading of it lies under an `anonymous_paths`
-    /// prefix (see [`crate::path`]).
+    /// Whether `route` needs no key ([`PathRules::is_anonymous`]).
     pub fn is_anonymous(&self, route: &Route) -> bool {
-        self.anonymous_paths.iter().any(|p| route.surely_under(p))
+        self.path_rules.is_anonymous(route)
     }
 
-    /// Whether `role` may pass on `route`: for every reading of the path, the first
-    /// `required_roles` rule it lies under (if any) lists the role.
+    /// Whether a valid key with `role` may pass on `route` ([`PathRules::role_allowed`]).
     pub fn role_allowed(&self, route: &Route, role: &str) -> bool {
-        route.readings().all(|reading| {
-            self.required_roles
-                .iter()
-                .find(|r| path::lies_under(reading, &r.prefix))
-                .map_or(true, |r| r.roles.iter().any(|x| x == role))
-        })
+        self.path_rules.role_allowed(route, role)
     }
 
     /// Whether a request, answered 2xx upstream, is an admin write that must drop cached
@@ -849,6 +891,35 @@ mod tests {
             assert_eq!(e.field, field, "{json} -> {e}");
             assert!(!e.message.is_empty());
         }
+    }
+
+    #[test]
+    fn a_prefix_listed_twice_is_refused_naming_both_fields() {
+        for (rules, field, other) in [
+            (
+                r#""anonymous_paths":["/docs"],"required_roles":[{"prefix":"/x","roles":["a"]},{"prefix":"/docs/","roles":["admin"]}]"#,
+                "required_roles[1].prefix",
+                "anonymous_paths[0]",
+            ),
+            (
+                r#""required_roles":[{"prefix":"/api","roles":["a"]},{"prefix":"/API//","roles":["b"]}]"#,
+                "required_roles[1].prefix",
+                "required_roles[0].prefix",
+            ),
+            (
+                r#""anonymous_paths":["/health","/x","/health/"]"#,
+                "anonymous_paths[2]",
+                "anonymous_paths[0]",
+            ),
+        ] {
+            let json = format!(r#"{{"store":{{"cluster":"k"}},{rules}}}"#);
+            let e = parse(&json).expect_err(&json);
+            assert_eq!(e.field, field, "{json} -> {e}");
+            assert!(e.message.contains(other), "{e}");
+        }
+        // Nested prefixes are not duplicates: the most specific decides (crate::rules).
+        parse(r#"{"store":{"cluster":"k"},"anonymous_paths":["/docs"],"required_roles":[{"prefix":"/docs/internal","roles":["admin"]}]}"#)
+            .unwrap();
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod key_ids;
 pub mod local_writes;
 pub mod path;
 pub mod request;
+pub mod rules;
 pub mod shared;
 pub mod shared_table;
 pub mod single_flight;

@@ -57,7 +57,7 @@ impl Context for Http {
 }
 
 impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         // Fail closed whenever the core cannot see the request: not configured, re-entered,
         // or no header snapshot (then forged identity headers could not be stripped either).
         let Some(shared) = self.shared.clone() else {
@@ -76,7 +76,8 @@ impl HttpContext for Http {
         };
         let cfg = Rc::clone(s.worker.config());
         let key_ids = &mut s.key_ids;
-        let admission = admission::admit_with(&cfg, &headers, &mut |raw| key_ids.id(raw));
+        let admission =
+            admission::admit_with(&cfg, &headers, end_of_stream, &mut |raw| key_ids.id(raw));
         if admission.is_malformed_key() {
             s.host.count(Metric::MalformedKeys, 1);
         }
