@@ -2,21 +2,32 @@
 //!
 //! Input (text, so seeds are plain requests):
 //!   line 1: options: `h` turns `hide_credentials` on, `q` adds the query source `apikey`
-//!           (after `x-api-key` and `authorization: Bearer`);
+//!           (after `x-api-key` and `authorization: Bearer`), `b` says a body follows the
+//!           headers (they do not end the stream), `p` turns `run_on_preflight` on, `r` lists
+//!           the path rules in reverse order;
 //!   line 2: `:path`, raw bytes (missing when the line is `-`);
 //!   line 3: `:method`;
 //!   lines 4..: request headers, `name:value` (names lowercased, as Envoy hands them over).
-//! The configuration: anonymous path `/public`, `/private/` for role `admin` only,
-//! `invalidate_paths` `/api/v1/admin/`.
+//! The configuration ([`RULES`]): anonymous paths `/public` and `/private/open`; `/private/`
+//! and `/public/internal` for role `admin` only, `/api` for `member` and `admin`,
+//! `/api/admin` for `admin`; `invalidate_paths` `/api/v1/admin/`.
 //!
 //! Properties:
 //! - a `:path` that is missing or not UTF-8 is refused with 400, never defaulted;
 //! - no identity header, in any spelling a framework folds into the same name (case, `_` for
 //!   `-`), survives the plan;
-//! - a rule that matches the path as an independent lenient reader resolves it (everything
-//!   percent-decoded, `\` as `/`, `;` parameters and trailing dots dropped, dot segments
-//!   resolved) is never skipped: a member is refused there, and the path is not anonymous;
-//! - an anonymous path has no dot segment and no encoded separator in any reading;
+//! - the most specific rule decides: when the most specific rule (of either list) that the path
+//!   lies under, as an independent lenient reader resolves it (everything percent-decoded,
+//!   `\` as `/`, `;` parameters and trailing dots dropped, dot segments resolved), is a role
+//!   rule, the path is not anonymous and no role that rule does not list passes;
+//! - an anonymous path has no dot segment and no encoded separator in any reading, and its
+//!   most specific rule is an anonymous prefix;
+//! - the outcome does not depend on the order of the rules (the reversed configuration admits
+//!   and refuses the same requests and roles);
+//! - a request passes without a key on a path that is not anonymous only when it is a real CORS
+//!   preflight (`OPTIONS`, `origin`, `access-control-request-method`, no body, no
+//!   `content-length` but `0`, no `transfer-encoding`, no key, no `authorization`, no
+//!   `cookie`) and `run_on_preflight` is off; every such preflight passes;
 //! - the key id is the SHA-256 of the key `key::extract` reads; a key source given twice is
 //!   refused (or, on an anonymous path, ignored) before any lookup;
 //! - with `hide_credentials`, the key appears in no header value and no query parameter once
@@ -33,7 +44,32 @@ use libfuzzer_sys::fuzz_target;
 
 const IDENTITY: [&str; 3] = ["x-account-id", "x-user-id", "x-role"];
 
-fn config(opts: &[u8]) -> Config {
+/// The path rules: prefix, and `None` for an anonymous prefix or the roles that pass.
+const RULES: [(&str, Option<&[&str]>); 6] = [
+    ("/public", None),
+    ("/private/open", None),
+    ("/private", Some(&["admin"])),
+    ("/public/internal", Some(&["admin"])),
+    ("/api", Some(&["member", "admin"])),
+    ("/api/admin", Some(&["admin"])),
+];
+
+const ROLES: [&str; 3] = ["member", "admin", "guest"];
+
+/// The configuration for these options, parsed once per process.
+fn config(opts: &[u8], reversed: bool) -> &'static Config {
+    type Cache = std::collections::HashMap<[bool; 4], &'static Config>;
+    static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
+    let flags = [b'q', b'h', b'p'].map(|o| opts.contains(&o));
+    let id = [flags[0], flags[1], flags[2], reversed];
+    let mut cache = CACHE.lock().unwrap();
+    let cache = cache.get_or_insert_with(Cache::new);
+    cache
+        .entry(id)
+        .or_insert_with(|| Box::leak(Box::new(parse_config(opts, reversed))))
+}
+
+fn parse_config(opts: &[u8], reversed: bool) -> Config {
     let mut sources = vec![
         serde_json::json!({"header": "x-api-key"}),
         serde_json::json!({"header": "authorization", "prefix": "Bearer "}),
@@ -41,15 +77,50 @@ fn config(opts: &[u8]) -> Config {
     if opts.contains(&b'q') {
         sources.push(serde_json::json!({"query": "apikey"}));
     }
+    let mut rules = RULES.to_vec();
+    if reversed {
+        rules.reverse();
+    }
+    let anonymous: Vec<&str> = rules.iter().filter(|r| r.1.is_none()).map(|r| r.0).collect();
+    let roles: Vec<serde_json::Value> = rules
+        .iter()
+        .filter_map(|(p, r)| Some(serde_json::json!({"prefix": p, "roles": (*r)?})))
+        .collect();
     let json = serde_json::json!({
         "store": {"cluster": "keystore"},
-        "anonymous_paths": ["/public"],
-        "required_roles": [{"prefix": "/private/", "roles": ["admin"]}],
+        "anonymous_paths": anonymous,
+        "required_roles": roles,
         "invalidate_paths": ["/api/v1/admin/"],
         "key_sources": sources,
         "hide_credentials": opts.contains(&b'h'),
+        "run_on_preflight": opts.contains(&b'p'),
     });
     Config::from_json(json.to_string().as_bytes()).expect("the fuzz configuration is valid")
+}
+
+/// The most specific rule a (lowercase) reading lies under: written from README.md's rule.
+fn deciding_rule(reading: &str) -> Option<(&'static str, Option<&'static [&'static str]>)> {
+    RULES
+        .iter()
+        .filter(|(p, _)| under(reading, p))
+        .max_by_key(|(p, _)| p.len())
+        .copied()
+}
+
+/// A real CORS preflight, written from README.md's definition.
+fn real_preflight(method: &[u8], headers: &[(String, Vec<u8>)], body: bool, no_key: bool) -> bool {
+    let has = |n: &str| headers.iter().any(|(h, _)| h == n);
+    method == b"OPTIONS"
+        && has("origin")
+        && has("access-control-request-method")
+        && !body
+        && no_key
+        && !has("transfer-encoding")
+        && !has("authorization")
+        && !has("cookie")
+        && headers
+            .iter()
+            .all(|(h, v)| h != "content-length" || v.as_slice() == b"0")
 }
 
 fn fold(name: &str) -> String {
@@ -147,16 +218,18 @@ fn check_plan(
         );
     }
     let (reading, had_dots) = lenient_reading(path);
-    if under(&reading, "/private") {
-        assert!(
-            !cfg.role_allowed(&plan.route, "member"),
-            "{path:?} ({reading}) skips the rule"
-        );
+    if let Some((prefix, Some(listed))) = deciding_rule(&reading) {
+        for role in ROLES.iter().filter(|r| !listed.contains(r)) {
+            assert!(
+                !cfg.role_allowed(&plan.route, role),
+                "{path:?} ({reading}) passes {role} under {prefix}"
+            );
+        }
         assert!(!plan.anonymous, "{path:?} anonymous but reads as {reading}");
     }
     if plan.anonymous {
         assert!(
-            under(&reading, "/public"),
+            matches!(deciding_rule(&reading), Some((_, None))),
             "{path:?} anonymous, reads as {reading}"
         );
         assert!(!had_dots, "{path:?} anonymous with dot segments");
@@ -202,7 +275,8 @@ fn decode_strict(s: &str) -> Option<Vec<u8>> {
 
 fuzz_target!(|data: &[u8]| {
     let (opts, rest) = first_line(data);
-    let cfg = config(opts);
+    let cfg = config(opts, opts.contains(&b'r'));
+    let body = opts.contains(&b'b');
     let (path_line, rest) = first_line(rest.unwrap_or_default());
     let (method, rest) = first_line(rest.unwrap_or_default());
     let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
@@ -215,7 +289,8 @@ fuzz_target!(|data: &[u8]| {
     let buf = fields::serialize(&key::fields(&headers));
     let parsed = fields::parse(&buf).expect("a serialized map parses");
     assert_eq!(parsed, key::fields(&headers));
-    let admission = admission::admit(&cfg, &parsed);
+    let admission = admission::admit(cfg, &parsed, !body);
+    same_in_either_order(&admission, cfg, config(opts, !opts.contains(&b'r')), &parsed, body);
     let Ok(path) = std::str::from_utf8(path_line).map(str::to_string) else {
         assert_eq!(admission, Admission::Refuse(Refusal::BadRequest, None));
         return;
@@ -226,20 +301,49 @@ fuzz_target!(|data: &[u8]| {
     }
     let extracted =
         key::extract(&cfg.key_sources, &parsed, key::query_of(&path)).map(|k| k.into_owned());
+    let no_key = extracted == Err(KeyError::Missing);
+    let preflight = !cfg.run_on_preflight && real_preflight(method, &headers, body, no_key);
     match &admission {
         Admission::Refuse(Refusal::BadRequest, None) => {}
         Admission::Refuse(r, e) => {
+            assert!(!preflight, "a real preflight refused");
             assert_eq!(Some(extracted.clone().unwrap_err()), *e);
             assert_eq!(*r == Refusal::DuplicateKey, *e == Some(KeyError::Duplicate));
         }
         Admission::Pass(plan) => {
-            assert!(plan.anonymous && extracted.is_err());
-            check_plan(&cfg, &headers, &path, plan, None);
+            assert!(extracted.is_err());
+            assert!(
+                plan.anonymous || preflight,
+                "passed without a key, not anonymous, not a real preflight"
+            );
+            check_plan(cfg, &headers, &path, plan, None);
         }
         Admission::Check(id, plan) => {
+            assert!(!preflight, "a real preflight checked");
             let k = extracted.expect("a key was checked");
             assert_eq!(*id, KeyId::of(&k));
-            check_plan(&cfg, &headers, &path, plan, Some(&k));
+            check_plan(cfg, &headers, &path, plan, Some(&k));
         }
     }
 });
+
+/// The configuration with its rules in the other order decides the same.
+fn same_in_either_order(
+    admission: &Admission,
+    cfg: &Config,
+    other: &Config,
+    parsed: &keygate::key::Headers,
+    body: bool,
+) {
+    let again = admission::admit(&other, parsed, !body);
+    assert_eq!(*admission, again, "the order of the rules changed the admission");
+    if let Admission::Check(_, plan) | Admission::Pass(plan) = admission {
+        for role in ROLES {
+            assert_eq!(
+                other.role_allowed(&plan.route, role),
+                cfg.role_allowed(&plan.route, role),
+                "the order of the rules changed whether {role} passes"
+            );
+        }
+    }
+}
