@@ -124,6 +124,122 @@ fn required_roles_refuse_other_roles_with_403() {
     );
 }
 
+/// Issue 18, finding 9: a role rule under an anonymous prefix, and overlapping role rules
+/// listed broadest first. The most specific prefix decides, whatever the order.
+#[test]
+fn the_most_specific_prefix_decides_whatever_the_order_of_the_rules() {
+    let cfg = config_with(json!({
+        "anonymous_paths": ["/docs"],
+        "required_roles": [
+            {"prefix": "/api", "roles": ["member", "admin"]},
+            {"prefix": "/api/admin", "roles": ["admin"]},
+            {"prefix": "/docs/internal", "roles": ["admin"]}
+        ]
+    }));
+    let env = TwoInstances::start(cfg).unwrap();
+    let admin = env.keystore.create_account("acme", "alice");
+    let member = env.keystore.create_user("acme", "bob", "member");
+    let (status, body) = raw_get(&env.a, "/docs/internal/secrets", &[]);
+    assert_eq!(status, 401, "no key under the admin-only rule: {body}");
+    let r = get_with_key(&env.a, "/docs/internal/secrets", &member);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        get_with_key(&env.b, "/docs/internal/secrets", &admin).status,
+        200
+    );
+    assert_eq!(
+        raw_get(&env.a, "/docs/intro", &[]).0,
+        200,
+        "the rest stays open"
+    );
+    let r = get_with_key(&env.a, "/api/admin/x", &member);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(get_with_key(&env.b, "/api/admin/x", &admin).status, 200);
+    assert_eq!(get_with_key(&env.b, "/api/users", &member).status, 200);
+}
+
+/// An `OPTIONS` request through Envoy A, with `extra` header lines and `body`.
+fn options(env: &TwoInstances, path: &str, extra: &str, body: &str) -> (u16, String) {
+    let head = format!(
+        "OPTIONS {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\
+         origin: https://evil.example\r\naccess-control-request-method: POST\r\n{extra}\r\n{body}"
+    );
+    raw_exchange(&env.a, head.as_bytes())
+}
+
+fn upstream_requests(envoy: &Envoy) -> u64 {
+    envoy
+        .stats()
+        .get("cluster.upstream.upstream_rq_total")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Issue 18, finding 10: a preflight-shaped request with a body or a credential is an
+/// ordinary request; only a real preflight goes on without a key.
+#[test]
+fn only_a_real_preflight_reaches_the_upstream_without_a_key() {
+    let env = TwoInstances::start(config()).unwrap();
+    let before = upstream_requests(&env.a);
+    let json = r#"{"confirm":true}"#;
+    let with_body = format!(
+        "content-type: application/json\r\ncontent-length: {}\r\n",
+        json.len()
+    );
+    let (status, body) = options(&env, "/admin/delete-everything", &with_body, json);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(echo_of(&body), None, "the upstream answered: {body}");
+    let chunked = "transfer-encoding: chunked\r\n";
+    let (status, body) = options(
+        &env,
+        "/admin/delete-everything",
+        chunked,
+        "2\r\n{}\r\n0\r\n\r\n",
+    );
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = options(
+        &env,
+        "/admin/delete-everything",
+        "cookie: session=s\r\n",
+        "",
+    );
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        upstream_requests(&env.a),
+        before,
+        "the upstream never sees them"
+    );
+    // A real preflight: no body, no credential.
+    let (status, body) = options(&env, "/admin/delete-everything", "", "");
+    assert_eq!(status, 200, "{body}");
+    let seen = echo_of(&body).expect("the upstream answers a real preflight");
+    assert_eq!(seen["method"], "OPTIONS");
+    assert_eq!(seen["body"], "");
+    assert_eq!(upstream_requests(&env.a), before + 1);
+}
+
+/// With `run_on_preflight`, a preflight is checked like any request, `hide_credentials`
+/// included.
+#[test]
+fn a_checked_preflight_has_its_key_hidden() {
+    let cfg = config_with(json!({"run_on_preflight": true, "hide_credentials": true}));
+    let env = TwoInstances::start(cfg).unwrap();
+    let key = env.keystore.create_account("acme", "alice");
+    assert_eq!(options(&env, "/items", "", "").0, 401);
+    let (status, body) = options(&env, "/items", &format!("x-api-key: {key}\r\n"), "");
+    assert_eq!(status, 200, "{body}");
+    let seen = echo_of(&body).unwrap();
+    assert!(seen["headers"].get("x-api-key").is_none(), "{seen}");
+    assert_eq!(seen["headers"]["x-account-id"], "acme");
+}
+
+/// The echo upstream's answer, if `body` is one.
+fn echo_of(body: &str) -> Option<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .filter(|v| v.get("method").is_some())
+}
+
 fn deltas(envoy: &Envoy, before: &HashMap<String, u64>) -> HashMap<String, u64> {
     envoy
         .stats()
