@@ -128,6 +128,16 @@ fn check_invariants(c: &Config) {
         assert!(r.prefix.as_str().is_empty() || r.prefix.as_str().starts_with('/'));
         assert!(!r.roles.is_empty() && r.roles.iter().all(|r| !r.is_empty()));
     }
+    // One rule per prefix across anonymous_paths and required_roles (compared without case).
+    let rule_prefixes: Vec<String> = c
+        .anonymous_paths
+        .iter()
+        .chain(c.required_roles.iter().map(|r| &r.prefix))
+        .map(|p| p.as_str().to_ascii_lowercase())
+        .collect();
+    for (i, p) in rule_prefixes.iter().enumerate() {
+        assert!(!rule_prefixes[..i].contains(p), "prefix {p:?} listed twice");
+    }
 }
 
 /// A normalised prefix as configuration text (the root is `""` inside, `/` outside).
