@@ -54,6 +54,22 @@ pub fn read_key_file(path: &Path, what: &str) -> Result<String, Error> {
     Ok(key)
 }
 
+/// Reads a key's value from a file, or from standard input for `-` (surrounding whitespace
+/// trimmed); the error never shows the value.
+pub fn read_value(path: &Path, what: &str) -> Result<String, Error> {
+    if path.as_os_str() != "-" {
+        return read_key_file(path, what);
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+        .map_err(|e| Error::Usage(format!("cannot read {what} from standard input: {e}")))?;
+    let value = text.trim().to_owned();
+    if value.is_empty() {
+        return Err(Error::Usage(format!("{what}: standard input is empty")));
+    }
+    Ok(value)
+}
+
 impl Client {
     pub fn new(base: &str, key: String) -> Client {
         let agent = ureq::AgentBuilder::new()

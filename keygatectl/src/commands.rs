@@ -2,7 +2,7 @@
 //! how its answer is shown. The mapping from a subcommand to its method, path and body is the
 //! only place that knows the API's routes.
 
-use crate::client::{read_key_file, Client, Error};
+use crate::client::{read_key_file, read_value, Client, Error};
 use crate::output::{self, View};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Map, Value};
@@ -42,13 +42,15 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Accounts: create, revoke, set claims.
+    /// Accounts: create, revoke, set claims, disable, enable.
     #[command(subcommand)]
     Account(AccountCmd),
-    /// Users of an account: create, list, set role, rotate all their keys, revoke.
+    /// Users of an account: create, list, set role, rotate all their keys, revoke, disable,
+    /// enable.
     #[command(subcommand)]
     User(UserCmd),
-    /// A user's named keys: list, create, update (expiry, name, claims), rotate, revoke.
+    /// A user's named keys: list, create, update (expiry, name, claims), rotate, revoke,
+    /// disable, enable; a leaked key by its value: find, revoke --value-file.
     #[command(subcommand)]
     Key(KeyCmd),
     /// The audit trail: everything (root) or one account's (root, its admins).
@@ -89,6 +91,16 @@ enum AccountCmd {
         account: String,
         #[arg(long = "claim", value_name = "NAME=VALUE")]
         claims: Vec<String>,
+    },
+    /// Disable an account: none of its keys is looked up until it is enabled again (root).
+    Disable {
+        /// Account id
+        account: String,
+    },
+    /// Enable a disabled account again (root).
+    Enable {
+        /// Account id
+        account: String,
     },
 }
 
@@ -138,6 +150,20 @@ enum UserCmd {
         /// User id
         user: String,
     },
+    /// Disable a user: its keys are not looked up until it is enabled again.
+    Disable {
+        /// Account id
+        account: String,
+        /// User id
+        user: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        /// Account id
+        account: String,
+        /// User id
+        user: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -180,14 +206,45 @@ enum KeyCmd {
         new: NewKeyArgs,
     },
     /// Revoke one key; the user's other keys keep working.
-    Revoke {
-        /// Account id
-        account: String,
-        /// User id
-        user: String,
-        /// Key reference (the 16 hex characters `key list` shows)
-        key: String,
+    Revoke(KeyRevokeArgs),
+    /// Disable one key: it is not looked up until it is enabled again.
+    Disable(KeyRef),
+    /// Enable a disabled key again.
+    Enable(KeyRef),
+    /// Find a key by its value (a leak report): owner, reference, name and state.
+    Find {
+        /// File holding the leaked key's value (`-`: standard input).
+        #[arg(long)]
+        value_file: PathBuf,
     },
+}
+
+/// One key of a user.
+#[derive(Args)]
+struct KeyRef {
+    /// Account id
+    account: String,
+    /// User id
+    user: String,
+    /// Key reference (the 16 hex characters `key list` shows)
+    key: String,
+}
+
+/// `key revoke ACCOUNT USER KEY`, or `key revoke --value-file F` (a leaked key, by value).
+#[derive(Args)]
+struct KeyRevokeArgs {
+    /// Account id
+    #[arg(required_unless_present = "value_file")]
+    account: Option<String>,
+    /// User id
+    #[arg(required_unless_present = "value_file")]
+    user: Option<String>,
+    /// Key reference (the 16 hex characters `key list` shows)
+    #[arg(required_unless_present = "value_file")]
+    key: Option<String>,
+    /// Revoke the key whose value is in this file (`-`: standard input) instead.
+    #[arg(long, conflicts_with_all = ["account", "user", "key"])]
+    value_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -320,6 +377,8 @@ fn plan_account(cmd: &AccountCmd) -> Result<Call, Error> {
             let body = json!({ "claims": parse_claims(claims)? });
             call("PATCH", account_path(account), Some(body), View::Fields)
         }
+        AccountCmd::Disable { account } => enabled(account_path(account), false),
+        AccountCmd::Enable { account } => enabled(account_path(account), true),
     })
 }
 
@@ -365,6 +424,8 @@ fn plan_user(cmd: &UserCmd) -> Result<Call, Error> {
         UserCmd::Revoke { account, user } => {
             call("DELETE", user_path(account, user), None, View::Fields)
         }
+        UserCmd::Disable { account, user } => enabled(user_path(account, user), false),
+        UserCmd::Enable { account, user } => enabled(user_path(account, user), true),
     })
 }
 
@@ -404,10 +465,45 @@ fn plan_key(cmd: &KeyCmd) -> Result<Call, Error> {
             let path = format!("{}/rotate", key_path(account, user, key));
             call("POST", path, Some(Value::Object(body)), View::NewKey)
         }
-        KeyCmd::Revoke { account, user, key } => {
-            call("DELETE", key_path(account, user, key), None, View::Fields)
-        }
+        KeyCmd::Revoke(args) => plan_revoke(args)?,
+        KeyCmd::Disable(k) => enabled(key_path(&k.account, &k.user, &k.key), false),
+        KeyCmd::Enable(k) => enabled(key_path(&k.account, &k.user, &k.key), true),
+        KeyCmd::Find { value_file } => by_value("find", value_file)?,
     })
+}
+
+/// `PATCH path {"enabled": ...}`.
+fn enabled(path: String, enabled: bool) -> Call {
+    call(
+        "PATCH",
+        path,
+        Some(json!({ "enabled": enabled })),
+        View::Fields,
+    )
+}
+
+/// `POST /api/v1/admin/keys/{action}` with the key's value (read from `file`) in the body.
+fn by_value(action: &str, file: &std::path::Path) -> Result<Call, Error> {
+    let body = json!({ "user_key": read_value(file, "value file")? });
+    let path = format!("/api/v1/admin/keys/{action}");
+    Ok(call("POST", path, Some(body), View::Fields))
+}
+
+fn plan_revoke(a: &KeyRevokeArgs) -> Result<Call, Error> {
+    if let Some(file) = &a.value_file {
+        return by_value("revoke", file);
+    }
+    match (&a.account, &a.user, &a.key) {
+        (Some(account), Some(user), Some(key)) => Ok(call(
+            "DELETE",
+            key_path(account, user, key),
+            None,
+            View::Fields,
+        )),
+        _ => Err(Error::Usage(
+            "key revoke: give ACCOUNT USER KEY, or --value-file".into(),
+        )),
+    }
 }
 
 fn plan_update(a: &UpdateArgs) -> Result<Call, Error> {

@@ -21,7 +21,7 @@ pub enum View {
     Audit,
 }
 
-const USER_COLUMNS: &[&str] = &["user_id", "role", "created_at"];
+const USER_COLUMNS: &[&str] = &["user_id", "role", "created_at", "enabled"];
 const KEY_COLUMNS: &[&str] = &[
     "key",
     "name",
@@ -31,6 +31,7 @@ const KEY_COLUMNS: &[&str] = &[
     "expires_at",
     "last_used_at",
     "claims",
+    "enabled",
 ];
 const AUDIT_COLUMNS: &[&str] = &["id", "at", "actor", "action", "object", "detail"];
 

@@ -10,7 +10,8 @@
 
 use keygate_harness::{http, Keystore, KeystoreOpts};
 use serde_json::Value;
-use std::process::Command;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
 
 struct Out {
     code: i32,
@@ -238,6 +239,7 @@ fn the_audit_trail_pages_and_keys_come_from_files() {
     assert_eq!(
         actions,
         [
+            "root_key.install",
             "account.create",
             "user.create",
             "user.create",
@@ -319,4 +321,152 @@ fn failures_exit_non_zero_with_the_api_message() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
+}
+
+/// Runs keygatectl `--json` with `input` on its standard input; the call must succeed.
+fn ctl_stdin(ks: &Keystore, key: &str, args: &[&str], input: &str) -> Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygatectl"))
+        .arg("--json")
+        .args(args)
+        .env("KEYGATE_URL", ks.url())
+        .env("KEYGATE_ROOT_KEY", key)
+        .env_remove("KEYGATE_KEY_FILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn keys_users_and_accounts_are_disabled_and_enabled_through_the_cli() {
+    let ks = store();
+    let root = ks.root_key().to_owned();
+    let acme = ctl_json(
+        &ks,
+        &root,
+        &["account", "create", "acme", "--admin", "alice"],
+    );
+    let alice = acme["user_key"].as_str().unwrap().to_owned();
+    let bob = ctl_json(
+        &ks,
+        &alice,
+        &["user", "create", "acme", "bob", "--role", "member"],
+    );
+    let bob_key = bob["user_key"].as_str().unwrap().to_owned();
+    let listed = ctl_json(&ks, &alice, &["key", "list", "acme", "bob"]);
+    let bob_ref = listed["keys"][0]["key"].as_str().unwrap().to_owned();
+
+    let key = ctl_json(&ks, &alice, &["key", "disable", "acme", "bob", &bob_ref]);
+    assert_eq!(key["enabled"], false);
+    assert_eq!(lookup_status(&ks, &bob_key), 404);
+    let table = ctl(&ks, Some(&alice), &["key", "list", "acme", "bob"]);
+    assert!(
+        table.stdout.contains("enabled") && table.stdout.contains("false"),
+        "{}",
+        table.stdout
+    );
+    ctl_json(&ks, &alice, &["key", "enable", "acme", "bob", &bob_ref]);
+    assert_eq!(lookup_status(&ks, &bob_key), 200);
+
+    let user = ctl_json(&ks, &alice, &["user", "disable", "acme", "bob"]);
+    assert_eq!(user["enabled"], false);
+    assert_eq!(lookup_status(&ks, &bob_key), 404);
+    let users = ctl(&ks, Some(&alice), &["user", "list", "acme"]);
+    assert!(users.stdout.contains("false"), "{}", users.stdout);
+    ctl_json(&ks, &alice, &["user", "enable", "acme", "bob"]);
+    assert_eq!(lookup_status(&ks, &bob_key), 200);
+
+    let account = ctl_json(&ks, &root, &["account", "disable", "acme"]);
+    assert_eq!(account["enabled"], false);
+    assert_eq!(lookup_status(&ks, &alice), 404);
+    let out = ctl(&ks, Some(&alice), &["account", "enable", "acme"]);
+    assert_eq!(
+        out.code, 1,
+        "a disabled account's admin cannot call: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("401"), "{}", out.stderr);
+    ctl_json(&ks, &root, &["account", "enable", "acme"]);
+    assert_eq!(lookup_status(&ks, &bob_key), 200);
+}
+
+#[test]
+fn a_leaked_key_is_found_and_revoked_from_a_value_file_or_stdin() {
+    let ks = store();
+    let root = ks.root_key().to_owned();
+    let acme = ctl_json(
+        &ks,
+        &root,
+        &["account", "create", "acme", "--admin", "alice"],
+    );
+    let alice = acme["user_key"].as_str().unwrap().to_owned();
+    let bob = ctl_json(
+        &ks,
+        &alice,
+        &["user", "create", "acme", "bob", "--role", "member"],
+    );
+    let bob_key = bob["user_key"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let leaked = dir.path().join("leaked.txt");
+    std::fs::write(&leaked, format!("{bob_key}\n")).unwrap();
+    let leaked = leaked.to_str().unwrap();
+
+    let found = ctl_json(&ks, &alice, &["key", "find", "--value-file", leaked]);
+    assert_eq!(
+        (&found["account_id"], &found["user_id"], &found["state"]),
+        (
+            &Value::from("acme"),
+            &Value::from("bob"),
+            &Value::from("active")
+        )
+    );
+    let table = ctl(&ks, Some(&root), &["key", "find", "--value-file", leaked]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(table.stdout.contains("state") && !table.stdout.contains(&bob_key));
+    // A member may not; another account's admin learns nothing.
+    let other = ctl_json(
+        &ks,
+        &root,
+        &["account", "create", "other", "--admin", "oscar"],
+    );
+    let oscar = other["user_key"].as_str().unwrap();
+    let out = ctl(&ks, Some(oscar), &["key", "find", "--value-file", leaked]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("404: no such key"), "{}", out.stderr);
+    let out = ctl(
+        &ks,
+        Some(&bob_key),
+        &["key", "revoke", "--value-file", leaked],
+    );
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("403"), "{}", out.stderr);
+
+    let revoked = ctl_stdin(
+        &ks,
+        &alice,
+        &["key", "revoke", "--value-file", "-"],
+        &bob_key,
+    );
+    assert_eq!(revoked["state"], "revoked");
+    assert_eq!(lookup_status(&ks, &bob_key), 404);
+    // Neither the value nor its location on the command line: usage errors.
+    let out = ctl(
+        &ks,
+        Some(&alice),
+        &["key", "revoke", "--value-file", leaked, "acme"],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = ctl(&ks, Some(&alice), &["key", "revoke", "acme", "bob"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
 }
