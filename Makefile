@@ -35,8 +35,10 @@ demo: build
 test: setup-test build test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-compose test-postgres test-dashboard test-e2e test-fuzz bench-smoke bench-store-smoke
 	@echo "make test: all suites passed"
 
-## The key store's API tests and the harness's own tests (the core's run in test-wasm).
+## The key store's API tests, the shared protocol rules' and the harness's own tests (the
+## core's run in test-wasm).
 test-unit:
+	$(CARGO) test -p keygate-protocol
 	$(CARGO) test -p keystore
 	$(CARGO) test -p keygate-harness
 

@@ -2,14 +2,21 @@
 //!
 //! - `GET {lookup_path}{key_id}` → `200 {"account_id", "user_id", "role"[, "expires_at"]
 //!   [, "claims"]}` (extra fields ignored) or `404`. Anything else is a store error, never a
-//!   deny. `expires_at` is unix seconds; `claims` an object of strings. A claim that cannot go
-//!   into a header as is (or too many of them) makes the whole answer a store error, like a bad
-//!   identity field: forwarding the others would hide the store's fault from the upstream.
+//!   deny. `expires_at` is unix seconds; `claims` an object. Only the claims the configuration
+//!   maps to headers (`identity_headers.claims`) are read: the others are neither kept nor
+//!   checked, so a bad claim no header maps (a row written before the key store applied the
+//!   shared rule) cannot take a key down. A mapped claim whose value breaks the rule the key
+//!   store applies at write ([`keygate_protocol::claims::is_value`]: no comma, visible ASCII)
+//!   makes the whole answer a store error (503 for that key), like a bad identity field, and
+//!   is not dropped: the filter cannot tell whether the upstream reads a missing header as
+//!   less or as more (a `sandbox` or `restricted` claim), so it never forwards a request
+//!   without a header the operator mapped and the store set.
 //! - `POST {usage_path}` `{"key_ids": [...]}` → any 2xx: recorded (the filter's usage report).
 //! - `GET {changes_path}?since={revision}` → `200 {"revision": N, "changed": [key ids]}`, with
 //!   `"more": true` when the store has more to send at once, or `{"revision": N, "reset": true}`
 //!   when `since` is too old (or newer than the store: it was restored from a backup).
 
+use keygate_protocol::claims;
 use serde::Deserialize;
 
 use crate::host::CallResponse;
@@ -58,18 +65,36 @@ struct RawIdentity {
     #[serde(default)]
     expires_at: Option<u64>,
     #[serde(default)]
-    claims: Option<std::collections::BTreeMap<String, String>>,
+    claims: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 impl RawIdentity {
-    fn into_identity(self) -> Identity {
-        Identity {
+    /// The identity with the claims `mapped` names (claim name, header name); a mapped claim
+    /// that is not a string [`claims::is_value`] accepts is an error naming it.
+    fn into_identity(self, mapped: &[(String, String)]) -> Result<Identity, String> {
+        let mut kept = Vec::new();
+        for (name, value) in self.claims.unwrap_or_default() {
+            if !mapped.iter().any(|(claim, _)| *claim == name) {
+                continue;
+            }
+            match value {
+                serde_json::Value::String(v) if claims::is_value(&v) => kept.push((name, v)),
+                _ => {
+                    return Err(format!(
+                        "claim {name:?} (mapped to a header): not a string of 1 to {} bytes of \
+                         visible ASCII or inner spaces without a comma",
+                        claims::MAX_VALUE_LEN
+                    ))
+                }
+            }
+        }
+        Ok(Identity {
             account_id: self.account_id,
             user_id: self.user_id,
             role: self.role,
             expires_ms: self.expires_at.map(|s| s.saturating_mul(1000)),
-            claims: self.claims.unwrap_or_default().into_iter().collect(),
-        }
+            claims: kept,
+        })
     }
 }
 
@@ -83,7 +108,9 @@ pub fn lookup_path(lookup_prefix: &str, key: &KeyId) -> String {
     format!("{lookup_prefix}{}", key.hex())
 }
 
-pub fn parse_lookup(resp: &CallResponse) -> LookupAnswer {
+/// A lookup's answer; `mapped`: the configuration's `identity_headers.claims` (claim name,
+/// header name), the only claims read (module doc).
+pub fn parse_lookup(resp: &CallResponse, mapped: &[(String, String)]) -> LookupAnswer {
     match resp.status {
         None => LookupAnswer::Error(StoreError::NoResponse),
         Some(404) => LookupAnswer::NotFound,
@@ -98,18 +125,13 @@ pub fn parse_lookup(resp: &CallResponse) -> LookupAnswer {
             }
             match serde_json::from_slice::<RawIdentity>(body) {
                 Err(e) => LookupAnswer::Error(StoreError::BadBody(e.to_string())),
-                Ok(raw) => {
-                    let identity = raw.into_identity();
-                    if identity.is_header_safe() {
-                        LookupAnswer::Found(identity)
-                    } else {
-                        LookupAnswer::Error(StoreError::BadBody(
-                            "identity field or claim empty, too long, not visible ASCII or \
-                             with a comma, or too many claims"
-                                .into(),
-                        ))
-                    }
-                }
+                Ok(raw) => match raw.into_identity(mapped) {
+                    Err(why) => LookupAnswer::Error(StoreError::BadBody(why)),
+                    Ok(identity) if identity.is_header_safe() => LookupAnswer::Found(identity),
+                    Ok(_) => LookupAnswer::Error(StoreError::BadBody(
+                        "identity field empty, too long, not visible ASCII or with a comma".into(),
+                    )),
+                },
             }
         }
         Some(other) => LookupAnswer::Error(StoreError::Status(other)),
@@ -210,6 +232,18 @@ pub fn parse_changes(resp: &CallResponse, since: u64) -> Result<Changes, StoreEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The claims these tests map to headers: `plan` and `team`.
+    fn mapped() -> Vec<(String, String)> {
+        vec![
+            ("plan".into(), "x-plan".into()),
+            ("team".into(), "x-team".into()),
+        ]
+    }
+
+    fn p(r: &CallResponse) -> LookupAnswer {
+        parse_lookup(r, &mapped())
+    }
     use crate::test_support::test;
 
     const IDENTITY_JSON: &[u8] = br#"{"account_id":"a","user_id":"u","role":"r"}"#;
@@ -228,7 +262,7 @@ mod tests {
             r#"{"account_id":"acme","user_id":"ann","role":"admin","created":"x"}"#,
         );
         assert_eq!(
-            parse_lookup(&r),
+            p(&r),
             LookupAnswer::Found(Identity {
                 account_id: "acme".into(),
                 user_id: "ann".into(),
@@ -239,13 +273,44 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_claim_no_header_maps_is_ignored_and_a_bad_mapped_claim_is_a_store_error_naming_it() {
+        // Claims the configuration does not map are neither kept nor checked: a comma, a
+        // number, an empty name or 40 of them do not take the key down.
+        let many: Vec<String> = (0..40).map(|n| format!(r#""c{n}":"v""#)).collect();
+        let body = format!(
+            r#"{{"account_id":"a","user_id":"u","role":"r",
+                "claims":{{"plan":"pro","note":"ml, ops","n":7,"":"x",{}}}}}"#,
+            many.join(",")
+        );
+        let LookupAnswer::Found(i) = p(&resp(200, &body)) else {
+            panic!("not found: {:?}", p(&resp(200, &body)))
+        };
+        assert_eq!(i.claims, vec![("plan".into(), "pro".into())]);
+        // With nothing mapped, no claim is read at all.
+        let LookupAnswer::Found(i) = parse_lookup(&resp(200, &body), &[]) else {
+            panic!("not found")
+        };
+        assert!(i.claims.is_empty());
+        // A mapped claim with a value the key store refuses at write (a comma) is a store
+        // error naming the claim: never forwarded, never dropped.
+        let body = r#"{"account_id":"a","user_id":"u","role":"r",
+                       "claims":{"plan":"pro, free","note":"ok"}}"#;
+        match p(&resp(200, body)) {
+            LookupAnswer::Error(StoreError::BadBody(why)) => {
+                assert!(why.contains("\"plan\""), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn lookup_expiry_and_claims_are_read_and_bad_claims_are_store_errors() {
         let r = resp(
             200,
             r#"{"account_id":"a","user_id":"u","role":"r","expires_at":1830297599,
                 "claims":{"team":"ml","plan":"pro plus"}}"#,
         );
-        let LookupAnswer::Found(i) = parse_lookup(&r) else {
+        let LookupAnswer::Found(i) = p(&r) else {
             panic!("not found")
         };
         assert_eq!(i.expires_ms, Some(1_830_297_599_000));
@@ -257,28 +322,24 @@ mod tests {
             ]
         );
         assert_eq!(i.claim("plan"), Some("pro plus"));
-        let plain = parse_lookup(&resp(200, std::str::from_utf8(IDENTITY_JSON).unwrap()));
+        let plain = p(&resp(200, std::str::from_utf8(IDENTITY_JSON).unwrap()));
         assert!(
             matches!(plain, LookupAnswer::Found(i) if i.expires_ms.is_none() && i.claims.is_empty())
         );
-        let many: Vec<String> = (0..=crate::verdict::MAX_CLAIMS)
-            .map(|n| format!(r#""c{n}":"v""#))
-            .collect();
         for claims in [
             r#"{"plan":"a
 x-role: root"}"#
                 .to_string(),
             r#"{"plan":"pro, enterprise"}"#.to_string(),
             r#"{"plan":7}"#.to_string(),
-            r#"{"":"v"}"#.to_string(),
+            r#"{"team":""}"#.to_string(),
             format!(r#"{{"plan":"{}"}}"#, "x".repeat(257)),
-            format!("{{{}}}", many.join(",")),
         ] {
             let body =
                 format!(r#"{{"account_id":"a","user_id":"u","role":"r","claims":{claims}}}"#);
             assert!(
                 matches!(
-                    parse_lookup(&resp(200, &body)),
+                    p(&resp(200, &body)),
                     LookupAnswer::Error(StoreError::BadBody(_))
                 ),
                 "{claims}"
@@ -289,7 +350,7 @@ x-role: root"}"#
                 format!(r#"{{"account_id":"a","user_id":"u","role":"r","expires_at":{exp}}}"#);
             assert!(
                 matches!(
-                    parse_lookup(&resp(200, &body)),
+                    p(&resp(200, &body)),
                     LookupAnswer::Error(StoreError::BadBody(_))
                 ),
                 "{exp}"
@@ -299,17 +360,17 @@ x-role: root"}"#
 
     #[test]
     fn lookup_404_is_not_found_and_everything_else_is_an_error() {
-        assert_eq!(parse_lookup(&resp(404, "")), LookupAnswer::NotFound);
+        assert_eq!(p(&resp(404, "")), LookupAnswer::NotFound);
         assert_eq!(
-            parse_lookup(&resp(500, "{}")),
+            p(&resp(500, "{}")),
             LookupAnswer::Error(StoreError::Status(500))
         );
         assert_eq!(
-            parse_lookup(&resp(401, "{}")),
+            p(&resp(401, "{}")),
             LookupAnswer::Error(StoreError::Status(401))
         );
         assert_eq!(
-            parse_lookup(&CallResponse {
+            p(&CallResponse {
                 status: None,
                 body: None
             }),
@@ -329,7 +390,7 @@ x-role: root"}"#
         ] {
             assert!(
                 matches!(
-                    parse_lookup(&resp(200, bad)),
+                    p(&resp(200, bad)),
                     LookupAnswer::Error(StoreError::BadBody(_))
                 ),
                 "{bad}"
@@ -340,7 +401,7 @@ x-role: root"}"#
             body: None,
         };
         assert!(matches!(
-            parse_lookup(&too_big),
+            p(&too_big),
             LookupAnswer::Error(StoreError::BadBody(_))
         ));
         let mut padded = IDENTITY_JSON.to_vec();
@@ -350,7 +411,7 @@ x-role: root"}"#
             body: Some(padded),
         };
         assert!(matches!(
-            parse_lookup(&big),
+            p(&big),
             LookupAnswer::Error(StoreError::BadBody(_))
         ));
     }

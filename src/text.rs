@@ -12,13 +12,10 @@ pub fn all_visible(s: &[u8]) -> bool {
 }
 
 /// A header value we are willing to write: visible ASCII and inner spaces, no leading or
-/// trailing space, nothing that an upstream could read as a list (`,`).
+/// trailing space, nothing that an upstream could read as a list (`,`). The rule the key store
+/// applies to claim values at write: [`keygate_protocol::is_header_value`].
 pub fn is_safe_header_value(s: &str) -> bool {
-    let b = s.as_bytes();
-    !matches!(b.first(), Some(b' '))
-        && !matches!(b.last(), Some(b' '))
-        && b.iter()
-            .all(|c| *c == b' ' || (is_visible(*c) && *c != b','))
+    keygate_protocol::is_header_value(s)
 }
 
 /// An HTTP header name token (RFC 9110 `tchar`).

@@ -2,15 +2,16 @@
 
 use std::rc::Rc;
 
+use keygate_protocol::claims;
+
 use crate::text;
 
 /// Longest identity field accepted from the store, in bytes.
 pub const MAX_IDENTITY_FIELD: usize = 256;
 
-/// Most claims accepted in one store answer; more is a store error.
-pub const MAX_CLAIMS: usize = 32;
-/// Longest claim name accepted from the store, in bytes.
-pub const MAX_CLAIM_NAME: usize = 64;
+/// Most claims kept from one store answer: the answer merges the account's and the key's
+/// (the shared rule, `keygate-protocol`); only the mapped ones are kept, at most 16.
+pub const MAX_CLAIMS: usize = claims::MAX_ANSWER_CLAIMS;
 
 /// Who a key belongs to, as the store answered. Sent upstream in the identity headers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -27,7 +28,8 @@ pub struct Identity {
 
 impl Identity {
     /// Whether every field can go into an HTTP header as is: 1 to 256 bytes that
-    /// [`text::is_safe_header_value`] accepts (no comma: `acme, victim` would read as a list).
+    /// [`text::is_safe_header_value`] accepts (no comma: `acme, victim` would read as a list),
+    /// and claim values by the rule the key store applies at write ([`claims::is_value`]).
     /// The store is outside input too.
     pub fn is_header_safe(&self) -> bool {
         [&self.account_id, &self.user_id, &self.role]
@@ -38,11 +40,9 @@ impl Identity {
             && self.claims.len() <= MAX_CLAIMS
             && self.claims.iter().all(|(name, value)| {
                 !name.is_empty()
-                    && name.len() <= MAX_CLAIM_NAME
+                    && name.len() <= claims::MAX_NAME_LEN
                     && text::is_safe_header_value(name)
-                    && !value.is_empty()
-                    && value.len() <= MAX_IDENTITY_FIELD
-                    && text::is_safe_header_value(value)
+                    && claims::is_value(value)
             })
     }
 

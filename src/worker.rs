@@ -293,7 +293,7 @@ impl Worker {
                     let took = host.now_ms().saturating_sub(f.started_ms);
                     host.record(Histogram::LookupMs, took);
                 }
-                let answer = store::parse_lookup(response);
+                let answer = store::parse_lookup(response, &self.cfg.identity_headers.claims);
                 self.finish_lookup(host, key, answer);
             }
             Some(Call::Sync { since, forced, .. }) => {

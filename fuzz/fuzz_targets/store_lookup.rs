@@ -8,8 +8,9 @@
 //! - `Found` only for a 200 whose body is JSON with the three fields (an object; serde also
 //!   takes them by position from an array), and the identity it returns is exactly those fields and `is_header_safe()` by the documented rule
 //!   (1-256 bytes, visible ASCII or inner spaces): the store cannot inject headers. Its
-//!   `expires_ms` is the body's `expires_at` seconds × 1000 and its claims exactly the body's,
-//!   each value header-safe.
+//!   `expires_ms` is the body's `expires_at` seconds × 1000 and its claims exactly the body's
+//!   claims that the configuration maps (here `plan` and `team`), each value header-safe
+//!   (`keygate_protocol::claims::is_value`); claims no header maps are never read.
 //! - The same body bytes, cut at `\n` into account, user and role and sent as a well-formed
 //!   JSON object: `Found` exactly when the three fields are header-safe (nothing good refused).
 #![no_main]
@@ -19,13 +20,22 @@ use keygate::store::{self, LookupAnswer, StoreError};
 use keygate_fuzz::{first_line, is_header_safe_field, json_field, json_value, status};
 use libfuzzer_sys::fuzz_target;
 
+/// The claims this target maps to headers.
+fn mapped() -> Vec<(String, String)> {
+    vec![
+        ("plan".into(), "x-plan".into()),
+        ("team".into(), "x-team".into()),
+    ]
+}
+
 fuzz_target!(|data: &[u8]| {
+    let mapped = mapped();
     let (line, body) = first_line(data);
     let resp = CallResponse {
         status: status(line),
         body: body.map(<[u8]>::to_vec),
     };
-    let answer = store::parse_lookup(&resp);
+    let answer = store::parse_lookup(&resp, &mapped);
     match (&answer, resp.status) {
         (LookupAnswer::Error(StoreError::NoResponse), None) => {}
         (_, None) => panic!("no response gave {answer:?}"),
@@ -51,10 +61,14 @@ fuzz_target!(|data: &[u8]| {
                     expires_at.map(|s| s.saturating_mul(1000))
                 );
                 let claims = v.get("claims").and_then(serde_json::Value::as_object);
-                assert_eq!(identity.claims.len(), claims.map_or(0, |c| c.len()));
+                let sent_mapped = claims.map_or(0, |c| {
+                    c.keys().filter(|k| mapped.iter().any(|(m, _)| m == *k)).count()
+                });
+                assert_eq!(identity.claims.len(), sent_mapped, "{identity:?}");
                 for (name, value) in &identity.claims {
                     assert!(is_header_safe_field(value), "{identity:?}");
-                    assert!(!name.is_empty() && name.len() <= 64, "{identity:?}");
+                    assert!(keygate_protocol::claims::is_value(value), "{identity:?}");
+                    assert!(mapped.iter().any(|(m, _)| m == name), "{identity:?}");
                     let sent = claims.and_then(|c| c.get(name)).and_then(|x| x.as_str());
                     assert_eq!(sent, Some(value.as_str()));
                 }
@@ -78,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
         body: Some(json.to_string().into_bytes()),
     };
     let safe = [a, u, r].iter().all(|f| is_header_safe_field(f));
-    match store::parse_lookup(&resp) {
+    match store::parse_lookup(&resp, &mapped) {
         LookupAnswer::Found(i) => {
             assert!(safe, "unsafe identity accepted: {i:?}");
             assert_eq!(

@@ -353,7 +353,7 @@ impl State {
                 resp.body.as_deref().map(String::from_utf8_lossy)
             );
             let k = KeyId::from_hex(hex).and_then(|id| key_index(&id));
-            let answer = store::parse_lookup(&resp);
+            let answer = store::parse_lookup(&resp, &self.sides[w].worker.config().identity_headers.claims);
             let side = &mut self.sides[w];
             let out = side.worker.on_call_response(&side.host, call.token, &resp);
             if let Some(k) = k {

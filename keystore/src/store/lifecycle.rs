@@ -25,12 +25,6 @@ use time::OffsetDateTime;
 pub const KEY_REF_LEN: usize = 16;
 /// The name of the keys made with a user (and of keys migrated from schema version 1).
 pub const DEFAULT_KEY_NAME: &str = "default";
-/// Most claims on an account or a key.
-pub const MAX_CLAIMS: usize = 16;
-/// Longest claim name.
-pub const MAX_CLAIM_NAME_LEN: usize = 64;
-/// Longest claim value, in bytes.
-pub const MAX_CLAIM_VALUE_LEN: usize = 256;
 /// Most unrevoked, unexpired keys a user may hold when a key is added to it.
 pub const MAX_KEYS_PER_USER: usize = 100;
 /// Most audit entries in one page.
@@ -188,37 +182,13 @@ fn ser_opt_time<S: Serializer>(secs: &Option<i64>, s: S) -> Result<S::Ok, S::Err
     }
 }
 
-/// Checks claims: at most [`MAX_CLAIMS`]; names of 1 to [`MAX_CLAIM_NAME_LEN`] characters of
-/// `[A-Za-z0-9._-]`; values of 1 to [`MAX_CLAIM_VALUE_LEN`] bytes of printable ASCII (they
-/// become header values) without surrounding spaces.
+/// Checks the claims of one account or key with the rule the filter applies to lookup answers
+/// ([`keygate_protocol::claims::check`]): at most 16; names of 1 to 64 characters of
+/// `[A-Za-z0-9._-]`; values of 1 to 256 bytes of visible ASCII or inner spaces, without a
+/// comma (they become header values, where a comma makes a list). The error names the claim.
 pub fn validate_claims(claims: &Claims) -> Result<(), String> {
-    if claims.len() > MAX_CLAIMS {
-        return Err(format!("claims: at most {MAX_CLAIMS} claims"));
-    }
-    for (name, value) in claims {
-        let name_ok = !name.is_empty()
-            && name.len() <= MAX_CLAIM_NAME_LEN
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-        if !name_ok {
-            return Err(format!(
-                "claims: names are 1 to {MAX_CLAIM_NAME_LEN} characters of A-Z, a-z, 0-9, \
-                 '.', '_' and '-'"
-            ));
-        }
-        let value_ok = !value.is_empty()
-            && value.len() <= MAX_CLAIM_VALUE_LEN
-            && value.bytes().all(|b| (0x20..=0x7e).contains(&b))
-            && value.trim() == value;
-        if !value_ok {
-            return Err(format!(
-                "claims: value of {name:?} must be 1 to {MAX_CLAIM_VALUE_LEN} bytes of \
-                 printable ASCII without leading or trailing spaces"
-            ));
-        }
-    }
-    Ok(())
+    keygate_protocol::claims::check(claims.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        .map_err(|e| e.to_string())
 }
 
 /// Claims as stored: JSON text, or NULL for none.
@@ -727,6 +697,7 @@ mod tests {
             ("plan", "pro "),
             ("plan", "p\u{7f}"),
             ("plan", "\u{e9}"),
+            ("plan", "pro,free"),
             ("plan", "v".repeat(257).as_str()),
         ] {
             let c: Claims = [(name.to_owned(), value.to_owned())].into();
