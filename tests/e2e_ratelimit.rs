@@ -222,8 +222,9 @@ fn an_account_admin_can_revoke_a_key_through_envoy_after_the_account_bucket_is_e
     // The leaked key empties the account's bucket: the admin's own data calls get 429 too.
     let n = count_until_429(&l.envoy, &leaked, &[], 2 * FREE + 2);
     assert_bucket("acme", n, FREE);
-    let r = get_with_key(&l.envoy, "/orders", &admin);
-    assert_eq!(r.status, 429, "the admin's data call: {}", r.body);
+    // (Within the few tokens the bucket may have got back since: it refills continuously.)
+    let n = count_until_429(&l.envoy, &admin, &[], FREE + 2);
+    assert!(n.is_some_and(|n| n < FREE), "the admin's data calls: {n:?}");
     // The key store's admin API is not counted in that bucket: the admin lists the account's
     // users and revokes the leaked key's user through the gateway.
     let c = Client::keep_alive(Duration::from_secs(10));
