@@ -101,7 +101,10 @@ fn required_roles_refuse_other_roles_with_403() {
     let cfg = config_with(
         json!({"required_roles": [{"prefix": "/reports/", "roles": ["admin", "auditor"]}]}),
     );
-    let env = TwoInstances::start(cfg).unwrap();
+    // auditor: a role only root grants (the keystore's role registry, keystore/README.md).
+    let mut opts = keygate_harness::TwoOpts::new(cfg);
+    opts.keystore.extra_args = vec!["--operator-roles".into(), "auditor".into()];
+    let env = TwoInstances::start_with(opts).unwrap();
     let admin = env.keystore.create_account("acme", "alice");
     let member = env.keystore.create_user("acme", "bob", "member");
     let auditor = env.keystore.create_user("acme", "carol", "auditor");

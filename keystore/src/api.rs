@@ -10,19 +10,21 @@ mod refusal;
 pub use doc::ErrorBody;
 pub use refusal::{RefusalBound, BURST as REFUSAL_BURST, REFUSALS_PER_MINUTE};
 
+use crate::authority::{Cap, Caps, Grant, Operation, Principal, RoleRegistry, Subject};
 use crate::error::{json_error, ApiError, ErrorDetail, BODY_LIMIT};
 use crate::keys::{
-    generate_key, is_key_id, key_id, log_prefix, validate_id, validate_imported_key, ROLE_ADMIN,
-    ROLE_ROOT, SYSTEM_ACCOUNT,
+    generate_key, is_key_id, key_id, log_prefix, validate_id, validate_imported_key, ROLE_ROOT,
+    SYSTEM_ACCOUNT,
 };
 use crate::metrics::{inc, Metrics};
 use crate::store::{Actor, Changes, Identity, KeySpec, Store, DEFAULT_KEY_NAME};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
 };
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -49,6 +51,8 @@ pub struct AppState {
     /// How many refused admin calls may still be written to the audit trail (see
     /// [`refusal`]).
     pub refusals: Arc<std::sync::Mutex<RefusalBound>>,
+    /// Which roles account admins may grant, and which only root may.
+    pub roles: Arc<RoleRegistry>,
 }
 
 /// The protocol token, kept as its SHA-256 digest. Presented tokens are hashed and the digests
@@ -82,6 +86,7 @@ impl AppState {
             lookup_delay,
             protocol_token: None,
             refusals: Arc::default(),
+            roles: Arc::default(),
         }
     }
 }
@@ -119,7 +124,7 @@ pub(crate) fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(lifecycle::update_key, lifecycle::revoke_key))
         .routes(routes!(lifecycle::rotate_one_key))
         .routes(routes!(create_user, list_users))
-        .routes(routes!(set_role, revoke_user))
+        .routes(routes!(patch_user, revoke_user))
         .routes(routes!(rotate_key))
         .routes(routes!(leak::find_key_by_value))
         .routes(routes!(leak::revoke_key_by_value))
@@ -410,11 +415,17 @@ async fn changes(
 // ---------------------------------------------------------------------------------------------
 // Admin API
 
-/// The authenticated caller of an admin request.
-struct Caller {
-    identity: Identity,
-    /// The calling key's key id (the audit records its key reference, never the key).
-    key_id: String,
+/// The authenticated caller of an admin request: the key (`x-api-key` or `Authorization:
+/// Bearer`) and what it may do. Any active key authenticates, whatever its capabilities; the
+/// handlers then ask [`authority`] whether it may do what it asks.
+pub struct Caller {
+    /// The calling key's id (the audit's acting key).
+    pub key_id: String,
+    pub identity: Identity,
+    /// Its capabilities (within what its role allows; every one for root).
+    pub capabilities: Caps,
+    /// min(its expiry, its user's).
+    pub expires_at: Option<i64>,
 }
 
 impl Caller {
@@ -422,17 +433,17 @@ impl Caller {
         self.identity.role == ROLE_ROOT && self.identity.account_id == SYSTEM_ACCOUNT
     }
 
-    fn is_admin_of(&self, account: &str) -> bool {
-        self.identity.role == ROLE_ADMIN && self.identity.account_id == account
-    }
-
-    /// An admin of some account (not root).
-    fn is_admin(&self) -> bool {
-        self.identity.role == ROLE_ADMIN && self.identity.account_id != SYSTEM_ACCOUNT
-    }
-
-    fn is_user(&self, account: &str, user: &str) -> bool {
-        self.identity.account_id == account && self.identity.user_id == user
+    /// What this key may hand on.
+    pub fn grant(&self) -> Grant {
+        Grant {
+            caps: if self.is_root() {
+                Caps::ALL
+            } else {
+                self.capabilities
+            },
+            expires_at: self.expires_at,
+            root: self.is_root(),
+        }
     }
 
     /// The caller as recorded in the audit trail.
@@ -444,12 +455,30 @@ impl Caller {
         }
     }
 
-    fn require(&self, allowed: bool) -> Result<(), ApiError> {
-        if allowed {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden())
-        }
+    /// The actor and grant the store's jobs take.
+    fn by(&self) -> (Actor, Grant) {
+        (self.actor(), self.grant())
+    }
+
+    /// Whether this key may perform `op` on `account` (and `user`): see [`Operation::require`].
+    fn require(&self, op: Operation, account: &str, user: Option<&str>) -> Result<(), ApiError> {
+        let grant = self.grant();
+        let principal = Principal {
+            account: &self.identity.account_id,
+            user: &self.identity.user_id,
+            grant: &grant,
+        };
+        op.require(&principal, &Subject { account, user })
+            .map_err(ApiError::from)
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    /// Counts the admin request and authenticates it by `x-api-key` or `Authorization: Bearer`.
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Caller, ApiError> {
+        authenticate(st, &parts.headers).await
     }
 }
 
@@ -481,27 +510,48 @@ async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Caller, ApiE
     if raw.is_empty() {
         return Err(unauthorized("empty key"));
     }
-    let key_id = key_id(raw);
-    match st.store.lookup(key_id.clone()).await? {
-        Some(identity) => {
-            let caller = Caller { identity, key_id };
-            refusal::note(Some(caller.actor()), "");
-            Ok(caller)
-        }
-        None => Err(unauthorized("unknown, revoked, disabled or expired key")),
+    let key = match st.store.authenticate(key_id(raw)).await? {
+        Some(key) => key,
+        None => return Err(unauthorized("unknown, revoked, disabled or expired key")),
+    };
+    let caller = Caller {
+        key_id: key.key_id,
+        identity: key.identity,
+        capabilities: key.capabilities,
+        expires_at: key.expires_at,
+    };
+    refusal::note(Some(caller.actor()), "");
+    if !caller.is_root()
+        && !caller.capabilities.has(Cap::OwnKeys)
+        && !caller.capabilities.has(Cap::AccountAdmin)
+    {
+        return Err(ApiError::Forbidden(
+            "forbidden: this key may not call the admin API (it has neither own_keys nor \
+             account_admin; a key in its rotation grace keeps traffic only)"
+                .into(),
+        ));
     }
+    Ok(caller)
 }
 
 fn check_id(what: &str, value: &str) -> Result<(), ApiError> {
     validate_id(what, value).map_err(ApiError::BadRequest)
 }
 
-fn check_role(role: &str) -> Result<(), ApiError> {
+/// The canonical form of a role `caller` asks to grant, if it may (see
+/// [`RoleRegistry::grantable`]).
+fn check_role(st: &AppState, caller: &Caller, role: &str) -> Result<String, ApiError> {
     check_id("role", role)?;
-    if role == ROLE_ROOT {
-        return Err(ApiError::BadRequest("role root may not be granted".into()));
-    }
-    Ok(())
+    st.roles
+        .grantable(&caller.grant(), role)
+        .map_err(ApiError::from)
+}
+
+/// A `capabilities` field: known names, not empty.
+fn check_caps(caps: Option<&[String]>) -> Result<Option<Caps>, ApiError> {
+    caps.map(Caps::parse)
+        .transpose()
+        .map_err(ApiError::BadRequest)
 }
 
 /// The `_system` account (home of the root key) is managed by the store's configuration.
@@ -569,17 +619,35 @@ fn parse_optional_body<T: DeserializeOwned + Default>(
 /// A key for a create or rotate call: the administrator's `user_key` when one was provided
 /// (validated), otherwise a freshly minted one, named `name`, expiring at `expires_at` (RFC
 /// 3339, in the future). Returns the raw key, what to store and whether it was imported.
+/// The key holds what the call asks (`capabilities`, `expires_at`): the store's job grants
+/// what [`crate::authority::derive`] allows.
 fn issue_key(
     provided: Option<String>,
     name: &str,
     expires_at: Option<&str>,
+    capabilities: Option<&[String]>,
 ) -> Result<(String, KeySpec, bool), ApiError> {
     let expires_at = expires_at.map(lifecycle::future_time).transpose()?;
+    let capabilities = check_caps(capabilities)?;
     let (raw, id, imported) = issue_raw_key(provided)?;
     let mut spec = KeySpec::named(id, name);
     spec.hint = Some(crate::store::hint(&raw));
     spec.expires_at = expires_at;
+    spec.capabilities = capabilities;
     Ok((raw, spec, imported))
+}
+
+/// An import (`user_key` given) needs the import authority: root or an account admin.
+fn check_import(
+    caller: &Caller,
+    user_key: Option<&String>,
+    account: &str,
+    user: &str,
+) -> Result<(), ApiError> {
+    match user_key {
+        Some(_) => caller.require(Operation::Import, account, Some(user)),
+        None => Ok(()),
+    }
 }
 
 /// The raw key (imported or minted), its key id and whether it was imported.
@@ -635,11 +703,11 @@ struct AccountCreated {
     responses((status = 201, body = AccountCreated), AdminErrors))]
 async fn create_account(
     State(st): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
-    caller.require(caller.is_root())?;
+    caller.require(Operation::RootOnly("create accounts"), "", None)?;
     let req: CreateAccount = parse_body(&headers, body)?;
     check_id("account_id", &req.account_id)?;
     check_id("admin_user_id", &req.admin_user_id)?;
@@ -648,12 +716,16 @@ async fn create_account(
             "account ids starting with '_' are reserved".into(),
         ));
     }
-    let (raw, key, imported) =
-        issue_key(req.user_key, DEFAULT_KEY_NAME, req.expires_at.as_deref())?;
+    let (raw, key, imported) = issue_key(
+        req.user_key,
+        DEFAULT_KEY_NAME,
+        req.expires_at.as_deref(),
+        None,
+    )?;
     let id = key.key_id.clone();
     st.store
         .create_account(
-            caller.actor(),
+            caller.by(),
             req.account_id.clone(),
             req.admin_user_id.clone(),
             key,
@@ -680,33 +752,57 @@ async fn create_account(
 #[serde(deny_unknown_fields)]
 struct CreateUser {
     user_id: String,
+    /// A role of the registry (`--account-roles`, or `--operator-roles` for root); compared
+    /// and stored in ASCII lowercase.
     role: String,
-    /// A key to import instead of minting one.
+    /// A key to import instead of minting one (root and account admins only).
     #[serde(default)]
     user_key: Option<String>,
-    /// When the key expires (RFC 3339).
+    /// When the user, and so every key of it, expires (RFC 3339).
     #[serde(default)]
     expires_at: Option<String>,
+    /// The first key's capabilities (default: all the role and the calling key allow).
+    #[serde(default)]
+    capabilities: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateKey {
-    /// A key to import instead of minting one.
+    /// A key to import instead of minting one (root and account admins only).
     #[serde(default)]
     user_key: Option<String>,
-    /// When the new key expires (RFC 3339).
+    /// When the new key expires (RFC 3339; at most the calling key's and the user's expiry).
     #[serde(default)]
     expires_at: Option<String>,
-    /// How long the old keys stay valid, in seconds (default 0: revoked at once).
+    /// How long the old keys stay valid, in seconds (default 0: revoked at once). During
+    /// the grace they keep only the capability `traffic`.
     #[serde(default)]
     grace_s: Option<i64>,
+    /// The new key's capabilities (default: all the role and the calling key allow).
+    #[serde(default)]
+    capabilities: Option<Vec<String>>,
 }
 
 #[derive(Serialize, ToSchema)]
 struct UserKey {
     user_id: String,
     user_key: String,
+    /// When the key expires (RFC 3339), when it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+    capabilities: Vec<&'static str>,
+}
+
+impl UserKey {
+    fn new(user_id: String, user_key: String, granted: &KeySpec) -> UserKey {
+        UserKey {
+            user_id,
+            user_key,
+            expires_at: granted.expires_at.map(crate::store::rfc3339),
+            capabilities: granted.capabilities.unwrap_or(Caps::ALL).names(),
+        }
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users", tag = "admin",
@@ -715,42 +811,47 @@ struct UserKey {
 async fn create_user(
     State(st): State<AppState>,
     Path(account): Path<String>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
-    caller.require(caller.is_root() || caller.is_admin_of(&account))?;
+    caller.require(Operation::AccountAdmin, &account, None)?;
     check_not_system(&account)?;
     let req: CreateUser = parse_body(&headers, body)?;
     check_id("user_id", &req.user_id)?;
-    check_role(&req.role)?;
-    let (raw, key, imported) =
-        issue_key(req.user_key, DEFAULT_KEY_NAME, req.expires_at.as_deref())?;
+    check_import(&caller, req.user_key.as_ref(), &account, &req.user_id)?;
+    let role = check_role(&st, &caller, &req.role)?;
+    let caps = req.capabilities.as_deref();
+    let (raw, key, imported) = issue_key(
+        req.user_key,
+        DEFAULT_KEY_NAME,
+        req.expires_at.as_deref(),
+        caps,
+    )?;
+    let user_expires = key.expires_at;
     let id = key.key_id.clone();
-    st.store
+    let granted = st
+        .store
         .create_user(
-            caller.actor(),
-            account.clone(),
-            req.user_id.clone(),
-            req.role.clone(),
+            caller.by(),
+            (account.clone(), req.user_id.clone()),
+            role.clone(),
+            user_expires,
             key,
         )
         .await?;
     tracing::info!(
         %account,
         user = %req.user_id,
-        role = %req.role,
+        %role,
         key = log_prefix(&id),
         imported,
         "user created"
     );
     Ok(with_key(
         StatusCode::CREATED,
-        UserKey {
-            user_id: req.user_id,
-            user_key: raw,
-        },
+        UserKey::new(req.user_id, raw, &granted),
     ))
 }
 
@@ -761,24 +862,28 @@ async fn create_user(
 async fn rotate_key(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
     check_id("user", &user)?;
-    caller.require(
-        caller.is_root() || caller.is_admin_of(&account) || caller.is_user(&account, &user),
-    )?;
+    caller.require(Operation::UserKeys, &account, Some(&user))?;
     check_not_system(&account)?;
     let req: RotateKey = parse_optional_body(&headers, body)?;
+    check_import(&caller, req.user_key.as_ref(), &account, &user)?;
     let grace_s = lifecycle::check_grace(req.grace_s)?;
-    let (raw, key, imported) =
-        issue_key(req.user_key, DEFAULT_KEY_NAME, req.expires_at.as_deref())?;
+    let caps = req.capabilities.as_deref();
+    let (raw, key, imported) = issue_key(
+        req.user_key,
+        DEFAULT_KEY_NAME,
+        req.expires_at.as_deref(),
+        caps,
+    )?;
     let id = key.key_id.clone();
-    let replaced = st
+    let (replaced, granted) = st
         .store
-        .rotate_key(caller.actor(), account.clone(), user.clone(), key, grace_s)
+        .rotate_key(caller.by(), account.clone(), user.clone(), key, grace_s)
         .await?;
     let old: Vec<&str> = replaced.iter().map(|k| log_prefix(k)).collect();
     tracing::info!(
@@ -790,25 +895,24 @@ async fn rotate_key(
         replaced = ?old,
         "key rotated"
     );
-    Ok(with_key(
-        StatusCode::OK,
-        UserKey {
-            user_id: user,
-            user_key: raw,
-        },
-    ))
+    Ok(with_key(StatusCode::OK, UserKey::new(user, raw, &granted)))
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateUser {
-    /// The new role.
+    /// The new role (see `role` of a new user).
     #[serde(default, deserialize_with = "present")]
     role: Option<String>,
     /// `false` disables the user (its keys are not looked up and cannot call the admin API);
     /// `true` enables it again.
     #[serde(default, deserialize_with = "present")]
     enabled: Option<bool>,
+    /// The user's new expiry (RFC 3339), capping every key of the user; `null`: none (as
+    /// late as the calling key may give). Nobody but root extends their own.
+    #[serde(default, deserialize_with = "lifecycle::double_option")]
+    #[schema(value_type = Option<String>)]
+    expires_at: Option<Option<String>>,
 }
 
 /// An optional field that, when present, must hold a value (`null` is refused).
@@ -825,54 +929,71 @@ struct UserRole {
     /// Present when the call changed it: whether the user is enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     enabled: Option<bool>,
+    /// The user's expiry (RFC 3339) after a call that set role or expiry; absent: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
 }
 
 #[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}/users/{user}", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body = UpdateUser, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = UserRole), AdminErrors))]
-async fn set_role(
+async fn patch_user(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<UserRole>, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
     check_id("user", &user)?;
-    caller.require(caller.is_root() || caller.is_admin_of(&account))?;
+    caller.require(Operation::AccountAdmin, &account, Some(&user))?;
     check_not_system(&account)?;
     let req: UpdateUser = parse_body(&headers, body)?;
-    if let Some(role) = &req.role {
-        check_role(role)?;
-    }
-    let mut role = match req.role.clone() {
-        Some(role) => role,
-        None if req.enabled.is_some() => String::new(),
-        None => {
-            return Err(ApiError::BadRequest(
-                "nothing to change: give role or enabled".into(),
-            ))
-        }
+    let role = req
+        .role
+        .as_deref()
+        .map(|r| check_role(&st, &caller, r))
+        .transpose()?;
+    let expires_at = match req.expires_at {
+        Some(Some(t)) => Some(Some(lifecycle::future_time(&t)?)),
+        Some(None) => Some(None),
+        None => None,
     };
-    if let Some(new) = req.role {
-        let previous = st
+    if role.is_none() && expires_at.is_none() && req.enabled.is_none() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: give role, expires_at or enabled".into(),
+        ));
+    }
+    let mut out = UserRole {
+        user_id: user.clone(),
+        role: String::new(),
+        enabled: req.enabled,
+        expires_at: None,
+    };
+    if role.is_some() || expires_at.is_some() {
+        let (before, after) = st
             .store
-            .set_role(caller.actor(), account.clone(), user.clone(), new.clone())
+            .patch_user(
+                caller.by(),
+                st.roles.clone(),
+                (account.clone(), user.clone()),
+                role,
+                expires_at,
+            )
             .await?;
-        tracing::info!(%account, %user, from = %previous, to = %new, "role changed");
+        tracing::info!(%account, %user, from = %before.role, to = %after.role,
+            expiry_changed = before.expires_at != after.expires_at, "user changed");
+        out.role = after.role;
+        out.expires_at = after.expires_at.map(crate::store::rfc3339);
     }
     if let Some(enabled) = req.enabled {
-        role = st
+        out.role = st
             .store
             .set_user_enabled(caller.actor(), account.clone(), user.clone(), enabled)
             .await?;
         tracing::info!(%account, %user, enabled, "user enabled state set");
     }
-    Ok(Json(UserRole {
-        user_id: user,
-        role,
-        enabled: req.enabled,
-    }))
+    Ok(Json(out))
 }
 
 #[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}/users/{user}", tag = "admin",
@@ -881,12 +1002,11 @@ async fn set_role(
 async fn revoke_user(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Revoked>, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
     check_id("user", &user)?;
-    caller.require(caller.is_root() || caller.is_admin_of(&account))?;
+    caller.require(Operation::AccountAdmin, &account, Some(&user))?;
     check_not_system(&account)?;
     let revoked = st
         .store
@@ -902,11 +1022,10 @@ async fn revoke_user(
 async fn revoke_account(
     State(st): State<AppState>,
     Path(account): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Revoked>, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
-    caller.require(caller.is_root())?;
+    caller.require(Operation::RootOnly("revoke accounts"), &account, None)?;
     check_not_system(&account)?;
     let revoked = st
         .store
@@ -922,11 +1041,10 @@ async fn revoke_account(
 async fn list_users(
     State(st): State<AppState>,
     Path(account): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<UserList>, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
-    caller.require(caller.is_root() || caller.is_admin_of(&account))?;
+    caller.require(Operation::AccountAdmin, &account, None)?;
     let users = st.store.list_users(account.clone()).await?;
     Ok(Json(UserList {
         account_id: account,

@@ -1,5 +1,6 @@
 //! JSON error responses.
 
+use crate::authority::Refusal;
 use crate::store::StoreError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,11 @@ pub enum ApiError {
     PayloadTooLarge,
     /// 413 with its own message (a limit other than the body size).
     TooLarge(String),
+    /// 429 with `retry-after` (seconds).
+    TooManyRequests {
+        message: String,
+        retry_after: i64,
+    },
     /// The database cannot be reached (the detail is logged, never sent).
     Unavailable(String),
     Internal(String),
@@ -42,6 +48,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge | ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -53,7 +60,8 @@ impl ApiError {
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
-            | ApiError::TooLarge(m) => m.clone(),
+            | ApiError::TooLarge(m)
+            | ApiError::TooManyRequests { message: m, .. } => m.clone(),
             ApiError::Unauthorized => "unauthorized".into(),
             ApiError::PayloadTooLarge => {
                 format!("request body too large (at most {BODY_LIMIT} bytes)")
@@ -75,9 +83,23 @@ impl From<StoreError> for ApiError {
             | StoreError::KeyExists
             | StoreError::TooManyKeys { .. } => ApiError::Conflict(e.to_string()),
             StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            StoreError::TooManyCreations { retry_after, .. } => ApiError::TooManyRequests {
+                message: e.to_string(),
+                retry_after,
+            },
+            StoreError::Refused(r) => ApiError::from(r),
             StoreError::Db(_) | StoreError::Postgres(_) | StoreError::Internal(_) => {
                 ApiError::Internal(e.to_string())
             }
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> ApiError {
+        match r {
+            Refusal::Forbidden(m) => ApiError::Forbidden(m),
+            Refusal::Invalid(m) => ApiError::BadRequest(m),
         }
     }
 }
@@ -94,6 +116,11 @@ impl IntoResponse for ApiError {
             other => other.public_message(),
         };
         let mut res = json_error(self.status(), &self.public_message());
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&retry_after.to_string()) {
+                res.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
         res.extensions_mut().insert(ErrorDetail(detail));
         res
     }

@@ -9,6 +9,7 @@
 //! once, in the response that created it.
 
 pub mod api;
+pub mod authority;
 pub mod error;
 pub mod keys;
 pub mod metrics;
@@ -116,6 +117,8 @@ pub struct Config {
     pub changes_retention: u64,
     /// PostgreSQL connections this process may open (ignored with SQLite).
     pub pool_size: usize,
+    /// Which roles account admins may grant, and which only root may.
+    pub roles: authority::RoleRegistry,
 }
 
 impl std::fmt::Debug for Config {
@@ -130,6 +133,7 @@ impl std::fmt::Debug for Config {
             .field("lookup_delay", &self.lookup_delay)
             .field("changes_retention", &self.changes_retention)
             .field("pool_size", &self.pool_size)
+            .field("roles", &self.roles)
             .finish()
     }
 }
@@ -154,6 +158,7 @@ impl Config {
             lookup_delay: Duration::ZERO,
             changes_retention: DEFAULT_CHANGES_RETENTION,
             pool_size: DEFAULT_POOL_SIZE,
+            roles: authority::RoleRegistry::default(),
         }
     }
 }
@@ -202,6 +207,7 @@ pub async fn open(config: &Config) -> Result<AppState, StoreError> {
         );
     }
     let mut state = AppState::new(store, config.lookup_delay);
+    state.roles = std::sync::Arc::new(config.roles.clone());
     state.protocol_token = config
         .protocol_token
         .as_deref()

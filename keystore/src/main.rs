@@ -62,6 +62,15 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = keystore::DEFAULT_CHANGES_RETENTION,
           value_parser = clap::value_parser!(u64).range(1..))]
     changes_retention: u64,
+    /// Roles an account admin may grant (comma-separated; compared in ASCII lowercase).
+    /// Without it: KEYSTORE_ACCOUNT_ROLES, else admin,member,reader.
+    #[arg(long, value_name = "ROLES", value_delimiter = ',')]
+    account_roles: Option<Vec<String>>,
+    /// Roles only root may grant (and only root may change a user holding one), e.g. the
+    /// roles a filter's required_roles gives operator-only routes. Without it:
+    /// KEYSTORE_OPERATOR_ROLES, else none. `root` is never grantable.
+    #[arg(long, value_name = "ROLES", value_delimiter = ',')]
+    operator_roles: Option<Vec<String>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -132,8 +141,31 @@ fn database(args: &ServeArgs) -> Result<Database, BoxError> {
     }
 }
 
+/// A role list: the option, else the environment variable (comma-separated), else `default`.
+fn role_list(option: Option<&Vec<String>>, var: &str, default: &[&str]) -> Vec<String> {
+    if let Some(list) = option {
+        return list.clone();
+    }
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v.split(',').map(str::to_owned).collect(),
+        _ => default.iter().map(|r| (*r).to_owned()).collect(),
+    }
+}
+
+/// The role registry from --account-roles / --operator-roles (or their variables).
+fn roles(args: &ServeArgs) -> Result<keystore::authority::RoleRegistry, BoxError> {
+    let account = role_list(
+        args.account_roles.as_ref(),
+        "KEYSTORE_ACCOUNT_ROLES",
+        &keystore::authority::DEFAULT_ACCOUNT_ROLES,
+    );
+    let operator = role_list(args.operator_roles.as_ref(), "KEYSTORE_OPERATOR_ROLES", &[]);
+    Ok(keystore::authority::RoleRegistry::new(&account, &operator)?)
+}
+
 async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     let mut config = Config::with_database(database(&args)?);
+    config.roles = roles(&args)?;
     config.root_key = secret(
         args.root_key_file.as_deref(),
         "--root-key-file",

@@ -31,6 +31,7 @@ pub use lifecycle::{
     KeyInfo, KeyPatch, KeySpec, Target, DEFAULT_KEY_NAME, KEY_REF_LEN, MAX_AUDIT_PAGE,
 };
 
+use crate::authority::{self, Ask, Caps, Grant, TargetUser};
 use crate::keys::{ROLE_ADMIN, ROLE_ROOT, ROOT_USER, SYSTEM_ACCOUNT};
 use crate::metrics::Metrics;
 use serde::Serialize;
@@ -84,9 +85,20 @@ pub enum StoreError {
     /// The key id is already in the store (active or revoked). The message never says whose.
     #[error("user_key is already in use or was used before; keys are never reused")]
     KeyExists,
-    /// The user already holds the most live keys allowed.
-    #[error("user {user} already holds {max} unexpired keys; revoke one first")]
+    /// The user already holds the most live keys allowed (keys in a rotation's grace count).
+    #[error("user {user} already holds {max} unexpired keys (keys in a rotation's grace count); revoke one first")]
     TooManyKeys { user: String, max: usize },
+    /// The user's keys were created too often (see `lifecycle::MAX_KEY_CREATIONS`).
+    #[error("user {user} got {max} new keys in the last {window_s} seconds; try again in {retry_after} seconds")]
+    TooManyCreations {
+        user: String,
+        max: usize,
+        window_s: i64,
+        retry_after: i64,
+    },
+    /// Authority refused the call (see [`authority`]).
+    #[error("{0}")]
+    Refused(authority::Refusal),
     /// No unrevoked key of this user has this key reference.
     #[error("key {key} not found for user {user} in account {account}")]
     KeyNotFound {
@@ -127,6 +139,20 @@ pub struct UserInfo {
     pub created_at: i64,
     /// `false` while the user is disabled (its keys are not looked up).
     pub enabled: bool,
+    /// When the user (and so every key of it) expires (Unix seconds); absent: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// The key behind an admin call: who it is and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    pub key_id: String,
+    pub identity: Identity,
+    /// Its capabilities within what its role allows.
+    pub capabilities: Caps,
+    /// min(the key's expiry, its user's).
+    pub expires_at: Option<i64>,
 }
 
 /// The answer to a change-feed query.
@@ -342,6 +368,27 @@ async fn require_account<D: Db>(db: &mut D, account: &str) -> Result<(), StoreEr
 
 /// The role of an active user of an active account.
 async fn require_user<D: Db>(db: &mut D, account: &str, user: &str) -> Result<String, StoreError> {
+    Ok(user_row(db, account, user).await?.role)
+}
+
+/// A user's role and expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub role: String,
+    pub expires_at: Option<i64>,
+}
+
+impl UserRow {
+    pub(crate) fn target(&self) -> TargetUser<'_> {
+        TargetUser {
+            role: &self.role,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// An active user of an active account: its role and expiry.
+async fn user_row<D: Db>(db: &mut D, account: &str, user: &str) -> Result<UserRow, StoreError> {
     require_account(db, account).await?;
     match first(
         db,
@@ -350,12 +397,44 @@ async fn require_user<D: Db>(db: &mut D, account: &str, user: &str) -> Result<St
     )
     .await?
     {
-        Some(row) => row.text(0),
+        Some(row) => Ok(UserRow {
+            role: row.text(0)?,
+            expires_at: row.opt_int(1)?,
+        }),
         None => Err(StoreError::UserNotFound {
             account: account.to_owned(),
             user: user.to_owned(),
         }),
     }
+}
+
+/// Gives `key` (holding what the call asks) the grant [`authority::derive`] allows `caller`
+/// for `user`.
+pub(crate) fn apply_grant(
+    key: &mut KeySpec,
+    caller: &Grant,
+    user: TargetUser<'_>,
+    replaced: Option<&authority::Replaced>,
+) -> Result<(), StoreError> {
+    let ask = Ask {
+        caps: key.capabilities,
+        expires_at: key.expires_at,
+        claims: key.claims.take(),
+    };
+    let grant = authority::derive(caller, user, replaced, &ask).map_err(StoreError::Refused)?;
+    key.capabilities = Some(grant.caps);
+    key.expires_at = grant.expires_at;
+    key.claims = grant.claims;
+    Ok(())
+}
+
+/// The capabilities a key granted `granted` has for a user of `role` (the answer shows these).
+pub(crate) fn shown(mut key: KeySpec, role: &str) -> KeySpec {
+    key.capabilities = Some(authority::effective(
+        key.capabilities.map(Caps::to_text).as_deref(),
+        role,
+    ));
+    key
 }
 
 /// Inserts a key of (account, user) created by `by` (`None`: the keystore's configuration).
@@ -373,6 +452,7 @@ async fn insert_key<D: Db>(
     }
     let created_by = by.map(Actor::name);
     let claims = lifecycle::claims_text(key.claims.as_ref())?;
+    let caps = key.capabilities.map(Caps::to_text);
     db.exec(
         sql::INSERT_KEY,
         &[
@@ -385,6 +465,7 @@ async fn insert_key<D: Db>(
             Arg::OptText(created_by.as_deref()),
             Arg::OptInt(key.expires_at),
             Arg::OptText(claims.as_deref()),
+            Arg::OptText(caps.as_deref()),
         ],
     )
     .await?;
@@ -448,29 +529,40 @@ impl Job for Ping {
     }
 }
 
+/// The key behind a key id, for the lookup (which answers only keys with the capability
+/// `traffic`) or for an admin call (any active key).
 struct Lookup {
     key_id: String,
 }
 
 impl Job for Lookup {
-    type Out = Option<Identity>;
+    type Out = Option<Authenticated>;
     const QUICK: bool = true;
-    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<Option<Identity>, StoreError> {
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<Option<Authenticated>, StoreError> {
         let args = [Arg::Text(&self.key_id), Arg::Int(at)];
-        match first(db, sql::LOOKUP, &args).await? {
-            Some(row) => {
-                let mut claims = lifecycle::parse_claims(row.opt_text(4)?)?;
-                claims.extend(lifecycle::parse_claims(row.opt_text(5)?)?);
-                Ok(Some(Identity {
-                    account_id: row.text(0)?,
-                    user_id: row.text(1)?,
-                    role: row.text(2)?,
-                    expires_at: row.opt_int(3)?,
-                    claims,
-                }))
-            }
-            None => Ok(None),
-        }
+        let Some(row) = first(db, sql::LOOKUP, &args).await? else {
+            return Ok(None);
+        };
+        let mut claims = lifecycle::parse_claims(row.opt_text(4)?)?;
+        claims.extend(lifecycle::parse_claims(row.opt_text(5)?)?);
+        let role = row.text(2)?;
+        let capabilities = authority::effective(row.opt_text(6)?.as_deref(), &role);
+        let expires_at = match (row.opt_int(3)?, row.opt_int(7)?) {
+            (Some(k), Some(u)) => Some(k.min(u)),
+            (k, u) => k.or(u),
+        };
+        Ok(Some(Authenticated {
+            key_id: self.key_id,
+            identity: Identity {
+                account_id: row.text(0)?,
+                user_id: row.text(1)?,
+                role,
+                expires_at,
+                claims,
+            },
+            capabilities,
+            expires_at,
+        }))
     }
 }
 
@@ -570,6 +662,7 @@ impl Job for ListUsers {
                     role: r.text(1)?,
                     created_at: r.int(2)?,
                     enabled: r.opt_int(3)?.is_none(),
+                    expires_at: r.opt_int(4)?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -685,6 +778,7 @@ impl Job for RemoveRootKey {
 
 struct CreateAccount {
     actor: Actor,
+    grant: Grant,
     account: String,
     admin_user: String,
     key: KeySpec,
@@ -692,7 +786,7 @@ struct CreateAccount {
 
 impl Job for CreateAccount {
     type Out = ();
-    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<(), StoreError> {
+    async fn run<D: Db>(mut self, db: &mut D, at: i64) -> Result<(), StoreError> {
         if exists(db, sql::ACCOUNT_EXISTS, &[Arg::Text(&self.account)]).await? {
             return Err(StoreError::AccountExists(self.account));
         }
@@ -708,10 +802,16 @@ impl Job for CreateAccount {
                 Arg::Text(&self.admin_user),
                 Arg::Text(ROLE_ADMIN),
                 Arg::Int(at),
+                Arg::OptInt(None),
             ],
         )
         .await?;
         let (account, user) = (self.account.as_str(), self.admin_user.as_str());
+        let admin = TargetUser {
+            role: ROLE_ADMIN,
+            expires_at: None,
+        };
+        apply_grant(&mut self.key, &self.grant, admin, None)?;
         insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
         let detail = serde_json::json!({ "admin_user_id": user, "key": key_ref(&self.key.key_id) });
         let entry = lifecycle::Audit::new(&self.actor, "account.create", account, account);
@@ -721,15 +821,18 @@ impl Job for CreateAccount {
 
 struct CreateUser {
     actor: Actor,
+    grant: Grant,
     account: String,
     user: String,
     role: String,
+    /// The user's expiry (its keys are capped at it).
+    expires_at: Option<i64>,
     key: KeySpec,
 }
 
 impl Job for CreateUser {
-    type Out = ();
-    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<(), StoreError> {
+    type Out = KeySpec;
+    async fn run<D: Db>(mut self, db: &mut D, at: i64) -> Result<KeySpec, StoreError> {
         require_account(db, &self.account).await?;
         let user_args = [Arg::Text(&self.account), Arg::Text(&self.user)];
         if exists(db, sql::USER_EXISTS, &user_args).await? {
@@ -745,20 +848,30 @@ impl Job for CreateUser {
                 Arg::Text(&self.user),
                 Arg::Text(&self.role),
                 Arg::Int(at),
+                Arg::OptInt(self.expires_at),
             ],
         )
         .await?;
         let (account, user) = (self.account.as_str(), self.user.as_str());
+        let target = TargetUser {
+            role: &self.role,
+            expires_at: self.expires_at,
+        };
+        apply_grant(&mut self.key, &self.grant, target, None)?;
         insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
-        let detail = serde_json::json!({ "role": self.role, "key": key_ref(&self.key.key_id) });
+        let detail = serde_json::json!({
+            "role": self.role, "key": key_ref(&self.key.key_id), "expires_at": self.expires_at
+        });
         let object = format!("{account}/{user}");
         let entry = lifecycle::Audit::new(&self.actor, "user.create", account, &object);
-        entry.detail(detail).write(db, at).await
+        entry.detail(detail).write(db, at).await?;
+        Ok(shown(self.key, &self.role))
     }
 }
 
 struct RotateKey {
     actor: Actor,
+    grant: Grant,
     account: String,
     user: String,
     key: KeySpec,
@@ -766,10 +879,13 @@ struct RotateKey {
 }
 
 impl Job for RotateKey {
-    type Out = Vec<String>;
-    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<Vec<String>, StoreError> {
+    /// The keys revoked or put in their grace, and the new key as granted.
+    type Out = (Vec<String>, KeySpec);
+    async fn run<D: Db>(mut self, db: &mut D, at: i64) -> Result<Self::Out, StoreError> {
         let (account, user) = (self.account.as_str(), self.user.as_str());
-        require_user(db, account, user).await?;
+        let row = user_row(db, account, user).await?;
+        apply_grant(&mut self.key, &self.grant, row.target(), None)?;
+        lifecycle::check_creation_rate(db, account, user, &self.grant, at).await?;
         let old = if self.grace_s == 0 {
             revoke_keys(db, account, Some(user), KIND_ROTATED, at).await?
         } else {
@@ -779,8 +895,10 @@ impl Job for RotateKey {
             for key_id in &expiring {
                 log_change(db, key_id, KIND_EXPIRY, at).await?;
             }
+            lifecycle::demote_to_grace(db, account, user).await?;
             expiring
         };
+        lifecycle::check_room(db, account, user, at).await?;
         insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
         let old_refs: Vec<&str> = old.iter().map(|k| key_ref(k)).collect();
         let detail = serde_json::json!({
@@ -790,46 +908,69 @@ impl Job for RotateKey {
         let object = format!("{account}/{user}");
         let entry = lifecycle::Audit::new(&self.actor, "user.rotate_key", account, &object);
         entry.detail(detail).write(db, at).await?;
-        Ok(old)
+        Ok((old, shown(self.key, &row.role)))
     }
 }
 
-struct SetRole {
+/// A change of a user's role and/or expiry.
+struct PatchUser {
     actor: Actor,
+    grant: Grant,
+    roles: Arc<authority::RoleRegistry>,
     account: String,
     user: String,
-    role: String,
+    /// Canonical, and one the caller may grant (checked by the handler).
+    role: Option<String>,
+    /// `Some(None)`: no expiry (as late as the caller may give).
+    expires_at: Option<Option<i64>>,
 }
 
-impl Job for SetRole {
-    type Out = String;
-    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<String, StoreError> {
-        let previous = require_user(db, &self.account, &self.user).await?;
-        if previous != self.role {
-            db.exec(
-                sql::SET_ROLE,
-                &[
-                    Arg::Text(&self.role),
-                    Arg::Text(&self.account),
-                    Arg::Text(&self.user),
-                ],
-            )
-            .await?;
-            let active = texts(
-                db,
-                sql::ACTIVE_KEYS,
-                &[Arg::Text(&self.account), Arg::Text(&self.user)],
-            )
-            .await?;
-            for key_id in &active {
-                log_change(db, key_id, KIND_ROLE, at).await?;
+impl Job for PatchUser {
+    /// The user's role and expiry before and after.
+    type Out = (UserRow, UserRow);
+    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<Self::Out, StoreError> {
+        let (account, user) = (self.account.as_str(), self.user.as_str());
+        let before = user_row(db, account, user).await?;
+        self.roles
+            .may_change(&self.grant, &before.role)
+            .map_err(StoreError::Refused)?;
+        let role = self.role.clone().unwrap_or_else(|| before.role.clone());
+        let expires_at = match self.expires_at {
+            None => before.expires_at,
+            Some(asked) => {
+                let own = self.actor.account_id == account && self.actor.user_id == user;
+                authority::user_expiry(&self.grant, own, before.expires_at, asked)
+                    .map_err(StoreError::Refused)?
+            }
+        };
+        let user_args = [Arg::Text(account), Arg::Text(user)];
+        if role != before.role {
+            let args = [Arg::Text(&role), Arg::Text(account), Arg::Text(user)];
+            db.exec(sql::SET_ROLE, &args).await?;
+            for key_id in texts(db, sql::ACTIVE_KEYS, &user_args).await? {
+                log_change(db, &key_id, KIND_ROLE, at).await?;
             }
         }
-        let detail = serde_json::json!({ "role": lifecycle::change(&previous, &self.role) });
-        let object = format!("{}/{}", self.account, self.user);
-        let entry = lifecycle::Audit::new(&self.actor, "user.set_role", &self.account, &object);
+        if expires_at != before.expires_at {
+            let args = [Arg::OptInt(expires_at), Arg::Text(account), Arg::Text(user)];
+            db.exec(sql::SET_USER_EXPIRY, &args).await?;
+            for key_id in texts(db, sql::ACTIVE_KEYS, &user_args).await? {
+                log_change(db, &key_id, KIND_EXPIRY, at).await?;
+            }
+        }
+        let mut detail = serde_json::Map::new();
+        if self.role.is_some() {
+            detail.insert("role".into(), lifecycle::change(&before.role, &role));
+        }
+        if self.expires_at.is_some() {
+            let change = lifecycle::change(before.expires_at.map(rfc3339), expires_at.map(rfc3339));
+            detail.insert("expires_at".into(), change);
+        }
+        let detail = serde_json::Value::Object(detail);
+        let object = format!("{account}/{user}");
+        let entry = lifecycle::Audit::new(&self.actor, "user.update", account, &object);
         entry.detail(detail).write(db, at).await?;
-        Ok(previous)
+        Ok((before, UserRow { role, expires_at }))
     }
 }
 
@@ -986,8 +1127,18 @@ impl Store {
         self.write(Noop).await
     }
 
-    /// The identity behind an active key id (key, user and account all unrevoked).
+    /// The identity behind an active key id (key, user and account all unrevoked, neither key
+    /// nor user expired) that may be used for traffic (capability `traffic`).
     pub async fn lookup(&self, key_id: String) -> Result<Option<Identity>, StoreError> {
+        Ok(self
+            .read(Lookup { key_id })
+            .await?
+            .filter(|k| k.capabilities.has(authority::Cap::Traffic))
+            .map(|k| k.identity))
+    }
+
+    /// The active key behind an admin call, whatever its capabilities.
+    pub async fn authenticate(&self, key_id: String) -> Result<Option<Authenticated>, StoreError> {
         self.read(Lookup { key_id }).await
     }
 
@@ -1016,13 +1167,14 @@ impl Store {
     /// Creates an account and its admin user (role `admin`) holding `key`.
     pub async fn create_account(
         &self,
-        actor: Actor,
+        (actor, grant): (Actor, Grant),
         account: String,
         admin_user: String,
         key: KeySpec,
     ) -> Result<(), StoreError> {
         self.write(CreateAccount {
             actor,
+            grant,
             account,
             admin_user,
             key,
@@ -1030,21 +1182,24 @@ impl Store {
         .await
     }
 
-    /// Creates a user with `role` holding key `key_id` in an active account. User ids are never
+    /// Creates a user with `role` (and expiry `expires_at`) holding `key` (as asked; returned
+    /// as granted, see [`authority::derive`]) in an active account. User ids are never
     /// reused, not even those of revoked users.
     pub async fn create_user(
         &self,
-        actor: Actor,
-        account: String,
-        user: String,
+        (actor, grant): (Actor, Grant),
+        (account, user): (String, String),
         role: String,
+        expires_at: Option<i64>,
         key: KeySpec,
-    ) -> Result<(), StoreError> {
+    ) -> Result<KeySpec, StoreError> {
         self.write(CreateUser {
             actor,
+            grant,
             account,
             user,
             role,
+            expires_at,
             key,
         })
         .await
@@ -1055,14 +1210,15 @@ impl Store {
     /// earlier). Returns the key ids revoked or given the grace expiry.
     pub async fn rotate_key(
         &self,
-        actor: Actor,
+        (actor, grant): (Actor, Grant),
         account: String,
         user: String,
         key: KeySpec,
         grace_s: i64,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<(Vec<String>, KeySpec), StoreError> {
         self.write(RotateKey {
             actor,
+            grant,
             account,
             user,
             key,
@@ -1071,20 +1227,25 @@ impl Store {
         .await
     }
 
-    /// Changes a user's role; each of its active keys is logged as changed. Returns the
-    /// previous role.
-    pub async fn set_role(
+    /// Changes a user's role and/or expiry; each of its active keys is logged as changed.
+    /// Returns the role and expiry before and after.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch_user(
         &self,
-        actor: Actor,
-        account: String,
-        user: String,
-        role: String,
-    ) -> Result<String, StoreError> {
-        self.write(SetRole {
+        (actor, grant): (Actor, Grant),
+        roles: Arc<authority::RoleRegistry>,
+        (account, user): (String, String),
+        role: Option<String>,
+        expires_at: Option<Option<i64>>,
+    ) -> Result<(UserRow, UserRow), StoreError> {
+        self.write(PatchUser {
             actor,
+            grant,
+            roles,
             account,
             user,
             role,
+            expires_at,
         })
         .await
     }
@@ -1118,16 +1279,17 @@ impl Store {
         self.read(lifecycle::ListKeys { account, user }).await
     }
 
-    /// Adds `key` to an active user.
+    /// Adds `key` (as asked; granted by [`authority::derive`]) to an active user.
     pub async fn create_key(
         &self,
-        actor: Actor,
+        (actor, grant): (Actor, Grant),
         account: String,
         user: String,
         key: KeySpec,
     ) -> Result<KeyInfo, StoreError> {
         self.write(lifecycle::CreateKey {
             actor,
+            grant,
             account,
             user,
             key,
@@ -1138,12 +1300,13 @@ impl Store {
     /// Changes a key's name, expiry or claims (expiry and claims changes are logged).
     pub async fn update_key(
         &self,
-        actor: Actor,
+        (actor, grant): (Actor, Grant),
         target: Target,
         patch: KeyPatch,
     ) -> Result<KeyInfo, StoreError> {
         self.write(lifecycle::UpdateKey {
             actor,
+            grant,
             target,
             patch,
         })
@@ -1160,13 +1323,14 @@ impl Store {
     /// Returns the new key and the end of the old one's validity (Unix seconds).
     pub async fn rotate_one_key(
         &self,
-        actor: Actor,
+        (actor, grant): (Actor, Grant),
         target: Target,
         key: KeySpec,
         grace_s: i64,
     ) -> Result<(KeyInfo, i64), StoreError> {
         self.write(lifecycle::RotateOne {
             actor,
+            grant,
             target,
             key,
             grace_s,

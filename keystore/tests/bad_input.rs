@@ -158,7 +158,7 @@ async fn malformed_bodies() {
                 "PATCH",
                 "/api/v1/admin/accounts/acme/users/alice",
                 Some("application/json"),
-                r#"{"role":null}"#,
+                r#"{"role":5}"#,
             ),
             StatusCode::BAD_REQUEST,
             "invalid type",

@@ -73,7 +73,10 @@ async fn imported_keys_are_stored_and_looked_up_by_key_id() {
     )
     .await;
     assert_returns_key(&r, StatusCode::CREATED, LEGACY_2);
-    assert_eq!(r.json(), json!({"user_id": "bob", "user_key": LEGACY_2}));
+    assert_eq!(
+        r.json(),
+        json!({"user_id": "bob", "user_key": LEGACY_2, "capabilities": ["traffic", "own_keys"]})
+    );
     ks.assert_active(LEGACY_2, "acme", "bob", "member").await;
     let r = ks
         .send(
@@ -306,18 +309,32 @@ async fn rotate_with_a_provided_key_revokes_the_old_one() {
     )
     .await;
     assert_returns_key(&r, StatusCode::OK, LEGACY_1);
-    assert_eq!(r.json(), json!({"user_id": "bob", "user_key": LEGACY_1}));
+    assert_eq!(
+        r.json(),
+        json!({"user_id": "bob", "user_key": LEGACY_1, "capabilities": ["traffic", "own_keys"]})
+    );
     ks.assert_inactive(&bob1).await;
     ks.assert_active(LEGACY_1, "acme", "bob", "member").await;
     let feed = ks.changes(rev0).await;
     assert_eq!(changed(&feed), ids(&[&bob1, LEGACY_1]));
     assert_eq!(feed["revision"].as_i64().unwrap(), rev0 + 2);
 
-    // The user itself may rotate to a key it chose.
-    let r = post(
+    // The user itself may not import a key value (finding 4: an oracle); its admin may.
+    let rev1 = ks.revision().await;
+    post(
         &ks,
         "/api/v1/admin/accounts/acme/users/bob/key",
         LEGACY_1,
+        json!({"user_key": LEGACY_2}),
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "account_admin");
+    assert_eq!(ks.revision().await, rev1);
+    ks.assert_active(LEGACY_1, "acme", "bob", "member").await;
+    let r = post(
+        &ks,
+        "/api/v1/admin/accounts/acme/users/bob/key",
+        &admin,
         json!({"user_key": LEGACY_2}),
     )
     .await;
@@ -329,7 +346,7 @@ async fn rotate_with_a_provided_key_revokes_the_old_one() {
     post(
         &ks,
         "/api/v1/admin/accounts/acme/users/bob/key",
-        LEGACY_2,
+        &admin,
         json!({"user_key": LEGACY_2}),
     )
     .await

@@ -128,7 +128,8 @@ async fn a_version_1_database_keeps_every_account_user_and_key() {
         r.json()["keys"],
         json!([{"key": bob_ref, "name": "default", "hint": null,
                 "created_at": "1970-01-01T00:21:40Z", "created_by": null, "expires_at": null,
-                "last_used_at": null, "claims": {}, "enabled": true}])
+                "last_used_at": null, "claims": {}, "enabled": true,
+                "capabilities": ["traffic", "own_keys"]}])
     );
     let r = ks
         .call(

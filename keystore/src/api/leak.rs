@@ -7,6 +7,7 @@
 
 use super::doc::AdminErrors;
 use super::{authenticate, parse_body, with_key, ApiError, AppState};
+use crate::authority::Operation;
 use crate::keys::{key_id, log_prefix};
 use crate::store::KeyState;
 use axum::body::Bytes;
@@ -34,7 +35,9 @@ async fn answer(
     revoke: bool,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(st, headers).await?;
-    caller.require(caller.is_root() || caller.is_admin())?;
+    // Root, or an account admin within its own account (the scope below).
+    let own = caller.identity.account_id.clone();
+    caller.require(Operation::AccountAdmin, &own, None)?;
     let req: LeakedKey = parse_body(headers, body)?;
     if req.user_key.trim().is_empty() {
         return Err(ApiError::BadRequest("user_key must not be empty".into()));

@@ -1,18 +1,20 @@
 //! The key lifecycle's endpoints: a user's named keys (list, create, update, revoke, rotate
 //! with a grace period), account claims, the audit trail, and the protocol's usage report.
 //!
-//! Who may call what (checked before the body is read):
-//! - list, create, revoke and rotate a user's keys: root, the account's admins, the user;
-//! - change a key (`PATCH`): root and the account's admins;
+//! Who may call what is [`crate::authority`]'s (checked before the body is read):
+//! - list, create, revoke and rotate a user's keys: root, keys with `account_admin` in the
+//!   account, the user's own keys with `own_keys`; importing a key value: not `own_keys`;
+//! - change a key (`PATCH`): root and `account_admin`;
 //! - claims (of an account, or of a key at creation or in a `PATCH`): root only, because
 //!   claims carry entitlements such as a plan;
-//! - the whole audit trail: root; an account's: root and the account's admins.
+//! - the whole audit trail: root; an account's: root and `account_admin`.
 
 use super::doc::AdminErrors;
 use super::{
-    authenticate, check_id, check_not_system, issue_key, parse_body, parse_optional_body, with_key,
+    check_id, check_import, check_not_system, issue_key, parse_body, parse_optional_body, with_key,
     ApiError, AppState, Caller, ErrorBody, Revoked,
 };
+use crate::authority::Operation;
 use crate::keys::{is_key_id, log_prefix};
 use crate::metrics::inc;
 use crate::store::{
@@ -85,25 +87,15 @@ fn check_key_ref(key: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Authenticates, checks the path's ids and that the caller is root, an admin of the
-/// account, or (when `user_may`) the user.
-async fn key_caller(
-    st: &AppState,
-    headers: &HeaderMap,
-    account: &str,
-    user: &str,
-    user_may: bool,
-) -> Result<Caller, ApiError> {
-    let caller = authenticate(st, headers).await?;
+/// Checks the path's ids and that the caller may perform `op` on the user.
+fn key_caller(caller: &Caller, account: &str, user: &str, op: Operation) -> Result<(), ApiError> {
     check_id("account", account)?;
     check_id("user", user)?;
-    let is_user = user_may && caller.is_user(account, user);
-    caller.require(caller.is_root() || caller.is_admin_of(account) || is_user)?;
-    Ok(caller)
+    caller.require(op, account, Some(user))
 }
 
 /// `Some(None)` for an explicit `null`, `Some(Some(v))` for a value; absent stays `None`.
-fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+pub(super) fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
@@ -118,9 +110,9 @@ fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 pub(super) async fn list_keys(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<KeyList>, ApiError> {
-    key_caller(&st, &headers, &account, &user, true).await?;
+    key_caller(&caller, &account, &user, Operation::UserKeys)?;
     let keys = st.store.list_keys(account.clone(), user.clone()).await?;
     Ok(Json(KeyList {
         account_id: account,
@@ -133,12 +125,19 @@ pub(super) async fn list_keys(
 #[serde(deny_unknown_fields)]
 struct CreateKey {
     name: String,
+    /// RFC 3339; at most the calling key's and the user's expiry (the default).
     #[serde(default)]
     expires_at: Option<String>,
+    /// A key value to import (root and account admins only).
     #[serde(default)]
     user_key: Option<String>,
+    /// Root only.
     #[serde(default)]
     claims: Option<Claims>,
+    /// `traffic`, `own_keys`, `account_admin` (default: all the role and the calling key
+    /// allow); never more than the calling key has.
+    #[serde(default)]
+    capabilities: Option<Vec<String>>,
 }
 
 /// A key with its raw value: the answer of a create or rotate call, shown once.
@@ -180,23 +179,27 @@ pub(super) struct Recorded {
 pub(super) async fn create_key(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = key_caller(&st, &headers, &account, &user, true).await?;
+    key_caller(&caller, &account, &user, Operation::UserKeys)?;
     check_not_system(&account)?;
     let req: CreateKey = parse_body(&headers, body)?;
     check_id("name", &req.name)?;
+    check_import(&caller, req.user_key.as_ref(), &account, &user)?;
     if let Some(claims) = &req.claims {
-        caller.require(caller.is_root())?;
+        caller.require(Operation::RootOnly("set claims"), &account, Some(&user))?;
         check_claims(claims)?;
     }
-    let (raw, mut key, imported) = issue_key(req.user_key, &req.name, req.expires_at.as_deref())?;
+    let caps = req.capabilities.as_deref();
+    let (raw, mut key, imported) =
+        issue_key(req.user_key, &req.name, req.expires_at.as_deref(), caps)?;
     key.claims = req.claims;
     let id = key.key_id.clone();
     let info = st
         .store
-        .create_key(caller.actor(), account.clone(), user.clone(), key)
+        .create_key(caller.by(), account.clone(), user.clone(), key)
         .await?;
     tracing::info!(%account, %user, key = log_prefix(&id), imported, "key created");
     Ok(with_key(
@@ -230,10 +233,11 @@ struct UpdateKey {
 pub(super) async fn update_key(
     State(st): State<AppState>,
     Path((account, user, key)): Path<(String, String, String)>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<KeyInfo>, ApiError> {
-    let caller = key_caller(&st, &headers, &account, &user, false).await?;
+    key_caller(&caller, &account, &user, Operation::AccountAdmin)?;
     check_not_system(&account)?;
     check_key_ref(&key)?;
     let req: UpdateKey = parse_body(&headers, body)?;
@@ -241,7 +245,7 @@ pub(super) async fn update_key(
         check_id("name", name)?;
     }
     if let Some(claims) = &req.claims {
-        caller.require(caller.is_root())?;
+        caller.require(Operation::RootOnly("set claims"), &account, Some(&user))?;
         claims.as_ref().map(check_claims).transpose()?;
     }
     let expires_at = match req.expires_at {
@@ -263,7 +267,7 @@ pub(super) async fn update_key(
     let target = Target { account, user, key };
     let info = st
         .store
-        .update_key(caller.actor(), target.clone(), patch)
+        .update_key(caller.by(), target.clone(), patch)
         .await?;
     tracing::info!(account = %target.account, user = %target.user, key = %target.key, "key updated");
     Ok(Json(info))
@@ -275,9 +279,9 @@ pub(super) async fn update_key(
 pub(super) async fn revoke_key(
     State(st): State<AppState>,
     Path((account, user, key)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Revoked>, ApiError> {
-    let caller = key_caller(&st, &headers, &account, &user, true).await?;
+    key_caller(&caller, &account, &user, Operation::UserKeys)?;
     check_not_system(&account)?;
     check_key_ref(&key)?;
     let target = Target { account, user, key };
@@ -289,12 +293,18 @@ pub(super) async fn revoke_key(
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateOne {
+    /// Seconds the old key stays valid, with the capability `traffic` only (default 0).
     #[serde(default)]
     grace_s: Option<i64>,
+    /// RFC 3339; at most the calling key's and the user's expiry (the default).
     #[serde(default)]
     expires_at: Option<String>,
+    /// A key value to import (root and account admins only).
     #[serde(default)]
     user_key: Option<String>,
+    /// Default: the old key's (within the calling key's); never more.
+    #[serde(default)]
+    capabilities: Option<Vec<String>>,
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}/rotate", tag = "admin",
@@ -303,21 +313,24 @@ struct RotateOne {
 pub(super) async fn rotate_one_key(
     State(st): State<AppState>,
     Path((account, user, key)): Path<(String, String, String)>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = key_caller(&st, &headers, &account, &user, true).await?;
+    key_caller(&caller, &account, &user, Operation::UserKeys)?;
     check_not_system(&account)?;
     check_key_ref(&key)?;
     let req: RotateOne = parse_optional_body(&headers, body)?;
+    check_import(&caller, req.user_key.as_ref(), &account, &user)?;
     let grace_s = check_grace(req.grace_s)?;
     // The name is replaced by the old key's in the store.
-    let (raw, spec, imported) = issue_key(req.user_key, "", req.expires_at.as_deref())?;
+    let caps = req.capabilities.as_deref();
+    let (raw, spec, imported) = issue_key(req.user_key, "", req.expires_at.as_deref(), caps)?;
     let id = spec.key_id.clone();
     let target = Target { account, user, key };
     let (info, valid_until) = st
         .store
-        .rotate_one_key(caller.actor(), target.clone(), spec, grace_s)
+        .rotate_one_key(caller.by(), target.clone(), spec, grace_s)
         .await?;
     tracing::info!(account = %target.account, user = %target.user, old = %target.key,
         key = log_prefix(&id), imported, grace_s, "key rotated");
@@ -356,12 +369,12 @@ struct SetAccount {
 pub(super) async fn set_account(
     State(st): State<AppState>,
     Path(account): Path<String>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<AccountInfo>, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
-    caller.require(caller.is_root())?;
+    caller.require(Operation::RootOnly("set account claims"), &account, None)?;
     check_not_system(&account)?;
     let req: SetAccount = parse_body(&headers, body)?;
     if let Some(Some(claims)) = &req.claims {
@@ -432,11 +445,10 @@ fn audit_range(query: Result<Query<AuditQuery>, QueryRejection>) -> Result<(i64,
     responses((status = 200, body = AuditPage), AdminErrors))]
 pub(super) async fn audit_all(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
-    caller.require(caller.is_root())?;
+    caller.require(Operation::RootOnly("read the whole audit trail"), "", None)?;
     let (after, limit) = audit_range(query)?;
     Ok(Json(st.store.audit(None, after, limit).await?))
 }
@@ -447,12 +459,11 @@ pub(super) async fn audit_all(
 pub(super) async fn audit_of_account(
     State(st): State<AppState>,
     Path(account): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    let caller = authenticate(&st, &headers).await?;
     check_id("account", &account)?;
-    caller.require(caller.is_root() || caller.is_admin_of(&account))?;
+    caller.require(Operation::AccountAdmin, &account, None)?;
     let (after, limit) = audit_range(query)?;
     Ok(Json(st.store.audit(Some(account), after, limit).await?))
 }

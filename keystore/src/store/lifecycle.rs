@@ -12,10 +12,11 @@
 //!   drop their cached verdict.
 
 use super::{
-    first, log_change, require_account, require_user, sql, texts, Arg, Db, Job, Row, StoreError,
-    KIND_CLAIMS, KIND_EXPIRY, KIND_REVOKED, KIND_ROTATED,
+    apply_grant, first, log_change, require_account, require_user, sql, texts, user_row, Arg, Db,
+    Job, Row, StoreError, KIND_CLAIMS, KIND_EXPIRY, KIND_REVOKED, KIND_ROTATED,
 };
-use crate::keys::KEY_PREFIX;
+use crate::authority::{self, Caps, Grant};
+use crate::keys::{KEY_PREFIX, ROOT_USER, SYSTEM_ACCOUNT};
 use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
 use time::format_description::well_known::Rfc3339;
@@ -25,8 +26,16 @@ use time::OffsetDateTime;
 pub const KEY_REF_LEN: usize = 16;
 /// The name of the keys made with a user (and of keys migrated from schema version 1).
 pub const DEFAULT_KEY_NAME: &str = "default";
-/// Most unrevoked, unexpired keys a user may hold when a key is added to it.
+/// Most unrevoked, unexpired keys a user may hold when a key is added to it (keys in a
+/// rotation's grace are unexpired, so they count).
 pub const MAX_KEYS_PER_USER: usize = 100;
+/// Most keys a user may get (created, rotated, imported) in [`CREATION_WINDOW_S`] from keys
+/// other than root's (root's creations neither count nor are bounded): 20 in 10 minutes is
+/// far above any redeploy cycle (a rotation a minute for a whole deploy), yet bounds a leaked
+/// key's churn to 2,880 rows a day instead of one per request.
+pub const MAX_KEY_CREATIONS: usize = 20;
+/// The rolling window of [`MAX_KEY_CREATIONS`], in seconds.
+pub const CREATION_WINDOW_S: i64 = 600;
 /// Most audit entries in one page.
 pub const MAX_AUDIT_PAGE: usize = 1000;
 
@@ -71,6 +80,8 @@ pub struct KeySpec {
     pub hint: Option<String>,
     pub expires_at: Option<i64>,
     pub claims: Option<Claims>,
+    /// Asked (`None`: all that may be given), then granted; stored `NULL` only for the root key.
+    pub capabilities: Option<Caps>,
 }
 
 impl KeySpec {
@@ -82,6 +93,7 @@ impl KeySpec {
             hint: None,
             expires_at: None,
             claims: None,
+            capabilities: None,
         }
     }
 }
@@ -116,6 +128,9 @@ pub struct KeyInfo {
     pub claims: Claims,
     /// `false` while the key is disabled (the lookup does not answer it).
     pub enabled: bool,
+    /// What the key may do (within its user's role): `traffic`, `own_keys`, `account_admin`.
+    #[schema(value_type = Vec<String>)]
+    pub capabilities: Vec<&'static str>,
 }
 
 /// One audit-trail entry.
@@ -260,8 +275,9 @@ impl<'a> Audit<'a> {
     }
 }
 
-fn key_info(row: &Row) -> Result<KeyInfo, StoreError> {
+fn key_info(row: &Row, role: &str) -> Result<KeyInfo, StoreError> {
     Ok(KeyInfo {
+        capabilities: authority::effective(row.opt_text(9)?.as_deref(), role).names(),
         key: key_ref(&row.text(0)?).to_owned(),
         name: row.text(1)?,
         hint: row.opt_text(2)?,
@@ -280,11 +296,14 @@ async fn list_keys<D: Db>(
     account: &str,
     user: &str,
 ) -> Result<Vec<KeyInfo>, StoreError> {
-    require_user(db, account, user).await?;
+    let role = require_user(db, account, user).await?;
     let rows = db
         .rows(sql::LIST_KEYS, &[Arg::Text(account), Arg::Text(user)])
         .await?;
-    let mut keys = rows.iter().map(key_info).collect::<Result<Vec<_>, _>>()?;
+    let mut keys = rows
+        .iter()
+        .map(|r| key_info(r, &role))
+        .collect::<Result<Vec<_>, _>>()?;
     keys.sort_by(|a, b| (a.created_at, &a.key).cmp(&(b.created_at, &b.key)));
     Ok(keys)
 }
@@ -296,10 +315,12 @@ struct Found {
     expires_at: Option<i64>,
     claims: Option<String>,
     disabled_at: Option<i64>,
+    capabilities: Caps,
+    user: super::UserRow,
 }
 
 async fn find_key<D: Db>(db: &mut D, target: &Target) -> Result<Found, StoreError> {
-    require_user(db, &target.account, &target.user).await?;
+    let user = user_row(db, &target.account, &target.user).await?;
     let args = [
         Arg::Text(&target.account),
         Arg::Text(&target.user),
@@ -314,6 +335,8 @@ async fn find_key<D: Db>(db: &mut D, target: &Target) -> Result<Found, StoreErro
             expires_at: row.opt_int(2)?,
             claims: row.opt_text(3)?,
             disabled_at: row.opt_int(4)?,
+            capabilities: authority::effective(row.opt_text(5)?.as_deref(), &user.role),
+            user,
         }),
         _ => Err(StoreError::KeyNotFound {
             account: target.account.clone(),
@@ -350,8 +373,91 @@ impl Job for ListKeys {
     }
 }
 
+/// Refuses a new key for a user who already holds [`MAX_KEYS_PER_USER`] live keys.
+pub(crate) async fn check_room<D: Db>(
+    db: &mut D,
+    account: &str,
+    user: &str,
+    at: i64,
+) -> Result<(), StoreError> {
+    let args = [Arg::Text(account), Arg::Text(user), Arg::Int(at)];
+    let live = match first(db, sql::COUNT_LIVE_KEYS, &args).await? {
+        Some(row) => row.int(0)?,
+        None => 0,
+    };
+    if usize::try_from(live).unwrap_or(usize::MAX) >= MAX_KEYS_PER_USER {
+        return Err(StoreError::TooManyKeys {
+            user: user.to_owned(),
+            max: MAX_KEYS_PER_USER,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a new key for a user who got [`MAX_KEY_CREATIONS`] in the last
+/// [`CREATION_WINDOW_S`], unless the root key asks.
+pub(crate) async fn check_creation_rate<D: Db>(
+    db: &mut D,
+    account: &str,
+    user: &str,
+    caller: &Grant,
+    at: i64,
+) -> Result<(), StoreError> {
+    if caller.root {
+        return Ok(());
+    }
+    let since = at.saturating_sub(CREATION_WINDOW_S);
+    let root = format!("{SYSTEM_ACCOUNT}/{ROOT_USER}");
+    let args = [
+        Arg::Text(account),
+        Arg::Text(user),
+        Arg::Int(since),
+        Arg::Text(&root),
+    ];
+    let Some(row) = first(db, sql::RECENT_KEYS, &args).await? else {
+        return Ok(());
+    };
+    let (count, oldest) = (row.int(0)?, row.opt_int(1)?);
+    if usize::try_from(count).unwrap_or(usize::MAX) < MAX_KEY_CREATIONS {
+        return Ok(());
+    }
+    let frees_at = oldest.unwrap_or(at).saturating_add(CREATION_WINDOW_S);
+    Err(StoreError::TooManyCreations {
+        user: user.to_owned(),
+        max: MAX_KEY_CREATIONS,
+        window_s: CREATION_WINDOW_S,
+        retry_after: frees_at.saturating_sub(at).max(1),
+    })
+}
+
+/// Leaves a key kept alive by a rotation's grace only what [`authority::in_grace`] allows.
+async fn demote_key<D: Db>(db: &mut D, key_id: &str, caps: Caps) -> Result<(), StoreError> {
+    let text = authority::in_grace(caps).to_text();
+    db.exec(sql::SET_KEY_CAPS, &[Arg::Text(&text), Arg::Text(key_id)])
+        .await?;
+    Ok(())
+}
+
+/// Demotes every unrevoked key of a user (a rotation of the user with a grace).
+pub(crate) async fn demote_to_grace<D: Db>(
+    db: &mut D,
+    account: &str,
+    user: &str,
+) -> Result<(), StoreError> {
+    let role = require_user(db, account, user).await?;
+    let rows = db
+        .rows(sql::ACTIVE_KEY_CAPS, &[Arg::Text(account), Arg::Text(user)])
+        .await?;
+    for row in rows {
+        let caps = authority::effective(row.opt_text(1)?.as_deref(), &role);
+        demote_key(db, &row.text(0)?, caps).await?;
+    }
+    Ok(())
+}
+
 pub(crate) struct CreateKey {
     pub actor: Actor,
+    pub grant: Grant,
     pub account: String,
     pub user: String,
     pub key: KeySpec,
@@ -359,20 +465,12 @@ pub(crate) struct CreateKey {
 
 impl Job for CreateKey {
     type Out = KeyInfo;
-    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<KeyInfo, StoreError> {
+    async fn run<D: Db>(mut self, db: &mut D, at: i64) -> Result<KeyInfo, StoreError> {
         let (account, user) = (self.account.as_str(), self.user.as_str());
-        require_user(db, account, user).await?;
-        let args = [Arg::Text(account), Arg::Text(user), Arg::Int(at)];
-        let live = match first(db, sql::COUNT_LIVE_KEYS, &args).await? {
-            Some(row) => row.int(0)?,
-            None => 0,
-        };
-        if usize::try_from(live).unwrap_or(usize::MAX) >= MAX_KEYS_PER_USER {
-            return Err(StoreError::TooManyKeys {
-                user: user.to_owned(),
-                max: MAX_KEYS_PER_USER,
-            });
-        }
+        let row = user_row(db, account, user).await?;
+        apply_grant(&mut self.key, &self.grant, row.target(), None)?;
+        check_room(db, account, user, at).await?;
+        check_creation_rate(db, account, user, &self.grant, at).await?;
         super::insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
         let reference = key_ref(&self.key.key_id).to_owned();
         let object = format!("{account}/{user}/keys/{reference}");
@@ -401,6 +499,7 @@ async fn listed<D: Db>(
 
 pub(crate) struct UpdateKey {
     pub actor: Actor,
+    pub grant: Grant,
     pub target: Target,
     pub patch: KeyPatch,
 }
@@ -421,7 +520,9 @@ impl Job for UpdateKey {
                 .await?;
             detail.insert("name".into(), change(&found.name, name));
         }
-        if let Some(expires_at) = self.patch.expires_at {
+        if let Some(asked) = self.patch.expires_at {
+            let expires_at = authority::cap_expiry(&self.grant, None, Some(asked))
+                .map_err(StoreError::Refused)?;
             if expires_at != found.expires_at {
                 let args = [Arg::OptInt(expires_at), Arg::Text(id)];
                 db.exec(sql::SET_KEY_EXPIRY, &args).await?;
@@ -487,6 +588,7 @@ impl Job for RevokeKey {
 /// (grace 0) or expires after the grace (or earlier, if it already expires earlier).
 pub(crate) struct RotateOne {
     pub actor: Actor,
+    pub grant: Grant,
     pub target: Target,
     pub key: KeySpec,
     pub grace_s: i64,
@@ -497,6 +599,18 @@ impl Job for RotateOne {
     type Out = (KeyInfo, i64);
     async fn run<D: Db>(mut self, db: &mut D, at: i64) -> Result<(KeyInfo, i64), StoreError> {
         let found = find_key(db, &self.target).await?;
+        let replaced = authority::Replaced {
+            caps: found.capabilities,
+            claims: Some(parse_claims(found.claims.clone())?).filter(|c| !c.is_empty()),
+        };
+        apply_grant(
+            &mut self.key,
+            &self.grant,
+            found.user.target(),
+            Some(&replaced),
+        )?;
+        let t = &self.target;
+        check_creation_rate(db, &t.account, &t.user, &self.grant, at).await?;
         let old = found.key_id.as_str();
         let until = at.saturating_add(self.grace_s);
         let valid_until = if self.grace_s == 0 {
@@ -512,9 +626,11 @@ impl Job for RotateOne {
         } else {
             found.expires_at.unwrap_or(until)
         };
+        if self.grace_s > 0 {
+            demote_key(db, old, found.capabilities).await?;
+        }
+        check_room(db, &t.account, &t.user, at).await?;
         self.key.name = found.name;
-        self.key.claims = Some(parse_claims(found.claims)?);
-        let t = &self.target;
         super::insert_key(db, &self.key, &t.account, &t.user, Some(&self.actor), at).await?;
         let reference = key_ref(&self.key.key_id).to_owned();
         let detail = serde_json::json!({

@@ -69,8 +69,9 @@ pub const POSTGRES_SCHEMA: &str = schema!("BIGSERIAL PRIMARY KEY");
 
 /// The migration steps after version 1, with the engine's type for `audit.id`: step `i`
 /// (from 0) moves the schema from version `i + 1` to `i + 2`. Version 2: key names, expiry,
-/// last use, hints, creators and claims; account claims; the audit trail. Version 3: (the
-/// capabilities step). Version 4: accounts, users and keys can be disabled (`disabled_at`,
+/// last use, hints, creators and claims; account claims; the audit trail. Version 3: each
+/// key's capabilities (NULL for older keys: what the role allows, see `authority`) and each
+/// user's expiry. Version 4: accounts, users and keys can be disabled (`disabled_at`,
 /// NULL = enabled); audit entries name the acting key (`actor_key`, a key reference).
 macro_rules! migrations {
     ($serial:literal) => {
@@ -99,8 +100,10 @@ CREATE TABLE audit (
 CREATE INDEX audit_by_account ON audit(account_id, id);
 "
             ),
-            // Version 3: a placeholder for the capabilities step (task K1), replaced by it.
-            "SELECT 1;",
+            "
+ALTER TABLE keys ADD COLUMN capabilities TEXT;
+ALTER TABLE users ADD COLUMN expires_at BIGINT;
+",
             "
 ALTER TABLE accounts ADD COLUMN disabled_at BIGINT;
 ALTER TABLE users ADD COLUMN disabled_at BIGINT;
@@ -128,13 +131,15 @@ pub const INSERT_CHANGE: &str = "INSERT INTO changes (key_id, kind, at) VALUES (
 pub const CHANGES_AFTER: &str =
     "SELECT revision, key_id, kind FROM changes WHERE revision > $1 ORDER BY revision LIMIT $2";
 
-/// An active key: unrevoked and enabled key, user and account, and not expired at `$2`.
+/// An active key: unrevoked and enabled key, user and account, and neither key nor user
+/// expired at `$2`; with its capabilities and its user's expiry.
 pub const LOOKUP: &str = "SELECT k.account_id, k.user_id, u.role, k.expires_at, \
-       a.claims, k.claims FROM keys k \
+       a.claims, k.claims, k.capabilities, u.expires_at FROM keys k \
      JOIN users u ON u.account_id = k.account_id AND u.user_id = k.user_id \
      JOIN accounts a ON a.account_id = k.account_id \
      WHERE k.key_id = $1 AND k.revoked_at IS NULL \
        AND (k.expires_at IS NULL OR k.expires_at > $2) \
+       AND (u.expires_at IS NULL OR u.expires_at > $2) \
        AND u.revoked_at IS NULL AND a.revoked_at IS NULL \
        AND k.disabled_at IS NULL AND u.disabled_at IS NULL AND a.disabled_at IS NULL";
 
@@ -148,31 +153,44 @@ pub const UPSERT_ACCOUNT: &str = "INSERT INTO accounts (account_id, created_at) 
 pub const REVOKE_ACCOUNT: &str = "UPDATE accounts SET revoked_at = $1 WHERE account_id = $2";
 
 pub const USER_EXISTS: &str = "SELECT 1 FROM users WHERE account_id = $1 AND user_id = $2";
-pub const ACTIVE_USER_ROLE: &str =
-    "SELECT role FROM users WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL";
+pub const ACTIVE_USER_ROLE: &str = "SELECT role, expires_at FROM users \
+     WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL";
 pub const INSERT_USER: &str =
-    "INSERT INTO users (account_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)";
+    "INSERT INTO users (account_id, user_id, role, created_at, expires_at) \
+     VALUES ($1, $2, $3, $4, $5)";
 pub const UPSERT_USER: &str =
     "INSERT INTO users (account_id, user_id, role, created_at) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (account_id, user_id) DO UPDATE SET role = $3, revoked_at = NULL \
      WHERE users.revoked_at IS NOT NULL OR users.role <> $3";
 pub const SET_ROLE: &str = "UPDATE users SET role = $1 WHERE account_id = $2 AND user_id = $3";
+pub const SET_USER_EXPIRY: &str =
+    "UPDATE users SET expires_at = $1 WHERE account_id = $2 AND user_id = $3";
 pub const REVOKE_USER: &str =
     "UPDATE users SET revoked_at = $1 WHERE account_id = $2 AND user_id = $3";
 pub const REVOKE_ACCOUNT_USERS: &str =
     "UPDATE users SET revoked_at = $1 WHERE account_id = $2 AND revoked_at IS NULL";
 /// Unordered: sorted by user id in Rust (byte order on both engines).
-pub const LIST_ACTIVE_USERS: &str = "SELECT user_id, role, created_at, disabled_at FROM users \
+pub const LIST_ACTIVE_USERS: &str = "SELECT user_id, role, created_at, disabled_at, expires_at \
+     FROM users \
      WHERE account_id = $1 AND revoked_at IS NULL";
 
 pub const KEY_EXISTS: &str = "SELECT 1 FROM keys WHERE key_id = $1";
 pub const KEY_OWNER: &str = "SELECT account_id, user_id, revoked_at FROM keys WHERE key_id = $1";
 pub const INSERT_KEY: &str = "INSERT INTO keys \
-     (key_id, account_id, user_id, created_at, name, hint, created_by, expires_at, claims) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+     (key_id, account_id, user_id, created_at, name, hint, created_by, expires_at, claims, \
+      capabilities) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 pub const UNREVOKE_KEY: &str = "UPDATE keys SET revoked_at = NULL WHERE key_id = $1";
 pub const ACTIVE_KEYS: &str =
     "SELECT key_id FROM keys WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL";
+/// The unrevoked keys of a user with their capabilities.
+pub const ACTIVE_KEY_CAPS: &str = "SELECT key_id, capabilities FROM keys \
+     WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL";
+pub const SET_KEY_CAPS: &str = "UPDATE keys SET capabilities = $1 WHERE key_id = $2";
+/// How many keys of a user were created after `$3` by anyone but `$4` (root) and the
+/// configuration, and the oldest of them.
+pub const RECENT_KEYS: &str = "SELECT COUNT(*), MIN(created_at) FROM keys \
+     WHERE account_id = $1 AND user_id = $2 AND created_at > $3 \
+       AND created_by IS NOT NULL AND created_by <> $4";
 pub const REVOKE_USER_KEYS: &str = "UPDATE keys SET revoked_at = $1 \
      WHERE account_id = $2 AND user_id = $3 AND revoked_at IS NULL RETURNING key_id";
 pub const REVOKE_ACCOUNT_KEYS: &str = "UPDATE keys SET revoked_at = $1 \
@@ -183,14 +201,15 @@ pub const REVOKE_OTHER_KEYS: &str = "UPDATE keys SET revoked_at = $1 \
 
 /// The unrevoked keys of a user (expired ones included), unordered.
 pub const LIST_KEYS: &str = "SELECT key_id, name, hint, created_at, created_by, expires_at, \
-       last_used_at, claims, disabled_at FROM keys \
+       last_used_at, claims, disabled_at, capabilities FROM keys \
      WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL";
 /// How many unrevoked keys of a user are not expired at `$3`.
 pub const COUNT_LIVE_KEYS: &str = "SELECT COUNT(*) FROM keys \
      WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL \
        AND (expires_at IS NULL OR expires_at > $3)";
 /// The unrevoked keys of a user whose key id starts with `$3` (a key reference).
-pub const KEYS_BY_REF: &str = "SELECT key_id, name, expires_at, claims, disabled_at FROM keys \
+pub const KEYS_BY_REF: &str = "SELECT key_id, name, expires_at, claims, disabled_at, \
+       capabilities FROM keys \
      WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL \
        AND substr(key_id, 1, 16) = $3";
 pub const REVOKE_KEY: &str = "UPDATE keys SET revoked_at = $1 WHERE key_id = $2";
