@@ -1072,7 +1072,7 @@ async fn every_admin_write_is_in_the_audit_trail() {
     assert_eq!(
         entries[12]["detail"],
         json!({"method": "DELETE", "route": "/api/v1/admin/accounts/{account}",
-               "status": 403, "reason": "forbidden"})
+               "status": 403, "reason": "forbidden: only the root key may revoke accounts"})
     );
 
     // Paged: after + limit.
