@@ -516,3 +516,36 @@ async fn refused_admin_calls_are_audited_without_the_presented_value_and_bounded
     assert_eq!(ks.metric("keystore_admin_refusals_total").await, 102);
     assert_eq!(ks.metric("keystore_audit_refusals_dropped_total").await, 95);
 }
+
+#[tokio::test]
+async fn a_refused_import_is_in_the_audit_trail() {
+    let ks = Ks::new().await;
+    let w = world(&ks).await;
+    let uri = "/api/v1/admin/accounts/acme/users/bob/keys";
+    let body = json!({"name": "probe", "user_key": w.alice});
+    let r = ks.call("POST", uri, Some(&w.bob), Some(body)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    let refused = last_entry(&ks, "admin.refused").await;
+    assert_eq!(
+        refused["actor"],
+        json!({"account_id": "acme", "user_id": "bob", "key": key_ref(&w.bob)})
+    );
+    assert_eq!(refused["account_id"], "acme");
+    let detail = &refused["detail"];
+    assert_eq!(
+        (&detail["method"], &detail["route"], &detail["status"]),
+        (
+            &json!("POST"),
+            &json!("/api/v1/admin/accounts/{account}/users/{user}/keys"),
+            &json!(403)
+        )
+    );
+    assert!(
+        detail["reason"].as_str().unwrap().contains("import"),
+        "{detail}"
+    );
+    // The presented value (alice's key) is not recorded.
+    let body = serde_json::to_vec(&audit(&ks).await).unwrap();
+    assert!(!contains(&body, w.alice.as_bytes()));
+    assert!(!contains(&body, key_id(&w.alice).as_bytes()));
+}

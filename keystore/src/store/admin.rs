@@ -172,7 +172,8 @@ pub struct KeyState {
     /// The key reference (the first 16 hex characters of the key id).
     pub key: String,
     pub name: String,
-    /// `active`, `disabled`, `expired` or `revoked` (the key, its user or its account).
+    /// `active`, `disabled` (the key, its user or its account), `expired` (the key or its
+    /// user) or `revoked` (the key, its user or its account).
     pub state: String,
 }
 
@@ -199,7 +200,12 @@ fn state_of(row: &super::Row, at: i64) -> Result<&'static str, StoreError> {
         "revoked"
     } else if disabled.iter().any(Option::is_some) {
         "disabled"
-    } else if row.opt_int(5)?.is_some_and(|t| t <= at) {
+    } else if [row.opt_int(5)?, row.opt_int(10)?]
+        .iter()
+        .flatten()
+        .any(|t| *t <= at)
+    {
+        // The key's expiry, or its user's.
         "expired"
     } else {
         "active"
@@ -291,5 +297,45 @@ impl Job for RecordRefusal {
         let args = [Arg::Text(REFUSED), Arg::Int(self.kept.max(0))];
         db.exec(sql::PRUNE_AUDIT_ACTION, &args).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::super::{Cell, Row};
+    use super::state_of;
+
+    /// A `KEY_STATE` row: the revocation and disabling times of key, user and account (all
+    /// NULL), the key's and the user's expiry.
+    fn row(key_expires: Option<i64>, user_expires: Option<i64>) -> Row {
+        let int = |v: Option<i64>| v.map_or(Cell::Null, Cell::Int);
+        let text = |s: &str| Cell::Text(s.to_owned());
+        Row(vec![
+            text("acme"),
+            text("bob"),
+            text("default"),
+            Cell::Null,
+            Cell::Null,
+            int(key_expires),
+            Cell::Null,
+            Cell::Null,
+            Cell::Null,
+            Cell::Null,
+            int(user_expires),
+        ])
+    }
+
+    #[test]
+    fn a_key_is_expired_when_it_or_its_user_expired() {
+        assert_eq!(state_of(&row(None, None), 100).unwrap(), "active");
+        assert_eq!(state_of(&row(Some(101), Some(101)), 100).unwrap(), "active");
+        assert_eq!(state_of(&row(Some(100), None), 100).unwrap(), "expired");
+        assert_eq!(state_of(&row(None, Some(100)), 100).unwrap(), "expired");
+        let mut disabled = row(None, Some(100));
+        disabled.0[7] = Cell::Int(50);
+        assert_eq!(state_of(&disabled, 100).unwrap(), "disabled");
+        disabled.0[8] = Cell::Int(60);
+        assert_eq!(state_of(&disabled, 100).unwrap(), "revoked");
     }
 }

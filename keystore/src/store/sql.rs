@@ -262,7 +262,8 @@ pub const USER_DISABLED_AT: &str = "SELECT disabled_at FROM users \
 
 /// Everything a leak report needs about one key id, whatever its state.
 pub const KEY_STATE: &str = "SELECT k.account_id, k.user_id, k.name, k.revoked_at, \
-       k.disabled_at, k.expires_at, u.revoked_at, u.disabled_at, a.revoked_at, a.disabled_at \
+       k.disabled_at, k.expires_at, u.revoked_at, u.disabled_at, a.revoked_at, a.disabled_at, \
+       u.expires_at \
      FROM keys k \
      JOIN users u ON u.account_id = k.account_id AND u.user_id = k.user_id \
      JOIN accounts a ON a.account_id = k.account_id \
