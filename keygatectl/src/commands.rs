@@ -57,12 +57,17 @@ enum Cmd {
     Audit(AuditArgs),
 }
 
-/// A new key: expiry and an optional key to import instead of minting one.
+/// A new key: expiry, capabilities and an optional key to import instead of minting one.
 #[derive(Args)]
 struct NewKeyArgs {
-    /// Expiry of the new key (RFC 3339, e.g. 2027-06-30T00:00:00Z).
+    /// Expiry of the new key (RFC 3339, e.g. 2027-06-30T00:00:00Z); at most the calling key's
+    /// and the user's (the default). For `user create`, the user's expiry.
     #[arg(long)]
     expires_at: Option<String>,
+    /// The new key's capabilities, comma-separated: traffic, own_keys, account_admin
+    /// (default: all the calling key has and the role allows).
+    #[arg(long, value_delimiter = ',', value_name = "CAPS")]
+    capabilities: Vec<String>,
     /// Import the key in this file instead of minting one.
     #[arg(long)]
     import_key_file: Option<PathBuf>,
@@ -112,7 +117,8 @@ enum UserCmd {
         account: String,
         /// User id
         user: String,
-        /// Role (admin administers the account; any other name is stored as it is)
+        /// Role (admin administers the account; others from the keystore's role registry;
+        /// sent in lowercase)
         #[arg(long)]
         role: String,
         #[command(flatten)]
@@ -366,6 +372,13 @@ fn plan_account(cmd: &AccountCmd) -> Result<Call, Error> {
             admin,
             key,
         } => {
+            if !key.capabilities.is_empty() {
+                return Err(Error::Usage(
+                    "account create: the admin's first key has every capability; \
+                     --capabilities is for user and key commands"
+                        .into(),
+                ));
+            }
             let mut body = new_key_body(key)?;
             body.insert("account_id".into(), json!(account));
             body.insert("admin_user_id".into(), json!(admin));
@@ -392,7 +405,7 @@ fn plan_user(cmd: &UserCmd) -> Result<Call, Error> {
         } => {
             let mut body = new_key_body(key)?;
             body.insert("user_id".into(), json!(user));
-            body.insert("role".into(), json!(role));
+            body.insert("role".into(), json!(role.to_ascii_lowercase()));
             let path = format!("{}/users", account_path(account));
             call("POST", path, Some(Value::Object(body)), View::NewKey)
         }
@@ -405,7 +418,7 @@ fn plan_user(cmd: &UserCmd) -> Result<Call, Error> {
             user,
             role,
         } => {
-            let body = json!({ "role": role });
+            let body = json!({ "role": role.to_ascii_lowercase() });
             call("PATCH", user_path(account, user), Some(body), View::Fields)
         }
         UserCmd::Rotate {
@@ -530,6 +543,10 @@ fn new_key_body(args: &NewKeyArgs) -> Result<Map<String, Value>, Error> {
     let mut body = Map::new();
     if let Some(at) = &args.expires_at {
         body.insert("expires_at".into(), json!(at));
+    }
+    if !args.capabilities.is_empty() {
+        let caps: Vec<&str> = args.capabilities.iter().map(|c| c.trim()).collect();
+        body.insert("capabilities".into(), json!(caps));
     }
     if let Some(path) = &args.import_key_file {
         body.insert(

@@ -21,7 +21,7 @@ pub enum View {
     Audit,
 }
 
-const USER_COLUMNS: &[&str] = &["user_id", "role", "created_at", "enabled"];
+const USER_COLUMNS: &[&str] = &["user_id", "role", "created_at", "expires_at", "enabled"];
 const KEY_COLUMNS: &[&str] = &[
     "key",
     "name",
@@ -31,6 +31,7 @@ const KEY_COLUMNS: &[&str] = &[
     "expires_at",
     "last_used_at",
     "claims",
+    "capabilities",
     "enabled",
 ];
 const AUDIT_COLUMNS: &[&str] = &["id", "at", "actor", "action", "object", "detail"];
@@ -111,6 +112,14 @@ fn cell(v: &Value) -> String {
                 "-".into()
             } else {
                 pairs.join(", ")
+            }
+        }
+        Value::Array(a) if a.iter().all(Value::is_string) => {
+            let items: Vec<String> = a.iter().map(cell).collect();
+            if items.is_empty() {
+                "-".into()
+            } else {
+                items.join(",")
             }
         }
         other => other.to_string(),

@@ -470,3 +470,85 @@ fn a_leaked_key_is_found_and_revoked_from_a_value_file_or_stdin() {
     let out = ctl(&ks, Some(&alice), &["key", "revoke", "acme", "bob"]);
     assert_eq!(out.code, 2, "{}", out.stderr);
 }
+
+#[test]
+fn capabilities_are_given_listed_and_roles_sent_in_lowercase() {
+    let ks = store();
+    let root = ks.root_key().to_owned();
+    let acme = ctl_json(
+        &ks,
+        &root,
+        &["account", "create", "acme", "--admin", "alice"],
+    );
+    let alice = acme["user_key"].as_str().unwrap().to_owned();
+    let bob = ctl_json(
+        &ks,
+        &alice,
+        &["user", "create", "acme", "bob", "--role", "MEMBER"],
+    );
+    assert_eq!(
+        bob["capabilities"],
+        serde_json::json!(["traffic", "own_keys"])
+    );
+    let bob_key = bob["user_key"].as_str().unwrap().to_owned();
+    let users = ctl_json(&ks, &alice, &["user", "list", "acme"]);
+    assert_eq!(users["users"][1]["role"], "member");
+
+    // A traffic-only key for CI: the proxy admits it, the admin API does not.
+    let ci = ctl_json(
+        &ks,
+        &bob_key,
+        &[
+            "key",
+            "create",
+            "acme",
+            "bob",
+            "--name",
+            "ci",
+            "--capabilities",
+            "traffic",
+        ],
+    );
+    assert_eq!(ci["capabilities"], serde_json::json!(["traffic"]));
+    let ci_key = ci["user_key"].as_str().unwrap().to_owned();
+    assert_eq!(lookup_status(&ks, &ci_key), 200);
+    let out = ctl(&ks, Some(&ci_key), &["key", "list", "acme", "bob"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("neither own_keys nor account_admin"),
+        "{}",
+        out.stderr
+    );
+
+    // The table shows each key's capabilities.
+    let list = ctl(&ks, Some(&bob_key), &["key", "list", "acme", "bob"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    for word in ["capabilities", "traffic,own_keys", " traffic  "] {
+        assert!(
+            list.stdout.contains(word),
+            "{word:?} not in {}",
+            list.stdout
+        );
+    }
+    // More than the calling key has: the store's 403, naming what is missing.
+    let out = ctl(
+        &ks,
+        Some(&bob_key),
+        &[
+            "key",
+            "create",
+            "acme",
+            "bob",
+            "--name",
+            "x",
+            "--capabilities",
+            "traffic,account_admin",
+        ],
+    );
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("lacks the capability account_admin"),
+        "{}",
+        out.stderr
+    );
+}
