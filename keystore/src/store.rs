@@ -860,7 +860,8 @@ impl Job for CreateUser {
         apply_grant(&mut self.key, &self.grant, target, None)?;
         insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
         let detail = serde_json::json!({
-            "role": self.role, "key": key_ref(&self.key.key_id), "expires_at": self.expires_at
+            "role": self.role, "key": key_ref(&self.key.key_id),
+            "expires_at": self.expires_at.map(rfc3339)
         });
         let object = format!("{account}/{user}");
         let entry = lifecycle::Audit::new(&self.actor, "user.create", account, &object);

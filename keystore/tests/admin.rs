@@ -385,12 +385,21 @@ async fn a_patch_that_removes_an_expiry_is_audited_apart_from_one_that_changes_n
         nothing["detail"],
         json!({"expires_at": {"before": null, "after": null}})
     );
+    // Times in details are RFC 3339, creations included.
+    let r = ks
+        .call(
+            "POST",
+            "/api/v1/admin/accounts/acme/users",
+            Some(&w.alice),
+            Some(json!({"user_id": "carol", "role": "member", "expires_at": at})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let created = last_entry(&ks, "user.create").await;
+    assert_eq!(created["detail"]["expires_at"], at, "{created}");
     // Every entry names the acting key by reference.
     assert_eq!(removed["actor"]["key"], key_ref(&w.alice));
-    assert_eq!(
-        last_entry(&ks, "user.create").await["actor"]["key"],
-        key_ref(&w.oscar)
-    );
+    assert_eq!(created["actor"]["key"], key_ref(&w.alice));
     // Account claims and names, too.
     patch(
         &ks,
