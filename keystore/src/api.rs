@@ -987,6 +987,9 @@ async fn patch_user(
         out.expires_at = after.expires_at.map(crate::store::rfc3339);
     }
     if let Some(enabled) = req.enabled {
+        // A user holding an operator role is root's to disable or enable.
+        let current = st.store.user(account.clone(), user.clone()).await?;
+        st.roles.may_change(&caller.grant(), &current.role)?;
         out.role = st
             .store
             .set_user_enabled(caller.actor(), account.clone(), user.clone(), enabled)

@@ -644,6 +644,19 @@ fn page(revision: i64, rows: &[(i64, String, String)]) -> Changes {
     }
 }
 
+/// An active user's role and expiry.
+struct UserOf {
+    account: String,
+    user: String,
+}
+
+impl Job for UserOf {
+    type Out = UserRow;
+    async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<UserRow, StoreError> {
+        user_row(db, &self.account, &self.user).await
+    }
+}
+
 struct ListUsers {
     account: String,
 }
@@ -1372,6 +1385,11 @@ impl Store {
             limit,
         })
         .await
+    }
+
+    /// An active user's role and expiry.
+    pub async fn user(&self, account: String, user: String) -> Result<UserRow, StoreError> {
+        self.read(UserOf { account, user }).await
     }
 
     /// Enables or disables a user; returns its role.

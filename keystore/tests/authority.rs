@@ -294,6 +294,10 @@ async fn an_account_admin_grants_only_the_roles_the_operator_allows() {
     patch("dave", "member")
         .await
         .assert_error(StatusCode::FORBIDDEN, "operator role staff");
+    let uri = format!("{USERS}/dave");
+    ks.call("PATCH", &uri, Some(&alice), Some(json!({"enabled": false})))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "operator role staff");
     ks.assert_active(&dave, "acme", "dave", "staff").await;
 }
 
