@@ -929,7 +929,7 @@ struct UserRole {
     /// Present when the call changed it: whether the user is enabled.
     #[serde(skip_serializing_if = "Option::is_none")]
     enabled: Option<bool>,
-    /// The user's expiry (RFC 3339) after a call that set role or expiry; absent: never.
+    /// The user's expiry (RFC 3339) after the call; absent: never.
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<String>,
 }
@@ -964,39 +964,27 @@ async fn patch_user(
             "nothing to change: give role, expires_at or enabled".into(),
         ));
     }
-    let mut out = UserRole {
-        user_id: user.clone(),
-        role: String::new(),
-        enabled: req.enabled,
-        expires_at: None,
-    };
-    if role.is_some() || expires_at.is_some() {
-        let (before, after) = st
-            .store
-            .patch_user(
-                caller.by(),
-                st.roles.clone(),
-                (account.clone(), user.clone()),
-                role,
-                expires_at,
-            )
-            .await?;
-        tracing::info!(%account, %user, from = %before.role, to = %after.role,
-            expiry_changed = before.expires_at != after.expires_at, "user changed");
-        out.role = after.role;
-        out.expires_at = after.expires_at.map(crate::store::rfc3339);
-    }
-    if let Some(enabled) = req.enabled {
-        // A user holding an operator role is root's to disable or enable.
-        let current = st.store.user(account.clone(), user.clone()).await?;
-        st.roles.may_change(&caller.grant(), &current.role)?;
-        out.role = st
-            .store
-            .set_user_enabled(caller.actor(), account.clone(), user.clone(), enabled)
-            .await?;
-        tracing::info!(%account, %user, enabled, "user enabled state set");
-    }
-    Ok(Json(out))
+    let enabled = req.enabled;
+    let patched = st
+        .store
+        .patch_user(
+            caller.by(),
+            st.roles.clone(),
+            (account.clone(), user.clone()),
+            role,
+            expires_at,
+            enabled,
+        )
+        .await?;
+    let (before, after) = (patched.before, patched.after);
+    tracing::info!(%account, %user, from = %before.role, to = %after.role,
+        expiry_changed = before.expires_at != after.expires_at, ?enabled, "user changed");
+    Ok(Json(UserRole {
+        user_id: user,
+        role: after.role,
+        enabled: enabled.map(|_| patched.enabled),
+        expires_at: after.expires_at.map(crate::store::rfc3339),
+    }))
 }
 
 #[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}/users/{user}", tag = "admin",

@@ -644,19 +644,6 @@ fn page(revision: i64, rows: &[(i64, String, String)]) -> Changes {
     }
 }
 
-/// An active user's role and expiry.
-struct UserOf {
-    account: String,
-    user: String,
-}
-
-impl Job for UserOf {
-    type Out = UserRow;
-    async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<UserRow, StoreError> {
-        user_row(db, &self.account, &self.user).await
-    }
-}
-
 struct ListUsers {
     account: String,
 }
@@ -937,11 +924,22 @@ struct PatchUser {
     role: Option<String>,
     /// `Some(None)`: no expiry (as late as the caller may give).
     expires_at: Option<Option<i64>>,
+    /// `Some(false)`: disable the user; `Some(true)`: enable it again.
+    enabled: Option<bool>,
+}
+
+/// A user after a [`Store::patch_user`]: its role, expiry and whether it is enabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchedUser {
+    pub before: UserRow,
+    pub after: UserRow,
+    pub enabled: bool,
 }
 
 impl Job for PatchUser {
-    /// The user's role and expiry before and after.
-    type Out = (UserRow, UserRow);
+    /// Every permission check runs before the first write, so a refused call changes nothing;
+    /// one audit entry holds before and after of every field asked for.
+    type Out = PatchedUser;
     async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<Self::Out, StoreError> {
         let (account, user) = (self.account.as_str(), self.user.as_str());
         let before = user_row(db, account, user).await?;
@@ -957,6 +955,8 @@ impl Job for PatchUser {
                     .map_err(StoreError::Refused)?
             }
         };
+        let was_enabled = admin::user_enabled(db, account, user).await?;
+        let enabled = self.enabled.unwrap_or(was_enabled);
         let user_args = [Arg::Text(account), Arg::Text(user)];
         if role != before.role {
             let args = [Arg::Text(&role), Arg::Text(account), Arg::Text(user)];
@@ -972,6 +972,7 @@ impl Job for PatchUser {
                 log_change(db, &key_id, KIND_EXPIRY, at).await?;
             }
         }
+        admin::switch_user(db, [account, user], was_enabled, enabled, at).await?;
         let mut detail = serde_json::Map::new();
         if self.role.is_some() {
             detail.insert("role".into(), lifecycle::change(&before.role, &role));
@@ -980,11 +981,21 @@ impl Job for PatchUser {
             let change = lifecycle::change(before.expires_at.map(rfc3339), expires_at.map(rfc3339));
             detail.insert("expires_at".into(), change);
         }
-        let detail = serde_json::Value::Object(detail);
+        if self.enabled.is_some() {
+            detail.insert("enabled".into(), lifecycle::change(was_enabled, enabled));
+        }
         let object = format!("{account}/{user}");
         let entry = lifecycle::Audit::new(&self.actor, "user.update", account, &object);
-        entry.detail(detail).write(db, at).await?;
-        Ok((before, UserRow { role, expires_at }))
+        entry
+            .detail(serde_json::Value::Object(detail))
+            .write(db, at)
+            .await?;
+        let after = UserRow { role, expires_at };
+        Ok(PatchedUser {
+            before,
+            after,
+            enabled,
+        })
     }
 }
 
@@ -1241,8 +1252,8 @@ impl Store {
         .await
     }
 
-    /// Changes a user's role and/or expiry; each of its active keys is logged as changed.
-    /// Returns the role and expiry before and after.
+    /// Changes a user's role, expiry and/or enabled state in one transaction (each of its
+    /// active keys is logged as changed); a refusal changes nothing.
     #[allow(clippy::too_many_arguments)]
     pub async fn patch_user(
         &self,
@@ -1251,7 +1262,8 @@ impl Store {
         (account, user): (String, String),
         role: Option<String>,
         expires_at: Option<Option<i64>>,
-    ) -> Result<(UserRow, UserRow), StoreError> {
+        enabled: Option<bool>,
+    ) -> Result<PatchedUser, StoreError> {
         self.write(PatchUser {
             actor,
             grant,
@@ -1260,6 +1272,7 @@ impl Store {
             user,
             role,
             expires_at,
+            enabled,
         })
         .await
     }
@@ -1383,28 +1396,6 @@ impl Store {
             account,
             after,
             limit,
-        })
-        .await
-    }
-
-    /// An active user's role and expiry.
-    pub async fn user(&self, account: String, user: String) -> Result<UserRow, StoreError> {
-        self.read(UserOf { account, user }).await
-    }
-
-    /// Enables or disables a user; returns its role.
-    pub async fn set_user_enabled(
-        &self,
-        actor: Actor,
-        account: String,
-        user: String,
-        enabled: bool,
-    ) -> Result<String, StoreError> {
-        self.write(admin::SetUserEnabled {
-            actor,
-            account,
-            user,
-            enabled,
         })
         .await
     }

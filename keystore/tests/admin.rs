@@ -15,6 +15,7 @@ mod common;
 use axum::http::StatusCode;
 use common::{changed, contains, ids, Ks, ROOT_KEY};
 use keystore::api::RefusalBound;
+use keystore::authority::RoleRegistry;
 use keystore::keys::key_id;
 use serde_json::{json, Value};
 
@@ -194,6 +195,66 @@ async fn a_disabled_user_or_account_takes_its_keys_out_until_enabled() {
     ks.call("PATCH", user, Some(&w.alice), Some(json!({})))
         .await
         .assert_error(StatusCode::BAD_REQUEST, "nothing to change");
+}
+
+/// The audit entries about one user (`user.*`, on `account/user`).
+async fn user_entries(ks: &Ks, object: &str) -> Vec<Value> {
+    let entries = audit(ks).await.into_iter();
+    let about =
+        |e: &Value| e["object"] == object && e["action"].as_str().unwrap().starts_with("user.");
+    entries.filter(about).collect()
+}
+
+#[tokio::test]
+async fn a_refused_patch_of_role_and_enabled_changes_nothing_and_is_not_audited_as_a_change() {
+    let ks = Ks::with(|c| {
+        c.roles = RoleRegistry::new(&["admin".into(), "member".into()], &["staff".into()]).unwrap();
+    })
+    .await;
+    let alice = ks.create_account("acme", "alice").await;
+    let dave = ks.create_user(ROOT_KEY, "acme", "dave", "staff").await;
+    let before = user_entries(&ks, "acme/dave").await.len();
+    let rev = ks.revision().await;
+    let uri = "/api/v1/admin/accounts/acme/users/dave";
+    let body = json!({"role": "member", "enabled": false});
+    ks.call("PATCH", uri, Some(&alice), Some(body))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "operator role staff");
+    ks.assert_active(&dave, "acme", "dave", "staff").await;
+    assert_eq!(ks.revision().await, rev, "nothing changed");
+    assert_eq!(user_entries(&ks, "acme/dave").await.len(), before);
+}
+
+#[tokio::test]
+async fn a_patch_of_role_and_enabled_is_one_change_with_one_audit_entry() {
+    let ks = Ks::new().await;
+    let w = world(&ks).await;
+    let uri = "/api/v1/admin/accounts/acme/users/bob";
+    let before = user_entries(&ks, "acme/bob").await.len();
+    let rev = ks.revision().await;
+    let body = json!({"role": "admin", "enabled": false});
+    let r = patch(&ks, &w.alice, uri, body).await;
+    assert_eq!(
+        r,
+        json!({"user_id": "bob", "role": "admin", "enabled": false})
+    );
+    ks.assert_inactive(&w.bob).await;
+    assert_eq!(changed(&ks.changes(rev).await), ids(&[&w.bob]));
+    let entries = user_entries(&ks, "acme/bob").await;
+    assert_eq!(entries.len(), before + 1, "{entries:?}");
+    let entry = entries.last().unwrap();
+    assert_eq!(entry["action"], "user.update");
+    assert_eq!(
+        entry["detail"],
+        json!({
+            "role": {"before": "member", "after": "admin"},
+            "enabled": {"before": true, "after": false}
+        })
+    );
+    assert_eq!(entry["actor"]["key"], key_ref(&w.alice));
+    // Enabled again, bob's key holds the new role.
+    patch(&ks, &w.alice, uri, json!({"enabled": true})).await;
+    ks.assert_active(&w.bob, "acme", "bob", "admin").await;
 }
 
 #[tokio::test]

@@ -13,8 +13,8 @@
 
 use super::lifecycle::{change, Audit};
 use super::{
-    first, key_ref, log_change, require_account, require_user, sql, texts, Actor, Arg, Claims, Db,
-    Job, StoreError, KIND_DISABLED, KIND_ENABLED, KIND_REVOKED,
+    first, key_ref, log_change, require_account, sql, texts, Actor, Arg, Claims, Db, Job,
+    StoreError, KIND_DISABLED, KIND_ENABLED, KIND_REVOKED,
 };
 use serde::Serialize;
 
@@ -69,39 +69,30 @@ async fn switch<D: Db>(
     Ok(())
 }
 
-/// Enables or disables a user (of an active account).
-pub(crate) struct SetUserEnabled {
-    pub actor: Actor,
-    pub account: String,
-    pub user: String,
-    pub enabled: bool,
+/// Whether a user (known to exist) is enabled.
+pub(crate) async fn user_enabled<D: Db>(
+    db: &mut D,
+    account: &str,
+    user: &str,
+) -> Result<bool, StoreError> {
+    let args = [Arg::Text(account), Arg::Text(user)];
+    Ok(match first(db, sql::USER_DISABLED_AT, &args).await? {
+        Some(row) => row.opt_int(0)?.is_none(),
+        None => true,
+    })
 }
 
-impl Job for SetUserEnabled {
-    /// The user's role.
-    type Out = String;
-    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<String, StoreError> {
-        let (account, user) = (self.account.as_str(), self.user.as_str());
-        let role = require_user(db, account, user).await?;
-        let was = match first(
-            db,
-            sql::USER_DISABLED_AT,
-            &[Arg::Text(account), Arg::Text(user)],
-        )
-        .await?
-        {
-            Some(row) => row.opt_int(0)?.is_none(),
-            None => true,
-        };
-        let ids = [account, user];
-        let (set, keys) = (sql::SET_USER_DISABLED, sql::ACTIVE_KEYS);
-        switch(db, was, self.enabled, set, ids, keys, at).await?;
-        let object = format!("{account}/{user}");
-        let detail = serde_json::json!({ "enabled": change(was, self.enabled) });
-        let entry = Audit::new(&self.actor, "user.update", account, &object);
-        entry.detail(detail).write(db, at).await?;
-        Ok(role)
-    }
+/// Enables or disables a user (known to exist) that is now `was` enabled, logging its
+/// active keys when the state changes. Writes no audit entry (its caller's job does).
+pub(crate) async fn switch_user<D: Db>(
+    db: &mut D,
+    [account, user]: [&str; 2],
+    was: bool,
+    enabled: bool,
+    at: i64,
+) -> Result<(), StoreError> {
+    let (set, keys) = (sql::SET_USER_DISABLED, sql::ACTIVE_KEYS);
+    switch(db, was, enabled, set, [account, user], keys, at).await
 }
 
 /// Enables or disables an account.
