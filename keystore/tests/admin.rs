@@ -13,36 +13,11 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{changed, contains, ids, Ks, ROOT_KEY};
+use common::{changed, contains, ids, key_ref, world, Ks, ROOT_KEY};
 use keystore::api::RefusalBound;
 use keystore::authority::RoleRegistry;
 use keystore::keys::key_id;
 use serde_json::{json, Value};
-
-/// acme (admin alice, member bob) and other (admin oscar, member olga).
-struct World {
-    alice: String,
-    bob: String,
-    oscar: String,
-    olga: String,
-}
-
-async fn world(ks: &Ks) -> World {
-    let alice = ks.create_account("acme", "alice").await;
-    let bob = ks.create_user(&alice, "acme", "bob", "member").await;
-    let oscar = ks.create_account("other", "oscar").await;
-    let olga = ks.create_user(&oscar, "other", "olga", "member").await;
-    World {
-        alice,
-        bob,
-        oscar,
-        olga,
-    }
-}
-
-fn key_ref(raw: &str) -> String {
-    key_id(raw)[..16].to_owned()
-}
 
 fn key_uri(account: &str, user: &str, raw: &str) -> String {
     format!(

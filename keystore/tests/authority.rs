@@ -12,31 +12,15 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{changed, Ks, Resp, ROOT_KEY};
+use common::{changed, key_ref, now, post, Ks, Resp, ROOT_KEY};
 use keystore::authority::RoleRegistry;
-use keystore::keys::key_id;
 use keystore::store::rfc3339;
 use serde_json::{json, Value};
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 const USERS: &str = "/api/v1/admin/accounts/acme/users";
 
 fn keys_uri(user: &str) -> String {
     format!("{USERS}/{user}/keys")
-}
-
-fn key_ref(raw: &str) -> String {
-    key_id(raw)[..16].to_owned()
-}
-
-async fn post(ks: &Ks, uri: &str, by: &str, body: Value) -> Resp {
-    ks.call("POST", uri, Some(by), Some(body)).await
 }
 
 /// The raw key of a successful create or rotate answer.

@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{Ks, ROOT_KEY};
+use common::{now, Ks, ROOT_KEY};
 use keystore::keys::key_id;
 use keystore::store::{parse_rfc3339, rfc3339};
 use serde_json::{json, Map, Value};
@@ -40,13 +40,6 @@ impl Rng {
     fn coin(&mut self) -> bool {
         self.next() & 1 == 1
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 /// K and what it has.

@@ -11,9 +11,9 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{changed, contains, ids, Ks, Resp, ROOT_KEY};
+use common::{changed, contains, ids, post, Ks, Resp, ROOT_KEY};
 use keystore::keys::key_id;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const ACCOUNTS: &str = "/api/v1/admin/accounts";
 /// Keys as another system might have issued them (32+ bytes of visible ASCII, at least 128
@@ -25,10 +25,6 @@ const LEGACY_3: &str = "LEGACY3-9f86d081884c7d659a2feaa0c55ad015";
 /// repeated block.
 const WEAK_1: &str = "LEGACY3-zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz";
 const WEAK_2: &str = "abcd1234abcd1234abcd1234abcd1234";
-
-async fn post(ks: &Ks, uri: &str, by: &str, body: Value) -> Resp {
-    ks.call("POST", uri, Some(by), Some(body)).await
-}
 
 /// Asserts a successful answer that returns exactly `key`, uncacheable.
 fn assert_returns_key(r: &Resp, status: StatusCode, key: &str) {

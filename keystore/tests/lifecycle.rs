@@ -12,26 +12,14 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{changed, contains, ids, Ks, ROOT_KEY};
+use common::{changed, contains, ids, key_ref, now, world, Ks, ROOT_KEY};
 use keystore::keys::key_id;
 use keystore::store::rfc3339;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 fn keys_uri(account: &str, user: &str) -> String {
     format!("/api/v1/admin/accounts/{account}/users/{user}/keys")
-}
-
-/// The key reference of a raw key (what listings call "key").
-fn key_ref(raw: &str) -> String {
-    key_id(raw)[..16].to_owned()
 }
 
 /// Creates a named key; returns the whole answer (with "user_key").
@@ -62,27 +50,6 @@ where
     while !f().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// acme (admin alice, member bob) and other (admin oscar, member olga).
-struct World {
-    alice: String,
-    bob: String,
-    oscar: String,
-    olga: String,
-}
-
-async fn world(ks: &Ks) -> World {
-    let alice = ks.create_account("acme", "alice").await;
-    let bob = ks.create_user(&alice, "acme", "bob", "member").await;
-    let oscar = ks.create_account("other", "oscar").await;
-    let olga = ks.create_user(&oscar, "other", "olga", "member").await;
-    World {
-        alice,
-        bob,
-        oscar,
-        olga,
     }
 }
 

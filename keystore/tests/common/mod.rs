@@ -454,3 +454,43 @@ pub fn all_bytes(dir: &Path) -> Vec<u8> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// `POST uri` with a JSON body, authenticated by `by`.
+pub async fn post(ks: &Ks, uri: &str, by: &str, body: Value) -> Resp {
+    ks.call("POST", uri, Some(by), Some(body)).await
+}
+
+/// Now, in Unix seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The key reference of a raw key (what listings and audit entries call "key").
+pub fn key_ref(raw: &str) -> String {
+    keystore::keys::key_id(raw)[..16].to_owned()
+}
+
+/// acme (admin alice, member bob) and other (admin oscar, member olga): their raw keys.
+pub struct World {
+    pub alice: String,
+    pub bob: String,
+    pub oscar: String,
+    pub olga: String,
+}
+
+/// Creates the accounts and users of [`World`].
+pub async fn world(ks: &Ks) -> World {
+    let alice = ks.create_account("acme", "alice").await;
+    let bob = ks.create_user(&alice, "acme", "bob", "member").await;
+    let oscar = ks.create_account("other", "oscar").await;
+    let olga = ks.create_user(&oscar, "other", "olga", "member").await;
+    World {
+        alice,
+        bob,
+        oscar,
+        olga,
+    }
+}
