@@ -96,15 +96,19 @@ fn rows(answer: &Value, list: &str, columns: &[&str]) -> Table {
     t
 }
 
-/// A cell: strings bare, null as `-`, claims and actors as `a=b, c=d` or `acct/user`, the
-/// rest as compact JSON.
+/// A cell: strings bare, null as `-`, claims as `a=b, c=d`, actors as `acct/user key=ref`
+/// (the acting key's reference, when the entry names it), the rest as compact JSON.
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
         Value::Object(o) if o.contains_key("account_id") && o.contains_key("user_id") => {
             let part = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
-            format!("{}/{}", part("account_id"), part("user_id"))
+            let who = format!("{}/{}", part("account_id"), part("user_id"));
+            match o.get("key").and_then(Value::as_str) {
+                Some(key) => format!("{who} key={key}"),
+                None => who,
+            }
         }
         Value::Object(o) if o.values().all(Value::is_string) => {
             let pairs: Vec<String> = o.iter().map(|(k, v)| format!("{k}={}", cell(v))).collect();
@@ -123,5 +127,19 @@ fn cell(v: &Value) -> String {
             }
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cell;
+    use serde_json::json;
+
+    #[test]
+    fn an_audit_actor_names_the_acting_key() {
+        let actor = json!({"account_id": "acme", "user_id": "alice", "key": "c73407ee6f70e705"});
+        assert_eq!(cell(&actor), "acme/alice key=c73407ee6f70e705");
+        let created_by = json!({"account_id": "acme", "user_id": "alice"});
+        assert_eq!(cell(&created_by), "acme/alice");
     }
 }
