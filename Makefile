@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/keygate.wasm
 
-.PHONY: all setup setup-test build demo test test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-dashboard test-compose test-postgres test-e2e test-fuzz fuzz soak bench bench-smoke bench-store bench-store-smoke clean
+.PHONY: all setup setup-test build demo test test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-dashboard test-alerts test-compose test-postgres test-e2e test-fuzz fuzz soak bench bench-smoke bench-store bench-store-smoke clean
 
 all: build
 
@@ -16,7 +16,8 @@ setup:
 	@scripts/setup.sh demo
 
 ## Installs what only the tests need on top: wasm32-unknown-unknown, wasm-bindgen-cli (~3 min
-## once), node, wrk, and the Python checkers (openapi-spec-validator, kubernetes-validate).
+## once), node, wrk, promtool (Debian's prometheus), and the Python checkers
+## (openapi-spec-validator, kubernetes-validate).
 setup-test:
 	@scripts/setup.sh test
 
@@ -32,7 +33,7 @@ demo: build
 	target/release/keygate-demo
 
 ## Everything: unit tests (native and wasm), lints, the keystore's API tests, end to end against real Envoy.
-test: setup-test build test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-compose test-postgres test-dashboard test-e2e test-fuzz bench-smoke bench-store-smoke
+test: setup-test build test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-compose test-postgres test-dashboard test-alerts test-e2e test-fuzz bench-smoke bench-store-smoke
 	@echo "make test: all suites passed"
 
 ## The key store's API tests, the shared protocol rules' and the harness's own tests (the
@@ -62,6 +63,11 @@ test-k8s: setup-test
 ## exported by a real run (Envoy's /stats/prometheus and the keystore's /metrics).
 test-dashboard:
 	$(CARGO) test --release -p keygate --test dashboard -- --test-threads=1
+
+## envoy/grafana/alerts.yaml through promtool: syntax, and the unit tests in alerts.test.yaml
+## (the keystore-cluster alerts with one keystore, several, under Istio, and nothing scraped).
+test-alerts: setup-test
+	@scripts/check-alerts.sh
 
 ## The core's unit tests, natively and compiled to wasm32-unknown-unknown under
 ## wasm-bindgen-test-runner (Node.js). Fails if the wasm run executed fewer tests.

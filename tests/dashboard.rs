@@ -17,7 +17,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use common::*;
-use keygate_harness::{http, prometheus_names, repo_root, TwoInstances};
+use keygate_harness::{
+    free_port, http, parse_prometheus, prometheus_names, repo_root, Envoy, EnvoyOpts, TwoInstances,
+};
 use serde_json::Value;
 
 fn dashboard() -> Value {
@@ -51,11 +53,13 @@ fn expressions(dash: &Value) -> Vec<String> {
 /// The metric names in PromQL: identifiers with one of our prefixes that are not label names
 /// (followed by `=`, `!=` or `=~`).
 fn metric_names(expr: &str) -> BTreeSet<String> {
+    let expr = &without_grouping(expr);
     let mut names = BTreeSet::new();
     let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
     for (i, _) in expr.match_indices(|c: char| c.is_ascii_lowercase()) {
         let before = expr[..i].chars().last();
-        if before.is_some_and(is_ident) {
+        // `$labels.envoy_cluster_name` in an annotation is a label, not a metric.
+        if before.is_some_and(|c| is_ident(c) || c == '.') {
             continue;
         }
         let word: String = expr[i..].chars().take_while(|c| is_ident(*c)).collect();
@@ -71,6 +75,24 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         }
     }
     names
+}
+
+/// `expr` with the label lists of `by (...)` and `without (...)` removed (label names, not
+/// metrics).
+fn without_grouping(expr: &str) -> String {
+    let mut out = String::new();
+    let mut rest = expr;
+    while let Some(at) = ["by (", "without ("]
+        .iter()
+        .filter_map(|k| rest.find(k).map(|i| i + k.len()))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        rest = rest.find(')').map_or("", |end| &rest[end..]);
+    }
+    out.push_str(rest);
+    out
 }
 
 #[test]
@@ -138,6 +160,90 @@ fn the_dashboard_is_well_formed() {
     }
 }
 
+/// A panel's rectangle on Grafana's 24-column grid: (x, y, w, h).
+fn grid(panel: &Value) -> (u64, u64, u64, u64) {
+    let pos = &panel["gridPos"];
+    let at = |k: &str| {
+        pos[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{}: gridPos.{k}", panel["title"]))
+    };
+    (at("x"), at("y"), at("w"), at("h"))
+}
+
+#[test]
+fn no_two_panels_overlap_and_every_panel_fits_in_24_columns() {
+    let dash = dashboard();
+    let panels = dash["panels"].as_array().unwrap();
+    for p in panels {
+        let (x, _, w, h) = grid(p);
+        assert!(
+            w > 0 && h > 0 && x + w <= 24,
+            "{}: {:?}",
+            p["title"],
+            grid(p)
+        );
+    }
+    for (i, a) in panels.iter().enumerate() {
+        for b in &panels[i + 1..] {
+            let ((ax, ay, aw, ah), (bx, by, bw, bh)) = (grid(a), grid(b));
+            let apart = ax + aw <= bx || bx + bw <= ax || ay + ah <= by || by + bh <= ay;
+            assert!(apart, "panels {} and {} overlap", a["title"], b["title"]);
+        }
+    }
+}
+
+#[test]
+fn every_query_honours_the_job_namespace_and_instance_variables() {
+    let dash = dashboard();
+    let vars: BTreeSet<&str> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    for v in ["datasource", "job", "namespace", "instance"] {
+        assert!(vars.contains(v), "no ${v} variable");
+    }
+    for expr in expressions(&dash) {
+        for name in metric_names(&expr) {
+            // Every selector of the metric, not only the first.
+            for (at, _) in expr.match_indices(name.as_str()) {
+                let rest = &expr[at + name.len()..];
+                let follows_ident = rest
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+                if follows_ident {
+                    continue; // a longer name that starts with this one
+                }
+                let labels = rest.strip_prefix('{').and_then(|r| r.split_once('}'));
+                let labels = labels.map(|(l, _)| l).unwrap_or_default();
+                for m in [
+                    "job=~\"$job\"",
+                    "namespace=~\"$namespace\"",
+                    "instance=~\"$instance\"",
+                ] {
+                    assert!(labels.contains(m), "{name} without {m} in {expr}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_dashboard_declares_no_input_it_does_not_use() {
+    let dash = dashboard();
+    let text = dash.to_string();
+    for input in dash["__inputs"].as_array().into_iter().flatten() {
+        let name = input["name"].as_str().unwrap();
+        assert!(
+            text.contains(&format!("${{{name}}}")),
+            "__inputs declares {name}, which nothing uses"
+        );
+    }
+}
+
 #[test]
 fn every_alert_has_an_expression_a_duration_and_a_severity() {
     let rules = alert_rules();
@@ -190,10 +296,15 @@ fn every_metric_the_dashboard_queries_is_exported() {
         env.keystore.url()
     ))));
 
-    let mut queried: BTreeSet<String> = expressions(&dashboard())
+    let dash = dashboard();
+    let mut queried: BTreeSet<String> = expressions(&dash)
         .iter()
         .flat_map(|e| metric_names(e))
         .collect();
+    // The variables' queries too: a variable over a metric nobody exports lists nothing.
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        queried.extend(metric_names(v["query"].as_str().unwrap_or_default()));
+    }
     queried.extend(metric_names(&alert_rules()));
     let missing: Vec<&String> = queried.iter().filter(|n| !exported.contains(*n)).collect();
     assert!(
@@ -201,4 +312,122 @@ fn every_metric_the_dashboard_queries_is_exported() {
         "the dashboard or the alerts query metrics no real run exports: {missing:?}"
     );
     eprintln!("dashboard: {} metrics queried, all exported", queried.len());
+}
+
+/// The store cluster's name in an Istio proxy (envoy/kubernetes/wasmplugin.yaml).
+const ISTIO_CLUSTER: &str = "outbound|8081||keystore.keygate.svc.cluster.local";
+
+/// The stats settings of Istio's bootstrap that decide what reaches Prometheus: its own
+/// `cluster_name` tag instead of Envoy's defaults (the default tag would cut the name at its
+/// first dot), and its default inclusion list; plus `patterns`, the proxyStatsMatcher's.
+fn istio_stats_config(patterns: &[String]) -> String {
+    let mut out = String::from(concat!(
+        "\nstats_config:\n  use_all_default_tags: false\n  stats_tags:\n",
+        "  - tag_name: cluster_name\n",
+        "    regex: '^cluster\\.((.+?(\\..+?\\.svc\\.cluster\\.local)?)\\.)'\n",
+        "  - tag_name: response_code_class\n    regex: '_rq(_(\\dxx))$'\n",
+        "  stats_matcher:\n    inclusion_list:\n      patterns:\n",
+    ));
+    for prefix in [
+        "cluster_manager",
+        "listener_manager",
+        "server",
+        "cluster.xds-grpc",
+        "wasm",
+    ] {
+        out.push_str(&format!("      - prefix: '{prefix}'\n"));
+    }
+    for p in patterns {
+        out.push_str(&format!("      - {p}\n"));
+    }
+    out
+}
+
+/// envoy/istio/stats-matcher.yaml's proxyStatsMatcher as Envoy string matchers (Istio turns
+/// `inclusionPrefixes` into `prefix` and `inclusionRegexps` into `safe_regex`).
+fn shipped_stats_matcher() -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join("envoy/istio/stats-matcher.yaml")).unwrap();
+    let mut kind = "";
+    let mut patterns = Vec::new();
+    for line in text.lines().map(str::trim) {
+        match line {
+            "inclusionPrefixes:" => kind = "prefix",
+            "inclusionRegexps:" => kind = "regex",
+            _ => match line.strip_prefix("- ") {
+                Some(item) if kind == "prefix" => patterns.push(format!("prefix: {item}")),
+                Some(item) if kind == "regex" => {
+                    patterns.push(format!("safe_regex: {{ regex: {item} }}"))
+                }
+                _ => {}
+            },
+        }
+    }
+    assert!(
+        patterns.len() >= 2,
+        "no proxyStatsMatcher in stats-matcher.yaml"
+    );
+    patterns
+}
+
+/// The Prometheus series of one Envoy run as an Istio proxy would be (store cluster named
+/// [`ISTIO_CLUSTER`], Istio's stats settings with `patterns`), after two feed polls.
+fn series_as_an_istio_proxy(patterns: &[String]) -> Vec<String> {
+    let template = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml.tmpl"))
+        .unwrap()
+        .replace(
+            "  - name: keystore\n",
+            &format!("  - name: \"{ISTIO_CLUSTER}\"\n"),
+        )
+        .replace(
+            "cluster_name: keystore\n",
+            &format!("cluster_name: \"{ISTIO_CLUSTER}\"\n"),
+        )
+        .replace(
+            "cluster: keystore\n",
+            &format!("cluster: \"{ISTIO_CLUSTER}\"\n"),
+        )
+        + &istio_stats_config(patterns);
+    let filter = config_with(serde_json::json!({
+        "store": { "cluster": ISTIO_CLUSTER, "authority": "keystore.keygate.svc.cluster.local" }
+    }));
+    // No keystore listens: the cluster is there, its host unhealthy, the feed failing.
+    let mut opts = EnvoyOpts::new("istio-like", filter, free_port(), free_port());
+    opts.template = Some(template);
+    opts.concurrency = 1;
+    let envoy = Envoy::start(opts).unwrap();
+    within(Duration::from_secs(20), "two feed polls", || {
+        envoy.stat_opt("keygate_sync_polls").unwrap_or(0) >= 2
+    });
+    let text = http::get(&format!("{}/stats/prometheus", envoy.admin_url()), &[])
+        .unwrap()
+        .body;
+    parse_prometheus(&text).into_keys().collect()
+}
+
+#[test]
+fn under_istio_the_shipped_stats_matcher_exports_what_the_keystore_alerts_read() {
+    let wanted = [
+        format!("envoy_cluster_membership_healthy{{cluster_name=\"{ISTIO_CLUSTER}\"}}"),
+        format!("envoy_cluster_membership_total{{cluster_name=\"{ISTIO_CLUSTER}\"}}"),
+    ];
+    // Istio's defaults alone drop the cluster's stats: the alerts would stay silent.
+    let default = series_as_an_istio_proxy(&[]);
+    for w in &wanted {
+        assert!(!default.contains(w), "Istio's default list keeps {w}");
+    }
+    let patched = series_as_an_istio_proxy(&shipped_stats_matcher());
+    for w in &wanted {
+        assert!(patched.contains(w), "{w} missing from {patched:?}");
+    }
+    assert!(
+        patched.iter().any(|s| s == "keygate_sync_polls"),
+        "{patched:?}"
+    );
+    // The alerts' and the dashboard's matcher for that label matches this name.
+    let matcher = "cluster_name=~\"outbound[|]8081[|][|]keystore[.].+\"";
+    assert!(alert_rules().contains(matcher));
+    assert!(serde_json::to_string(&dashboard())
+        .unwrap()
+        .contains(&matcher.replace('"', "\\\"")));
+    assert!(ISTIO_CLUSTER.starts_with("outbound|8081||keystore."));
 }
