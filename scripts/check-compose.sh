@@ -15,6 +15,10 @@
 #      normalize_path, merge_slashes, path_with_escaped_slashes_action and
 #      headers_with_underscores_action on each HTTP connection manager, and binds Envoy's admin
 #      interface to 127.0.0.1; no admin port is published;
+#   6. integrations/openviking/: render.sh renders envoy.yaml.tmpl with a root key and a
+#      protocol token from files (output mode 0600, the key written only there, `%` escaped);
+#      the result has the hardening above and passes `envoy --mode validate` with the real
+#      filter and integrations/openviking/keygate.json; the template holds no key;
 #   5. no secret is shipped: no literal root key or protocol token in the shipped files, the
 #      keystore reads both from files that envoy/compose/init-secrets.sh generates (run here on
 #      temporary directories; the configurations it renders are the ones validated in 2, and the
@@ -530,4 +534,53 @@ if ! out=$("$ENVOY" --mode validate -c "$tmp/flood-limit.yaml" -l warning 2>&1);
   die "envoy --mode validate: $example"
 fi
 say "ok: envoy --mode validate $example"
+
+# 6. integrations/openviking/ (keygate in front of OpenViking in trusted mode).
+ov_dir=integrations/openviking
+for f in "$ov_dir/envoy.yaml.tmpl" "$ov_dir/keygate.json" "$ov_dir/render.sh"; do
+  [ -f "$f" ] || die "$f is missing"
+done
+ov_key="ovroot_check_%_$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+printf '%s\n' "$ov_key" >"$tmp/ov-root.key"
+printf 'kgproto_check_%s\n' "$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$tmp/ov-token"
+grep -qF "$ov_key" "$ov_dir/envoy.yaml.tmpl" "$ov_dir/keygate.json" && die "$ov_dir ships a key"
+OPENVIKING_ROOT_KEY_FILE=$tmp/ov-root.key KEYGATE_PROTOCOL_TOKEN_FILE=$tmp/ov-token NODE_ID=check \
+  LISTEN_PORT=19000 ADMIN_PORT=19901 OPENVIKING_PORT=19080 KEYSTORE_PORT=19081 WASM_PATH="$WASM" \
+  bash "$ov_dir/render.sh" "$tmp/openviking.yaml" || die "$ov_dir/render.sh failed"
+[ "$(stat -c %a "$tmp/openviking.yaml")" = 600 ] || die "$ov_dir/render.sh: output is not mode 0600"
+"$py" - "$tmp/openviking.yaml" "$ov_key" <<'PY' || die "$ov_dir: rendered configuration checks failed"
+import sys, yaml
+path, key = sys.argv[1:]
+cfg = yaml.safe_load(open(path, encoding="utf-8"))
+hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+errors = []
+for k, want in {"normalize_path": True, "merge_slashes": True,
+                "path_with_escaped_slashes_action": "REJECT_REQUEST"}.items():
+    if hcm.get(k) != want:
+        errors.append(f"{k} is {hcm.get(k)!r}")
+if (hcm.get("common_http_protocol_options") or {}).get("headers_with_underscores_action") != "DROP_HEADER":
+    errors.append("headers_with_underscores_action is not DROP_HEADER")
+if cfg["admin"]["address"]["socket_address"]["address"] != "127.0.0.1":
+    errors.append("admin does not bind 127.0.0.1")
+names = [f["name"] for f in hcm["http_filters"]]
+if names[:2] != ["envoy.filters.http.header_mutation", "envoy.filters.http.wasm"]:
+    errors.append(f"filters {names}: header_mutation must run before keygate")
+routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+added = [h["header"]["value"] for r in routes for h in r.get("request_headers_to_add", [])
+         if h["header"]["key"].lower() == "x-api-key"]
+if added != [key.replace("%", "%%")]:
+    errors.append(f"the root key is added on {len(added)} routes (want 1, % escaped)")
+for r in routes:
+    if r["route"]["cluster"] == "upstream" and not r.get("request_headers_to_add"):
+        if r["match"] != {"path": "/health"} or "x-api-key" not in r.get("request_headers_to_remove", []):
+            errors.append(f"route {r['match']} reaches OpenViking without the root key replacing x-api-key")
+for e in errors:
+    print(f"[check-compose] FAIL: {path}: {e}", file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
+if ! out=$("$ENVOY" --mode validate -c "$tmp/openviking.yaml" -l warning 2>&1); then
+  printf '%s\n' "$out" | tail -n 20 >&2
+  die "envoy --mode validate: $ov_dir/envoy.yaml.tmpl (rendered)"
+fi
+say "ok: $ov_dir/render.sh renders envoy.yaml.tmpl (hardened, key only in the 0600 output); envoy --mode validate passes"
 say "all compose/Istio checks passed"

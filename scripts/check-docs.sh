@@ -2,7 +2,7 @@
 # Checks that the READMEs name only what exists (in `make test`): every repository path they
 # cite (in `code`, or as a link target) is in the tree, and every `make X` names a target of
 # the Makefile, and every `cargo ... -p NAME` / `--test NAME` a package and a test target of the
-# tree. Files checked: *.md at the top level and in envoy/ (and its subdirectories),
+# tree. Files checked: *.md at the top level and in envoy/ and integrations/ (and their subdirectories),
 # keystore/, keygatectl/, bench/, fuzz/. A path is resolved against the Markdown file's own
 # directory first, then the repository root. Tokens with placeholders (<x>, {x}, *, ..., $X),
 # URLs, absolute paths and build outputs (target/, .tools/) are not paths of the tree.
@@ -13,6 +13,7 @@ import glob, os, re, subprocess, sys
 
 files = sys.argv[1:] or sorted(
     glob.glob("*.md") + glob.glob("envoy/**/*.md", recursive=True)
+    + glob.glob("integrations/**/*.md", recursive=True)
     + [f for d in ["keystore", "keygatectl", "bench", "fuzz"] for f in glob.glob(f"{d}/*.md")])
 tracked = set(subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                              capture_output=True, text=True, check=True).stdout.split())

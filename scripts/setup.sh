@@ -10,19 +10,26 @@
 #                           with systemd its service starts on :9090: `systemctl disable --now
 #                           prometheus` if unwanted), and the Python checkers in .tools/venv
 #                           (openapi-spec-validator, kubernetes-validate).
+#   scripts/setup.sh openviking   OpenViking 0.5.2 (PyPI) in its own venv .tools/openviking, for
+#                           `make test-openviking` and `make demo-openviking` (~6 minutes and
+#                           1.3 GB the first time; later runs reuse it). `test` includes it.
 #
 # Each step that may take long prints a progress line with its step number before it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 part=${1:-demo}
-case "$part" in demo|test) ;; *) echo "usage: $0 demo|test" >&2; exit 2 ;; esac
+case "$part" in demo|test|openviking) ;; *) echo "usage: $0 demo|test|openviking" >&2; exit 2 ;; esac
 say() { printf '[setup %s] %s\n' "$part" "$*" >&2; }
 
 ENVOY_VERSION=1.40.0
 venv=.tools/venv
 # The Python checkers `make test` runs (pinned: their answers are part of the tests).
 PY_TOOLS=("openapi-spec-validator==0.9.0" "kubernetes-validate==1.37.0")
+# OpenViking, the software keygate was made for: its own venv (litellm and ~150 SDK packages that
+# must not meet the checkers above).
+OPENVIKING_VERSION=0.5.2
+ov_venv=.tools/openviking
 
 rust_targets() {
   local installed; installed=$(rustup target list --installed)
@@ -98,6 +105,21 @@ test_part() {
   python_tools
 }
 
+# Reused when its `openviking` package is exactly $OPENVIKING_VERSION and the server script is there;
+# the marker file is written only after a complete install, so an interrupted one is redone.
+openviking() {
+  local marker="$ov_venv/.keygate-installed-$OPENVIKING_VERSION"
+  if [ -f "$marker" ] && [ -x "$ov_venv/bin/openviking-server" ]; then return 0; fi
+  python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+  say "installing openviking==$OPENVIKING_VERSION into $ov_venv (~6 minutes and 1.3 GB once)"
+  rm -rf "$ov_venv"
+  python3 -m venv "$ov_venv"
+  "$ov_venv/bin/pip" install -q --disable-pip-version-check "openviking==$OPENVIKING_VERSION"
+  "$ov_venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('openviking') != '$OPENVIKING_VERSION')"
+  touch "$marker"
+}
+
+if [ "$part" = openviking ]; then openviking; say "ok: openviking $OPENVIKING_VERSION in $ov_venv"; exit 0; fi
 demo_part
-if [ "$part" = test ]; then test_part; fi
+if [ "$part" = test ]; then test_part; openviking; fi
 say "ok: $(rustc --version | cut -d' ' -f1-2), envoy $ENVOY_VERSION${want:+, wasm-bindgen $want}"

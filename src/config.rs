@@ -94,6 +94,32 @@ pub struct IdentityHeaders {
     /// Claims forwarded as headers: (claim name in the store's answer, header name), sorted
     /// by claim name.
     pub claims: Vec<(String, String)>,
+    /// What the role header says for each store role (`identity_headers.role_map`).
+    pub role_map: RoleMap,
+}
+
+/// The value of the role header for a store role: the upstream's name for it, when the
+/// upstream spells roles its own way (OpenViking knows only `user` and `admin`). Only the
+/// header changes: `required_roles` always meets the store's role.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoleMap {
+    /// (store role, header value), sorted by store role; compared with case.
+    pub roles: Vec<(String, String)>,
+    /// The value for every role not in `roles` (the `"*"` entry); none: the role as it is.
+    pub other: Option<String>,
+}
+
+/// Most entries of `identity_headers.role_map`.
+pub const MAX_ROLE_MAP: usize = 64;
+
+impl RoleMap {
+    /// The role header's value for the store role `role`.
+    pub fn value<'a>(&'a self, role: &'a str) -> &'a str {
+        match self.roles.iter().find(|(r, _)| r == role) {
+            Some((_, v)) => v,
+            None => self.other.as_deref().unwrap_or(role),
+        }
+    }
 }
 
 /// Most claims the configuration may map to headers.
@@ -233,6 +259,7 @@ struct RawIdentityHeaders {
     user: Option<String>,
     role: Option<String>,
     claims: Option<std::collections::BTreeMap<String, String>>,
+    role_map: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -480,6 +507,7 @@ fn identity_headers(
         user: identity_header("identity_headers.user", h.user, "x-user-id", sources)?,
         role: identity_header("identity_headers.role", h.role, "x-role", sources)?,
         claims: claim_headers(h.claims.unwrap_or_default(), sources)?,
+        role_map: role_map(h.role_map.unwrap_or_default())?,
     };
     let folded: Vec<String> = headers.all().map(text::fold_header_name).collect();
     if folded
@@ -516,6 +544,50 @@ fn claim_headers(
             Ok((claim, header))
         })
         .collect()
+}
+
+/// `identity_headers.role_map`: store role (or `"*"`, every other role) → header value. Store
+/// roles follow the key store's rule (1 to 128 of `[A-Za-z0-9._-]`, not `.` or `..`), so a
+/// key that could never match is refused rather than silently ignored; values are what the
+/// filter may write into a header (1 to 128 bytes, [`text::is_safe_header_value`]).
+fn role_map(map: std::collections::BTreeMap<String, String>) -> Result<RoleMap, ConfigError> {
+    if map.len() > MAX_ROLE_MAP {
+        return Err(err(
+            "identity_headers.role_map",
+            format!("at most {MAX_ROLE_MAP} entries"),
+        ));
+    }
+    let mut out = RoleMap::default();
+    for (role, value) in map {
+        let field = format!("identity_headers.role_map.{role}");
+        if value.is_empty() || value.len() > 128 || !text::is_safe_header_value(&value) {
+            return Err(err(
+                &field,
+                "a role header value is 1 to 128 bytes of visible ASCII and inner spaces, no comma",
+            ));
+        }
+        if role == "*" {
+            out.other = Some(value);
+        } else if is_store_role(&role) {
+            out.roles.push((role, value));
+        } else {
+            return Err(err(
+                &field,
+                "a role is 1 to 128 characters of [A-Za-z0-9._-], not . or .. (or \"*\" for every other role)",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// A role name the key store accepts.
+fn is_store_role(role: &str) -> bool {
+    (1..=128).contains(&role.len())
+        && role != "."
+        && role != ".."
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 fn identity_header(
@@ -760,6 +832,53 @@ mod tests {
         assert_eq!(c.store.token, None);
         assert_eq!(c.key_sources.len(), 2);
         assert!(!c.hide_credentials);
+    }
+
+    #[test]
+    fn a_role_map_entry_that_could_never_apply_or_could_not_be_sent_is_refused_naming_it() {
+        let cases = [
+            (r#"{"x y":"user"}"#, "identity_headers.role_map.x y"),
+            (r#"{"..":"user"}"#, "identity_headers.role_map..."),
+            (r#"{"":"user"}"#, "identity_headers.role_map."),
+            (r#"{"admin":""}"#, "identity_headers.role_map.admin"),
+            (r#"{"admin":"a,b"}"#, "identity_headers.role_map.admin"),
+            (r#"{"*":"us\ner"}"#, "identity_headers.role_map.*"),
+            (r#"{"admin":7}"#, "identity_headers.role_map.admin"),
+        ];
+        for (map, field) in cases {
+            let json =
+                format!(r#"{{"store":{{"cluster":"k"}},"identity_headers":{{"role_map":{map}}}}}"#);
+            let e = Config::from_json(json.as_bytes()).unwrap_err();
+            assert_eq!(e.field, field, "{map}: {e}");
+        }
+        let many: Vec<String> = (0..=MAX_ROLE_MAP)
+            .map(|i| format!(r#""r{i}":"x""#))
+            .collect();
+        let json = format!(
+            r#"{{"store":{{"cluster":"k"}},"identity_headers":{{"role_map":{{{}}}}}}}"#,
+            many.join(",")
+        );
+        let e = Config::from_json(json.as_bytes()).unwrap_err();
+        assert_eq!(e.field, "identity_headers.role_map");
+    }
+
+    #[test]
+    fn a_role_map_is_parsed_into_named_roles_and_a_catch_all() {
+        let c = parse(
+            r#"{"store":{"cluster":"k"},"identity_headers":{"role_map":{"admin":"admin","*":"user"}}}"#,
+        )
+        .unwrap();
+        let m = &c.identity_headers.role_map;
+        assert_eq!(m.roles, vec![("admin".to_string(), "admin".to_string())]);
+        assert_eq!(m.other.as_deref(), Some("user"));
+        assert_eq!(
+            parse(r#"{"store":{"cluster":"k"}}"#)
+                .unwrap()
+                .identity_headers
+                .role_map,
+            RoleMap::default(),
+            "no map: roles go up as they are"
+        );
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub fn act<'a>(
                 headers: [
                     (h.account.as_str(), identity.account_id.as_str()),
                     (h.user.as_str(), identity.user_id.as_str()),
-                    (h.role.as_str(), identity.role.as_str()),
+                    (h.role.as_str(), h.role_map.value(&identity.role)),
                 ],
                 claims: ClaimHeaders {
                     map: &h.claims,
@@ -296,6 +296,45 @@ mod tests {
             !io.added.iter().any(|(h, _)| h == "x-tier" || h == "team"),
             "an absent claim sets nothing, an unmapped one is not forwarded"
         );
+    }
+
+    #[test]
+    fn the_role_header_carries_the_role_map_value_while_required_roles_meet_the_store_role() {
+        let c = Config::from_json(
+            br#"{"store":{"cluster":"k"},
+                 "identity_headers":{"role_map":{"admin":"admin","*":"user"}},
+                 "required_roles":[{"prefix":"/ops/","roles":["owner"]}]}"#,
+        )
+        .unwrap();
+        for (store_role, header) in [("admin", "admin"), ("member", "user"), ("owner", "user")] {
+            let o = allow(store_role);
+            let Action::Forward { headers, .. } = act(&c, &o, &route("/data"), false) else {
+                panic!("{store_role}: not forwarded")
+            };
+            assert_eq!(headers[2], ("x-role", header), "{store_role}");
+        }
+        // required_roles lists the store's role: "owner" passes though its header says "user",
+        // and "member" (also "user" in the header) does not.
+        assert!(matches!(
+            act(&c, &allow("owner"), &route("/ops/x"), false),
+            Action::Forward { .. }
+        ));
+        assert_eq!(
+            act(&c, &allow("member"), &route("/ops/x"), false),
+            Action::Refuse(Refusal::Forbidden)
+        );
+    }
+
+    #[test]
+    fn without_a_catch_all_unmapped_roles_go_upstream_unchanged() {
+        let c = Config::from_json(
+            br#"{"store":{"cluster":"k"},"identity_headers":{"role_map":{"Admin":"admin"}}}"#,
+        )
+        .unwrap();
+        let value = |role: &str| c.identity_headers.role_map.value(role).to_string();
+        assert_eq!(value("Admin"), "admin");
+        assert_eq!(value("admin"), "admin", "unmapped: as it is");
+        assert_eq!(value("reader"), "reader");
     }
 
     #[test]

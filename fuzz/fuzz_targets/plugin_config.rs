@@ -100,6 +100,36 @@ fn check_invariants(c: &Config) {
         ]
         .contains(&n.as_str()));
     }
+    // identity_headers.role_map: store roles by the key store's rule, "*" kept apart, values
+    // that may go into a header; every store role maps to exactly one value.
+    let m = &c.identity_headers.role_map;
+    assert!(m.roles.len() + usize::from(m.other.is_some()) <= keygate::config::MAX_ROLE_MAP);
+    for (i, (role, value)) in m.roles.iter().enumerate() {
+        assert!(
+            (1..=128).contains(&role.len())
+                && role != "."
+                && role != ".."
+                && role
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+            "role_map role {role:?}"
+        );
+        assert!(
+            !m.roles[..i].iter().any(|(r, _)| r == role),
+            "{role:?} twice"
+        );
+        assert_eq!(m.value(role), value.as_str());
+    }
+    for v in m.roles.iter().map(|(_, v)| v).chain(m.other.as_ref()) {
+        assert!(
+            (1..=128).contains(&v.len())
+                && is_header_value(v)
+                && !v.contains(',')
+                && !v.starts_with(' ')
+                && !v.ends_with(' '),
+            "role_map value {v:?}"
+        );
+    }
     if let Some(t) = &c.store.token {
         assert!((16..=512).contains(&t.len()) && t.bytes().all(|b| (0x21..=0x7e).contains(&b)));
     }
@@ -197,6 +227,14 @@ fn to_json(c: &Config) -> serde_json::Value {
                 .claims
                 .iter()
                 .map(|(k, v)| (k.clone(), json!(v)))
+                .collect::<serde_json::Map<_, _>>(),
+            "role_map": c
+                .identity_headers
+                .role_map
+                .roles
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .chain(c.identity_headers.role_map.other.iter().map(|v| ("*".to_string(), json!(v))))
                 .collect::<serde_json::Map<_, _>>(),
         },
         "invalidate_paths": c.invalidate_paths.iter().map(prefix_text).collect::<Vec<_>>(),
