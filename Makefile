@@ -55,7 +55,8 @@ test-openapi: setup-test
 test-docs:
 	@scripts/check-docs.sh
 
-## envoy/kubernetes/ validated offline (kubernetes-validate --strict, then cross-references).
+## envoy/kubernetes/ validated offline (kubernetes-validate --strict, then cross-references), and
+## its monitoring Component against the Prometheus Operator CRDs' schemas (scripts/crd-schemas/).
 test-k8s: setup-test
 	@scripts/check-k8s.sh
 
