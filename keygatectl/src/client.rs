@@ -1,9 +1,16 @@
-//! One admin call over HTTP: the credential header, a JSON body, and the API's answer or its
-//! error message. Invariant: the key is only ever sent in the `x-api-key` header, never
-//! printed or put in an error.
+//! One admin call over HTTP or HTTPS: the credential header, a JSON body, and the API's answer
+//! or its error message. Invariants: the key is only ever sent in the `x-api-key` header, never
+//! printed or put in an error; it goes only to the origin of `--url`: no redirect is followed
+//! (a 3xx answer is an error naming where it pointed). Not even a same-origin one: the admin
+//! API never redirects, so a redirect means a wrong URL or someone else answering, and the
+//! request body can carry a key too (`--import-key-file`, `key find`). HTTPS trusts the
+//! system's roots plus, with `--ca-cert`, the certificates of that PEM file.
 
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateDer;
 use serde_json::Value;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a command failed; decides the exit status.
@@ -70,16 +77,62 @@ pub fn read_value(path: &Path, what: &str) -> Result<String, Error> {
     Ok(value)
 }
 
+/// The TLS roots: the system's, plus every certificate in `ca_cert`.
+fn roots(ca_cert: Option<&Path>) -> Result<rustls::RootCertStore, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    let system = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(system.certs);
+    if let Some(path) = ca_cert {
+        let bad =
+            |e: &dyn std::fmt::Display| Error::Usage(format!("--ca-cert {}: {e}", path.display()));
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(&e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&e))?;
+        if certs.is_empty() {
+            return Err(bad(&"no PEM certificate in it"));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(&e))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// rustls over `ring` (the provider ureq builds with) and `roots`.
+#[allow(deprecated)] // ring: deprecated in rustls 0.23.48 only for lacking post-quantum groups
+fn tls_config(ca_cert: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Usage(format!("TLS: {e}")))?
+        .with_root_certificates(roots(ca_cert)?)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 impl Client {
-    pub fn new(base: &str, key: String) -> Client {
-        let agent = ureq::AgentBuilder::new()
+    /// A client of the store at `base` (`http://` or `https://`; anything else is a usage
+    /// error), trusting `ca_cert` besides the system's roots for HTTPS.
+    pub fn new(base: &str, key: String, ca_cert: Option<&Path>) -> Result<Client, Error> {
+        let lower = base.to_ascii_lowercase();
+        let https = lower.starts_with("https://");
+        if !https && !lower.starts_with("http://") {
+            return Err(Error::Usage(format!(
+                "--url {base:?}: give the scheme, e.g. https://keystore.example:8081"
+            )));
+        }
+        let mut builder = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(30))
-            .build();
-        Client {
+            .redirects(0);
+        if https {
+            builder = builder.tls_config(tls_config(ca_cert)?);
+        }
+        Ok(Client {
             base: base.trim_end_matches('/').to_owned(),
             key,
-            agent,
-        }
+            agent: builder.build(),
+        })
     }
 
     /// Sends `method path` with an optional JSON body; the answer's JSON on 2xx.
@@ -93,11 +146,41 @@ impl Client {
             None => req.call(),
         };
         match res {
+            Ok(res) if (300..400).contains(&res.status()) => Err(redirect(method, &url, &res)),
             Ok(res) => parse(res),
             Err(ureq::Error::Status(status, res)) => Err(api_error(status, res)),
-            Err(e) => Err(Error::Transport(format!("{method} {url}: {e}"))),
+            Err(ureq::Error::Transport(t)) => Err(Error::Transport(format!(
+                "{method} {url}: {}",
+                transport_reason(&t)
+            ))),
         }
     }
+}
+
+/// A redirect, refused: where it pointed, and that nothing was sent there.
+fn redirect(method: &str, url: &str, res: &ureq::Response) -> Error {
+    let to = res.header("location").unwrap_or("nowhere");
+    Error::Transport(format!(
+        "{method} {url}: the store answered {} redirecting to {to}; keygatectl follows no \
+         redirect (the key would go along): give --url the address that answers",
+        res.status()
+    ))
+}
+
+/// A transport error without its URL (the caller names it once): kind, message and causes.
+fn transport_reason(t: &ureq::Transport) -> String {
+    let mut text = t.kind().to_string();
+    if let Some(m) = t.message() {
+        text.push_str(": ");
+        text.push_str(m);
+    }
+    let mut source = std::error::Error::source(t);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 fn parse(res: ureq::Response) -> Result<Value, Error> {

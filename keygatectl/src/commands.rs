@@ -33,6 +33,9 @@ pub struct Cli {
     /// File holding the caller's key (root, an account admin, or a user).
     #[arg(long, env = "KEYGATE_KEY_FILE", global = true)]
     key_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for an https:// --url, besides the system's.
+    #[arg(long, env = "KEYGATE_CA_CERT", value_name = "FILE", global = true)]
+    ca_cert: Option<PathBuf>,
     /// Print the API's JSON answer instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -307,7 +310,7 @@ struct Call {
 
 /// Runs the command line.
 pub fn run(cli: &Cli) -> Result<(), Error> {
-    let client = Client::new(&cli.url, caller_key(cli)?);
+    let client = Client::new(&cli.url, caller_key(cli)?, cli.ca_cert.as_deref())?;
     if let Cmd::Audit(args) = &cli.cmd {
         let page = audit(&client, args)?;
         return output::print(&page, View::Audit, cli.json);

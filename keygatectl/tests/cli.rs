@@ -552,3 +552,121 @@ fn capabilities_are_given_listed_and_roles_sent_in_lowercase() {
         out.stderr
     );
 }
+
+/// Runs keygatectl with `args` against `url`, the key in the environment.
+fn ctl_at(url: &str, key: &str, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_keygatectl"))
+        .args(args)
+        .env("KEYGATE_URL", url)
+        .env("KEYGATE_ROOT_KEY", key)
+        .env_remove("KEYGATE_KEY_FILE")
+        .env_remove("KEYGATE_CA_CERT")
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn the_cli_talks_https_to_a_keystore_whose_ca_it_is_given() {
+    let ca = keygate_harness::TestCa::new("keygatectl test CA").unwrap();
+    let ks = Keystore::start(KeystoreOpts {
+        extra_args: vec![
+            "--tls-cert".into(),
+            ca.server_cert.to_str().unwrap().into(),
+            "--tls-key".into(),
+            ca.server_key.to_str().unwrap().into(),
+        ],
+        ..KeystoreOpts::default()
+    })
+    .unwrap();
+    let url = format!("https://localhost:{}", ks.port());
+    let ca_cert = ca.ca_cert.to_str().unwrap();
+    let out = ctl_at(
+        &url,
+        ks.root_key(),
+        &[
+            "--ca-cert",
+            ca_cert,
+            "--json",
+            "account",
+            "create",
+            "acme",
+            "--admin",
+            "alice",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let listed = ctl_at(
+        &url,
+        ks.root_key(),
+        &["--ca-cert", ca_cert, "user", "list", "acme"],
+    );
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert!(listed.stdout.contains("alice"), "{}", listed.stdout);
+
+    // Without the CA the server is not trusted: a transport error naming the URL once.
+    let out = ctl_at(&url, ks.root_key(), &["user", "list", "acme"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("UnknownIssuer"), "{}", out.stderr);
+    assert_eq!(out.stderr.matches(&url).count(), 1, "{}", out.stderr);
+    // Plain HTTP to the TLS port is no answer either.
+    let out = ctl_at(&ks.url(), ks.root_key(), &["user", "list", "acme"]);
+    assert_ne!(out.code, 0, "{}", out.stdout);
+}
+
+/// A listener that records the head of every request it gets and answers each with `answer`
+/// (`{port}` replaced by `target`); returns its port and the recorded heads.
+fn recording_server(
+    answer: &'static str,
+    target: u16,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead as _, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            while reader.read_line(&mut head).unwrap_or(0) > 2 && !head.ends_with("\r\n\r\n") {}
+            seen.lock().unwrap().push(head.to_ascii_lowercase());
+            let answer = answer.replace("{port}", &target.to_string());
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    (port, heads)
+}
+
+#[test]
+fn a_redirect_to_another_origin_never_gets_the_key() {
+    let (other, other_heads) = recording_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\nconnection: close\r\n\r\n{\"users\":[]}",
+        0,
+    );
+    let (redirecting, heads) = recording_server(
+        "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{port}/api/v1/admin/accounts/acme/users\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        other,
+    );
+    let key = "kg_secret_that_must_stay_home";
+    let url = format!("http://localhost:{redirecting}");
+    let out = ctl_at(&url, key, &["user", "list", "acme"]);
+    assert_eq!(out.code, 3, "{}{}", out.stdout, out.stderr);
+    let want = format!("redirecting to http://127.0.0.1:{other}/");
+    assert!(out.stderr.contains(&want), "{}", out.stderr);
+    assert!(!out.stderr.contains(key), "{}", out.stderr);
+    assert!(
+        heads.lock().unwrap()[0].contains(key),
+        "the first hop gets the key"
+    );
+    let other_heads = other_heads.lock().unwrap();
+    assert!(
+        other_heads.iter().all(|h| !h.contains(key)),
+        "the key went to the other origin: {other_heads:?}"
+    );
+}

@@ -14,6 +14,7 @@ pub mod error;
 pub mod keys;
 pub mod metrics;
 pub mod store;
+pub mod tls;
 
 pub use api::{router, AppState};
 pub use store::{Store, StoreError};

@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the key-store and admin HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the OpenAPI document (the one GET /openapi.json serves) and exit, e.g. to
     /// generate a client in CI without running a store.
     Openapi,
@@ -71,6 +71,13 @@ struct ServeArgs {
     /// KEYSTORE_OPERATOR_ROLES, else none. `root` is never grantable.
     #[arg(long, value_name = "ROLES", value_delimiter = ',')]
     operator_roles: Option<Vec<String>>,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key); without it, plain HTTP
+    /// (behind a mesh or an Envoy that terminates TLS).
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -164,6 +171,10 @@ fn roles(args: &ServeArgs) -> Result<keystore::authority::RoleRegistry, BoxError
 }
 
 async fn serve(args: ServeArgs) -> Result<(), BoxError> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(keystore::tls::server_config(cert, key)?),
+        _ => None,
+    };
     let mut config = Config::with_database(database(&args)?);
     config.roles = roles(&args)?;
     config.root_key = secret(
@@ -185,7 +196,13 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    keystore::serve(listener, state, shutdown_signal()).await?;
+    match tls {
+        Some(tls) => {
+            let listener = listener.into_std()?;
+            keystore::tls::serve_tls(listener, state, tls, shutdown_signal()).await?;
+        }
+        None => keystore::serve(listener, state, shutdown_signal()).await?,
+    }
     tracing::info!("keystore stopped");
     Ok(())
 }
@@ -212,7 +229,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = match cli.command {
-        Command::Serve(args) => args,
+        Command::Serve(args) => *args,
         Command::Openapi => return print_openapi(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

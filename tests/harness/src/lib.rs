@@ -21,6 +21,7 @@ mod postgres;
 pub mod process;
 mod render;
 mod stub_wasm;
+mod tls;
 mod tmp;
 mod two;
 mod upstream;
@@ -47,6 +48,7 @@ pub use render::{
     template_variant, EnvoyConfigExtras, EnvoyConfigParams, HARDENING_MARK,
 };
 pub use stub_wasm::{stub_wasm, STUB_METRIC};
+pub use tls::TestCa;
 pub use tmp::TempDir;
 pub use two::{TwoInstances, TwoOpts};
 pub use upstream::Upstream;
