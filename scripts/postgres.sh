@@ -5,6 +5,8 @@
 #                               initialise a cluster, start it on 127.0.0.1, create the
 #                               database, print its URL on stdout
 #   scripts/postgres.sh url     print the URL on stdout (fails if the server is not running)
+#   scripts/postgres.sh ca      print the path of the CA certificate of the server's TLS
+#                               certificate (for sslmode=verify-full&sslrootcert=...)
 #   scripts/postgres.sh stop    stop the server and remove the cluster
 #   scripts/postgres.sh status  exit 0 if running
 #
@@ -12,6 +14,9 @@
 # Everything else goes to stderr, so `url=$(scripts/postgres.sh start)` works.
 #
 # The cluster is for tests only: trust authentication, listening on loopback only, fsync off.
+# It offers TLS (ssl=on; plaintext still accepted) with a certificate for 127.0.0.1 and
+# localhost signed by a throwaway CA made with openssl at initialisation (its key is deleted at
+# once), so clients can test every sslmode against it.
 # As root, the server runs as the `postgres` user (created by the Debian package); PostgreSQL
 # refuses to run as root.
 #
@@ -97,6 +102,28 @@ psql_admin() {
   PGCONNECT_TIMEOUT=5 psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U "$SUPERUSER" -d postgres "$@"
 }
 
+# A throwaway CA and the server's certificate it signs, in $DIR/tls (owned by the server's user).
+make_tls() {
+  local t="$DIR/tls"
+  command -v openssl >/dev/null || die "no openssl (Debian package openssl)"
+  mkdir -p "$t"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${ec[@]}" -days 30 -subj "/CN=keygate test PostgreSQL CA" \
+    -keyout "$t/ca.key" -out "$t/ca.crt" 2>/dev/null || die "openssl: cannot make the CA"
+  openssl req "${ec[@]}" -subj "/CN=localhost" -keyout "$t/server.key" -out "$t/server.csr" \
+    2>/dev/null || die "openssl: cannot make the server key"
+  printf '%s\n' 'subjectAltName=DNS:localhost,IP:127.0.0.1' 'basicConstraints=critical,CA:FALSE' \
+    'keyUsage=critical,digitalSignature' 'extendedKeyUsage=serverAuth' >"$t/server.ext"
+  openssl x509 -req -in "$t/server.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" -CAcreateserial \
+    -days 30 -extfile "$t/server.ext" -out "$t/server.crt" 2>/dev/null \
+    || die "openssl: cannot sign the server certificate"
+  rm -f "$t/ca.key" "$t/ca.srl" "$t/server.csr" "$t/server.ext"
+  chmod 0755 "$t"
+  chmod 0644 "$t/ca.crt" "$t/server.crt"
+  chmod 0600 "$t/server.key"
+  if [ "$(id -u)" -eq 0 ]; then chown -R postgres:postgres "$t"; fi
+}
+
 start() {
   need_bindir
   if ! is_running; then
@@ -111,6 +138,7 @@ start() {
         --encoding=UTF8 --no-locale >"$DIR/initdb.log" 2>&1 \
         || { cat "$DIR/initdb.log" >&2; die "initdb failed"; }
     fi
+    [ -f "$DIR/tls/server.key" ] || make_tls
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
       die "127.0.0.1:$PORT is already taken by another process (set KEYGATE_PG_PORT)"
     fi
@@ -119,7 +147,8 @@ start() {
     as_owner "$BINDIR/pg_ctl" -D "$DIR/data" -l "$DIR/postgres.log" -w -t 60 \
       -o "-c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories=$DIR \
           -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-          -c max_connections=300 -c shared_buffers=64MB" \
+          -c max_connections=300 -c shared_buffers=64MB \
+          -c ssl=on -c ssl_cert_file=$DIR/tls/server.crt -c ssl_key_file=$DIR/tls/server.key" \
       start >/dev/null || { tail -n 30 "$DIR/postgres.log" >&2 || true; die "pg_ctl start failed"; }
   fi
   command -v psql >/dev/null || die "no psql (Debian package postgresql-client)"
@@ -151,11 +180,15 @@ case "${1:-}" in
     is_running || die "not running (scripts/postgres.sh start)"
     printf '%s\n' "$URL"
     ;;
+  ca)
+    [ -f "$DIR/tls/ca.crt" ] || die "no cluster with TLS (scripts/postgres.sh start)"
+    printf '%s\n' "$DIR/tls/ca.crt"
+    ;;
   status)
     if is_running; then say "running: $URL"; else say "not running"; exit 1; fi
     ;;
   *)
-    echo "usage: $0 start|stop|url|status" >&2
+    echo "usage: $0 start|stop|url|ca|status" >&2
     exit 2
     ;;
 esac

@@ -134,6 +134,22 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested; finishing in-flight requests");
 }
 
+/// `e` and its sources, `: `-separated, each source left out when the text so far already
+/// says it (tokio-postgres' "error connecting to server" alone does not say why).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The database: --db, --database-url, or KEYSTORE_DATABASE_URL (in that order).
 fn database(args: &ServeArgs) -> Result<Database, BoxError> {
     if let Some(path) = &args.db {
@@ -190,9 +206,10 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     config.lookup_delay = Duration::from_millis(args.lookup_delay_ms);
     config.changes_retention = args.changes_retention;
     config.pool_size = args.database_pool_size;
-    let state = keystore::open(&config)
-        .await
-        .map_err(|e| format!("cannot open database {}: {e}", config.database.describe()))?;
+    let state = keystore::open(&config).await.map_err(|e| {
+        let why = error_chain(&e);
+        format!("cannot open database {}: {why}", config.database.describe())
+    })?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -20,6 +20,7 @@
 
 mod admin;
 mod lifecycle;
+mod pg_tls;
 mod postgres;
 mod sql;
 mod sqlite;

@@ -735,3 +735,81 @@ fn a_keystore_restarted_without_its_root_key_no_longer_honours_it() {
         ["root_key.install", "root_key.remove", "root_key.revive"]
     );
 }
+
+/// Runs `keystore serve` on `url` expecting it to stop at start-up; its stderr.
+fn failed_start(url: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_keystore"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", url])
+        .env_remove("KEYSTORE_ROOT_KEY")
+        .env_remove("KEYSTORE_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{url} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn postgres_over_tls_honours_sslmode_and_says_why_it_cannot_connect() {
+    let Some(base) = common::postgres_url_for("postgres_over_tls") else {
+        return;
+    };
+    let ca = std::env::var(common::PG_CA_CERT_VAR)
+        .unwrap_or_else(|_| panic!("{}: scripts/postgres.sh ca", common::PG_CA_CERT_VAR));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let schema = rt.block_on(common::PgSchema::create(&base));
+    let admin = rt.block_on(schema.connect());
+    let ssl_of = |app: &str| -> Vec<bool> {
+        let rows = rt.block_on(admin.query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = $1",
+            &[&app],
+        ));
+        rows.unwrap().iter().map(|r| r.get(0)).collect()
+    };
+    let ca_param = ca.replace('/', "%2F");
+    for (mode, tls) in [
+        (format!("sslmode=verify-full&sslrootcert={ca_param}"), true),
+        (format!("sslmode=verify-ca&sslrootcert={ca_param}"), true),
+        ("sslmode=require".to_owned(), true),
+        ("sslmode=disable".to_owned(), false),
+    ] {
+        let app = format!("kg_tls_{}_{}", std::process::id(), mode.len());
+        let url = format!("{}&application_name={app}&{mode}", schema.url());
+        let server = Server::start_on(&["--database-url", &url], &[], Some(ROOT_KEY));
+        assert_eq!(
+            server.call("GET", "/healthz", None, None),
+            (200, json!({"status": "ok"})),
+            "{mode}"
+        );
+        let ssl = ssl_of(&app);
+        assert!(
+            !ssl.is_empty() && ssl.iter().all(|s| *s == tls),
+            "{mode}: {ssl:?}"
+        );
+        drop(server);
+    }
+
+    // A CA that did not sign the server's certificate: refused, and the error says why.
+    let dir = tempfile::tempdir().unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let url = format!(
+        "{}&sslmode=verify-full&sslrootcert={}",
+        schema.url(),
+        other_ca.to_str().unwrap().replace('/', "%2F")
+    );
+    let err = failed_start(&url);
+    for part in [
+        "error performing TLS handshake",
+        "invalid peer certificate",
+        "UnknownIssuer",
+    ] {
+        assert!(err.contains(part), "{part:?} not in {err}");
+    }
+    // verify-full without a CA to verify against is refused before connecting.
+    let err = failed_start(&format!("{}&sslmode=verify-full", schema.url()));
+    assert!(err.contains("needs sslrootcert"), "{err}");
+    drop(admin);
+    drop(schema);
+}

@@ -20,7 +20,7 @@ use deadpool_postgres::{
 };
 use std::time::Duration;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{IsolationLevel, NoTls};
+use tokio_postgres::IsolationLevel;
 
 /// The schema version this keystore writes (the `meta` row `schema_version`).
 const SCHEMA_VERSION: i64 = super::SCHEMA_VERSION;
@@ -115,9 +115,11 @@ impl PgStore {
         retention: i64,
         pool_size: usize,
     ) -> Result<PgStore, StoreError> {
+        let (url, tls) = super::pg_tls::split(url)?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Internal(format!("invalid database URL: {e}")))?;
+        config.ssl_mode(tls.mode);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECTION_TIMEOUT);
         }
@@ -126,7 +128,7 @@ impl PgStore {
         }
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls.connector()?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -28,6 +28,8 @@ use tower::ServiceExt as _;
 
 /// The variable that selects PostgreSQL.
 pub const DATABASE_URL_VAR: &str = "KEYSTORE_TEST_DATABASE_URL";
+/// The CA certificate of the test PostgreSQL's TLS certificate (`scripts/postgres.sh ca`).
+pub const PG_CA_CERT_VAR: &str = "KEYSTORE_TEST_PG_CA_CERT";
 /// Set to 1 (by the Makefile's PostgreSQL step) to make a missing [`DATABASE_URL_VAR`] an error.
 pub const REQUIRE_POSTGRES_VAR: &str = "KEYSTORE_REQUIRE_POSTGRES";
 
