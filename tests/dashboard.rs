@@ -67,7 +67,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         if matches!(next, Some('=' | '!')) {
             continue;
         }
-        if ["keygate_", "keystore_", "envoy_"]
+        if ["keygate_", "keystore_", "envoy_", "process_"]
             .iter()
             .any(|p| word.starts_with(p))
         {
@@ -155,6 +155,9 @@ fn the_dashboard_is_well_formed() {
         "keygate_requests_throttled",
         "keystore_request_duration_seconds_bucket",
         "keystore_db_duration_seconds_bucket",
+        "keystore_build_info",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
     ] {
         assert!(queried.contains(needed), "no panel queries {needed}");
     }

@@ -3,13 +3,22 @@
 //!
 //! Invariants: label values come from bounded sets only (route templates, never raw paths, so
 //! no key id reaches a label; status classes; job names), so the number of series is bounded;
-//! the counter names of the first release (`keystore_lookups_total`, ...) are kept.
+//! the counter names of the first release (`keystore_lookups_total`, ...) are kept; label
+//! values are snake_case (`op="create_key"`). Besides its own, the keystore exports
+//! `keystore_build_info`, the process metrics ([`process`]) and, on PostgreSQL, its connection
+//! pool's state ([`pool`]).
+
+mod pool;
+mod process;
+
+pub use pool::{PoolProbe, PoolStatus};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
 
@@ -23,7 +32,7 @@ pub struct RequestLabels {
     pub status: String,
 }
 
-/// Labels of a database call: the job (`Lookup`, `CreateKey`, ...) and read or write.
+/// Labels of a database call: the job (`lookup`, `create_key`, ...) and read or write.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DbLabels {
     pub op: String,
@@ -66,6 +75,13 @@ pub fn inc(counter: &Counter) {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(None)
+    }
+}
+
+impl Metrics {
+    /// The metrics of a process; `pool` reads the PostgreSQL pool's state (none on SQLite).
+    pub fn new(pool: Option<PoolProbe>) -> Self {
         let mut m = Metrics {
             registry: Registry::default(),
             lookups: Counter::default(),
@@ -82,11 +98,20 @@ impl Default for Metrics {
             changes_page_size: Histogram::new(exponential_buckets(1.0, 4.0, 6)),
         };
         m.register();
+        m.registry.register(
+            "keystore_build",
+            "The running keystore's version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        m.registry
+            .register_collector(Box::new(process::ProcessCollector));
+        if let Some(probe) = pool {
+            m.registry
+                .register_collector(Box::new(pool::PoolCollector(probe)));
+        }
         m
     }
-}
 
-impl Metrics {
     fn register(&mut self) {
         let r = &mut self.registry;
         let counters = [
@@ -178,13 +203,13 @@ impl Metrics {
     /// Records one database call.
     pub fn observe_db(&self, op: &str, kind: &str, took: Duration) {
         let labels = DbLabels {
-            op: op.to_owned(),
+            op: snake_case(op),
             kind: kind.to_owned(),
         };
         self.db.get_or_create(&labels).observe(took.as_secs_f64());
     }
 
-    /// Everything in the OpenMetrics text format.
+    /// Everything in the OpenMetrics text format (the collectors read their values now).
     pub fn render(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
@@ -192,6 +217,23 @@ impl Metrics {
         }
         out
     }
+}
+
+/// `CreateKey` → `create_key`: label values in Prometheus's snake_case (job names are Rust type
+/// names).
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len().saturating_add(4));
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -231,6 +273,7 @@ mod tests {
         m.observe_request("unmatched", "BREW", 404, Duration::from_millis(1));
         m.observe_request("unmatched", "PROPFIND2", 404, Duration::from_millis(1));
         m.observe_db("Lookup", "read", Duration::from_millis(1));
+        m.observe_db("CreateKey", "write", Duration::from_millis(1));
         m.changes_page_size.observe(3.0);
         let text = m.render();
         assert!(
@@ -238,7 +281,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"keystore_db_duration_seconds_count{op="Lookup",kind="read"} 1"#),
+            text.contains(r#"keystore_db_duration_seconds_count{op="lookup",kind="read"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"keystore_db_duration_seconds_count{op="create_key",kind="write"} 1"#),
             "{text}"
         );
         assert!(
@@ -252,5 +299,53 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("BREW"), "{text}");
+    }
+
+    #[test]
+    fn build_info_and_the_process_metrics_are_exported() {
+        let text = Metrics::default().render();
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!("keystore_build_info{{version=\"{version}\"}} 1")),
+            "{text}"
+        );
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_virtual_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_start_time_seconds ",
+            "process_threads ",
+        ] {
+            assert!(
+                text.contains(&format!("\n{name}")),
+                "{name} missing in {text}"
+            );
+        }
+        assert!(
+            !text.contains("keystore_db_pool"),
+            "no pool on SQLite: {text}"
+        );
+    }
+
+    #[test]
+    fn the_pool_gauges_read_the_pool_at_each_scrape() {
+        let status = PoolStatus {
+            max_size: 8,
+            size: 5,
+            idle: 2,
+            waiting: 1,
+        };
+        let m = Metrics::new(Some(Box::new(move || status)));
+        let text = m.render();
+        for line in [
+            "keystore_db_pool_connections{state=\"idle\"} 2",
+            "keystore_db_pool_connections{state=\"in_use\"} 3",
+            "keystore_db_pool_max_connections 8",
+            "keystore_db_pool_waiting 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in {text}");
+        }
     }
 }

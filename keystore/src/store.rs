@@ -1102,9 +1102,10 @@ impl Store {
     ) -> Result<Store, StoreError> {
         let store =
             postgres::PgStore::connect(url, retention(changes_retention), pool_size).await?;
+        let metrics = Arc::new(Metrics::new(Some(store.pool_probe())));
         Ok(Store {
             engine: Engine::Postgres(store),
-            metrics: Arc::default(),
+            metrics,
         })
     }
 

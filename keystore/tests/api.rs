@@ -53,9 +53,22 @@ async fn healthz_and_metrics() {
     for line in [
         r#"keystore_request_duration_seconds_count{route="/v1/keys/{key_id}",method="GET",status="4xx"} 1"#,
         r#"keystore_request_duration_seconds_count{route="/healthz",method="GET",status="2xx"} 1"#,
-        r#"keystore_db_duration_seconds_count{op="Lookup",kind="read"} 1"#,
+        r#"keystore_db_duration_seconds_count{op="lookup",kind="read"} 1"#,
+        "\nkeystore_build_info{version=",
+        "\nprocess_cpu_seconds_total ",
+        "\nprocess_resident_memory_bytes ",
+        "\nprocess_open_fds ",
     ] {
         assert!(text.contains(line), "{line} missing in {text}");
+    }
+    // The connection pool's state, on PostgreSQL only (SQLite has no pool).
+    for line in [
+        "\nkeystore_db_pool_connections{state=\"idle\"} ",
+        "\nkeystore_db_pool_connections{state=\"in_use\"} ",
+        "\nkeystore_db_pool_max_connections ",
+        "\nkeystore_db_pool_waiting 0\n",
+    ] {
+        assert_eq!(text.contains(line), ks.is_postgres(), "{line} in {text}");
     }
     assert!(!text.contains(&"0".repeat(64)), "{text}");
 }

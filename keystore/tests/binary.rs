@@ -315,6 +315,41 @@ fn sigint_shuts_down_and_missing_root_key_warns() {
     assert_eq!(log.matches("keystore listening on ").count(), 1, "{log}");
 }
 
+#[test]
+fn log_format_json_writes_one_json_object_per_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ks.db");
+    let mut server = Server::start(&db, &["--log-format", "json"], None);
+    assert_eq!(server.call("GET", "/healthz", None, None).0, 200);
+    server.signal("INT");
+    assert!(server.wait(Duration::from_secs(20)).success());
+    let log = server.log();
+    let mut messages = Vec::new();
+    for line in log.lines() {
+        if line.starts_with("keystore listening on ") {
+            continue; // the ready line scripts wait for, plain in both formats
+        }
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        messages.push(
+            v["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("no root key configured")),
+        "{log}"
+    );
+    assert!(messages.iter().any(|m| m == "keystore stopped"), "{log}");
+}
+
 /// `GET path` with one extra header line on a fresh connection: the whole response text.
 fn raw_get(addr: SocketAddr, path: &str, header: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();

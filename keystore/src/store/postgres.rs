@@ -108,6 +108,20 @@ impl<C: GenericClient> Db for PgDb<'_, C> {
 }
 
 impl PgStore {
+    /// Reads the pool's state for the metrics (`keystore_db_pool_*`).
+    pub(crate) fn pool_probe(&self) -> crate::metrics::PoolProbe {
+        let pool = self.pool.clone();
+        Box::new(move || {
+            let s = pool.status();
+            crate::metrics::PoolStatus {
+                max_size: s.max_size,
+                size: s.size,
+                idle: s.available,
+                waiting: s.waiting,
+            }
+        })
+    }
+
     /// Builds the pool, checks that the server answers, applies the schema if needed and
     /// prunes the change log.
     pub(crate) async fn connect(
