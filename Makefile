@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/keygate.wasm
 
-.PHONY: all setup setup-test build demo test test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-dashboard test-alerts test-compose test-postgres test-e2e test-fuzz fuzz soak bench bench-smoke bench-store bench-store-smoke clean
+.PHONY: all setup setup-test build demo test test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-dashboard test-alerts test-msrv test-compose test-postgres test-e2e test-fuzz fuzz soak bench bench-smoke bench-store bench-store-smoke clean
 
 all: build
 
@@ -33,7 +33,7 @@ demo: build
 	target/release/keygate-demo
 
 ## Everything: unit tests (native and wasm), lints, the keystore's API tests, end to end against real Envoy.
-test: setup-test build test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-compose test-postgres test-dashboard test-alerts test-e2e test-fuzz bench-smoke bench-store-smoke
+test: setup-test build test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-msrv test-compose test-postgres test-dashboard test-alerts test-e2e test-fuzz bench-smoke bench-store-smoke
 	@echo "make test: all suites passed"
 
 ## The key store's API tests, the shared protocol rules' and the harness's own tests (the
@@ -50,6 +50,10 @@ test-cli:
 ## GET /openapi.json: valid (openapi-spec-validator), and every router route documented.
 test-openapi: setup-test
 	KEYGATE_REQUIRE_TOOLS=1 $(CARGO) test -p keystore --test openapi
+
+## The declared rust-version is true for Cargo.lock: no locked crate needs a newer Rust.
+test-msrv:
+	@scripts/check-msrv.sh
 
 ## Every repository path and `make` target the READMEs name exists.
 test-docs:

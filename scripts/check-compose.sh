@@ -19,6 +19,7 @@
 #      protocol token from files (output mode 0600, the key written only there, `%` escaped);
 #      the result has the hardening above and passes `envoy --mode validate` with the real
 #      filter and integrations/openviking/keygate.json; the template holds no key;
+#   7. keystore/Dockerfile's docker run example: secrets from files, real keystore options;
 #   5. no secret is shipped: no literal root key or protocol token in the shipped files, the
 #      keystore reads both from files that envoy/compose/init-secrets.sh generates (run here on
 #      temporary directories; the configurations it renders are the ones validated in 2, and the
@@ -583,4 +584,35 @@ if ! out=$("$ENVOY" --mode validate -c "$tmp/openviking.yaml" -l warning 2>&1); 
   die "envoy --mode validate: $ov_dir/envoy.yaml.tmpl (rendered)"
 fi
 say "ok: $ov_dir/render.sh renders envoy.yaml.tmpl (hardened, key only in the 0600 output); envoy --mode validate passes"
+
+# 7. keystore/Dockerfile's run example: the secrets from files (no `-e` with a key), and every
+#    option it names is an option of the built `keystore serve`.
+python3 - keystore/Dockerfile "$KEYSTORE" <<'PY' || die "keystore/Dockerfile: its docker run example"
+import os, re, subprocess, sys
+path, binary = sys.argv[1], sys.argv[2]
+lines = [l[1:].strip() for l in open(path) if l.startswith("#")]
+run = ""
+for l in lines:
+    if l.startswith("docker run") or (run and run.endswith("\\")):
+        run = run.rstrip("\\") + " " + l
+errors = []
+if not run:
+    errors.append("no docker run example")
+if re.search(r"-e\s+KEYSTORE_(ROOT_KEY|PROTOCOL_TOKEN)", run):
+    errors.append("a secret in docker run -e (docker inspect shows it)")
+for opt in ["--root-key-file", "--protocol-token-file"]:
+    if opt not in run:
+        errors.append(f"the example does not use {opt}")
+if os.path.exists(binary):
+    help_text = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True).stdout
+    for opt in re.findall(r"(?<=\s)--[a-z-]+", run):
+        if f"{opt} " not in help_text and f"{opt}\n" not in help_text:
+            errors.append(f"keystore serve has no option {opt}")
+else:
+    print(f"[check-compose] {binary} not built: the Dockerfile's options not checked", file=sys.stderr)
+for e in errors:
+    print(f"[check-compose] FAIL: {path}: {e}", file=sys.stderr)
+sys.exit(1 if errors else 0)
+PY
+say "ok: keystore/Dockerfile's docker run example takes the secrets from files, with options keystore serve has"
 say "all compose/Istio checks passed"

@@ -5,7 +5,8 @@
 #     `scripts/setup.sh test`;
 #  2. what no schema says: kustomization.yaml lists every manifest but the WasmPlugin; the Service and the PDB
 #     select the Deployment's pods; the probes hit /healthz on a declared container port; the
-#     Secret holds every key the Deployment reads; resources and limits are set; the
+#     Secret holds every key the Deployment reads; resources and limits are set; a preStop
+#     delay before SIGTERM; the
 #     WasmPlugin's store.cluster and store.authority name the Service and its port; the
 #     container's arguments are options of the built keystore binary;
 #  3. and 4. the monitoring Component (below).
@@ -72,6 +73,16 @@ for probe in ["readinessProbe", "startupProbe"]:
     check(http.get("path") == "/healthz", f"{probe} must GET /healthz, not {http.get('path')}")
     check(http.get("port") in ports, f"{probe} port {http.get('port')} is not a container port")
 check("livenessProbe" in c, "no livenessProbe")
+# The pod must keep answering while it leaves the endpoints: a preStop delay shorter than the
+# grace period (which counts the delay and the graceful shutdown together).
+stop = c.get("lifecycle", {}).get("preStop", {})
+delay = stop.get("sleep", {}).get("seconds")
+cmd = stop.get("exec", {}).get("command", [])
+if delay is None and len(cmd) == 2 and cmd[0].endswith("sleep") and cmd[1].isdigit():
+    delay = int(cmd[1])
+grace = dep["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+check(delay is not None and 3 <= delay <= grace - 10,
+      f"preStop must wait 3 s or more (and 10 s under the grace period {grace}) before SIGTERM, found {stop}")
 res = c.get("resources", {})
 check(res.get("requests", {}).get("cpu") and res.get("requests", {}).get("memory")
       and res.get("limits", {}).get("memory"), "cpu/memory requests and a memory limit are required")
