@@ -29,8 +29,9 @@ build: setup
 	$(CARGO) build --release -p keystore -p keygatectl -p keygate-harness
 
 ## The two-instance scenario: key store + upstream + Envoy A + Envoy B, walked through step by step.
+## `make demo KEEP=1` keeps them running afterwards, for trying by hand (Ctrl-C stops them).
 demo: build
-	target/release/keygate-demo
+	target/release/keygate-demo $(if $(KEEP),--keep)
 
 ## Everything: unit tests (native and wasm), lints, the keystore's API tests, end to end against real Envoy.
 test: setup-test build test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-msrv test-compose test-postgres test-dashboard test-alerts test-e2e test-fuzz bench-smoke bench-store-smoke

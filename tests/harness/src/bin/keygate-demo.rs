@@ -5,11 +5,15 @@
 //! Uses the well-known ports (A 10000, B 10001, admins 9901/9902, keystore 8081, upstream
 //! 8080) when they are free, free ports otherwise. Everything it started is stopped on exit,
 //! on error and on Ctrl-C. Exits non-zero if a step did not give the expected answer.
+//! With `--keep` (`make demo KEEP=1`) it keeps everything running after the last step, for
+//! trying it by hand: it writes the root key and a fresh user key to files (mode 0600, in a
+//! directory of mode 0700, removed on Ctrl-C), prints where they are, and waits for Ctrl-C.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,6 +25,8 @@ use serde_json::{json, Value};
 
 /// Set by the signal handler; the watcher thread does the cleanup.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// With `--keep`: the directory holding the keys, removed by the watcher on Ctrl-C.
+static KEYS_DIR: OnceLock<PathBuf> = OnceLock::new();
 
 extern "C" fn on_signal(_sig: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
@@ -41,6 +47,9 @@ fn install_signal_handlers() {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 eprintln!("\ninterrupted: stopping everything");
                 process::kill_all_children(Duration::from_secs(2));
+                if let Some(dir) = KEYS_DIR.get() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
                 std::process::exit(130);
             }
             thread::sleep(Duration::from_millis(50));
@@ -58,7 +67,8 @@ const CONCURRENT: usize = 200;
 
 fn main() -> ExitCode {
     install_signal_handlers();
-    let outcome = std::panic::catch_unwind(run);
+    let keep = std::env::args().skip(1).any(|a| a == "--keep");
+    let outcome = std::panic::catch_unwind(|| run(keep));
     if INTERRUPTED.load(Ordering::SeqCst) {
         // The children were killed under the running steps: whatever failed, that is why.
         process::kill_all_children(Duration::from_secs(2));
@@ -171,7 +181,7 @@ fn short(key: &str) -> String {
     format!("{head}…{tail}")
 }
 
-fn run() -> Result<usize> {
+fn run(keep: bool) -> Result<usize> {
     println!("keygate demo: starting the keystore, the echo upstream and Envoys A and B ...");
     let mut opts = TwoOpts::new(default_keygate_config());
     opts.keystore = KeystoreOpts {
@@ -352,9 +362,64 @@ fn run() -> Result<usize> {
 
     rotate_with_grace(&mut s, a, b, &alice)?;
 
+    if keep {
+        keep_running(&env, s.mismatches)?;
+    }
     println!("\nstopping everything");
     drop(env);
     Ok(s.mismatches)
+}
+
+/// Writes `text` to `path`, readable by this user only.
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// `--keep`: the keys in files, what to try, then waits for Ctrl-C (the signal watcher stops
+/// everything and removes the files).
+fn keep_running(env: &TwoInstances, mismatches: usize) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let ks = &env.keystore;
+    let key = ks.create_user(ACCOUNT, "carol", "member");
+    let dir = std::env::temp_dir().join(format!("keygate-demo-{}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let _ = KEYS_DIR.set(dir.clone());
+    let (root_file, key_file) = (dir.join("root.key"), dir.join("carol.key"));
+    write_secret(&root_file, ks.root_key())?;
+    write_secret(&key_file, &key)?;
+    let (a, b) = (&env.a, &env.b);
+    let verdict = if mismatches == 0 {
+        "every step gave the expected answer".to_string()
+    } else {
+        format!("{mismatches} step(s) did NOT give the expected answer (marked above)")
+    };
+    println!(
+        "\ndemo done: {verdict}. Still running (--keep); Ctrl-C stops everything.\n\
+         \x20 root key   {root}  (admin API, e.g. keygatectl --url {ks_url})\n\
+         \x20 user key   {user}  (user \"carol\", role member, account {ACCOUNT})\n\
+         Try:\n\
+         \x20 KEY=$(cat {user})\n\
+         \x20 curl -i {b_url}/anything -H \"x-api-key: $KEY\"   # 200, the upstream sees x-account-id etc.\n\
+         \x20 curl -i {a_url}/anything -H \"x-api-key: nope\"   # 401\n\
+         \x20 curl -s {admin}/stats | grep keygate                 # the filter's counters",
+        root = root_file.display(),
+        user = key_file.display(),
+        ks_url = ks.url(),
+        a_url = a.url(),
+        b_url = b.url(),
+        admin = a.admin_url(),
+    );
+    loop {
+        thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// The grace period of the demo's rotation.
