@@ -191,12 +191,39 @@ fn parse(res: ureq::Response) -> Result<Value, Error> {
         .map_err(|e| Error::Transport(format!("the answer is not JSON ({e}): {text}")))
 }
 
-/// The API's `{"error": "..."}` message, or the raw body when it is not that.
+/// The API's message: an RFC 9457 problem's `detail` (else its `title`), or the `error` of
+/// `{"error": "..."}`; the raw body when it is neither.
 fn api_error(status: u16, res: ureq::Response) -> Error {
     let text = res.into_string().unwrap_or_default();
-    let message = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-        .unwrap_or(text);
-    Error::Api(status, message)
+    Error::Api(status, error_message(&text).unwrap_or(text))
+}
+
+fn error_message(body: &str) -> Option<String> {
+    let v = serde_json::from_str::<Value>(body).ok()?;
+    ["detail", "title", "error"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_str))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_message;
+
+    #[test]
+    fn problem_details_and_error_objects_both_give_their_message() {
+        let problem = r#"{"type":"https://keygate.dev/problems/forbidden","title":"Forbidden","status":403,"detail":"this key lacks the capability account_admin"}"#;
+        assert_eq!(
+            error_message(problem).as_deref(),
+            Some("this key lacks the capability account_admin")
+        );
+        let titled = r#"{"type":"about:blank","title":"Not Found","status":404}"#;
+        assert_eq!(error_message(titled).as_deref(), Some("Not Found"));
+        let legacy = r#"{"error":"account nope not found"}"#;
+        assert_eq!(
+            error_message(legacy).as_deref(),
+            Some("account nope not found")
+        );
+        assert_eq!(error_message("<html>bad gateway</html>"), None);
+    }
 }

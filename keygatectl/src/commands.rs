@@ -1,15 +1,19 @@
 //! The subcommands, each one admin API call (the audit trail with `--all`: one per page), and
 //! how its answer is shown. The mapping from a subcommand to its method, path and body is the
-//! only place that knows the API's routes.
+//! only place that knows the API's routes. A new subcommand: a variant of [`Cmd`] (in its own
+//! module if it is more than one call) and its arm in [`run`].
 
 use crate::client::{read_key_file, read_value, Client, Error};
-use crate::output::{self, View};
-use clap::{Args, Parser, Subcommand};
+use crate::input::{self, KeyOut};
+use crate::output::{self, Format, View};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 
 /// Environment variable holding the caller's key when `--key-file` is not given.
-pub const KEY_ENV: &str = "KEYGATE_ROOT_KEY";
+pub const KEY_ENV: &str = "KEYGATE_KEY";
+/// The old name of [`KEY_ENV`], still read (with a warning).
+pub const DEPRECATED_KEY_ENV: &str = "KEYGATE_ROOT_KEY";
 
 #[derive(Parser)]
 #[command(
@@ -19,14 +23,16 @@ pub const KEY_ENV: &str = "KEYGATE_ROOT_KEY";
 )]
 #[command(
     after_help = "The caller's key comes from --key-file (or KEYGATE_KEY_FILE), else \
-from the KEYGATE_ROOT_KEY variable; it is never a command-line argument."
+from the KEYGATE_KEY variable; it is never a command-line argument. Durations: 90s, 15m, 1h, \
+30d, 1h30m, or plain seconds. Exit status: 0 done, 1 the API refused, 2 bad usage, 3 the store \
+could not be reached."
 )]
 pub struct Cli {
     /// The keystore (or an Envoy routing /api/v1/admin/ to it).
     #[arg(
         long,
         env = "KEYGATE_URL",
-        default_value = "http://127.0.0.1:8181",
+        default_value = "http://127.0.0.1:8081",
         global = true
     )]
     url: String,
@@ -36,8 +42,12 @@ pub struct Cli {
     /// PEM file of CA certificates to trust for an https:// --url, besides the system's.
     #[arg(long, env = "KEYGATE_CA_CERT", value_name = "FILE", global = true)]
     ca_cert: Option<PathBuf>,
-    /// Print the API's JSON answer instead of a table.
-    #[arg(long, global = true)]
+    /// Output format: table (borders on a terminal only), json (the API's answer), yaml, or
+    /// name (the identifier of each object, one a line).
+    #[arg(short, long, value_enum, default_value_t = Format::Table, global = true)]
+    output: Format,
+    /// Same as -o json.
+    #[arg(long, global = true, conflicts_with = "output")]
     json: bool,
     #[command(subcommand)]
     cmd: Cmd,
@@ -58,6 +68,11 @@ enum Cmd {
     Key(KeyCmd),
     /// The audit trail: everything (root) or one account's (root, its admins).
     Audit(AuditArgs),
+    /// Print a shell completion script: `source <(keygatectl completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// A new key: expiry, capabilities and an optional key to import instead of minting one.
@@ -65,8 +80,15 @@ enum Cmd {
 struct NewKeyArgs {
     /// Expiry of the new key (RFC 3339, e.g. 2027-06-30T00:00:00Z); at most the calling key's
     /// and the user's (the default). For `user create`, the user's expiry.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "expires_in")]
     expires_at: Option<String>,
+    /// Expiry as a duration from now (e.g. 30d, 12h).
+    #[arg(long, value_name = "DURATION", value_parser = input::parse_duration)]
+    expires_in: Option<u64>,
+    /// Write the new key to this file (created, mode 0600; an existing file is not replaced)
+    /// instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    key_out: Option<PathBuf>,
     /// The new key's capabilities, comma-separated: traffic, own_keys, account_admin
     /// (default: all the calling key has and the role allows).
     #[arg(long, value_delimiter = ',', value_name = "CAPS")]
@@ -88,10 +110,12 @@ enum AccountCmd {
         #[command(flatten)]
         key: NewKeyArgs,
     },
-    /// Revoke an account, its users and their keys (root).
+    /// Revoke an account, its users and their keys (root). Asks first on a terminal.
     Revoke {
         /// Account id
         account: String,
+        #[command(flatten)]
+        yes: Yes,
     },
     /// Set the account's claims, NAME=VALUE (none: clear them) (root).
     SetClaims {
@@ -146,18 +170,20 @@ enum UserCmd {
         account: String,
         /// User id
         user: String,
-        /// How long the replaced key(s) stay valid: 0 (default: revoked at once) to 604800
-        #[arg(long, value_name = "SECONDS")]
-        grace: Option<i64>,
+        /// How long the replaced key(s) stay valid: 0 (default: revoked at once) to 7d
+        #[arg(long, value_name = "DURATION", value_parser = input::parse_duration)]
+        grace: Option<u64>,
         #[command(flatten)]
         key: NewKeyArgs,
     },
-    /// Revoke a user and all their keys.
+    /// Revoke a user and all their keys. Asks first on a terminal.
     Revoke {
         /// Account id
         account: String,
         /// User id
         user: String,
+        #[command(flatten)]
+        yes: Yes,
     },
     /// Disable a user: its keys are not looked up until it is enabled again.
     Disable {
@@ -208,13 +234,13 @@ enum KeyCmd {
         user: String,
         /// Key reference (the 16 hex characters `key list` shows)
         key: String,
-        /// How long the replaced key(s) stay valid: 0 (default: revoked at once) to 604800
-        #[arg(long, value_name = "SECONDS")]
-        grace: Option<i64>,
+        /// How long the replaced key(s) stay valid: 0 (default: revoked at once) to 7d
+        #[arg(long, value_name = "DURATION", value_parser = input::parse_duration)]
+        grace: Option<u64>,
         #[command(flatten)]
         new: NewKeyArgs,
     },
-    /// Revoke one key; the user's other keys keep working.
+    /// Revoke one key; the user's other keys keep working. Asks first on a terminal.
     Revoke(KeyRevokeArgs),
     /// Disable one key: it is not looked up until it is enabled again.
     Disable(KeyRef),
@@ -254,6 +280,16 @@ struct KeyRevokeArgs {
     /// Revoke the key whose value is in this file (`-`: standard input) instead.
     #[arg(long, conflicts_with_all = ["account", "user", "key"])]
     value_file: Option<PathBuf>,
+    #[command(flatten)]
+    yes: Yes,
+}
+
+/// Consent to a destructive command.
+#[derive(Args)]
+struct Yes {
+    /// Do it without asking (needed when standard input is not a terminal).
+    #[arg(long, short = 'y')]
+    yes: bool,
 }
 
 #[derive(Args)]
@@ -267,8 +303,12 @@ struct UpdateArgs {
     #[arg(long)]
     name: Option<String>,
     /// New expiry (RFC 3339).
-    #[arg(long, conflicts_with = "no_expiry")]
+    #[arg(long, conflicts_with_all = ["no_expiry", "expires_in"])]
     expires_at: Option<String>,
+    /// New expiry as a duration from now (e.g. 30d).
+    #[arg(long, value_name = "DURATION", value_parser = input::parse_duration,
+          conflicts_with = "no_expiry")]
+    expires_in: Option<u64>,
     /// Remove the expiry.
     #[arg(long)]
     no_expiry: bool,
@@ -310,27 +350,101 @@ struct Call {
 
 /// Runs the command line.
 pub fn run(cli: &Cli) -> Result<(), Error> {
+    let format = if cli.json { Format::Json } else { cli.output };
+    if let Cmd::Completion { shell } = &cli.cmd {
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "keygatectl", &mut script);
+        return output::say(&String::from_utf8_lossy(&script));
+    }
     let client = Client::new(&cli.url, caller_key(cli)?, cli.ca_cert.as_deref())?;
     if let Cmd::Audit(args) = &cli.cmd {
         let page = audit(&client, args)?;
-        return output::print(&page, View::Audit, cli.json);
+        return output::print(&page, View::Audit, format);
     }
     let call = plan(&cli.cmd)?;
-    let answer = client.call(call.method, &call.path, call.body.as_ref())?;
-    output::print(&answer, call.view, cli.json)
+    let destroys = destroys(&cli.cmd);
+    if let Some((what, yes)) = &destroys {
+        input::confirm(what, *yes)?;
+    }
+    let key_out = key_out(&cli.cmd).map(KeyOut::create).transpose()?;
+    let mut answer = client.call(call.method, &call.path, call.body.as_ref())?;
+    if let Some(out) = key_out {
+        out.write(&mut answer)?;
+    }
+    match destroys {
+        Some(_) if format == Format::Table => output::say(&revoked(&answer)),
+        _ => output::print(&answer, call.view, format),
+    }
 }
 
-/// The caller's key: `--key-file`, else `KEYGATE_ROOT_KEY`.
+/// What a destructive command revokes (for the question) and whether `--yes` was given.
+fn destroys(cmd: &Cmd) -> Option<(String, bool)> {
+    match cmd {
+        Cmd::Account(AccountCmd::Revoke { account, yes }) => Some((
+            format!("account {account}, its users and all their keys"),
+            yes.yes,
+        )),
+        Cmd::User(UserCmd::Revoke { account, user, yes }) => Some((
+            format!("user {user} of account {account} and all their keys"),
+            yes.yes,
+        )),
+        Cmd::Key(KeyCmd::Revoke(a)) => Some(match (&a.account, &a.user, &a.key) {
+            (Some(account), Some(user), Some(key)) => {
+                (format!("key {key} of {account}/{user}"), a.yes.yes)
+            }
+            _ => ("the key whose value is given".to_owned(), a.yes.yes),
+        }),
+        _ => None,
+    }
+}
+
+/// The sentence that reports a revocation: what, and how many keys stopped working.
+fn revoked(answer: &Value) -> String {
+    let text = |k: &str| answer.get(k).and_then(Value::as_str);
+    match (answer.get("revoked").and_then(Value::as_u64), text("key")) {
+        (Some(n), _) => format!("revoked: {n} key(s) no longer work"),
+        (None, Some(key)) => format!(
+            "revoked key {key} of {}/{}",
+            text("account_id").unwrap_or("?"),
+            text("user_id").unwrap_or("?")
+        ),
+        _ => format!("revoked: {answer}"),
+    }
+}
+
+/// The `--key-out` file of a command that makes a key.
+fn key_out(cmd: &Cmd) -> Option<&std::path::Path> {
+    let args = match cmd {
+        Cmd::Account(AccountCmd::Create { key, .. })
+        | Cmd::User(UserCmd::Create { key, .. } | UserCmd::Rotate { key, .. })
+        | Cmd::Key(KeyCmd::Create { key, .. } | KeyCmd::Rotate { new: key, .. }) => key,
+        _ => return None,
+    };
+    args.key_out.as_deref()
+}
+
+/// The caller's key: `--key-file` (or `KEYGATE_KEY_FILE`), else `KEYGATE_KEY`, else the
+/// deprecated `KEYGATE_ROOT_KEY` (with a warning).
 fn caller_key(cli: &Cli) -> Result<String, Error> {
     if let Some(path) = &cli.key_file {
         return read_key_file(path, "key file");
     }
-    match std::env::var(KEY_ENV) {
-        Ok(k) if !k.trim().is_empty() => Ok(k.trim().to_owned()),
-        _ => Err(Error::Usage(format!(
-            "no credential: give --key-file PATH (or KEYGATE_KEY_FILE) or set {KEY_ENV}"
-        ))),
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+    };
+    if let Some(key) = var(KEY_ENV) {
+        return Ok(key);
     }
+    if let Some(key) = var(DEPRECATED_KEY_ENV) {
+        eprintln!("keygatectl: warning: {DEPRECATED_KEY_ENV} is deprecated: use {KEY_ENV}");
+        return Ok(key);
+    }
+    Err(Error::Usage(format!(
+        "no credential: give --key-file PATH (or KEYGATE_KEY_FILE) or set {KEY_ENV}"
+    )))
 }
 
 /// One path segment, percent-encoded.
@@ -355,7 +469,9 @@ fn plan(cmd: &Cmd) -> Result<Call, Error> {
         Cmd::Account(c) => plan_account(c),
         Cmd::User(c) => plan_user(c),
         Cmd::Key(c) => plan_key(c),
-        Cmd::Audit(_) => Err(Error::Usage("audit is paged, not one call".into())),
+        Cmd::Audit(_) | Cmd::Completion { .. } => {
+            Err(Error::Usage("audit and completion are not one call".into()))
+        }
     }
 }
 
@@ -388,7 +504,9 @@ fn plan_account(cmd: &AccountCmd) -> Result<Call, Error> {
             let path = "/api/v1/admin/accounts".to_owned();
             call("POST", path, Some(Value::Object(body)), View::NewKey)
         }
-        AccountCmd::Revoke { account } => call("DELETE", account_path(account), None, View::Fields),
+        AccountCmd::Revoke { account, .. } => {
+            call("DELETE", account_path(account), None, View::Fields)
+        }
         AccountCmd::SetClaims { account, claims } => {
             let body = json!({ "claims": parse_claims(claims)? });
             call("PATCH", account_path(account), Some(body), View::Fields)
@@ -437,7 +555,7 @@ fn plan_user(cmd: &UserCmd) -> Result<Call, Error> {
             let path = format!("{}/key", user_path(account, user));
             call("POST", path, Some(Value::Object(body)), View::NewKey)
         }
-        UserCmd::Revoke { account, user } => {
+        UserCmd::Revoke { account, user, .. } => {
             call("DELETE", user_path(account, user), None, View::Fields)
         }
         UserCmd::Disable { account, user } => enabled(user_path(account, user), false),
@@ -529,6 +647,8 @@ fn plan_update(a: &UpdateArgs) -> Result<Call, Error> {
     }
     if let Some(at) = &a.expires_at {
         body.insert("expires_at".into(), json!(at));
+    } else if let Some(seconds) = a.expires_in {
+        body.insert("expires_at".into(), json!(input::from_now(seconds)?));
     } else if a.no_expiry {
         body.insert("expires_at".into(), Value::Null);
     }
@@ -546,6 +666,8 @@ fn new_key_body(args: &NewKeyArgs) -> Result<Map<String, Value>, Error> {
     let mut body = Map::new();
     if let Some(at) = &args.expires_at {
         body.insert("expires_at".into(), json!(at));
+    } else if let Some(seconds) = args.expires_in {
+        body.insert("expires_at".into(), json!(input::from_now(seconds)?));
     }
     if !args.capabilities.is_empty() {
         let caps: Vec<&str> = args.capabilities.iter().map(|c| c.trim()).collect();

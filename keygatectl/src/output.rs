@@ -1,10 +1,26 @@
-//! How an answer is shown: the API's JSON as it came (`--json`, one line, for scripts), or a
-//! table for people. A new key is shown once, so it stays in the table (and a note on stderr
-//! says to keep it).
+//! How an answer is shown (`-o`): a table for people (borders only on a terminal; plain
+//! space-aligned columns in a pipe), the API's JSON as it came (one line), YAML, or `name`:
+//! the identifier of each object, one a line. Writing to a closed pipe (`| head -1`) ends the
+//! output quietly. A new key is shown once: in the answer, or only in the `--key-out` file
+//! (then removed from what is printed); a note on stderr says where it is.
 
 use crate::client::Error;
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use comfy_table::{presets, Table};
 use serde_json::Value;
+use std::io::{IsTerminal as _, Write as _};
+
+/// The output format (`-o`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Columns for people.
+    Table,
+    /// The API's answer as it came, one line.
+    Json,
+    /// The API's answer as YAML.
+    Yaml,
+    /// The identifier of each object, one a line.
+    Name,
+}
 
 /// Which table an answer makes.
 #[derive(Clone, Copy, Debug)]
@@ -36,36 +52,94 @@ const KEY_COLUMNS: &[&str] = &[
 ];
 const AUDIT_COLUMNS: &[&str] = &["id", "at", "actor", "action", "object", "detail"];
 
-/// Prints `answer` as JSON or as `view`'s table.
-pub fn print(answer: &Value, view: View, json: bool) -> Result<(), Error> {
-    if json {
-        println!("{answer}");
-        return Ok(());
+/// Prints `answer` in `format` (for tables, as `view`'s table).
+pub fn print(answer: &Value, view: View, format: Format) -> Result<(), Error> {
+    if matches!(view, View::NewKey) && answer.get("user_key").is_some() {
+        eprintln!("keygatectl: user_key is shown only this once: store it now");
     }
-    let table = match view {
-        View::Fields => fields(answer),
-        View::NewKey => {
-            eprintln!("keygatectl: user_key is shown only this once: store it now");
-            fields(answer)
+    let text = match format {
+        Format::Json => answer.to_string(),
+        Format::Yaml => serde_norway::to_string(answer)
+            .map_err(|e| Error::Transport(format!("cannot show the answer as YAML: {e}")))?,
+        Format::Name => names(answer, view).join("\n"),
+        Format::Table => {
+            let mut table = match view {
+                View::Fields | View::NewKey => fields(answer),
+                View::Users => rows(answer, "users", USER_COLUMNS),
+                View::Keys => rows(answer, "keys", KEY_COLUMNS),
+                View::Audit => rows(answer, "entries", AUDIT_COLUMNS),
+            };
+            let mut text = render(&mut table);
+            if view_has_more(answer, view) {
+                text.push_str("\n(more entries: ask again with --after = the last id, or --all)");
+            }
+            text
         }
-        View::Users => rows(answer, "users", USER_COLUMNS),
-        View::Keys => rows(answer, "keys", KEY_COLUMNS),
-        View::Audit => rows(answer, "entries", AUDIT_COLUMNS),
     };
-    println!("{table}");
-    if view_has_more(answer, view) {
-        println!("(more entries: ask again with --after = the last id, or --all)");
+    say(&text)
+}
+
+/// Writes `text` and a newline to stdout; a closed pipe ends the output quietly.
+pub fn say(text: &str) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    let written = writeln!(out, "{}", text.trim_end_matches('\n')).and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Transport(format!(
+            "cannot write to standard output: {e}"
+        ))),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// The identifiers of `-o name`: of each listed object, or of the one answered.
+fn names(answer: &Value, view: View) -> Vec<String> {
+    let (list, id) = match view {
+        View::Users => ("users", "user_id"),
+        View::Keys => ("keys", "key"),
+        View::Audit => ("entries", "id"),
+        View::Fields | View::NewKey => return one_name(answer).into_iter().collect(),
+    };
+    let items = answer.get(list).and_then(Value::as_array);
+    items
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item.get(id))
+        .map(cell)
+        .collect()
+}
+
+/// The most specific identifier an answer holds: key reference, user, or account.
+fn one_name(answer: &Value) -> Option<String> {
+    ["key", "user_id", "account_id"]
+        .iter()
+        .find_map(|k| answer.get(*k).filter(|v| !v.is_null()).map(cell))
 }
 
 fn view_has_more(answer: &Value, view: View) -> bool {
     matches!(view, View::Audit) && answer.get("more").and_then(Value::as_bool) == Some(true)
 }
 
+/// The table's text: as comfy-table draws it on a terminal; elsewhere columns from the first
+/// character, two spaces apart, no trailing blanks (what `column -t` or `awk` expect).
+fn render(table: &mut Table) -> String {
+    if std::io::stdout().is_terminal() {
+        return table.to_string();
+    }
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    let lines: Vec<String> = table.lines().map(|l| l.trim_end().to_owned()).collect();
+    lines.join("\n")
+}
+
+/// A table with borders on a terminal, plain aligned columns elsewhere.
 fn table() -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY);
+    if std::io::stdout().is_terminal() {
+        t.load_preset(presets::UTF8_BORDERS_ONLY);
+    } else {
+        t.load_preset(presets::NOTHING);
+    }
     t
 }
 

@@ -19,15 +19,16 @@ struct Out {
     stderr: String,
 }
 
-/// Runs keygatectl with `KEYGATE_URL` = the store and the caller's key in `KEYGATE_ROOT_KEY`.
+/// Runs keygatectl with `KEYGATE_URL` = the store and the caller's key in `KEYGATE_KEY`.
 fn ctl(ks: &Keystore, key: Option<&str>, args: &[&str]) -> Out {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygatectl"));
     cmd.args(args)
         .env("KEYGATE_URL", ks.url())
         .env_remove("KEYGATE_ROOT_KEY")
+        .env_remove("KEYGATE_KEY")
         .env_remove("KEYGATE_KEY_FILE");
     if let Some(k) = key {
-        cmd.env("KEYGATE_ROOT_KEY", k);
+        cmd.env("KEYGATE_KEY", k);
     }
     let out = cmd.output().unwrap();
     Out {
@@ -137,12 +138,16 @@ fn accounts_users_and_keys_through_the_cli() {
     );
 
     // Revoke the one key: bob's default key keeps working.
-    ctl_json(&ks, &bob_key, &["key", "revoke", "acme", "bob", &ci_ref]);
+    ctl_json(
+        &ks,
+        &bob_key,
+        &["key", "revoke", "acme", "bob", &ci_ref, "--yes"],
+    );
     assert_eq!(lookup_status(&ks, &ci_key), 404);
     assert_eq!(lookup_status(&ks, &bob_key), 200);
-    ctl_json(&ks, &alice, &["user", "revoke", "acme", "bob"]);
+    ctl_json(&ks, &alice, &["user", "revoke", "acme", "bob", "--yes"]);
     assert_eq!(lookup_status(&ks, &bob_key), 404);
-    ctl_json(&ks, &root, &["account", "revoke", "acme"]);
+    ctl_json(&ks, &root, &["account", "revoke", "acme", "--yes"]);
     assert_eq!(lookup_status(&ks, &alice), 404);
 }
 
@@ -317,7 +322,7 @@ fn failures_exit_non_zero_with_the_api_message() {
     let out = cmd
         .args(["user", "list", "acme"])
         .env("KEYGATE_URL", format!("http://127.0.0.1:{port}"))
-        .env("KEYGATE_ROOT_KEY", &root)
+        .env("KEYGATE_KEY", &root)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
@@ -329,7 +334,7 @@ fn ctl_stdin(ks: &Keystore, key: &str, args: &[&str], input: &str) -> Value {
         .arg("--json")
         .args(args)
         .env("KEYGATE_URL", ks.url())
-        .env("KEYGATE_ROOT_KEY", key)
+        .env("KEYGATE_KEY", key)
         .env_remove("KEYGATE_KEY_FILE")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -447,7 +452,7 @@ fn a_leaked_key_is_found_and_revoked_from_a_value_file_or_stdin() {
     let out = ctl(
         &ks,
         Some(&bob_key),
-        &["key", "revoke", "--value-file", leaked],
+        &["key", "revoke", "--value-file", leaked, "--yes"],
     );
     assert_eq!(out.code, 1);
     assert!(out.stderr.contains("403"), "{}", out.stderr);
@@ -455,7 +460,7 @@ fn a_leaked_key_is_found_and_revoked_from_a_value_file_or_stdin() {
     let revoked = ctl_stdin(
         &ks,
         &alice,
-        &["key", "revoke", "--value-file", "-"],
+        &["key", "revoke", "--value-file", "-", "-y"],
         &bob_key,
     );
     assert_eq!(revoked["state"], "revoked");
@@ -558,7 +563,8 @@ fn ctl_at(url: &str, key: &str, args: &[&str]) -> Out {
     let out = Command::new(env!("CARGO_BIN_EXE_keygatectl"))
         .args(args)
         .env("KEYGATE_URL", url)
-        .env("KEYGATE_ROOT_KEY", key)
+        .env("KEYGATE_KEY", key)
+        .env_remove("KEYGATE_ROOT_KEY")
         .env_remove("KEYGATE_KEY_FILE")
         .env_remove("KEYGATE_CA_CERT")
         .output()
@@ -669,4 +675,282 @@ fn a_redirect_to_another_origin_never_gets_the_key() {
         other_heads.iter().all(|h| !h.contains(key)),
         "the key went to the other origin: {other_heads:?}"
     );
+}
+
+/// Creates acme (admin alice) and bob with two more keys; alice's key and bob's key references.
+fn acme_with_keys(ks: &Keystore) -> (String, Vec<String>) {
+    let root = ks.root_key();
+    let acme = ctl_json(ks, root, &["account", "create", "acme", "--admin", "alice"]);
+    let alice = acme["user_key"].as_str().unwrap().to_owned();
+    ctl_json(
+        ks,
+        &alice,
+        &["user", "create", "acme", "bob", "--role", "member"],
+    );
+    for name in ["ci", "laptop"] {
+        ctl_json(
+            ks,
+            &alice,
+            &["key", "create", "acme", "bob", "--name", name],
+        );
+    }
+    let keys = ctl_json(ks, &alice, &["key", "list", "acme", "bob"]);
+    let refs = keys["keys"].as_array().unwrap().iter();
+    let refs = refs
+        .map(|k| k["key"].as_str().unwrap().to_owned())
+        .collect();
+    (alice, refs)
+}
+
+#[test]
+fn output_to_a_pipe_is_plain_and_a_closed_pipe_ends_it_quietly() {
+    let ks = store();
+    let (alice, refs) = acme_with_keys(&ks);
+    // Captured (not a terminal): no box drawing.
+    let table = ctl(&ks, Some(&alice), &["key", "list", "acme", "bob"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(table.stdout.contains("laptop"), "{}", table.stdout);
+    let drawing = ['│', '─', '┌', '└', '╭', '═', '|'];
+    assert!(!table.stdout.contains(drawing), "{}", table.stdout);
+    // `| head -0`: the reader is gone before keygatectl writes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygatectl"))
+        .args(["key", "list", "acme", "bob"])
+        .env("KEYGATE_URL", ks.url())
+        .env("KEYGATE_KEY", &alice)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+    // -o name: one reference a line; -o yaml and -o json: the same answer.
+    let names = ctl(
+        &ks,
+        Some(&alice),
+        &["key", "list", "acme", "bob", "-o", "name"],
+    );
+    assert_eq!(names.stdout.lines().collect::<Vec<_>>(), refs);
+    let yaml = ctl(
+        &ks,
+        Some(&alice),
+        &["-o", "yaml", "key", "list", "acme", "bob"],
+    );
+    assert_eq!(yaml.code, 0, "{}", yaml.stderr);
+    assert!(yaml.stdout.contains("\nkeys:\n- "), "{}", yaml.stdout);
+    assert!(
+        yaml.stdout.contains(&format!("key: {}", refs[0])),
+        "{}",
+        yaml.stdout
+    );
+    let json = ctl(
+        &ks,
+        Some(&alice),
+        &["key", "list", "acme", "bob", "--output", "json"],
+    );
+    let json: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(json["keys"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn shell_completion_scripts_need_no_credential() {
+    let ks = store();
+    for (shell, mark) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef keygatectl"),
+        ("fish", "complete -c keygatectl"),
+    ] {
+        let out = ctl(&ks, None, &["completion", shell]);
+        assert_eq!(out.code, 0, "{shell}: {}", out.stderr);
+        assert!(out.stdout.contains(mark), "{shell}: {}", out.stdout);
+        assert!(out.stdout.contains("revoke"), "{shell}");
+    }
+    assert_eq!(ctl(&ks, None, &["completion", "tcsh"]).code, 2);
+}
+
+#[test]
+fn durations_are_given_in_units_and_new_keys_written_to_a_private_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let ks = store();
+    let (alice, refs) = acme_with_keys(&ks);
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("ci.key");
+    let out_path = out_file.to_str().unwrap();
+    let now = keygate_harness::unix_now() as i64;
+    let rotated = ctl(
+        &ks,
+        Some(&alice),
+        &[
+            "key",
+            "rotate",
+            "acme",
+            "bob",
+            &refs[1],
+            "--grace",
+            "1h",
+            "--expires-in",
+            "30d",
+            "--key-out",
+            out_path,
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(rotated.code, 0, "{}", rotated.stderr);
+    let answer: Value = serde_json::from_str(&rotated.stdout).unwrap();
+    assert!(answer.get("user_key").is_none(), "{answer}");
+    assert!(rotated.stderr.contains(out_path), "{}", rotated.stderr);
+    let mode = std::fs::metadata(&out_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let key = std::fs::read_to_string(&out_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(key.starts_with("kg_"), "{key}");
+    assert_eq!(lookup_status(&ks, &key), 200);
+    let expires = time_of(answer["expires_at"].as_str().unwrap());
+    let grace_ends = time_of(answer["replaces"]["valid_until"].as_str().unwrap());
+    assert!((expires - now - 30 * 86_400).abs() < 120, "{answer}");
+    assert!((grace_ends - now - 3_600).abs() < 120, "{answer}");
+    // An existing file is not replaced, and no key is made.
+    let again = ctl(
+        &ks,
+        Some(&alice),
+        &[
+            "key",
+            "create",
+            "acme",
+            "bob",
+            "--name",
+            "x",
+            "--key-out",
+            out_path,
+        ],
+    );
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap().trim(), key);
+    let keys = ctl_json(&ks, &alice, &["key", "list", "acme", "bob"]);
+    assert!(keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["name"] != "x"));
+    // Plain seconds still work; nonsense is a usage error.
+    let out = ctl(
+        &ks,
+        Some(&alice),
+        &[
+            "user", "rotate", "acme", "bob", "--grace", "600", "-o", "name",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = ctl(
+        &ks,
+        Some(&alice),
+        &["user", "rotate", "acme", "bob", "--grace", "soon"],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time (`YYYY-MM-DDTHH:MM:SSZ`).
+fn time_of(text: &str) -> i64 {
+    let t = humantime::parse_rfc3339(text).unwrap();
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+#[test]
+fn revoking_asks_for_consent_and_says_what_was_revoked() {
+    let ks = store();
+    let (alice, refs) = acme_with_keys(&ks);
+    let root = ks.root_key();
+    // No terminal to ask on: --yes is needed, and nothing is revoked without it.
+    let out = ctl(&ks, Some(root), &["account", "revoke", "acme"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("add --yes"), "{}", out.stderr);
+    assert!(out.stderr.contains("account acme"), "{}", out.stderr);
+    assert_eq!(lookup_status(&ks, &alice), 200);
+    let out = ctl(
+        &ks,
+        Some(&alice),
+        &["key", "revoke", "acme", "bob", &refs[0], "--yes"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "revoked: 1 key(s) no longer work");
+    let out = ctl(&ks, Some(root), &["account", "revoke", "acme", "--yes"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "revoked: 3 key(s) no longer work");
+    assert_eq!(lookup_status(&ks, &alice), 404);
+}
+
+#[test]
+fn the_credential_variable_is_keygate_key_and_the_old_name_warns() {
+    let ks = store();
+    let run = |vars: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygatectl"));
+        cmd.args(args)
+            .env_remove("KEYGATE_URL")
+            .env_remove("KEYGATE_KEY")
+            .env_remove("KEYGATE_ROOT_KEY")
+            .env_remove("KEYGATE_KEY_FILE");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url = ks.url();
+    let args = [
+        "--url",
+        url.as_str(),
+        "-o",
+        "json",
+        "account",
+        "create",
+        "a1",
+        "--admin",
+        "x",
+    ];
+    let (code, stderr) = run(&[("KEYGATE_KEY", ks.root_key())], &args);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("deprecated"), "{stderr}");
+    let args = [
+        "--url",
+        url.as_str(),
+        "-o",
+        "json",
+        "account",
+        "create",
+        "a2",
+        "--admin",
+        "x",
+    ];
+    let (code, stderr) = run(&[("KEYGATE_ROOT_KEY", ks.root_key())], &args);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("KEYGATE_ROOT_KEY is deprecated: use KEYGATE_KEY"),
+        "{stderr}"
+    );
+    // The default URL is the one the docs and manifests use; the transport error names it once.
+    let (code, stderr) = run(&[("KEYGATE_KEY", "k")], &["user", "list", "acme"]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert_eq!(
+        stderr.matches("http://127.0.0.1:8081/").count(),
+        1,
+        "{stderr}"
+    );
+    // A URL without a scheme is bad usage, not an unreachable store.
+    let (code, stderr) = run(
+        &[("KEYGATE_KEY", "k")],
+        &["--url", "127.0.0.1:8081", "user", "list", "a"],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("give the scheme"), "{stderr}");
 }
