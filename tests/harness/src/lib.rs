@@ -11,6 +11,7 @@
 
 mod envoy;
 mod error;
+mod fake_store;
 mod fault;
 pub mod h2;
 pub mod http;
@@ -32,6 +33,7 @@ use std::sync::Mutex;
 
 pub use envoy::{Envoy, EnvoyOpts};
 pub use error::{Error, Result};
+pub use fake_store::FakeStore;
 pub use fault::{Fault, FaultProxy};
 pub use http::{get, request, send_json, Client, Response};
 pub use keystore::{random_secret, rfc3339, unix_now, Keystore, KeystoreOpts};
