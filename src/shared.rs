@@ -110,7 +110,8 @@ pub struct Epoch {
     pub generation: u64,
     /// Sequence number of the newest entry in the change ring.
     pub change_seq: u64,
-    /// The store revision the change ring is synced to (0: not synced yet).
+    /// The store revision the change ring is synced to: 0 before the first poll, and also for
+    /// a store that has never changed (`synced_ms` tells the two apart).
     pub revision: u64,
     /// When the last good poll was published (0: never).
     pub synced_ms: u64,

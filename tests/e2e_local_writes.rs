@@ -48,8 +48,8 @@ fn every_key_on_every_worker(envoy: &Envoy, keys: &[String]) {
 /// store's revision 0 for "never synced": each write dropped every cached verdict (and every
 /// verdict was kept at most one interval), so all 100 keys were looked up again.
 #[test]
-fn on_a_store_still_at_revision_0_a_local_write_keeps_every_other_key_cached_until_the_store_moves(
-) {
+fn on_a_store_still_at_revision_0_a_local_write_keeps_every_other_key_cached_until_the_store_moves()
+{
     let store = FakeStore::start(0).unwrap();
     let upstream = Upstream::start().unwrap();
     let cfg = config_with(json!({"cache": {"ttl_s": 300}}));
@@ -67,14 +67,20 @@ fn on_a_store_still_at_revision_0_a_local_write_keeps_every_other_key_cached_unt
         let b = s.spawn(|| envoy("keygate-b"));
         (a.join().unwrap(), b.join().unwrap())
     });
-    let keys: Vec<String> = (0..100).map(|i| format!("kg_fake_store_key_{i:03}")).collect();
+    let keys: Vec<String> = (0..100)
+        .map(|i| format!("kg_fake_store_key_{i:03}"))
+        .collect();
     // Both Envoys' first poll (a quarter interval after start) answered: nothing cached below
     // is from before it.
     std::thread::sleep(Duration::from_millis(1000));
     every_key_on_every_worker(&a, &keys);
     let cached = store.lookups();
     every_key_on_every_worker(&a, &keys);
-    assert_eq!(store.lookups(), cached, "100 keys cached on both workers of A");
+    assert_eq!(
+        store.lookups(),
+        cached,
+        "100 keys cached on both workers of A"
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let before = store.lookups();
     let admin = format!("{}/api/v1/admin/accounts/acme/users/u", a.url());
@@ -95,7 +101,10 @@ fn on_a_store_still_at_revision_0_a_local_write_keeps_every_other_key_cached_unt
         a.stat("keygate_sync_errors")
     );
     assert_eq!(store.lookups(), before, "every key stayed cached");
-    assert_eq!(drops, 0, "nothing dropped for a write the feed reports nothing of");
+    assert_eq!(
+        drops, 0,
+        "nothing dropped for a write the feed reports nothing of"
+    );
     assert!(a.stat("keygate_local_invalidations") >= 2);
 
     // The store moves past 0 (a change its feed cannot list from `since=0`): the next write's

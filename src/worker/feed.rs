@@ -122,13 +122,15 @@ impl Worker {
     }
 
     /// Held writers: send their poll, or drop everything for those whose poll failed.
+    ///
+    /// Their poll starts from the sync record's revision, 0 included: a page from `since=0`
+    /// past revision 0 (never synced, or a store that has moved since it was at 0) is a reset,
+    /// which drops everything; one at revision 0 says that nothing has changed in the store,
+    /// this write included (see [`store::parse_changes`]).
     pub(super) fn drive_writers<H: Host + ?Sized>(&mut self, host: &H, now: u64) {
         if self.writers.want_poll() && !self.flights.polls_in_flight(true) {
-            match sync::revision(host, &self.names) {
-                // Never synced: `since=0` only tells the current revision, not the change.
-                0 => self.writers.poll_failed_to_send(),
-                since => self.send_poll(host, now, since, true),
-            }
+            let since = sync::revision(host, &self.names);
+            self.send_poll(host, now, since, true);
         }
         if self.writers.need_fallback() && self.drop_everything(host, now) {
             self.writers.dropped_everything(host.now_ms());
