@@ -1,6 +1,12 @@
 //! Soak: steady load through Envoy A and B with a mix of valid, revoked, unknown and random
 //! keys, while keys are created, rotated and revoked in the keystore every second.
 //! `KEYGATE_SOAK_SECS` sets the length (60 in `make test`, 600 in `make soak`).
+//!
+//! The bookkeeping cannot misclassify: a key leaves the set of active keys before the store is
+//! asked to rotate or revoke it, so a key still active when its answer arrives was valid in the
+//! store when the filter looked at it. Every key's history is kept; a valid key refused is
+//! reported with its key id (short form, as in Envoy's log), the status, the body and that
+//! history.
 #![cfg(not(target_arch = "wasm32"))]
 // Tests: panicking on a failed expectation is the point.
 #![allow(
@@ -19,18 +25,75 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
+use keygate::key::KeyId;
 use keygate_harness::{Client, TwoInstances};
 use serde_json::json;
 
 /// Freshness bound: sync interval (1 s) + 500 ms.
 const BOUND: Duration = Duration::from_millis(1500);
 
-#[derive(Default)]
 struct Keys {
     /// user → its current key
     active: HashMap<String, String>,
     /// key → when it was revoked (or rotated away)
     revoked: Vec<(String, Instant)>,
+    /// key → what happened to it, in order (seconds since `start`)
+    history: HashMap<String, Vec<(f64, &'static str)>>,
+    start: Instant,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        Keys {
+            active: HashMap::new(),
+            revoked: Vec::new(),
+            history: HashMap::new(),
+            start: Instant::now(),
+        }
+    }
+
+    fn note(&mut self, key: &str, event: &'static str) {
+        let at = self.start.elapsed().as_secs_f64();
+        self.history
+            .entry(key.to_string())
+            .or_default()
+            .push((at, event));
+    }
+
+    /// A new key, valid in the store: active from now on.
+    fn activate(&mut self, user: String, key: String, event: &'static str) {
+        self.note(&key, event);
+        self.active.insert(user, key);
+    }
+
+    /// The user's key leaves the active set, before the store is asked to change it.
+    fn retire(&mut self, user: &str, event: &'static str) -> Option<String> {
+        let key = self.active.remove(user)?;
+        self.note(&key, event);
+        Some(key)
+    }
+
+    fn is_active(&self, key: &str) -> bool {
+        self.active.values().any(|v| v == key)
+    }
+
+    /// What to print about a valid key refused: which key, which status, its history.
+    fn report(&self, key: &str, status: u16, body: &str, url: &str, sent_s: f64) -> String {
+        let at = self.start.elapsed().as_secs_f64();
+        let history: Vec<String> = self
+            .history
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|(t, e)| format!("{t:.3} s {e}"))
+            .collect();
+        let body: String = body.chars().take(200).collect();
+        format!(
+            "key {} got {status} from {url} (sent {sent_s:.3} s, answered {at:.3} s): {body}; its history: {}",
+            KeyId::of(key.as_bytes()).short(),
+            history.join(", ")
+        )
+    }
 }
 
 #[derive(Default)]
@@ -64,11 +127,13 @@ fn soak_under_churn() {
     }));
     let env = TwoInstances::start(cfg).unwrap();
     env.keystore.create_account("acme", "admin");
-    let keys = Mutex::new(Keys::default());
+    let keys = Mutex::new(Keys::new());
     for i in 0..20 {
         let user = format!("u{i}");
         let key = env.keystore.create_user("acme", &user, "member");
-        keys.lock().unwrap().active.insert(user, key);
+        keys.lock()
+            .unwrap()
+            .activate(user, key, "created in the store");
     }
     // Warm up both Envoys, then take the memory baseline.
     let warm: Vec<String> = keys.lock().unwrap().active.values().cloned().collect();
@@ -82,6 +147,7 @@ fn soak_under_churn() {
 
     let counts = Counts::default();
     let unexpected_seen = Mutex::new(Vec::<String>::new());
+    let refusals = Mutex::new(Vec::<String>::new());
     let stop = AtomicBool::new(false);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
@@ -98,22 +164,26 @@ fn soak_under_churn() {
                 n += 1;
                 let user = format!("u{n}");
                 let key = env.keystore.create_user("acme", &user, "member");
-                keys.lock().unwrap().active.insert(user, key);
+                keys.lock()
+                    .unwrap()
+                    .activate(user, key, "created in the store");
+                // Each key leaves the active set before the store changes it.
                 let victim = keys.lock().unwrap().active.keys().next().cloned();
                 if let Some(v) = victim {
-                    let old = keys.lock().unwrap().active.get(&v).cloned().unwrap();
+                    let old = keys.lock().unwrap().retire(&v, "rotation asked").unwrap();
                     let new = env.keystore.rotate("acme", &v);
                     let mut k = keys.lock().unwrap();
-                    k.active.insert(v, new);
+                    k.note(&old, "rotated away in the store");
+                    k.activate(v, new, "created by a rotation");
                     k.revoked.push((old, Instant::now()));
                 }
                 let doomed = keys.lock().unwrap().active.keys().nth(1).cloned();
                 if let Some(d) = doomed {
-                    let mut k = keys.lock().unwrap();
-                    let old = k.active.remove(&d).unwrap();
-                    drop(k);
+                    let old = keys.lock().unwrap().retire(&d, "revocation asked").unwrap();
                     env.keystore.revoke_user("acme", &d);
-                    keys.lock().unwrap().revoked.push((old, Instant::now()));
+                    let mut k = keys.lock().unwrap();
+                    k.note(&old, "revoked in the store");
+                    k.revoked.push((old, Instant::now()));
                 }
                 mutations.fetch_add(3, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_secs(1));
@@ -121,10 +191,11 @@ fn soak_under_churn() {
             stop.store(true, Ordering::Relaxed);
         });
         for t in 0..4usize {
-            let (keys, counts, stop, urls, unexpected_seen) =
-                (&keys, &counts, &stop, &urls, &unexpected_seen);
+            let (keys, counts, stop, urls, unexpected_seen, refusals) =
+                (&keys, &counts, &stop, &urls, &unexpected_seen, &refusals);
             s.spawn(move || {
                 let c = Client::keep_alive(Duration::from_secs(10));
+                let t0 = keys.lock().unwrap().start;
                 let mut i = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
@@ -166,8 +237,9 @@ fn soak_under_churn() {
                         }
                     };
                     counts.requests.fetch_add(1, Ordering::Relaxed);
-                    let status = match c.get(url, &[("x-api-key", &key)]) {
-                        Ok(r) => r.status,
+                    let sent_s = t0.elapsed().as_secs_f64();
+                    let (status, body) = match c.get(url, &[("x-api-key", &key)]) {
+                        Ok(r) => (r.status, r.body),
                         Err(_) => {
                             counts.unanswered.fetch_add(1, Ordering::Relaxed);
                             continue;
@@ -176,15 +248,22 @@ fn soak_under_churn() {
                     match (class, status) {
                         ("valid", 200) => counts.valid_ok.fetch_add(1, Ordering::Relaxed),
                         ("valid", s) => {
-                            // Revoked while in flight? Then it is not a valid key any more.
-                            let still_active =
-                                keys.lock().unwrap().active.values().any(|v| *v == key);
-                            if !still_active {
+                            // Out of the active set since it was picked: the store may have
+                            // changed it while the request was in flight. Still in it: the
+                            // store was not asked to change it before this answer came.
+                            let k = keys.lock().unwrap();
+                            if !k.is_active(&key) {
                                 counts.revoked_within_bound.fetch_add(1, Ordering::Relaxed)
-                            } else if s >= 500 {
-                                counts.valid_5xx.fetch_add(1, Ordering::Relaxed)
                             } else {
-                                counts.valid_other.fetch_add(1, Ordering::Relaxed)
+                                let report = k.report(&key, s, &body, url, sent_s);
+                                drop(k);
+                                println!("valid key refused: {report}");
+                                refusals.lock().unwrap().push(report);
+                                if s >= 500 {
+                                    counts.valid_5xx.fetch_add(1, Ordering::Relaxed)
+                                } else {
+                                    counts.valid_other.fetch_add(1, Ordering::Relaxed)
+                                }
                             }
                         }
                         ("revoked", 401) => counts.revoked_refused.fetch_add(1, Ordering::Relaxed),
@@ -248,12 +327,17 @@ fn soak_under_churn() {
         0,
         "revoked keys accepted after the freshness bound"
     );
+    let refusals = refusals.lock().unwrap();
     assert_eq!(
         g(&counts.valid_5xx),
         0,
-        "5xx for valid keys while the store is healthy"
+        "5xx for valid keys while the store is healthy: {refusals:#?}"
     );
-    assert_eq!(g(&counts.valid_other), 0, "valid keys refused");
+    assert_eq!(
+        g(&counts.valid_other),
+        0,
+        "valid keys refused: {refusals:#?}"
+    );
     assert_eq!(g(&counts.unanswered), 0, "requests without an answer");
     assert_eq!(
         g(&counts.unexpected),

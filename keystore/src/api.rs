@@ -368,7 +368,7 @@ struct ChangesBody {
 }
 
 #[utoipa::path(get, path = "/v1/changes", tag = "protocol", security((), ("protocol_token" = [])),
-    params(("since" = u64, Query, description = "The last revision the client has seen (0: cold start)")),
+    params(("since" = u64, Query, description = "The last revision the client has seen (0: cold start, or a store still at revision 0; answered with the current revision and no list)")),
     responses((status = 200, body = ChangesBody), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody, description = "Protocol token configured: missing or wrong")))]
 async fn changes(
