@@ -15,9 +15,8 @@
 //! - `GET {changes_path}?since={revision}` → `200 {"revision": N, "changed": [key ids]}`, with
 //!   `"more": true` when the store has more to send at once, or `{"revision": N, "reset": true}`
 //!   when `since` is too old (or newer than the store: it was restored from a backup).
-//!   `since=0` returns the current revision and no list: a store that has never changed is at
-//!   revision 0, so a page from `since=0` at revision 0 says "nothing changed", and one past 0
-//!   cannot say what changed: it is read as a reset.
+//!   `since=0` returns the current revision and no list (0 while nothing has changed); what
+//!   such a page means to the feed: [`crate::sync::interpret`].
 
 use keygate_protocol::claims;
 use serde::Deserialize;
@@ -184,10 +183,7 @@ pub fn changes_path(changes_prefix: &str, since: u64) -> String {
 }
 
 /// Parses a changes page asked for with `since`. A revision that goes backwards without a
-/// reset means the store lost history (restored, replaced): treated as a reset. So is a page
-/// from `since=0` past revision 0: the store lists nothing from 0 (a client's cold start), so
-/// the changes up to that revision are unknown. At revision 0 it is an ordinary empty page:
-/// nothing has changed in the store, and the client is synced (at 0).
+/// reset means the store lost history (restored, replaced): treated as a reset.
 pub fn parse_changes(resp: &CallResponse, since: u64) -> Result<Changes, StoreError> {
     match resp.status {
         None => return Err(StoreError::NoResponse),
@@ -203,7 +199,7 @@ pub fn parse_changes(resp: &CallResponse, since: u64) -> Result<Changes, StoreEr
     }
     let raw: RawChanges =
         serde_json::from_slice(body).map_err(|e| StoreError::BadBody(e.to_string()))?;
-    if raw.reset || raw.revision < since || (since == 0 && raw.revision > 0) {
+    if raw.reset || raw.revision < since {
         return Ok(Changes::Reset {
             revision: raw.revision,
         });
@@ -473,21 +469,6 @@ x-role: root"}"#
         assert_eq!(
             parse_changes(&resp(200, r#"{"revision":3,"changed":[]}"#), 10),
             Ok(Changes::Reset { revision: 3 })
-        );
-        assert_eq!(
-            parse_changes(&resp(200, r#"{"revision":3,"changed":[]}"#), 0),
-            Ok(Changes::Reset { revision: 3 }),
-            "from 0 the store lists nothing: a page past 0 cannot say what changed"
-        );
-        assert_eq!(
-            parse_changes(&resp(200, r#"{"revision":0,"changed":[]}"#), 0),
-            Ok(Changes::Changed {
-                revision: 0,
-                keys: vec![],
-                more: false,
-                skipped: 0
-            }),
-            "a store at revision 0 has never changed"
         );
         // Malformed entries are skipped and counted; the rest of the page applies.
         let body = format!(

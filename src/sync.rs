@@ -136,6 +136,28 @@ pub fn finish<H: Host + ?Sized>(
     applied
 }
 
+/// Whether this Envoy has published a page of the feed (from any poll): its revision, 0
+/// included, is then one the store answered, not the default.
+pub fn synced<H: Host + ?Sized>(host: &H, names: &Names) -> bool {
+    shared::read::<H, Epoch>(host, &names.epoch)
+        .0
+        .is_some_and(|e| e.synced_ms != 0)
+}
+
+/// What a page polled from `since` means to this Envoy. From `since=0` the store lists
+/// nothing, only its revision. Before the first sync that is the cold start (verdicts cached
+/// until then live at most one interval). After it (the store was then at revision 0, where
+/// nothing has changed), a page at revision 0 says that still nothing changed, and one past 0
+/// cannot say what changed since: it is a reset.
+pub fn interpret<H: Host + ?Sized>(host: &H, names: &Names, since: u64, page: Changes) -> Changes {
+    match page {
+        Changes::Changed { revision, .. } if since == 0 && revision > 0 && synced(host, names) => {
+            Changes::Reset { revision }
+        }
+        page => page,
+    }
+}
+
 /// The revision the next poll starts from.
 pub fn revision<H: Host + ?Sized>(host: &H, names: &Names) -> u64 {
     shared::read::<H, SyncRecord>(host, &names.sync)
@@ -430,6 +452,35 @@ mod tests {
             .0
             .unwrap();
         assert_eq!(ring.since(0), shared::CatchUp::Everything);
+    }
+
+    #[test]
+    fn a_page_from_0_past_revision_0_is_a_reset_once_synced_at_revision_0() {
+        let (host, names, table) = setup();
+        host.set_now(10);
+        let page = |revision| Changes::Changed {
+            revision,
+            keys: vec![],
+            more: false,
+            skipped: 0,
+        };
+        assert!(!synced(&host, &names));
+        assert_eq!(
+            interpret(&host, &names, 0, page(4)),
+            page(4),
+            "a cold start: the revision only"
+        );
+        assert_eq!(try_start(&host, &names, 1, 500), Start::Poll { since: 0 });
+        finish(&host, &names, &table, 1, Some(&page(0)), 1000);
+        assert!(synced(&host, &names), "at revision 0: nothing has changed");
+        assert_eq!(revision(&host, &names), 0);
+        assert_eq!(interpret(&host, &names, 0, page(0)), page(0));
+        assert_eq!(
+            interpret(&host, &names, 0, page(4)),
+            Changes::Reset { revision: 4 },
+            "the store moved: what changed is unknown"
+        );
+        assert_eq!(interpret(&host, &names, 3, page(4)), page(4));
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl Worker {
     ) {
         let interval = self.cfg.sync.interval_ms;
         let page = match store::parse_changes(response, since) {
-            Ok(page) => Some(page),
+            Ok(page) => Some(sync::interpret(host, &self.names, since, page)),
             Err(e) => {
                 host.count(Metric::SyncErrors, 1);
                 log::warn!("changes feed poll failed: {e}; retrying in {interval} ms");
@@ -123,14 +123,19 @@ impl Worker {
 
     /// Held writers: send their poll, or drop everything for those whose poll failed.
     ///
-    /// Their poll starts from the sync record's revision, 0 included: a page from `since=0`
-    /// past revision 0 (never synced, or a store that has moved since it was at 0) is a reset,
-    /// which drops everything; one at revision 0 says that nothing has changed in the store,
-    /// this write included (see [`store::parse_changes`]).
+    /// Before this Envoy ever synced, a poll (from `since=0`) would only tell the current
+    /// revision, not the change: drop everything. Once synced, the poll starts from the sync
+    /// record's revision, 0 included (a store where nothing had changed): from 0, a page at
+    /// revision 0 says that nothing changed, this write included, and one past 0 is a reset
+    /// (see [`sync::interpret`]).
     pub(super) fn drive_writers<H: Host + ?Sized>(&mut self, host: &H, now: u64) {
         if self.writers.want_poll() && !self.flights.polls_in_flight(true) {
-            let since = sync::revision(host, &self.names);
-            self.send_poll(host, now, since, true);
+            if sync::synced(host, &self.names) {
+                let since = sync::revision(host, &self.names);
+                self.send_poll(host, now, since, true);
+            } else {
+                self.writers.poll_failed_to_send();
+            }
         }
         if self.writers.need_fallback() && self.drop_everything(host, now) {
             self.writers.dropped_everything(host.now_ms());
