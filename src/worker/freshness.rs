@@ -228,11 +228,10 @@ impl Worker {
             (c.negative_ttl_ms, 0)
         };
         // Until this Envoy has synced with the feed once, it could miss a change that happened
-        // before its first poll (a first poll, `since=0`, only tells the current revision; one
-        // past revision 0 is a reset, but the first may never succeed): a revocation, or the
-        // creation of a key it just cached as unknown. Keep verdicts no longer than a poll.
-        // Synced means a page was published (`synced_ms`), not a revision past 0: a store that
-        // has never changed is at revision 0.
+        // before its first poll (a first poll, `since=0`, only tells the current revision): a
+        // revocation, or the creation of a key it just cached as unknown. Keep verdicts no
+        // longer than a poll. Synced means a page was published (`synced_ms`), not a revision
+        // past 0: a store that has never changed is at revision 0.
         let ttl = if self.epoch.synced_ms == 0 {
             ttl.min(self.cfg.sync.interval_ms)
         } else {
