@@ -201,3 +201,66 @@ fn a_filter_without_the_token_gets_503_from_a_protected_store_never_200() {
         assert_eq!(one.keystore.lookups(), 0);
     }
 }
+
+/// The template's commented `transport_socket` of the `keystore` cluster, uncommented, trusting
+/// `ca` and expecting the name `localhost` (the harness's test certificate).
+fn keystore_over_tls_template(ca: &str) -> String {
+    let block = [
+        "    # transport_socket:",
+        "    #   name: envoy.transport_sockets.tls",
+        "    #   typed_config:",
+        "    #     \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "    #     sni: keystore.internal",
+        "    #     common_tls_context:",
+        "    #       validation_context:",
+        "    #         trusted_ca: { filename: /etc/envoy/keystore-ca.pem }",
+        "    #         match_typed_subject_alt_names:",
+        "    #         - san_type: DNS",
+        "    #           matcher: { exact: keystore.internal }",
+    ]
+    .join("\n");
+    let live = block
+        .replace("    # ", "    ")
+        .replace("keystore.internal", "localhost")
+        .replace("/etc/envoy/keystore-ca.pem", ca);
+    keygate_harness::template_variant(&[(&block, &live)]).unwrap()
+}
+
+#[test]
+fn the_filter_reaches_a_keystore_serving_https_through_the_templates_tls_block() {
+    let ca = keygate_harness::TestCa::new("e2e keystore CA").unwrap();
+    let keystore = Keystore::start(KeystoreOpts {
+        extra_args: vec![
+            "--tls-cert".into(),
+            ca.server_cert.to_str().unwrap().into(),
+            "--tls-key".into(),
+            ca.server_key.to_str().unwrap().into(),
+        ],
+        ..KeystoreOpts::default()
+    })
+    .unwrap();
+    let upstream = Upstream::start().unwrap();
+    let mut opts = EnvoyOpts::new("keygate-a", config(), upstream.port(), keystore.port());
+    opts.template = Some(keystore_over_tls_template(ca.ca_cert.to_str().unwrap()));
+    let envoy = Envoy::start(opts).unwrap();
+    // The admin route through Envoy to the HTTPS keystore.
+    let created = keygate_harness::send_json(
+        "POST",
+        &format!("{}/api/v1/admin/accounts", envoy.url()),
+        &[("x-api-key", keystore.root_key())],
+        &json!({"account_id": "acme", "admin_user_id": "alice"}),
+    )
+    .unwrap();
+    assert_eq!(created.status, 201, "{}", created.body);
+    let body: Value = serde_json::from_str(&created.body).unwrap();
+    let key = body["user_key"].as_str().unwrap();
+    // The filter's lookup over TLS admits the key; the feed polls over TLS without errors.
+    let r = get_with_key(&envoy, "/orders", key);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(upstream_headers(&r)["x-account-id"], "acme");
+    within(Duration::from_secs(5), "a feed poll", || {
+        envoy.stat("keygate_sync_polls") > 0
+    });
+    assert_eq!(envoy.stat("keygate_sync_errors"), 0);
+    assert!(envoy.stat("cluster.keystore.ssl.handshake") >= 1);
+}
