@@ -80,7 +80,7 @@ impl PathRules {
                     .iter()
                     .filter_map(|r| Some((&r.prefix, r.roles.as_deref()?)))
                     .find(|(prefix, _)| path::lies_under(reading, prefix))
-                    .map_or(true, |(_, roles)| roles.iter().any(|x| x == role))
+                    .is_none_or(|(_, roles)| roles.iter().any(|x| x == role))
             })
     }
 
