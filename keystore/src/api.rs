@@ -7,11 +7,11 @@ mod leak;
 mod lifecycle;
 mod refusal;
 
-pub use doc::ErrorBody;
+pub use doc::Problem;
 pub use refusal::{RefusalBound, BURST as REFUSAL_BURST, REFUSALS_PER_MINUTE};
 
-use crate::authority::{Cap, Caps, Grant, Operation, Principal, RoleRegistry, Subject};
-use crate::error::{json_error, ApiError, ErrorDetail, BODY_LIMIT};
+use crate::authority::{Cap, Caps, Grant, Need, Operation, Principal, RoleRegistry, Subject};
+use crate::error::{problem, ApiError, ErrorDetail, Kind, BODY_LIMIT, PROBLEM_JSON};
 use crate::keys::{
     generate_key, is_key_id, key_id, log_prefix, validate_id, validate_imported_key, ROLE_ROOT,
     SYSTEM_ACCOUNT,
@@ -21,15 +21,13 @@ use crate::store::{Actor, Changes, Identity, KeySpec, Store, DEFAULT_KEY_NAME};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, Request, State};
-use axum::http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
-};
+use axum::http::header::{ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use doc::AdminErrors;
+use doc::{ChangeErrors, ChangesErrors, CreateErrors, HealthErrors, LookupErrors, ReadErrors};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -140,7 +138,7 @@ pub fn router(state: AppState) -> Router {
     let (routes, _) = api_routes(Some(&state)).split_for_parts();
     routes
         .fallback(no_route)
-        .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn(problem_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             refusal::record,
@@ -170,13 +168,17 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
 }
 
 async fn no_route() -> ApiError {
-    ApiError::NotFound("no such endpoint".into())
+    ApiError::NotFound(
+        Kind::NoSuchRoute,
+        "no such endpoint (the routes are listed in /openapi.json)".into(),
+    )
 }
 
-/// Makes every error response JSON (axum's own rejections, 405s and body-limit errors are
-/// plain text or empty) and logs one line per error response. Logs name the route template,
-/// never the raw path, so no key id or key material gets into them.
-async fn json_errors(req: Request, next: Next) -> Response {
+/// Makes every error response a problem details object (axum's own rejections, 405s and
+/// body-limit errors are plain text or empty: rewritten by [`as_problem`]) and logs one line
+/// per error response. Logs name the route template, never the raw path, so no key id or key
+/// material gets into them.
+async fn problem_errors(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let route = req
         .extensions()
@@ -188,12 +190,12 @@ async fn json_errors(req: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return res;
     }
-    let is_json = res
+    let is_problem = res
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let (res, message) = if is_json {
+        .is_some_and(|v| v.starts_with(PROBLEM_JSON));
+    let (res, message) = if is_problem {
         let message = res
             .extensions()
             .get::<ErrorDetail>()
@@ -201,26 +203,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
             .unwrap_or_default();
         (res, message)
     } else {
-        let (parts, body) = res.into_parts();
-        let bytes = axum::body::to_bytes(body, BODY_LIMIT)
-            .await
-            .unwrap_or_default();
-        let text = String::from_utf8_lossy(&bytes).trim().to_owned();
-        let message = if text.is_empty() {
-            status
-                .canonical_reason()
-                .unwrap_or("error")
-                .to_ascii_lowercase()
-        } else {
-            text
-        };
-        let mut new = json_error(status, &message);
-        for (name, value) in &parts.headers {
-            if name != CONTENT_TYPE && name != CONTENT_LENGTH {
-                new.headers_mut().append(name.clone(), value.clone());
-            }
-        }
-        (new, message)
+        as_problem(&method, res).await
     };
     if status.is_server_error() {
         tracing::error!(%method, %route, status = status.as_u16(), "request failed: {message}");
@@ -229,6 +212,45 @@ async fn json_errors(req: Request, next: Next) -> Response {
         tracing::info!(%method, %route, status = status.as_u16(), "request rejected: {message}");
     }
     res
+}
+
+/// An error response that is not a problem (axum's rejections: plain text or empty) as one of
+/// the kind of its status, keeping its headers (such as `Allow` on a 405); and its detail.
+async fn as_problem(method: &axum::http::Method, res: Response) -> (Response, String) {
+    let status = res.status();
+    let (parts, body) = res.into_parts();
+    let bytes = axum::body::to_bytes(body, BODY_LIMIT)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let kind = Kind::of_status(status);
+    let detail = match kind {
+        Kind::MethodNotAllowed => {
+            let allow = parts
+                .headers
+                .get(ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if allow.is_empty() {
+                format!("method {method} is not allowed on this route")
+            } else {
+                format!("method {method} is not allowed on this route (allowed: {allow})")
+            }
+        }
+        Kind::PayloadTooLarge => format!("request body too large (at most {BODY_LIMIT} bytes)"),
+        _ if text.is_empty() => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+        _ => text,
+    };
+    let mut new = problem(kind, &detail, serde_json::Map::new());
+    for (name, value) in &parts.headers {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            new.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    (new, detail)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -260,7 +282,7 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// `{"status":"ok"}` when the database answers a trivial query within [`HEALTH_TIMEOUT`],
 /// else 503: a replica that lost its database is taken out of a load balancer's rotation.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, body = Health), (status = 503, body = ErrorBody, description = "The database did not answer")))]
+    responses((status = 200, body = Health), HealthErrors))]
 async fn healthz(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
     match tokio::time::timeout(HEALTH_TIMEOUT, st.store.ping()).await {
         Ok(Ok(())) => Ok(Json(Health {
@@ -290,8 +312,8 @@ async fn metrics(State(st): State<AppState>) -> Response {
 // Key-store protocol
 
 /// With a protocol token configured, lets a request through only with exactly one
-/// `authorization: Bearer <token>` header carrying it; otherwise 401
-/// `{"error":"unauthorized"}` with `www-authenticate: Bearer`.
+/// `authorization: Bearer <token>` header carrying it; otherwise a 401 problem (with
+/// `www-authenticate: Bearer`).
 async fn require_protocol_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let Some(token) = &st.protocol_token else {
         return next.run(req).await;
@@ -310,20 +332,16 @@ async fn require_protocol_token(State(st): State<AppState>, req: Request, next: 
         return next.run(req).await;
     }
     inc(&st.metrics.protocol_unauthorized);
-    let mut res = json_error(StatusCode::UNAUTHORIZED, "unauthorized");
-    res.headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    res.extensions_mut().insert(ErrorDetail(
-        "missing or wrong protocol token (authorization: Bearer)".into(),
-    ));
+    let detail = "unauthorized: missing or wrong protocol token (authorization: Bearer)";
+    let mut res = problem(Kind::Unauthorized, detail, serde_json::Map::new());
+    res.extensions_mut().insert(ErrorDetail(detail.into()));
     res
 }
 
 #[utoipa::path(get, path = "/v1/keys/{key_id}", tag = "protocol", security((), ("protocol_token" = [])),
     params(("key_id" = String, Path, description = "Lowercase hex SHA-256 of the key (64 characters)")),
     responses((status = 200, body = Identity, description = "The key is active"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody, description = "Protocol token configured: missing or wrong"),
-        (status = 404, body = ErrorBody, description = "No active key")))]
+        LookupErrors))]
 async fn lookup_key(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -344,7 +362,10 @@ async fn lookup_key(
         }
         None => {
             inc(&st.metrics.lookups_not_found);
-            Err(ApiError::NotFound("not found".into()))
+            Err(ApiError::NotFound(
+                Kind::KeyNotFound,
+                "no active key has this key id".into(),
+            ))
         }
     }
 }
@@ -369,8 +390,7 @@ struct ChangesBody {
 
 #[utoipa::path(get, path = "/v1/changes", tag = "protocol", security((), ("protocol_token" = [])),
     params(("since" = u64, Query, description = "The last revision the client has seen (0: cold start, or a store still at revision 0; answered with the current revision and no list)")),
-    responses((status = 200, body = ChangesBody), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody, description = "Protocol token configured: missing or wrong")))]
+    responses((status = 200, body = ChangesBody), ChangesErrors))]
 async fn changes(
     State(st): State<AppState>,
     query: Result<Query<ChangesQuery>, QueryRejection>,
@@ -529,6 +549,7 @@ async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Caller, ApiE
             "forbidden: this key may not call the admin API (it has neither own_keys nor \
              account_admin; a key in its rotation grace keeps traffic only)"
                 .into(),
+            Need::Capability(Cap::OwnKeys),
         ));
     }
     Ok(caller)
@@ -557,9 +578,10 @@ fn check_caps(caps: Option<&[String]>) -> Result<Option<Caps>, ApiError> {
 /// The `_system` account (home of the root key) is managed by the store's configuration.
 fn check_not_system(account: &str) -> Result<(), ApiError> {
     if account == SYSTEM_ACCOUNT {
-        return Err(ApiError::Forbidden(format!(
-            "forbidden: account {SYSTEM_ACCOUNT} is managed by the keystore configuration"
-        )));
+        return Err(ApiError::Forbidden(
+            format!("forbidden: account {SYSTEM_ACCOUNT} is managed by the keystore configuration"),
+            Need::Nothing,
+        ));
     }
     Ok(())
 }
@@ -573,7 +595,7 @@ fn parse_body<T: DeserializeOwned>(
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge
         } else {
-            ApiError::BadRequest(format!(
+            ApiError::MalformedBody(format!(
                 "could not read the request body: {}",
                 e.body_text()
             ))
@@ -585,24 +607,24 @@ fn parse_body<T: DeserializeOwned>(
         let is_json = essence.eq_ignore_ascii_case("application/json")
             || essence.to_ascii_lowercase().ends_with("+json");
         if !is_json {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::UnsupportedMediaType(format!(
                 "content-type must be application/json, not {ct:?}"
             )));
         }
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::BadRequest(
+        return Err(ApiError::MalformedBody(
             "request body is empty; expected a JSON object".into(),
         ));
     }
     // serde would also build a struct from a JSON array (its fields in order): refuse that.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ApiError::BadRequest(
+        return Err(ApiError::MalformedBody(
             "invalid JSON body: expected a JSON object".into(),
         ));
     }
     serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+        .map_err(|e| ApiError::MalformedBody(format!("invalid JSON body: {e}")))
 }
 
 /// Like [`parse_body`], but an empty body (no bytes, or only whitespace) is `T::default()`.
@@ -700,7 +722,7 @@ struct AccountCreated {
 
 #[utoipa::path(post, path = "/api/v1/admin/accounts", tag = "admin",
     request_body = CreateAccount, security(("api_key" = []), ("bearer" = [])),
-    responses((status = 201, body = AccountCreated), AdminErrors))]
+    responses((status = 201, body = AccountCreated), CreateErrors))]
 async fn create_account(
     State(st): State<AppState>,
     caller: Caller,
@@ -807,7 +829,7 @@ impl UserKey {
 
 #[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users", tag = "admin",
     params(("account" = String, Path, description = "Account id")), request_body = CreateUser, security(("api_key" = []), ("bearer" = [])),
-    responses((status = 201, body = UserKey), AdminErrors))]
+    responses((status = 201, body = UserKey), CreateErrors))]
 async fn create_user(
     State(st): State<AppState>,
     Path(account): Path<String>,
@@ -858,7 +880,7 @@ async fn create_user(
 #[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users/{user}/key", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body(content = Option<RotateKey>, description = "Optional"),
     security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = UserKey), AdminErrors))]
+    responses((status = 200, body = UserKey), CreateErrors))]
 async fn rotate_key(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
@@ -936,7 +958,7 @@ struct UserRole {
 
 #[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}/users/{user}", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body = UpdateUser, security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = UserRole), AdminErrors))]
+    responses((status = 200, body = UserRole), ChangeErrors))]
 async fn patch_user(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
@@ -989,7 +1011,7 @@ async fn patch_user(
 
 #[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}/users/{user}", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = Revoked), AdminErrors))]
+    responses((status = 200, body = Revoked), ReadErrors))]
 async fn revoke_user(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
@@ -1009,7 +1031,7 @@ async fn revoke_user(
 
 #[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}", tag = "admin",
     params(("account" = String, Path, description = "Account id")), security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = Revoked), AdminErrors))]
+    responses((status = 200, body = Revoked), ReadErrors))]
 async fn revoke_account(
     State(st): State<AppState>,
     Path(account): Path<String>,
@@ -1028,7 +1050,7 @@ async fn revoke_account(
 
 #[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/users", tag = "admin",
     params(("account" = String, Path, description = "Account id")), security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = UserList), AdminErrors))]
+    responses((status = 200, body = UserList), ReadErrors))]
 async fn list_users(
     State(st): State<AppState>,
     Path(account): Path<String>,

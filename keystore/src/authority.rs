@@ -186,27 +186,45 @@ pub struct Grant {
 /// cannot be given).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    Forbidden(String),
+    /// 403: the message and what the key lacks.
+    Forbidden(String, Need),
     Invalid(String),
+}
+
+/// What a refused key lacks: a 403 names it (`missing_capability` or `required_role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// A capability (in the account called upon).
+    Capability(Cap),
+    /// A role: `root` for what only the root key may do.
+    Role(&'static str),
+    /// Nothing any key could have (the `_system` account is the configuration's).
+    Nothing,
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::Forbidden(m) | Refusal::Invalid(m) => f.write_str(m),
+            Refusal::Forbidden(m, _) | Refusal::Invalid(m) => f.write_str(m),
         }
     }
 }
 
 fn missing(cap: Cap, why: &str) -> Refusal {
-    Refusal::Forbidden(format!(
-        "forbidden: this key lacks the capability {} ({why})",
-        cap.name()
-    ))
+    Refusal::Forbidden(
+        format!(
+            "forbidden: this key lacks the capability {} ({why})",
+            cap.name()
+        ),
+        Need::Capability(cap),
+    )
 }
 
 fn root_only(what: &str) -> Refusal {
-    Refusal::Forbidden(format!("forbidden: only the root key may {what}"))
+    Refusal::Forbidden(
+        format!("forbidden: only the root key may {what}"),
+        Need::Role(ROLE_ROOT),
+    )
 }
 
 /// An admin operation, as far as authority goes.
@@ -253,12 +271,20 @@ impl Operation {
             Operation::AccountAdmin => Err(if same_account {
                 missing(Cap::AccountAdmin, "administering the account")
             } else {
-                Refusal::Forbidden("forbidden: not an administrator of this account".into())
+                Refusal::Forbidden(
+                    format!(
+                        "forbidden: this key is not an administrator of account {} (it needs \
+                         the capability account_admin in that account; its own is {})",
+                        subject.account, caller.account
+                    ),
+                    Need::Capability(Cap::AccountAdmin),
+                )
             }),
             Operation::Import => Err(Refusal::Forbidden(
                 "forbidden: only root and account admins (capability account_admin) may \
                  import a key value (user_key)"
                     .into(),
+                Need::Capability(Cap::AccountAdmin),
             )),
             Operation::UserKeys if admin => Ok(()),
             Operation::UserKeys => {
@@ -270,6 +296,7 @@ impl Operation {
                         "forbidden: only this user's own keys (own_keys) or an administrator \
                          of the account (account_admin) may do that"
                             .into(),
+                        Need::Capability(Cap::AccountAdmin),
                     )),
                 }
             }
@@ -359,11 +386,14 @@ fn derive_caps(
                 )));
             }
             if let Some(cap) = asked.first_missing_in(ceiling) {
-                return Err(Refusal::Forbidden(format!(
-                    "forbidden: the key being replaced lacks the capability {}; a rotation \
-                     never adds capabilities",
-                    cap.name()
-                )));
+                return Err(Refusal::Forbidden(
+                    format!(
+                        "forbidden: the key being replaced lacks the capability {}; a rotation \
+                         never adds capabilities",
+                        cap.name()
+                    ),
+                    Need::Capability(cap),
+                ));
             }
             Ok(asked)
         }
@@ -414,7 +444,8 @@ pub fn user_expiry(
     };
     if own && later && !caller.root {
         return Err(Refusal::Forbidden(
-            "forbidden: a user can never extend their own expiry".into(),
+            "forbidden: a user can never extend their own expiry (only root may)".into(),
+            Need::Role(ROLE_ROOT),
         ));
     }
     Ok(new)
@@ -490,9 +521,10 @@ impl RoleRegistry {
             return if caller.root {
                 Ok(role)
             } else {
-                Err(Refusal::Forbidden(format!(
-                    "forbidden: role {role} is an operator role: only root may grant it"
-                )))
+                Err(Refusal::Forbidden(
+                    format!("forbidden: role {role} is an operator role: only root may grant it"),
+                    Need::Role(ROLE_ROOT),
+                ))
             };
         }
         let mut known = self.account.clone();
@@ -509,10 +541,13 @@ impl RoleRegistry {
         if caller.root || !self.is_operator_role(current) {
             Ok(())
         } else {
-            Err(Refusal::Forbidden(format!(
-                "forbidden: the user holds the operator role {}: only root may change it",
-                canonical_role(current)
-            )))
+            Err(Refusal::Forbidden(
+                format!(
+                    "forbidden: the user holds the operator role {}: only root may change it",
+                    canonical_role(current)
+                ),
+                Need::Role(ROLE_ROOT),
+            ))
         }
     }
 }
@@ -580,7 +615,9 @@ mod tests {
             );
             match (got, want) {
                 (Ok(c), Ok(w)) => assert_eq!(c, Caps::of(w), "{caller:?} {role} {asked:?}"),
-                (Err(Refusal::Forbidden(m)), Err("forbidden")) => assert!(m.contains("forbidden")),
+                (Err(Refusal::Forbidden(m, _)), Err("forbidden")) => {
+                    assert!(m.contains("forbidden"))
+                }
                 (Err(Refusal::Invalid(_)), Err("invalid")) => {}
                 (got, want) => {
                     panic!("{caller:?} {role} {replaced:?} {asked:?}: {got:?} != {want:?}")
@@ -603,7 +640,8 @@ mod tests {
             Err(Refusal::Forbidden(
                 "forbidden: this key lacks the capability own_keys (a key can only hand on \
                  what it has)"
-                    .into()
+                    .into(),
+                Need::Capability(O)
             ))
         );
     }
@@ -645,7 +683,7 @@ mod tests {
         let member = grant(&[T, O], None);
         assert!(matches!(
             derive(&member, user("member", None), None, &ask),
-            Err(Refusal::Forbidden(_))
+            Err(Refusal::Forbidden(..))
         ));
         assert_eq!(
             derive(&root(), user("member", None), None, &ask)
@@ -758,7 +796,7 @@ mod tests {
         assert_eq!(reg.grantable(&admin, "MEMBER"), Ok("member".into()));
         assert!(matches!(
             reg.grantable(&admin, "staff"),
-            Err(Refusal::Forbidden(m)) if m.contains("staff")
+            Err(Refusal::Forbidden(m, _)) if m.contains("staff")
         ));
         assert_eq!(reg.grantable(&root(), "Staff"), Ok("staff".into()));
         assert!(matches!(

@@ -143,8 +143,9 @@ async fn bearer_and_x_api_key_both_authenticate() {
     let r = ks
         .call("GET", "/api/v1/admin/accounts/acme/users", None, None)
         .await;
-    r.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
-    assert_eq!(r.json(), json!({"error": "unauthorized"}));
+    let problem = r.assert_error(StatusCode::UNAUTHORIZED, "a valid key is required");
+    assert_eq!(problem["type"], "https://keygate.dev/problems/unauthorized");
+    assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"keygate\"");
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Every kind of bad input gets the right 4xx status and a JSON `{"error": "..."}` body.
+//! Every kind of bad input gets the right 4xx status and an RFC 9457 problem body.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -100,7 +100,7 @@ async fn malformed_bodies() {
                 Some("text/plain"),
                 r#"{"account_id":"x","admin_user_id":"y"}"#,
             ),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "content-type must be application/json",
         ),
         (
@@ -110,7 +110,7 @@ async fn malformed_bodies() {
                 Some("application/x-www-form-urlencoded"),
                 "account_id=x",
             ),
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "content-type must be application/json",
         ),
         (
@@ -358,7 +358,7 @@ async fn bad_key_ids() {
     // A well-formed unknown id is a plain 404.
     let r = ks.lookup_id(&"0".repeat(64)).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(r.json(), json!({"error": "not found"}));
+    assert_eq!(r.problem_kind(), "key-not-found");
 }
 
 #[tokio::test]
@@ -396,7 +396,7 @@ async fn router_rejections_are_json() {
         let needle = if status == StatusCode::NOT_FOUND {
             "no such endpoint"
         } else {
-            "method not allowed"
+            "is not allowed on this route"
         };
         r.assert_error(status, needle);
     }

@@ -307,7 +307,8 @@ fn sigint_shuts_down_and_missing_root_key_warns() {
         Some(ROOT_KEY),
         Some(json!({"account_id": "acme", "admin_user_id": "alice"})),
     );
-    assert_eq!((status, body), (401, json!({"error": "unauthorized"})));
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["type"], "https://keygate.dev/problems/unauthorized");
     server.signal("INT");
     assert!(server.wait(Duration::from_secs(20)).success());
     let log = server.log();
@@ -388,7 +389,15 @@ fn the_protocol_token_file_guards_lookups_and_the_feed() {
                     .contains("www-authenticate: bearer"),
                 "{res}"
             );
-            assert!(res.ends_with(r#"{"error":"unauthorized"}"#), "{res}");
+            assert!(
+                res.to_ascii_lowercase()
+                    .contains("content-type: application/problem+json"),
+                "{res}"
+            );
+            assert!(
+                res.contains(r#""type":"https://keygate.dev/problems/unauthorized""#),
+                "{res}"
+            );
         }
         let res = raw_get(server.addr, path, &format!("authorization: Bearer {token}"));
         assert!(res.starts_with("HTTP/1.1 200 "), "{res}");
@@ -733,7 +742,8 @@ fn a_keystore_restarted_without_its_root_key_no_longer_honours_it() {
         Some(ROOT_KEY),
         Some(json!({"account_id": "evil", "admin_user_id": "mallory"})),
     );
-    assert_eq!((status, body), (401, json!({"error": "unauthorized"})));
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["type"], "https://keygate.dev/problems/unauthorized");
     let lookup = format!("/v1/keys/{}", key_id(ROOT_KEY));
     assert_eq!(server.call("GET", &lookup, None, None).0, 404);
     let (status, _) = server.call(

@@ -267,8 +267,8 @@ async fn duplicate_keys_conflict_without_saying_whose() {
         ];
         for (uri, by, body) in requests {
             let r = post(&ks, &uri, by, body).await;
-            r.assert_error(StatusCode::CONFLICT, "user_key");
-            let msg = r.json()["error"].as_str().unwrap().to_owned();
+            let problem = r.assert_error(StatusCode::CONFLICT, "user_key");
+            let msg = problem["detail"].as_str().unwrap().to_owned();
             for secret in ["acme", "alice", "bob", "_system", "root", taken] {
                 assert!(!msg.contains(secret), "{msg:?} reveals {secret:?}");
             }
@@ -389,7 +389,7 @@ async fn rotate_with_a_provided_key_revokes_the_old_one() {
                 .unwrap(),
         )
         .await;
-    r.assert_error(StatusCode::BAD_REQUEST, "content-type");
+    r.assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content-type");
     ks.assert_active(&last, "acme", "bob", "member").await;
 
     // Authorisation comes first: another member may not import a key for bob.

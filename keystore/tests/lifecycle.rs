@@ -725,9 +725,10 @@ async fn usage_reports_set_last_used_at_once_a_minute() {
             .await
             .assert_error(StatusCode::BAD_REQUEST, needle);
     }
-    ks.call("GET", "/v1/usage", None, None)
-        .await
-        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    ks.call("GET", "/v1/usage", None, None).await.assert_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "is not allowed on this route",
+    );
     let r = ks
         .call("POST", "/v1/usage", None, Some(json!({"key_ids": []})))
         .await;
@@ -1245,7 +1246,7 @@ async fn new_endpoints_refuse_malformed_bodies_with_json_errors() {
             (
                 Some("text/plain"),
                 b"{}".to_vec(),
-                StatusCode::BAD_REQUEST,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "content-type",
             ),
         ] {
@@ -1275,7 +1276,10 @@ async fn new_endpoints_refuse_malformed_bodies_with_json_errors() {
         ("POST", "/api/v1/admin/audit".to_owned()),
     ] {
         let r = ks.call(method, &uri, Some(ROOT_KEY), None).await;
-        r.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        r.assert_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "is not allowed on this route",
+        );
         assert!(r.headers.contains_key("allow"), "{method} {uri}");
     }
     assert_eq!(ks.revision().await, before);

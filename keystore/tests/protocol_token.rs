@@ -35,7 +35,7 @@ async fn get(ks: &Ks, uri: &str, authorization: &[&str]) -> Resp {
 
 fn assert_refused(r: &Resp) {
     r.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
-    assert_eq!(r.headers["www-authenticate"], "Bearer");
+    assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"keygate\"");
 }
 
 #[tokio::test]
@@ -104,7 +104,7 @@ async fn an_unknown_key_with_the_token_is_still_404_and_a_bad_id_400() {
     let ks = with_token().await;
     let bearer = format!("Bearer {TOKEN}");
     let r = get(&ks, &format!("/v1/keys/{}", key_id("nobody")), &[&bearer]).await;
-    r.assert_error(StatusCode::NOT_FOUND, "not found");
+    r.assert_error(StatusCode::NOT_FOUND, "no active key");
     let r = get(&ks, "/v1/keys/nothex", &[&bearer]).await;
     r.assert_error(StatusCode::BAD_REQUEST, "key_id");
     // Without the token, the same requests say nothing about the key or the id.

@@ -6,43 +6,132 @@
 
 use axum::Json;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
-/// Every error answer: `{"error": "..."}`.
+/// Every error answer: an RFC 9457 problem details object (`application/problem+json`).
 #[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
+pub struct Problem {
+    /// The kind of error: `https://keygate.dev/problems/<kind>` (keystore/README.md lists
+    /// them). Stable: compare it, do not parse `detail`.
+    #[serde(rename = "type")]
+    #[schema(format = "uri", example = "https://keygate.dev/problems/forbidden")]
+    pub kind: String,
+    /// The kind's fixed title.
+    #[schema(example = "Forbidden")]
+    pub title: String,
+    /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599, example = 403)]
+    pub status: u16,
     /// What went wrong, for people (never a key or a key id).
-    pub error: String,
+    pub detail: String,
+    /// On a 403: the capability the key lacks (in the account called upon).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_capability: Option<CapabilityName>,
+    /// On a 403: the role the call needs (`root`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_role: Option<String>,
+    /// On a 429: seconds to wait (also in `Retry-After`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub retry_after: Option<u64>,
 }
 
-/// The errors an admin call may answer (each call documents the ones that apply to it).
-#[derive(IntoResponses)]
+/// A capability of a key.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 #[allow(dead_code)] // a documentation type: never built
-pub enum AdminErrors {
-    /// Malformed body, bad id or field value.
-    #[response(status = 400)]
-    BadRequest(#[to_schema] ErrorBody),
-    /// Missing, unknown, revoked or expired key.
-    #[response(status = 401)]
-    Unauthorized(ErrorBody),
-    /// The caller's role does not allow this call.
-    #[response(status = 403)]
-    Forbidden(ErrorBody),
-    /// Unknown account, user or key.
-    #[response(status = 404)]
-    NotFound(ErrorBody),
-    /// Duplicate id, a key in use or used before, or a user's 101st live key.
-    #[response(status = 409)]
-    Conflict(ErrorBody),
-    /// Body over 16 KiB.
-    #[response(status = 413)]
-    TooLarge(ErrorBody),
-    /// The database is unreachable.
-    #[response(status = 503)]
-    Unavailable(ErrorBody),
+pub enum CapabilityName {
+    /// The key-store lookup answers it: the proxy admits it.
+    Traffic,
+    /// List, create, rotate and revoke its own user's keys.
+    OwnKeys,
+    /// Administer its account.
+    AccountAdmin,
 }
+
+/// What each error status means, as documented on every operation that may answer it.
+fn meaning(status: u16) -> &'static str {
+    match status {
+        400 => "Invalid path id, query parameter or field (invalid-request), or a malformed body (malformed-body)",
+        401 => "Missing, unknown, revoked, disabled or expired key (unauthorized; with WWW-Authenticate)",
+        403 => "The key lacks a capability (missing_capability) or role (required_role) (forbidden)",
+        404 => "Unknown account, user or key (account-not-found, user-not-found, key-not-found)",
+        409 => "The account, user or key value exists or existed (already-exists), or the user holds the most live keys (too-many-keys)",
+        413 => "The body is over its limit (payload-too-large)",
+        415 => "The body's content type is not JSON (unsupported-media-type)",
+        429 => "Too many new keys for this user: retry after retry_after seconds (rate-limited)",
+        500 => "Internal error (internal-error); details in the keystore's log",
+        503 => "The database is unreachable (unavailable)",
+        _ => "Error",
+    }
+}
+
+/// The problem responses of `statuses`.
+fn problems(statuses: &[u16]) -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+    statuses
+        .iter()
+        .map(|status| {
+            let content = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build();
+            let response = ResponseBuilder::new()
+                .description(meaning(*status))
+                .content(crate::error::PROBLEM_JSON, content)
+                .build();
+            (status.to_string(), RefOr::T(response))
+        })
+        .collect()
+}
+
+/// Declares a documentation type listing the error statuses of a family of operations.
+macro_rules! errors {
+    ($(#[$doc:meta])* $name:ident: $($status:literal),+) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+                problems(&[$($status),+])
+            }
+        }
+    };
+}
+
+errors!(
+    /// The errors of an admin read (`GET`) or revocation (`DELETE`).
+    ReadErrors: 400, 401, 403, 404, 500, 503
+);
+errors!(
+    /// The errors of an admin change (`PATCH`).
+    ChangeErrors: 400, 401, 403, 404, 413, 415, 500, 503
+);
+errors!(
+    /// The errors of an admin creation or rotation (`POST` that makes a key).
+    CreateErrors: 400, 401, 403, 404, 409, 413, 415, 429, 500, 503
+);
+errors!(
+    /// The errors of a leak report (`POST /api/v1/admin/keys/...`).
+    LeakErrors: 400, 401, 403, 404, 413, 415, 500, 503
+);
+errors!(
+    /// The errors of a key lookup.
+    LookupErrors: 400, 401, 404, 500, 503
+);
+errors!(
+    /// The errors of the changes feed.
+    ChangesErrors: 400, 401, 500, 503
+);
+errors!(
+    /// The errors of a usage report.
+    UsageErrors: 400, 401, 413, 415, 500, 503
+);
+errors!(
+    /// The errors of the health check.
+    HealthErrors: 503
+);
 
 /// Adds the admin API's two ways of sending a key, and the protocol token.
 struct AdminKey;
@@ -79,6 +168,7 @@ impl Modify for AdminKey {
         (name = "admin", description = "The admin API (x-api-key or Authorization: Bearer)"),
         (name = "operations", description = "Health, metrics and this document")
     ),
+    components(schemas(Problem, CapabilityName)),
     modifiers(&AdminKey)
 )]
 pub struct ApiDoc;

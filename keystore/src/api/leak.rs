@@ -5,7 +5,7 @@
 //! Who may call: root (any key) and account admins (their account's keys only: any other key
 //! answers exactly like an unknown one, 404, so the call is no oracle). Members: 403.
 
-use super::doc::AdminErrors;
+use super::doc::LeakErrors;
 use super::{authenticate, parse_body, with_key, ApiError, AppState};
 use crate::authority::Operation;
 use crate::keys::{key_id, log_prefix};
@@ -55,7 +55,8 @@ async fn answer(
             Ok(with_key(StatusCode::OK, state))
         }
         None => {
-            let mut res = ApiError::NotFound("no such key".into()).into_response();
+            let mut res = ApiError::NotFound(crate::error::Kind::KeyNotFound, "no such key".into())
+                .into_response();
             res.headers_mut()
                 .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
             Ok(res)
@@ -66,7 +67,7 @@ async fn answer(
 /// The owner, key reference, name and state of a key given its value.
 #[utoipa::path(post, path = "/api/v1/admin/keys/find", tag = "admin",
     request_body = LeakedKey, security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = KeyState), AdminErrors))]
+    responses((status = 200, body = KeyState), LeakErrors))]
 pub(super) async fn find_key_by_value(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -78,7 +79,7 @@ pub(super) async fn find_key_by_value(
 /// Revokes a key given its value; answers as `find` does, with the state after (`revoked`).
 #[utoipa::path(post, path = "/api/v1/admin/keys/revoke", tag = "admin",
     request_body = LeakedKey, security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = KeyState), AdminErrors))]
+    responses((status = 200, body = KeyState), LeakErrors))]
 pub(super) async fn revoke_key_by_value(
     State(st): State<AppState>,
     headers: HeaderMap,

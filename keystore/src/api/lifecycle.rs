@@ -9,10 +9,10 @@
 //!   claims carry entitlements such as a plan;
 //! - the whole audit trail: root; an account's: root and `account_admin`.
 
-use super::doc::AdminErrors;
+use super::doc::{ChangeErrors, CreateErrors, ReadErrors, UsageErrors};
 use super::{
     check_id, check_import, check_not_system, issue_key, parse_body, parse_optional_body, with_key,
-    ApiError, AppState, Caller, ErrorBody, Revoked,
+    ApiError, AppState, Caller, Revoked,
 };
 use crate::authority::Operation;
 use crate::keys::{is_key_id, log_prefix};
@@ -106,7 +106,7 @@ pub(super) fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 
 #[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/users/{user}/keys", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = KeyList), AdminErrors))]
+    responses((status = 200, body = KeyList), ReadErrors))]
 pub(super) async fn list_keys(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
@@ -175,7 +175,7 @@ pub(super) struct Recorded {
 
 #[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users/{user}/keys", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body = CreateKey, security(("api_key" = []), ("bearer" = [])),
-    responses((status = 201, body = NewKey), AdminErrors))]
+    responses((status = 201, body = NewKey), CreateErrors))]
 pub(super) async fn create_key(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
@@ -229,7 +229,7 @@ struct UpdateKey {
 
 #[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")), request_body = UpdateKey, security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = KeyInfo), AdminErrors))]
+    responses((status = 200, body = KeyInfo), ChangeErrors))]
 pub(super) async fn update_key(
     State(st): State<AppState>,
     Path((account, user, key)): Path<(String, String, String)>,
@@ -275,7 +275,7 @@ pub(super) async fn update_key(
 
 #[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")), security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = Revoked), AdminErrors))]
+    responses((status = 200, body = Revoked), ReadErrors))]
 pub(super) async fn revoke_key(
     State(st): State<AppState>,
     Path((account, user, key)): Path<(String, String, String)>,
@@ -309,7 +309,7 @@ struct RotateOne {
 
 #[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}/rotate", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")), request_body(content = Option<RotateOne>, description = "Optional"), security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = NewKey), AdminErrors))]
+    responses((status = 200, body = NewKey), CreateErrors))]
 pub(super) async fn rotate_one_key(
     State(st): State<AppState>,
     Path((account, user, key)): Path<(String, String, String)>,
@@ -365,7 +365,7 @@ struct SetAccount {
 
 #[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}", tag = "admin",
     params(("account" = String, Path, description = "Account id")), request_body = SetAccount, security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = AccountInfo), AdminErrors))]
+    responses((status = 200, body = AccountInfo), ChangeErrors))]
 pub(super) async fn set_account(
     State(st): State<AppState>,
     Path(account): Path<String>,
@@ -442,7 +442,7 @@ fn audit_range(query: Result<Query<AuditQuery>, QueryRejection>) -> Result<(i64,
 
 #[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin",
     params(AuditQuery), security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = AuditPage), AdminErrors))]
+    responses((status = 200, body = AuditPage), ReadErrors))]
 pub(super) async fn audit_all(
     State(st): State<AppState>,
     caller: Caller,
@@ -455,7 +455,7 @@ pub(super) async fn audit_all(
 
 #[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/audit", tag = "admin",
     params(("account" = String, Path, description = "Account id"), AuditQuery), security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = AuditPage), AdminErrors))]
+    responses((status = 200, body = AuditPage), ReadErrors))]
 pub(super) async fn audit_of_account(
     State(st): State<AppState>,
     Path(account): Path<String>,
@@ -480,9 +480,7 @@ struct Usage {
 /// `POST /v1/usage {"key_ids": [...]}`: records that these keys were used this minute.
 #[utoipa::path(post, path = "/v1/usage", tag = "protocol", request_body = Usage,
     security((), ("protocol_token" = [])),
-    responses((status = 200, body = Recorded), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody, description = "Protocol token configured: missing or wrong"),
-        (status = 413, body = ErrorBody)))]
+    responses((status = 200, body = Recorded), UsageErrors))]
 pub(super) async fn record_usage(
     State(st): State<AppState>,
     headers: HeaderMap,

@@ -166,30 +166,91 @@ impl Resp {
         })
     }
 
-    /// Asserts an error response: `status`, JSON content type, and an "error" string
-    /// containing `needle`.
-    pub fn assert_error(&self, status: StatusCode, needle: &str) {
+    /// Asserts an error response: `status`, an RFC 9457 problem (`application/problem+json`,
+    /// `type`, `title`, `status` and a `detail` containing `needle`); returns the problem.
+    pub fn assert_error(&self, status: StatusCode, needle: &str) -> Value {
         assert_eq!(
             self.status,
             status,
             "body: {}",
             String::from_utf8_lossy(&self.body)
         );
+        let body = self.assert_problem();
+        let msg = body["detail"].as_str().unwrap();
+        assert!(
+            msg.contains(needle),
+            "detail {msg:?} does not contain {needle:?}"
+        );
+        body
+    }
+
+    /// Asserts that this response is an RFC 9457 problem consistent with its status (a 401
+    /// with `WWW-Authenticate`), and returns it.
+    pub fn assert_problem(&self) -> Value {
         let ct = self
             .headers
             .get("content-type")
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
-        assert!(ct.starts_with("application/json"), "content-type {ct:?}");
+        let raw = String::from_utf8_lossy(&self.body);
+        assert_eq!(ct, "application/problem+json", "{} {raw}", self.status);
         let body = self.json();
-        let msg = body["error"]
+        let kind = body["type"]
             .as_str()
-            .unwrap_or_else(|| panic!("no error string in {body}"));
+            .unwrap_or_else(|| panic!("no type: {raw}"));
+        let slug = kind
+            .strip_prefix("https://keygate.dev/problems/")
+            .unwrap_or_else(|| panic!("type {kind} is not a keygate problem"));
         assert!(
-            msg.contains(needle),
-            "error {msg:?} does not contain {needle:?}"
+            !slug.is_empty() && slug.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+            "{kind}"
         );
-        assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+        assert!(
+            body["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{raw}"
+        );
+        assert_eq!(body["status"], json!(self.status.as_u16()), "{raw}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{raw}"
+        );
+        for member in body.as_object().unwrap().keys() {
+            assert!(
+                [
+                    "type",
+                    "title",
+                    "status",
+                    "detail",
+                    "missing_capability",
+                    "required_role",
+                    "retry_after"
+                ]
+                .contains(&member.as_str()),
+                "unexpected member {member}: {raw}"
+            );
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            assert!(
+                self.headers.get("www-authenticate").is_some(),
+                "401 without WWW-Authenticate: {raw}"
+            );
+        }
+        if self.status == StatusCode::FORBIDDEN {
+            assert!(
+                body.get("missing_capability").is_some()
+                    || body.get("required_role").is_some()
+                    || body["detail"].as_str().unwrap().contains("_system"),
+                "403 that does not say what is missing: {raw}"
+            );
+        }
+        body
+    }
+
+    /// The problem's kind: the last segment of its `type`.
+    pub fn problem_kind(&self) -> String {
+        let body = self.assert_problem();
+        let kind = body["type"].as_str().unwrap();
+        kind.rsplit('/').next().unwrap().to_owned()
     }
 }
 
@@ -394,7 +455,7 @@ impl Ks {
     pub async fn assert_inactive(&self, raw_key: &str) {
         let r = self.lookup(raw_key).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND);
-        assert_eq!(r.json(), json!({"error": "not found"}));
+        assert_eq!(r.problem_kind(), "key-not-found");
     }
 
     pub async fn changes(&self, since: i64) -> Value {
