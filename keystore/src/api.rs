@@ -5,6 +5,7 @@
 mod doc;
 mod leak;
 mod lifecycle;
+mod read;
 mod refusal;
 
 pub use doc::Problem;
@@ -115,14 +116,22 @@ pub(crate) fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(doc::openapi_json))
         .merge(protocol)
         .routes(routes!(lifecycle::audit_all))
-        .routes(routes!(create_account))
-        .routes(routes!(revoke_account, lifecycle::set_account))
+        .routes(routes!(read::list_accounts, create_account))
+        .routes(routes!(
+            read::get_account,
+            revoke_account,
+            lifecycle::set_account
+        ))
         .routes(routes!(lifecycle::audit_of_account))
         .routes(routes!(lifecycle::list_keys, lifecycle::create_key))
-        .routes(routes!(lifecycle::update_key, lifecycle::revoke_key))
+        .routes(routes!(
+            read::get_key,
+            lifecycle::update_key,
+            lifecycle::revoke_key
+        ))
         .routes(routes!(lifecycle::rotate_one_key))
         .routes(routes!(create_user, list_users))
-        .routes(routes!(patch_user, revoke_user))
+        .routes(routes!(read::get_user, patch_user, revoke_user))
         .routes(routes!(rotate_key))
         .routes(routes!(leak::find_key_by_value))
         .routes(routes!(leak::revoke_key_by_value))
@@ -269,11 +278,14 @@ pub struct Revoked {
     pub revoked: usize,
 }
 
-/// An account's active users.
+/// A page of an account's active users, by user id.
 #[derive(Serialize, ToSchema)]
 pub struct UserList {
     pub account_id: String,
     pub users: Vec<crate::store::UserInfo>,
+    /// The cursor of the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// How long a health check waits for the database.
@@ -1048,19 +1060,27 @@ async fn revoke_account(
     Ok(Json(Revoked { revoked }))
 }
 
+/// List users.
+///
+/// The active users of an account (disabled ones included), by user id, a page at a time.
+/// Root and the account's administrators.
 #[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/users", tag = "admin",
-    params(("account" = String, Path, description = "Account id")), security(("api_key" = []), ("bearer" = [])),
+    params(("account" = String, Path, description = "Account id"), read::ListQuery), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = UserList), ReadErrors))]
 async fn list_users(
     State(st): State<AppState>,
     Path(account): Path<String>,
     caller: Caller,
+    query: Result<Query<read::ListQuery>, QueryRejection>,
 ) -> Result<Json<UserList>, ApiError> {
     check_id("account", &account)?;
     caller.require(Operation::AccountAdmin, &account, None)?;
+    let bounds = read::Bounds::of(query)?;
     let users = st.store.list_users(account.clone()).await?;
+    let (users, next_cursor) = bounds.page_by_id(users, |u| &u.user_id)?;
     Ok(Json(UserList {
         account_id: account,
         users,
+        next_cursor,
     }))
 }

@@ -137,11 +137,18 @@ pub struct Identity {
 pub struct UserInfo {
     pub user_id: String,
     pub role: String,
+    /// When the user was created (RFC 3339).
+    #[serde(serialize_with = "lifecycle::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     /// `false` while the user is disabled (its keys are not looked up).
     pub enabled: bool,
-    /// When the user (and so every key of it) expires (Unix seconds); absent: never.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// When the user (and so every key of it) expires (RFC 3339); absent: never.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "lifecycle::ser_opt_time"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<i64>,
 }
 
@@ -1420,6 +1427,11 @@ impl Store {
     /// An active account: its claims and whether it is enabled.
     pub async fn account(&self, account: String) -> Result<AccountInfo, StoreError> {
         self.read(admin::ReadAccount { account }).await
+    }
+
+    /// Every active account, by account id.
+    pub async fn list_accounts(&self) -> Result<Vec<AccountInfo>, StoreError> {
+        self.read(admin::ListAccounts).await
     }
 
     /// The key with this key id, if it is in `scope` (`None`: any account); with `revoke`,

@@ -143,7 +143,8 @@ async fn a_disabled_user_or_account_takes_its_keys_out_until_enabled() {
     .await
     .assert_error(StatusCode::FORBIDDEN, "forbidden");
     let rev = ks.revision().await;
-    let r = patch(&ks, ROOT_KEY, account, json!({"enabled": false})).await;
+    let mut r = patch(&ks, ROOT_KEY, account, json!({"enabled": false})).await;
+    r.as_object_mut().unwrap().remove("created_at").unwrap();
     assert_eq!(
         r,
         json!({"account_id": "acme", "claims": {}, "enabled": false})
@@ -155,7 +156,8 @@ async fn a_disabled_user_or_account_takes_its_keys_out_until_enabled() {
     // The account's claims are untouched by a PATCH that does not name them.
     let r = patch(&ks, ROOT_KEY, account, json!({"claims": {"plan": "pro"}})).await;
     assert_eq!(r["enabled"], false);
-    let r = patch(&ks, ROOT_KEY, account, json!({"enabled": true})).await;
+    let mut r = patch(&ks, ROOT_KEY, account, json!({"enabled": true})).await;
+    r.as_object_mut().unwrap().remove("created_at").unwrap();
     assert_eq!(
         r,
         json!({"account_id": "acme", "claims": {"plan": "pro"}, "enabled": true})

@@ -163,7 +163,7 @@ async fn a_user_cannot_escape_the_expiry_their_admin_set() {
     assert_eq!(lookup_expiry(&ks, &forever).await, Some(sooner));
     assert_eq!(changed(&ks.changes(rev).await).len(), 3);
     let users = ks.call("GET", USERS, Some(&alice), None).await.json();
-    assert_eq!(users["users"][1]["expires_at"], sooner);
+    assert_eq!(users["users"][1]["expires_at"], rfc3339(sooner));
 }
 
 #[tokio::test]

@@ -34,7 +34,12 @@ async fn create_key(ks: &Ks, by: &str, account: &str, user: &str, body: Value) -
 
 async fn list_keys(ks: &Ks, by: &str, account: &str, user: &str) -> Vec<Value> {
     let r = ks
-        .call("GET", &keys_uri(account, user), Some(by), None)
+        .call(
+            "GET",
+            &format!("{}?limit=1000", keys_uri(account, user)),
+            Some(by),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     r.json()["keys"].as_array().unwrap().clone()
@@ -749,8 +754,15 @@ async fn claims_of_accounts_and_keys_reach_the_lookup_answer() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let mut account = r.json();
+    let created = account
+        .as_object_mut()
+        .unwrap()
+        .remove("created_at")
+        .unwrap();
+    assert!(created.as_str().unwrap().ends_with('Z'), "{created}");
     assert_eq!(
-        r.json(),
+        account,
         json!({"account_id": "acme", "claims": {"plan": "pro", "region": "eu"}, "enabled": true})
     );
     // Every active key of the account is in the feed: its answer changed.

@@ -73,7 +73,7 @@ fn check_claims(claims: &Claims) -> Result<(), ApiError> {
 }
 
 /// A key reference in a path: [`KEY_REF_LEN`] lowercase hex characters.
-fn check_key_ref(key: &str) -> Result<(), ApiError> {
+pub(super) fn check_key_ref(key: &str) -> Result<(), ApiError> {
     let ok = key.len() == KEY_REF_LEN
         && key
             .bytes()
@@ -104,20 +104,29 @@ pub(super) fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 // ---------------------------------------------------------------------------------------------
 // A user's keys
 
+/// List a user's keys.
+///
+/// The unrevoked keys of a user (expired ones and those in a rotation's grace included),
+/// oldest first, a page at a time; never a key's value. Root, the account's administrators,
+/// and the user's own keys with `own_keys`.
 #[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/users/{user}/keys", tag = "admin",
-    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), security(("api_key" = []), ("bearer" = [])),
+    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), super::read::ListQuery), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = KeyList), ReadErrors))]
 pub(super) async fn list_keys(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
     caller: Caller,
+    query: Result<Query<super::read::ListQuery>, QueryRejection>,
 ) -> Result<Json<KeyList>, ApiError> {
     key_caller(&caller, &account, &user, Operation::UserKeys)?;
+    let bounds = super::read::Bounds::of(query)?;
     let keys = st.store.list_keys(account.clone(), user.clone()).await?;
+    let (keys, next_cursor) = bounds.page_keys(keys)?;
     Ok(Json(KeyList {
         account_id: account,
         user_id: user,
         keys,
+        next_cursor,
     }))
 }
 
@@ -159,12 +168,15 @@ struct Replaces {
     valid_until: String,
 }
 
-/// A user's unrevoked keys, oldest first.
+/// A page of a user's unrevoked keys, oldest first.
 #[derive(Serialize, ToSchema)]
 pub(super) struct KeyList {
     account_id: String,
     user_id: String,
     keys: Vec<KeyInfo>,
+    /// The cursor of the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
 /// How many keys a usage report wrote.

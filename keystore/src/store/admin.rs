@@ -124,9 +124,24 @@ impl Job for SetAccountEnabled {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AccountInfo {
     pub account_id: String,
+    /// When the account was created (RFC 3339).
+    #[serde(serialize_with = "super::lifecycle::ser_time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: i64,
+    #[schema(value_type = super::lifecycle::ClaimsDoc)]
     pub claims: Claims,
     /// `false` while the account is disabled (none of its keys is looked up).
     pub enabled: bool,
+}
+
+/// An account of a row of [`sql::ACCOUNT_ROW`] or [`sql::LIST_ACTIVE_ACCOUNTS`].
+fn account_info(row: &super::Row) -> Result<AccountInfo, StoreError> {
+    Ok(AccountInfo {
+        account_id: row.text(0)?,
+        created_at: row.int(1)?,
+        enabled: row.opt_int(2)?.is_none(),
+        claims: super::lifecycle::parse_claims(row.opt_text(3)?)?,
+    })
 }
 
 pub(crate) struct ReadAccount {
@@ -137,21 +152,27 @@ impl Job for ReadAccount {
     type Out = AccountInfo;
     const SNAPSHOT: bool = true;
     async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<AccountInfo, StoreError> {
-        require_account(db, &self.account).await?;
-        let args = [Arg::Text(&self.account)];
-        let claims = match first(db, sql::ACCOUNT_CLAIMS, &args).await? {
-            Some(row) => super::lifecycle::parse_claims(row.opt_text(0)?)?,
-            None => Claims::new(),
-        };
-        let enabled = match first(db, sql::ACCOUNT_DISABLED_AT, &args).await? {
-            Some(row) => row.opt_int(0)?.is_none(),
-            None => true,
-        };
-        Ok(AccountInfo {
-            account_id: self.account,
-            claims,
-            enabled,
-        })
+        match first(db, sql::ACCOUNT_ROW, &[Arg::Text(&self.account)]).await? {
+            Some(row) => account_info(&row),
+            None => Err(StoreError::AccountNotFound(self.account)),
+        }
+    }
+}
+
+/// Every active account, by account id (byte order, the same on both engines).
+pub(crate) struct ListAccounts;
+
+impl Job for ListAccounts {
+    type Out = Vec<AccountInfo>;
+    const SNAPSHOT: bool = true;
+    async fn run<D: Db>(self, db: &mut D, _at: i64) -> Result<Vec<AccountInfo>, StoreError> {
+        let rows = db.rows(sql::LIST_ACTIVE_ACCOUNTS, &[]).await?;
+        let mut accounts = rows
+            .iter()
+            .map(account_info)
+            .collect::<Result<Vec<_>, _>>()?;
+        accounts.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+        Ok(accounts)
     }
 }
 

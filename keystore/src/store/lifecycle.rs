@@ -42,6 +42,13 @@ pub const MAX_AUDIT_PAGE: usize = 1000;
 /// Claims: string names to string values.
 pub type Claims = BTreeMap<String, String>;
 
+/// The OpenAPI schema of [`Claims`], named `Claims`: claim names to string values (at most
+/// 16 claims; see the keystore README for the name and value rules).
+#[derive(utoipa::ToSchema)]
+#[schema(as = Claims)]
+#[allow(dead_code)] // a documentation type: never built
+pub struct ClaimsDoc(BTreeMap<String, String>);
+
 /// Who made an admin call: recorded in the audit trail and as a key's creator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Actor {
@@ -186,11 +193,11 @@ pub fn parse_rfc3339(field: &str, text: &str) -> Result<i64, String> {
         .map_err(|e| format!("{field} must be an RFC 3339 time such as 2030-01-31T12:00:00Z ({e})"))
 }
 
-fn ser_time<S: Serializer>(secs: &i64, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_time<S: Serializer>(secs: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339(*secs))
 }
 
-fn ser_opt_time<S: Serializer>(secs: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_opt_time<S: Serializer>(secs: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
     match secs {
         Some(secs) => s.serialize_str(&rfc3339(*secs)),
         None => s.serialize_none(),
@@ -732,11 +739,12 @@ impl Job for ReadAudit {
 }
 
 fn audit_entry(row: &Row) -> Result<AuditEntry, StoreError> {
-    let detail = match row.opt_text(7)? {
+    let mut detail = match row.opt_text(7)? {
         Some(t) => serde_json::from_str(&t)
             .map_err(|e| StoreError::Internal(format!("stored audit detail is not JSON: {e}")))?,
         None => serde_json::Value::Null,
     };
+    times_as_rfc3339(&mut detail);
     Ok(AuditEntry {
         id: row.int(0)?,
         at: row.int(1)?,
@@ -752,10 +760,52 @@ fn audit_entry(row: &Row) -> Result<AuditEntry, StoreError> {
     })
 }
 
+/// The times of an audit detail as RFC 3339: entries written before every detail used it
+/// (`user.create` in earlier versions) hold Unix seconds in `expires_at`, plain or as a
+/// before/after change.
+fn times_as_rfc3339(detail: &mut serde_json::Value) {
+    let Some(fields) = detail.as_object_mut() else {
+        return;
+    };
+    for name in ["expires_at", "valid_until"] {
+        let Some(value) = fields.get_mut(name) else {
+            continue;
+        };
+        let mut slots: Vec<&mut serde_json::Value> = match value {
+            serde_json::Value::Object(change) => change.values_mut().collect(),
+            other => vec![other],
+        };
+        for slot in slots.iter_mut() {
+            if let Some(secs) = slot.as_i64() {
+                **slot = rfc3339(secs).into();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_audit_details_in_unix_seconds_read_as_rfc3339() {
+        let mut detail = serde_json::json!({
+            "role": "member", "expires_at": 1_800_000_000,
+            "other": 5,
+        });
+        times_as_rfc3339(&mut detail);
+        assert_eq!(detail["expires_at"], "2027-01-15T08:00:00Z");
+        assert_eq!(detail["other"], 5);
+        let mut change = serde_json::json!({
+            "expires_at": {"before": null, "after": 1_800_000_000}
+        });
+        times_as_rfc3339(&mut change);
+        assert_eq!(
+            change,
+            serde_json::json!({"expires_at": {"before": null, "after": "2027-01-15T08:00:00Z"}})
+        );
+    }
 
     #[test]
     fn hints_show_the_prefix_and_the_last_four_characters_only() {

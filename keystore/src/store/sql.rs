@@ -221,6 +221,12 @@ pub const SET_KEY_CLAIMS: &str = "UPDATE keys SET claims = $1 WHERE key_id = $2"
 pub const EXPIRE_USER_KEYS: &str = "UPDATE keys SET expires_at = $1 \
      WHERE account_id = $2 AND user_id = $3 AND revoked_at IS NULL \
        AND (expires_at IS NULL OR expires_at > $1) RETURNING key_id";
+/// An active account: (account_id, created_at, disabled_at, claims).
+pub const ACCOUNT_ROW: &str = "SELECT account_id, created_at, disabled_at, claims FROM accounts \
+     WHERE account_id = $1 AND revoked_at IS NULL";
+/// Every active account, unordered: the columns of [`ACCOUNT_ROW`].
+pub const LIST_ACTIVE_ACCOUNTS: &str =
+    "SELECT account_id, created_at, disabled_at, claims FROM accounts WHERE revoked_at IS NULL";
 pub const ACCOUNT_CLAIMS: &str =
     "SELECT claims FROM accounts WHERE account_id = $1 AND revoked_at IS NULL";
 pub const SET_ACCOUNT_CLAIMS: &str = "UPDATE accounts SET claims = $1 WHERE account_id = $2";
