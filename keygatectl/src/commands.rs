@@ -367,7 +367,7 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         input::confirm(what, *yes)?;
     }
     let key_out = key_out(&cli.cmd).map(KeyOut::create).transpose()?;
-    let mut answer = client.call(call.method, &call.path, call.body.as_ref())?;
+    let mut answer = every_page(&client, &call)?;
     if let Some(out) = key_out {
         out.write(&mut answer)?;
     }
@@ -421,6 +421,33 @@ fn key_out(cmd: &Cmd) -> Option<&std::path::Path> {
         _ => return None,
     };
     args.key_out.as_deref()
+}
+
+/// The answer of `call`; for a list of users or keys, every page (`next_cursor`) merged.
+fn every_page(client: &Client, call: &Call) -> Result<Value, Error> {
+    let field = match call.view {
+        View::Users => "users",
+        View::Keys => "keys",
+        _ => return client.call(call.method, &call.path, call.body.as_ref()),
+    };
+    let mut answer = client.call("GET", &format!("{}?limit=1000", call.path), None)?;
+    while let Some(cursor) = answer.get("next_cursor").and_then(Value::as_str) {
+        let path = format!("{}?limit=1000&cursor={}", call.path, seg(cursor));
+        let mut page = client.call("GET", &path, None)?;
+        let more = page.get_mut(field).map(Value::take);
+        if let (Some(Value::Array(all)), Some(Value::Array(more))) = (answer.get_mut(field), more) {
+            all.extend(more);
+        }
+        match page.get("next_cursor") {
+            Some(next) => answer["next_cursor"] = next.clone(),
+            None => {
+                if let Some(obj) = answer.as_object_mut() {
+                    obj.remove("next_cursor");
+                }
+            }
+        }
+    }
+    Ok(answer)
 }
 
 /// The caller's key: `--key-file` (or `KEYGATE_KEY_FILE`), else `KEYGATE_KEY`, else the

@@ -8,7 +8,7 @@ mod lifecycle;
 mod read;
 mod refusal;
 
-pub use doc::Problem;
+pub use doc::{CapabilityName, Problem};
 pub use refusal::{RefusalBound, BURST as REFUSAL_BURST, REFUSALS_PER_MINUTE};
 
 use crate::authority::{Cap, Caps, Grant, Need, Operation, Principal, RoleRegistry, Subject};
@@ -291,8 +291,11 @@ pub struct UserList {
 /// How long a health check waits for the database.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `{"status":"ok"}` when the database answers a trivial query within [`HEALTH_TIMEOUT`],
-/// else 503: a replica that lost its database is taken out of a load balancer's rotation.
+/// Health check
+///
+/// `{"status":"ok"}` when the database answers a trivial query within 2 seconds, else 503:
+/// a replica that lost its database is taken out of a load balancer's rotation.
+/// Unauthenticated.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, body = Health), HealthErrors))]
 async fn healthz(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
@@ -307,6 +310,11 @@ async fn healthz(State(st): State<AppState>) -> Result<Json<Health>, ApiError> {
     }
 }
 
+/// Prometheus metrics
+///
+/// The keystore's metrics in the OpenMetrics text format: requests by route and status,
+/// lookups, database latencies, refused admin calls. Unauthenticated: keep it off the public
+/// network.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics in the OpenMetrics text format", content_type = "application/openmetrics-text")))]
 async fn metrics(State(st): State<AppState>) -> Response {
@@ -350,6 +358,12 @@ async fn require_protocol_token(State(st): State<AppState>, req: Request, next: 
     res
 }
 
+/// Look up a key
+///
+/// The key-store protocol's lookup, called by the Envoy filter: the identity of the active
+/// key whose SHA-256 is `key_id` (account, user, role; its expiry in Unix seconds and its
+/// claims when it has them), or 404. A disabled, expired or revoked key is 404. Needs the
+/// protocol token (`Authorization: Bearer`) when the keystore is started with one.
 #[utoipa::path(get, path = "/v1/keys/{key_id}", tag = "protocol", security((), ("protocol_token" = [])),
     params(("key_id" = String, Path, description = "Lowercase hex SHA-256 of the key (64 characters)")),
     responses((status = 200, body = Identity, description = "The key is active"),
@@ -400,6 +414,12 @@ struct ChangesBody {
     reset: bool,
 }
 
+/// Read the change feed
+///
+/// The key-store protocol's change feed, polled by the Envoy filter: the key ids changed
+/// since revision `since` (a page; `more` when there are more), or `reset` when the feed no
+/// longer reaches back that far (the filter then drops its whole cache). Needs the protocol
+/// token when the keystore is started with one.
 #[utoipa::path(get, path = "/v1/changes", tag = "protocol", security((), ("protocol_token" = [])),
     params(("since" = u64, Query, description = "The last revision the client has seen (0: cold start, or a store still at revision 0; answered with the current revision and no list)")),
     responses((status = 200, body = ChangesBody), ChangesErrors))]
@@ -722,6 +742,7 @@ struct CreateAccount {
     user_key: Option<String>,
     /// When the key expires (RFC 3339).
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<String>,
 }
 
@@ -732,6 +753,10 @@ struct AccountCreated {
     user_key: String,
 }
 
+/// Create an account
+///
+/// Creates an account with its first user, an administrator, and that user's first key
+/// (minted, or imported from `user_key`), shown once in the answer. Root only.
 #[utoipa::path(post, path = "/api/v1/admin/accounts", tag = "admin",
     request_body = CreateAccount, security(("api_key" = []), ("bearer" = [])),
     responses((status = 201, body = AccountCreated), CreateErrors))]
@@ -794,9 +819,11 @@ struct CreateUser {
     user_key: Option<String>,
     /// When the user, and so every key of it, expires (RFC 3339).
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<String>,
     /// The first key's capabilities (default: all the role and the calling key allow).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::api::CapabilityName>>)]
     capabilities: Option<Vec<String>>,
 }
 
@@ -808,6 +835,7 @@ struct RotateKey {
     user_key: Option<String>,
     /// When the new key expires (RFC 3339; at most the calling key's and the user's expiry).
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<String>,
     /// How long the old keys stay valid, in seconds (default 0: revoked at once). During
     /// the grace they keep only the capability `traffic`.
@@ -815,6 +843,7 @@ struct RotateKey {
     grace_s: Option<i64>,
     /// The new key's capabilities (default: all the role and the calling key allow).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::api::CapabilityName>>)]
     capabilities: Option<Vec<String>>,
 }
 
@@ -824,7 +853,9 @@ struct UserKey {
     user_key: String,
     /// When the key expires (RFC 3339), when it does.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<String>,
+    #[schema(value_type = Vec<crate::api::CapabilityName>)]
     capabilities: Vec<&'static str>,
 }
 
@@ -839,6 +870,11 @@ impl UserKey {
     }
 }
 
+/// Create a user
+///
+/// Adds a user with a role of the registry and its first key (minted, or imported from
+/// `user_key` by root and account admins), shown once in the answer. Root and the account's
+/// administrators; an operator role only by root.
 #[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users", tag = "admin",
     params(("account" = String, Path, description = "Account id")), request_body = CreateUser, security(("api_key" = []), ("bearer" = [])),
     responses((status = 201, body = UserKey), CreateErrors))]
@@ -889,6 +925,11 @@ async fn create_user(
     ))
 }
 
+/// Rotate a user's keys
+///
+/// Gives the user a new key (shown once) and revokes all its other keys, at once or after
+/// `grace_s` seconds during which they keep the capability `traffic` only. Root, the
+/// account's administrators, and the user's own keys with `own_keys`.
 #[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users/{user}/key", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body(content = Option<RotateKey>, description = "Optional"),
     security(("api_key" = []), ("bearer" = [])),
@@ -945,7 +986,7 @@ struct UpdateUser {
     /// The user's new expiry (RFC 3339), capping every key of the user; `null`: none (as
     /// late as the calling key may give). Nobody but root extends their own.
     #[serde(default, deserialize_with = "lifecycle::double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Option<String>>,
 }
 
@@ -965,9 +1006,15 @@ struct UserRole {
     enabled: Option<bool>,
     /// The user's expiry (RFC 3339) after the call; absent: never.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<String>,
 }
 
+/// Change a user
+///
+/// Changes a user's role, expiry or enabled state, all the fields given or none (one
+/// transaction, one audit entry). A disabled user's keys are not looked up. Root and the
+/// account's administrators; nobody but root extends their own expiry.
 #[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}/users/{user}", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body = UpdateUser, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = UserRole), ChangeErrors))]
@@ -1021,6 +1068,10 @@ async fn patch_user(
     }))
 }
 
+/// Revoke a user
+///
+/// Revokes a user and every key of it, for good; answers how many keys were revoked. Root
+/// and the account's administrators.
 #[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}/users/{user}", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = Revoked), ReadErrors))]
@@ -1041,6 +1092,10 @@ async fn revoke_user(
     Ok(Json(Revoked { revoked }))
 }
 
+/// Revoke an account
+///
+/// Revokes an account, its users and every key of them, for good; answers how many keys
+/// were revoked. Root only.
 #[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}", tag = "admin",
     params(("account" = String, Path, description = "Account id")), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = Revoked), ReadErrors))]
@@ -1060,7 +1115,7 @@ async fn revoke_account(
     Ok(Json(Revoked { revoked }))
 }
 
-/// List users.
+/// List users
 ///
 /// The active users of an account (disabled ones included), by user id, a page at a time.
 /// Root and the account's administrators.

@@ -29,7 +29,7 @@ pub(crate) use admin::enabled_kind;
 pub use admin::{AccountInfo, KeyState, Refusal, MAX_REFUSALS_KEPT, REFUSED};
 pub use lifecycle::{
     hint, key_ref, parse_rfc3339, rfc3339, validate_claims, Actor, AuditEntry, AuditPage, Claims,
-    KeyInfo, KeyPatch, KeySpec, Target, DEFAULT_KEY_NAME, KEY_REF_LEN, MAX_AUDIT_PAGE,
+    ClaimsDoc, KeyInfo, KeyPatch, KeySpec, Target, DEFAULT_KEY_NAME, KEY_REF_LEN, MAX_AUDIT_PAGE,
 };
 
 use crate::authority::{self, Ask, Caps, Grant, TargetUser};
@@ -129,6 +129,7 @@ pub struct Identity {
     pub expires_at: Option<i64>,
     /// The account's claims overridden by the key's; absent when there are none.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(value_type = crate::store::ClaimsDoc)]
     pub claims: Claims,
 }
 

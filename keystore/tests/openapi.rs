@@ -13,7 +13,7 @@ mod common;
 
 use axum::http::StatusCode;
 use common::Ks;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -129,4 +129,140 @@ async fn the_document_is_valid_openapi() {
     );
     assert!(out.status.success(), "openapi-spec-validator: {text}");
     assert!(text.contains("OK"), "{text}");
+}
+
+/// Every (method, path, operation) of the document.
+fn operation_items(doc: &Value) -> Vec<(String, String, Value)> {
+    let mut ops = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in METHODS {
+            if let Some(op) = item.get(m) {
+                ops.push((m.to_ascii_uppercase(), path.clone(), op.clone()));
+            }
+        }
+    }
+    ops
+}
+
+#[tokio::test]
+async fn every_operation_has_a_summary_and_a_description() {
+    let ks = Ks::new().await;
+    let doc = document(&ks).await;
+    for (method, path, op) in operation_items(&doc) {
+        let summary = op["summary"].as_str().unwrap_or_default();
+        let description = op["description"].as_str().unwrap_or_default();
+        assert!(
+            (3..=60).contains(&summary.len()) && !summary.ends_with('.'),
+            "{method} {path}: summary {summary:?}"
+        );
+        assert!(
+            description.len() > summary.len() && !description.contains("[`"),
+            "{method} {path}: description {description:?}"
+        );
+    }
+    let info = doc["info"]["description"].as_str().unwrap();
+    assert!(
+        info.contains("protocol_token") && !info.contains("unauthenticated"),
+        "{info}"
+    );
+}
+
+#[tokio::test]
+async fn no_component_is_named_after_a_rust_type() {
+    let ks = Ks::new().await;
+    let doc = document(&ks).await;
+    let names: Vec<&String> = doc["components"]["schemas"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    for name in &names {
+        let rusty = [
+            "BTreeMap", "HashMap", "Vec", "Option", "Box", "Arc", "Value", "String",
+        ]
+        .iter()
+        .any(|t| name.starts_with(t))
+            || name.contains(['<', ':', '_']);
+        assert!(
+            !rusty,
+            "component {name} is named after a Rust type: {names:?}"
+        );
+    }
+    assert!(names.iter().any(|n| *n == "Claims") && names.iter().any(|n| *n == "Problem"));
+}
+
+/// Every property named `*_at` or `valid_until` is a `date-time`, except the lookup answer's
+/// `expires_at` (Unix seconds: the protocol the filter reads).
+#[tokio::test]
+async fn every_time_is_a_date_time_and_every_limit_is_bounded() {
+    let ks = Ks::new().await;
+    let doc = document(&ks).await;
+    for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+        let Some(props) = schema["properties"].as_object() else {
+            continue;
+        };
+        for (prop, s) in props {
+            if !(prop.ends_with("_at") || prop == "valid_until") || name == "Identity" {
+                continue;
+            }
+            let format = s["format"]
+                .as_str()
+                .or_else(|| s["oneOf"][1]["format"].as_str());
+            assert_eq!(format, Some("date-time"), "{name}.{prop}: {s}");
+        }
+    }
+    let mut limits = 0;
+    for (method, path, op) in operation_items(&doc) {
+        for p in op["parameters"].as_array().into_iter().flatten() {
+            if p["name"] == "limit" {
+                limits += 1;
+                let s = &p["schema"];
+                assert_eq!(
+                    (&s["minimum"], &s["maximum"]),
+                    (&json!(1), &json!(1000)),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+    assert_eq!(limits, 5, "audit (2), accounts, users and keys lists");
+}
+
+/// Each operation lists the errors it can answer: 409, 413 and 415 only on writes that take
+/// a body, 500 and 503 on everything that reads the database, 401 and 403 on the admin API;
+/// every error is a `Problem` as `application/problem+json`.
+#[tokio::test]
+async fn error_responses_fit_each_method_and_are_problems() {
+    let ks = Ks::new().await;
+    let doc = document(&ks).await;
+    for (method, path, op) in operation_items(&doc) {
+        let responses = op["responses"].as_object().unwrap();
+        let has = |s: &str| responses.contains_key(s);
+        let what = format!("{method} {path}");
+        if method == "GET" || method == "DELETE" {
+            for s in ["409", "413", "415"] {
+                assert!(!has(s), "{what} lists {s}");
+            }
+        } else {
+            assert!(has("413") && has("415") && has("400"), "{what}");
+        }
+        if !["/metrics", "/openapi.json"].contains(&path.as_str()) {
+            assert!(has("503"), "{what}");
+        }
+        if path.starts_with("/v1/") || path.starts_with("/api/") {
+            assert!(has("500") && has("401"), "{what}");
+        }
+        if path.starts_with("/api/") {
+            assert!(has("403"), "{what}");
+        }
+        for (status, r) in responses {
+            if status.starts_with('4') || status.starts_with('5') {
+                assert_eq!(
+                    r["content"]["application/problem+json"]["schema"]["$ref"],
+                    "#/components/schemas/Problem",
+                    "{what} {status}"
+                );
+            }
+        }
+    }
 }

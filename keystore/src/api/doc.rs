@@ -159,8 +159,16 @@ impl Modify for AdminKey {
 #[openapi(
     info(
         title = "keygate keystore",
-        description = "Key lookups, change feed and usage reports for the keygate Envoy filter \
-                       (unauthenticated: serve them to the proxies only), and the admin API.",
+        description = "The keygate key store. The key-store protocol (key lookups, the change \
+                       feed, usage reports) is called by the keygate Envoy filter: open, or behind \
+                       a bearer token when the keystore is started with --protocol-token-file \
+                       (security scheme protocol_token); serve it to the proxies only. The admin \
+                       API manages accounts, users and keys with a key in x-api-key or \
+                       Authorization: Bearer (schemes api_key and bearer): what a key may do \
+                       depends on its role and capabilities. Errors are RFC 9457 problem details \
+                       (application/problem+json) with a stable type URI per kind. Times are \
+                       RFC 3339, except the lookup answer's expires_at (Unix seconds, which the \
+                       filter reads).",
         license(name = "Apache-2.0")
     ),
     tags(
@@ -179,7 +187,9 @@ pub fn openapi() -> &'static utoipa::openapi::OpenApi {
     DOC.get_or_init(|| super::api_routes(None).split_for_parts().1)
 }
 
-/// This document.
+/// This OpenAPI document
+///
+/// The OpenAPI 3.1 document of every route of this keystore, generated from the handlers.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {

@@ -64,7 +64,11 @@ async fn answer(
     }
 }
 
-/// The owner, key reference, name and state of a key given its value.
+/// Find a key by its value
+///
+/// For a leaked key (a secret-scanning report): its owner, key reference, name and state,
+/// given its value in the body (never in a URL). Audited; never cached. Root (any key) and
+/// account admins (their account's keys; any other key answers 404 like an unknown one).
 #[utoipa::path(post, path = "/api/v1/admin/keys/find", tag = "admin",
     request_body = LeakedKey, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = KeyState), LeakErrors))]
@@ -76,7 +80,10 @@ pub(super) async fn find_key_by_value(
     answer(&st, &headers, body, false).await
 }
 
-/// Revokes a key given its value; answers as `find` does, with the state after (`revoked`).
+/// Revoke a key by its value
+///
+/// Revokes a leaked key given its value; answers as `find` does, with the state after
+/// (`revoked`). Audited; never cached. Root and account admins (their account's keys).
 #[utoipa::path(post, path = "/api/v1/admin/keys/revoke", tag = "admin",
     request_body = LeakedKey, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = KeyState), LeakErrors))]

@@ -104,7 +104,7 @@ pub(super) fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 // ---------------------------------------------------------------------------------------------
 // A user's keys
 
-/// List a user's keys.
+/// List a user's keys
 ///
 /// The unrevoked keys of a user (expired ones and those in a rotation's grace included),
 /// oldest first, a page at a time; never a key's value. Root, the account's administrators,
@@ -136,16 +136,19 @@ struct CreateKey {
     name: String,
     /// RFC 3339; at most the calling key's and the user's expiry (the default).
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<String>,
     /// A key value to import (root and account admins only).
     #[serde(default)]
     user_key: Option<String>,
     /// Root only.
     #[serde(default)]
+    #[schema(value_type = Option<crate::store::ClaimsDoc>)]
     claims: Option<Claims>,
     /// `traffic`, `own_keys`, `account_admin` (default: all the role and the calling key
     /// allow); never more than the calling key has.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::api::CapabilityName>>)]
     capabilities: Option<Vec<String>>,
 }
 
@@ -165,6 +168,7 @@ struct Replaces {
     key: String,
     grace_s: i64,
     /// RFC 3339
+    #[schema(format = DateTime)]
     valid_until: String,
 }
 
@@ -185,6 +189,12 @@ pub(super) struct Recorded {
     recorded: u64,
 }
 
+/// Create a key
+///
+/// Adds a named key to a user (at most 100 live keys; at most 20 new keys in 10 minutes
+/// unless root asks), minted or imported from `user_key`, shown once in the answer. Its
+/// capabilities and expiry never exceed the calling key's; claims are root's to set. Root,
+/// the account's administrators, and the user's own keys with `own_keys`.
 #[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users/{user}/keys", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body = CreateKey, security(("api_key" = []), ("bearer" = [])),
     responses((status = 201, body = NewKey), CreateErrors))]
@@ -230,8 +240,10 @@ struct UpdateKey {
     #[serde(default)]
     name: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<crate::store::ClaimsDoc>)]
     claims: Option<Option<Claims>>,
     /// `false` disables the key (the lookup answers 404, it cannot call the admin API);
     /// `true` enables it again.
@@ -239,6 +251,10 @@ struct UpdateKey {
     enabled: Option<bool>,
 }
 
+/// Change a key
+///
+/// Renames a key, changes its expiry (never later than the calling key may give), its
+/// claims (root only) or its enabled state. Root and the account's administrators.
 #[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")), request_body = UpdateKey, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = KeyInfo), ChangeErrors))]
@@ -285,6 +301,10 @@ pub(super) async fn update_key(
     Ok(Json(info))
 }
 
+/// Revoke a key
+///
+/// Revokes one key, for good. Root, the account's administrators, and the user's own keys
+/// with `own_keys`.
 #[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = Revoked), ReadErrors))]
@@ -310,15 +330,23 @@ struct RotateOne {
     grace_s: Option<i64>,
     /// RFC 3339; at most the calling key's and the user's expiry (the default).
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<String>,
     /// A key value to import (root and account admins only).
     #[serde(default)]
     user_key: Option<String>,
     /// Default: the old key's (within the calling key's); never more.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::api::CapabilityName>>)]
     capabilities: Option<Vec<String>>,
 }
 
+/// Rotate a key
+///
+/// Replaces one key by a new one with its name, claims and (at most) its capabilities,
+/// shown once; the old key is revoked at once or after `grace_s` seconds during which it
+/// keeps the capability `traffic` only (`replaces.valid_until`). Root, the account's
+/// administrators, and the user's own keys with `own_keys`.
 #[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}/rotate", tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")), request_body(content = Option<RotateOne>, description = "Optional"), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = NewKey), CreateErrors))]
@@ -369,12 +397,17 @@ pub(super) async fn rotate_one_key(
 struct SetAccount {
     /// The account's claims (`null` clears them; absent: unchanged).
     #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<crate::store::ClaimsDoc>)]
     claims: Option<Option<Claims>>,
     /// `false` disables the account (none of its keys is looked up); `true` enables it again.
     #[serde(default, deserialize_with = "super::present")]
     enabled: Option<bool>,
 }
 
+/// Change an account
+///
+/// Sets or clears an account's claims (merged under each key's in the lookup answer) and
+/// enables or disables it (a disabled account's keys are not looked up). Root only.
 #[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}", tag = "admin",
     params(("account" = String, Path, description = "Account id")), request_body = SetAccount, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = AccountInfo), ChangeErrors))]
@@ -419,10 +452,10 @@ pub(super) async fn set_account(
 #[into_params(parameter_in = Query)]
 pub(super) struct AuditQuery {
     /// Entries with an id greater than this (default 0).
-    #[param(value_type = Option<u64>)]
+    #[param(value_type = Option<u64>, minimum = 0)]
     after: Option<String>,
     /// Entries per page, 1 to 1000 (default 100).
-    #[param(value_type = Option<u32>)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
 }
 
@@ -452,6 +485,10 @@ fn audit_range(query: Result<Query<AuditQuery>, QueryRejection>) -> Result<(i64,
     Ok((after, limit))
 }
 
+/// Read the audit trail
+///
+/// A page of the whole audit trail (every admin write and refused admin call), oldest first:
+/// the entries after id `after`; `more` when later ones exist. Root only.
 #[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin",
     params(AuditQuery), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = AuditPage), ReadErrors))]
@@ -465,6 +502,10 @@ pub(super) async fn audit_all(
     Ok(Json(st.store.audit(None, after, limit).await?))
 }
 
+/// Read an account's audit trail
+///
+/// A page of an account's audit entries, oldest first, after id `after`; `more` when later
+/// ones exist. Root and the account's administrators.
 #[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/audit", tag = "admin",
     params(("account" = String, Path, description = "Account id"), AuditQuery), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = AuditPage), ReadErrors))]
@@ -489,7 +530,11 @@ struct Usage {
     key_ids: Vec<String>,
 }
 
-/// `POST /v1/usage {"key_ids": [...]}`: records that these keys were used this minute.
+/// Report key usage
+///
+/// The key-store protocol's usage report, sent by the Envoy filter: these key ids were used
+/// this minute (their `last_used_at`, written at most once a minute per key). At most 10 000
+/// ids (1 MiB). Needs the protocol token when the keystore is started with one.
 #[utoipa::path(post, path = "/v1/usage", tag = "protocol", request_body = Usage,
     security((), ("protocol_token" = [])),
     responses((status = 200, body = Recorded), UsageErrors))]

@@ -145,7 +145,7 @@ pub(super) struct AccountList {
     next_cursor: Option<String>,
 }
 
-/// List accounts.
+/// List accounts
 ///
 /// The active accounts (disabled ones included), by account id, a page at a time. Root only.
 #[utoipa::path(get, path = "/api/v1/admin/accounts", tag = "admin",
@@ -166,7 +166,7 @@ pub(super) async fn list_accounts(
     }))
 }
 
-/// Get an account.
+/// Get an account
 ///
 /// An active account: when it was created, its claims and whether it is enabled. Root, and
 /// the account's administrators (`account_admin`).
@@ -183,7 +183,7 @@ pub(super) async fn get_account(
     Ok(Json(st.store.account(account).await?))
 }
 
-/// Get a user.
+/// Get a user
 ///
 /// An active user of an active account: role, creation time, expiry, whether it is enabled.
 /// Root, the account's administrators, and the user's own keys with `own_keys`.
@@ -208,7 +208,7 @@ pub(super) async fn get_user(
     }
 }
 
-/// Get a key.
+/// Get a key
 ///
 /// One unrevoked key of a user (expired ones included) by its key reference: what the key
 /// list shows of it. Root, the account's administrators, and the user's own keys with

@@ -132,11 +132,12 @@ pub struct KeyInfo {
     #[serde(serialize_with = "ser_opt_time")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<i64>,
+    #[schema(value_type = crate::store::ClaimsDoc)]
     pub claims: Claims,
     /// `false` while the key is disabled (the lookup does not answer it).
     pub enabled: bool,
     /// What the key may do (within its user's role): `traffic`, `own_keys`, `account_admin`.
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<crate::api::CapabilityName>)]
     pub capabilities: Vec<&'static str>,
 }
 
