@@ -25,7 +25,9 @@ say() { printf '[setup %s] %s\n' "$part" "$*" >&2; }
 ENVOY_VERSION=1.40.0
 venv=.tools/venv
 # The Python checkers `make test` runs (pinned: their answers are part of the tests).
-PY_TOOLS=("openapi-spec-validator==0.9.0" "kubernetes-validate==1.37.0")
+# openapi-python-client: generates the client that keystore/tests/openapi_client.py drives
+# (make test-openapi).
+PY_TOOLS=("openapi-spec-validator==0.9.0" "kubernetes-validate==1.37.0" "openapi-python-client==0.29.1")
 # OpenViking, the software keygate was made for: its own venv (litellm and ~150 SDK packages that
 # must not meet the checkers above).
 OPENVIKING_VERSION=0.5.2

@@ -189,6 +189,9 @@ async fn no_component_is_named_after_a_rust_type() {
         );
     }
     assert!(names.iter().any(|n| *n == "Claims") && names.iter().any(|n| *n == "Problem"));
+    // Rustdoc links ([`Name`]) mean nothing to a generated client's documentation.
+    let text = doc.to_string();
+    assert!(!text.contains("[`"), "a rustdoc link in the document");
 }
 
 /// Every property named `*_at` or `valid_until` is a `date-time`, except the lookup answer's
@@ -265,4 +268,128 @@ async fn error_responses_fit_each_method_and_are_problems() {
             }
         }
     }
+}
+
+/// A `keystore serve` process on a fresh SQLite file and a free port, killed on drop.
+struct Served {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path) -> Served {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keystore"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.join("ks.db"))
+        .env_remove("KEYSTORE_DATABASE_URL")
+        .env_remove("KEYSTORE_PROTOCOL_TOKEN")
+        .env("KEYSTORE_ROOT_KEY", common::ROOT_KEY)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Drain stderr for the whole life of the process, reporting the ready line.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("keystore listening on ") {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("keystore serve printed no ready line");
+    Served {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+/// A client generated from the served `/openapi.json` by a real generator
+/// (`openapi-python-client` from PyPI, pinned in scripts/setup.sh) drives a whole lifecycle
+/// against the real keystore binary: tests/openapi_client.py. The generator must not skip
+/// anything but the metrics' text body.
+#[test]
+fn a_generated_python_client_drives_a_whole_lifecycle() {
+    let venv = repo_root().join(".tools/venv/bin");
+    let generator = venv.join("openapi-python-client");
+    if !generator.is_file() {
+        let msg = format!(
+            "{} is missing: run scripts/setup.sh test",
+            generator.display()
+        );
+        assert!(std::env::var_os("KEYGATE_REQUIRE_TOOLS").is_none(), "{msg}");
+        eprintln!("generated client not tested: {msg}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let served = serve(dir.path());
+    let config = dir.path().join("generator.yml");
+    // The metrics are OpenMetrics text: the generator knows text/plain, not this media type.
+    std::fs::write(
+        &config,
+        "content_type_overrides:\n  application/openmetrics-text: text/plain\n",
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        venv.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(&generator)
+        .args(["generate", "--meta", "none", "--url"])
+        .arg(format!("{}/openapi.json", served.url))
+        .arg("--output-path")
+        .arg(dir.path().join("keygate_client"))
+        .arg("--config")
+        .arg(&config)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "openapi-python-client: {text}");
+    for warning in [
+        "Cannot parse",
+        "will be omitted",
+        "Skipping",
+        "not in PATH",
+        "Error",
+    ] {
+        assert!(
+            !text.contains(warning),
+            "openapi-python-client warned: {text}"
+        );
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openapi_client.py");
+    let out = Command::new(venv.join("python"))
+        .arg(&script)
+        .args([served.url.as_str(), common::ROOT_KEY])
+        .env("PYTHONPATH", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.ends_with("generated client: lifecycle ok\n"),
+        "{stdout}"
+    );
 }

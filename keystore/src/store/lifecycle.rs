@@ -42,8 +42,9 @@ pub const MAX_AUDIT_PAGE: usize = 1000;
 /// Claims: string names to string values.
 pub type Claims = BTreeMap<String, String>;
 
-/// The OpenAPI schema of [`Claims`], named `Claims`: claim names to string values (at most
-/// 16 claims; see the keystore README for the name and value rules).
+// The OpenAPI schema of `Claims`, under that name (a type alias has no schema of its own).
+/// Claims: names to string values (at most 16; the keystore README gives the rules for
+/// names and values).
 #[derive(utoipa::ToSchema)]
 #[schema(as = Claims)]
 #[allow(dead_code)] // a documentation type: never built
@@ -54,7 +55,7 @@ pub struct ClaimsDoc(BTreeMap<String, String>);
 pub struct Actor {
     pub account_id: String,
     pub user_id: String,
-    /// The acting key's reference (the first [`KEY_REF_LEN`] hex characters of its key id;
+    /// The acting key's reference (the first 16 hex characters of its key id;
     /// never the key); `null` for the keystore's configuration, or an unknown key.
     pub key: Option<String>,
 }
@@ -118,7 +119,7 @@ pub struct KeyPatch {
 /// A key as listed: never the key, never its full key id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct KeyInfo {
-    /// The key reference: the first [`KEY_REF_LEN`] characters of the key id.
+    /// The key reference: the first 16 hex characters of the key id.
     pub key: String,
     pub name: String,
     pub hint: Option<String>,
@@ -152,7 +153,9 @@ pub struct AuditEntry {
     pub action: String,
     pub account_id: String,
     pub object: String,
-    #[schema(value_type = Object)]
+    /// What the action changed (`before`/`after` of each field) or found; `null` when the
+    /// action has nothing more to say.
+    #[schema(value_type = Option<Object>)]
     pub detail: serde_json::Value,
 }
 
