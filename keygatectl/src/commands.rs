@@ -438,13 +438,11 @@ fn every_page(client: &Client, call: &Call) -> Result<Value, Error> {
         if let (Some(Value::Array(all)), Some(Value::Array(more))) = (answer.get_mut(field), more) {
             all.extend(more);
         }
-        match page.get("next_cursor") {
-            Some(next) => answer["next_cursor"] = next.clone(),
-            None => {
-                if let Some(obj) = answer.as_object_mut() {
-                    obj.remove("next_cursor");
-                }
-            }
+        if let Some(obj) = answer.as_object_mut() {
+            match page.get("next_cursor") {
+                Some(next) => obj.insert("next_cursor".into(), next.clone()),
+                None => obj.remove("next_cursor"),
+            };
         }
     }
     Ok(answer)
