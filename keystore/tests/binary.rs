@@ -858,3 +858,63 @@ fn postgres_over_tls_honours_sslmode_and_says_why_it_cannot_connect() {
     drop(admin);
     drop(schema);
 }
+
+#[test]
+fn a_tls_certificate_or_key_that_cannot_be_used_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("x.db");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let good_cert = dir.path().join("cert.pem");
+    std::fs::write(&good_cert, cert.cert.pem()).unwrap();
+    let run = |cert: &Path, key: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keystore"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--db",
+                db.to_str().unwrap(),
+            ])
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .env_remove("KEYSTORE_ROOT_KEY")
+            .env_remove("KEYSTORE_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&not_pem, &not_pem);
+    assert!(
+        err.contains("--tls-cert") && err.contains("no PEM certificate"),
+        "{err}"
+    );
+    let err = run(&good_cert, &not_pem);
+    assert!(
+        err.contains("--tls-key") && err.contains("not.pem"),
+        "{err}"
+    );
+    let err = run(&good_cert, &dir.path().join("missing.key"));
+    assert!(
+        err.contains("--tls-key") && err.contains("missing.key"),
+        "{err}"
+    );
+    // One without the other is bad usage.
+    let out = Command::new(env!("CARGO_BIN_EXE_keystore"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .arg("--tls-cert")
+        .arg(&good_cert)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
