@@ -48,7 +48,9 @@ test-unit:
 test-cli:
 	$(CARGO) test -p keygatectl
 
-## GET /openapi.json: valid (openapi-spec-validator), and every router route documented.
+## GET /openapi.json: valid (openapi-spec-validator), every router route documented, written for
+## client generators (summaries, formats, bounds, errors per method), and a Python client
+## generated from it by openapi-python-client drives a lifecycle against the real keystore.
 test-openapi: setup-test
 	KEYGATE_REQUIRE_TOOLS=1 $(CARGO) test -p keystore --test openapi
 
