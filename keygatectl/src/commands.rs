@@ -73,6 +73,9 @@ enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// keygate in front of OpenViking: keep its registry in step (sync), import its keys.
+    #[command(subcommand)]
+    Openviking(crate::openviking::OpenVikingCmd),
 }
 
 /// A new key: expiry, capabilities and an optional key to import instead of minting one.
@@ -357,6 +360,9 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         return output::say(&String::from_utf8_lossy(&script));
     }
     let client = Client::new(&cli.url, caller_key(cli)?, cli.ca_cert.as_deref())?;
+    if let Cmd::Openviking(cmd) = &cli.cmd {
+        return crate::openviking::run(&client, cmd);
+    }
     if let Cmd::Audit(args) = &cli.cmd {
         let page = audit(&client, args)?;
         return output::print(&page, View::Audit, format);
@@ -494,9 +500,9 @@ fn plan(cmd: &Cmd) -> Result<Call, Error> {
         Cmd::Account(c) => plan_account(c),
         Cmd::User(c) => plan_user(c),
         Cmd::Key(c) => plan_key(c),
-        Cmd::Audit(_) | Cmd::Completion { .. } => {
-            Err(Error::Usage("audit and completion are not one call".into()))
-        }
+        Cmd::Audit(_) | Cmd::Completion { .. } | Cmd::Openviking(_) => Err(Error::Usage(
+            "audit, completion and openviking are not one call".into(),
+        )),
     }
 }
 

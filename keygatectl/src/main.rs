@@ -12,6 +12,7 @@
 mod client;
 mod commands;
 mod input;
+mod openviking;
 mod output;
 
 use clap::Parser;

@@ -17,6 +17,7 @@ pub mod h2;
 pub mod http;
 mod keystore;
 mod metrics;
+mod openviking;
 mod paths;
 mod postgres;
 pub mod process;
@@ -40,6 +41,10 @@ pub use keystore::{random_secret, rfc3339, unix_now, Keystore, KeystoreOpts};
 pub use metrics::{
     parse_envoy_stats_json, parse_envoy_stats_text, parse_prometheus, prometheus_names,
     WASM_CUSTOM_PREFIX,
+};
+pub use openviking::{
+    openviking_envoy_template, openviking_keygate_config, openviking_server_path, AuthMode,
+    OpenViking, VikingStore, HOW_TO_GET_OPENVIKING,
 };
 pub use paths::{
     echo_path, envoy_path, envoy_template_path, keystore_path, repo_root, target_dir, wasm_path,
