@@ -6,7 +6,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/keygate.wasm
 
-.PHONY: all setup setup-test build demo test test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-dashboard test-alerts test-msrv test-compose test-postgres test-e2e test-fuzz fuzz soak bench bench-smoke bench-store bench-store-smoke clean
+.PHONY: all setup setup-test build demo test test-openviking demo-openviking test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-dashboard test-alerts test-msrv test-compose test-postgres test-e2e test-fuzz fuzz soak bench bench-smoke bench-store bench-store-smoke clean
 
 all: build
 
@@ -34,7 +34,7 @@ demo: build
 	target/release/keygate-demo $(if $(KEEP),--keep)
 
 ## Everything: unit tests (native and wasm), lints, the keystore's API tests, end to end against real Envoy.
-test: setup-test build test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-msrv test-compose test-postgres test-dashboard test-alerts test-e2e test-fuzz bench-smoke bench-store-smoke
+test: setup-test build test-unit test-wasm lint test-cli test-openapi test-docs test-k8s test-msrv test-compose test-postgres test-dashboard test-alerts test-e2e test-openviking test-fuzz bench-smoke bench-store-smoke
 	@echo "make test: all suites passed"
 
 ## The key store's API tests, the shared protocol rules' and the harness's own tests (the
@@ -83,7 +83,7 @@ test-wasm: setup-test
 	@scripts/test-wasm.sh
 
 lint:
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features keygate/e2e-openviking -- -D warnings
 	$(CARGO) clippy -p keygate --lib --target wasm32-wasip1 -- -D warnings
 	$(CARGO) fmt --all -- --check
 
@@ -103,6 +103,13 @@ test-postgres:
 test-e2e:
 	url=$$(scripts/postgres.sh start); trap 'scripts/postgres.sh stop' EXIT; \
 	KEYSTORE_TEST_DATABASE_URL=$$url $(CARGO) test --release -p keygate --tests -- --test-threads=2
+
+## keygate in front of real OpenViking 0.5.2 (integrations/openviking/): five OpenViking
+## instances (started together, ~1.5 min), two Envoys with keygate, the keystore,
+## `keygatectl openviking sync` and `import`. The first run installs OpenViking (~6 min, cached).
+test-openviking: build
+	@scripts/setup.sh openviking
+	$(CARGO) test --release -p keygate --features e2e-openviking --test e2e_openviking -- --test-threads=1
 
 ## Fuzz targets (fuzz/): the parsers of outside input, the shared-data codecs, two workers; 20 s each.
 test-fuzz:

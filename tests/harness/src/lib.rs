@@ -47,7 +47,8 @@ pub use openviking::{
     OpenViking, VikingStore, HOW_TO_GET_OPENVIKING,
 };
 pub use paths::{
-    echo_path, envoy_path, envoy_template_path, keystore_path, repo_root, target_dir, wasm_path,
+    echo_path, envoy_path, envoy_template_path, keygatectl_path, keystore_path, repo_root,
+    target_dir, wasm_path,
 };
 pub use postgres::{postgres_url, PgSchema, DATABASE_URL_VAR};
 pub use render::{

@@ -86,6 +86,16 @@ pub fn echo_path() -> PathBuf {
     )
 }
 
+/// keygatectl: `$KEYGATE_CTL` or `<target>/release/keygatectl`. Panics if missing.
+pub fn keygatectl_path() -> PathBuf {
+    artifact(
+        "KEYGATE_CTL",
+        target_dir().join("release/keygatectl"),
+        "keygatectl",
+        "`make build` (or `cargo build --release -p keygatectl`)",
+    )
+}
+
 /// `$var` if set, else `default`; panics with `how` if the file is not there.
 fn artifact(var: &str, default: PathBuf, what: &str, how: &str) -> PathBuf {
     let (path, from) = match env::var_os(var).filter(|v| !v.is_empty()) {
