@@ -111,6 +111,13 @@ test-openviking: build
 	@scripts/setup.sh openviking
 	$(CARGO) test --release -p keygate --features e2e-openviking --test e2e_openviking -- --test-threads=1
 
+## The two-instance scenario on real OpenViking 0.5.2, alone and behind keygate, printed step by
+## step like `make demo`, then the per-request latency of each (same run).
+demo-openviking: build
+	@scripts/setup.sh openviking
+	$(CARGO) build --release -p keygatectl
+	target/release/keygate-openviking-demo
+
 ## Fuzz targets (fuzz/): the parsers of outside input, the shared-data codecs, two workers; 20 s each.
 test-fuzz:
 	@scripts/fuzz.sh 20

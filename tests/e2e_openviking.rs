@@ -173,14 +173,11 @@ fn start_world() -> World {
     let spawn = |name: &str, store: &VikingStore, mode: AuthMode, port: u16| {
         OpenViking::spawn(name, store, mode, OV_ROOT, port).unwrap()
     };
-    let mut alone = [
-        spawn("ov-alone-a", &stores[0], api_key.clone(), ports[0]),
-        spawn("ov-alone-b", &stores[0], api_key, ports[1]),
-    ];
-    let mut trusted = [
-        spawn("ov-trusted-a", &stores[1], AuthMode::Trusted, ports[2]),
-        spawn("ov-trusted-b", &stores[1], AuthMode::Trusted, ports[3]),
-    ];
+    // The first instance of each shared viking/ initialises it; a second one starting at the
+    // same moment may fail (ResourceBusyError on the system assets), so it starts once the
+    // first is ready (see keygate_harness::VikingStore).
+    let mut alone_a = spawn("ov-alone-a", &stores[0], api_key.clone(), ports[0]);
+    let mut trusted_a = spawn("ov-trusted-a", &stores[1], AuthMode::Trusted, ports[2]);
     let mut hashed = spawn(
         "ov-hashed",
         &stores[2],
@@ -201,21 +198,20 @@ fn start_world() -> World {
         o.template = Some(template.clone());
         Envoy::start(o).unwrap()
     };
-    let envoys = [
-        envoy("keygate-a", trusted[0].port()),
-        envoy("keygate-b", trusted[1].port()),
-    ];
+    let envoys = [envoy("keygate-a", ports[2]), envoy("keygate-b", ports[3])];
     let echo_envoy = envoy("keygate-echo", upstream.port());
     let dir = TempDir::new("openviking-sync").unwrap();
-    let switch = Switch::new(trusted[0].port());
+    let switch = Switch::new(ports[2]);
     let (sync, sync_metrics) = start_sync(&keystore, &dir);
-    for ov in alone
-        .iter_mut()
-        .chain(trusted.iter_mut())
-        .chain(std::iter::once(&mut hashed))
-    {
-        ov.wait_ready(Duration::from_secs(150)).unwrap();
+    let ready = Duration::from_secs(150);
+    alone_a.wait_ready(ready).unwrap();
+    let mut alone_b = spawn("ov-alone-b", &stores[0], api_key, ports[1]);
+    trusted_a.wait_ready(ready).unwrap();
+    let mut trusted_b = spawn("ov-trusted-b", &stores[1], AuthMode::Trusted, ports[3]);
+    for ov in [&mut alone_b, &mut trusted_b, &mut hashed] {
+        ov.wait_ready(ready).unwrap();
     }
+    let (alone, trusted) = ([alone_a, alone_b], [trusted_a, trusted_b]);
     eprintln!(
         "[e2e_openviking] world up in {:.1} s (5 OpenViking, 3 Envoy, keystore, sync)",
         started.elapsed().as_secs_f64()

@@ -6,7 +6,10 @@
 //! own; instances of one [`VikingStore`] share its `viking/` directory (accounts, users, keys),
 //! which is how two OpenViking instances share their registry (the embedded vector DB takes a
 //! lock, so whole workspaces cannot be shared). Start several with [`OpenViking::spawn`] first
-//! and [`OpenViking::wait_ready`] after: they start concurrently (10 to 60 s each here).
+//! and [`OpenViking::wait_ready`] after: they start concurrently (10 to 60 s each here), except
+//! that the second instance of a [`VikingStore`] must start after the first is ready: the first
+//! writes the shared system assets, and a second one starting at the same moment may fail with
+//! `ResourceBusyError` (seen once in three runs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
