@@ -253,7 +253,7 @@ fn start_sync(keystore: &Keystore, dir: &TempDir) -> (Proc, PathBuf) {
         .arg(dir.path().join("sync.cursor"))
         .arg("--metrics-file")
         .arg(&metrics)
-        .env("KEYGATE_ROOT_KEY", keystore.root_key())
+        .env("KEYGATE_KEY", keystore.root_key())
         .env_remove("KEYGATE_KEY_FILE");
     let proc = Proc::spawn("openviking-sync", cmd, &dir.path().join("sync.log")).unwrap();
     (proc, metrics)
@@ -677,7 +677,7 @@ fn import(ov: &OpenViking, extra: &[&str]) -> std::process::Output {
         .arg("--openviking-root-key-file")
         .arg(ov_root_key_file(&w.dir))
         .args(extra)
-        .env("KEYGATE_ROOT_KEY", w.keystore.root_key())
+        .env("KEYGATE_KEY", w.keystore.root_key())
         .env_remove("KEYGATE_KEY_FILE")
         .output()
         .unwrap()

@@ -191,7 +191,7 @@ fn start_sync(keystore: &Keystore, ov: &OpenViking, dir: &Path) -> keygate_harne
         .arg(&key_file)
         .arg("--state")
         .arg(dir.join("cursor"))
-        .env("KEYGATE_ROOT_KEY", keystore.root_key())
+        .env("KEYGATE_KEY", keystore.root_key())
         .env_remove("KEYGATE_KEY_FILE");
     Proc::spawn("openviking-sync", cmd, &dir.join("sync.log"))
 }
