@@ -111,7 +111,7 @@ test-e2e:
 	KEYSTORE_TEST_DATABASE_URL=$$url $(CARGO) test --release -p keygate --tests -- --test-threads=2
 
 ## keygate in front of real OpenViking 0.5.2 (integrations/openviking/): five OpenViking
-## instances (started together, ~1.5 min), two Envoys with keygate, the keystore,
+## instances (started concurrently, ~1.5 min), two Envoys with keygate, the keystore,
 ## `keygatectl openviking sync` and `import`. The first run installs OpenViking (~6 min, cached).
 test-openviking: build
 	@scripts/setup.sh openviking
