@@ -11,11 +11,12 @@
 //! - refusal entries (`admin.refused`) are the only audit rows ever deleted: at most
 //!   [`MAX_REFUSALS_KEPT`] of them are kept, the oldest go first.
 
+use super::blocks::{log_change, require_account, KIND_DISABLED, KIND_ENABLED, KIND_REVOKED};
+use super::engine::{first, texts, Arg, Db, Job, Row};
+use super::error::StoreError;
 use super::lifecycle::{change, Audit};
-use super::{
-    first, key_ref, log_change, require_account, sql, texts, Actor, Arg, Claims, Db, Job,
-    StoreError, KIND_DISABLED, KIND_ENABLED, KIND_REVOKED,
-};
+use super::lifecycle::{key_ref, Actor, Claims};
+use super::sql;
 use serde::Serialize;
 
 /// Most refusal entries kept in the audit trail (older ones are deleted as new ones come).
@@ -135,7 +136,7 @@ pub struct AccountInfo {
 }
 
 /// An account of a row of [`sql::ACCOUNT_ROW`] or [`sql::LIST_ACTIVE_ACCOUNTS`].
-fn account_info(row: &super::Row) -> Result<AccountInfo, StoreError> {
+fn account_info(row: &Row) -> Result<AccountInfo, StoreError> {
     Ok(AccountInfo {
         account_id: row.text(0)?,
         created_at: row.int(1)?,
@@ -199,7 +200,7 @@ pub(crate) struct FindKey {
 }
 
 /// A key's state from a `sql::KEY_STATE` row at time `at`.
-fn state_of(row: &super::Row, at: i64) -> Result<&'static str, StoreError> {
+fn state_of(row: &Row, at: i64) -> Result<&'static str, StoreError> {
     let revoked = [3, 6, 8]
         .into_iter()
         .map(|i| row.opt_int(i))
@@ -315,7 +316,7 @@ impl Job for RecordRefusal {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
-    use super::super::{Cell, Row};
+    use super::super::engine::{Cell, Row};
     use super::state_of;
 
     /// A `KEY_STATE` row: the revocation and disabling times of key, user and account (all

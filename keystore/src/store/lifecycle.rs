@@ -11,10 +11,13 @@
 //! - whatever changes a lookup answer (expiry, claims) appends a change-log row, so filters
 //!   drop their cached verdict.
 
-use super::{
-    apply_grant, first, log_change, require_account, require_user, sql, texts, user_row, Arg, Db,
-    Job, Row, StoreError, KIND_CLAIMS, KIND_EXPIRY, KIND_REVOKED, KIND_ROTATED,
+use super::blocks::{
+    apply_grant, insert_key, log_change, require_account, require_user, user_row, UserRow,
+    KIND_CLAIMS, KIND_EXPIRY, KIND_REVOKED, KIND_ROTATED,
 };
+use super::engine::{first, texts, Arg, Db, Job, Row};
+use super::error::StoreError;
+use super::sql;
 use crate::authority::{self, Caps, Grant};
 use crate::keys::{KEY_PREFIX, ROOT_USER, SYSTEM_ACCOUNT};
 use serde::{Serialize, Serializer};
@@ -327,7 +330,7 @@ struct Found {
     claims: Option<String>,
     disabled_at: Option<i64>,
     capabilities: Caps,
-    user: super::UserRow,
+    user: UserRow,
 }
 
 async fn find_key<D: Db>(db: &mut D, target: &Target) -> Result<Found, StoreError> {
@@ -482,7 +485,7 @@ impl Job for CreateKey {
         apply_grant(&mut self.key, &self.grant, row.target(), None)?;
         check_room(db, account, user, at).await?;
         check_creation_rate(db, account, user, &self.grant, at).await?;
-        super::insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
+        insert_key(db, &self.key, account, user, Some(&self.actor), at).await?;
         let reference = key_ref(&self.key.key_id).to_owned();
         let object = format!("{account}/{user}/keys/{reference}");
         let detail = serde_json::json!({
@@ -564,7 +567,7 @@ impl Job for UpdateKey {
                     &[Arg::OptInt(disabled_at), Arg::Text(id)],
                 )
                 .await?;
-                log_change(db, id, super::enabled_kind(enabled), at).await?;
+                log_change(db, id, super::admin::enabled_kind(enabled), at).await?;
             }
             detail.insert("enabled".into(), change(was, enabled));
         }
@@ -642,7 +645,7 @@ impl Job for RotateOne {
         }
         check_room(db, &t.account, &t.user, at).await?;
         self.key.name = found.name;
-        super::insert_key(db, &self.key, &t.account, &t.user, Some(&self.actor), at).await?;
+        insert_key(db, &self.key, &t.account, &t.user, Some(&self.actor), at).await?;
         let reference = key_ref(&self.key.key_id).to_owned();
         let detail = serde_json::json!({
             "new_key": reference,
@@ -686,27 +689,6 @@ impl Job for SetAccountClaims {
         let detail = serde_json::json!({ "claims": change(before, self.claims.clone().unwrap_or_default()) });
         let entry = Audit::new(&self.actor, "account.set_claims", account, account);
         entry.detail(detail).write(db, at).await
-    }
-}
-
-/// Records that keys were used now, at one-minute precision: a key's `last_used_at` is written
-/// only when it is older than the current minute, so each key costs at most one write a minute.
-pub(crate) struct RecordUsage {
-    pub key_ids: Vec<String>,
-}
-
-impl Job for RecordUsage {
-    type Out = u64;
-    async fn run<D: Db>(self, db: &mut D, at: i64) -> Result<u64, StoreError> {
-        let minute = at.saturating_sub(at.rem_euclid(60));
-        let mut updated = 0u64;
-        for key_id in &self.key_ids {
-            let n = db
-                .exec(sql::TOUCH_KEY, &[Arg::Int(minute), Arg::Text(key_id)])
-                .await?;
-            updated = updated.saturating_add(n);
-        }
-        Ok(updated)
     }
 }
 

@@ -14,7 +14,10 @@
 //!   revision N has seen every revision below N. Readers never wait for the lock.
 //! - A feed page reads the revision and the rows in one `REPEATABLE READ` snapshot.
 
-use super::{prune, sql, Arg, Backend, Cell, Db, Job, Noop, Row, StoreError};
+use super::blocks::prune;
+use super::engine::{now, steps_after, Arg, Backend, Cell, Db, Job, Noop, Row};
+use super::error::StoreError;
+use super::sql;
 use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
@@ -23,7 +26,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::IsolationLevel;
 
 /// The schema version this keystore writes (the `meta` row `schema_version`).
-const SCHEMA_VERSION: i64 = super::SCHEMA_VERSION;
+const SCHEMA_VERSION: i64 = super::engine::SCHEMA_VERSION;
 const SET_SCHEMA_VERSION: &str = "UPDATE meta SET value = $1 WHERE name = 'schema_version'";
 /// Rows added to `meta` by the PostgreSQL schema, beside the shared `pruned_through`.
 const POSTGRES_META: &str =
@@ -180,7 +183,7 @@ impl PgStore {
                 tx.batch_execute(POSTGRES_META).await?;
                 1
             };
-            for step in super::steps_after(version, &sql::POSTGRES_MIGRATIONS) {
+            for step in steps_after(version, &sql::POSTGRES_MIGRATIONS) {
                 tx.batch_execute(step).await?;
             }
             if version != SCHEMA_VERSION {
@@ -231,10 +234,10 @@ impl Backend for PgStore {
                 .read_only(true)
                 .start()
                 .await?;
-            let out = job.run(&mut PgDb { client: &tx }, super::now()).await;
+            let out = job.run(&mut PgDb { client: &tx }, now()).await;
             finish(tx, out).await
         } else {
-            job.run(&mut PgDb { client: &client }, super::now()).await
+            job.run(&mut PgDb { client: &client }, now()).await
         }
     }
 
@@ -249,7 +252,7 @@ impl Backend for PgStore {
                 ));
             }
             let mut db = PgDb { client: &tx };
-            let out = job.run(&mut db, super::now()).await?;
+            let out = job.run(&mut db, now()).await?;
             prune(&mut db, self.retention).await?;
             Ok(out)
         }

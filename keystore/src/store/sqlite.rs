@@ -8,7 +8,10 @@
 //! (tens of microseconds; longer only if the database's pages are not in memory). WAL readers
 //! do not wait for the writer.
 
-use super::{prune, sql, Arg, Backend, Cell, Db, Job, Noop, Row, StoreError};
+use super::blocks::prune;
+use super::engine::{now, steps_after, Arg, Backend, Cell, Db, Job, Noop, Row};
+use super::error::StoreError;
+use super::sql;
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, OpenFlags, TransactionBehavior};
 use std::future::Future;
@@ -20,7 +23,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// The schema version this keystore writes, in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = super::SCHEMA_VERSION;
+const SCHEMA_VERSION: i64 = super::engine::SCHEMA_VERSION;
 const READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -68,7 +71,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     if version < 1 {
         tx.execute_batch(sql::SQLITE_SCHEMA)?;
     }
-    for step in super::steps_after(version, &sql::SQLITE_MIGRATIONS) {
+    for step in steps_after(version, &sql::SQLITE_MIGRATIONS) {
         tx.execute_batch(step)?;
     }
     if version != SCHEMA_VERSION {
@@ -191,7 +194,7 @@ impl Inner {
             let mut db = SqliteDb { conn: &tx };
             let retention = self.retention;
             run_now(async {
-                let out = job.run(&mut db, super::now()).await?;
+                let out = job.run(&mut db, now()).await?;
                 prune(&mut db, retention).await?;
                 Ok::<_, StoreError>(out)
             })??
@@ -209,9 +212,9 @@ impl Inner {
             .filter_map(|i| self.readers.get(i))
             .find_map(|slot| slot.try_lock().ok());
         match free {
-            Some(conn) => Ok(
-                run_now(job.run(&mut SqliteDb { conn: &conn }, super::now())).and_then(|out| out),
-            ),
+            Some(conn) => {
+                Ok(run_now(job.run(&mut SqliteDb { conn: &conn }, now())).and_then(|out| out))
+            }
             None => Err(job),
         }
     }
@@ -226,11 +229,11 @@ impl Inner {
         let mut conn = lock(slot)?;
         if J::SNAPSHOT {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-            let out = run_now(job.run(&mut SqliteDb { conn: &tx }, super::now()))??;
+            let out = run_now(job.run(&mut SqliteDb { conn: &tx }, now()))??;
             tx.commit()?;
             Ok(out)
         } else {
-            run_now(job.run(&mut SqliteDb { conn: &conn }, super::now()))?
+            run_now(job.run(&mut SqliteDb { conn: &conn }, now()))?
         }
     }
 }

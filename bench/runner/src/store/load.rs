@@ -28,8 +28,9 @@ pub const LOOKUP: &str = "SELECT k.account_id, k.user_id, u.role, k.expires_at, 
        AND (k.expires_at IS NULL OR k.expires_at > $2) \
        AND u.revoked_at IS NULL AND a.revoked_at IS NULL";
 
-/// The keystore's changes-feed read (`ChangesSince` in keystore/src/store.rs): the pruning
-/// mark, the page of change rows after `since`, the current revision (in one read snapshot).
+/// The keystore's changes-feed read (`ChangesSince` in keystore/src/store/protocol.rs): the
+/// pruning mark, the page of change rows after `since`, the current revision (in one read
+/// snapshot).
 pub const CHANGES: [&str; 3] = [
     "SELECT value FROM meta WHERE name = 'pruned_through'",
     "SELECT revision, key_id, kind FROM changes WHERE revision > $1 ORDER BY revision LIMIT 1001",
