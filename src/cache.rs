@@ -9,7 +9,7 @@
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 
-use crate::key::KeyId;
+use crate::request::key::KeyId;
 use crate::verdict::{Identity, Verdict};
 use std::rc::Rc;
 

@@ -6,8 +6,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::path::{Prefix, Route};
-use crate::rules::PathRules;
+use crate::request::path::{Prefix, Route};
+use crate::request::rules::PathRules;
 use crate::text;
 
 /// The validated configuration. Durations are in milliseconds from here on.
@@ -27,10 +27,10 @@ pub struct Config {
     /// As configured (in order); [`Config::path_rules`] is what requests meet.
     pub required_roles: Vec<RoleRule>,
     /// `anonymous_paths` and `required_roles` as one list, most specific first
-    /// ([`crate::rules`]).
+    /// ([`crate::request::rules`]).
     pub path_rules: PathRules,
     /// Authenticate CORS preflights too (Kong's `run_on_preflight`); off: a real preflight
-    /// (see [`crate::admission`]) passes without a key, identity headers still removed.
+    /// (see [`crate::request::admission`]) passes without a key, identity headers still removed.
     pub run_on_preflight: bool,
 }
 
@@ -631,7 +631,7 @@ fn role_rules(rules: Vec<RawRoleRule>) -> Result<Vec<RoleRule>, ConfigError> {
 }
 
 /// Refuses a prefix listed twice (in one list or in both, compared without case, as role rules
-/// match), naming both fields; then orders the rules ([`crate::rules`]).
+/// match), naming both fields; then orders the rules ([`crate::request::rules`]).
 fn path_rules(anonymous: &[Prefix], roles: &[RoleRule]) -> Result<PathRules, ConfigError> {
     let named = anonymous
         .iter()
@@ -1036,7 +1036,7 @@ mod tests {
             assert_eq!(e.field, field, "{json} -> {e}");
             assert!(e.message.contains(other), "{e}");
         }
-        // Nested prefixes are not duplicates: the most specific decides (crate::rules).
+        // Nested prefixes are not duplicates: the most specific decides (crate::request::rules).
         parse(r#"{"store":{"cluster":"k"},"anonymous_paths":["/docs"],"required_roles":[{"prefix":"/docs/internal","roles":["admin"]}]}"#)
             .unwrap();
     }

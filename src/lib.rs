@@ -19,19 +19,13 @@
     )
 )]
 
-pub mod admission;
 pub mod bucket;
 pub mod cache;
 pub mod config;
 pub mod fake_host;
-pub mod fields;
 pub mod host;
-pub mod key;
-pub mod key_ids;
 pub mod local_writes;
-pub mod path;
 pub mod request;
-pub mod rules;
 pub mod shared;
 pub mod shared_table;
 pub mod single_flight;

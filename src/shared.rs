@@ -7,7 +7,7 @@
 //! does not decode is treated as absent and overwritten by CAS.
 
 use crate::host::{Host, SharedError};
-use crate::key::KeyId;
+use crate::request::key::KeyId;
 
 /// Bumped when a record's layout changes; records of another version decode as absent.
 pub const RECORD_VERSION: u8 = 3;

@@ -13,7 +13,7 @@
 
 use crate::cache::Entry;
 use crate::host::{Host, SharedError};
-use crate::key::KeyId;
+use crate::request::key::KeyId;
 use crate::shared::{self, Change, Names, Reader, Record, Writer};
 use crate::verdict::{Identity, Verdict};
 use std::rc::Rc;

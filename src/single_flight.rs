@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::key::KeyId;
+use crate::request::key::KeyId;
 use crate::verdict::{Outcome, Resolution, Source};
 
 /// A waiting request: its context, when it gives up, and how it joined.

@@ -22,7 +22,7 @@ use keygate_protocol::claims;
 use serde::Deserialize;
 
 use crate::host::CallResponse;
-use crate::key::KeyId;
+use crate::request::key::KeyId;
 use crate::shared::Change;
 use crate::verdict::Identity;
 

@@ -273,7 +273,7 @@ fn forget_slot<H: Host + ?Sized>(host: &H, table: &Table, change: &Change) -> bo
 mod tests {
     use super::*;
     use crate::fake_host::FakeHost;
-    use crate::key::KeyId;
+    use crate::request::key::KeyId;
     use crate::shared_table::SlotVerdict;
     use crate::test_support::test;
     use crate::verdict::Identity;

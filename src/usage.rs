@@ -13,7 +13,7 @@
 //!   next interval.
 
 use crate::host::CallResponse;
-use crate::key::KeyId;
+use crate::request::key::KeyId;
 use crate::shared::{Reader, Record, Writer};
 
 /// Most key ids in one report (and in the shared batch).

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use crate::config::Config;
 use crate::fake_host::FakeHost;
 use crate::host::{CallResponse, Gauge, Host, Method, Metric};
-use crate::key::KeyId;
+use crate::request::key::KeyId;
 use crate::test_support::test;
 use crate::verdict::{Decision, Identity, Outcome, Resolution, Source};
 use crate::worker::{Worker, WriteDone, FAST_TICK_MS, MAX_ANSWERS_PER_CALLBACK};

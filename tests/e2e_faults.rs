@@ -139,7 +139,7 @@ fn every_kind_of_store_failure_gives_503_for_unknown_keys_and_stale_for_known_on
 
 /// Lowercase hex SHA-256, as the filter computes key ids.
 fn sha256_hex(key: &str) -> String {
-    keygate::key::KeyId::of(key.as_bytes()).hex()
+    keygate::request::key::KeyId::of(key.as_bytes()).hex()
 }
 
 #[test]

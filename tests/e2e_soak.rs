@@ -25,7 +25,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
-use keygate::key::KeyId;
+use keygate::request::key::KeyId;
 use keygate_harness::{Client, TwoInstances};
 use serde_json::json;
 

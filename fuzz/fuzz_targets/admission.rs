@@ -34,11 +34,11 @@
 //!   the plan is carried out.
 #![no_main]
 
-use keygate::admission::{self, Admission, Plan};
+use keygate::request::admission::{self, Admission, Plan};
 use keygate::config::Config;
-use keygate::fields;
-use keygate::key::{self, KeyError, KeyId};
-use keygate::request::{Recorder, Refusal};
+use keygate::request::fields;
+use keygate::request::key::{self, KeyError, KeyId};
+use keygate::request::act::{Recorder, Refusal};
 use keygate_fuzz::{first_line, header_lines};
 use libfuzzer_sys::fuzz_target;
 
@@ -332,7 +332,7 @@ fn same_in_either_order(
     admission: &Admission,
     cfg: &Config,
     other: &Config,
-    parsed: &keygate::key::Headers,
+    parsed: &keygate::request::key::Headers,
     body: bool,
 ) {
     let again = admission::admit(&other, parsed, !body);

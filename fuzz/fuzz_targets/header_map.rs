@@ -10,7 +10,7 @@
 //! - the fields' names are UTF-8 (they are `&str`) and the count matches the header.
 #![no_main]
 
-use keygate::fields;
+use keygate::request::fields;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -171,7 +171,7 @@ fn check_invariants(c: &Config) {
 }
 
 /// A normalised prefix as configuration text (the root is `""` inside, `/` outside).
-fn prefix_text(p: &keygate::path::Prefix) -> String {
+fn prefix_text(p: &keygate::request::path::Prefix) -> String {
     if p.as_str().is_empty() {
         "/".to_string()
     } else {

@@ -70,7 +70,7 @@ fn check_ring(ring: &ChangeRing, seen: u64) {
                 "since({s}) is not a suffix"
             );
         }
-        let _ = ring.changed_since(&keygate::key::KeyId([0; 32]), s);
+        let _ = ring.changed_since(&keygate::request::key::KeyId([0; 32]), s);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Raw proxy-wasm ABI calls that the glue makes itself: the SDK's `hostcalls` versions panic
 //! on any status they do not expect (a panic traps the worker's VM) and copy what they read;
 //! these return `None` / `false` instead. The request's header map (read in place by
-//! [`crate::fields`]), and the shared queues of the workers' wake-ups
+//! [`crate::request::fields`]), and the shared queues of the workers' wake-ups
 //! ([`crate::host::Host::wake`]).
 
 use proxy_wasm::types::{MapType, Status};
@@ -74,7 +74,7 @@ pub(crate) fn enqueue(id: u32, value: &[u8]) -> bool {
     )
 }
 
-/// The serialized header map `map` (see [`crate::fields`]), or `None` if Envoy has none to give.
+/// The serialized header map `map` (see [`crate::request::fields`]), or `None` if Envoy has none to give.
 pub(crate) fn header_map(map: MapType) -> Option<Vec<u8>> {
     // SAFETY: the host writes a pointer and a size into the two out-parameters.
     take_buffer(|data, size| unsafe { proxy_get_header_map_pairs(map, data, size) })

@@ -1,5 +1,5 @@
 //! The HTTP context: one per request. It hands the request's headers to the core
-//! ([`crate::admission::admit`]) and carries out what the core decided; it decides nothing.
+//! ([`crate::request::admission::admit`]) and carries out what the core decided; it decides nothing.
 
 use std::rc::Rc;
 
@@ -8,11 +8,11 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use super::{Envoy, SharedRef};
-use crate::admission::{self, Admission, Deferred};
 use crate::config::Config;
-use crate::fields;
 use crate::host::{Host, Metric};
-use crate::request::{self, Refusal, RequestIo};
+use crate::request::act::{self, Refusal, RequestIo};
+use crate::request::admission::{self, Admission, Deferred};
+use crate::request::fields;
 use crate::verdict::Decision;
 use crate::worker::WriteDone;
 
@@ -71,7 +71,7 @@ impl HttpContext for Http {
         let s = &mut *guard;
         let buf = super::abi::header_map(MapType::HttpRequestHeaders);
         let Some(headers) = buf.as_deref().and_then(fields::parse) else {
-            request::refuse(&s.host, &mut Envoy, Refusal::Unavailable);
+            act::refuse(&s.host, &mut Envoy, Refusal::Unavailable);
             return Action::Pause;
         };
         let cfg = Rc::clone(s.worker.config());
@@ -83,7 +83,7 @@ impl HttpContext for Http {
         }
         let (key, plan) = match admission {
             Admission::Refuse(refusal, _) => {
-                request::refuse(&s.host, &mut Envoy, refusal);
+                act::refuse(&s.host, &mut Envoy, refusal);
                 return Action::Pause;
             }
             Admission::Pass(plan) => {
@@ -99,7 +99,7 @@ impl HttpContext for Http {
         match s.worker.check(&s.host, self.id, key) {
             Decision::Answer(outcome, _source) => {
                 let (route, anonymous) = (&plan.route, plan.anonymous);
-                if request::finish(&cfg, &s.host, &mut Envoy, &outcome, route, anonymous) {
+                if act::finish(&cfg, &s.host, &mut Envoy, &outcome, route, anonymous) {
                     Action::Continue
                 } else {
                     Action::Pause

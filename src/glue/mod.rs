@@ -21,9 +21,9 @@ use proxy_wasm::types::LogLevel;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
 
-use crate::admission::Deferred;
-use crate::key_ids::KeyIds;
-use crate::request::{Refusal, RequestIo};
+use crate::request::act::{Refusal, RequestIo};
+use crate::request::admission::Deferred;
+use crate::request::key_ids::KeyIds;
 use crate::worker::Worker;
 
 proxy_wasm::main! {{

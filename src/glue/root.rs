@@ -17,8 +17,8 @@ use super::http::Http;
 use super::{Envoy, Shared, SharedRef};
 use crate::config::Config;
 use crate::host::CallResponse;
-use crate::key_ids::KeyIds;
-use crate::request::{self, Refusal};
+use crate::request::act::{self, Refusal};
+use crate::request::key_ids::KeyIds;
 use crate::store::MAX_CHANGES_BODY;
 use crate::verdict::{Outcome, Resolution, Source};
 use crate::worker::Worker;
@@ -45,11 +45,11 @@ impl Root {
             }
             let goes_on = match &deferred {
                 Some(d) => {
-                    request::finish(&cfg, &s.host, &mut Envoy, &r.outcome, &d.route, d.anonymous)
+                    act::finish(&cfg, &s.host, &mut Envoy, &r.outcome, &d.route, d.anonymous)
                 }
                 // Unknown route: never guess one (a rule could be skipped).
                 None => {
-                    request::refuse(&s.host, &mut Envoy, Refusal::Unavailable);
+                    act::refuse(&s.host, &mut Envoy, Refusal::Unavailable);
                     false
                 }
             };

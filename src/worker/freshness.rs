@@ -9,7 +9,7 @@ use crate::bucket;
 use crate::cache::Entry;
 use crate::config::Config;
 use crate::host::{Gauge, Host, Metric};
-use crate::key::KeyId;
+use crate::request::key::KeyId;
 use crate::shared::{self, ChangeRing, Epoch};
 use crate::shared_table;
 use crate::verdict::{Identity, Outcome, Source, Verdict};

@@ -4,7 +4,7 @@
 
 use super::Worker;
 use crate::host::{CallResponse, Callout, DispatchError, Host, Method, Metric};
-use crate::key::KeyId;
+use crate::request::key::KeyId;
 use crate::shared;
 use crate::single_flight::Call;
 use crate::usage::{self, Batch, Reply, NOT_SUPPORTED_BACKOFF_MS};

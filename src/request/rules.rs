@@ -18,7 +18,7 @@
 //!   most specific first, so a request costs one walk that stops at the first match.
 
 use crate::config::RoleRule;
-use crate::path::{self, Prefix, Route};
+use crate::request::path::{self, Prefix, Route};
 
 /// The configured path rules, most specific first.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -10,7 +10,7 @@
 //! NUL, a name that is not UTF-8, bytes left over) is refused whole (`None`): the caller then
 //! fails closed, since a request it cannot read is a request it cannot gate.
 
-use crate::key::Headers;
+use crate::request::key::Headers;
 
 /// The fields of a serialized header map, or `None` if it is malformed.
 pub fn parse(buf: &[u8]) -> Option<Vec<(&str, &[u8])>> {

@@ -6,10 +6,10 @@
 //! - no request goes on with a client-sent identity header, in any spelling a framework folds
 //!   into the same name (case, `_` for `-`): every such header is in [`Plan::remove`];
 //! - a `:path` that is missing or not valid UTF-8 is refused (400), never defaulted;
-//! - rules match the path as the upstream will read it ([`crate::path`]): a rule that matches
+//! - rules match the path as the upstream will read it ([`crate::request::path`]): a rule that matches
 //!   any reading of the path is never skipped, and a path is anonymous only when every
 //!   reading is;
-//! - which of `anonymous_paths` and `required_roles` applies is [`crate::rules`]' one rule
+//! - which of `anonymous_paths` and `required_roles` applies is [`crate::request::rules`]' one rule
 //!   (the most specific prefix decides, whatever the order);
 //! - a key source given more than once is refused (401) before any lookup;
 //! - with `hide_credentials`, the key leaves the request wherever its value appears;
@@ -20,9 +20,9 @@
 //!   request: key required, `required_roles` applied, `hide_credentials` too.
 
 use crate::config::Config;
-use crate::key::{self, Headers, KeyError, KeyId};
-use crate::path::{PathError, Route};
-use crate::request::{Refusal, RequestIo};
+use crate::request::act::{Refusal, RequestIo};
+use crate::request::key::{self, Headers, KeyError, KeyId};
+use crate::request::path::{PathError, Route};
 
 /// What to do to a request before it goes on, whatever its key turns out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +94,7 @@ pub fn admit<'a>(cfg: &Config, headers: &'a Headers<'a>, end_of_stream: bool) ->
 }
 
 /// [`admit`], with the key id of a raw key given by `key_id` (the filter's
-/// [`crate::key_ids::KeyIds`], which remembers the ids of keys seen recently).
+/// [`crate::request::key_ids::KeyIds`], which remembers the ids of keys seen recently).
 pub fn admit_with<'a>(
     cfg: &Config,
     headers: &'a Headers<'a>,
@@ -203,7 +203,7 @@ fn header<'h>(headers: &Headers<'h>, name: &str) -> Option<&'h [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::Recorder;
+    use crate::request::act::Recorder;
     use crate::test_support::test;
 
     fn cfg(extra: &str) -> Config {

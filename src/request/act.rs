@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::host::{Host, Metric};
-use crate::path::Route;
+use crate::request::path::Route;
 use crate::verdict::{Identity, Outcome};
 
 /// A response the filter sends itself instead of forwarding the request.
