@@ -4,8 +4,8 @@
 //! wasm-bindgen-test against [`fake_host::FakeHost`], a host with Envoy's exact shared-data
 //! semantics. The Envoy glue (`glue`) exists only on the filter's target, `wasm32-wasip1`.
 //!
-//! Layers, in the order a request meets them: the **L1** ([`cache`], per worker), the **shared
-//! table** ([`shared_table`], per Envoy, in proxy-wasm shared data), and the **store** ([`store`], over
+//! Layers, in the order a request meets them: the **L1** ([`l1`], per worker), the **shared
+//! table** ([`shared::table`], per Envoy, in proxy-wasm shared data), and the **store** ([`store`], over
 //! HTTP). [`worker`] ties them together; [`sync`] keeps them fresh from the store's changes
 //! feed; [`bucket`] bounds the store lookups that misses may cause.
 #![cfg_attr(
@@ -20,14 +20,13 @@
 )]
 
 pub mod bucket;
-pub mod cache;
 pub mod config;
 pub mod fake_host;
 pub mod host;
+pub mod l1;
 pub mod local_writes;
 pub mod request;
 pub mod shared;
-pub mod shared_table;
 pub mod single_flight;
 pub mod store;
 pub mod sync;

@@ -8,8 +8,8 @@
 //! worker answers from a verdict the feed reported changed.
 
 use crate::host::Host;
+use crate::shared::table::{self as shared_table, Slot, Table};
 use crate::shared::{self, Change, ChangeRing, Epoch, Names, Reader, Record, Writer};
-use crate::shared_table::{self, Slot, Table};
 use crate::store::Changes;
 
 /// The shared sync record: where the feed is, and who is polling it.
@@ -274,7 +274,7 @@ mod tests {
     use super::*;
     use crate::fake_host::FakeHost;
     use crate::request::key::KeyId;
-    use crate::shared_table::SlotVerdict;
+    use crate::shared::table::SlotVerdict;
     use crate::test_support::test;
     use crate::verdict::Identity;
     use std::rc::Rc;

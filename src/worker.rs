@@ -29,13 +29,13 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use crate::bucket;
-use crate::cache::{Entry, L1};
 use crate::config::Config;
 use crate::host::{CallResponse, Callout, DispatchError, Histogram, Host, Metric, SharedError};
+use crate::l1::{Entry, L1};
 use crate::local_writes::Writers;
 use crate::request::key::KeyId;
+use crate::shared::table::{self as shared_table, SlotVerdict, Table, View, LEASE_GRACE_MS};
 use crate::shared::{self, ChangeRing, Counter, Epoch, Names};
-use crate::shared_table::{self, SlotVerdict, Table, View, LEASE_GRACE_MS};
 use crate::single_flight::{Call, Fetch, Flights, Phase};
 use crate::store::{self, LookupAnswer};
 use crate::usage::UsageLog;

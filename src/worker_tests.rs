@@ -540,7 +540,7 @@ fn a_dead_lease_holder_is_taken_over_and_nobody_waits_forever() {
     wb.check(&b, 2, k);
     wb.on_tick(&b);
     assert!(lookups(&b, &mut wb).is_empty());
-    b.advance(1_000 + crate::shared_table::LEASE_GRACE_MS);
+    b.advance(1_000 + crate::shared::table::LEASE_GRACE_MS);
     wb.on_tick(&b);
     let calls = lookups(&b, &mut wb);
     assert_eq!(calls.len(), 1, "B took the expired lease over");
@@ -565,7 +565,7 @@ fn a_request_waiting_past_its_deadline_gets_503() {
         answered = w.on_tick(&host);
         let _ = lookups(&host, &mut w); // the retried lookup never answers either
         assert!(
-            waited <= 2 * (1000 + crate::shared_table::LEASE_GRACE_MS) + 100,
+            waited <= 2 * (1000 + crate::shared::table::LEASE_GRACE_MS) + 100,
             "waited {waited} ms"
         );
     }

@@ -20,7 +20,7 @@ use std::fmt::Debug;
 
 use keygate::bucket::Bucket;
 use keygate::shared::{CatchUp, Change, ChangeRing, Counter, Epoch, Record};
-use keygate::shared_table::{Lease, LeaseState, Slot, SlotVerdict};
+use keygate::shared::table::{Lease, LeaseState, Slot, SlotVerdict};
 use keygate::sync::SyncRecord;
 use keygate::verdict::Identity;
 use keygate_fuzz::Cursor;

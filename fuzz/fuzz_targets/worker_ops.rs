@@ -43,7 +43,7 @@ use keygate::config::Config;
 use keygate::fake_host::FakeHost;
 use keygate::host::{CallResponse, Callout, Host, Method};
 use keygate::request::key::KeyId;
-use keygate::shared_table::LEASE_GRACE_MS;
+use keygate::shared::table::LEASE_GRACE_MS;
 use keygate::store::{self, Changes, LookupAnswer};
 use keygate::verdict::{Decision, Outcome, Resolution};
 use keygate::worker::Worker;

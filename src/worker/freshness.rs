@@ -6,12 +6,12 @@ use std::rc::Rc;
 
 use super::{Worker, FEED_DOWN_INTERVALS};
 use crate::bucket;
-use crate::cache::Entry;
 use crate::config::Config;
 use crate::host::{Gauge, Host, Metric};
+use crate::l1::Entry;
 use crate::request::key::KeyId;
+use crate::shared::table as shared_table;
 use crate::shared::{self, ChangeRing, Epoch};
-use crate::shared_table;
 use crate::verdict::{Identity, Outcome, Source, Verdict};
 
 impl Worker {

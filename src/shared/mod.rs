@@ -3,11 +3,13 @@
 //!
 //! Proxy-wasm shared data has no delete and no expiry, so every record here has a fixed name
 //! and a bounded size: the epoch, the change ring, the sync record, the miss budget, an owner
-//! counter, and the fixed table of slots (see `shared_table.rs`). Decoders never panic: a record that
+//! counter, and the fixed table of slots ([`table`]). Decoders never panic: a record that
 //! does not decode is treated as absent and overwritten by CAS.
 
 use crate::host::{Host, SharedError};
 use crate::request::key::KeyId;
+
+pub mod table;
 
 /// Bumped when a record's layout changes; records of another version decode as absent.
 pub const RECORD_VERSION: u8 = 3;
