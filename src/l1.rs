@@ -24,7 +24,7 @@ pub struct Entry {
     /// When the store gave it (an allow older than the caller's cutoff is re-checked while the
     /// changes feed is down).
     pub fetched_ms: u64,
-    /// Noted in this worker's usage log since its last merge (see [`crate::usage`]).
+    /// Noted in this worker's usage log since its last merge (see [`crate::worker::usage::report`]).
     pub used: Cell<bool>,
 }
 

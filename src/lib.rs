@@ -6,8 +6,8 @@
 //!
 //! Layers, in the order a request meets them: the **L1** ([`l1`], per worker), the **shared
 //! table** ([`shared::table`], per Envoy, in proxy-wasm shared data), and the **store** ([`store`], over
-//! HTTP). [`worker`] ties them together; [`sync`] keeps them fresh from the store's changes
-//! feed; [`bucket`] bounds the store lookups that misses may cause.
+//! HTTP). [`worker`] ties them together; [`worker::feed`] keeps them fresh from the store's changes
+//! feed; [`worker::budget`] bounds the store lookups that misses may cause.
 #![cfg_attr(
     test,
     allow(
@@ -19,19 +19,14 @@
     )
 )]
 
-pub mod bucket;
 pub mod config;
 pub mod fake_host;
 pub mod host;
 pub mod l1;
-pub mod local_writes;
 pub mod request;
 pub mod shared;
-pub mod single_flight;
 pub mod store;
-pub mod sync;
 pub mod text;
-pub mod usage;
 pub mod verdict;
 pub mod worker;
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //!   `"more": true` when the store has more to send at once, or `{"revision": N, "reset": true}`
 //!   when `since` is too old (or newer than the store: it was restored from a backup).
 //!   `since=0` returns the current revision and no list (0 while nothing has changed); what
-//!   such a page means to the feed: [`crate::sync::interpret`].
+//!   such a page means to the feed: [`crate::worker::feed::poller::interpret`].
 
 use keygate_protocol::claims;
 use serde::Deserialize;

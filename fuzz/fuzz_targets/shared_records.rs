@@ -18,10 +18,10 @@
 
 use std::fmt::Debug;
 
-use keygate::bucket::Bucket;
+use keygate::worker::budget::bucket::Bucket;
 use keygate::shared::{CatchUp, Change, ChangeRing, Counter, Epoch, Record};
 use keygate::shared::table::{Lease, LeaseState, Slot, SlotVerdict};
-use keygate::sync::SyncRecord;
+use keygate::worker::feed::poller::SyncRecord;
 use keygate::verdict::Identity;
 use keygate_fuzz::Cursor;
 use libfuzzer_sys::fuzz_target;

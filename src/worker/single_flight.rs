@@ -59,7 +59,7 @@ struct Flight {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Lookup(KeyId),
-    /// A usage report of these key ids (see [`crate::usage`]).
+    /// A usage report of these key ids (see [`crate::worker::usage::report`]).
     Usage {
         ids: Vec<KeyId>,
         deadline_ms: u64,

@@ -2,12 +2,15 @@
 //! polls sent at once for local admin writes (held until their page is published), with the
 //! rate-limited drop of everything when the feed fails.
 
+pub mod local_writes;
+pub mod poller;
+
 use super::{Worker, DROP_EVERYTHING_EVERY_MS};
 use crate::host::{CallResponse, Callout, DispatchError, Host, Metric};
 use crate::shared::{self, Counter, Epoch};
-use crate::single_flight::Call;
 use crate::store::{self, Changes};
-use crate::sync::{self, Start};
+use crate::worker::single_flight::Call;
+use poller::Start;
 
 impl Worker {
     // ---- the changes feed ----
@@ -16,7 +19,7 @@ impl Worker {
         if now < self.next_sync_check_ms || self.flights.polls_in_flight(false) {
             return;
         }
-        match sync::try_start(host, &self.names, self.owner, self.lease_ms()) {
+        match poller::try_start(host, &self.names, self.owner, self.lease_ms()) {
             Start::NotNow { next_check_ms } => self.next_sync_check_ms = next_check_ms,
             Start::Poll { since } => {
                 self.send_poll(host, now, since, false);
@@ -57,7 +60,7 @@ impl Worker {
                     self.writers.poll_failed_to_send();
                 } else {
                     let interval = self.cfg.sync.interval_ms;
-                    sync::finish(host, &self.names, &self.table, self.owner, None, interval);
+                    poller::finish(host, &self.names, &self.table, self.owner, None, interval);
                 }
             }
         }
@@ -74,7 +77,7 @@ impl Worker {
     ) {
         let interval = self.cfg.sync.interval_ms;
         let page = match store::parse_changes(response, since) {
-            Ok(page) => Some(sync::interpret(host, &self.names, since, page)),
+            Ok(page) => Some(poller::interpret(host, &self.names, since, page)),
             Err(e) => {
                 host.count(Metric::SyncErrors, 1);
                 log::warn!("changes feed poll failed: {e}; retrying in {interval} ms");
@@ -82,9 +85,9 @@ impl Worker {
             }
         };
         let applied = match (&page, forced) {
-            (Some(p), true) => sync::finish_forced(host, &self.names, &self.table, p),
-            (None, true) => sync::Applied::default(), // the lease holder's schedule stands
-            (_, false) => sync::finish(
+            (Some(p), true) => poller::finish_forced(host, &self.names, &self.table, p),
+            (None, true) => poller::Applied::default(), // the lease holder's schedule stands
+            (_, false) => poller::finish(
                 host,
                 &self.names,
                 &self.table,
@@ -127,11 +130,11 @@ impl Worker {
     /// revision, not the change: drop everything. Once synced, the poll starts from the sync
     /// record's revision, 0 included (a store where nothing had changed): from 0, a page at
     /// revision 0 says that nothing changed, this write included, and one past 0 is a reset
-    /// (see [`sync::interpret`]).
+    /// (see [`poller::interpret`]).
     pub(super) fn drive_writers<H: Host + ?Sized>(&mut self, host: &H, now: u64) {
         if self.writers.want_poll() && !self.flights.polls_in_flight(true) {
-            if sync::synced(host, &self.names) {
-                let since = sync::revision(host, &self.names);
+            if poller::synced(host, &self.names) {
+                let since = poller::revision(host, &self.names);
                 self.send_poll(host, now, since, true);
             } else {
                 self.writers.poll_failed_to_send();

@@ -2,10 +2,11 @@
 //! "feed down" cutoff for cached allows, stale-if-error, cache entries, and the miss budget
 //! with its reserve for keys that were valid recently.
 
+pub mod bucket;
+
 use std::rc::Rc;
 
 use super::{Worker, FEED_DOWN_INTERVALS};
-use crate::bucket;
 use crate::config::Config;
 use crate::host::{Gauge, Host, Metric};
 use crate::l1::Entry;

@@ -2,7 +2,7 @@
 //!
 //! A request's key id is answered, in order, from: the L1 (this worker's cache), the shared
 //! table (verdicts other workers fetched), or a store lookup; [`Source`] says which. A request
-//! that needs a lookup becomes a *waiter* ([`crate::single_flight`]): within a worker the
+//! that needs a lookup becomes a *waiter* ([`crate::worker::single_flight`]): within a worker the
 //! waiters on a key share one lookup; across workers, the one that holds the slot's lease asks
 //! the store and the others read its verdict from the shared table.
 //!
@@ -21,31 +21,32 @@
 //! - no request is answered from a verdict the change ring or the generation has since
 //!   dropped, even one already decided and waiting in the outbox.
 //!
-//! This file is the orchestration; `freshness.rs` holds the freshness rules and the miss
-//! budget, `feed.rs` the changes-feed polls and the local admin writes waiting on them,
-//! `usage.rs` the usage reports (the hit path only flips a flag in the L1 entry).
+//! This file is the orchestration; [`budget`] holds the freshness rules and the miss
+//! budget, [`feed`] the changes-feed polls and the local admin writes waiting on them,
+//! [`usage`] the usage reports (the hit path only flips a flag in the L1 entry).
 
 use std::cell::Cell;
 use std::rc::Rc;
 
-use crate::bucket;
 use crate::config::Config;
 use crate::host::{CallResponse, Callout, DispatchError, Histogram, Host, Metric, SharedError};
 use crate::l1::{Entry, L1};
-use crate::local_writes::Writers;
 use crate::request::key::KeyId;
 use crate::shared::table::{self as shared_table, SlotVerdict, Table, View, LEASE_GRACE_MS};
 use crate::shared::{self, ChangeRing, Counter, Epoch, Names};
-use crate::single_flight::{Call, Fetch, Flights, Phase};
 use crate::store::{self, LookupAnswer};
-use crate::usage::UsageLog;
 use crate::verdict::{Decision, Outcome, Resolution, Source, Verdict};
 
-mod feed;
-mod freshness;
-mod usage;
+pub mod budget;
+pub mod feed;
+pub mod single_flight;
+pub mod usage;
 
-use freshness::reserve_burst;
+use budget::bucket;
+use budget::reserve_burst;
+use feed::local_writes::Writers;
+use single_flight::{Call, Fetch, Flights, Phase};
+use usage::report::UsageLog;
 
 /// Tick period while requests wait (the latency of answering from another worker's verdict).
 pub const FAST_TICK_MS: u32 = 1;
@@ -247,7 +248,7 @@ impl Worker {
 
     /// A local admin write was answered 2xx upstream: hold its response until what it changed
     /// is dropped by every worker of this Envoy. The root polls the changes feed at once (see
-    /// [`crate::local_writes`]); when the feed fails, everything is dropped (at most once per
+    /// [`crate::worker::feed::local_writes`]); when the feed fails, everything is dropped (at most once per
     /// [`DROP_EVERYTHING_EVERY_MS`]).
     pub fn admin_write_done<H: Host + ?Sized>(&mut self, host: &H, context_id: u32) -> WriteDone {
         host.count(Metric::LocalInvalidations, 1);

@@ -1,13 +1,15 @@
-//! The worker and usage reports (see [`crate::usage`]): noting admitted keys (a flag in the L1
+//! The worker and usage reports (see [`report`]): noting admitted keys (a flag in the L1
 //! entry, checked once per merge), merging this worker's log into the Envoy's batch on the
 //! tick, and sending the batch from whichever worker takes it when it is due.
+
+pub mod report;
 
 use super::Worker;
 use crate::host::{CallResponse, Callout, DispatchError, Host, Method, Metric};
 use crate::request::key::KeyId;
 use crate::shared;
-use crate::single_flight::Call;
-use crate::usage::{self, Batch, Reply, NOT_SUPPORTED_BACKOFF_MS};
+use crate::worker::single_flight::Call;
+use report::{Batch, Reply, NOT_SUPPORTED_BACKOFF_MS};
 
 /// Longest time between two merges of a worker's log (shorter for short intervals).
 const MERGE_EVERY_MS: u64 = 1000;
@@ -75,7 +77,7 @@ impl Worker {
         let call = Callout {
             method: Method::Post,
             path: self.cfg.store.usage_path.clone(),
-            body: Some(usage::body(&ids)),
+            body: Some(report::body(&ids)),
             timeout_ms: self.cfg.store.timeout_ms,
         };
         match host.http_call(&call) {
@@ -98,7 +100,7 @@ impl Worker {
         ids: Vec<KeyId>,
         response: &CallResponse,
     ) {
-        match usage::reply(response) {
+        match report::reply(response) {
             Reply::Recorded => {
                 host.count(Metric::UsageReports, 1);
                 let n = u64::try_from(ids.len()).unwrap_or(u64::MAX);
