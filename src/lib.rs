@@ -29,8 +29,6 @@ pub mod store;
 pub mod text;
 pub mod verdict;
 pub mod worker;
-#[cfg(test)]
-mod worker_tests;
 
 #[cfg(target_os = "wasi")]
 mod glue;

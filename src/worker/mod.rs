@@ -42,6 +42,9 @@ pub mod feed;
 pub mod single_flight;
 pub mod usage;
 
+#[cfg(test)]
+mod tests;
+
 use budget::bucket;
 use budget::reserve_burst;
 use feed::local_writes::Writers;
