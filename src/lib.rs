@@ -4,10 +4,37 @@
 //! wasm-bindgen-test against [`fake_host::FakeHost`], a host with Envoy's exact shared-data
 //! semantics. The Envoy glue (`glue`) exists only on the filter's target, `wasm32-wasip1`.
 //!
-//! Layers, in the order a request meets them: the **L1** ([`l1`], per worker), the **shared
-//! table** ([`shared::table`], per Envoy, in proxy-wasm shared data), and the **store** ([`store`], over
-//! HTTP). [`worker`] ties them together; [`worker::feed`] keeps them fresh from the store's changes
-//! feed; [`worker::budget`] bounds the store lookups that misses may cause.
+//! Layers, in the order a request meets them: the **request layer** ([`request`]: headers in,
+//! a key id out), the **L1** ([`l1`], per worker), the **shared table** ([`shared::table`], per
+//! Envoy, in proxy-wasm shared data), and the **store** ([`store`], over HTTP). [`worker`] ties
+//! them together; [`worker::feed`] keeps them fresh from the store's changes feed;
+//! [`worker::budget`] bounds the store lookups that misses may cause.
+//!
+//! The tree shows the layers, one folder per layer, in the order a request meets them:
+//!
+//! ```text
+//! text.rs, verdict.rs   words every layer shares: byte classes; verdicts, outcomes, sources
+//! host.rs               the Host trait: what the core needs from Envoy (fake_host.rs: for tests)
+//! config.rs             the plugin configuration, validated at start-up
+//! request/              the request layer: no cache, shared data or store in sight
+//!   fields.rs             Envoy's serialized header map, read in place
+//!   key.rs, key_ids.rs    where a key is read from, its key id; the memo of recent key ids
+//!   path.rs, rules.rs     paths as the upstream reads them; which path rule decides
+//!   admission.rs          everything decided from the headers before any lookup
+//!   act.rs                refusals, identity headers, roles: a decided outcome carried out
+//! l1.rs                 the L1: each worker's cache of verdicts
+//! shared/               shared data: records, their encoding, the CAS loop (mod.rs)
+//!   table.rs              the shared table: slots and their leases
+//! store.rs              the store protocol: lookups and changes pages
+//! worker/               the worker (mod.rs): L1, then shared table, then lookup
+//!   single_flight.rs      flights, waiters, callout tokens, the outbox
+//!   feed/                 the worker's polls (mod.rs); the poll lease and publication of a
+//!                         page (poller.rs); local admin writes held until then (local_writes.rs)
+//!   usage/                the worker's usage reports (mod.rs); log, batch, body (report.rs)
+//!   budget/               the miss budget and its reserve (mod.rs); the token bucket (bucket.rs)
+//!   tests/                the worker against the fake host, one file per topic
+//! glue/                 proxy-wasm contexts and the Host over host calls (wasm32-wasip1 only)
+//! ```
 #![cfg_attr(
     test,
     allow(
