@@ -86,7 +86,7 @@ pub trait RequestIo {
 
 /// What to do with a request whose key was decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action<'a> {
+pub enum Disposition<'a> {
     /// Go on with these identity headers, and the configured claims the key has.
     Forward {
         headers: [(&'a str, &'a str); 3],
@@ -116,7 +116,7 @@ impl<'a> ClaimHeaders<'a> {
     }
 }
 
-/// Turns a decided outcome into an action: `required_roles` for `route`, and Kong's
+/// Turns a decided outcome into a [`Disposition`]: `required_roles` for `route`, and Kong's
 /// `anonymous` semantics on anonymous paths (a key that authenticates adds its identity;
 /// anything else, refusal or store failure, passes without identity).
 pub fn act<'a>(
@@ -124,14 +124,14 @@ pub fn act<'a>(
     outcome: &'a Outcome,
     route: &Route,
     anonymous: bool,
-) -> Action<'a> {
-    let action = match outcome {
+) -> Disposition<'a> {
+    let disposition = match outcome {
         Outcome::Allow { identity, .. } if !cfg.role_allowed(route, &identity.role) => {
-            Action::Refuse(Refusal::Forbidden)
+            Disposition::Refuse(Refusal::Forbidden)
         }
         Outcome::Allow { identity, .. } => {
             let h = &cfg.identity_headers;
-            Action::Forward {
+            Disposition::Forward {
                 headers: [
                     (h.account.as_str(), identity.account_id.as_str()),
                     (h.user.as_str(), identity.user_id.as_str()),
@@ -143,12 +143,12 @@ pub fn act<'a>(
                 },
             }
         }
-        Outcome::Deny => Action::Refuse(Refusal::Unauthorized),
-        Outcome::Unavailable => Action::Refuse(Refusal::Unavailable),
-        Outcome::Throttled => Action::Refuse(Refusal::Throttled),
+        Outcome::Deny => Disposition::Refuse(Refusal::Unauthorized),
+        Outcome::Unavailable => Disposition::Refuse(Refusal::Unavailable),
+        Outcome::Throttled => Disposition::Refuse(Refusal::Throttled),
     };
-    match action {
-        Action::Refuse(_) if anonymous => Action::Anonymous,
+    match disposition {
+        Disposition::Refuse(_) if anonymous => Disposition::Anonymous,
         a => a,
     }
 }
@@ -164,7 +164,7 @@ pub fn finish<H: Host + ?Sized>(
     anonymous: bool,
 ) -> bool {
     match act(cfg, outcome, route, anonymous) {
-        Action::Forward { headers, claims } => {
+        Disposition::Forward { headers, claims } => {
             for (name, value) in headers.into_iter().chain(claims.iter()) {
                 io.add_header(name, value);
             }
@@ -174,11 +174,11 @@ pub fn finish<H: Host + ?Sized>(
             }
             true
         }
-        Action::Anonymous => {
+        Disposition::Anonymous => {
             host.count(Metric::Anonymous, 1);
             true
         }
-        Action::Refuse(refusal) => {
+        Disposition::Refuse(refusal) => {
             refuse(host, io, refusal);
             false
         }
@@ -251,7 +251,7 @@ mod tests {
     fn allowed_requests_carry_the_configured_identity_headers() {
         let c = cfg();
         let o = allow("member");
-        let Action::Forward { headers, claims } = act(&c, &o, &route("/data"), false) else {
+        let Disposition::Forward { headers, claims } = act(&c, &o, &route("/data"), false) else {
             panic!("not forwarded")
         };
         assert_eq!(
@@ -308,7 +308,7 @@ mod tests {
         .unwrap();
         for (store_role, header) in [("admin", "admin"), ("member", "user"), ("owner", "user")] {
             let o = allow(store_role);
-            let Action::Forward { headers, .. } = act(&c, &o, &route("/data"), false) else {
+            let Disposition::Forward { headers, .. } = act(&c, &o, &route("/data"), false) else {
                 panic!("{store_role}: not forwarded")
             };
             assert_eq!(headers[2], ("x-role", header), "{store_role}");
@@ -317,11 +317,11 @@ mod tests {
         // and "member" (also "user" in the header) does not.
         assert!(matches!(
             act(&c, &allow("owner"), &route("/ops/x"), false),
-            Action::Forward { .. }
+            Disposition::Forward { .. }
         ));
         assert_eq!(
             act(&c, &allow("member"), &route("/ops/x"), false),
-            Action::Refuse(Refusal::Forbidden)
+            Disposition::Refuse(Refusal::Forbidden)
         );
     }
 
@@ -349,17 +349,17 @@ mod tests {
         ] {
             assert_eq!(
                 act(&c, &allow("member"), &route(p), false),
-                Action::Refuse(Refusal::Forbidden),
+                Disposition::Refuse(Refusal::Forbidden),
                 "{p}"
             );
         }
         assert!(matches!(
             act(&c, &allow("admin"), &route("/admin/x"), false),
-            Action::Forward { .. }
+            Disposition::Forward { .. }
         ));
         assert!(matches!(
             act(&c, &allow("member"), &route("/administrators"), false),
-            Action::Forward { .. }
+            Disposition::Forward { .. }
         ));
     }
 
@@ -369,14 +369,14 @@ mod tests {
         let r = route("/public");
         assert!(matches!(
             act(&c, &allow("member"), &r, true),
-            Action::Forward { .. }
+            Disposition::Forward { .. }
         ));
         for o in [Outcome::Deny, Outcome::Unavailable, Outcome::Throttled] {
-            assert_eq!(act(&c, &o, &r, true), Action::Anonymous);
+            assert_eq!(act(&c, &o, &r, true), Disposition::Anonymous);
         }
         assert_eq!(
             act(&c, &allow("member"), &route("/admin/x"), true),
-            Action::Anonymous
+            Disposition::Anonymous
         );
     }
 
