@@ -1,5 +1,6 @@
-//! A [`Host`] for tests, with Envoy's exact shared-data semantics (see
-//! `../shared/notes/envoy-wasm-facts.md`): one shared space per Envoy, seen by all its workers;
+//! A [`Host`] for tests, with Envoy's exact shared-data semantics (those of
+//! proxy-wasm-cpp-host's `SharedData`, `src/shared_data.cc`, which Envoy embeds; checked
+//! against Envoy 1.40): one shared space per Envoy, seen by all its workers;
 //! a missing key is created by `set` whatever cas is passed; an existing key is only written
 //! when cas is `None` (sent as 0) or equal to the stored one; every write bumps the cas; no
 //! delete, no expiry. Time is controlled by the test; callouts are recorded and answered by

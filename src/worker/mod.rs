@@ -73,7 +73,9 @@ pub const FEED_DOWN_INTERVALS: u64 = 3;
 /// Local admin writes whose poll failed drop every cached verdict, at most once per this.
 pub const DROP_EVERYTHING_EVERY_MS: u64 = 1000;
 
-/// What to do with the response to a local admin write.
+/// What to do with the response to a local admin write. Always [`WriteDone::Hold`] today (a
+/// write that needs no wait would be another variant); the glue matches on it, so that such a
+/// variant cannot be added without deciding what the glue does with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteDone {
     /// Hold it (pause); [`Worker::take_released_writers`] says when to resume it.

@@ -58,7 +58,8 @@ impl Worker {
 
     /// Takes a token for a lookup of `key`: a key valid recently draws from the reserve first
     /// (a flood of new keys cannot lock it out), then, like any key, from the main bucket.
-    /// `Some(true)`: from the reserve; `None`: the budget is spent.
+    /// `Some(true)`: taken from the reserve; `Some(false)`: from the main bucket; `None`: the
+    /// budget is spent.
     pub(super) fn take_budget<H: Host + ?Sized>(
         &self,
         host: &H,
