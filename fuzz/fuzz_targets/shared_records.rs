@@ -1,6 +1,6 @@
-//! The shared-data record codecs, through `keygate::shared::Record`: `Slot` (lease), `Epoch`,
-//! `ChangeRing`, `Counter` (shared), `Bucket` (bucket) and `SyncRecord` (sync). Shared data is
-//! written by every worker of an Envoy (and by other filter versions sharing the `vm_id`), so a
+//! The shared-data record codecs, through `keygate::shared::Record`: `Slot` (shared::table),
+//! `Epoch`, `ChangeRing`, `Number` (shared), `Bucket` (worker::budget::bucket) and `SyncRecord`
+//! (worker::feed::poller). Shared data is written by every worker of an Envoy (and by other filter versions sharing the `vm_id`), so a
 //! decoder meets any bytes.
 //!
 //! Input: a selector byte, then the rest. Selector `s`: record kind `s % 6` (0 epoch, 1 change
@@ -19,7 +19,7 @@
 use std::fmt::Debug;
 
 use keygate::worker::budget::bucket::Bucket;
-use keygate::shared::{CatchUp, Change, ChangeRing, Counter, Epoch, Record};
+use keygate::shared::{CatchUp, Change, ChangeRing, Number, Epoch, Record};
 use keygate::shared::table::{Lease, LeaseState, Slot, SlotVerdict};
 use keygate::worker::feed::poller::SyncRecord;
 use keygate::verdict::Identity;
@@ -129,7 +129,7 @@ fuzz_target!(|data: &[u8]| {
                     check_ring(&ring, seen.wrapping_sub(3));
                 }
             }
-            2 => drop(decode_round_trip::<Counter>(rest, |_| true)),
+            2 => drop(decode_round_trip::<Number>(rest, |_| true)),
             3 => drop(decode_round_trip::<Bucket>(rest, |_| true)),
             4 => drop(decode_round_trip::<SyncRecord>(rest, |_| true)),
             _ => drop(decode_round_trip::<Slot>(rest, |s| {
@@ -174,7 +174,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(matches!(pushed.since(pushed.head_seq), CatchUp::Nothing));
             build_round_trip(ring);
         }
-        2 => build_round_trip(Counter(c.u64())),
+        2 => build_round_trip(Number(c.u64())),
         3 => build_round_trip(Bucket {
             milli_tokens: c.u64(),
             last_ms: c.u64(),

@@ -267,29 +267,31 @@ impl Record for ChangeRing {
     }
 }
 
-/// A counter handing out owner ids, one per worker VM (a VM's root contexts share one id).
+/// A record of one number: the last owner id handed out (one per worker VM; a VM's root
+/// contexts share one), the slot count the shared table was created with, or the time of the
+/// last drop of everything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Counter(pub u64);
+pub struct Number(pub u64);
 
-impl Record for Counter {
+impl Record for Number {
     fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.u64(self.0);
         w.finish()
     }
 
-    fn decode(bytes: &[u8]) -> Option<Counter> {
+    fn decode(bytes: &[u8]) -> Option<Number> {
         let mut r = Reader::new(bytes)?;
         let v = r.u64()?;
         r.end()?;
-        Some(Counter(v))
+        Some(Number(v))
     }
 }
 
-/// Takes a fresh owner id (1, 2, ...) from the shared counter.
+/// Takes a fresh owner id (1, 2, ...): one more than the last one handed out.
 pub fn new_owner<H: Host + ?Sized>(host: &H, names: &Names) -> Result<u64, SharedError> {
-    let written = update(host, &names.owners, |c: Option<Counter>| {
-        Some(Counter(c.map_or(0, |c| c.0).saturating_add(1)))
+    let written = update(host, &names.owners, |c: Option<Number>| {
+        Some(Number(c.map_or(0, |c| c.0).saturating_add(1)))
     })?;
     Ok(written.map_or(0, |c| c.0))
 }
@@ -492,7 +494,7 @@ mod tests {
         let b = new_owner(&host, &names).unwrap();
         assert_eq!((a, b), (1, 2));
         // Another writer slips in between our read and our write once: the loop retries.
-        host.interfere_once(&names.owners, Counter(10).encode());
+        host.interfere_once(&names.owners, Number(10).encode());
         assert_eq!(new_owner(&host, &names).unwrap(), 11);
     }
 

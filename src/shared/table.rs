@@ -351,8 +351,8 @@ impl Table {
     /// missing key cannot be CAS-protected: two workers creating it would both win).
     pub fn create<H: Host + ?Sized>(&self, host: &H) {
         let slots = self.mask.saturating_add(1);
-        let (ready, _) = shared::read::<H, shared::Counter>(host, &self.names.table_ready);
-        if ready == Some(shared::Counter(u64::from(slots))) {
+        let (ready, _) = shared::read::<H, shared::Number>(host, &self.names.table_ready);
+        if ready == Some(shared::Number(u64::from(slots))) {
             return;
         }
         let empty = Slot::default().encode();
@@ -365,7 +365,7 @@ impl Table {
         }
         let _ = host.set_shared(
             &self.names.table_ready,
-            &shared::Counter(u64::from(slots)).encode(),
+            &shared::Number(u64::from(slots)).encode(),
             None,
         );
     }

@@ -33,7 +33,7 @@ use crate::host::{CallResponse, Callout, DispatchError, Histogram, Host, Metric,
 use crate::l1::{Entry, L1};
 use crate::request::key::KeyId;
 use crate::shared::table::{self as shared_table, SlotVerdict, Table, View, LEASE_GRACE_MS};
-use crate::shared::{self, ChangeRing, Counter, Epoch, Names};
+use crate::shared::{self, ChangeRing, Epoch, Names, Number};
 use crate::store::{self, LookupAnswer};
 use crate::verdict::{Decision, Outcome, Resolution, Source, Verdict};
 
@@ -497,7 +497,7 @@ impl Worker {
     /// Workers are known by owner id only, so this wakes the most recent ones (a stale id
     /// names a queue nobody registered, or one whose root finds nothing to do).
     fn wake_followers<H: Host + ?Sized>(&self, host: &H) {
-        let (count, _) = shared::read::<H, Counter>(host, &self.names.owners);
+        let (count, _) = shared::read::<H, Number>(host, &self.names.owners);
         let last = count.map_or(0, |c| c.0);
         let first = last.saturating_sub(WAKE_WORKERS_MAX - 1).max(1);
         for owner in (first..=last).filter(|o| *o != self.owner) {

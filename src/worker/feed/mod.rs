@@ -7,7 +7,7 @@ pub mod poller;
 
 use super::{Worker, DROP_EVERYTHING_EVERY_MS};
 use crate::host::{CallResponse, Callout, DispatchError, Host, Metric};
-use crate::shared::{self, Counter, Epoch};
+use crate::shared::{self, Epoch, Number};
 use crate::store::{self, Changes};
 use crate::worker::single_flight::Call;
 use poller::Start;
@@ -150,10 +150,10 @@ impl Worker {
     /// [`DROP_EVERYTHING_EVERY_MS`] per Envoy, so that a client looping admin writes cannot
     /// keep the cache empty. False when rate-limited (the writers wait).
     pub(super) fn drop_everything<H: Host + ?Sized>(&mut self, host: &H, now: u64) -> bool {
-        let allowed = shared::update(host, &self.names.drops, |last: Option<Counter>| {
+        let allowed = shared::update(host, &self.names.drops, |last: Option<Number>| {
             let last = last.map_or(0, |c| c.0);
             (last == 0 || now >= last.saturating_add(DROP_EVERYTHING_EVERY_MS))
-                .then_some(Counter(now))
+                .then_some(Number(now))
         });
         if !matches!(allowed, Ok(Some(_))) {
             return false;
