@@ -1,7 +1,7 @@
 //! The shared-data record codecs, through `keygate::shared::Record`: `Slot` (shared::table),
 //! `Epoch`, `ChangeRing`, `Number` (shared), `Bucket` (worker::budget::bucket) and `SyncRecord`
-//! (worker::feed::poller). Shared data is written by every worker of an Envoy (and by other filter versions sharing the `vm_id`), so a
-//! decoder meets any bytes.
+//! (worker::feed::poller). Shared data is written by every worker of an Envoy (and by other
+//! filter versions sharing the `vm_id`), so a decoder meets any bytes.
 //!
 //! Input: a selector byte, then the rest. Selector `s`: record kind `s % 6` (0 epoch, 1 change
 //! ring, 2 counter, 3 bucket, 4 sync record, 5 slot); below 0x80 the rest is decoded as that
