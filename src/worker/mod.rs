@@ -302,7 +302,7 @@ impl Worker {
                 let answer = store::parse_lookup(response, &self.cfg.identity_headers.claims);
                 self.finish_lookup(host, key, answer);
             }
-            Some(Call::Sync { since, forced, .. }) => {
+            Some(Call::Poll { since, forced, .. }) => {
                 self.finish_poll(host, since, forced, response);
             }
             Some(Call::Usage { ids, .. }) => self.finish_usage(host, ids, response),

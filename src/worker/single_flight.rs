@@ -65,7 +65,7 @@ pub enum Call {
         deadline_ms: u64,
     },
     /// A changes-feed poll from `since`; `forced` when sent for local admin writes.
-    Sync {
+    Poll {
         since: u64,
         deadline_ms: u64,
         forced: bool,
@@ -162,7 +162,7 @@ impl Flights {
     pub fn polls_in_flight(&self, forced: bool) -> bool {
         self.calls
             .values()
-            .any(|c| matches!(c, Call::Sync { forced: f, .. } if *f == forced))
+            .any(|c| matches!(c, Call::Poll { forced: f, .. } if *f == forced))
     }
 
     /// The call a token stood for, forgotten.
@@ -246,7 +246,7 @@ impl Flights {
     /// Polls and usage reports whose answer never came by their deadline are given up.
     pub fn expire_polls(&mut self, now_ms: u64) {
         self.calls.retain(|_, c| match c {
-            Call::Sync { deadline_ms, .. } | Call::Usage { deadline_ms, .. } => {
+            Call::Poll { deadline_ms, .. } | Call::Usage { deadline_ms, .. } => {
                 now_ms < *deadline_ms
             }
             Call::Lookup(_) => true,

@@ -44,7 +44,7 @@ impl Worker {
         match host.http_call(&call) {
             Ok(token) => {
                 let deadline_ms = now.saturating_add(self.lease_ms());
-                let call = Call::Sync {
+                let call = Call::Poll {
                     since,
                     deadline_ms,
                     forced,
