@@ -1,7 +1,7 @@
 //! A [`Host`] for tests, with Envoy's exact shared-data semantics (those of
 //! proxy-wasm-cpp-host's `SharedData`, `src/shared_data.cc`, which Envoy embeds; checked
 //! against Envoy 1.40): one shared space per Envoy, seen by all its workers;
-//! a missing key is created by `set` whatever cas is passed; an existing key is only written
+//! a missing record is created by `set` whatever cas is passed; an existing one is only written
 //! when cas is `None` (sent as 0) or equal to the stored one; every write bumps the cas; no
 //! delete, no expiry. Time is controlled by the test; callouts are recorded and answered by
 //! the test.
@@ -13,7 +13,8 @@ use std::rc::Rc;
 
 use crate::host::{Callout, DispatchError, Gauge, Histogram, Host, Metric, SharedError};
 
-/// Something another worker does just before a set of a key containing the pattern.
+/// Something another worker does just before a set of a record whose name contains
+/// the pattern.
 type Hook = (String, Box<dyn FnOnce()>);
 
 #[derive(Default)]
@@ -22,9 +23,9 @@ struct Space {
     next_cas: u32,
     writes: u64,
     reads: u64,
-    /// key → value written by "another worker" just before the next set of that key.
+    /// name → value written by "another worker" just before the next set of that name.
     interference: HashMap<String, Vec<u8>>,
-    /// Run once, before the next set of a key that contains the pattern.
+    /// Run once, before the next set of a name that contains the pattern.
     hooks: Vec<Hook>,
     /// Sets of keys containing the pattern that fail with a host error (count left).
     failing: Vec<(String, u32)>,
@@ -39,20 +40,20 @@ impl Space {
         self.next_cas
     }
 
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+    fn set(&mut self, name: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
         if let Some(f) = self
             .failing
             .iter_mut()
-            .find(|(p, n)| *n > 0 && key.contains(p.as_str()))
+            .find(|(p, n)| *n > 0 && name.contains(p.as_str()))
         {
             f.1 -= 1;
             return Err(SharedError::Host);
         }
-        if let Some(other) = self.interference.remove(key) {
+        if let Some(other) = self.interference.remove(name) {
             let c = self.bump();
-            self.data.insert(key.to_string(), (other, c));
+            self.data.insert(name.to_string(), (other, c));
         }
-        if let Some((_, stored)) = self.data.get(key) {
+        if let Some((_, stored)) = self.data.get(name) {
             if let Some(c) = cas {
                 if c != 0 && c != *stored {
                     return Err(SharedError::CasMismatch);
@@ -60,7 +61,7 @@ impl Space {
             }
         }
         let c = self.bump();
-        self.data.insert(key.to_string(), (value.to_vec(), c));
+        self.data.insert(name.to_string(), (value.to_vec(), c));
         self.writes += 1;
         Ok(())
     }
@@ -197,18 +198,18 @@ impl FakeHost {
             .sum()
     }
 
-    /// Simulates another worker writing `value` to `key` between this worker's next read and
-    /// write of it: the next `set_shared` of `key` then fails its CAS.
-    pub fn interfere_once(&self, key: &str, value: Vec<u8>) {
+    /// Simulates another worker writing `value` to `name` between this worker's next read and
+    /// write of it: the next `set_shared` of `name` then fails its CAS.
+    pub fn interfere_once(&self, name: &str, value: Vec<u8>) {
         self.space
             .borrow_mut()
             .interference
-            .insert(key.to_string(), value);
+            .insert(name.to_string(), value);
     }
 }
 
 impl FakeHost {
-    /// Runs `hook` (another worker's doing) just before the next set of a key containing
+    /// Runs `hook` (another worker's doing) just before the next set of a name containing
     /// `pattern`, on any worker of this Envoy: a race at an exact point.
     pub fn before_next_set(&self, pattern: &str, hook: impl FnOnce() + 'static) {
         self.space
@@ -225,13 +226,13 @@ impl FakeHost {
             .push((pattern.to_string(), n));
     }
 
-    fn run_hook(&self, key: &str) {
+    fn run_hook(&self, name: &str) {
         let hook = {
             let mut space = self.space.borrow_mut();
             let i = space
                 .hooks
                 .iter()
-                .position(|(p, _)| key.contains(p.as_str()));
+                .position(|(p, _)| name.contains(p.as_str()));
             i.map(|i| space.hooks.remove(i).1)
         };
         if let Some(hook) = hook {
@@ -251,18 +252,18 @@ impl Host for FakeHost {
         self.clock.get()
     }
 
-    fn get_shared(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    fn get_shared(&self, name: &str) -> (Option<Vec<u8>>, Option<u32>) {
         let mut space = self.space.borrow_mut();
         space.reads += 1;
-        match space.data.get(key) {
+        match space.data.get(name) {
             Some((v, c)) => (Some(v.clone()), Some(*c)),
             None => (None, None),
         }
     }
 
-    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
-        self.run_hook(key);
-        self.space.borrow_mut().set(key, value, cas)
+    fn set_shared(&self, name: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        self.run_hook(name);
+        self.space.borrow_mut().set(name, value, cas)
     }
 
     fn http_call(&self, call: &Callout) -> Result<u32, DispatchError> {

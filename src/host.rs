@@ -64,11 +64,11 @@ pub struct DispatchError;
 pub trait Host {
     /// Wall-clock time in milliseconds (the same clock on every worker).
     fn now_ms(&self) -> u64;
-    /// Proxy-wasm `get_shared_data`: `(None, None)` when the key does not exist.
-    fn get_shared(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Proxy-wasm `set_shared_data` with its exact semantics: creates a missing key whatever
+    /// Proxy-wasm `get_shared_data`: `(None, None)` when no record has this name.
+    fn get_shared(&self, name: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Proxy-wasm `set_shared_data` with its exact semantics: creates a missing record whatever
     /// `cas` is; otherwise fails with `CasMismatch` when `cas` is `Some` and differs.
-    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError>;
+    fn set_shared(&self, name: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError>;
     /// Dispatches a callout to the store; the answer comes back by token.
     fn http_call(&self, call: &Callout) -> Result<u32, DispatchError>;
     /// Sets this worker's tick period.

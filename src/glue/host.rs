@@ -103,12 +103,12 @@ impl Host for ProxyHost {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
-    fn get_shared(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    fn get_shared(&self, name: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(name).unwrap_or((None, None))
     }
 
-    fn set_shared(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+    fn set_shared(&self, name: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+        match hostcalls::set_shared_data(name, Some(value), cas) {
             Ok(()) => Ok(()),
             Err(Status::CasMismatch) => Err(SharedError::CasMismatch),
             Err(_) => Err(SharedError::Host),

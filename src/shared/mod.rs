@@ -30,19 +30,19 @@ pub trait Record: Sized {
 /// A missing record is created unconditionally (Envoy creates whatever cas is passed), so two
 /// workers creating the same record at once both succeed; callers create records up front
 /// where that matters.
-pub fn update<H, T, F>(host: &H, key: &str, mut change: F) -> Result<Option<T>, SharedError>
+pub fn update<H, T, F>(host: &H, name: &str, mut change: F) -> Result<Option<T>, SharedError>
 where
     H: Host + ?Sized,
     T: Record,
     F: FnMut(Option<T>) -> Option<T>,
 {
     for _ in 0..MAX_CAS_RETRIES {
-        let (bytes, cas) = host.get_shared(key);
+        let (bytes, cas) = host.get_shared(name);
         let current = bytes.as_deref().and_then(T::decode);
         let Some(next) = change(current) else {
             return Ok(None);
         };
-        match host.set_shared(key, &next.encode(), cas) {
+        match host.set_shared(name, &next.encode(), cas) {
             Ok(()) => return Ok(Some(next)),
             Err(SharedError::CasMismatch) => continue,
             Err(e) => return Err(e),
@@ -52,8 +52,8 @@ where
 }
 
 /// Reads and decodes a record with its cas.
-pub fn read<H: Host + ?Sized, T: Record>(host: &H, key: &str) -> (Option<T>, Option<u32>) {
-    let (bytes, cas) = host.get_shared(key);
+pub fn read<H: Host + ?Sized, T: Record>(host: &H, name: &str) -> (Option<T>, Option<u32>) {
+    let (bytes, cas) = host.get_shared(name);
     (bytes.as_deref().and_then(T::decode), cas)
 }
 

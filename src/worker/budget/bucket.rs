@@ -67,26 +67,26 @@ impl Record for Bucket {
 
 /// Creates the bucket full if it does not exist yet, so that takes only ever move it by CAS (a
 /// missing record cannot be CAS-protected: two workers creating it would both win).
-pub fn create<H: Host + ?Sized>(host: &H, key: &str, burst: u64) {
-    if host.get_shared(key).0.is_none() {
-        let _ = host.set_shared(key, &Bucket::full(burst, host.now_ms()).encode(), None);
+pub fn create<H: Host + ?Sized>(host: &H, name: &str, burst: u64) {
+    if host.get_shared(name).0.is_none() {
+        let _ = host.set_shared(name, &Bucket::full(burst, host.now_ms()).encode(), None);
     }
 }
 
 /// Whether the bucket holds a token now (a read; nothing is taken). A miss that finds none is
 /// refused at once instead of being parked until the tick finds the same.
-pub fn has_token<H: Host + ?Sized>(host: &H, key: &str, per_second: u64, burst: u64) -> bool {
+pub fn has_token<H: Host + ?Sized>(host: &H, name: &str, per_second: u64, burst: u64) -> bool {
     let now = host.now_ms();
-    match shared::read::<H, Bucket>(host, key).0 {
+    match shared::read::<H, Bucket>(host, name).0 {
         Some(b) => b.refilled(now, per_second, burst).take().is_some(),
         None => true,
     }
 }
 
 /// Whole tokens in the bucket now (a read; for the budget gauges).
-pub fn level<H: Host + ?Sized>(host: &H, key: &str, per_second: u64, burst: u64) -> u64 {
+pub fn level<H: Host + ?Sized>(host: &H, name: &str, per_second: u64, burst: u64) -> u64 {
     let now = host.now_ms();
-    match shared::read::<H, Bucket>(host, key).0 {
+    match shared::read::<H, Bucket>(host, name).0 {
         Some(b) => b.refilled(now, per_second, burst).milli_tokens / MILLI,
         None => burst,
     }
@@ -94,10 +94,10 @@ pub fn level<H: Host + ?Sized>(host: &H, key: &str, per_second: u64, burst: u64)
 
 /// Takes one token from the shared bucket under CAS. `false` when the budget is spent, and
 /// also when the CAS kept failing (contention that heavy means the budget is being raced for).
-pub fn take_token<H: Host + ?Sized>(host: &H, key: &str, per_second: u64, burst: u64) -> bool {
+pub fn take_token<H: Host + ?Sized>(host: &H, name: &str, per_second: u64, burst: u64) -> bool {
     let now = host.now_ms();
     let mut empty = false;
-    let written = shared::update(host, key, |current: Option<Bucket>| {
+    let written = shared::update(host, name, |current: Option<Bucket>| {
         let bucket = current
             .unwrap_or_else(|| Bucket::full(burst, now))
             .refilled(now, per_second, burst);
