@@ -35,6 +35,40 @@
 //!   tests/                the worker against the fake host, one file per topic
 //! glue/                 proxy-wasm contexts and the Host over host calls (wasm32-wasip1 only)
 //! ```
+//!
+//! Glossary: one word per concept, in the code as here. Words users see (the configuration's
+//! `sync`, metric names such as `keygate_sync_polls`) keep their names.
+//!
+//! - **key id**: the SHA-256 of a raw key ([`request::key::KeyId`]), the only form of a key
+//!   outside the request layer; there, a `key` is always a key id. A raw key is only read in
+//!   [`request::key`] and tagged in [`request::key_ids`].
+//! - **verdict**: what the store said about a key id, kept in a cache ([`verdict::Verdict`]:
+//!   allow with an identity, or deny); an **outcome** is what one request gets
+//!   ([`verdict::Outcome`]), its **disposition** what the filter does to it
+//!   ([`request::act::Disposition`]).
+//! - **L1**: one worker VM's cache of verdicts ([`l1::L1`]; its entries are [`l1::Entry`]).
+//! - **shared table**: the verdicts of one Envoy in shared data ([`shared::table::Table`]),
+//!   a fixed number of **slots** ([`shared::table::Slot`]), each with at most one verdict and
+//!   at most one **lease**: which worker asks the store about a key, until when
+//!   ([`shared::table::Lease`]). The feed has a lease too: the **poll lease**, in the shared
+//!   [`worker::feed::poller::SyncRecord`].
+//! - **owner id**: the id a worker VM takes at start ([`shared::new_owner`]): it holds leases,
+//!   and it names the worker's wake-up queue. "Worker id" means the same and is not used.
+//! - **lookup**: one store request about one key id (`GET {lookup_path}{key id}`), answered by
+//!   a [`store::LookupAnswer`]; the record of one this worker sent is a
+//!   [`worker::single_flight::Fetch`]. A **flight** is a worker's pending lookup of one key id
+//!   with its **waiters** (paused requests, by context id) ([`worker::single_flight`]); a
+//!   **call** is any callout by its token: a lookup, a poll or a usage report
+//!   ([`worker::single_flight::Call`]).
+//! - **feed**: the store's changes feed. A **poll** asks it for one **page**
+//!   ([`store::Changes`]: the key ids changed since a revision, or a reset); one worker per
+//!   Envoy polls at a time and **publishes** the page: key ids into the **change ring**, their
+//!   slots cleared, then the epoch bumped ([`worker::feed`]).
+//! - **epoch**: the small shared record every worker reads before answering from its L1
+//!   ([`shared::Epoch`]): the **generation** (bumped to drop everything), the change ring's
+//!   sequence, the feed's revision.
+//! - **drop**: remove from a cache a verdict that a change outdates (or every verdict);
+//!   **forget**: stop tracking a request whose client left (a waiter or a held writer).
 #![cfg_attr(
     test,
     allow(
