@@ -105,6 +105,42 @@ async fn create_account_then_lookup_returns_identity() {
     assert_eq!(r.headers["cache-control"], "no-store");
 }
 
+/// The admin key is read by the filter's rules: a header given twice is refused, even when
+/// both hold the same valid key (the key store used to take the first), and `x-api-key`
+/// decides over `Authorization` even when its key is malformed.
+#[tokio::test]
+async fn a_key_header_given_twice_is_refused_and_x_api_key_decides() {
+    let ks = Ks::new().await;
+    let admin = ks.create_account("acme", "alice").await;
+    let bearer = format!("Bearer {admin}");
+    let cases: [&[(&str, &str)]; 4] = [
+        &[("x-api-key", &admin), ("x-api-key", &admin)],
+        &[("x-api-key", &admin), ("x-api-key", "kg_other")],
+        &[("authorization", &bearer), ("authorization", &bearer)],
+        &[("x-api-key", "kg_a b"), ("authorization", &bearer)],
+    ];
+    for headers in cases {
+        let mut req = axum::http::Request::builder()
+            .method("GET")
+            .uri("/api/v1/admin/accounts/acme/users");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(axum::body::Body::empty()).unwrap();
+        ks.send(req)
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let req = axum::http::Request::builder()
+        .method("GET")
+        .uri("/api/v1/admin/accounts/acme/users")
+        .header("x-api-key", format!(" {admin}\t"))
+        .header("authorization", "Basic bm9ib2R5")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    assert_eq!(ks.send(req).await.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn bearer_and_x_api_key_both_authenticate() {
     let ks = Ks::new().await;

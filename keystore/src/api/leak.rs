@@ -5,9 +5,13 @@
 //! Who may call: root (any key) and account admins (their account's keys only: any other key
 //! answers exactly like an unknown one, 404, so the call is no oracle). Members: 403.
 
+use super::auth::Caller;
+use super::body::parse_body;
 use super::doc::LeakErrors;
-use super::{authenticate, parse_body, with_key, ApiError, AppState};
+use super::keys::with_key;
+use super::AppState;
 use crate::authority::Operation;
+use crate::error::ApiError;
 use crate::keys::{key_id, log_prefix};
 use crate::store::KeyState;
 use axum::body::Bytes;
@@ -30,11 +34,11 @@ struct LeakedKey {
 /// Finds (or revokes) the key, answering its state or 404 (never cached either way).
 async fn answer(
     st: &AppState,
+    caller: Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     revoke: bool,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(st, headers).await?;
     // Root, or an account admin within its own account (the scope below).
     let own = caller.identity.account_id.clone();
     caller.require(Operation::AccountAdmin, &own, None)?;
@@ -74,10 +78,11 @@ async fn answer(
     responses((status = 200, body = KeyState), LeakErrors))]
 pub(super) async fn find_key_by_value(
     State(st): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    answer(&st, &headers, body, false).await
+    answer(&st, caller, &headers, body, false).await
 }
 
 /// Revoke a key by its value
@@ -89,8 +94,9 @@ pub(super) async fn find_key_by_value(
     responses((status = 200, body = KeyState), LeakErrors))]
 pub(super) async fn revoke_key_by_value(
     State(st): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    answer(&st, &headers, body, true).await
+    answer(&st, caller, &headers, body, true).await
 }

@@ -1,90 +1,87 @@
-//! The key lifecycle's endpoints: a user's named keys (list, create, update, revoke, rotate
-//! with a grace period), account claims, the audit trail, and the protocol's usage report.
+//! Admin routes of a user's keys (`/api/v1/admin/accounts/{account}/users/{user}/keys...`):
+//! list, get, create, change, revoke and rotate one key; and the issuing of a new key that
+//! accounts and users share.
 //!
 //! Who may call what is [`crate::authority`]'s (checked before the body is read):
-//! - list, create, revoke and rotate a user's keys: root, keys with `account_admin` in the
-//!   account, the user's own keys with `own_keys`; importing a key value: not `own_keys`;
+//! - list, get, create, revoke and rotate a user's keys: root, keys with `account_admin` in
+//!   the account, the user's own keys with `own_keys`; importing a key value: not `own_keys`;
 //! - change a key (`PATCH`): root and `account_admin`;
-//! - claims (of an account, or of a key at creation or in a `PATCH`): root only, because
-//!   claims carry entitlements such as a plan;
-//! - the whole audit trail: root; an account's: root and `account_admin`.
+//! - claims (of a key at creation or in a `PATCH`): root only, because claims carry
+//!   entitlements such as a plan.
+//!
+//! Invariant: a key's value is shown once, in the answer that made it (never cached:
+//! `cache-control: no-store`); every other answer names a key by its key reference.
 
-use super::doc::{ChangeErrors, CreateErrors, ReadErrors, UsageErrors};
-use super::{
-    check_id, check_import, check_not_system, issue_key, parse_body, parse_optional_body, with_key,
-    ApiError, AppState, Caller, Revoked,
+use super::auth::{check_import, check_not_system, Caller};
+use super::body::{
+    check_caps, check_claims, check_grace, check_id, check_key_ref, double_option, future_time,
+    parse_body, parse_optional_body, present,
 };
+use super::doc::{ChangeErrors, CreateErrors, ReadErrors};
+use super::paging::{Bounds, ListQuery};
+use super::users::Revoked;
+use super::AppState;
 use crate::authority::Operation;
-use crate::keys::{is_key_id, log_prefix};
-use crate::metrics::inc;
-use crate::store::{
-    parse_rfc3339, rfc3339, validate_claims, AccountInfo, AuditPage, Claims, KeyInfo, KeyPatch,
-    Target, KEY_REF_LEN, MAX_AUDIT_PAGE,
-};
+use crate::error::{ApiError, Kind};
+use crate::keys::{generate_key, key_id, log_prefix, validate_imported_key};
+use crate::store::{rfc3339, Claims, KeyInfo, KeyPatch, KeySpec, Target};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::http::header::CACHE_CONTROL;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Deserializer, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-/// Longest grace period of a rotation: 7 days.
-pub const MAX_GRACE_S: i64 = 7 * 24 * 3600;
-/// Most key ids in one usage report.
-pub const MAX_USAGE_IDS: usize = 10_000;
-/// Body limit of a usage report: room for [`MAX_USAGE_IDS`] ids (67 bytes each in JSON).
-pub const USAGE_BODY_LIMIT: usize = 1024 * 1024;
-/// Audit entries per page unless `limit` says otherwise.
-const DEFAULT_AUDIT_PAGE: usize = 100;
-
-/// Unix seconds now.
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// A key for a create or rotate call: the administrator's `user_key` when one was provided
+/// (validated), otherwise a freshly minted one, named `name`, expiring at `expires_at` (RFC
+/// 3339, in the future). Returns the raw key, what to store and whether it was imported.
+/// The key holds what the call asks (`capabilities`, `expires_at`): the store's job grants
+/// what [`crate::authority::derive`] allows.
+pub(super) fn issue_key(
+    provided: Option<String>,
+    name: &str,
+    expires_at: Option<&str>,
+    capabilities: Option<&[String]>,
+) -> Result<(String, KeySpec, bool), ApiError> {
+    let expires_at = expires_at.map(future_time).transpose()?;
+    let capabilities = check_caps(capabilities)?;
+    let (raw, id, imported) = issue_raw_key(provided)?;
+    let mut spec = KeySpec::named(id, name);
+    spec.hint = Some(crate::store::hint(&raw));
+    spec.expires_at = expires_at;
+    spec.capabilities = capabilities;
+    Ok((raw, spec, imported))
 }
 
-/// An `expires_at` field: RFC 3339, in the future.
-pub(super) fn future_time(text: &str) -> Result<i64, ApiError> {
-    let at = parse_rfc3339("expires_at", text).map_err(ApiError::BadRequest)?;
-    if at <= now() {
-        return Err(ApiError::BadRequest(format!(
-            "expires_at is not in the future ({text}); to end a key now, revoke it"
-        )));
-    }
-    Ok(at)
+/// The raw key (imported or minted), its key id and whether it was imported.
+fn issue_raw_key(provided: Option<String>) -> Result<(String, String, bool), ApiError> {
+    let (raw, imported) = match provided {
+        Some(raw) => {
+            validate_imported_key(&raw).map_err(ApiError::BadRequest)?;
+            (raw, true)
+        }
+        None => {
+            let raw = generate_key().map_err(|e| {
+                ApiError::Internal(format!("OS random number generator failed: {e}"))
+            })?;
+            (raw, false)
+        }
+    };
+    let id = key_id(&raw);
+    Ok((raw, id, imported))
 }
 
-/// A `grace_s` field: 0 (the default) to [`MAX_GRACE_S`].
-pub(super) fn check_grace(grace_s: Option<i64>) -> Result<i64, ApiError> {
-    match grace_s.unwrap_or(0) {
-        g @ 0..=MAX_GRACE_S => Ok(g),
-        g => Err(ApiError::BadRequest(format!(
-            "grace_s must be 0 to {MAX_GRACE_S} seconds (7 days), not {g}"
-        ))),
-    }
-}
-
-fn check_claims(claims: &Claims) -> Result<(), ApiError> {
-    validate_claims(claims).map_err(ApiError::BadRequest)
-}
-
-/// A key reference in a path: [`KEY_REF_LEN`] lowercase hex characters.
-pub(super) fn check_key_ref(key: &str) -> Result<(), ApiError> {
-    let ok = key.len() == KEY_REF_LEN
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "key must be a key reference: the {KEY_REF_LEN} lowercase hex characters listed as \"key\""
-        )))
-    }
+/// A response carrying a new key: never cached.
+pub(super) fn with_key<T: Serialize>(status: StatusCode, body: T) -> Response {
+    (
+        status,
+        [(CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(body),
+    )
+        .into_response()
 }
 
 /// Checks the path's ids and that the caller may perform `op` on the user.
@@ -94,32 +91,22 @@ fn key_caller(caller: &Caller, account: &str, user: &str, op: Operation) -> Resu
     caller.require(op, account, Some(user))
 }
 
-/// `Some(None)` for an explicit `null`, `Some(Some(v))` for a value; absent stays `None`.
-pub(super) fn double_option<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
-
-// ---------------------------------------------------------------------------------------------
-// A user's keys
-
 /// List a user's keys
 ///
 /// The unrevoked keys of a user (expired ones and those in a rotation's grace included),
 /// oldest first, a page at a time; never a key's value. Root, the account's administrators,
 /// and the user's own keys with `own_keys`.
 #[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/users/{user}/keys", tag = "admin",
-    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), super::read::ListQuery), security(("api_key" = []), ("bearer" = [])),
+    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ListQuery), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = KeyList), ReadErrors))]
 pub(super) async fn list_keys(
     State(st): State<AppState>,
     Path((account, user)): Path<(String, String)>,
     caller: Caller,
-    query: Result<Query<super::read::ListQuery>, QueryRejection>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<KeyList>, ApiError> {
     key_caller(&caller, &account, &user, Operation::UserKeys)?;
-    let bounds = super::read::Bounds::of(query)?;
+    let bounds = Bounds::of(query)?;
     let keys = st.store.list_keys(account.clone(), user.clone()).await?;
     let (keys, next_cursor) = bounds.page_keys(keys)?;
     Ok(Json(KeyList {
@@ -130,9 +117,42 @@ pub(super) async fn list_keys(
     }))
 }
 
+/// Get a key
+///
+/// One unrevoked key of a user (expired ones included) by its key reference: what the key
+/// list shows of it. Root, the account's administrators, and the user's own keys with
+/// `own_keys`.
+#[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}", tag = "admin",
+    params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"),
+        ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")),
+    security(("api_key" = []), ("bearer" = [])),
+    responses((status = 200, body = KeyInfo), ReadErrors))]
+pub(super) async fn get_key(
+    State(st): State<AppState>,
+    Path((account, user, key)): Path<(String, String, String)>,
+    caller: Caller,
+) -> Result<Json<KeyInfo>, ApiError> {
+    check_id("account", &account)?;
+    check_id("user", &user)?;
+    caller.require(Operation::UserKeys, &account, Some(&user))?;
+    check_key_ref(&key)?;
+    let keys = st.store.list_keys(account.clone(), user.clone()).await?;
+    let mut found = keys.into_iter().filter(|k| k.key == key);
+    match (found.next(), found.next()) {
+        (Some(info), None) => Ok(Json(info)),
+        (Some(_), Some(_)) => Err(ApiError::BadRequest(format!(
+            "two keys of user {user} share the key reference {key}: revoke one by value"
+        ))),
+        (None, _) => Err(ApiError::NotFound(
+            Kind::KeyNotFound,
+            format!("key {key} not found for user {user} in account {account}"),
+        )),
+    }
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateKey {
+pub(super) struct CreateKey {
     name: String,
     /// RFC 3339; at most the calling key's and the user's expiry (the default).
     #[serde(default)]
@@ -154,7 +174,7 @@ struct CreateKey {
 
 /// A key with its raw value: the answer of a create or rotate call, shown once.
 #[derive(Serialize, ToSchema)]
-struct NewKey {
+pub(super) struct NewKey {
     #[serde(flatten)]
     info: KeyInfo,
     user_key: String,
@@ -164,7 +184,7 @@ struct NewKey {
 
 /// The key a rotation replaced and until when it stays valid.
 #[derive(Serialize, ToSchema)]
-struct Replaces {
+pub(super) struct Replaces {
     key: String,
     grace_s: i64,
     /// RFC 3339
@@ -181,12 +201,6 @@ pub(super) struct KeyList {
     /// The cursor of the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
-}
-
-/// How many keys a usage report wrote.
-#[derive(Serialize, ToSchema)]
-pub(super) struct Recorded {
-    recorded: u64,
 }
 
 /// Create a key
@@ -236,7 +250,7 @@ pub(super) async fn create_key(
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct UpdateKey {
+pub(super) struct UpdateKey {
     #[serde(default)]
     name: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
@@ -247,7 +261,7 @@ struct UpdateKey {
     claims: Option<Option<Claims>>,
     /// `false` disables the key (the lookup answers 404, it cannot call the admin API);
     /// `true` enables it again.
-    #[serde(default, deserialize_with = "super::present")]
+    #[serde(default, deserialize_with = "present")]
     enabled: Option<bool>,
 }
 
@@ -324,7 +338,7 @@ pub(super) async fn revoke_key(
 
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RotateOne {
+pub(super) struct RotateOne {
     /// Seconds the old key stays valid, with the capability `traffic` only (default 0).
     #[serde(default)]
     grace_s: Option<i64>,
@@ -386,186 +400,5 @@ pub(super) async fn rotate_one_key(
             user_key: raw,
             replaces: Some(replaces),
         },
-    ))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Account claims
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct SetAccount {
-    /// The account's claims (`null` clears them; absent: unchanged).
-    #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<crate::store::ClaimsDoc>)]
-    claims: Option<Option<Claims>>,
-    /// `false` disables the account (none of its keys is looked up); `true` enables it again.
-    #[serde(default, deserialize_with = "super::present")]
-    enabled: Option<bool>,
-}
-
-/// Change an account
-///
-/// Sets or clears an account's claims (merged under each key's in the lookup answer) and
-/// enables or disables it (a disabled account's keys are not looked up). Root only.
-#[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}", tag = "admin",
-    params(("account" = String, Path, description = "Account id")), request_body = SetAccount, security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = AccountInfo), ChangeErrors))]
-pub(super) async fn set_account(
-    State(st): State<AppState>,
-    Path(account): Path<String>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<AccountInfo>, ApiError> {
-    check_id("account", &account)?;
-    caller.require(Operation::RootOnly("set account claims"), &account, None)?;
-    check_not_system(&account)?;
-    let req: SetAccount = parse_body(&headers, body)?;
-    if let Some(Some(claims)) = &req.claims {
-        check_claims(claims)?;
-    }
-    if req.claims.is_none() && req.enabled.is_none() {
-        return Err(ApiError::BadRequest(
-            "nothing to change: give claims or enabled".into(),
-        ));
-    }
-    if let Some(claims) = req.claims {
-        st.store
-            .set_account_claims(caller.actor(), account.clone(), claims)
-            .await?;
-        tracing::info!(%account, "account claims set");
-    }
-    if let Some(enabled) = req.enabled {
-        st.store
-            .set_account_enabled(caller.actor(), account.clone(), enabled)
-            .await?;
-        tracing::info!(%account, enabled, "account enabled state set");
-    }
-    Ok(Json(st.store.account(account).await?))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Audit trail
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(super) struct AuditQuery {
-    /// Entries with an id greater than this (default 0).
-    #[param(value_type = Option<u64>, minimum = 0)]
-    after: Option<String>,
-    /// Entries per page, 1 to 1000 (default 100).
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
-    limit: Option<String>,
-}
-
-/// `after` (default 0) and `limit` (1 to [`MAX_AUDIT_PAGE`], default 100).
-fn audit_range(query: Result<Query<AuditQuery>, QueryRejection>) -> Result<(i64, usize), ApiError> {
-    let q = query
-        .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))?
-        .0;
-    let after = match q.after {
-        None => 0,
-        Some(a) => a.parse::<i64>().ok().filter(|a| *a >= 0).ok_or_else(|| {
-            ApiError::BadRequest("after must be a non-negative integer (an entry id)".into())
-        })?,
-    };
-    let limit = match q.limit {
-        None => DEFAULT_AUDIT_PAGE,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=MAX_AUDIT_PAGE).contains(l))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "limit must be an integer from 1 to {MAX_AUDIT_PAGE}"
-                ))
-            })?,
-    };
-    Ok((after, limit))
-}
-
-/// Read the audit trail
-///
-/// A page of the whole audit trail (every admin write and refused admin call), oldest first:
-/// the entries after id `after`; `more` when later ones exist. Root only.
-#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin",
-    params(AuditQuery), security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = AuditPage), ReadErrors))]
-pub(super) async fn audit_all(
-    State(st): State<AppState>,
-    caller: Caller,
-    query: Result<Query<AuditQuery>, QueryRejection>,
-) -> Result<Json<AuditPage>, ApiError> {
-    caller.require(Operation::RootOnly("read the whole audit trail"), "", None)?;
-    let (after, limit) = audit_range(query)?;
-    Ok(Json(st.store.audit(None, after, limit).await?))
-}
-
-/// Read an account's audit trail
-///
-/// A page of an account's audit entries, oldest first, after id `after`; `more` when later
-/// ones exist. Root and the account's administrators.
-#[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/audit", tag = "admin",
-    params(("account" = String, Path, description = "Account id"), AuditQuery), security(("api_key" = []), ("bearer" = [])),
-    responses((status = 200, body = AuditPage), ReadErrors))]
-pub(super) async fn audit_of_account(
-    State(st): State<AppState>,
-    Path(account): Path<String>,
-    caller: Caller,
-    query: Result<Query<AuditQuery>, QueryRejection>,
-) -> Result<Json<AuditPage>, ApiError> {
-    check_id("account", &account)?;
-    caller.require(Operation::AccountAdmin, &account, None)?;
-    let (after, limit) = audit_range(query)?;
-    Ok(Json(st.store.audit(Some(account), after, limit).await?))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Usage reports (key-store protocol)
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct Usage {
-    key_ids: Vec<String>,
-}
-
-/// Report key usage
-///
-/// The key-store protocol's usage report, sent by the Envoy filter: these key ids were used
-/// this minute (their `last_used_at`, written at most once a minute per key). At most 10 000
-/// ids (1 MiB). Needs the protocol token when the keystore is started with one.
-#[utoipa::path(post, path = "/v1/usage", tag = "protocol", request_body = Usage,
-    security((), ("protocol_token" = [])),
-    responses((status = 200, body = Recorded), UsageErrors))]
-pub(super) async fn record_usage(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Recorded>, ApiError> {
-    inc(&st.metrics.usage_reports);
-    if body
-        .as_ref()
-        .err()
-        .is_some_and(|e| e.status() == StatusCode::PAYLOAD_TOO_LARGE)
-    {
-        return Err(usage_too_large());
-    }
-    let req: Usage = parse_body(&headers, body)?;
-    if req.key_ids.len() > MAX_USAGE_IDS {
-        return Err(usage_too_large());
-    }
-    if let Some(bad) = req.key_ids.iter().position(|k| !is_key_id(k)) {
-        return Err(ApiError::BadRequest(format!(
-            "key_ids[{bad}] is not a key id (64 lowercase hex characters)"
-        )));
-    }
-    let recorded = st.store.record_usage(req.key_ids).await?;
-    Ok(Json(Recorded { recorded }))
-}
-
-fn usage_too_large() -> ApiError {
-    ApiError::TooLarge(format!(
-        "a usage report holds at most {MAX_USAGE_IDS} key ids ({USAGE_BODY_LIMIT} bytes)"
     ))
 }

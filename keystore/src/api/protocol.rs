@@ -1,0 +1,246 @@
+//! The key-store protocol's routes, called by the Envoy filter: the key lookup
+//! (`GET /v1/keys/{key_id}`), the change feed (`GET /v1/changes`) and usage reports
+//! (`POST /v1/usage`), and the protocol token that may guard them.
+//!
+//! Invariants: with a protocol token configured, no protocol route answers without exactly
+//! one `authorization: Bearer <token>` header carrying it (compared as SHA-256 digests in
+//! constant time); a lookup answers only an active key with the capability `traffic`; bad
+//! input (a malformed key id, `since` or usage report) is a 400 that changes nothing.
+
+use super::body::parse_body;
+use super::doc::{ChangesErrors, LookupErrors, UsageErrors};
+use super::AppState;
+use crate::error::{problem, ApiError, ErrorDetail, Kind};
+use crate::keys::is_key_id;
+use crate::metrics::inc;
+use crate::store::{Changes, Identity};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq as _;
+use utoipa::ToSchema;
+
+/// Most key ids in one usage report.
+pub const MAX_USAGE_IDS: usize = 10_000;
+
+/// Body limit of a usage report: room for [`MAX_USAGE_IDS`] ids (67 bytes each in JSON).
+pub const USAGE_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The protocol token, kept as its SHA-256 digest. Presented tokens are hashed and the digests
+/// compared in constant time, so neither the token's length nor a matching prefix shows in the
+/// answer's timing.
+#[derive(Clone)]
+pub struct ProtocolToken([u8; 32]);
+
+impl ProtocolToken {
+    pub fn new(token: &str) -> ProtocolToken {
+        ProtocolToken(Sha256::digest(token.as_bytes()).into())
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.0.ct_eq(&digest).into()
+    }
+}
+
+impl std::fmt::Debug for ProtocolToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProtocolToken(<redacted>)")
+    }
+}
+
+/// With a protocol token configured, lets a request through only with exactly one
+/// `authorization: Bearer <token>` header carrying it; otherwise a 401 problem (with
+/// `www-authenticate: Bearer`).
+pub(super) async fn require_protocol_token(
+    State(st): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &st.protocol_token else {
+        return next.run(req).await;
+    };
+    let mut values = req.headers().get_all(AUTHORIZATION).iter();
+    let presented = match (values.next(), values.next()) {
+        (Some(v), None) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim()),
+        _ => None,
+    };
+    if presented.is_some_and(|t| token.matches(t)) {
+        return next.run(req).await;
+    }
+    inc(&st.metrics.protocol_unauthorized);
+    let detail = "unauthorized: missing or wrong protocol token (authorization: Bearer)";
+    let mut res = problem(Kind::Unauthorized, detail, serde_json::Map::new());
+    res.extensions_mut().insert(ErrorDetail(detail.into()));
+    res
+}
+
+/// Look up a key
+///
+/// The key-store protocol's lookup, called by the Envoy filter: the identity of the active
+/// key whose SHA-256 is `key_id` (account, user, role; its expiry in Unix seconds and its
+/// claims when it has them), or 404. A disabled, expired or revoked key is 404. Needs the
+/// protocol token (`Authorization: Bearer`) when the keystore is started with one.
+#[utoipa::path(get, path = "/v1/keys/{key_id}", tag = "protocol", security((), ("protocol_token" = [])),
+    params(("key_id" = String, Path, description = "Lowercase hex SHA-256 of the key (64 characters)")),
+    responses((status = 200, body = Identity, description = "The key is active"),
+        LookupErrors))]
+pub(super) async fn lookup_key(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Identity>, ApiError> {
+    if !st.lookup_delay.is_zero() {
+        tokio::time::sleep(st.lookup_delay).await;
+    }
+    if !is_key_id(&id) {
+        return Err(ApiError::BadRequest(
+            "key_id must be 64 lowercase hex characters (the SHA-256 of the key)".into(),
+        ));
+    }
+    inc(&st.metrics.lookups);
+    match st.store.lookup(id).await? {
+        Some(identity) => {
+            inc(&st.metrics.lookups_found);
+            Ok(Json(identity))
+        }
+        None => {
+            inc(&st.metrics.lookups_not_found);
+            Err(ApiError::NotFound(
+                Kind::KeyNotFound,
+                "no active key has this key id".into(),
+            ))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct ChangesQuery {
+    since: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ChangesBody {
+    revision: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    created: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    more: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    reset: bool,
+}
+
+/// Read the change feed
+///
+/// The key-store protocol's change feed, polled by the Envoy filter: the key ids changed
+/// since revision `since` (a page; `more` when there are more), or `reset` when the feed no
+/// longer reaches back that far (the filter then drops its whole cache). Needs the protocol
+/// token when the keystore is started with one.
+#[utoipa::path(get, path = "/v1/changes", tag = "protocol", security((), ("protocol_token" = [])),
+    params(("since" = u64, Query, description = "The last revision the client has seen (0: cold start, or a store still at revision 0; answered with the current revision and no list)")),
+    responses((status = 200, body = ChangesBody), ChangesErrors))]
+pub(super) async fn changes(
+    State(st): State<AppState>,
+    query: Result<Query<ChangesQuery>, QueryRejection>,
+) -> Result<Json<ChangesBody>, ApiError> {
+    inc(&st.metrics.changes_requests);
+    let since = query
+        .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))?
+        .0
+        .since
+        .ok_or_else(|| ApiError::BadRequest("missing query parameter since".into()))?;
+    let since: u64 = since.parse().map_err(|_| {
+        ApiError::BadRequest("since must be a non-negative integer revision".into())
+    })?;
+    let body = match st.store.changes(since).await? {
+        Changes::Reset { revision } => ChangesBody {
+            revision,
+            changed: None,
+            created: Vec::new(),
+            more: false,
+            reset: true,
+        },
+        Changes::Changed {
+            revision,
+            changed,
+            created,
+            more,
+        } => {
+            #[allow(clippy::cast_precision_loss)] // page sizes are at most a few thousand
+            st.metrics.changes_page_size.observe(changed.len() as f64);
+            ChangesBody {
+                revision,
+                changed: Some(changed),
+                created,
+                more,
+                reset: false,
+            }
+        }
+    };
+    Ok(Json(body))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Usage {
+    key_ids: Vec<String>,
+}
+
+/// How many keys a usage report wrote.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Recorded {
+    recorded: u64,
+}
+
+/// Report key usage
+///
+/// The key-store protocol's usage report, sent by the Envoy filter: these key ids were used
+/// this minute (their `last_used_at`, written at most once a minute per key). At most 10 000
+/// ids (1 MiB). Needs the protocol token when the keystore is started with one.
+#[utoipa::path(post, path = "/v1/usage", tag = "protocol", request_body = Usage,
+    security((), ("protocol_token" = [])),
+    responses((status = 200, body = Recorded), UsageErrors))]
+pub(super) async fn record_usage(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Recorded>, ApiError> {
+    inc(&st.metrics.usage_reports);
+    if body
+        .as_ref()
+        .err()
+        .is_some_and(|e| e.status() == StatusCode::PAYLOAD_TOO_LARGE)
+    {
+        return Err(usage_too_large());
+    }
+    let req: Usage = parse_body(&headers, body)?;
+    if req.key_ids.len() > MAX_USAGE_IDS {
+        return Err(usage_too_large());
+    }
+    if let Some(bad) = req.key_ids.iter().position(|k| !is_key_id(k)) {
+        return Err(ApiError::BadRequest(format!(
+            "key_ids[{bad}] is not a key id (64 lowercase hex characters)"
+        )));
+    }
+    let recorded = st.store.record_usage(req.key_ids).await?;
+    Ok(Json(Recorded { recorded }))
+}
+
+fn usage_too_large() -> ApiError {
+    ApiError::TooLarge(format!(
+        "a usage report holds at most {MAX_USAGE_IDS} key ids ({USAGE_BODY_LIMIT} bytes)"
+    ))
+}
