@@ -65,6 +65,31 @@ pub fn percent_decode(s: &[u8], plus_is_space: bool) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Decodes every well-formed `%XX` escape and keeps a malformed one (`%`, `%4`, `%zz`) as it
+/// is, the way lenient decoders do (Python's `urllib.parse.unquote`, on which Starlette and
+/// most Python frameworks read paths). Never fails.
+pub fn percent_decode_lenient(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        let escape = match (b, s.get(i.saturating_add(1)), s.get(i.saturating_add(2))) {
+            (b'%', Some(&h), Some(&l)) => hex_value(h).zip(hex_value(l)),
+            _ => None,
+        };
+        match escape {
+            Some((hi, lo)) => {
+                out.push((hi << 4) | lo);
+                i = i.saturating_add(3);
+            }
+            None => {
+                out.push(b);
+                i = i.saturating_add(1);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +120,14 @@ mod tests {
         assert_eq!(percent_decode(b"a+c", false), Some(b"a+c".to_vec()));
         assert_eq!(percent_decode(b"%zz", false), None);
         assert_eq!(percent_decode(b"%2", false), None);
+    }
+
+    #[test]
+    fn lenient_decoding_keeps_malformed_escapes_and_decodes_the_rest() {
+        assert_eq!(percent_decode_lenient(b"%41%/%4%zz%2e"), b"A%/%4%zz.");
+        assert_eq!(percent_decode_lenient(b"%"), b"%");
+        assert_eq!(percent_decode_lenient(b"a%2"), b"a%2");
+        assert_eq!(percent_decode_lenient(b"%252e"), b"%2e");
+        assert_eq!(percent_decode_lenient(b""), b"");
     }
 }

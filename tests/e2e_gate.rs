@@ -93,7 +93,7 @@ fn a_path_that_is_not_utf8_is_refused_over_http2_never_read_as_another() {
 }
 
 /// Paths an attacker tries against `/private/` (admin only) and `/public` (anonymous).
-const CONFUSION: [&str; 24] = [
+const CONFUSION: [&str; 26] = [
     "/public/../private/users",
     "/public/./../private/users",
     "/public/%2e%2e/private/users",
@@ -104,6 +104,8 @@ const CONFUSION: [&str; 24] = [
     "/public/..%5cprivate/users",
     "/public/..\\private/users",
     "/public/%252e%252e/private/users",
+    "/public/%25/%252e%252e/%252e%252e/private/users",
+    "/public/x%2f..%2f..%2fprivate%2f%252e%252e%2f%252e%252e%2fpublic",
     "/public/..;/private/users",
     "/public;x=1/../private/users",
     "/private//../public",

@@ -218,16 +218,40 @@ fn join(segments: &[&str]) -> String {
     s
 }
 
-/// The readings of lenient upstreams, lowercase (see the module docs).
+/// How many times a lenient upstream may percent-decode a path (a framework, then a
+/// rewriting proxy or a handler that decodes again).
+const DECODINGS: usize = 3;
+
+/// The readings of lenient upstreams, lowercase (see the module docs): for each number of
+/// percent-decodings from one to [`DECODINGS`], each way of resolving the result.
+///
+/// Every depth gives its own readings, not only the last: an upstream that decodes once
+/// routes `/public/x%2f..%2f..%2fapi%2f%252e%252e%2f%252e%252e%2fpublic` as
+/// `/api/%2e%2e/%2e%2e/public`, under `/api`, although twice decoded it is `/public`.
+/// Decoding is lenient (a malformed escape stays as it is, as Python's `unquote` keeps it),
+/// so `%25/` cannot hide the escapes after it from the deeper readings.
 fn lenient_readings(part: &str) -> Vec<String> {
+    let mut readings: Vec<String> = Vec::new();
     let mut bytes = part.as_bytes().to_vec();
-    for _ in 0..3 {
-        match text::percent_decode(&bytes, false) {
-            Some(d) if d != bytes => bytes = d,
-            _ => break,
+    for _ in 0..DECODINGS {
+        let decoded = text::percent_decode_lenient(&bytes);
+        if decoded == bytes && !readings.is_empty() {
+            break;
+        }
+        bytes = decoded;
+        for reading in readings_of(&bytes) {
+            if !readings.contains(&reading) {
+                readings.push(reading);
+            }
         }
     }
-    let decoded = String::from_utf8_lossy(&bytes)
+    readings
+}
+
+/// The ways of resolving one decoded path: slashes merged then dot segments resolved, not
+/// resolved at all, dot segments resolved before merging; `\` read as `/`, lowercase.
+fn readings_of(bytes: &[u8]) -> [String; 3] {
+    let decoded = String::from_utf8_lossy(bytes)
         .replace('\\', "/")
         .to_ascii_lowercase();
     let segments: Vec<&str> = decoded.split('/').map(lenient_segment).collect();
@@ -235,7 +259,7 @@ fn lenient_readings(part: &str) -> Vec<String> {
     let merged_then_resolved = resolve(non_empty());
     let unresolved = join(&non_empty().collect::<Vec<_>>());
     let resolved_then_merged = resolve_keeping_empty(&segments);
-    vec![merged_then_resolved, unresolved, resolved_then_merged]
+    [merged_then_resolved, unresolved, resolved_then_merged]
 }
 
 /// A segment as Tomcat (`;` parameters) and Windows (trailing dots and spaces) read it.
@@ -389,5 +413,29 @@ mod tests {
         assert!(Prefix::parse("/a?b").is_none());
         assert!(Prefix::parse("a").is_none());
         assert!(Prefix::parse("/a b").is_none());
+    }
+
+    #[test]
+    fn a_malformed_escape_revealed_by_decoding_does_not_hide_the_escapes_after_it() {
+        // `%25/` decodes to `%/`: a strict second decoding fails there, while a lenient
+        // upstream (Python's unquote) keeps the `%` and still decodes `%2e%2e` to `..`.
+        // Found by the admission fuzz target (fuzz/regressions/admission/).
+        let api = prefix("/api");
+        let r = route("/public/%25/%252e%252e/%252e%252e/api/x");
+        assert!(r.readings().any(|x| x == "/api/x"), "{:?}", r.readings);
+        assert!(r.maybe_under(&api));
+        assert!(!r.surely_under(&prefix("/public")));
+    }
+
+    #[test]
+    fn every_depth_of_decoding_is_a_reading_of_its_own() {
+        // Decoded once (as most upstreams do) this path routes under /api; decoded twice it
+        // is /public. Both readings must meet their rules.
+        let p = "/public/x%2f..%2f..%2fapi%2f%252e%252e%2f%252e%252e%2fpublic";
+        let r = route(p);
+        assert!(r.readings().any(|x| x == "/api/%2e%2e/%2e%2e/public"));
+        assert!(r.readings().any(|x| x == "/public"));
+        assert!(r.maybe_under(&prefix("/api")));
+        assert!(!r.surely_under(&prefix("/public")));
     }
 }
