@@ -312,13 +312,22 @@ fn home(envoy: &Envoy, user: &str, key: &str) -> u16 {
 }
 
 /// Polls `check` every 50 ms; how long until it held, or None after `limit`.
-fn until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+fn until(limit: Duration, check: impl FnMut() -> bool) -> Option<Duration> {
+    until_every(Duration::from_millis(50), limit, check)
+}
+
+/// Polls `check` every `period`; how long until it held, or None after `limit`.
+fn until_every(
+    period: Duration,
+    limit: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() <= limit {
         if check() {
             return Some(start.elapsed());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(period);
     }
     None
 }
@@ -352,16 +361,12 @@ fn status_with(base: &str, key: &str) -> Response {
     )
 }
 
-/// Polls until `status_with(base, key)` answers `want`; how long it took, or None after `limit`.
+/// Polls (every 20 ms) until `status_with(base, key)` answers `want`; how long it took, or
+/// None after `limit`.
 fn time_until(base: &str, key: &str, want: u16, limit: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() <= limit {
-        if status_with(base, key).status == want {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
+    until_every(Duration::from_millis(20), limit, || {
+        status_with(base, key).status == want
+    })
 }
 
 #[test]
