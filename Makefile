@@ -102,7 +102,7 @@ test-compose:
 test-postgres:
 	url=$$(scripts/postgres.sh start); trap 'scripts/postgres.sh stop' EXIT; \
 	KEYSTORE_TEST_DATABASE_URL=$$url KEYSTORE_TEST_PG_CA_CERT=$$(scripts/postgres.sh ca) \
-	KEYSTORE_REQUIRE_POSTGRES=1 $(CARGO) test -p keystore
+	KEYSTORE_REQUIRE_POSTGRES=1 $(CARGO) test -p keystore -- --include-ignored
 
 ## Real Envoy (two instances, two workers each), the real keystore binary over SQLite and, for
 ## e2e_replicas, two keystores on one PostgreSQL; a real upstream.

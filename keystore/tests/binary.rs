@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::Connect as _;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -626,12 +628,11 @@ fn an_unreachable_postgres_fails_fast_without_showing_the_password() {
 }
 
 #[test]
+#[ignore = "PostgreSQL only: make test-postgres runs it"]
 fn two_keystores_on_one_postgres_database_serve_one_store() {
-    let Some(url) = common::postgres_url_for("two_keystores_on_one_postgres_database") else {
-        return;
-    };
+    let url = common::postgres_url();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let schema = rt.block_on(common::PgSchema::create(&url));
+    let schema = rt.block_on(common::create_schema(&url));
     let db_url = schema.url();
     // Both start at the same moment on an empty schema: one creates it, the other waits.
     let (r1, r2) = std::thread::scope(|s| {
@@ -794,14 +795,13 @@ fn failed_start(url: &str) -> String {
 }
 
 #[test]
+#[ignore = "PostgreSQL only: make test-postgres runs it"]
 fn postgres_over_tls_honours_sslmode_and_says_why_it_cannot_connect() {
-    let Some(base) = common::postgres_url_for("postgres_over_tls") else {
-        return;
-    };
+    let base = common::postgres_url();
     let ca = std::env::var(common::PG_CA_CERT_VAR)
         .unwrap_or_else(|_| panic!("{}: scripts/postgres.sh ca", common::PG_CA_CERT_VAR));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let schema = rt.block_on(common::PgSchema::create(&base));
+    let schema = rt.block_on(common::create_schema(&base));
     let admin = rt.block_on(schema.connect());
     let ssl_of = |app: &str| -> Vec<bool> {
         let rows = rt.block_on(admin.query(

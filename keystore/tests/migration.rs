@@ -12,7 +12,9 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{changed, ids, postgres_url, Ks, PgSchema, ROOT_KEY};
+use common::{
+    changed, chosen_postgres_url, create_schema, ids, Connect as _, Ks, PgSchema, ROOT_KEY,
+};
 use keystore::keys::key_id;
 use keystore::{Config, Database};
 use serde_json::json;
@@ -53,9 +55,9 @@ fn v1_rows() -> String {
 /// A database holding the version-1 schema and rows, and the config to open it.
 async fn v1_database() -> (TempDir, Option<PgSchema>, Config) {
     let dir = tempfile::tempdir().unwrap();
-    let (database, pg) = match postgres_url() {
+    let (database, pg) = match chosen_postgres_url() {
         Some(base) => {
-            let schema = PgSchema::create(&base).await;
+            let schema = create_schema(&base).await;
             let client = schema.connect().await;
             client.batch_execute(POSTGRES_V1).await.unwrap();
             client.batch_execute(&v1_rows()).await.unwrap();

@@ -13,8 +13,8 @@ mod common;
 
 use axum::http::StatusCode;
 use common::{
-    pg_connect, postgres_required, postgres_url, postgres_url_for, Ks, DATABASE_URL_VAR,
-    REQUIRE_POSTGRES_VAR, ROOT_KEY,
+    chosen_postgres_url, pg_connect, postgres_required, postgres_url, Connect as _, Ks,
+    DATABASE_URL_VAR, REQUIRE_POSTGRES_VAR, ROOT_KEY,
 };
 use keystore::keys::key_id;
 use keystore::{Config, Database};
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 fn postgres_is_configured_when_required() {
     if postgres_required() {
         assert!(
-            postgres_url().is_some(),
+            chosen_postgres_url().is_some(),
             "{REQUIRE_POSTGRES_VAR}=1 but {DATABASE_URL_VAR} is not set: the PostgreSQL tests \
              would not run (export {DATABASE_URL_VAR}=$(scripts/postgres.sh start))"
         );
@@ -36,10 +36,9 @@ fn postgres_is_configured_when_required() {
 }
 
 #[tokio::test]
+#[ignore = "PostgreSQL only: make test-postgres runs it"]
 async fn the_suite_runs_on_postgres_when_asked_to() {
-    let Some(_) = postgres_url_for("the_suite_runs_on_postgres_when_asked_to") else {
-        return;
-    };
+    let _ = postgres_url();
     let ks = Ks::new().await;
     assert!(ks.is_postgres());
     assert_eq!(ks.state.store.engine(), "postgres");
@@ -47,10 +46,9 @@ async fn the_suite_runs_on_postgres_when_asked_to() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL only: make test-postgres runs it"]
 async fn a_key_created_through_one_replica_is_found_through_another_at_once() {
-    let Some(_) = postgres_url_for("a_key_created_through_one_replica") else {
-        return;
-    };
+    let _ = postgres_url();
     let r1 = Ks::new().await;
     let r2 = r1.replica().await;
     for i in 0..20 {
@@ -78,10 +76,9 @@ async fn a_key_created_through_one_replica_is_found_through_another_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "PostgreSQL only: make test-postgres runs it"]
 async fn a_poller_alternating_between_replicas_never_misses_a_change_of_concurrent_writers() {
-    let Some(_) = postgres_url_for("a_poller_alternating_between_replicas") else {
-        return;
-    };
+    let _ = postgres_url();
     const WRITERS: usize = 8;
     const PER_WRITER: usize = 30;
     let r1 = Arc::new(Ks::new().await);
@@ -157,10 +154,9 @@ async fn a_poller_alternating_between_replicas_never_misses_a_change_of_concurre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL only: make test-postgres runs it"]
 async fn a_write_waits_for_an_in_flight_write_of_another_replica_and_reads_do_not() {
-    let Some(_) = postgres_url_for("a_write_waits_for_an_in_flight_write") else {
-        return;
-    };
+    let _ = postgres_url();
     let r1 = Ks::new().await;
     let r2 = Arc::new(r1.replica().await);
     let admin = r1.create_account("acme", "alice").await;
@@ -228,10 +224,9 @@ async fn a_write_waits_for_an_in_flight_write_of_another_replica_and_reads_do_no
 }
 
 #[tokio::test]
+#[ignore = "PostgreSQL only: make test-postgres runs it"]
 async fn a_newer_schema_or_a_foreign_meta_table_is_refused() {
-    let Some(_) = postgres_url_for("a_newer_schema_or_a_foreign_meta_table_is_refused") else {
-        return;
-    };
+    let _ = postgres_url();
     let ks = Ks::new().await;
     let schema = ks.pg.as_ref().unwrap();
     let raw = schema.connect().await;
@@ -283,10 +278,9 @@ impl Drop for OwnRole {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL only: make test-postgres runs it"]
 async fn healthz_is_503_while_the_database_cannot_be_reached() {
-    let Some(base) = postgres_url_for("healthz_is_503_while_the_database_cannot_be_reached") else {
-        return;
-    };
+    let base = postgres_url();
     let admin = pg_connect(&base).await;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -366,11 +360,10 @@ async fn healthz_is_503_while_the_database_cannot_be_reached() {
 /// concurrent lookups and writes than connections all answer, and every key written is found
 /// at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "PostgreSQL only: make test-postgres runs it"]
 async fn concurrent_lookups_and_writes_all_answer_with_small_pools() {
     for pool_size in [1, 4] {
-        let Some(_) = postgres_url_for("concurrent_lookups_and_writes_all_answer") else {
-            return;
-        };
+        let _ = postgres_url();
         let ks = Arc::new(Ks::with(|c| c.pool_size = pool_size).await);
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..8 {

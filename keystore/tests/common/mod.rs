@@ -11,7 +11,8 @@
     clippy::panic,
     clippy::indexing_slicing,
     clippy::arithmetic_side_effects,
-    dead_code
+    dead_code,
+    unused_imports
 )]
 
 use axum::body::{Body, Bytes};
@@ -21,20 +22,30 @@ use http_body_util::BodyExt as _;
 use keystore::{AppState, Config, Database};
 use serde_json::{json, Value};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tempfile::TempDir;
 use tokio_postgres::NoTls;
 use tower::ServiceExt as _;
 
-/// The variable that selects PostgreSQL.
-pub const DATABASE_URL_VAR: &str = "KEYSTORE_TEST_DATABASE_URL";
+/// A schema of its own in the test database, created and dropped with `psql` (the harness's
+/// type, shared with the end-to-end tests).
+pub use keygate_harness::PgSchema;
+/// The variable that selects PostgreSQL (the harness's: one name, one policy for both).
+pub use keygate_harness::DATABASE_URL_VAR;
 /// The CA certificate of the test PostgreSQL's TLS certificate (`scripts/postgres.sh ca`).
 pub const PG_CA_CERT_VAR: &str = "KEYSTORE_TEST_PG_CA_CERT";
 /// Set to 1 (by the Makefile's PostgreSQL step) to make a missing [`DATABASE_URL_VAR`] an error.
 pub const REQUIRE_POSTGRES_VAR: &str = "KEYSTORE_REQUIRE_POSTGRES";
 
-/// The PostgreSQL URL the tests run against, if any.
-pub fn postgres_url() -> Option<String> {
+/// The one PostgreSQL test policy. The shared suite runs on the engine the environment
+/// chooses: PostgreSQL when [`DATABASE_URL_VAR`] is set ([`chosen_postgres_url`]), else
+/// SQLite, so a plain `cargo test -p keystore` needs no PostgreSQL. A PostgreSQL-only test is
+/// `#[ignore = "..."]` (listed as ignored, never passed silently) and is asked for by
+/// `make test-postgres` (`-- --include-ignored`); asked for without the variable, it fails
+/// saying how to get a database ([`postgres_url`], the harness's).
+pub use keygate_harness::postgres_url;
+
+/// The PostgreSQL URL the shared suite runs on, if [`DATABASE_URL_VAR`] chooses one.
+pub fn chosen_postgres_url() -> Option<String> {
     std::env::var(DATABASE_URL_VAR)
         .ok()
         .map(|u| u.trim().to_owned())
@@ -46,84 +57,24 @@ pub fn postgres_required() -> bool {
     std::env::var(REQUIRE_POSTGRES_VAR).is_ok_and(|v| v.trim() == "1")
 }
 
-/// The PostgreSQL URL for a PostgreSQL-only test: `None` (the test returns early, saying so on
-/// stderr) when none is configured, and a failure when one is required but missing.
-pub fn postgres_url_for(test: &str) -> Option<String> {
-    match postgres_url() {
-        Some(url) => Some(url),
-        None if postgres_required() => panic!(
-            "{REQUIRE_POSTGRES_VAR}=1 but {DATABASE_URL_VAR} is not set: \
-             run `export {DATABASE_URL_VAR}=$(scripts/postgres.sh start)`"
-        ),
-        None => {
-            eprintln!("{test}: not run: {DATABASE_URL_VAR} is not set (SQLite-only run)");
-            None
-        }
-    }
+/// Creates a [`PgSchema`] in the database at `base` (`psql` runs off the async workers).
+pub async fn create_schema(base: &str) -> PgSchema {
+    let base = base.to_owned();
+    tokio::task::spawn_blocking(move || {
+        PgSchema::create(&base).unwrap_or_else(|e| panic!("cannot create a schema: {e}"))
+    })
+    .await
+    .unwrap()
 }
 
-/// A schema of its own in the PostgreSQL database at `base`, dropped on drop.
-pub struct PgSchema {
-    base: String,
-    pub name: String,
+/// A plain connection to a [`PgSchema`].
+pub trait Connect {
+    async fn connect(&self) -> tokio_postgres::Client;
 }
 
-impl PgSchema {
-    pub async fn create(base: &str) -> PgSchema {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!(
-            "ks_test_{}_{}_{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let client = pg_connect(base).await;
-        client
-            .batch_execute(&format!("CREATE SCHEMA {name}"))
-            .await
-            .unwrap_or_else(|e| panic!("cannot create schema {name} in {base}: {e}"));
-        PgSchema {
-            base: base.to_owned(),
-            name,
-        }
-    }
-
-    /// `base` with this schema as the only one on the search path.
-    pub fn url(&self) -> String {
-        let sep = if self.base.contains('?') { '&' } else { '?' };
-        format!("{}{sep}options=-c%20search_path%3D{}", self.base, self.name)
-    }
-
-    /// A plain connection to this schema.
-    pub async fn connect(&self) -> tokio_postgres::Client {
+impl Connect for PgSchema {
+    async fn connect(&self) -> tokio_postgres::Client {
         pg_connect(&self.url()).await
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        // Drop may run inside the test's runtime: use a thread with a runtime of its own.
-        let base = self.base.clone();
-        let sql = format!(
-            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {} CASCADE",
-            self.name
-        );
-        let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok((client, conn)) = tokio_postgres::connect(&base, NoTls).await {
-                    tokio::spawn(conn);
-                    let _ = client.batch_execute(&sql).await;
-                }
-            });
-        });
-        let _ = done.join();
     }
 }
 
@@ -263,9 +214,9 @@ impl Ks {
     /// on a fresh PostgreSQL schema; `f` may adjust the config.
     pub async fn with(f: impl FnOnce(&mut Config)) -> Ks {
         let dir = tempfile::tempdir().unwrap();
-        let (database, pg) = match postgres_url() {
+        let (database, pg) = match chosen_postgres_url() {
             Some(base) => {
-                let schema = PgSchema::create(&base).await;
+                let schema = create_schema(&base).await;
                 (Database::Postgres(schema.url()), Some(schema))
             }
             None => (Database::Sqlite(dir.path().join("keystore.db")), None),
@@ -328,7 +279,7 @@ impl Ks {
                     .query(
                         "SELECT table_name::text FROM information_schema.tables \
                          WHERE table_schema = $1",
-                        &[&schema.name],
+                        &[&schema.name()],
                     )
                     .await
                     .unwrap()

@@ -32,7 +32,7 @@ pub struct PgSchema {
 }
 
 impl PgSchema {
-    /// Creates `keygate_e2e_<pid>_<n>_<nanos>` in the database at `base`.
+    /// Creates `keygate_test_<pid>_<n>_<nanos>` in the database at `base`.
     pub fn create(base: &str) -> Result<PgSchema> {
         static N: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
@@ -40,7 +40,7 @@ impl PgSchema {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let name = format!(
-            "keygate_e2e_{}_{}_{nanos}",
+            "keygate_test_{}_{}_{nanos}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
