@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use keygate_protocol::routes;
 use serde::Deserialize;
 
 use crate::request::path::{Prefix, Route};
@@ -330,7 +331,7 @@ impl TryFrom<RawConfig> for Config {
         let key_sources = key_sources(raw.key_sources)?;
         let identity_headers = identity_headers(raw.identity_headers, &key_sources)?;
         let invalidate_paths = match raw.invalidate_paths {
-            None => vec!["/api/v1/admin/".to_string()],
+            None => vec![routes::admin::PREFIX.to_string()],
             Some(paths) => paths,
         };
         let anonymous_paths = prefixes("anonymous_paths", raw.anonymous_paths)?;
@@ -378,9 +379,9 @@ fn store_config(store: Option<RawStore>) -> Result<StoreConfig, ConfigError> {
     Ok(StoreConfig {
         cluster,
         authority,
-        lookup_path: path_field("store.lookup_path", store.lookup_path, "/v1/keys/")?,
-        changes_path: path_field("store.changes_path", store.changes_path, "/v1/changes")?,
-        usage_path: path_field("store.usage_path", store.usage_path, "/v1/usage")?,
+        lookup_path: path_field("store.lookup_path", store.lookup_path, routes::LOOKUP)?,
+        changes_path: path_field("store.changes_path", store.changes_path, routes::CHANGES)?,
+        usage_path: path_field("store.usage_path", store.usage_path, routes::USAGE)?,
         timeout_ms: ranged("store.timeout_ms", store.timeout_ms, 1000, 1, 60_000)?.unsigned_abs(),
         token,
     })

@@ -9,7 +9,8 @@
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 
-use crate::request::key::KeyId;
+use keygate_protocol::KeyId;
+
 use crate::verdict::{Identity, Verdict};
 use std::rc::Rc;
 

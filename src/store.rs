@@ -1,4 +1,7 @@
-//! The key store protocol: the requests the filter makes and the parsing of the answers.
+//! The key store protocol: the requests the filter makes and what the answers mean. The
+//! message bodies and routes are the protocol crate's ([`keygate_protocol::messages`],
+//! [`keygate_protocol::routes`]), shared with the key store; this module decides what each
+//! answer means to the filter.
 //!
 //! - `GET {lookup_path}{key_id}` → `200 {"account_id", "user_id", "role"[, "expires_at"]
 //!   [, "claims"]}` (extra fields ignored) or `404`. Anything else is a store error, never a
@@ -17,13 +20,15 @@
 //!   when `since` is too old (or newer than the store: it was restored from a backup).
 //!   `since=0` returns the current revision and no list (0 while nothing has changed); what
 //!   such a page means to the feed: [`crate::worker::feed::poller::interpret`].
+//!
+//! Dependencies run one way: this module knows the protocol crate, the host's call answer and
+//! the verdict types; shared data (`shared.rs`, `shared_table.rs`, `usage.rs`) and the worker
+//! use it, never the reverse.
 
-use keygate_protocol::claims;
-use serde::Deserialize;
+use keygate_protocol::messages::{Found, Page, Report};
+use keygate_protocol::{claims, routes, KeyId};
 
 use crate::host::CallResponse;
-use crate::request::key::KeyId;
-use crate::shared::Change;
 use crate::verdict::Identity;
 
 /// Largest lookup body read; a larger one is a store error.
@@ -59,45 +64,35 @@ impl std::fmt::Display for StoreError {
     }
 }
 
-#[derive(Deserialize)]
-struct RawIdentity {
-    account_id: String,
-    user_id: String,
-    role: String,
-    #[serde(default)]
-    expires_at: Option<u64>,
-    #[serde(default)]
-    claims: Option<std::collections::BTreeMap<String, serde_json::Value>>,
-}
-
-impl RawIdentity {
-    /// The identity with the claims `mapped` names (claim name, header name); a mapped claim
-    /// that is not a string [`claims::is_value`] accepts is an error naming it.
-    fn into_identity(self, mapped: &[(String, String)]) -> Result<Identity, String> {
-        let mut kept = Vec::new();
-        for (name, value) in self.claims.unwrap_or_default() {
-            if !mapped.iter().any(|(claim, _)| *claim == name) {
-                continue;
-            }
-            match value {
-                serde_json::Value::String(v) if claims::is_value(&v) => kept.push((name, v)),
-                _ => {
-                    return Err(format!(
-                        "claim {name:?} (mapped to a header): not a string of 1 to {} bytes of \
+/// The identity in a found answer, with the claims `mapped` names (claim name, header name); a
+/// mapped claim that is not a string [`claims::is_value`] accepts is an error naming it.
+fn into_identity(
+    found: Found<serde_json::Value>,
+    mapped: &[(String, String)],
+) -> Result<Identity, String> {
+    let mut kept = Vec::new();
+    for (name, value) in found.claims.unwrap_or_default() {
+        if !mapped.iter().any(|(claim, _)| *claim == name) {
+            continue;
+        }
+        match value {
+            serde_json::Value::String(v) if claims::is_value(&v) => kept.push((name, v)),
+            _ => {
+                return Err(format!(
+                    "claim {name:?} (mapped to a header): not a string of 1 to {} bytes of \
                          visible ASCII or inner spaces without a comma",
-                        claims::MAX_VALUE_LEN
-                    ))
-                }
+                    claims::MAX_VALUE_LEN
+                ))
             }
         }
-        Ok(Identity {
-            account_id: self.account_id,
-            user_id: self.user_id,
-            role: self.role,
-            expires_ms: self.expires_at.map(|s| s.saturating_mul(1000)),
-            claims: kept,
-        })
     }
+    Ok(Identity {
+        account_id: found.account_id,
+        user_id: found.user_id,
+        role: found.role,
+        expires_ms: found.expires_at.map(|s| s.saturating_mul(1000)),
+        claims: kept,
+    })
 }
 
 /// serde's derived struct parsers also accept a JSON array (fields by position); the protocol
@@ -107,7 +102,7 @@ fn is_json_object(body: &[u8]) -> bool {
 }
 
 pub fn lookup_path(lookup_prefix: &str, key: &KeyId) -> String {
-    format!("{lookup_prefix}{}", key.hex())
+    routes::lookup(lookup_prefix, &key.hex())
 }
 
 /// A lookup's answer; `mapped`: the configuration's `identity_headers.claims` (claim name,
@@ -125,9 +120,9 @@ pub fn parse_lookup(resp: &CallResponse, mapped: &[(String, String)]) -> LookupA
             if !is_json_object(body) {
                 return LookupAnswer::Error(StoreError::BadBody("not a JSON object".into()));
             }
-            match serde_json::from_slice::<RawIdentity>(body) {
+            match serde_json::from_slice::<Found<serde_json::Value>>(body) {
                 Err(e) => LookupAnswer::Error(StoreError::BadBody(e.to_string())),
-                Ok(raw) => match raw.into_identity(mapped) {
+                Ok(found) => match into_identity(found, mapped) {
                     Err(why) => LookupAnswer::Error(StoreError::BadBody(why)),
                     Ok(identity) if identity.is_header_safe() => LookupAnswer::Found(identity),
                     Ok(_) => LookupAnswer::Error(StoreError::BadBody(
@@ -140,7 +135,25 @@ pub fn parse_lookup(resp: &CallResponse, mapped: &[(String, String)]) -> LookupA
     }
 }
 
-/// A page of the changes feed.
+/// A key id the changes feed reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub key: KeyId,
+    /// Its only change is its creation: only a cached "unknown" verdict is wrong now; a cached
+    /// identity (if any) stays valid and may still be served stale.
+    pub created: bool,
+}
+
+impl Change {
+    pub fn of(key: KeyId) -> Change {
+        Change {
+            key,
+            created: false,
+        }
+    }
+}
+
+/// A page of the changes feed, as the filter reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Changes {
     Changed {
@@ -164,22 +177,8 @@ impl Changes {
     }
 }
 
-#[derive(Deserialize)]
-struct RawChanges {
-    revision: u64,
-    #[serde(default)]
-    changed: Vec<serde_json::Value>,
-    /// Optional: the subset of `changed` whose only change is their creation.
-    #[serde(default)]
-    created: Vec<serde_json::Value>,
-    #[serde(default)]
-    reset: bool,
-    #[serde(default)]
-    more: bool,
-}
-
 pub fn changes_path(changes_prefix: &str, since: u64) -> String {
-    format!("{changes_prefix}?since={since}")
+    routes::changes(changes_prefix, since)
 }
 
 /// Parses a changes page asked for with `since`. A revision that goes backwards without a
@@ -197,8 +196,9 @@ pub fn parse_changes(resp: &CallResponse, since: u64) -> Result<Changes, StoreEr
     if !is_json_object(body) {
         return Err(StoreError::BadBody("not a JSON object".into()));
     }
-    let raw: RawChanges =
+    let raw: Page<serde_json::Value> =
         serde_json::from_slice(body).map_err(|e| StoreError::BadBody(e.to_string()))?;
+    let changed = raw.changed.unwrap_or_default();
     if raw.reset || raw.revision < since {
         return Ok(Changes::Reset {
             revision: raw.revision,
@@ -213,8 +213,7 @@ pub fn parse_changes(resp: &CallResponse, since: u64) -> Result<Changes, StoreEr
             .and_then(|s| KeyId::from_hex(&s.to_ascii_lowercase()))
     };
     let created: Vec<KeyId> = raw.created.iter().filter_map(parse).collect();
-    let keys: Vec<Change> = raw
-        .changed
+    let keys: Vec<Change> = changed
         .iter()
         .filter_map(parse)
         .map(|key| Change {
@@ -222,13 +221,39 @@ pub fn parse_changes(resp: &CallResponse, since: u64) -> Result<Changes, StoreEr
             created: created.contains(&key),
         })
         .collect();
-    let skipped = raw.changed.len().saturating_sub(keys.len());
+    let skipped = changed.len().saturating_sub(keys.len());
     Ok(Changes::Changed {
         revision: raw.revision,
         keys,
         more: raw.more,
         skipped,
     })
+}
+
+/// The usage report's body.
+pub fn usage_body(ids: &[KeyId]) -> Vec<u8> {
+    let report = Report {
+        key_ids: ids.iter().map(KeyId::hex).collect(),
+    };
+    serde_json::to_vec(&report).unwrap_or_default()
+}
+
+/// What the store's answer to a usage report means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageReply {
+    Recorded,
+    /// 404, 405, 501: the store has no such endpoint.
+    NotSupported,
+    /// Anything else: try again at the next interval.
+    Failed,
+}
+
+pub fn usage_reply(resp: &CallResponse) -> UsageReply {
+    match resp.status {
+        Some(200..=299) => UsageReply::Recorded,
+        Some(404 | 405 | 501) => UsageReply::NotSupported,
+        _ => UsageReply::Failed,
+    }
 }
 
 #[cfg(test)]
@@ -503,5 +528,22 @@ x-role: root"}"#
         assert_eq!(p, format!("/v1/keys/{}", k.hex()));
         assert!(!p.contains("secret"));
         assert_eq!(changes_path("/v1/changes", 7), "/v1/changes?since=7");
+    }
+
+    #[test]
+    fn replies_and_body() {
+        let r = |s| CallResponse {
+            status: s,
+            body: None,
+        };
+        assert_eq!(usage_reply(&r(Some(200))), UsageReply::Recorded);
+        assert_eq!(usage_reply(&r(Some(204))), UsageReply::Recorded);
+        for s in [404, 405, 501] {
+            assert_eq!(usage_reply(&r(Some(s))), UsageReply::NotSupported);
+        }
+        assert_eq!(usage_reply(&r(Some(503))), UsageReply::Failed);
+        assert_eq!(usage_reply(&r(None)), UsageReply::Failed);
+        let v: serde_json::Value = serde_json::from_slice(&usage_body(&[KeyId::of(b"k")])).unwrap();
+        assert_eq!(v["key_ids"][0], KeyId::of(b"k").hex());
     }
 }

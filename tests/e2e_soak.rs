@@ -25,8 +25,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
-use keygate::request::key::KeyId;
 use keygate_harness::{Client, TwoInstances};
+use keygate_protocol::KeyId;
 use serde_json::json;
 
 /// Freshness bound: sync interval (1 s) + 500 ms.

@@ -37,7 +37,8 @@
 use keygate::request::admission::{self, Admission, Plan};
 use keygate::config::Config;
 use keygate::request::fields;
-use keygate::request::key::{self, KeyError, KeyId};
+use keygate::request::key::{self, KeyError};
+use keygate_protocol::KeyId;
 use keygate::request::act::{Recorder, Refusal};
 use keygate_fuzz::{first_line, header_lines};
 use libfuzzer_sys::fuzz_target;

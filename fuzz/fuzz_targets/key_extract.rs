@@ -19,7 +19,8 @@
 #![no_main]
 
 use keygate::config::{Config, KeySource};
-use keygate::request::key::{self, KeyError, KeyId};
+use keygate::request::key::{self, KeyError};
+use keygate_protocol::KeyId;
 use keygate_fuzz::{first_line, header_lines, is_key_id_hex, is_valid_key};
 use libfuzzer_sys::fuzz_target;
 

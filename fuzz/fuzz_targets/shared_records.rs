@@ -19,7 +19,8 @@
 use std::fmt::Debug;
 
 use keygate::worker::budget::bucket::Bucket;
-use keygate::shared::{CatchUp, Change, ChangeRing, Number, Epoch, Record};
+use keygate::shared::{CatchUp, ChangeRing, Number, Epoch, Record};
+use keygate::store::Change;
 use keygate::shared::table::{Lease, LeaseState, Slot, SlotVerdict};
 use keygate::worker::feed::poller::SyncRecord;
 use keygate::verdict::Identity;
@@ -70,7 +71,7 @@ fn check_ring(ring: &ChangeRing, seen: u64) {
                 "since({s}) is not a suffix"
             );
         }
-        let _ = ring.changed_since(&keygate::request::key::KeyId([0; 32]), s);
+        let _ = ring.changed_since(&keygate_protocol::KeyId([0; 32]), s);
     }
 }
 

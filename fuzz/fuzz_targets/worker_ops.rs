@@ -42,7 +42,7 @@ use std::rc::Rc;
 use keygate::config::Config;
 use keygate::fake_host::FakeHost;
 use keygate::host::{CallResponse, Callout, Host, Method};
-use keygate::request::key::KeyId;
+use keygate_protocol::KeyId;
 use keygate::shared::table::LEASE_GRACE_MS;
 use keygate::store::{self, Changes, LookupAnswer};
 use keygate::verdict::{Decision, Outcome, Resolution};

@@ -114,12 +114,12 @@ impl<'a> Cursor<'a> {
         String::from_utf8_lossy(self.short_bytes()).into_owned()
     }
 
-    pub fn key_id(&mut self) -> keygate::request::key::KeyId {
+    pub fn key_id(&mut self) -> keygate_protocol::KeyId {
         let mut k = [0u8; 32];
         for x in &mut k {
             *x = self.u8();
         }
-        keygate::request::key::KeyId(k)
+        keygate_protocol::KeyId(k)
     }
 }
 

@@ -2,15 +2,30 @@
 //! accepts at write is exactly what the filter accepts in a lookup answer, so no value the
 //! store holds can turn into a store error on every Envoy.
 //!
-//! Today: claim names and values and their limits ([`claims`]), and the header value rule
-//! they rest on ([`is_header_value`]). Issue 21 grows this crate into the store-protocol
-//! crate (the lookup, changes-feed and usage messages both sides speak). No dependencies:
-//! the filter builds it for wasm32-wasip1.
+//! The one home of the store protocol: keys and key ids ([`key`]: the 512-byte key, the
+//! SHA-256 key id), claim names and values and their limits ([`claims`]) and the header value
+//! rule they rest on ([`is_header_value`]), the message bodies ([`messages`]: lookup answer,
+//! changes page, usage report) and the routes ([`routes`]: protocol and admin API). The
+//! filter, the key store, keygatectl, the test harness and the bench use these and spell none
+//! of them themselves.
+//!
+//! Dependencies: `sha2` (the filter's SHA-256, without `std`) and `serde` (both sides speak
+//! JSON through it). The filter builds this crate for wasm32-wasip1: keep it small.
 #![cfg_attr(
     test,
-    allow(clippy::unwrap_used, clippy::panic, clippy::arithmetic_side_effects)
+    allow(
+        clippy::unwrap_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
 )]
 pub mod claims;
+pub mod key;
+pub mod messages;
+pub mod routes;
+
+pub use key::KeyId;
 
 /// A value the filter may write into an HTTP header as is: visible ASCII (0x21..=0x7e) and
 /// inner spaces, no space at either end, and no comma. A comma is refused because a header

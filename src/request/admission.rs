@@ -19,9 +19,12 @@
 //!   key in any key source, no `authorization`, no `cookie`). Anything else is an ordinary
 //!   request: key required, `required_roles` applied, `hide_credentials` too.
 
+use keygate_protocol::KeyId;
+
 use crate::config::Config;
 use crate::request::act::{Refusal, RequestIo};
-use crate::request::key::{self, Headers, KeyError, KeyId};
+
+use crate::request::key::{self, Headers, KeyError};
 use crate::request::path::{PathError, Route};
 
 /// What to do to a request before it goes on, whatever its key turns out to be.

@@ -1,99 +1,18 @@
-//! API keys: where they are read from, what a valid one looks like, and the key id.
+//! API keys in a request: where they are read from and what a valid one looks like.
 //!
-//! The key id (lowercase hex SHA-256 of the key) is the only form of a key that leaves the
-//! request: it is what the store is asked about, what shared data and logs hold. A raw key is
-//! never stored or logged.
+//! The key id (`keygate_protocol::KeyId`, the lowercase hex SHA-256 of the key) is the only
+//! form of a key that leaves the request: it is what the store is asked about, what shared
+//! data and logs hold. A raw key is never stored or logged.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use sha2::{Digest, Sha256};
+use keygate_protocol::key::{self as protocol_key, KeyFault};
 
 use crate::config::KeySource;
 use crate::text;
 
-/// Longest key accepted, in bytes. Longer ones are refused without a store call.
-pub const MAX_KEY_LEN: usize = 512;
-
-/// SHA-256 of an API key: the identity of a key everywhere outside the request.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(pub [u8; 32]);
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-impl KeyId {
-    /// The key id of a raw key.
-    pub fn of(key: &[u8]) -> KeyId {
-        KeyId(Sha256::digest(key).into())
-    }
-
-    /// Parses 64 lowercase hex characters, as the store's changes feed sends them.
-    pub fn from_hex(text: &str) -> Option<KeyId> {
-        let bytes = text.as_bytes();
-        if bytes.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            let (hi, lo) = match pair {
-                [hi, lo] => (lower_hex(*hi)?, lower_hex(*lo)?),
-                _ => return None,
-            };
-            *slot = (hi << 4) | lo;
-        }
-        Some(KeyId(out))
-    }
-
-    /// Lowercase hex, 64 characters: the form used in store requests.
-    pub fn hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            for nibble in [b >> 4, b & 0x0f] {
-                s.push(char::from(
-                    HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
-                ));
-            }
-        }
-        s
-    }
-
-    /// The first 12 hex characters: enough to tell keys apart in logs, useless to an attacker.
-    pub fn short(&self) -> Short<'_> {
-        Short(self)
-    }
-
-    /// A well-spread number taken from the key id's leading bytes (it is a SHA-256 already).
-    pub fn spread(&self) -> u64 {
-        let [a, b, c, d, e, f, g, h, ..] = self.0;
-        u64::from_be_bytes([a, b, c, d, e, f, g, h])
-    }
-}
-
-/// A lowercase hex digit (the feed's key ids are lowercase only).
-fn lower_hex(c: u8) -> Option<u8> {
-    if c.is_ascii_uppercase() {
-        return None;
-    }
-    text::hex_value(c)
-}
-
-/// Display form of a key id for logs: 12 hex characters.
-pub struct Short<'a>(&'a KeyId);
-
-impl fmt::Display for Short<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 .0.iter().take(6) {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyId({})", self.short())
-    }
-}
+/// Longest key accepted, in bytes (the protocol's): longer ones are refused without a store call.
+pub use keygate_protocol::key::MAX_KEY_LEN;
 
 /// Why a request's key was refused before any lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,17 +38,20 @@ impl KeyError {
     }
 }
 
-/// Checks the form of a key: non-empty, at most [`MAX_KEY_LEN`] bytes, visible ASCII only.
+impl From<KeyFault> for KeyError {
+    fn from(fault: KeyFault) -> KeyError {
+        match fault {
+            KeyFault::Empty => KeyError::Empty,
+            KeyFault::TooLong => KeyError::TooLong,
+            KeyFault::NotVisible => KeyError::Invalid,
+        }
+    }
+}
+
+/// Checks the form of a key by the protocol's rule ([`protocol_key::check`]): non-empty, at
+/// most [`MAX_KEY_LEN`] bytes, visible ASCII only.
 pub fn validate(key: &[u8]) -> Result<&[u8], KeyError> {
-    if key.is_empty() {
-        return Err(KeyError::Empty);
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Err(KeyError::TooLong);
-    }
-    if !text::all_visible(key) {
-        return Err(KeyError::Invalid);
-    }
+    protocol_key::check(key)?;
     Ok(key)
 }
 
@@ -331,28 +253,6 @@ mod tests {
 
     fn extract_from(h: &[(&str, &[u8])], query: &str) -> Result<Vec<u8>, KeyError> {
         extract(&default_sources(), h, query).map(Cow::into_owned)
-    }
-
-    #[test]
-    fn key_id_is_lowercase_sha256_hex() {
-        // SHA-256("abc"), FIPS 180-2 test vector.
-        let id = KeyId::of(b"abc");
-        assert_eq!(
-            id.hex(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(id.short().to_string(), "ba7816bf8f01");
-        assert_eq!(KeyId::from_hex(&id.hex()), Some(id));
-        assert_eq!(format!("{id:?}"), "KeyId(ba7816bf8f01)");
-    }
-
-    #[test]
-    fn from_hex_rejects_uppercase_short_and_non_hex() {
-        let good = KeyId::of(b"k").hex();
-        assert!(KeyId::from_hex(&good.to_uppercase()).is_none());
-        assert!(KeyId::from_hex(&good[..63]).is_none());
-        assert!(KeyId::from_hex(&format!("{}g", &good[..63])).is_none());
-        assert!(KeyId::from_hex("").is_none());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use siphasher::sip128::{Hasher128, SipHasher24};
 
-use crate::request::key::KeyId;
+use keygate_protocol::KeyId;
 
 pub struct KeyIds {
     secret: [u64; 2],

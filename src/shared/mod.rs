@@ -6,8 +6,10 @@
 //! counter, and the fixed table of slots ([`table`]). Decoders never panic: a record that
 //! does not decode is treated as absent and overwritten by CAS.
 
+use keygate_protocol::KeyId;
+
 use crate::host::{Host, SharedError};
-use crate::request::key::KeyId;
+use crate::store::Change;
 
 pub mod table;
 
@@ -139,24 +141,6 @@ impl Record for Epoch {
         };
         r.end()?;
         Some(e)
-    }
-}
-
-/// A key id the changes feed reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Change {
-    pub key: KeyId,
-    /// Its only change is its creation: only a cached "unknown" verdict is wrong now; a cached
-    /// identity (if any) stays valid and may still be served stale.
-    pub created: bool,
-}
-
-impl Change {
-    pub fn of(key: KeyId) -> Change {
-        Change {
-            key,
-            created: false,
-        }
     }
 }
 

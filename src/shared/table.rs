@@ -11,10 +11,12 @@
 //! each asking the store again. A `Held` lease past its deadline is taken over: nobody waits on
 //! a dead or stuck owner for longer than one lookup timeout plus [`LEASE_GRACE_MS`].
 
+use keygate_protocol::KeyId;
+
 use crate::host::{Host, SharedError};
 use crate::l1::Entry;
-use crate::request::key::KeyId;
-use crate::shared::{self, Change, Names, Reader, Record, Writer};
+use crate::shared::{self, Names, Reader, Record, Writer};
+use crate::store::Change;
 use crate::verdict::{Identity, Verdict};
 use std::rc::Rc;
 

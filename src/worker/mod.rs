@@ -28,10 +28,11 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use keygate_protocol::KeyId;
+
 use crate::config::Config;
 use crate::host::{CallResponse, Callout, DispatchError, Histogram, Host, Metric, SharedError};
 use crate::l1::{Entry, L1};
-use crate::request::key::KeyId;
 use crate::shared::table::{self as shared_table, SlotVerdict, Table, View, LEASE_GRACE_MS};
 use crate::shared::{self, ChangeRing, Epoch, Names, Number};
 use crate::store::{self, LookupAnswer};

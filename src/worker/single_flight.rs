@@ -9,7 +9,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::request::key::KeyId;
+use keygate_protocol::KeyId;
+
 use crate::verdict::{Outcome, Resolution, Source};
 
 /// A waiting request: its context, when it gives up, and how it joined.

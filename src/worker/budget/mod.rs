@@ -7,10 +7,11 @@ pub mod bucket;
 use std::rc::Rc;
 
 use super::{Worker, FEED_DOWN_INTERVALS};
+use keygate_protocol::KeyId;
+
 use crate::config::Config;
 use crate::host::{Gauge, Host, Metric};
 use crate::l1::Entry;
-use crate::request::key::KeyId;
 use crate::shared::table as shared_table;
 use crate::shared::{self, ChangeRing, Epoch};
 use crate::verdict::{Identity, Outcome, Source, Verdict};

@@ -9,8 +9,8 @@
 
 use crate::host::Host;
 use crate::shared::table::{self as shared_table, Slot, Table};
-use crate::shared::{self, Change, ChangeRing, Epoch, Names, Reader, Record, Writer};
-use crate::store::Changes;
+use crate::shared::{self, ChangeRing, Epoch, Names, Reader, Record, Writer};
+use crate::store::{Change, Changes};
 
 /// The shared sync record: where the feed is, and who is polling it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -273,10 +273,10 @@ fn forget_slot<H: Host + ?Sized>(host: &H, table: &Table, change: &Change) -> bo
 mod tests {
     use super::*;
     use crate::fake_host::FakeHost;
-    use crate::request::key::KeyId;
     use crate::shared::table::SlotVerdict;
     use crate::test_support::test;
     use crate::verdict::Identity;
+    use keygate_protocol::KeyId;
     use std::rc::Rc;
 
     fn setup() -> (FakeHost, Rc<Names>, Table) {

@@ -8,9 +8,10 @@ use super::{
     cache_allow, config, feed_reports, is_allow, key, lookups, next_poll, respond, sibling_worker,
     synced_worker, IDENTITY,
 };
+use keygate_protocol::KeyId;
+
 use crate::fake_host::FakeHost;
 use crate::host::Metric;
-use crate::request::key::KeyId;
 use crate::test_support::test;
 use crate::verdict::{Decision, Outcome, Resolution, Source};
 use crate::worker::{Worker, WriteDone, FAST_TICK_MS, MAX_ANSWERS_PER_CALLBACK};

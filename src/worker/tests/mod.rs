@@ -6,10 +6,11 @@
 
 use std::rc::Rc;
 
+use keygate_protocol::KeyId;
+
 use crate::config::Config;
 use crate::fake_host::FakeHost;
 use crate::host::{CallResponse, Method};
-use crate::request::key::KeyId;
 use crate::verdict::{Decision, Identity, Outcome, Resolution};
 use crate::worker::Worker;
 

@@ -5,11 +5,13 @@
 pub mod report;
 
 use super::Worker;
+use keygate_protocol::KeyId;
+
 use crate::host::{CallResponse, Callout, DispatchError, Host, Method, Metric};
-use crate::request::key::KeyId;
 use crate::shared;
+use crate::store::{self, UsageReply};
 use crate::worker::single_flight::Call;
-use report::{Batch, Reply, NOT_SUPPORTED_BACKOFF_MS};
+use report::{Batch, NOT_SUPPORTED_BACKOFF_MS};
 
 /// Longest time between two merges of a worker's log (shorter for short intervals).
 const MERGE_EVERY_MS: u64 = 1000;
@@ -77,7 +79,7 @@ impl Worker {
         let call = Callout {
             method: Method::Post,
             path: self.cfg.store.usage_path.clone(),
-            body: Some(report::body(&ids)),
+            body: Some(store::usage_body(&ids)),
             timeout_ms: self.cfg.store.timeout_ms,
         };
         match host.http_call(&call) {
@@ -100,13 +102,13 @@ impl Worker {
         ids: Vec<KeyId>,
         response: &CallResponse,
     ) {
-        match report::reply(response) {
-            Reply::Recorded => {
+        match store::usage_reply(response) {
+            UsageReply::Recorded => {
                 host.count(Metric::UsageReports, 1);
                 let n = u64::try_from(ids.len()).unwrap_or(u64::MAX);
                 host.count(Metric::UsageIdsReported, n);
             }
-            Reply::NotSupported => {
+            UsageReply::NotSupported => {
                 host.count(Metric::UsageErrors, 1);
                 log::warn!(
                     "the key store does not take usage reports ({} answered {:?}): \
@@ -122,7 +124,7 @@ impl Worker {
                     })
                 });
             }
-            Reply::Failed => {
+            UsageReply::Failed => {
                 host.count(Metric::UsageErrors, 1);
                 log::info!(
                     "usage report failed ({:?}): retrying at the next interval",

@@ -1,5 +1,6 @@
 //! Usage reports ("last used"): which key ids this Envoy admitted, sent to the store in
-//! batches (`POST {store.usage_path}` `{"key_ids": [...]}`), off the hit path.
+//! batches (`POST {store.usage_path}`; the report's body and what its answer means:
+//! [`crate::store::usage_body`], [`crate::store::usage_reply`]), off the hit path.
 //!
 //! - The hit path only flips a flag in the L1 entry and, the first time, pushes the key id onto
 //!   this worker's [`UsageLog`] (bounded; no allocation once it has grown).
@@ -12,8 +13,8 @@
 //!   [`NOT_SUPPORTED_BACKOFF_MS`] with one log line; other failures put the ids back for the
 //!   next interval.
 
-use crate::host::CallResponse;
-use crate::request::key::KeyId;
+use keygate_protocol::KeyId;
+
 use crate::shared::{Reader, Record, Writer};
 
 /// Most key ids in one report (and in the shared batch).
@@ -96,32 +97,6 @@ impl Record for Batch {
     }
 }
 
-/// The report's body.
-pub fn body(ids: &[KeyId]) -> Vec<u8> {
-    let hex: Vec<String> = ids.iter().map(KeyId::hex).collect();
-    serde_json::json!({ "key_ids": hex })
-        .to_string()
-        .into_bytes()
-}
-
-/// What the store's answer to a report means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reply {
-    Recorded,
-    /// 404, 405, 501: the store has no such endpoint.
-    NotSupported,
-    /// Anything else: try again at the next interval.
-    Failed,
-}
-
-pub fn reply(resp: &CallResponse) -> Reply {
-    match resp.status {
-        Some(200..=299) => Reply::Recorded,
-        Some(404 | 405 | 501) => Reply::NotSupported,
-        _ => Reply::Failed,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,22 +126,5 @@ mod tests {
         assert!(!log.note(id(u32::MAX)));
         assert_eq!(log.drain().count(), MAX_BATCH);
         assert!(log.is_empty());
-    }
-
-    #[test]
-    fn replies_and_body() {
-        let r = |s| CallResponse {
-            status: s,
-            body: None,
-        };
-        assert_eq!(reply(&r(Some(200))), Reply::Recorded);
-        assert_eq!(reply(&r(Some(204))), Reply::Recorded);
-        for s in [404, 405, 501] {
-            assert_eq!(reply(&r(Some(s))), Reply::NotSupported);
-        }
-        assert_eq!(reply(&r(Some(503))), Reply::Failed);
-        assert_eq!(reply(&r(None)), Reply::Failed);
-        let v: serde_json::Value = serde_json::from_slice(&body(&[id(1)])).unwrap();
-        assert_eq!(v["key_ids"][0], id(1).hex());
     }
 }
