@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use keygate_harness::{Envoy, Fault, TwoInstances};
+use keygate_protocol::routes::admin;
 use serde_json::json;
 
 /// Finding 1: the store's answers reach Envoy 4 s after it read the key. A lookup for bob
@@ -176,7 +177,7 @@ fn rotating_one_key_through_envoy_twenty_times_leaves_500_other_keys_cached() {
         }
     }
     assert!(warm, "500 keys never all cached on A");
-    let url = format!("{}/api/v1/admin/accounts/acme/users/rot/key", env.a.url());
+    let url = format!("{}{}", env.a.url(), admin::user_key("acme", "rot"));
     for round in 0..20 {
         assert!(
             all_get(&env.a, &key, 4, 200),

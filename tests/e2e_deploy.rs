@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use common::*;
 use keygate_harness::{random_secret, Envoy, EnvoyOpts, Keystore, KeystoreOpts, Upstream};
+use keygate_protocol::routes::admin;
 use serde_json::{json, Value};
 
 /// A keystore, an upstream and one Envoy (2 workers) rendered from the shipped template.
@@ -246,7 +247,7 @@ fn the_filter_reaches_a_keystore_serving_https_through_the_templates_tls_block()
     // The admin route through Envoy to the HTTPS keystore.
     let created = keygate_harness::send_json(
         "POST",
-        &format!("{}/api/v1/admin/accounts", envoy.url()),
+        &format!("{}{}", envoy.url(), admin::ACCOUNTS),
         &[("x-api-key", keystore.root_key())],
         &json!({"account_id": "acme", "admin_user_id": "alice"}),
     )

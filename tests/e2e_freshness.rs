@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use keygate_harness::{Client, Envoy, EnvoyOpts, Keystore, KeystoreOpts, TwoInstances, Upstream};
+use keygate_protocol::routes::admin;
 use serde_json::json;
 
 /// Sync every second, positive TTL 5 minutes: only the feed can make a change visible in time.
@@ -88,7 +89,7 @@ fn a_key_created_after_it_was_negatively_cached_is_accepted_within_the_bound() {
         .keystore
         .admin(
             "POST",
-            "/api/v1/admin/accounts/acme/users",
+            &admin::users("acme"),
             Some(&json!({"user_id": "imported", "role": "member", "user_key": key})),
         )
         .unwrap();

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use common::*;
 use keygate_harness::{Client, Envoy, EnvoyOpts, FakeStore, Upstream};
+use keygate_protocol::routes::admin;
 use serde_json::json;
 
 /// Asks for every key of `keys` through `envoy` on 16 keep-alive connections (each stays on one
@@ -83,7 +84,7 @@ fn on_a_store_still_at_revision_0_a_local_write_keeps_every_other_key_cached_unt
     );
     std::thread::sleep(Duration::from_millis(1500));
     let before = store.lookups();
-    let admin = format!("{}/api/v1/admin/accounts/acme/users/u", a.url());
+    let admin = format!("{}{}", a.url(), admin::user("acme", "u"));
     let c = client();
     for method in ["DELETE", "POST"] {
         let r = c

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use common::*;
 use keygate_harness::{repo_root, Client, Envoy, EnvoyOpts, Keystore, KeystoreOpts, Upstream};
+use keygate_protocol::routes::admin;
 use serde_json::json;
 
 /// The account bucket and the pro bucket of the shipped configuration.
@@ -228,7 +229,7 @@ fn an_account_admin_can_revoke_a_key_through_envoy_after_the_account_bucket_is_e
     // The key store's admin API is not counted in that bucket: the admin lists the account's
     // users and revokes the leaked key's user through the gateway.
     let c = Client::keep_alive(Duration::from_secs(10));
-    let users = format!("{}/api/v1/admin/accounts/acme/users", l.envoy.url());
+    let users = format!("{}{}", l.envoy.url(), admin::users("acme"));
     let r = c.get(&users, &[("x-api-key", &admin)]).unwrap();
     assert_eq!(r.status, 200, "listing: {}", r.body);
     assert_eq!(r.header("x-ratelimit-limit"), None, "{:?}", r.headers);

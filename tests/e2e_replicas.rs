@@ -23,6 +23,7 @@ use common::*;
 use keygate_harness::{
     get, postgres_url, Client, Envoy, EnvoyOpts, Keystore, KeystoreOpts, PgSchema, Upstream,
 };
+use keygate_protocol::routes::admin;
 use serde_json::{json, Value};
 
 /// Two keystores on one PostgreSQL schema, and an upstream. Field order is drop order: the
@@ -137,7 +138,7 @@ fn a_key_created_on_one_replica_is_used_at_once_through_the_other_and_a_revocati
         let r = client()
             .send_json(
                 "POST",
-                &format!("{}/api/v1/admin/accounts/acme/users", b.url()),
+                &format!("{}{}", b.url(), admin::users("acme")),
                 &[("x-api-key", &root)],
                 &json!({"user_id": format!("u{i}"), "role": "member"}),
             )
@@ -222,7 +223,7 @@ fn a_key_created_on_one_replica_is_used_at_once_through_the_other_and_a_revocati
             client()
                 .send_json(
                     "POST",
-                    &format!("{}/api/v1/admin/accounts/acme/users", c.url()),
+                    &format!("{}{}", c.url(), admin::users("acme")),
                     &[("x-api-key", &root)],
                     &json!({"user_id": format!("after-kill-{i}"), "role": "member"}),
                 )
@@ -319,7 +320,7 @@ fn stopping_a_replica_under_steady_load_fails_no_request_once_envoy_has_moved_to
         // Admin writes through the gateway meanwhile (the route's retry policy).
         let writer = {
             let (running, stopped, root) = (&running, &stopped_at, &root);
-            let url = format!("{}/api/v1/admin/accounts/load/users", a.url());
+            let url = format!("{}{}", a.url(), admin::users("load"));
             s.spawn(move || {
                 let c = client();
                 let mut samples: Vec<Sample> = Vec::new();

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use keygate_harness::{Envoy, EnvoyOpts, TwoInstances};
+use keygate_protocol::routes::admin;
 use serde_json::json;
 
 #[test]
@@ -25,7 +26,7 @@ fn a_key_created_through_a_is_accepted_by_b_on_the_first_try() {
     let created = client()
         .send_json(
             "POST",
-            &format!("{}/api/v1/admin/accounts", env.a.url()),
+            &format!("{}{}", env.a.url(), admin::ACCOUNTS),
             &[("x-api-key", &root)],
             &json!({"account_id": "acme", "admin_user_id": "alice"}),
         )
@@ -203,7 +204,7 @@ fn a_revocation_through_a_is_seen_by_a_at_once() {
     let r = client()
         .request(
             "DELETE",
-            &format!("{}/api/v1/admin/accounts/acme/users/bob", env.a.url()),
+            &format!("{}{}", env.a.url(), admin::user("acme", "bob")),
             &[("x-api-key", &root)],
             None,
         )

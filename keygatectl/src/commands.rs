@@ -7,6 +7,7 @@ use crate::client::{read_key_file, read_value, Client, Error};
 use crate::input::{self, KeyOut};
 use crate::output::{self, Format, View};
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
+use keygate_protocol::routes::admin;
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 
@@ -484,15 +485,15 @@ fn seg(s: &str) -> String {
 }
 
 fn account_path(account: &str) -> String {
-    format!("/api/v1/admin/accounts/{}", seg(account))
+    admin::account(&seg(account))
 }
 
 fn user_path(account: &str, user: &str) -> String {
-    format!("{}/users/{}", account_path(account), seg(user))
+    admin::user(&seg(account), &seg(user))
 }
 
 fn key_path(account: &str, user: &str, key: &str) -> String {
-    format!("{}/keys/{}", user_path(account, user), seg(key))
+    admin::key(&seg(account), &seg(user), &seg(key))
 }
 
 fn plan(cmd: &Cmd) -> Result<Call, Error> {
@@ -532,7 +533,7 @@ fn plan_account(cmd: &AccountCmd) -> Result<Call, Error> {
             let mut body = new_key_body(key)?;
             body.insert("account_id".into(), json!(account));
             body.insert("admin_user_id".into(), json!(admin));
-            let path = "/api/v1/admin/accounts".to_owned();
+            let path = admin::ACCOUNTS.to_owned();
             call("POST", path, Some(Value::Object(body)), View::NewKey)
         }
         AccountCmd::Revoke { account, .. } => {
@@ -558,11 +559,11 @@ fn plan_user(cmd: &UserCmd) -> Result<Call, Error> {
             let mut body = new_key_body(key)?;
             body.insert("user_id".into(), json!(user));
             body.insert("role".into(), json!(role.to_ascii_lowercase()));
-            let path = format!("{}/users", account_path(account));
+            let path = admin::users(&seg(account));
             call("POST", path, Some(Value::Object(body)), View::NewKey)
         }
         UserCmd::List { account } => {
-            let path = format!("{}/users", account_path(account));
+            let path = admin::users(&seg(account));
             call("GET", path, None, View::Users)
         }
         UserCmd::SetRole {
@@ -583,7 +584,7 @@ fn plan_user(cmd: &UserCmd) -> Result<Call, Error> {
             if let Some(g) = grace {
                 body.insert("grace_s".into(), json!(g));
             }
-            let path = format!("{}/key", user_path(account, user));
+            let path = admin::user_key(&seg(account), &seg(user));
             call("POST", path, Some(Value::Object(body)), View::NewKey)
         }
         UserCmd::Revoke { account, user, .. } => {
@@ -597,7 +598,7 @@ fn plan_user(cmd: &UserCmd) -> Result<Call, Error> {
 fn plan_key(cmd: &KeyCmd) -> Result<Call, Error> {
     Ok(match cmd {
         KeyCmd::List { account, user } => {
-            let path = format!("{}/keys", user_path(account, user));
+            let path = admin::keys(&seg(account), &seg(user));
             call("GET", path, None, View::Keys)
         }
         KeyCmd::Create {
@@ -612,7 +613,7 @@ fn plan_key(cmd: &KeyCmd) -> Result<Call, Error> {
             if !claims.is_empty() {
                 body.insert("claims".into(), parse_claims(claims)?);
             }
-            let path = format!("{}/keys", user_path(account, user));
+            let path = admin::keys(&seg(account), &seg(user));
             call("POST", path, Some(Value::Object(body)), View::NewKey)
         }
         KeyCmd::Update(args) => plan_update(args)?,
@@ -627,13 +628,13 @@ fn plan_key(cmd: &KeyCmd) -> Result<Call, Error> {
             if let Some(g) = grace {
                 body.insert("grace_s".into(), json!(g));
             }
-            let path = format!("{}/rotate", key_path(account, user, key));
+            let path = admin::key_rotate(&seg(account), &seg(user), &seg(key));
             call("POST", path, Some(Value::Object(body)), View::NewKey)
         }
         KeyCmd::Revoke(args) => plan_revoke(args)?,
         KeyCmd::Disable(k) => enabled(key_path(&k.account, &k.user, &k.key), false),
         KeyCmd::Enable(k) => enabled(key_path(&k.account, &k.user, &k.key), true),
-        KeyCmd::Find { value_file } => by_value("find", value_file)?,
+        KeyCmd::Find { value_file } => by_value(admin::KEYS_FIND, value_file)?,
     })
 }
 
@@ -647,16 +648,16 @@ fn enabled(path: String, enabled: bool) -> Call {
     )
 }
 
-/// `POST /api/v1/admin/keys/{action}` with the key's value (read from `file`) in the body.
-fn by_value(action: &str, file: &std::path::Path) -> Result<Call, Error> {
+/// `POST` to `route` (a leak report: [`admin::KEYS_FIND`] or [`admin::KEYS_REVOKE`]) with the
+/// key's value (read from `file`) in the body.
+fn by_value(route: &str, file: &std::path::Path) -> Result<Call, Error> {
     let body = json!({ "user_key": read_value(file, "value file")? });
-    let path = format!("/api/v1/admin/keys/{action}");
-    Ok(call("POST", path, Some(body), View::Fields))
+    Ok(call("POST", route.to_owned(), Some(body), View::Fields))
 }
 
 fn plan_revoke(a: &KeyRevokeArgs) -> Result<Call, Error> {
     if let Some(file) = &a.value_file {
-        return by_value("revoke", file);
+        return by_value(admin::KEYS_REVOKE, file);
     }
     match (&a.account, &a.user, &a.key) {
         (Some(account), Some(user), Some(key)) => Ok(call(
@@ -728,8 +729,8 @@ fn parse_claims(pairs: &[String]) -> Result<Value, Error> {
 /// One page of the audit trail, or with `--all` every page from `--after` on, merged.
 fn audit(client: &Client, args: &AuditArgs) -> Result<Value, Error> {
     let base = match &args.account {
-        Some(a) => format!("{}/audit", account_path(a)),
-        None => "/api/v1/admin/audit".to_owned(),
+        Some(a) => admin::account_audit(&seg(a)),
+        None => admin::AUDIT.to_owned(),
     };
     let mut after = args.after;
     let mut entries = Vec::new();

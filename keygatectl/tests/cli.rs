@@ -9,6 +9,7 @@
 )]
 
 use keygate_harness::{http, Keystore, KeystoreOpts};
+use keygate_protocol::routes;
 use serde_json::Value;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -48,10 +49,13 @@ fn ctl_json(ks: &Keystore, key: &str, args: &[&str]) -> Value {
 }
 
 fn lookup_status(ks: &Keystore, raw_key: &str) -> u16 {
-    let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(raw_key.as_bytes()));
-    http::get(&format!("{}/v1/keys/{id}", ks.url()), &[])
-        .unwrap()
-        .status
+    let id = keygate_protocol::key::key_id(raw_key);
+    http::get(
+        &format!("{}{}", ks.url(), routes::lookup(routes::LOOKUP, &id)),
+        &[],
+    )
+    .unwrap()
+    .status
 }
 
 fn store() -> Keystore {

@@ -17,7 +17,7 @@ pub fn config() -> Value {
         "store": { "cluster": "keystore", "authority": "keystore", "timeout_ms": 1000 },
         "cache": { "ttl_s": 30, "negative_ttl_s": 5, "max_entries": 100000 },
         "sync": { "interval_ms": 1000 },
-        "invalidate_paths": ["/api/v1/admin/"]
+        "invalidate_paths": [keygate_protocol::routes::admin::PREFIX]
     })
 }
 

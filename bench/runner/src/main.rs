@@ -24,6 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use keygate_harness::{free_port, process, Error, Keystore, KeystoreOpts, Result};
+use keygate_protocol::routes;
 
 use envoy::{BenchEnvoy, Bootstrap, Contender};
 use model::{Flood, FloodRun, HerdPhase, HerdRow, Machine, Plan, Results, Sample, Throughput};
@@ -542,7 +543,11 @@ impl Stage<'_> {
     /// after an idle spell would): the herd's floor.
     fn store_direct_ms(&self) -> Result<f64> {
         let mut store_ms = Vec::new();
-        let probe = format!("{}/v1/keys/{}", self.ks.url(), "0".repeat(64));
+        let probe = format!(
+            "{}{}",
+            self.ks.url(),
+            routes::lookup(routes::LOOKUP, &"0".repeat(64))
+        );
         for _ in 0..7 {
             let t0 = Instant::now();
             let r = keygate_harness::get(&probe, &[])?;

@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use keygate_protocol::messages::{Found, Page};
+use keygate_protocol::routes;
+
 use crate::error::{Error, Result};
 
 #[derive(Debug, Default)]
@@ -140,18 +143,28 @@ fn serve(mut conn: TcpStream, state: &State) {
     let mut line = head.lines().next().unwrap_or("").split_whitespace();
     let method = line.next().unwrap_or("GET");
     let path = line.next().unwrap_or("/");
-    let (status, answer) = if path.starts_with("/v1/keys/") {
+    let (status, answer) = if path.starts_with(routes::LOOKUP) {
         state.lookups.fetch_add(1, Ordering::Relaxed);
-        (
-            200,
-            r#"{"account_id":"acme","user_id":"u","role":"member"}"#.to_string(),
-        )
-    } else if path.starts_with("/v1/changes") {
+        let found: Found = Found {
+            account_id: "acme".into(),
+            user_id: "u".into(),
+            role: "member".into(),
+            expires_at: None,
+            claims: None,
+        };
+        (200, serde_json::to_string(&found).unwrap_or_default())
+    } else if path.starts_with(routes::CHANGES) {
         let delay = state.changes_delay.lock().map(|d| *d).unwrap_or_default();
         thread::sleep(delay);
         state.polls.fetch_add(1, Ordering::Relaxed);
-        let revision = state.revision.load(Ordering::Relaxed);
-        (200, format!(r#"{{"revision":{revision},"changed":[]}}"#))
+        let page: Page = Page {
+            revision: state.revision.load(Ordering::Relaxed),
+            changed: Some(Vec::new()),
+            created: Vec::new(),
+            more: false,
+            reset: false,
+        };
+        (200, serde_json::to_string(&page).unwrap_or_default())
     } else if path.starts_with("/api/") || path == "/healthz" {
         if method != "GET" {
             state.writes.fetch_add(1, Ordering::Relaxed);

@@ -165,11 +165,11 @@ fn serve(mut conn: TcpStream, target_port: u16, faults: &Mutex<Faults>, seen: &A
         .to_string();
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let fault = match faults.lock() {
-        Ok(f) if path.starts_with("/v1/keys/") => {
+        Ok(f) if path.starts_with(keygate_protocol::routes::LOOKUP) => {
             seen.fetch_add(1, Ordering::Relaxed);
             f.lookups.clone()
         }
-        Ok(f) if path.starts_with("/v1/changes") => f.changes.clone(),
+        Ok(f) if path.starts_with(keygate_protocol::routes::CHANGES) => f.changes.clone(),
         _ => Fault::Pass,
     };
     match fault {

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use keygate_protocol::routes::admin;
 use serde_json::{json, Value};
 
 use crate::error::{fail, Error, Result};
@@ -262,40 +263,40 @@ impl Keystore {
     /// Creates an account and its admin user; returns the admin's key. Panics unless 201.
     pub fn create_account(&self, account: &str, admin_user: &str) -> String {
         let body = json!({"account_id": account, "admin_user_id": admin_user});
-        let r = self.admin_ok("POST", "/api/v1/admin/accounts", Some(&body), 201);
+        let r = self.admin_ok("POST", admin::ACCOUNTS, Some(&body), 201);
         user_key(&r)
     }
 
     /// Creates a user with `role` in `account`; returns its key. Panics unless 201.
     pub fn create_user(&self, account: &str, user: &str, role: &str) -> String {
         let body = json!({"user_id": user, "role": role});
-        let path = format!("/api/v1/admin/accounts/{account}/users");
+        let path = admin::users(account);
         let r = self.admin_ok("POST", &path, Some(&body), 201);
         user_key(&r)
     }
 
     /// Rotates a user's key; returns the new key. Panics unless 2xx.
     pub fn rotate(&self, account: &str, user: &str) -> String {
-        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/key");
+        let path = admin::user_key(account, user);
         let r = self.admin_ok("POST", &path, None, 0);
         user_key(&r)
     }
 
     /// Changes a user's role. Panics unless 2xx.
     pub fn set_role(&self, account: &str, user: &str, role: &str) {
-        let path = format!("/api/v1/admin/accounts/{account}/users/{user}");
+        let path = admin::user(account, user);
         self.admin_ok("PATCH", &path, Some(&json!({"role": role})), 0);
     }
 
     /// Deletes a user (its key stops working). Panics unless 2xx.
     pub fn revoke_user(&self, account: &str, user: &str) {
-        let path = format!("/api/v1/admin/accounts/{account}/users/{user}");
+        let path = admin::user(account, user);
         self.admin_ok("DELETE", &path, None, 0);
     }
 
     /// Deletes an account and all its users. Panics unless 2xx.
     pub fn revoke_account(&self, account: &str) {
-        let path = format!("/api/v1/admin/accounts/{account}");
+        let path = admin::account(account);
         self.admin_ok("DELETE", &path, None, 0);
     }
 
@@ -303,14 +304,14 @@ impl Keystore {
     /// returns the whole answer: `"key"` (the key reference), `"user_key"` (the raw key), ...
     /// Panics unless 201.
     pub fn create_key(&self, account: &str, user: &str, body: &Value) -> Value {
-        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/keys");
+        let path = admin::keys(account, user);
         json_of(&self.admin_ok("POST", &path, Some(body), 201))
     }
 
     /// The user's unrevoked keys as listed (`key`, `name`, `hint`, `expires_at`,
     /// `last_used_at`, ...). Panics unless 2xx.
     pub fn list_keys(&self, account: &str, user: &str) -> Vec<Value> {
-        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/keys");
+        let path = admin::keys(account, user);
         let v = json_of(&self.admin_ok("GET", &path, None, 0));
         v.get("keys")
             .and_then(Value::as_array)
@@ -342,7 +343,7 @@ impl Keystore {
         key: &str,
         grace_s: u64,
     ) -> String {
-        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/keys/{key}/rotate");
+        let path = admin::key_rotate(account, user, key);
         let r = self.admin_ok("POST", &path, Some(&json!({"grace_s": grace_s})), 0);
         user_key(&r)
     }
@@ -350,26 +351,26 @@ impl Keystore {
     /// Rotates a user's key(s) keeping the old ones valid for `grace_s` seconds; returns the
     /// new raw key. Panics unless 2xx.
     pub fn rotate_with_grace(&self, account: &str, user: &str, grace_s: u64) -> String {
-        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/key");
+        let path = admin::user_key(account, user);
         let r = self.admin_ok("POST", &path, Some(&json!({"grace_s": grace_s})), 0);
         user_key(&r)
     }
 
     /// Sets a key's expiry (RFC 3339; `None` removes it). Panics unless 2xx.
     pub fn set_key_expiry(&self, account: &str, user: &str, key: &str, expires_at: Option<&str>) {
-        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/keys/{key}");
+        let path = admin::key(account, user, key);
         self.admin_ok("PATCH", &path, Some(&json!({"expires_at": expires_at})), 0);
     }
 
     /// Sets a key's claims (`{"plan": "pro"}`; `null` clears). Panics unless 2xx.
     pub fn set_key_claims(&self, account: &str, user: &str, key: &str, claims: &Value) {
-        let path = format!("/api/v1/admin/accounts/{account}/users/{user}/keys/{key}");
+        let path = admin::key(account, user, key);
         self.admin_ok("PATCH", &path, Some(&json!({"claims": claims})), 0);
     }
 
     /// Sets an account's claims (`{"plan": "pro"}`; `null` clears). Panics unless 2xx.
     pub fn set_account_claims(&self, account: &str, claims: &Value) {
-        let path = format!("/api/v1/admin/accounts/{account}");
+        let path = admin::account(account);
         self.admin_ok("PATCH", &path, Some(&json!({"claims": claims})), 0);
     }
 

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use keygate_protocol::routes;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
@@ -59,14 +60,14 @@ pub fn default_keygate_config() -> Value {
         "store": {
             "cluster": "keystore",
             "authority": "keystore",
-            "lookup_path": "/v1/keys/",
-            "changes_path": "/v1/changes",
+            "lookup_path": routes::LOOKUP,
+            "changes_path": routes::CHANGES,
             "timeout_ms": 1000
         },
         "cache": {"ttl_s": 30, "negative_ttl_s": 5, "max_entries": 100000},
         "sync": {"interval_ms": 1000},
         "identity_headers": {"account": "x-account-id", "user": "x-user-id", "role": "x-role"},
-        "invalidate_paths": ["/api/v1/admin/"]
+        "invalidate_paths": [routes::admin::PREFIX]
     })
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use keygate_harness::{
     default_keygate_config, request, stub_wasm, Client, Envoy, EnvoyOpts, TempDir, Upstream,
 };
+use keygate_protocol::routes::admin;
 use serde_json::Value;
 
 fn echo_bin() -> &'static Path {
@@ -157,13 +158,13 @@ fn envoy_from_the_template_routes_and_reports() {
     let body = serde_json::json!({"account_id": "acme", "admin_user_id": "alice"});
     let r = keygate_harness::send_json(
         "POST",
-        &format!("{}/api/v1/admin/accounts", envoy.url()),
+        &format!("{}{}", envoy.url(), admin::ACCOUNTS),
         &[],
         &body,
     )
     .unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(r.json().unwrap()["path"], "/api/v1/admin/accounts");
+    assert_eq!(r.json().unwrap()["path"], admin::ACCOUNTS);
 
     let stats = envoy.stats();
     assert_eq!(

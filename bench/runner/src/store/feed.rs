@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use keygate_harness::{Error, Keystore, Result};
+use keygate_protocol::routes::{self, admin};
 
 use crate::proc::pin_this_thread;
 
@@ -112,7 +113,10 @@ async fn one_envoy(
 
 /// One `GET /v1/changes?since=N` on the connection: (revision, more, changed count, status).
 async fn ask(s: &mut TcpStream, since: u64) -> std::io::Result<(u64, bool, u64, u16)> {
-    let req = format!("GET /v1/changes?since={since} HTTP/1.1\r\nhost: keystore\r\n\r\n");
+    let req = format!(
+        "GET {} HTTP/1.1\r\nhost: keystore\r\n\r\n",
+        routes::changes(routes::CHANGES, since)
+    );
     s.write_all(req.as_bytes()).await?;
     let body = read_response(s).await?;
     let status = body.0;
@@ -170,7 +174,7 @@ pub fn churn(ks: &Keystore, users: usize, per_second: f64, stop: &AtomicBool, do
     let mut i = 0u64;
     while !stop.load(Ordering::SeqCst) {
         let user = format!("churn-{}", i as usize % users.max(1));
-        let path = format!("/api/v1/admin/accounts/churn/users/{user}/key");
+        let path = admin::user_key("churn", &user);
         if ks.admin("POST", &path, None).is_ok_and(|r| r.status == 200) {
             done.fetch_add(1, Ordering::SeqCst);
         }

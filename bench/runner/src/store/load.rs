@@ -12,9 +12,8 @@
 //! Invariant: after `load(db, a, b)` every key id of `a..b` is active (key, user and account
 //! unrevoked), one user per key, 1000 users per account.
 
-use sha2::{Digest, Sha256};
-
 use keygate_harness::{Error, Result};
+use keygate_protocol::key as protocol_key;
 
 use crate::Db;
 
@@ -41,23 +40,14 @@ pub const CHANGES: [&str; 3] = [
 /// Users per account in the bench's data.
 const USERS_PER_ACCOUNT: usize = 1000;
 
-pub fn hex_sha256(s: &str) -> String {
-    let d = Sha256::digest(s.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in d {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
-
 /// The key id of loaded key `i`.
 pub fn key_id(i: usize) -> String {
-    hex_sha256(&format!("kg_bench_{i}"))
+    protocol_key::key_id(&format!("kg_bench_{i}"))
 }
 
 /// A key id that is never loaded.
 pub fn miss_id(i: usize) -> String {
-    hex_sha256(&format!("kg_miss_{i}"))
+    protocol_key::key_id(&format!("kg_miss_{i}"))
 }
 
 /// Loads keys `from..to` (see the module doc). SQLite: one transaction of prepared inserts.
@@ -141,10 +131,6 @@ mod tests {
         assert_eq!(
             key_id(0),
             "62bff19dee51fc869ec75ccda411e92e3e73fc2860b78306999244e3b6ecc855"
-        );
-        assert_eq!(
-            hex_sha256("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_ne!(key_id(1), miss_id(1));
     }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use keygate_harness::{Error, Keystore, KeystoreOpts, Result};
+use keygate_protocol::routes;
 
 use crate::feed::{self, PollRun};
 use crate::floor::{self, FloorRun, Rng, Work};
@@ -408,7 +409,10 @@ fn lookups(plan: &Plan, ks: &Keystore, db: &Db, side: &Side, s: &mut Size) -> Re
 }
 
 fn current_revision(ks: &Keystore) -> Result<i64> {
-    let r = keygate_harness::get(&format!("{}/v1/changes?since=0", ks.url()), &[])?;
+    let r = keygate_harness::get(
+        &format!("{}{}", ks.url(), routes::changes(routes::CHANGES, 0)),
+        &[],
+    )?;
     r.json()?
         .get("revision")
         .and_then(serde_json::Value::as_i64)

@@ -21,6 +21,7 @@ use keygate_harness::{
     default_keygate_config, port_is_free, process, request, send_json, Envoy, Error, KeystoreOpts,
     Response, Result, TwoInstances, TwoOpts,
 };
+use keygate_protocol::routes::admin;
 use serde_json::{json, Value};
 
 /// Set by the signal handler; the watcher thread does the cleanup.
@@ -211,7 +212,7 @@ fn run(keep: bool) -> Result<usize> {
     // 1. An account, created through A: Envoy routes the admin API to the keystore.
     let r = send_json(
         "POST",
-        &format!("{}/api/v1/admin/accounts", a.url()),
+        &format!("{}{}", a.url(), admin::ACCOUNTS),
         &[("x-api-key", &root)],
         &json!({"account_id": ACCOUNT, "admin_user_id": ADMIN_USER}),
     )?;
@@ -278,7 +279,7 @@ fn run(keep: bool) -> Result<usize> {
     // 6. A fresh user, then a burst of first requests split across A and B.
     let r = send_json(
         "POST",
-        &format!("{}/api/v1/admin/accounts/{ACCOUNT}/users", a.url()),
+        &format!("{}{}", a.url(), admin::users(ACCOUNT)),
         &[("x-api-key", &alice)],
         &json!({"user_id": USER, "role": USER_ROLE}),
     )?;
@@ -318,7 +319,7 @@ fn run(keep: bool) -> Result<usize> {
     // 7. Revocation through A takes effect on A at once.
     let r = request(
         "DELETE",
-        &format!("{}/api/v1/admin/accounts/{ACCOUNT}/users/{USER}", a.url()),
+        &format!("{}{}", a.url(), admin::user(ACCOUNT, USER)),
         &[("x-api-key", &alice)],
         None,
     )?;
@@ -431,10 +432,7 @@ const GRACE_S: u64 = 5;
 fn rotate_with_grace(s: &mut Steps, a: &Envoy, b: &Envoy, old: &str) -> Result<()> {
     let r = send_json(
         "POST",
-        &format!(
-            "{}/api/v1/admin/accounts/{ACCOUNT}/users/{ADMIN_USER}/key",
-            a.url()
-        ),
+        &format!("{}{}", a.url(), admin::user_key(ACCOUNT, ADMIN_USER)),
         &[("x-api-key", old)],
         &json!({ "grace_s": GRACE_S }),
     )?;

@@ -17,6 +17,7 @@ use keygate_harness::{
     free_port, keygatectl_path, openviking_envoy_template, openviking_keygate_config, AuthMode,
     Client, Envoy, EnvoyOpts, Keystore, KeystoreOpts, OpenViking, Response, TempDir, VikingStore,
 };
+use keygate_protocol::routes::admin;
 use serde_json::{json, Value};
 
 const OV_ROOT: &str = "ovroot_demo_5b1e9c3a7d2f4e6a8b0c1d3e5f7a9b2c";
@@ -282,7 +283,7 @@ fn after(w: &World, s: &mut Steps) -> keygate_harness::Result<Rows> {
     println!("\nbehind keygate (trusted mode), one admin call through Envoy A:");
     let r = call(
         "POST",
-        &format!("{}/keygate/api/v1/admin/accounts", ea.url()),
+        &format!("{}/keygate{}", ea.url(), admin::ACCOUNTS),
         &root,
         Some(&json!({"account_id": "acme", "admin_user_id": "alice"})),
     )?;
@@ -350,7 +351,7 @@ fn after(w: &World, s: &mut Steps) -> keygate_harness::Result<Rows> {
     );
     let r = call(
         "POST",
-        &format!("{}/keygate/api/v1/admin/accounts/acme/users", ea.url()),
+        &format!("{}/keygate{}", ea.url(), admin::users("acme")),
         &root,
         Some(&json!({"user_id": "bob", "role": "member"})),
     )?;
@@ -368,7 +369,7 @@ fn after(w: &World, s: &mut Steps) -> keygate_harness::Result<Rows> {
     );
     let r = call(
         "DELETE",
-        &format!("{}/keygate/api/v1/admin/accounts/acme", ea.url()),
+        &format!("{}/keygate{}", ea.url(), admin::account("acme")),
         &root,
         None,
     )?;
@@ -410,7 +411,7 @@ fn latency(w: &World) -> keygate_harness::Result<()> {
     let root = w.keystore.root_key().to_string();
     let r = call(
         "POST",
-        &format!("{}/keygate/api/v1/admin/accounts", w.envoys[0].url()),
+        &format!("{}/keygate{}", w.envoys[0].url(), admin::ACCOUNTS),
         &root,
         Some(&json!({"account_id": "lat", "admin_user_id": "lat"})),
     )?;
