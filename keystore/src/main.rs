@@ -117,32 +117,50 @@ fn secret(file: Option<&Path>, option: &str, var: &str) -> Result<Option<String>
     Ok(Some(value))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for SIGINT: {e}");
-            std::future::pending::<()>().await;
+/// Completes at the first SIGINT or SIGTERM. The handlers are installed when this is called,
+/// before the keystore says it listens: a signal sent once it is ready never meets the
+/// default action, which would kill the process instead of shutting it down gracefully.
+/// (`tokio::signal::ctrl_c()` would install its handler only when first polled, inside the
+/// server's task, possibly after the first request was answered.)
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!("cannot listen for {name}: {e}");
+            None
         }
     };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
+    let mut int = listen(SignalKind::interrupt(), "SIGINT");
+    let mut term = listen(SignalKind::terminate(), "SIGTERM");
+    async fn received(signal: &mut Option<Signal>) {
+        match signal {
+            Some(s) => {
                 s.recv().await;
             }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
+            None => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
-    tracing::info!("shutdown requested; finishing in-flight requests");
+    async move {
+        tokio::select! {
+            () = received(&mut int) => {}
+            () = received(&mut term) => {}
+        }
+        tracing::info!("shutdown requested; finishing in-flight requests");
+    }
+}
+
+/// Completes at Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+        tracing::info!("shutdown requested; finishing in-flight requests");
+    }
 }
 
 /// `e` and its sources, `: `-separated, each source left out when the text so far already

@@ -318,6 +318,24 @@ fn sigint_shuts_down_and_missing_root_key_warns() {
     assert_eq!(log.matches("keystore listening on ").count(), 1, "{log}");
 }
 
+/// A signal sent as soon as the keystore says it listens shuts it down gracefully: its
+/// handlers are installed before the ready line, not when the server task first polls them
+/// (before, SIGINT at that moment killed the process: 40 of 40 tries).
+#[test]
+fn a_signal_right_after_the_ready_line_shuts_down_gracefully() {
+    for sig in ["INT", "TERM"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Server::start(&dir.path().join("ks.db"), &[], Some(ROOT_KEY));
+        server.signal(sig);
+        let status = server.wait(Duration::from_secs(20));
+        assert!(
+            status.success(),
+            "SIG{sig}: {status}; stderr:\n{}",
+            server.log()
+        );
+    }
+}
+
 #[test]
 fn log_format_json_writes_one_json_object_per_log_line() {
     let dir = tempfile::tempdir().unwrap();
