@@ -347,7 +347,7 @@ fn same_in_either_order(
     admission: &Admission,
     cfg: &Config,
     other: &Config,
-    parsed: &keygate::request::key::Headers,
+    parsed: &keygate::request::fields::Headers,
     body: bool,
 ) {
     let again = admission::admit(&other, parsed, !body);

@@ -24,7 +24,8 @@ use keygate_protocol::KeyId;
 use crate::config::Config;
 use crate::request::act::{Refusal, RequestIo};
 
-use crate::request::key::{self, Headers, KeyError};
+use crate::request::fields::Headers;
+use crate::request::key::{self, KeyError};
 use crate::request::path::{PathError, Route};
 
 /// What to do to a request before it goes on, whatever its key turns out to be.

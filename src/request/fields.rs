@@ -10,7 +10,10 @@
 //! NUL, a name that is not UTF-8, bytes left over) is refused whole (`None`): the caller then
 //! fails closed, since a request it cannot read is a request it cannot gate.
 
-use crate::request::key::Headers;
+/// A request's headers as Envoy hands them over: lowercase names (pseudo-headers included),
+/// raw values, a name repeated when the client sent it more than once. Borrowed from the
+/// host's buffer (the glue parses it in place: no allocation per header on the hit path).
+pub type Headers<'h> = [(&'h str, &'h [u8])];
 
 /// The fields of a serialized header map, or `None` if it is malformed.
 pub fn parse(buf: &[u8]) -> Option<Vec<(&str, &[u8])>> {

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use keygate_protocol::key::{self as protocol_key, KeyFault};
 
 use crate::config::KeySource;
+use crate::request::fields::Headers;
 use crate::text;
 
 /// Longest key accepted, in bytes (the protocol's): longer ones are refused without a store call.
@@ -54,11 +55,6 @@ pub fn validate(key: &[u8]) -> Result<&[u8], KeyError> {
     protocol_key::check(key)?;
     Ok(key)
 }
-
-/// A request's headers as Envoy hands them over: lowercase names (pseudo-headers included),
-/// raw values, a name repeated when the client sent it more than once. Borrowed from the
-/// host's buffer (the glue parses it in place: no allocation per header on the hit path).
-pub type Headers<'h> = [(&'h str, &'h [u8])];
 
 /// Borrows owned header fields as [`Headers`] (tests, fuzzing, tools).
 pub fn fields(owned: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
