@@ -22,8 +22,8 @@
 //!   such a page means to the feed: [`crate::worker::feed::poller::interpret`].
 //!
 //! Dependencies run one way: this module knows the protocol crate, the host's call answer and
-//! the verdict types; shared data (`shared.rs`, `shared_table.rs`, `usage.rs`) and the worker
-//! use it, never the reverse.
+//! the verdict types; shared data ([`crate::shared`]) and the worker (with its usage reports,
+//! [`crate::worker::usage`]) use it, never the reverse.
 
 use keygate_protocol::messages::{Found, Page, Report};
 use keygate_protocol::{claims, routes, KeyId};
@@ -33,8 +33,10 @@ use crate::verdict::Identity;
 
 /// Largest lookup body read; a larger one is a store error.
 pub const MAX_LOOKUP_BODY: usize = 16 * 1024;
-/// Largest changes body read (about 10,000 key ids).
-pub const MAX_CHANGES_BODY: usize = 1024 * 1024;
+/// Largest body of any callout's answer the glue reads (lookups, polls, usage reports); the
+/// largest that is legitimate is a changes page, about 10,000 key ids. A lookup's body is
+/// further held to [`MAX_LOOKUP_BODY`].
+pub const MAX_CALLOUT_BODY: usize = 1024 * 1024;
 
 /// What a lookup says about a key.
 #[derive(Debug, Clone, PartialEq, Eq)]

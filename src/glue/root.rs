@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::host::CallResponse;
 use crate::request::act::{self, Refusal};
 use crate::request::key_ids::KeyIds;
-use crate::store::MAX_CHANGES_BODY;
+use crate::store::MAX_CALLOUT_BODY;
 use crate::verdict::{Outcome, Resolution, Source};
 use crate::worker::Worker;
 
@@ -82,7 +82,7 @@ impl Context for Root {
             .ok()
             .flatten()
             .and_then(|s| s.parse::<u16>().ok());
-        let body = if body_size <= MAX_CHANGES_BODY {
+        let body = if body_size <= MAX_CALLOUT_BODY {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
                 .map(Option::unwrap_or_default)
