@@ -18,19 +18,20 @@
 //! config.rs             the plugin configuration, validated at start-up
 //! request/              the request layer: no cache, shared data or store in sight
 //!   fields.rs             Envoy's serialized header map, read in place
-//!   key.rs, key_ids.rs    where a key is read from, its key id; the memo of recent key ids
+//!   key.rs, key_ids.rs    where a key is read from, its form; the memo of recent key ids
 //!   path.rs, rules.rs     paths as the upstream reads them; which path rule decides
 //!   admission.rs          everything decided from the headers before any lookup
 //!   act.rs                refusals, identity headers, roles: a decided outcome carried out
 //! l1.rs                 the L1: each worker's cache of verdicts
 //! shared/               shared data: records, their encoding, the CAS loop (mod.rs)
 //!   table.rs              the shared table: slots and their leases
-//! store.rs              the store protocol: lookups and changes pages
+//! store.rs              what the store's answers mean to the filter (bodies and routes:
+//!                       the keygate-protocol crate)
 //! worker/               the worker (mod.rs): L1, then shared table, then lookup
 //!   single_flight.rs      flights, waiters, callout tokens, the outbox
 //!   feed/                 the worker's polls (mod.rs); the poll lease and publication of a
 //!                         page (poller.rs); local admin writes held until then (local_writes.rs)
-//!   usage/                the worker's usage reports (mod.rs); log, batch, body (report.rs)
+//!   usage/                the worker's usage reports (mod.rs); its log and batch (report.rs)
 //!   budget/               the miss budget and its reserve (mod.rs); the token bucket (bucket.rs)
 //!   tests/                the worker against the fake host, one file per topic
 //! glue/                 proxy-wasm contexts and the Host over host calls (wasm32-wasip1 only)
@@ -39,9 +40,9 @@
 //! Glossary: one word per concept, in the code as here. Words users see (the configuration's
 //! `sync`, metric names such as `keygate_sync_polls`) keep their names.
 //!
-//! - **key id**: the SHA-256 of a raw key ([`request::key::KeyId`]), the only form of a key
-//!   outside the request layer; there, a `key` is always a key id. A raw key is only read in
-//!   [`request::key`] and tagged in [`request::key_ids`].
+//! - **key id**: the SHA-256 of a raw key ([`keygate_protocol::KeyId`]), the only form of a
+//!   key outside the request layer; there, a `key` is always a key id. A raw key is only read
+//!   in [`request::key`] and tagged in [`request::key_ids`].
 //! - **verdict**: what the store said about a key id, kept in a cache ([`verdict::Verdict`]:
 //!   allow with an identity, or deny); an **outcome** is what one request gets
 //!   ([`verdict::Outcome`]), its **disposition** what the filter does to it
