@@ -62,7 +62,7 @@ impl Caller {
         Actor {
             account_id: self.identity.account_id.clone(),
             user_id: self.identity.user_id.clone(),
-            key: Some(crate::store::key_ref(&self.key_id).to_owned()),
+            key_ref: Some(crate::store::key_ref(&self.key_id).to_owned()),
         }
     }
 

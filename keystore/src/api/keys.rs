@@ -129,23 +129,23 @@ pub(super) async fn list_keys(
     responses((status = 200, body = KeyInfo), ReadErrors))]
 pub(super) async fn get_key(
     State(st): State<AppState>,
-    Path((account, user, key)): Path<(String, String, String)>,
+    Path((account, user, key_ref)): Path<(String, String, String)>,
     caller: Caller,
 ) -> Result<Json<KeyInfo>, ApiError> {
     check_id("account", &account)?;
     check_id("user", &user)?;
     caller.require(Operation::UserKeys, &account, Some(&user))?;
-    check_key_ref(&key)?;
+    check_key_ref(&key_ref)?;
     let keys = st.store.list_keys(account.clone(), user.clone()).await?;
-    let mut found = keys.into_iter().filter(|k| k.key == key);
+    let mut found = keys.into_iter().filter(|k| k.key_ref == key_ref);
     match (found.next(), found.next()) {
         (Some(info), None) => Ok(Json(info)),
         (Some(_), Some(_)) => Err(ApiError::BadRequest(format!(
-            "two keys of user {user} share the key reference {key}: revoke one by value"
+            "two keys of user {user} share the key reference {key_ref}: revoke one by value"
         ))),
         (None, _) => Err(ApiError::NotFound(
             Kind::KeyNotFound,
-            format!("key {key} not found for user {user} in account {account}"),
+            format!("key {key_ref} not found for user {user} in account {account}"),
         )),
     }
 }
@@ -185,7 +185,8 @@ pub(super) struct NewKey {
 /// The key a rotation replaced and until when it stays valid.
 #[derive(Serialize, ToSchema)]
 pub(super) struct Replaces {
-    key: String,
+    #[serde(rename = "key")]
+    key_ref: String,
     grace_s: i64,
     /// RFC 3339
     #[schema(format = DateTime)]
@@ -274,14 +275,14 @@ pub(super) struct UpdateKey {
     responses((status = 200, body = KeyInfo), ChangeErrors))]
 pub(super) async fn update_key(
     State(st): State<AppState>,
-    Path((account, user, key)): Path<(String, String, String)>,
+    Path((account, user, key_ref)): Path<(String, String, String)>,
     caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<KeyInfo>, ApiError> {
     key_caller(&caller, &account, &user, Operation::AccountAdmin)?;
     check_not_system(&account)?;
-    check_key_ref(&key)?;
+    check_key_ref(&key_ref)?;
     let req: UpdateKey = parse_body(&headers, body)?;
     if let Some(name) = &req.name {
         check_id("name", name)?;
@@ -306,12 +307,16 @@ pub(super) async fn update_key(
         claims: req.claims,
         enabled: req.enabled,
     };
-    let target = Target { account, user, key };
+    let target = Target {
+        account,
+        user,
+        key_ref,
+    };
     let info = st
         .store
         .update_key(caller.by(), target.clone(), patch)
         .await?;
-    tracing::info!(account = %target.account, user = %target.user, key = %target.key, "key updated");
+    tracing::info!(account = %target.account, user = %target.user, key = %target.key_ref, "key updated");
     Ok(Json(info))
 }
 
@@ -324,13 +329,17 @@ pub(super) async fn update_key(
     responses((status = 200, body = Revoked), ReadErrors))]
 pub(super) async fn revoke_key(
     State(st): State<AppState>,
-    Path((account, user, key)): Path<(String, String, String)>,
+    Path((account, user, key_ref)): Path<(String, String, String)>,
     caller: Caller,
 ) -> Result<Json<Revoked>, ApiError> {
     key_caller(&caller, &account, &user, Operation::UserKeys)?;
     check_not_system(&account)?;
-    check_key_ref(&key)?;
-    let target = Target { account, user, key };
+    check_key_ref(&key_ref)?;
+    let target = Target {
+        account,
+        user,
+        key_ref,
+    };
     let id = st.store.revoke_key(caller.actor(), target.clone()).await?;
     tracing::info!(account = %target.account, user = %target.user, key = log_prefix(&id), "key revoked");
     Ok(Json(Revoked { revoked: 1 }))
@@ -366,14 +375,14 @@ pub(super) struct RotateOne {
     responses((status = 200, body = NewKey), CreateErrors))]
 pub(super) async fn rotate_one_key(
     State(st): State<AppState>,
-    Path((account, user, key)): Path<(String, String, String)>,
+    Path((account, user, key_ref)): Path<(String, String, String)>,
     caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     key_caller(&caller, &account, &user, Operation::UserKeys)?;
     check_not_system(&account)?;
-    check_key_ref(&key)?;
+    check_key_ref(&key_ref)?;
     let req: RotateOne = parse_optional_body(&headers, body)?;
     check_import(&caller, req.user_key.as_ref(), &account, &user)?;
     let grace_s = check_grace(req.grace_s)?;
@@ -381,15 +390,19 @@ pub(super) async fn rotate_one_key(
     let caps = req.capabilities.as_deref();
     let (raw, spec, imported) = issue_key(req.user_key, "", req.expires_at.as_deref(), caps)?;
     let id = spec.key_id.clone();
-    let target = Target { account, user, key };
+    let target = Target {
+        account,
+        user,
+        key_ref,
+    };
     let (info, valid_until) = st
         .store
         .rotate_one_key(caller.by(), target.clone(), spec, grace_s)
         .await?;
-    tracing::info!(account = %target.account, user = %target.user, old = %target.key,
+    tracing::info!(account = %target.account, user = %target.user, old = %target.key_ref,
         key = log_prefix(&id), imported, grace_s, "key rotated");
     let replaces = Replaces {
-        key: target.key,
+        key_ref: target.key_ref,
         grace_s,
         valid_until: rfc3339(valid_until),
     };

@@ -116,7 +116,7 @@ impl Bounds {
     ) -> Result<(Vec<KeyInfo>, Option<String>), ApiError> {
         self.page(
             keys,
-            |k| (k.created_at, k.key.clone()),
+            |k| (k.created_at, k.key_ref.clone()),
             |a| {
                 let (at, key) = a.split_once(':')?;
                 Some((at.parse().ok()?, key.to_owned()))

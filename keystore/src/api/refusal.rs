@@ -130,7 +130,7 @@ pub(super) async fn record(State(st): State<AppState>, req: Request, next: Next)
     let actor = noted.actor.unwrap_or(Actor {
         account_id: String::new(),
         user_id: String::new(),
-        key: None,
+        key_ref: None,
     });
     let refusal = Refusal {
         actor,

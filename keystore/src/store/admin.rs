@@ -183,7 +183,8 @@ pub struct KeyState {
     pub account_id: String,
     pub user_id: String,
     /// The key reference (the first 16 hex characters of the key id).
-    pub key: String,
+    #[serde(rename = "key")]
+    pub key_ref: String,
     pub name: String,
     /// `active`, `disabled` (the key, its user or its account), `expired` (the key or its
     /// user) or `revoked` (the key, its user or its account).
@@ -268,7 +269,7 @@ impl Job for FindKey {
         Ok(Some(KeyState {
             account_id: account,
             user_id: user,
-            key: reference,
+            key_ref: reference,
             name: row.text(2)?,
             state: state.to_owned(),
         }))

@@ -34,11 +34,11 @@ pub enum StoreError {
     #[error("{0}")]
     Refused(authority::Refusal),
     /// No unrevoked key of this user has this key reference.
-    #[error("key {key} not found for user {user} in account {account}")]
+    #[error("key {key_ref} not found for user {user} in account {account}")]
     KeyNotFound {
         account: String,
         user: String,
-        key: String,
+        key_ref: String,
     },
     #[error("database error: {0}")]
     Db(#[from] rusqlite::Error),

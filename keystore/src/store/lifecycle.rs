@@ -60,7 +60,8 @@ pub struct Actor {
     pub user_id: String,
     /// The acting key's reference (the first 16 hex characters of its key id;
     /// never the key); `null` for the keystore's configuration, or an unknown key.
-    pub key: Option<String>,
+    #[serde(rename = "key")]
+    pub key_ref: Option<String>,
 }
 
 /// The actor of what the keystore does at start-up from its configuration (root key).
@@ -72,7 +73,7 @@ impl Actor {
         Actor {
             account_id: crate::keys::SYSTEM_ACCOUNT.to_owned(),
             user_id: CONFIGURATION_USER.to_owned(),
-            key: None,
+            key_ref: None,
         }
     }
 
@@ -123,7 +124,8 @@ pub struct KeyPatch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct KeyInfo {
     /// The key reference: the first 16 hex characters of the key id.
-    pub key: String,
+    #[serde(rename = "key")]
+    pub key_ref: String,
     pub name: String,
     pub hint: Option<String>,
     #[serde(serialize_with = "ser_time")]
@@ -281,7 +283,7 @@ impl<'a> Audit<'a> {
                 Arg::Text(self.account),
                 Arg::Text(self.object),
                 Arg::OptText(detail.as_deref()),
-                Arg::OptText(self.actor.key.as_deref()),
+                Arg::OptText(self.actor.key_ref.as_deref()),
             ],
         )
         .await?;
@@ -292,7 +294,7 @@ impl<'a> Audit<'a> {
 fn key_info(row: &Row, role: &str) -> Result<KeyInfo, StoreError> {
     Ok(KeyInfo {
         capabilities: authority::effective(row.opt_text(9)?.as_deref(), role).names(),
-        key: key_ref(&row.text(0)?).to_owned(),
+        key_ref: key_ref(&row.text(0)?).to_owned(),
         name: row.text(1)?,
         hint: row.opt_text(2)?,
         created_at: row.int(3)?,
@@ -318,7 +320,7 @@ async fn list_keys<D: Db>(
         .iter()
         .map(|r| key_info(r, &role))
         .collect::<Result<Vec<_>, _>>()?;
-    keys.sort_by(|a, b| (a.created_at, &a.key).cmp(&(b.created_at, &b.key)));
+    keys.sort_by(|a, b| (a.created_at, &a.key_ref).cmp(&(b.created_at, &b.key_ref)));
     Ok(keys)
 }
 
@@ -338,7 +340,7 @@ async fn find_key<D: Db>(db: &mut D, target: &Target) -> Result<Found, StoreErro
     let args = [
         Arg::Text(&target.account),
         Arg::Text(&target.user),
-        Arg::Text(&target.key),
+        Arg::Text(&target.key_ref),
     ];
     let rows = db.rows(sql::KEYS_BY_REF, &args).await?;
     match rows.as_slice() {
@@ -355,7 +357,7 @@ async fn find_key<D: Db>(db: &mut D, target: &Target) -> Result<Found, StoreErro
         _ => Err(StoreError::KeyNotFound {
             account: target.account.clone(),
             user: target.user.clone(),
-            key: target.key.clone(),
+            key_ref: target.key_ref.clone(),
         }),
     }
 }
@@ -365,12 +367,12 @@ async fn find_key<D: Db>(db: &mut D, target: &Target) -> Result<Found, StoreErro
 pub struct Target {
     pub account: String,
     pub user: String,
-    pub key: String,
+    pub key_ref: String,
 }
 
 impl Target {
     fn object(&self) -> String {
-        format!("{}/{}/keys/{}", self.account, self.user, self.key)
+        format!("{}/{}/keys/{}", self.account, self.user, self.key_ref)
     }
 }
 
@@ -507,7 +509,7 @@ async fn listed<D: Db>(
     list_keys(db, account, user)
         .await?
         .into_iter()
-        .find(|k| k.key == reference)
+        .find(|k| k.key_ref == reference)
         .ok_or_else(|| StoreError::Internal("a key just written is not listed".into()))
 }
 
@@ -574,7 +576,7 @@ impl Job for UpdateKey {
         let (t, object) = (&self.target, self.target.object());
         let entry = Audit::new(&self.actor, "key.update", &t.account, &object);
         entry.detail(detail.into()).write(db, at).await?;
-        listed(db, &t.account, &t.user, &t.key).await
+        listed(db, &t.account, &t.user, &t.key_ref).await
     }
 }
 
@@ -737,7 +739,7 @@ fn audit_entry(row: &Row) -> Result<AuditEntry, StoreError> {
         actor: Actor {
             account_id: row.text(2)?,
             user_id: row.text(3)?,
-            key: row.opt_text(8)?,
+            key_ref: row.opt_text(8)?,
         },
         action: row.text(4)?,
         account_id: row.text(5)?,
