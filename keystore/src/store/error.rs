@@ -1,6 +1,6 @@
 //! The store's errors: one type for every job and both engines.
 //!
-//! Invariant: a message never names a key (only account and user ids, or a key reference);
+//! Invariant: no message holds a raw key (a key is named by its key reference, at most);
 //! `KeyExists` never says whose key it is.
 
 use crate::authority;
