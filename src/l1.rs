@@ -11,31 +11,19 @@ use std::collections::{HashMap, VecDeque};
 
 use keygate_protocol::KeyId;
 
+use crate::freshness::Stamp;
+use crate::store::Change;
 use crate::verdict::{Identity, Verdict};
 use std::rc::Rc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub verdict: Verdict,
-    /// The shared generation the verdict was fetched under; an older one means stale.
-    pub generation: u64,
-    pub expires_ms: u64,
-    /// Until when an expired positive verdict may be served if the store fails.
-    pub stale_until_ms: u64,
-    /// When the store gave it (an allow older than the caller's cutoff is re-checked while the
-    /// changes feed is down).
-    pub fetched_ms: u64,
+    /// When and under which generation it was fetched, and how long it lives: whether it may
+    /// answer or be served stale is [`Stamp`]'s to say.
+    pub stamp: Stamp,
     /// Noted in this worker's usage log since its last merge (see [`crate::worker::usage::report`]).
     pub used: Cell<bool>,
-}
-
-impl Entry {
-    /// Not expired, fetched under `generation`, and (for an allow) not before `allow_cutoff_ms`.
-    pub fn is_fresh(&self, now_ms: u64, generation: u64, allow_cutoff_ms: u64) -> bool {
-        self.generation == generation
-            && now_ms < self.expires_ms
-            && (self.fetched_ms >= allow_cutoff_ms || !self.verdict.is_allow())
-    }
 }
 
 #[derive(Debug)]
@@ -60,7 +48,7 @@ impl L1 {
         L1::new(max_entries.saturating_sub(negative).max(1), negative)
     }
 
-    /// A verdict that may be answered with now (see [`Entry::is_fresh`]).
+    /// A verdict that may be answered with now (see [`Stamp::may_answer`]).
     pub fn fresh(
         &self,
         key: &KeyId,
@@ -82,7 +70,13 @@ impl L1 {
     ) -> Option<&Entry> {
         let entry = self.positive.get(key).or_else(|| self.negative.get(key))?;
         entry
-            .is_fresh(now_ms, generation, allow_cutoff_ms)
+            .stamp
+            .may_answer(
+                entry.verdict.is_allow(),
+                now_ms,
+                generation,
+                allow_cutoff_ms,
+            )
             .then_some(entry)
     }
 
@@ -91,15 +85,12 @@ impl L1 {
         self.positive.get(key)
     }
 
-    /// An identity that may still be served because the store failed (stale-if-error). Only
-    /// from the current generation: a local admin write (which may have been this key's
-    /// revocation) leaves nothing to serve stale.
+    /// An identity that may still be served because the store failed (stale-if-error; see
+    /// [`Stamp::may_serve_stale`]).
     pub fn stale(&self, key: &KeyId, now_ms: u64, generation: u64) -> Option<Rc<Identity>> {
         let entry = self.positive.get(key)?;
         match &entry.verdict {
-            Verdict::Allow(identity)
-                if now_ms < entry.stale_until_ms && entry.generation == generation =>
-            {
+            Verdict::Allow(identity) if entry.stamp.may_serve_stale(true, now_ms, generation) => {
                 Some(Rc::clone(identity))
             }
             _ => None,
@@ -124,9 +115,13 @@ impl L1 {
         p || n
     }
 
-    /// Drops a cached "unknown" verdict for a key the store reported created.
-    pub fn remove_negative(&mut self, key: &KeyId) -> bool {
-        self.negative.remove(key)
+    /// Drops the entries that the changes feed's `change` outdates ([`Change::outdates`]): all
+    /// of the key's, stale copy included; for a creation, only a cached "unknown" verdict.
+    pub fn drop_outdated(&mut self, change: &Change) -> bool {
+        let key = &change.key;
+        let p = change.outdates(key, true) && self.positive.remove(key);
+        let n = change.outdates(key, false) && self.negative.remove(key);
+        p || n
     }
 
     pub fn clear(&mut self) {
@@ -222,10 +217,7 @@ mod tests {
         };
         Entry {
             verdict: Verdict::Allow(Rc::new(identity)),
-            generation: 0,
-            expires_ms: expires,
-            stale_until_ms: expires + 100,
-            fetched_ms: 0,
+            stamp: Stamp::issue(0, 0, expires, 100, u64::MAX),
             used: Cell::new(false),
         }
     }
@@ -233,10 +225,7 @@ mod tests {
     fn deny(expires: u64) -> Entry {
         Entry {
             verdict: Verdict::Deny,
-            generation: 0,
-            expires_ms: expires,
-            stale_until_ms: expires,
-            fetched_ms: 0,
+            stamp: Stamp::issue(0, 0, expires, 0, u64::MAX),
             used: Cell::new(false),
         }
     }

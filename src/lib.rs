@@ -7,8 +7,8 @@
 //! Layers, in the order a request meets them: the **request layer** ([`request`]: headers in,
 //! a key id out), the **L1** ([`l1`], per worker), the **shared table** ([`shared::table`], per
 //! Envoy, in proxy-wasm shared data), and the **store** ([`store`], over HTTP). [`worker`] ties
-//! them together; [`worker::feed`] keeps them fresh from the store's changes feed;
-//! [`worker::budget`] bounds the store lookups that misses may cause.
+//! them together; [`worker::feed`] keeps them fresh from the store's changes feed, by the rules of
+//! [`freshness`]; [`worker::budget`] bounds the store lookups that misses may cause.
 //!
 //! The tree shows the layers, one folder per layer, in the order a request meets them:
 //!
@@ -22,6 +22,7 @@
 //!   path.rs, rules.rs     paths as the upstream reads them; which path rule decides
 //!   admission.rs          everything decided from the headers before any lookup
 //!   act.rs                refusals, identity headers, roles: a decided outcome carried out
+//! freshness.rs          when a cached verdict may answer, may be served stale, is outdated
 //! l1.rs                 the L1: each worker's cache of verdicts
 //! shared/               shared data: records, their encoding, the CAS loop (mod.rs)
 //!   table.rs              the shared table: slots and their leases
@@ -68,6 +69,10 @@
 //! - **epoch**: the small shared record every worker reads before answering from its L1
 //!   ([`shared::Epoch`]): the **generation** (bumped to drop everything), the change ring's
 //!   sequence, the feed's revision.
+//! - **stamp**: when and under which generation a verdict was fetched, until when it answers
+//!   and until when it may be served stale ([`freshness::Stamp`]); the rules that read it, and
+//!   which **change** the feed reports outdates which verdict ([`freshness::Change`]), are
+//!   all in [`freshness`].
 //! - **drop**: remove from a cache a verdict that a change outdates (or every verdict);
 //!   **forget**: stop tracking a request whose client left (a waiter or a held writer).
 #![cfg_attr(
@@ -83,6 +88,7 @@
 
 pub mod config;
 pub mod fake_host;
+pub mod freshness;
 pub mod host;
 pub mod l1;
 pub mod request;

@@ -19,6 +19,7 @@
 use std::fmt::Debug;
 
 use keygate::worker::budget::bucket::Bucket;
+use keygate::freshness::Stamp;
 use keygate::shared::{CatchUp, ChangeRing, Number, Epoch, Record};
 use keygate::store::Change;
 use keygate::shared::table::{Lease, LeaseState, Slot, SlotVerdict};
@@ -95,10 +96,13 @@ fn slot(c: &mut Cursor) -> Slot {
     let verdict = (flags & 1 != 0).then(|| SlotVerdict {
         key: c.key_id(),
         identity: (flags & 4 != 0).then(|| identity(c)),
-        generation: c.u64(),
-        expires_ms: c.u64(),
-        stale_until_ms: c.u64(),
-        fetched_ms: c.u64(),
+        // Read in the order a slot encodes them (the corpus was written so).
+        stamp: Stamp {
+            generation: c.u64(),
+            expires_ms: c.u64(),
+            stale_until_ms: c.u64(),
+            fetched_ms: c.u64(),
+        },
     });
     let lease = (flags & 2 != 0).then(|| Lease {
         key: c.key_id(),

@@ -207,11 +207,12 @@ impl ChangeRing {
     }
 
     /// Whether a verdict on `key` (`allow` or not) fetched at sequence `seen` may predate a
-    /// change reported since (true when that cannot be known). A creation only outdates a deny.
+    /// change reported since that outdates it ([`Change::outdates`]; true when that cannot be
+    /// known).
     pub fn outdates(&self, key: &KeyId, seen: u64, allow: bool) -> bool {
         match self.since(seen) {
             CatchUp::Nothing => false,
-            CatchUp::Keys(ids) => ids.iter().any(|c| c.key == *key && !(c.created && allow)),
+            CatchUp::Keys(ids) => ids.iter().any(|c| c.outdates(key, allow)),
             CatchUp::Everything => true,
         }
     }

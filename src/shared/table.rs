@@ -13,6 +13,7 @@
 
 use keygate_protocol::KeyId;
 
+use crate::freshness::Stamp;
 use crate::host::{Host, SharedError};
 use crate::l1::Entry;
 use crate::shared::{self, Names, Reader, Record, Writer};
@@ -35,11 +36,8 @@ pub struct SlotVerdict {
     pub key: KeyId,
     /// `None`: deny.
     pub identity: Option<Identity>,
-    pub generation: u64,
-    pub expires_ms: u64,
-    pub stale_until_ms: u64,
-    /// When the store gave it.
-    pub fetched_ms: u64,
+    /// Whether it may answer or be served stale is [`Stamp`]'s to say.
+    pub stamp: Stamp,
 }
 
 impl SlotVerdict {
@@ -51,10 +49,7 @@ impl SlotVerdict {
         SlotVerdict {
             key,
             identity,
-            generation: e.generation,
-            expires_ms: e.expires_ms,
-            stale_until_ms: e.stale_until_ms,
-            fetched_ms: e.fetched_ms,
+            stamp: e.stamp,
         }
     }
 
@@ -65,16 +60,20 @@ impl SlotVerdict {
         };
         Entry {
             verdict,
-            generation: self.generation,
-            expires_ms: self.expires_ms,
-            stale_until_ms: self.stale_until_ms,
-            fetched_ms: self.fetched_ms,
+            stamp: self.stamp,
             used: std::cell::Cell::new(false),
         }
     }
 
-    fn is_live_positive(&self, now_ms: u64) -> bool {
-        self.identity.is_some() && now_ms < self.stale_until_ms
+    fn is_allow(&self) -> bool {
+        self.identity.is_some()
+    }
+}
+
+impl Slot {
+    /// The slot's verdict if it is about `key` (a slot is a cache line shared by many keys).
+    pub fn verdict_for(&self, key: &KeyId) -> Option<&SlotVerdict> {
+        self.verdict.as_ref().filter(|v| v.key == *key)
     }
 }
 
@@ -107,8 +106,9 @@ pub enum View {
 }
 
 /// Reads a slot for `key`. `since_ms` is when the caller started waiting: a failure older than
-/// that belongs to an earlier wave of requests and does not fail this one. An allow fetched
-/// before `allow_cutoff_ms` is not fresh (re-checked while the changes feed is down).
+/// that belongs to an earlier wave of requests and does not fail this one. The verdict answers
+/// if [`Stamp::may_answer`] says so (an allow fetched before `allow_cutoff_ms` does not: it is
+/// re-checked while the changes feed is down).
 pub fn inspect(
     slot: &Slot,
     key: &KeyId,
@@ -117,9 +117,10 @@ pub fn inspect(
     since_ms: u64,
     allow_cutoff_ms: u64,
 ) -> View {
-    if let Some(v) = &slot.verdict {
-        let cut = v.identity.is_some() && v.fetched_ms < allow_cutoff_ms;
-        if v.key == *key && v.generation == generation && now_ms < v.expires_ms && !cut {
+    if let Some(v) = slot.verdict_for(key) {
+        if v.stamp
+            .may_answer(v.is_allow(), now_ms, generation, allow_cutoff_ms)
+        {
             return View::Fresh(v.clone());
         }
     }
@@ -152,18 +153,24 @@ pub fn take(slot: &Slot, key: KeyId, owner: u64, deadline_ms: u64) -> Slot {
     }
 }
 
+/// Whether `owner` holds the lease for `key` (a lease taken over is no longer the late owner's).
 fn holds(slot: &Slot, key: &KeyId, owner: u64) -> bool {
     matches!(&slot.lease, Some(Lease { key: k, state: LeaseState::Held { owner: o, .. } }) if k == key && *o == owner)
 }
 
 /// The slot after `owner`'s lookup for `key` answered with `verdict`: the verdict stored (unless
-/// it is a deny that would displace another key's live positive verdict: unknown keys must not
-/// push known ones out), the lease released if it is still ours.
+/// it is a deny that would displace another key's allow still in its stale window
+/// ([`Stamp::in_stale_window`]): unknown keys must not push known ones out), the lease released
+/// if it is still ours.
 pub fn complete(slot: &Slot, owner: u64, verdict: Option<SlotVerdict>, now_ms: u64) -> Slot {
     let mut next = slot.clone();
     if let Some(v) = verdict {
         let keep_other = match &slot.verdict {
-            Some(old) => old.key != v.key && v.identity.is_none() && old.is_live_positive(now_ms),
+            Some(old) => {
+                old.key != v.key
+                    && !v.is_allow()
+                    && old.stamp.in_stale_window(old.is_allow(), now_ms)
+            }
             None => false,
         };
         if !keep_other {
@@ -174,6 +181,15 @@ pub fn complete(slot: &Slot, owner: u64, verdict: Option<SlotVerdict>, now_ms: u
         }
     }
     next
+}
+
+/// The slot with `owner`'s lease on `key` released and no verdict written (its answer went to
+/// nobody); `None` when the lease is not ours (any more).
+pub fn release(slot: &Slot, key: &KeyId, owner: u64) -> Option<Slot> {
+    holds(slot, key, owner).then(|| Slot {
+        verdict: slot.verdict.clone(),
+        lease: None,
+    })
 }
 
 /// The slot after `owner`'s lookup for `key` failed: waiters on the lease learn it failed.
@@ -188,15 +204,15 @@ pub fn fail(slot: &Slot, key: KeyId, owner: u64, now_ms: u64) -> Slot {
     next
 }
 
-/// The slot without anything about a key the changes feed reported (for a key reported only
-/// as created, only an "unknown" verdict is dropped).
-pub fn forget(slot: &Slot, change: &Change) -> Option<Slot> {
+/// The slot without what the changes feed's `change` outdates ([`Change::outdates`]; for a key
+/// reported only as created, only an "unknown" verdict is dropped), nor a failed lease on it.
+pub fn drop_outdated(slot: &Slot, change: &Change) -> Option<Slot> {
     let key = &change.key;
     let mut next = slot.clone();
     if next
         .verdict
         .as_ref()
-        .is_some_and(|v| v.key == *key && (!change.created || v.identity.is_none()))
+        .is_some_and(|v| change.outdates(&v.key, v.is_allow()))
     {
         next.verdict = None;
     }
@@ -217,10 +233,10 @@ impl Record for Slot {
         w.u8(flags);
         if let Some(v) = &self.verdict {
             w.key(&v.key);
-            w.u64(v.generation);
-            w.u64(v.expires_ms);
-            w.u64(v.stale_until_ms);
-            w.u64(v.fetched_ms);
+            w.u64(v.stamp.generation);
+            w.u64(v.stamp.expires_ms);
+            w.u64(v.stamp.stale_until_ms);
+            w.u64(v.stamp.fetched_ms);
             match &v.identity {
                 None => w.u8(0),
                 Some(i) => {
@@ -290,10 +306,12 @@ impl Record for Slot {
 
 fn decode_verdict(r: &mut Reader<'_>) -> Option<SlotVerdict> {
     let key = r.key()?;
-    let generation = r.u64()?;
-    let expires_ms = r.u64()?;
-    let stale_until_ms = r.u64()?;
-    let fetched_ms = r.u64()?;
+    let stamp = Stamp {
+        generation: r.u64()?,
+        expires_ms: r.u64()?,
+        stale_until_ms: r.u64()?,
+        fetched_ms: r.u64()?,
+    };
     let identity = match r.u8()? {
         0 => None,
         1 => Some(decode_identity(r)?),
@@ -302,10 +320,7 @@ fn decode_verdict(r: &mut Reader<'_>) -> Option<SlotVerdict> {
     Some(SlotVerdict {
         key,
         identity,
-        generation,
-        expires_ms,
-        stale_until_ms,
-        fetched_ms,
+        stamp,
     })
 }
 
@@ -434,10 +449,7 @@ mod tests {
         SlotVerdict {
             key,
             identity: Some(identity),
-            generation: 0,
-            expires_ms: expires,
-            stale_until_ms: expires + 1000,
-            fetched_ms: 0,
+            stamp: Stamp::issue(0, 0, expires, 1000, u64::MAX),
         }
     }
 
@@ -445,10 +457,7 @@ mod tests {
         SlotVerdict {
             key,
             identity: None,
-            generation: 0,
-            expires_ms: expires,
-            stale_until_ms: expires,
-            fetched_ms: 0,
+            stamp: Stamp::issue(0, 0, expires, 0, u64::MAX),
         }
     }
 
@@ -560,7 +569,7 @@ mod tests {
     }
 
     #[test]
-    fn forget_drops_only_that_key() {
+    fn a_change_drops_only_that_key() {
         let s = Slot {
             verdict: Some(allow(id(1), 100)),
             lease: Some(Lease {
@@ -568,12 +577,15 @@ mod tests {
                 state: LeaseState::Failed { at_ms: 1 },
             }),
         };
-        let f = forget(&s, &Change::of(id(1))).unwrap();
+        let f = drop_outdated(&s, &Change::of(id(1))).unwrap();
         assert_eq!(f, Slot::default());
-        assert_eq!(forget(&s, &Change::of(id(2))), None);
+        assert_eq!(drop_outdated(&s, &Change::of(id(2))), None);
         let held = take(&s, id(1), 1, 10);
         assert!(
-            forget(&held, &Change::of(id(1))).unwrap().lease.is_some(),
+            drop_outdated(&held, &Change::of(id(1)))
+                .unwrap()
+                .lease
+                .is_some(),
             "a live lease stays"
         );
     }
@@ -588,12 +600,16 @@ mod tests {
             verdict: Some(allow(id(1), 100)),
             lease: None,
         };
-        assert_eq!(forget(&known, &created), None, "a cached identity stays");
+        assert_eq!(
+            drop_outdated(&known, &created),
+            None,
+            "a cached identity stays"
+        );
         let unknown = Slot {
             verdict: Some(deny(id(1), 100)),
             lease: None,
         };
-        assert_eq!(forget(&unknown, &created), Some(Slot::default()));
+        assert_eq!(drop_outdated(&unknown, &created), Some(Slot::default()));
     }
 
     /// Two workers read the same empty slot and both try to take the lease: exactly one wins.

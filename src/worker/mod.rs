@@ -539,7 +539,7 @@ impl Worker {
         let written = self.table.update(host, &key, |s| {
             changed.set(outdates(host, &self.names, &key, seq, allow));
             if changed.get() {
-                return release(s, &key, self.owner);
+                return shared_table::release(s, &key, self.owner);
             }
             let v = Some(shared_verdict.clone());
             Some(shared_table::complete(s, self.owner, v, now))
@@ -562,7 +562,7 @@ impl Worker {
         if fetch.leased {
             let _ = self
                 .table
-                .update(host, &key, |s| release(s, &key, self.owner));
+                .update(host, &key, |s| shared_table::release(s, &key, self.owner));
         }
         self.flights.requeue(&key);
         self.adjust_tick(host);
@@ -657,18 +657,4 @@ fn tally<H: Host + ?Sized>(host: &H, source: Source) {
 fn outdates<H: Host + ?Sized>(host: &H, names: &Names, key: &KeyId, seq: u64, allow: bool) -> bool {
     let (ring, _) = shared::read::<H, ChangeRing>(host, &names.changes);
     ring.unwrap_or_default().outdates(key, seq, allow)
-}
-
-/// The slot with our lease on `key` released (no verdict written).
-fn release(slot: &shared_table::Slot, key: &KeyId, owner: u64) -> Option<shared_table::Slot> {
-    match &slot.lease {
-        Some(shared_table::Lease {
-            key: k,
-            state: shared_table::LeaseState::Held { owner: o, .. },
-        }) if k == key && *o == owner => Some(shared_table::Slot {
-            verdict: slot.verdict.clone(),
-            lease: None,
-        }),
-        _ => None,
-    }
 }

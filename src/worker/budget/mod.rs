@@ -10,6 +10,7 @@ use super::{Worker, FEED_DOWN_INTERVALS};
 use keygate_protocol::KeyId;
 
 use crate::config::Config;
+use crate::freshness::Stamp;
 use crate::host::{Gauge, Host, Metric};
 use crate::l1::Entry;
 use crate::shared::table as shared_table;
@@ -117,17 +118,13 @@ impl Worker {
             shared::CatchUp::Nothing => {}
             shared::CatchUp::Keys(changes) => {
                 let mut dropped = 0u64;
+                // The outbox holds only answers from a verdict: an allow or a deny.
                 self.flights.withdraw(|key, outcome| {
-                    changes
-                        .iter()
-                        .any(|c| c.key == *key && (!c.created || *outcome == Outcome::Deny))
+                    let allow = matches!(outcome, Outcome::Allow { .. });
+                    changes.iter().any(|c| c.outdates(key, allow))
                 });
                 for c in changes {
-                    let removed = if c.created {
-                        self.l1.remove_negative(&c.key)
-                    } else {
-                        self.l1.remove(&c.key)
-                    };
+                    let removed = self.l1.drop_outdated(c);
                     dropped = dropped.saturating_add(u64::from(removed));
                 }
                 host.count(Metric::KeysInvalidated, dropped);
@@ -246,30 +243,27 @@ impl Worker {
             Verdict::Allow(identity) => identity.expires_ms.unwrap_or(u64::MAX),
             Verdict::Deny => u64::MAX,
         };
-        let expires_ms = now.saturating_add(ttl).min(key_expiry);
         Entry {
             verdict,
-            generation,
-            expires_ms,
-            stale_until_ms: expires_ms.saturating_add(stale_ms).min(key_expiry),
-            fetched_ms: now,
+            stamp: Stamp::issue(generation, now, ttl, stale_ms, key_expiry),
             used: std::cell::Cell::new(false),
         }
     }
 }
 
-/// The identity of an allow for `key` in `slot` still within its stale window.
+/// The identity of an allow for `key` in `slot` that may be served stale
+/// ([`Stamp::may_serve_stale`]).
 fn slot_stale_identity(
     slot: &shared_table::Slot,
     key: &KeyId,
     now: u64,
     generation: u64,
 ) -> Option<Rc<Identity>> {
-    slot.verdict
-        .as_ref()
-        .filter(|v| v.key == *key && now < v.stale_until_ms && v.generation == generation)
-        .and_then(|v| v.identity.clone())
-        .map(Rc::new)
+    let v = slot.verdict_for(key)?;
+    let identity = v.identity.as_ref()?;
+    v.stamp
+        .may_serve_stale(true, now, generation)
+        .then(|| Rc::new(identity.clone()))
 }
 
 /// The reserve's bucket size: two seconds of its rate.

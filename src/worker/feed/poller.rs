@@ -200,7 +200,10 @@ fn apply<H: Host + ?Sized>(host: &H, names: &Names, table: &Table, page: &Change
             let head = (!keys.is_empty()).then(|| publish(host, names, |ring| ring.push(keys)));
             // A slot that could not be cleared may hold a verdict the feed just reported: then
             // nothing fetched before this page may be answered with (a new generation).
-            let failed = keys.iter().filter(|c| !forget_slot(host, table, c)).count();
+            let failed = keys
+                .iter()
+                .filter(|c| !drop_from_slot(host, table, c))
+                .count();
             let all_forgotten = failed == 0;
             bump_epoch(host, names, |e| {
                 if let Some(head) = head {
@@ -261,10 +264,10 @@ fn bump_epoch<H: Host + ?Sized>(host: &H, names: &Names, change: impl Fn(&mut Ep
 /// is nothing to clear: the write moves its cas, so a lookup answer read before the report
 /// (whose owner checks the change ring inside its CAS loop) cannot land after it. False when
 /// the slot could not be written.
-fn forget_slot<H: Host + ?Sized>(host: &H, table: &Table, change: &Change) -> bool {
+fn drop_from_slot<H: Host + ?Sized>(host: &H, table: &Table, change: &Change) -> bool {
     table
         .update(host, &change.key, |slot: &Slot| {
-            Some(shared_table::forget(slot, change).unwrap_or_else(|| slot.clone()))
+            Some(shared_table::drop_outdated(slot, change).unwrap_or_else(|| slot.clone()))
         })
         .is_ok()
 }
@@ -273,6 +276,7 @@ fn forget_slot<H: Host + ?Sized>(host: &H, table: &Table, change: &Change) -> bo
 mod tests {
     use super::*;
     use crate::fake_host::FakeHost;
+    use crate::freshness::Stamp;
     use crate::shared::table::SlotVerdict;
     use crate::test_support::test;
     use crate::verdict::Identity;
@@ -322,10 +326,7 @@ mod tests {
             verdict: Some(SlotVerdict {
                 key: k,
                 identity: Some(identity),
-                generation: 0,
-                expires_ms: 99_999,
-                stale_until_ms: 99_999,
-                fetched_ms: 0,
+                stamp: Stamp::issue(0, 0, 99_999, 0, u64::MAX),
             }),
             lease: None,
         };
@@ -424,10 +425,7 @@ mod tests {
             verdict: Some(SlotVerdict {
                 key: k,
                 identity: None,
-                generation: 0,
-                expires_ms: 9,
-                stale_until_ms: 9,
-                fetched_ms: 0,
+                stamp: Stamp::issue(0, 0, 9, 0, u64::MAX),
             }),
             lease: None,
         };
