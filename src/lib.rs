@@ -71,7 +71,7 @@
 //!   sequence, the feed's revision.
 //! - **stamp**: when and under which generation a verdict was fetched, until when it answers
 //!   and until when it may be served stale ([`freshness::Stamp`]); the rules that read it, and
-//!   which **change** the feed reports outdates which verdict ([`freshness::Change`]), are
+//!   which verdicts a **change** the feed reports outdates ([`store::Change::outdates`]), are
 //!   all in [`freshness`].
 //! - **drop**: remove from a cache a verdict that a change outdates (or every verdict);
 //!   **forget**: stop tracking a request whose client left (a waiter or a held writer).
