@@ -3,28 +3,29 @@
 //! A raw API key is only ever held in memory long enough to hash it (or, for a freshly
 //! created key, to return it once to the caller). Everything that is stored or logged uses
 //! the key id: the lowercase hex SHA-256 of the raw key bytes, shortened to its first
-//! [`LOG_PREFIX_LEN`] characters in logs.
+//! [`LOG_PREFIX_LEN`] characters in logs. The key id, its syntax and the key's form are the
+//! store protocol's ([`keygate_protocol::key`]), the filter's too: re-exported here.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use sha2::{Digest, Sha256};
+use keygate_protocol::key::KeyFault;
 
 /// Prefix of every key minted by the store.
 pub const KEY_PREFIX: &str = "kg_";
 /// Number of random bytes in a minted key.
 pub const KEY_RANDOM_BYTES: usize = 32;
-/// Length of a key id (hex SHA-256).
-pub const KEY_ID_LEN: usize = 64;
-/// How many leading key-id characters appear in logs.
-pub const LOG_PREFIX_LEN: usize = 12;
+pub use keygate_protocol::key::{is_key_id, key_id, KEY_ID_LEN};
+/// How many leading key-id characters appear in logs (the protocol's short form).
+pub const LOG_PREFIX_LEN: usize = keygate_protocol::key::SHORT_LEN;
 /// Length of a minted key: the prefix and 43 base64url characters.
 pub const KEY_LEN: usize = 46;
 /// Longest account id, user id or role.
 pub const MAX_ID_LEN: usize = 128;
 /// Shortest key an administrator may import (`user_key`), in bytes.
 pub const MIN_IMPORTED_KEY_LEN: usize = 32;
-/// Longest key an administrator may import (`user_key`), in bytes.
-pub const MAX_IMPORTED_KEY_LEN: usize = 512;
+/// Longest key an administrator may import (`user_key`), in bytes: the longest key the
+/// filter accepts.
+pub const MAX_IMPORTED_KEY_LEN: usize = keygate_protocol::key::MAX_KEY_LEN;
 /// Fewest bits of estimated entropy ([`estimated_entropy_bits`]) in a root key, a protocol
 /// token or an imported key.
 pub const MIN_ENTROPY_BITS: f64 = 128.0;
@@ -50,21 +51,9 @@ pub fn generate_key() -> Result<String, getrandom::Error> {
     Ok(key)
 }
 
-/// The key id of a raw key: lowercase hex SHA-256 of its bytes.
-pub fn key_id(raw_key: &str) -> String {
-    hex::encode(Sha256::digest(raw_key.as_bytes()))
-}
-
-/// Whether `s` is a well-formed key id: exactly 64 lowercase hex characters.
-pub fn is_key_id(s: &str) -> bool {
-    s.len() == KEY_ID_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 /// The part of a key id that may appear in logs.
 pub fn log_prefix(key_id: &str) -> &str {
-    key_id.get(..LOG_PREFIX_LEN).unwrap_or(key_id)
+    keygate_protocol::key::short(key_id)
 }
 
 /// Checks an account id, user id or role: 1 to 128 characters of `[A-Za-z0-9._-]`, and not
@@ -104,17 +93,21 @@ pub fn validate_imported_key(value: &str) -> Result<(), String> {
             "user_key is too short (at least {MIN_IMPORTED_KEY_LEN} bytes)"
         ));
     }
-    if value.len() > MAX_IMPORTED_KEY_LEN {
-        return Err(format!(
-            "user_key is too long (at most {MAX_IMPORTED_KEY_LEN} bytes)"
-        ));
-    }
-    if !value.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        return Err(
-            "user_key may only contain visible ASCII characters (0x21 to 0x7e): \
+    // The form every key must have, the filter's rule: at most 512 bytes of visible ASCII.
+    match keygate_protocol::key::check(value.as_bytes()) {
+        Err(KeyFault::TooLong) => {
+            return Err(format!(
+                "user_key is too long (at most {MAX_IMPORTED_KEY_LEN} bytes)"
+            ))
+        }
+        Err(KeyFault::NotVisible | KeyFault::Empty) => {
+            return Err(
+                "user_key may only contain visible ASCII characters (0x21 to 0x7e): \
                     no spaces, control characters or non-ASCII"
-                .into(),
-        );
+                    .into(),
+            )
+        }
+        Ok(()) => {}
     }
     check_entropy("user_key", value)
 }

@@ -37,7 +37,7 @@ pub(super) struct AccountList {
 /// List accounts
 ///
 /// The active accounts (disabled ones included), by account id, a page at a time. Root only.
-#[utoipa::path(get, path = "/api/v1/admin/accounts", tag = "admin",
+#[utoipa::path(get, path = keygate_protocol::routes::admin::ACCOUNTS, tag = "admin",
     params(ListQuery), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = AccountList), ReadErrors))]
 pub(super) async fn list_accounts(
@@ -59,7 +59,7 @@ pub(super) async fn list_accounts(
 ///
 /// An active account: when it was created, its claims and whether it is enabled. Root, and
 /// the account's administrators (`account_admin`).
-#[utoipa::path(get, path = "/api/v1/admin/accounts/{account}", tag = "admin",
+#[utoipa::path(get, path = keygate_protocol::routes::admin::ACCOUNT, tag = "admin",
     params(("account" = String, Path, description = "Account id")), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = AccountInfo), ReadErrors))]
 pub(super) async fn get_account(
@@ -97,7 +97,7 @@ pub(super) struct AccountCreated {
 ///
 /// Creates an account with its first user, an administrator, and that user's first key
 /// (minted, or imported from `user_key`), shown once in the answer. Root only.
-#[utoipa::path(post, path = "/api/v1/admin/accounts", tag = "admin",
+#[utoipa::path(post, path = keygate_protocol::routes::admin::ACCOUNTS, tag = "admin",
     request_body = CreateAccount, security(("api_key" = []), ("bearer" = [])),
     responses((status = 201, body = AccountCreated), CreateErrors))]
 pub(super) async fn create_account(
@@ -163,7 +163,7 @@ pub(super) struct SetAccount {
 ///
 /// Sets or clears an account's claims (merged under each key's in the lookup answer) and
 /// enables or disables it (a disabled account's keys are not looked up). Root only.
-#[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}", tag = "admin",
+#[utoipa::path(patch, path = keygate_protocol::routes::admin::ACCOUNT, tag = "admin",
     params(("account" = String, Path, description = "Account id")), request_body = SetAccount, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = AccountInfo), ChangeErrors))]
 pub(super) async fn set_account(
@@ -204,7 +204,7 @@ pub(super) async fn set_account(
 ///
 /// Revokes an account, its users and every key of them, for good; answers how many keys
 /// were revoked. Root only.
-#[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}", tag = "admin",
+#[utoipa::path(delete, path = keygate_protocol::routes::admin::ACCOUNT, tag = "admin",
     params(("account" = String, Path, description = "Account id")), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = Revoked), ReadErrors))]
 pub(super) async fn revoke_account(

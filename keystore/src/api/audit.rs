@@ -61,7 +61,7 @@ fn audit_range(query: Result<Query<AuditQuery>, QueryRejection>) -> Result<(i64,
 ///
 /// A page of the whole audit trail (every admin write and refused admin call), oldest first:
 /// the entries after id `after`; `more` when later ones exist. Root only.
-#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin",
+#[utoipa::path(get, path = keygate_protocol::routes::admin::AUDIT, tag = "admin",
     params(AuditQuery), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = AuditPage), ReadErrors))]
 pub(super) async fn audit_all(
@@ -78,7 +78,7 @@ pub(super) async fn audit_all(
 ///
 /// A page of an account's audit entries, oldest first, after id `after`; `more` when later
 /// ones exist. Root and the account's administrators.
-#[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/audit", tag = "admin",
+#[utoipa::path(get, path = keygate_protocol::routes::admin::ACCOUNT_AUDIT, tag = "admin",
     params(("account" = String, Path, description = "Account id"), AuditQuery), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = AuditPage), ReadErrors))]
 pub(super) async fn audit_of_account(

@@ -96,7 +96,7 @@ fn key_caller(caller: &Caller, account: &str, user: &str, op: Operation) -> Resu
 /// The unrevoked keys of a user (expired ones and those in a rotation's grace included),
 /// oldest first, a page at a time; never a key's value. Root, the account's administrators,
 /// and the user's own keys with `own_keys`.
-#[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/users/{user}/keys", tag = "admin",
+#[utoipa::path(get, path = keygate_protocol::routes::admin::KEYS, tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ListQuery), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = KeyList), ReadErrors))]
 pub(super) async fn list_keys(
@@ -122,7 +122,7 @@ pub(super) async fn list_keys(
 /// One unrevoked key of a user (expired ones included) by its key reference: what the key
 /// list shows of it. Root, the account's administrators, and the user's own keys with
 /// `own_keys`.
-#[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}", tag = "admin",
+#[utoipa::path(get, path = keygate_protocol::routes::admin::KEY, tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"),
         ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")),
     security(("api_key" = []), ("bearer" = [])),
@@ -210,7 +210,7 @@ pub(super) struct KeyList {
 /// unless root asks), minted or imported from `user_key`, shown once in the answer. Its
 /// capabilities and expiry never exceed the calling key's; claims are root's to set. Root,
 /// the account's administrators, and the user's own keys with `own_keys`.
-#[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users/{user}/keys", tag = "admin",
+#[utoipa::path(post, path = keygate_protocol::routes::admin::KEYS, tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body = CreateKey, security(("api_key" = []), ("bearer" = [])),
     responses((status = 201, body = NewKey), CreateErrors))]
 pub(super) async fn create_key(
@@ -270,7 +270,7 @@ pub(super) struct UpdateKey {
 ///
 /// Renames a key, changes its expiry (never later than the calling key may give), its
 /// claims (root only) or its enabled state. Root and the account's administrators.
-#[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}", tag = "admin",
+#[utoipa::path(patch, path = keygate_protocol::routes::admin::KEY, tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")), request_body = UpdateKey, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = KeyInfo), ChangeErrors))]
 pub(super) async fn update_key(
@@ -324,7 +324,7 @@ pub(super) async fn update_key(
 ///
 /// Revokes one key, for good. Root, the account's administrators, and the user's own keys
 /// with `own_keys`.
-#[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}", tag = "admin",
+#[utoipa::path(delete, path = keygate_protocol::routes::admin::KEY, tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = Revoked), ReadErrors))]
 pub(super) async fn revoke_key(
@@ -370,7 +370,7 @@ pub(super) struct RotateOne {
 /// shown once; the old key is revoked at once or after `grace_s` seconds during which it
 /// keeps the capability `traffic` only (`replaces.valid_until`). Root, the account's
 /// administrators, and the user's own keys with `own_keys`.
-#[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users/{user}/keys/{key}/rotate", tag = "admin",
+#[utoipa::path(post, path = keygate_protocol::routes::admin::KEY_ROTATE, tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id"), ("key" = String, Path, description = "Key reference: the first 16 hex characters of the key id, as listed")), request_body(content = Option<RotateOne>, description = "Optional"), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = NewKey), CreateErrors))]
 pub(super) async fn rotate_one_key(

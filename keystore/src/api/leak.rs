@@ -73,7 +73,7 @@ async fn answer(
 /// For a leaked key (a secret-scanning report): its owner, key reference, name and state,
 /// given its value in the body (never in a URL). Audited; never cached. Root (any key) and
 /// account admins (their account's keys; any other key answers 404 like an unknown one).
-#[utoipa::path(post, path = "/api/v1/admin/keys/find", tag = "admin",
+#[utoipa::path(post, path = keygate_protocol::routes::admin::KEYS_FIND, tag = "admin",
     request_body = LeakedKey, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = KeyState), LeakErrors))]
 pub(super) async fn find_key_by_value(
@@ -89,7 +89,7 @@ pub(super) async fn find_key_by_value(
 ///
 /// Revokes a leaked key given its value; answers as `find` does, with the state after
 /// (`revoked`). Audited; never cached. Root and account admins (their account's keys).
-#[utoipa::path(post, path = "/api/v1/admin/keys/revoke", tag = "admin",
+#[utoipa::path(post, path = keygate_protocol::routes::admin::KEYS_REVOKE, tag = "admin",
     request_body = LeakedKey, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = KeyState), LeakErrors))]
 pub(super) async fn revoke_key_by_value(

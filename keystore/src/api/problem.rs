@@ -51,7 +51,9 @@ pub(super) async fn problem_errors(req: Request, next: Next) -> Response {
     };
     if status.is_server_error() {
         tracing::error!(%method, %route, status = status.as_u16(), "request failed: {message}");
-    } else if !(status == StatusCode::NOT_FOUND && route == "/v1/keys/{key_id}") {
+    } else if !(status == StatusCode::NOT_FOUND
+        && route == keygate_protocol::routes::LOOKUP_PATTERN)
+    {
         // An unknown key is an ordinary answer of the lookup endpoint, not an error.
         tracing::info!(%method, %route, status = status.as_u16(), "request rejected: {message}");
     }

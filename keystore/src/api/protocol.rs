@@ -93,7 +93,7 @@ pub(super) async fn require_protocol_token(
 /// key whose SHA-256 is `key_id` (account, user, role; its expiry in Unix seconds and its
 /// claims when it has them), or 404. A disabled, expired or revoked key is 404. Needs the
 /// protocol token (`Authorization: Bearer`) when the keystore is started with one.
-#[utoipa::path(get, path = "/v1/keys/{key_id}", tag = "protocol", security((), ("protocol_token" = [])),
+#[utoipa::path(get, path = keygate_protocol::routes::LOOKUP_PATTERN, tag = "protocol", security((), ("protocol_token" = [])),
     params(("key_id" = String, Path, description = "Lowercase hex SHA-256 of the key (64 characters)")),
     responses((status = 200, body = Identity, description = "The key is active"),
         LookupErrors))]
@@ -149,7 +149,7 @@ pub(super) struct ChangesBody {
 /// since revision `since` (a page; `more` when there are more), or `reset` when the feed no
 /// longer reaches back that far (the filter then drops its whole cache). Needs the protocol
 /// token when the keystore is started with one.
-#[utoipa::path(get, path = "/v1/changes", tag = "protocol", security((), ("protocol_token" = [])),
+#[utoipa::path(get, path = keygate_protocol::routes::CHANGES, tag = "protocol", security((), ("protocol_token" = [])),
     params(("since" = u64, Query, description = "The last revision the client has seen (0: cold start, or a store still at revision 0; answered with the current revision and no list)")),
     responses((status = 200, body = ChangesBody), ChangesErrors))]
 pub(super) async fn changes(
@@ -210,7 +210,7 @@ pub(super) struct Recorded {
 /// The key-store protocol's usage report, sent by the Envoy filter: these key ids were used
 /// this minute (their `last_used_at`, written at most once a minute per key). At most 10 000
 /// ids (1 MiB). Needs the protocol token when the keystore is started with one.
-#[utoipa::path(post, path = "/v1/usage", tag = "protocol", request_body = Usage,
+#[utoipa::path(post, path = keygate_protocol::routes::USAGE, tag = "protocol", request_body = Usage,
     security((), ("protocol_token" = [])),
     responses((status = 200, body = Recorded), UsageErrors))]
 pub(super) async fn record_usage(

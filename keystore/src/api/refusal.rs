@@ -98,7 +98,8 @@ pub(super) async fn record(State(st): State<AppState>, req: Request, next: Next)
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
-    let Some(route) = route.filter(|r| r.starts_with("/api/v1/admin/")) else {
+    let Some(route) = route.filter(|r| r.starts_with(keygate_protocol::routes::admin::PREFIX))
+    else {
         return next.run(req).await;
     };
     let method = req.method().as_str().to_owned();

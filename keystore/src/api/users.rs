@@ -47,7 +47,7 @@ pub struct UserList {
 ///
 /// The active users of an account (disabled ones included), by user id, a page at a time.
 /// Root and the account's administrators.
-#[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/users", tag = "admin",
+#[utoipa::path(get, path = keygate_protocol::routes::admin::USERS, tag = "admin",
     params(("account" = String, Path, description = "Account id"), ListQuery), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = UserList), ReadErrors))]
 pub(super) async fn list_users(
@@ -72,7 +72,7 @@ pub(super) async fn list_users(
 ///
 /// An active user of an active account: role, creation time, expiry, whether it is enabled.
 /// Root, the account's administrators, and the user's own keys with `own_keys`.
-#[utoipa::path(get, path = "/api/v1/admin/accounts/{account}/users/{user}", tag = "admin",
+#[utoipa::path(get, path = keygate_protocol::routes::admin::USER, tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = UserInfo), ReadErrors))]
 pub(super) async fn get_user(
@@ -161,7 +161,7 @@ impl UserKey {
 /// Adds a user with a role of the registry and its first key (minted, or imported from
 /// `user_key` by root and account admins), shown once in the answer. Root and the account's
 /// administrators; an operator role only by root.
-#[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users", tag = "admin",
+#[utoipa::path(post, path = keygate_protocol::routes::admin::USERS, tag = "admin",
     params(("account" = String, Path, description = "Account id")), request_body = CreateUser, security(("api_key" = []), ("bearer" = [])),
     responses((status = 201, body = UserKey), CreateErrors))]
 pub(super) async fn create_user(
@@ -216,7 +216,7 @@ pub(super) async fn create_user(
 /// Gives the user a new key (shown once) and revokes all its other keys, at once or after
 /// `grace_s` seconds during which they keep the capability `traffic` only. Root, the
 /// account's administrators, and the user's own keys with `own_keys`.
-#[utoipa::path(post, path = "/api/v1/admin/accounts/{account}/users/{user}/key", tag = "admin",
+#[utoipa::path(post, path = keygate_protocol::routes::admin::USER_KEY, tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body(content = Option<RotateKey>, description = "Optional"),
     security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = UserKey), CreateErrors))]
@@ -294,7 +294,7 @@ pub(super) struct UserRole {
 /// Changes a user's role, expiry or enabled state, all the fields given or none (one
 /// transaction, one audit entry). A disabled user's keys are not looked up. Root and the
 /// account's administrators; nobody but root extends their own expiry.
-#[utoipa::path(patch, path = "/api/v1/admin/accounts/{account}/users/{user}", tag = "admin",
+#[utoipa::path(patch, path = keygate_protocol::routes::admin::USER, tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), request_body = UpdateUser, security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = UserRole), ChangeErrors))]
 pub(super) async fn patch_user(
@@ -351,7 +351,7 @@ pub(super) async fn patch_user(
 ///
 /// Revokes a user and every key of it, for good; answers how many keys were revoked. Root
 /// and the account's administrators.
-#[utoipa::path(delete, path = "/api/v1/admin/accounts/{account}/users/{user}", tag = "admin",
+#[utoipa::path(delete, path = keygate_protocol::routes::admin::USER, tag = "admin",
     params(("account" = String, Path, description = "Account id"), ("user" = String, Path, description = "User id")), security(("api_key" = []), ("bearer" = [])),
     responses((status = 200, body = Revoked), ReadErrors))]
 pub(super) async fn revoke_user(
