@@ -14,16 +14,14 @@ mod common;
 
 use axum::http::StatusCode;
 use common::{changed, contains, ids, key_ref, world, Ks, ROOT_KEY};
+use keygate_protocol::routes::admin;
 use keystore::api::RefusalBound;
 use keystore::authority::RoleRegistry;
 use keystore::keys::key_id;
 use serde_json::{json, Value};
 
 fn key_uri(account: &str, user: &str, raw: &str) -> String {
-    format!(
-        "/api/v1/admin/accounts/{account}/users/{user}/keys/{}",
-        key_ref(raw)
-    )
+    admin::key(account, user, &key_ref(raw))
 }
 
 async fn patch(ks: &Ks, by: &str, uri: &str, body: Value) -> Value {
@@ -37,7 +35,7 @@ async fn audit(ks: &Ks) -> Vec<Value> {
     let r = ks
         .call(
             "GET",
-            "/api/v1/admin/audit?limit=1000",
+            &format!("{}?limit=1000", admin::AUDIT),
             Some(ROOT_KEY),
             None,
         )
@@ -66,7 +64,7 @@ async fn a_disabled_key_is_not_looked_up_until_it_is_enabled_again() {
     ks.assert_inactive(&w.bob).await;
     // The feed reports it; it cannot call the admin API either.
     assert_eq!(changed(&ks.changes(rev).await), ids(&[&w.bob]));
-    let own = "/api/v1/admin/accounts/acme/users/bob/keys";
+    let own = &admin::keys("acme", "bob");
     ks.call("GET", own, Some(&w.bob), None)
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
@@ -107,7 +105,7 @@ async fn a_disabled_key_is_not_looked_up_until_it_is_enabled_again() {
 async fn a_disabled_user_or_account_takes_its_keys_out_until_enabled() {
     let ks = Ks::new().await;
     let w = world(&ks).await;
-    let user = "/api/v1/admin/accounts/acme/users/bob";
+    let user = &admin::user("acme", "bob");
     let rev = ks.revision().await;
     let r = patch(&ks, &w.alice, user, json!({"enabled": false})).await;
     assert_eq!(
@@ -117,12 +115,7 @@ async fn a_disabled_user_or_account_takes_its_keys_out_until_enabled() {
     ks.assert_inactive(&w.bob).await;
     assert_eq!(changed(&ks.changes(rev).await), ids(&[&w.bob]));
     let users = ks
-        .call(
-            "GET",
-            "/api/v1/admin/accounts/acme/users",
-            Some(&w.alice),
-            None,
-        )
+        .call("GET", &admin::users("acme"), Some(&w.alice), None)
         .await
         .json();
     assert_eq!(users["users"][1]["enabled"], false);
@@ -133,7 +126,7 @@ async fn a_disabled_user_or_account_takes_its_keys_out_until_enabled() {
     assert_eq!(ks.changes(rev).await["created"], json!([key_id(&w.bob)]));
 
     // An account: root only; every key of it goes, the other account's stay.
-    let account = "/api/v1/admin/accounts/acme";
+    let account = &admin::account("acme");
     ks.call(
         "PATCH",
         account,
@@ -192,7 +185,7 @@ async fn a_refused_patch_of_role_and_enabled_changes_nothing_and_is_not_audited_
     let dave = ks.create_user(ROOT_KEY, "acme", "dave", "staff").await;
     let before = user_entries(&ks, "acme/dave").await.len();
     let rev = ks.revision().await;
-    let uri = "/api/v1/admin/accounts/acme/users/dave";
+    let uri = &admin::user("acme", "dave");
     let body = json!({"role": "member", "enabled": false});
     ks.call("PATCH", uri, Some(&alice), Some(body))
         .await
@@ -206,7 +199,7 @@ async fn a_refused_patch_of_role_and_enabled_changes_nothing_and_is_not_audited_
 async fn a_patch_of_role_and_enabled_is_one_change_with_one_audit_entry() {
     let ks = Ks::new().await;
     let w = world(&ks).await;
-    let uri = "/api/v1/admin/accounts/acme/users/bob";
+    let uri = &admin::user("acme", "bob");
     let before = user_entries(&ks, "acme/bob").await.len();
     let rev = ks.revision().await;
     let body = json!({"role": "admin", "enabled": false});
@@ -251,12 +244,7 @@ async fn usage_of_revoked_disabled_and_unknown_keys_is_not_recorded() {
     let r = ks.call("POST", "/v1/usage", None, Some(report)).await;
     assert_eq!(r.json(), json!({"recorded": 0}));
     let listed = ks
-        .call(
-            "GET",
-            "/api/v1/admin/accounts/other/users/olga/keys",
-            Some(&w.oscar),
-            None,
-        )
+        .call("GET", &admin::keys("other", "olga"), Some(&w.oscar), None)
         .await
         .json();
     assert_eq!(listed["keys"][0]["last_used_at"], Value::Null);
@@ -264,7 +252,7 @@ async fn usage_of_revoked_disabled_and_unknown_keys_is_not_recorded() {
     patch(
         &ks,
         &w.alice,
-        "/api/v1/admin/accounts/acme/users/alice",
+        &admin::user("acme", "alice"),
         json!({"enabled": false}),
     )
     .await;
@@ -273,10 +261,9 @@ async fn usage_of_revoked_disabled_and_unknown_keys_is_not_recorded() {
     assert_eq!(r.json(), json!({"recorded": 1}));
 }
 
-/// `POST path {"user_key": value}` by `by`.
-async fn leak(ks: &Ks, path: &str, by: &str, value: &str) -> common::Resp {
-    let uri = format!("/api/v1/admin/keys/{path}");
-    ks.call("POST", &uri, Some(by), Some(json!({"user_key": value})))
+/// `POST route {"user_key": value}` by `by` (`route`: a leak report's, find or revoke).
+async fn leak(ks: &Ks, route: &str, by: &str, value: &str) -> common::Resp {
+    ks.call("POST", route, Some(by), Some(json!({"user_key": value})))
         .await
 }
 
@@ -284,26 +271,29 @@ async fn leak(ks: &Ks, path: &str, by: &str, value: &str) -> common::Resp {
 async fn a_leaked_key_is_found_and_revoked_by_root_or_its_accounts_admin_only() {
     let ks = Ks::new().await;
     let w = world(&ks).await;
-    let r = leak(&ks, "find", ROOT_KEY, &w.bob).await;
+    let r = leak(&ks, admin::KEYS_FIND, ROOT_KEY, &w.bob).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.headers["cache-control"], "no-store");
     let found = json!({"account_id": "acme", "user_id": "bob", "key": key_ref(&w.bob),
                        "name": "default", "state": "active"});
     assert_eq!(r.json(), found);
-    assert_eq!(leak(&ks, "find", &w.alice, &w.bob).await.json(), found);
+    assert_eq!(
+        leak(&ks, admin::KEYS_FIND, &w.alice, &w.bob).await.json(),
+        found
+    );
     // Another account's admin: exactly an unknown key's answer. Members: 403.
     let unknown = leak(
         &ks,
-        "find",
+        admin::KEYS_FIND,
         &w.oscar,
         "kg_never-issued-0000000000000000000000",
     )
     .await;
-    let other = leak(&ks, "find", &w.oscar, &w.bob).await;
+    let other = leak(&ks, admin::KEYS_FIND, &w.oscar, &w.bob).await;
     other.assert_error(StatusCode::NOT_FOUND, "no such key");
     assert_eq!((other.status, &other.body), (unknown.status, &unknown.body));
     assert_eq!(other.headers["cache-control"], "no-store");
-    for path in ["find", "revoke"] {
+    for path in [admin::KEYS_FIND, admin::KEYS_REVOKE] {
         leak(&ks, path, &w.olga, &w.olga)
             .await
             .assert_error(StatusCode::FORBIDDEN, "forbidden");
@@ -311,7 +301,7 @@ async fn a_leaked_key_is_found_and_revoked_by_root_or_its_accounts_admin_only() 
             .await
             .assert_error(StatusCode::FORBIDDEN, "forbidden");
     }
-    leak(&ks, "revoke", &w.oscar, &w.bob)
+    leak(&ks, admin::KEYS_REVOKE, &w.oscar, &w.bob)
         .await
         .assert_error(StatusCode::NOT_FOUND, "no such key");
     ks.assert_active(&w.bob, "acme", "bob", "member").await;
@@ -325,21 +315,23 @@ async fn a_leaked_key_is_found_and_revoked_by_root_or_its_accounts_admin_only() 
     )
     .await;
     assert_eq!(
-        leak(&ks, "find", ROOT_KEY, &w.bob).await.json()["state"],
+        leak(&ks, admin::KEYS_FIND, ROOT_KEY, &w.bob).await.json()["state"],
         "disabled"
     );
     let rev = ks.revision().await;
-    let r = leak(&ks, "revoke", &w.alice, &w.bob).await;
+    let r = leak(&ks, admin::KEYS_REVOKE, &w.alice, &w.bob).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.json()["state"], "revoked");
     assert_eq!(changed(&ks.changes(rev).await), ids(&[&w.bob]));
     assert_eq!(
-        leak(&ks, "find", &w.alice, &w.bob).await.json()["state"],
+        leak(&ks, admin::KEYS_FIND, &w.alice, &w.bob).await.json()["state"],
         "revoked"
     );
     // Root revokes any key, its own included.
     assert_eq!(
-        leak(&ks, "revoke", ROOT_KEY, &w.olga).await.json()["state"],
+        leak(&ks, admin::KEYS_REVOKE, ROOT_KEY, &w.olga)
+            .await
+            .json()["state"],
         "revoked"
     );
     ks.assert_inactive(&w.olga).await;
@@ -388,14 +380,9 @@ async fn a_leaked_key_is_found_and_revoked_by_root_or_its_accounts_admin_only() 
         (json!({"user_key": 1}), "invalid type"),
         (json!({"user_key": "x", "more": 1}), "unknown field"),
     ] {
-        ks.call(
-            "POST",
-            "/api/v1/admin/keys/find",
-            Some(ROOT_KEY),
-            Some(body),
-        )
-        .await
-        .assert_error(StatusCode::BAD_REQUEST, needle);
+        ks.call("POST", admin::KEYS_FIND, Some(ROOT_KEY), Some(body))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, needle);
     }
 }
 
@@ -427,7 +414,7 @@ async fn a_patch_that_removes_an_expiry_is_audited_apart_from_one_that_changes_n
     let r = ks
         .call(
             "POST",
-            "/api/v1/admin/accounts/acme/users",
+            &admin::users("acme"),
             Some(&w.alice),
             Some(json!({"user_id": "carol", "role": "member", "expires_at": at})),
         )
@@ -442,7 +429,7 @@ async fn a_patch_that_removes_an_expiry_is_audited_apart_from_one_that_changes_n
     patch(
         &ks,
         ROOT_KEY,
-        "/api/v1/admin/accounts/acme",
+        &admin::account("acme"),
         json!({"claims": {"plan": "pro"}}),
     )
     .await;
@@ -470,7 +457,7 @@ async fn root_key_install_replacement_and_revival_are_audited() {
     const NEW_ROOT: &str = "second-root-key-Hk29Xq7Lw";
     let ks = ks.reopen(|c| c.root_key = Some(NEW_ROOT.to_owned())).await;
     let r = ks
-        .call("GET", "/api/v1/admin/audit", Some(NEW_ROOT), None)
+        .call("GET", admin::AUDIT, Some(NEW_ROOT), None)
         .await
         .json();
     let replace = r["entries"]
@@ -503,15 +490,10 @@ async fn refused_admin_calls_are_audited_without_the_presented_value_and_bounded
     let ks = Ks::new().await;
     let w = world(&ks).await;
     let wrong = "kg_a-guessed-key-that-is-not-in-the-store-00";
-    ks.call(
-        "GET",
-        "/api/v1/admin/accounts/acme/users",
-        Some(wrong),
-        None,
-    )
-    .await
-    .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
-    ks.call("DELETE", "/api/v1/admin/accounts/acme", Some(&w.bob), None)
+    ks.call("GET", &admin::users("acme"), Some(wrong), None)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    ks.call("DELETE", &admin::account("acme"), Some(&w.bob), None)
         .await
         .assert_error(StatusCode::FORBIDDEN, "forbidden");
     let trail = audit(&ks).await;
@@ -529,7 +511,7 @@ async fn refused_admin_calls_are_audited_without_the_presented_value_and_bounded
         (
             &json!({"account_id": "", "user_id": "", "key": null}),
             &json!("_system"),
-            &json!({"method": "GET", "route": "/api/v1/admin/accounts/{account}/users",
+            &json!({"method": "GET", "route": admin::USERS,
                     "status": 401, "reason": "unknown, revoked, disabled or expired key"})
         )
     );
@@ -548,7 +530,7 @@ async fn refused_admin_calls_are_audited_without_the_presented_value_and_bounded
     // bucket of 5 that never refills and 4 kept, so nothing depends on time.)
     *ks.state.refusals.lock().unwrap() = RefusalBound::new(5, 0, 4);
     for _ in 0..100 {
-        ks.call("GET", "/api/v1/admin/audit", None, None).await;
+        ks.call("GET", admin::AUDIT, None, None).await;
     }
     let kept: Vec<Value> = audit(&ks)
         .await
@@ -556,9 +538,7 @@ async fn refused_admin_calls_are_audited_without_the_presented_value_and_bounded
         .filter(|e| e["action"] == "admin.refused")
         .collect();
     assert_eq!(kept.len(), 4, "{kept:?}");
-    assert!(kept
-        .iter()
-        .all(|e| e["detail"]["route"] == "/api/v1/admin/audit"));
+    assert!(kept.iter().all(|e| e["detail"]["route"] == admin::AUDIT));
     assert_eq!(kept[0]["detail"]["reason"], "no key");
     assert_eq!(ks.metric("keystore_admin_refusals_total").await, 102);
     assert_eq!(ks.metric("keystore_audit_refusals_dropped_total").await, 95);
@@ -568,7 +548,7 @@ async fn refused_admin_calls_are_audited_without_the_presented_value_and_bounded
 async fn a_refused_import_is_in_the_audit_trail() {
     let ks = Ks::new().await;
     let w = world(&ks).await;
-    let uri = "/api/v1/admin/accounts/acme/users/bob/keys";
+    let uri = &admin::keys("acme", "bob");
     let body = json!({"name": "probe", "user_key": w.alice});
     let r = ks.call("POST", uri, Some(&w.bob), Some(body)).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
@@ -581,11 +561,7 @@ async fn a_refused_import_is_in_the_audit_trail() {
     let detail = &refused["detail"];
     assert_eq!(
         (&detail["method"], &detail["route"], &detail["status"]),
-        (
-            &json!("POST"),
-            &json!("/api/v1/admin/accounts/{account}/users/{user}/keys"),
-            &json!(403)
-        )
+        (&json!("POST"), &json!(admin::KEYS), &json!(403))
     );
     assert!(
         detail["reason"].as_str().unwrap().contains("import"),

@@ -12,6 +12,7 @@ mod common;
 
 use axum::http::StatusCode;
 use common::{changed, contains, ids, Ks, ROOT_KEY};
+use keygate_protocol::routes::admin;
 
 /// Another root key (as strong as one the binary accepts).
 const NEW_ROOT: &str = "root-test-key-2-Hw9Jd4Ks7Lq1Vm";
@@ -96,7 +97,7 @@ async fn create_account_then_lookup_returns_identity() {
     let r = ks
         .call(
             "POST",
-            "/api/v1/admin/accounts",
+            admin::ACCOUNTS,
             Some(ROOT_KEY),
             Some(json!({"account_id": "other", "admin_user_id": "bob"})),
         )
@@ -122,7 +123,7 @@ async fn a_key_header_given_twice_is_refused_and_x_api_key_decides() {
     for headers in cases {
         let mut req = axum::http::Request::builder()
             .method("GET")
-            .uri("/api/v1/admin/accounts/acme/users");
+            .uri(admin::users("acme"));
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
@@ -133,7 +134,7 @@ async fn a_key_header_given_twice_is_refused_and_x_api_key_decides() {
     }
     let req = axum::http::Request::builder()
         .method("GET")
-        .uri("/api/v1/admin/accounts/acme/users")
+        .uri(admin::users("acme"))
         .header("x-api-key", format!(" {admin}\t"))
         .header("authorization", "Basic bm9ib2R5")
         .body(axum::body::Body::empty())
@@ -147,7 +148,7 @@ async fn bearer_and_x_api_key_both_authenticate() {
     let admin = ks.create_account("acme", "alice").await;
     let req = axum::http::Request::builder()
         .method("POST")
-        .uri("/api/v1/admin/accounts/acme/users")
+        .uri(admin::users("acme"))
         .header("authorization", format!("Bearer {admin}"))
         .header("content-type", "application/json")
         .body(axum::body::Body::from(
@@ -168,7 +169,7 @@ async fn bearer_and_x_api_key_both_authenticate() {
     ] {
         let req = axum::http::Request::builder()
             .method("GET")
-            .uri("/api/v1/admin/accounts/acme/users")
+            .uri(admin::users("acme"))
             .header(header, value)
             .body(axum::body::Body::empty())
             .unwrap();
@@ -176,9 +177,7 @@ async fn bearer_and_x_api_key_both_authenticate() {
             .await
             .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
     }
-    let r = ks
-        .call("GET", "/api/v1/admin/accounts/acme/users", None, None)
-        .await;
+    let r = ks.call("GET", &admin::users("acme"), None, None).await;
     let problem = r.assert_error(StatusCode::UNAUTHORIZED, "a valid key is required");
     assert_eq!(problem["type"], "https://keygate.dev/problems/unauthorized");
     assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"keygate\"");
@@ -200,12 +199,7 @@ async fn account_admin_manages_users() {
     ks.assert_active(&erin, "acme", "erin", "member").await;
 
     let r = ks
-        .call(
-            "GET",
-            "/api/v1/admin/accounts/acme/users",
-            Some(&admin),
-            None,
-        )
+        .call("GET", &admin::users("acme"), Some(&admin), None)
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
@@ -254,101 +248,56 @@ async fn forbidden_cases() {
         // Only root creates accounts.
         (
             "POST",
-            "/api/v1/admin/accounts".to_owned(),
+            admin::ACCOUNTS.to_owned(),
             &acme_admin,
             Some(json!({"account_id":"x","admin_user_id":"y"})),
         ),
         (
             "POST",
-            "/api/v1/admin/accounts".to_owned(),
+            admin::ACCOUNTS.to_owned(),
             &bob,
             Some(json!({"account_id":"x","admin_user_id":"y"})),
         ),
         // Admins act only in their own account; members not at all.
         (
             "POST",
-            "/api/v1/admin/accounts/other/users".to_owned(),
+            admin::users("other"),
             &acme_admin,
             Some(json!({"user_id":"z","role":"member"})),
         ),
         (
             "POST",
-            "/api/v1/admin/accounts/acme/users".to_owned(),
+            admin::users("acme"),
             &bob,
             Some(json!({"user_id":"z","role":"member"})),
         ),
-        (
-            "GET",
-            "/api/v1/admin/accounts/other/users".to_owned(),
-            &acme_admin,
-            None,
-        ),
-        (
-            "GET",
-            "/api/v1/admin/accounts/acme/users".to_owned(),
-            &bob,
-            None,
-        ),
+        ("GET", admin::users("other"), &acme_admin, None),
+        ("GET", admin::users("acme"), &bob, None),
         (
             "PATCH",
-            "/api/v1/admin/accounts/other/users/olga".to_owned(),
+            admin::user("other", "olga"),
             &acme_admin,
             Some(json!({"role":"admin"})),
         ),
         (
             "PATCH",
-            "/api/v1/admin/accounts/acme/users/bob".to_owned(),
+            admin::user("acme", "bob"),
             &bob,
             Some(json!({"role":"admin"})),
         ),
-        (
-            "DELETE",
-            "/api/v1/admin/accounts/other/users/olga".to_owned(),
-            &acme_admin,
-            None,
-        ),
-        (
-            "DELETE",
-            "/api/v1/admin/accounts/acme/users/alice".to_owned(),
-            &bob,
-            None,
-        ),
+        ("DELETE", admin::user("other", "olga"), &acme_admin, None),
+        ("DELETE", admin::user("acme", "alice"), &bob, None),
         // A user rotates only its own key.
-        (
-            "POST",
-            "/api/v1/admin/accounts/acme/users/alice/key".to_owned(),
-            &bob,
-            None,
-        ),
-        (
-            "POST",
-            "/api/v1/admin/accounts/other/users/olga/key".to_owned(),
-            &acme_admin,
-            None,
-        ),
-        (
-            "POST",
-            "/api/v1/admin/accounts/other/users/olga/key".to_owned(),
-            &bob,
-            None,
-        ),
+        ("POST", admin::user_key("acme", "alice"), &bob, None),
+        ("POST", admin::user_key("other", "olga"), &acme_admin, None),
+        ("POST", admin::user_key("other", "olga"), &bob, None),
         // Only root revokes accounts.
-        (
-            "DELETE",
-            "/api/v1/admin/accounts/acme".to_owned(),
-            &acme_admin,
-            None,
-        ),
-        (
-            "DELETE",
-            "/api/v1/admin/accounts/other".to_owned(),
-            &acme_admin,
-            None,
-        ),
+        ("DELETE", admin::account("acme"), &acme_admin, None),
+        ("DELETE", admin::account("other"), &acme_admin, None),
         // An admin of another account gets 403, not 404, for accounts that do not exist.
         (
             "POST",
-            "/api/v1/admin/accounts/nope/users".to_owned(),
+            admin::users("nope"),
             &acme_admin,
             Some(json!({"user_id":"z","role":"member"})),
         ),
@@ -378,21 +327,17 @@ async fn forbidden_cases() {
     for (method, uri, body) in [
         (
             "POST",
-            "/api/v1/admin/accounts/_system/users",
+            &admin::users("_system"),
             Some(json!({"user_id":"z","role":"admin"})),
         ),
-        (
-            "POST",
-            "/api/v1/admin/accounts/_system/users/root/key",
-            None,
-        ),
+        ("POST", &admin::user_key("_system", "root"), None),
         (
             "PATCH",
-            "/api/v1/admin/accounts/_system/users/root",
+            &admin::user("_system", "root"),
             Some(json!({"role":"admin"})),
         ),
-        ("DELETE", "/api/v1/admin/accounts/_system/users/root", None),
-        ("DELETE", "/api/v1/admin/accounts/_system", None),
+        ("DELETE", &admin::user("_system", "root"), None),
+        ("DELETE", &admin::account("_system"), None),
     ] {
         ks.call(method, uri, Some(ROOT_KEY), body)
             .await
@@ -417,14 +362,9 @@ async fn rotate_revokes_old_key() {
     assert_eq!(changed(&feed), ids(&[&bob1, &bob2]));
     assert_eq!(feed["revision"].as_i64().unwrap(), rev0 + 2);
     // The old key no longer authenticates.
-    ks.call(
-        "POST",
-        "/api/v1/admin/accounts/acme/users/bob/key",
-        Some(&bob1),
-        None,
-    )
-    .await
-    .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    ks.call("POST", &admin::user_key("acme", "bob"), Some(&bob1), None)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
 
     // The account admin, then root.
     let bob3 = ks.rotate(&admin, "acme", "bob").await;
@@ -447,7 +387,7 @@ async fn rotate_revokes_old_key() {
     // Unknown user / account.
     ks.call(
         "POST",
-        "/api/v1/admin/accounts/acme/users/nobody/key",
+        &admin::user_key("acme", "nobody"),
         Some(ROOT_KEY),
         None,
     )
@@ -455,7 +395,7 @@ async fn rotate_revokes_old_key() {
     .assert_error(StatusCode::NOT_FOUND, "nobody");
     ks.call(
         "POST",
-        "/api/v1/admin/accounts/nope/users/bob/key",
+        &admin::user_key("nope", "bob"),
         Some(ROOT_KEY),
         None,
     )
@@ -473,7 +413,7 @@ async fn role_change() {
     let r = ks
         .call(
             "PATCH",
-            "/api/v1/admin/accounts/acme/users/bob",
+            &admin::user("acme", "bob"),
             Some(&admin),
             Some(json!({"role": "admin"})),
         )
@@ -493,7 +433,7 @@ async fn role_change() {
     let r = ks
         .call(
             "PATCH",
-            "/api/v1/admin/accounts/acme/users/bob",
+            &admin::user("acme", "bob"),
             Some(ROOT_KEY),
             Some(json!({"role": "admin"})),
         )
@@ -505,7 +445,7 @@ async fn role_change() {
     let r = ks
         .call(
             "PATCH",
-            "/api/v1/admin/accounts/acme/users/alice",
+            &admin::user("acme", "alice"),
             Some(ROOT_KEY),
             Some(json!({"role": "member"})),
         )
@@ -515,7 +455,7 @@ async fn role_change() {
     assert_eq!(changed(&ks.changes(rev1).await), ids(&[&admin]));
     ks.call(
         "POST",
-        "/api/v1/admin/accounts/acme/users",
+        &admin::users("acme"),
         Some(&admin),
         Some(json!({"user_id": "dave", "role": "member"})),
     )
@@ -525,7 +465,7 @@ async fn role_change() {
     // root can never be granted.
     ks.call(
         "PATCH",
-        "/api/v1/admin/accounts/acme/users/bob",
+        &admin::user("acme", "bob"),
         Some(ROOT_KEY),
         Some(json!({"role": "root"})),
     )
@@ -533,7 +473,7 @@ async fn role_change() {
     .assert_error(StatusCode::BAD_REQUEST, "root");
     ks.call(
         "PATCH",
-        "/api/v1/admin/accounts/acme/users/nobody",
+        &admin::user("acme", "nobody"),
         Some(ROOT_KEY),
         Some(json!({"role": "member"})),
     )
@@ -550,12 +490,7 @@ async fn revoke_user() {
     let rev0 = ks.revision().await;
 
     let r = ks
-        .call(
-            "DELETE",
-            "/api/v1/admin/accounts/acme/users/bob",
-            Some(&admin),
-            None,
-        )
+        .call("DELETE", &admin::user("acme", "bob"), Some(&admin), None)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.json(), json!({"revoked": 1}));
@@ -564,25 +499,15 @@ async fn revoke_user() {
     assert_eq!(changed(&ks.changes(rev0).await), ids(&[&bob]));
 
     // Gone: a second delete, a rotation or a role change is 404; the id is not reused.
-    ks.call(
-        "DELETE",
-        "/api/v1/admin/accounts/acme/users/bob",
-        Some(&admin),
-        None,
-    )
-    .await
-    .assert_error(StatusCode::NOT_FOUND, "bob");
+    ks.call("DELETE", &admin::user("acme", "bob"), Some(&admin), None)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "bob");
+    ks.call("POST", &admin::user_key("acme", "bob"), Some(&admin), None)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "bob");
     ks.call(
         "POST",
-        "/api/v1/admin/accounts/acme/users/bob/key",
-        Some(&admin),
-        None,
-    )
-    .await
-    .assert_error(StatusCode::NOT_FOUND, "bob");
-    ks.call(
-        "POST",
-        "/api/v1/admin/accounts/acme/users",
+        &admin::users("acme"),
         Some(&admin),
         Some(json!({"user_id": "bob", "role": "member"})),
     )
@@ -594,7 +519,7 @@ async fn revoke_user() {
     let r = ks
         .call(
             "DELETE",
-            "/api/v1/admin/accounts/acme/users/carol",
+            &admin::user("acme", "carol"),
             Some(ROOT_KEY),
             None,
         )
@@ -613,12 +538,7 @@ async fn revoke_account() {
     let rev0 = ks.revision().await;
 
     let r = ks
-        .call(
-            "DELETE",
-            "/api/v1/admin/accounts/acme",
-            Some(ROOT_KEY),
-            None,
-        )
+        .call("DELETE", &admin::account("acme"), Some(ROOT_KEY), None)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.json(), json!({"revoked": 3}));
@@ -631,23 +551,18 @@ async fn revoke_account() {
     assert_eq!(feed["revision"].as_i64().unwrap(), rev0 + 3);
 
     // The account's admin can no longer authenticate; the account is gone for root.
-    ks.call(
-        "GET",
-        "/api/v1/admin/accounts/acme/users",
-        Some(&admin),
-        None,
-    )
-    .await
-    .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    ks.call("GET", &admin::users("acme"), Some(&admin), None)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
     for (method, uri, body) in [
-        ("GET", "/api/v1/admin/accounts/acme/users", None),
-        ("DELETE", "/api/v1/admin/accounts/acme", None),
+        ("GET", &admin::users("acme"), None),
+        ("DELETE", &admin::account("acme"), None),
         (
             "POST",
-            "/api/v1/admin/accounts/acme/users",
+            &admin::users("acme"),
             Some(json!({"user_id":"z","role":"member"})),
         ),
-        ("POST", "/api/v1/admin/accounts/acme/users/bob/key", None),
+        ("POST", &admin::user_key("acme", "bob"), None),
     ] {
         ks.call(method, uri, Some(ROOT_KEY), body)
             .await
@@ -656,7 +571,7 @@ async fn revoke_account() {
     // Account ids are not reused.
     ks.call(
         "POST",
-        "/api/v1/admin/accounts",
+        admin::ACCOUNTS,
         Some(ROOT_KEY),
         Some(json!({"account_id": "acme", "admin_user_id": "alice"})),
     )
@@ -713,7 +628,7 @@ async fn data_and_root_key_persist_across_reopen() {
     let audit = ks
         .call(
             "GET",
-            "/api/v1/admin/accounts/_system/audit",
+            &admin::account_audit("_system"),
             Some(NEW_ROOT),
             None,
         )
@@ -726,7 +641,7 @@ async fn no_root_key_means_no_admin() {
     let ks = Ks::with(|c| c.root_key = None).await;
     ks.call(
         "POST",
-        "/api/v1/admin/accounts",
+        admin::ACCOUNTS,
         Some(ROOT_KEY),
         Some(json!({"account_id": "acme", "admin_user_id": "alice"})),
     )

@@ -13,14 +13,13 @@ mod common;
 
 use axum::http::StatusCode;
 use common::{changed, key_ref, now, post, Ks, Resp, ROOT_KEY};
+use keygate_protocol::routes::admin;
 use keystore::authority::RoleRegistry;
 use keystore::store::rfc3339;
 use serde_json::{json, Value};
 
-const USERS: &str = "/api/v1/admin/accounts/acme/users";
-
 fn keys_uri(user: &str) -> String {
-    format!("{USERS}/{user}/keys")
+    admin::keys("acme", user)
 }
 
 /// The raw key of a successful create or rotate answer.
@@ -44,7 +43,7 @@ async fn a_key_in_its_rotation_grace_can_no_longer_call_the_admin_api() {
     // The documented leak response: bob rotates with a grace, so deployments keep working.
     let r = post(
         &ks,
-        &format!("{USERS}/bob/key"),
+        &admin::user_key("acme", "bob"),
         &bob,
         json!({"grace_s": 3600}),
     )
@@ -59,13 +58,13 @@ async fn a_key_in_its_rotation_grace_can_no_longer_call_the_admin_api() {
     // theirs, a backdoor admin user.
     let attacks = [
         (keys_uri("bob"), &bob, json!({"name": "mine"})),
-        (format!("{USERS}/bob/key"), &bob, json!({})),
+        (admin::user_key("acme", "bob"), &bob, json!({})),
         (
-            USERS.to_owned(),
+            admin::users("acme"),
             &alice,
             json!({"user_id": "eve", "role": "admin"}),
         ),
-        (format!("{USERS}/alice/key"), &alice, json!({})),
+        (admin::user_key("acme", "alice"), &alice, json!({})),
     ];
     for (uri, key, body) in attacks {
         post(&ks, &uri, key, body)
@@ -110,7 +109,7 @@ async fn a_user_cannot_escape_the_expiry_their_admin_set() {
     let until = now() + 120;
     let r = post(
         &ks,
-        USERS,
+        &admin::users("acme"),
         &alice,
         json!({"user_id": "bob", "role": "member", "expires_at": rfc3339(until)}),
     )
@@ -119,7 +118,7 @@ async fn a_user_cannot_escape_the_expiry_their_admin_set() {
     let bob = new_key(&r);
     // A rotation with no body, and a key named "forever": both capped at the user's expiry.
     let bob2 = new_key(
-        &ks.call("POST", &format!("{USERS}/bob/key"), Some(&bob), None)
+        &ks.call("POST", &admin::user_key("acme", "bob"), Some(&bob), None)
             .await,
     );
     assert_eq!(lookup_expiry(&ks, &bob2).await, Some(until));
@@ -149,7 +148,7 @@ async fn a_user_cannot_escape_the_expiry_their_admin_set() {
         let by = by.to_owned();
         let ks = &ks;
         async move {
-            ks.call("PATCH", &format!("{USERS}/bob"), Some(&by), Some(body))
+            ks.call("PATCH", &admin::user("acme", "bob"), Some(&by), Some(body))
                 .await
         }
     };
@@ -162,7 +161,10 @@ async fn a_user_cannot_escape_the_expiry_their_admin_set() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(lookup_expiry(&ks, &forever).await, Some(sooner));
     assert_eq!(changed(&ks.changes(rev).await).len(), 3);
-    let users = ks.call("GET", USERS, Some(&alice), None).await.json();
+    let users = ks
+        .call("GET", &admin::users("acme"), Some(&alice), None)
+        .await
+        .json();
     assert_eq!(users["users"][1]["expires_at"], rfc3339(sooner));
 }
 
@@ -173,7 +175,7 @@ async fn an_admin_cannot_extend_their_own_expiry() {
     let until = now() + 600;
     let r = post(
         &ks,
-        USERS,
+        &admin::users("acme"),
         ROOT_KEY,
         json!({"user_id": "ann", "role": "admin", "expires_at": rfc3339(until)}),
     )
@@ -184,23 +186,28 @@ async fn an_admin_cannot_extend_their_own_expiry() {
     let r = ks
         .call(
             "PATCH",
-            &format!("{USERS}/ann"),
+            &admin::user("acme", "ann"),
             Some(&ann),
             Some(json!({"expires_at": null})),
         )
         .await;
     assert_eq!(r.json()["expires_at"], rfc3339(until));
     let later = json!({"expires_at": rfc3339(until + 60)});
-    ks.call("PATCH", &format!("{USERS}/ann"), Some(&ann), Some(later))
-        .await
-        .assert_error(StatusCode::BAD_REQUEST, "never outlives");
+    ks.call(
+        "PATCH",
+        &admin::user("acme", "ann"),
+        Some(&ann),
+        Some(later),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "never outlives");
     assert_eq!(ks.revision().await, rev);
     assert_eq!(lookup_expiry(&ks, &ann).await, Some(until));
     // Another admin without an expiry may lift it (root too).
     let r = ks
         .call(
             "PATCH",
-            &format!("{USERS}/ann"),
+            &admin::user("acme", "ann"),
             Some(&alice),
             Some(json!({"expires_at": null})),
         )
@@ -225,23 +232,25 @@ async fn an_account_admin_grants_only_the_roles_the_operator_allows() {
     let bob = ks.create_user(&alice, "acme", "bob", "member").await;
     let rev = ks.revision().await;
     let create = |role: &str| json!({"user_id": "mallory", "role": role});
-    post(&ks, USERS, &alice, create("staff"))
+    post(&ks, &admin::users("acme"), &alice, create("staff"))
         .await
         .assert_error(
             StatusCode::FORBIDDEN,
             "operator role: only root may grant it",
         );
     for root in ["root", "ROOT", "Root"] {
-        post(&ks, USERS, &alice, create(root))
+        post(&ks, &admin::users("acme"), &alice, create(root))
             .await
             .assert_error(StatusCode::BAD_REQUEST, "role root may not be granted");
     }
-    post(&ks, USERS, &alice, create("ops")).await.assert_error(
-        StatusCode::BAD_REQUEST,
-        "known: admin, member, reader, staff",
-    );
+    post(&ks, &admin::users("acme"), &alice, create("ops"))
+        .await
+        .assert_error(
+            StatusCode::BAD_REQUEST,
+            "known: admin, member, reader, staff",
+        );
     let patch = |user: &str, role: &str| {
-        let (uri, body) = (format!("{USERS}/{user}"), json!({"role": role}));
+        let (uri, body) = (admin::user("acme", user), json!({"role": role}));
         let (ks, alice) = (&ks, &alice);
         async move { ks.call("PATCH", &uri, Some(alice), Some(body)).await }
     };
@@ -257,7 +266,7 @@ async fn an_account_admin_grants_only_the_roles_the_operator_allows() {
     let carol = new_key(
         &post(
             &ks,
-            USERS,
+            &admin::users("acme"),
             &alice,
             json!({"user_id": "carol", "role": "READER"}),
         )
@@ -268,7 +277,7 @@ async fn an_account_admin_grants_only_the_roles_the_operator_allows() {
     let dave = new_key(
         &post(
             &ks,
-            USERS,
+            &admin::users("acme"),
             ROOT_KEY,
             json!({"user_id": "dave", "role": "Staff"}),
         )
@@ -278,7 +287,7 @@ async fn an_account_admin_grants_only_the_roles_the_operator_allows() {
     patch("dave", "member")
         .await
         .assert_error(StatusCode::FORBIDDEN, "operator role staff");
-    let uri = format!("{USERS}/dave");
+    let uri = admin::user("acme", "dave");
     ks.call("PATCH", &uri, Some(&alice), Some(json!({"enabled": false})))
         .await
         .assert_error(StatusCode::FORBIDDEN, "operator role staff");
@@ -295,7 +304,7 @@ async fn a_member_cannot_import_a_key_value() {
     let rotate = format!("{}/{}/rotate", keys_uri("bob"), key_ref(&bob));
     for (uri, body) in [
         (keys_uri("bob"), json!({"name": "probe", "user_key": alice})),
-        (format!("{USERS}/bob/key"), json!({"user_key": alice})),
+        (admin::user_key("acme", "bob"), json!({"user_key": alice})),
         (rotate, json!({"user_key": alice})),
     ] {
         post(&ks, &uri, &bob, body)
@@ -322,11 +331,11 @@ async fn self_rotations_are_rate_bounded_with_retry_after() {
     let week = json!({"grace_s": 7 * 24 * 3600});
     // The user's first key was alice's creation: 19 more fit in the window.
     for _ in 0..19 {
-        let r = post(&ks, &format!("{USERS}/bob/key"), &bob, week.clone()).await;
+        let r = post(&ks, &admin::user_key("acme", "bob"), &bob, week.clone()).await;
         bob = new_key(&r);
     }
     let rev = ks.revision().await;
-    let r = post(&ks, &format!("{USERS}/bob/key"), &bob, week.clone()).await;
+    let r = post(&ks, &admin::user_key("acme", "bob"), &bob, week.clone()).await;
     r.assert_error(
         StatusCode::TOO_MANY_REQUESTS,
         "got 20 new keys in the last 600 seconds",
@@ -351,7 +360,7 @@ async fn keys_in_their_grace_count_toward_the_live_key_bound() {
     let week = json!({"grace_s": 7 * 24 * 3600});
     // Root's rotations are not rate-bounded, but each with a grace leaves one more live key.
     for _ in 0..99 {
-        let r = post(&ks, &format!("{USERS}/bob/key"), ROOT_KEY, week.clone()).await;
+        let r = post(&ks, &admin::user_key("acme", "bob"), ROOT_KEY, week.clone()).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     }
     let listed = ks
@@ -360,7 +369,7 @@ async fn keys_in_their_grace_count_toward_the_live_key_bound() {
         .json();
     assert_eq!(listed["keys"].as_array().unwrap().len(), 100);
     let rev = ks.revision().await;
-    post(&ks, &format!("{USERS}/bob/key"), ROOT_KEY, week.clone())
+    post(&ks, &admin::user_key("acme", "bob"), ROOT_KEY, week.clone())
         .await
         .assert_error(StatusCode::CONFLICT, "already holds 100 unexpired keys");
     let last = listed["keys"][99]["key"].as_str().unwrap().to_owned();
@@ -370,7 +379,7 @@ async fn keys_in_their_grace_count_toward_the_live_key_bound() {
         .assert_error(StatusCode::CONFLICT, "already holds 100");
     assert_eq!(ks.revision().await, rev);
     // Without a grace the old keys go: a rotation then always fits.
-    let r = post(&ks, &format!("{USERS}/bob/key"), ROOT_KEY, json!({})).await;
+    let r = post(&ks, &admin::user_key("acme", "bob"), ROOT_KEY, json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 }
 
@@ -440,7 +449,7 @@ async fn a_key_hands_on_only_the_capabilities_it_has() {
     );
     post(
         &ks,
-        USERS,
+        &admin::users("acme"),
         &narrow,
         json!({"user_id": "x", "role": "member"}),
     )

@@ -12,9 +12,10 @@ mod common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{Ks, ROOT_KEY};
+use keygate_protocol::routes::admin;
 use serde_json::json;
 
-const ACCOUNTS: &str = "/api/v1/admin/accounts";
+const ACCOUNTS: &str = admin::ACCOUNTS;
 
 /// A request with the root key, a content type and a raw body.
 fn raw(
@@ -126,7 +127,7 @@ async fn malformed_bodies() {
         (
             raw(
                 "POST",
-                "/api/v1/admin/accounts/acme/users",
+                &admin::users("acme"),
                 Some("application/json"),
                 r#"{"user_id":"bob"}"#,
             ),
@@ -136,7 +137,7 @@ async fn malformed_bodies() {
         (
             raw(
                 "POST",
-                "/api/v1/admin/accounts/acme/users",
+                &admin::users("acme"),
                 Some("application/json"),
                 r#"{"user_id":"bob","role":"member","key":"kg_x"}"#,
             ),
@@ -146,7 +147,7 @@ async fn malformed_bodies() {
         (
             raw(
                 "PATCH",
-                "/api/v1/admin/accounts/acme/users/alice",
+                &admin::user("acme", "alice"),
                 Some("application/json"),
                 r#"{"role":"member","user_id":"x"}"#,
             ),
@@ -156,7 +157,7 @@ async fn malformed_bodies() {
         (
             raw(
                 "PATCH",
-                "/api/v1/admin/accounts/acme/users/alice",
+                &admin::user("acme", "alice"),
                 Some("application/json"),
                 r#"{"role":5}"#,
             ),
@@ -210,7 +211,7 @@ async fn bad_ids() {
         .assert_error(StatusCode::BAD_REQUEST, "admin_user_id");
         ks.call(
             "POST",
-            "/api/v1/admin/accounts/acme/users",
+            &admin::users("acme"),
             Some(&admin),
             Some(json!({"user_id": bad, "role": "member"})),
         )
@@ -218,7 +219,7 @@ async fn bad_ids() {
         .assert_error(StatusCode::BAD_REQUEST, "user_id");
         ks.call(
             "POST",
-            "/api/v1/admin/accounts/acme/users",
+            &admin::users("acme"),
             Some(&admin),
             Some(json!({"user_id": "fine", "role": bad})),
         )
@@ -226,7 +227,7 @@ async fn bad_ids() {
         .assert_error(StatusCode::BAD_REQUEST, "role");
         ks.call(
             "PATCH",
-            "/api/v1/admin/accounts/acme/users/alice",
+            &admin::user("acme", "alice"),
             Some(&admin),
             Some(json!({"role": bad})),
         )
@@ -235,31 +236,21 @@ async fn bad_ids() {
     }
     // Ids in the path follow the same rules.
     for uri in [
-        format!("/api/v1/admin/accounts/{long}/users"),
-        "/api/v1/admin/accounts/a%20b/users".to_owned(),
-        "/api/v1/admin/accounts/a%2Fb/users".to_owned(),
+        admin::users(&long),
+        admin::users("a%20b"),
+        admin::users("a%2Fb"),
     ] {
         ks.call("GET", &uri, Some(ROOT_KEY), None)
             .await
             .assert_error(StatusCode::BAD_REQUEST, "account");
     }
-    ks.call(
-        "DELETE",
-        &format!("/api/v1/admin/accounts/acme/users/{long}"),
-        Some(ROOT_KEY),
-        None,
-    )
-    .await
-    .assert_error(StatusCode::BAD_REQUEST, "user");
+    ks.call("DELETE", &admin::user("acme", &long), Some(ROOT_KEY), None)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "user");
     // Ids that do not decode as UTF-8 are rejected by the router, still as JSON.
-    ks.call(
-        "GET",
-        "/api/v1/admin/accounts/%FF/users",
-        Some(ROOT_KEY),
-        None,
-    )
-    .await
-    .assert_error(StatusCode::BAD_REQUEST, "");
+    ks.call("GET", &admin::users("%FF"), Some(ROOT_KEY), None)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "");
 
     // Reserved names and roles.
     ks.call(
@@ -272,7 +263,7 @@ async fn bad_ids() {
     .assert_error(StatusCode::BAD_REQUEST, "reserved");
     ks.call(
         "POST",
-        "/api/v1/admin/accounts/acme/users",
+        &admin::users("acme"),
         Some(&admin),
         Some(json!({"user_id": "eve", "role": "root"})),
     )
@@ -300,7 +291,7 @@ async fn unknown_and_duplicate() {
     .assert_error(StatusCode::CONFLICT, "already exists");
     ks.call(
         "POST",
-        "/api/v1/admin/accounts/acme/users",
+        &admin::users("acme"),
         Some(ROOT_KEY),
         Some(json!({"user_id": "alice", "role": "member"})),
     )
@@ -309,31 +300,31 @@ async fn unknown_and_duplicate() {
     for (method, uri, body) in [
         (
             "POST",
-            "/api/v1/admin/accounts/nope/users",
+            &admin::users("nope"),
             Some(json!({"user_id": "z", "role": "member"})),
         ),
-        ("GET", "/api/v1/admin/accounts/nope/users", None),
-        ("DELETE", "/api/v1/admin/accounts/nope", None),
-        ("DELETE", "/api/v1/admin/accounts/nope/users/alice", None),
+        ("GET", &admin::users("nope"), None),
+        ("DELETE", &admin::account("nope"), None),
+        ("DELETE", &admin::user("nope", "alice"), None),
         (
             "PATCH",
-            "/api/v1/admin/accounts/nope/users/alice",
+            &admin::user("nope", "alice"),
             Some(json!({"role": "member"})),
         ),
-        ("POST", "/api/v1/admin/accounts/nope/users/alice/key", None),
+        ("POST", &admin::user_key("nope", "alice"), None),
     ] {
         ks.call(method, uri, Some(ROOT_KEY), body)
             .await
             .assert_error(StatusCode::NOT_FOUND, "account nope not found");
     }
     for (method, uri, body) in [
-        ("DELETE", "/api/v1/admin/accounts/acme/users/zed", None),
+        ("DELETE", &admin::user("acme", "zed"), None),
         (
             "PATCH",
-            "/api/v1/admin/accounts/acme/users/zed",
+            &admin::user("acme", "zed"),
             Some(json!({"role": "member"})),
         ),
-        ("POST", "/api/v1/admin/accounts/acme/users/zed/key", None),
+        ("POST", &admin::user_key("acme", "zed"), None),
     ] {
         ks.call(method, uri, Some(ROOT_KEY), body)
             .await
@@ -375,14 +366,10 @@ async fn router_rejections_are_json() {
             "/v1/keys/0000000000000000000000000000000000000000000000000000000000000000",
             StatusCode::METHOD_NOT_ALLOWED,
         ),
-        (
-            "PUT",
-            "/api/v1/admin/accounts",
-            StatusCode::METHOD_NOT_ALLOWED,
-        ),
+        ("PUT", admin::ACCOUNTS, StatusCode::METHOD_NOT_ALLOWED),
         (
             "GET",
-            "/api/v1/admin/accounts/acme/users/bob/key",
+            &admin::user_key("acme", "bob"),
             StatusCode::METHOD_NOT_ALLOWED,
         ),
         (

@@ -11,6 +11,7 @@
 mod common;
 
 use common::Connect as _;
+use keygate_protocol::routes::admin;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -181,7 +182,7 @@ fn data_survives_kill_9_and_restart() {
     );
     let (status, created) = server.call(
         "POST",
-        "/api/v1/admin/accounts",
+        admin::ACCOUNTS,
         Some(ROOT_KEY),
         Some(json!({"account_id": "acme", "admin_user_id": "alice"})),
     );
@@ -189,7 +190,7 @@ fn data_survives_kill_9_and_restart() {
     let key = created["user_key"].as_str().unwrap().to_owned();
     let (status, user) = server.call(
         "POST",
-        "/api/v1/admin/accounts/acme/users",
+        &admin::users("acme"),
         Some(&key),
         Some(json!({"user_id": "bob", "role": "member"})),
     );
@@ -243,11 +244,11 @@ fn data_survives_kill_9_and_restart() {
     expected.sort();
     assert_eq!(changed, expected);
     // The key still works for the admin API, and so does root.
-    let (status, _) = server.call("GET", "/api/v1/admin/accounts/acme/users", Some(&key), None);
+    let (status, _) = server.call("GET", &admin::users("acme"), Some(&key), None);
     assert_eq!(status, 200);
     let (status, _) = server.call(
         "POST",
-        "/api/v1/admin/accounts",
+        admin::ACCOUNTS,
         Some(ROOT_KEY),
         Some(json!({"account_id": "second", "admin_user_id": "sam"})),
     );
@@ -305,7 +306,7 @@ fn sigint_shuts_down_and_missing_root_key_warns() {
     let mut server = Server::start(&db, &[], None);
     let (status, body) = server.call(
         "POST",
-        "/api/v1/admin/accounts",
+        admin::ACCOUNTS,
         Some(ROOT_KEY),
         Some(json!({"account_id": "acme", "admin_user_id": "alice"})),
     );
@@ -425,7 +426,7 @@ fn the_protocol_token_file_guards_lookups_and_the_feed() {
     // The admin API still takes the root key.
     let (status, _) = server.call(
         "POST",
-        "/api/v1/admin/accounts",
+        admin::ACCOUNTS,
         Some(ROOT_KEY),
         Some(json!({"account_id": "acme", "admin_user_id": "alice"})),
     );
@@ -672,7 +673,7 @@ fn two_keystores_on_one_postgres_database_serve_one_store() {
     // Created through replica 1, found through replica 2 at once.
     let (status, created) = r1.call(
         "POST",
-        "/api/v1/admin/accounts",
+        admin::ACCOUNTS,
         Some(ROOT_KEY),
         Some(json!({"account_id": "acme", "admin_user_id": "alice"})),
     );
@@ -687,7 +688,7 @@ fn two_keystores_on_one_postgres_database_serve_one_store() {
     // The key works for the admin API of replica 2, and the feed is the same on both.
     let (status, user) = r2.call(
         "POST",
-        "/api/v1/admin/accounts/acme/users",
+        &admin::users("acme"),
         Some(&alice),
         Some(json!({"user_id": "bob", "role": "member"})),
     );
@@ -701,12 +702,7 @@ fn two_keystores_on_one_postgres_database_serve_one_store() {
     assert_eq!(f1["created"], json!([key_id(&alice), key_id(&bob)]));
 
     // Revoked through replica 2, refused by replica 1 at once.
-    let (status, _) = r2.call(
-        "DELETE",
-        "/api/v1/admin/accounts/acme/users/bob",
-        Some(&alice),
-        None,
-    );
+    let (status, _) = r2.call("DELETE", &admin::user("acme", "bob"), Some(&alice), None);
     assert_eq!(status, 200);
     let bob_lookup = format!("/v1/keys/{}", key_id(&bob));
     assert_eq!(r1.call("GET", &bob_lookup, None, None).0, 404);
@@ -745,7 +741,7 @@ fn a_keystore_restarted_without_its_root_key_no_longer_honours_it() {
     let server = Server::start(&db, &[], Some(ROOT_KEY));
     let (status, created) = server.call(
         "POST",
-        "/api/v1/admin/accounts",
+        admin::ACCOUNTS,
         Some(ROOT_KEY),
         Some(json!({"account_id": "acme", "admin_user_id": "alice"})),
     );
@@ -757,7 +753,7 @@ fn a_keystore_restarted_without_its_root_key_no_longer_honours_it() {
     let mut server = Server::start(&db, &[], None);
     let (status, body) = server.call(
         "POST",
-        "/api/v1/admin/accounts",
+        admin::ACCOUNTS,
         Some(ROOT_KEY),
         Some(json!({"account_id": "evil", "admin_user_id": "mallory"})),
     );
@@ -765,12 +761,7 @@ fn a_keystore_restarted_without_its_root_key_no_longer_honours_it() {
     assert_eq!(body["type"], "https://keygate.dev/problems/unauthorized");
     let lookup = format!("/v1/keys/{}", key_id(ROOT_KEY));
     assert_eq!(server.call("GET", &lookup, None, None).0, 404);
-    let (status, _) = server.call(
-        "GET",
-        "/api/v1/admin/accounts/acme/users",
-        Some(&alice),
-        None,
-    );
+    let (status, _) = server.call("GET", &admin::users("acme"), Some(&alice), None);
     assert_eq!(status, 200, "account keys keep working");
     server.signal("TERM");
     assert!(server.wait(Duration::from_secs(20)).success());
@@ -785,7 +776,7 @@ fn a_keystore_restarted_without_its_root_key_no_longer_honours_it() {
 
     // Configured again, it comes back; the audit trail shows all three.
     let server = Server::start(&db, &[], Some(ROOT_KEY));
-    let (status, audit) = server.call("GET", "/api/v1/admin/audit", Some(ROOT_KEY), None);
+    let (status, audit) = server.call("GET", admin::AUDIT, Some(ROOT_KEY), None);
     assert_eq!(status, 200, "{audit}");
     let actions: Vec<&str> = audit["entries"]
         .as_array()

@@ -16,6 +16,7 @@
 mod common;
 
 use common::{now, Ks, ROOT_KEY};
+use keygate_protocol::routes::admin;
 use keystore::keys::key_id;
 use keystore::store::{parse_rfc3339, rfc3339};
 use serde_json::{json, Map, Value};
@@ -78,7 +79,7 @@ fn random_expiry(rng: &mut Rng, k: &Holder) -> Option<String> {
 
 /// One random admin call made with K; returns the new key, if the call made one.
 async fn random_call(ks: &Ks, rng: &mut Rng, run: &mut Run, step: usize) -> Option<String> {
-    let users = "/api/v1/admin/accounts/acme/users";
+    let users = &admin::users("acme");
     let user = run.users[rng.below(run.users.len())].clone();
     let mut body = Map::new();
     if let Some(caps) = random_caps(rng) {
@@ -167,7 +168,7 @@ async fn random_call(ks: &Ks, rng: &mut Rng, run: &mut Run, step: usize) -> Opti
 /// Checks every unrevoked key K's calls made, as root lists them.
 async fn check(ks: &Ks, run: &Run, context: &str) {
     for (raw, owner) in &run.made {
-        let uri = format!("/api/v1/admin/accounts/acme/users/{owner}/keys");
+        let uri = admin::keys("acme", owner);
         let listed = ks.call("GET", &uri, Some(ROOT_KEY), None).await.json();
         let reference = &key_id(raw)[..16];
         let Some(key) = listed["keys"]
@@ -229,7 +230,7 @@ async fn holder(ks: &Ks, rng: &mut Rng) -> Holder {
         );
         body["capabilities"] = json!(caps);
     }
-    let uri = format!("/api/v1/admin/accounts/acme/users/{user}/keys");
+    let uri = admin::keys("acme", user);
     let v = ks
         .call("POST", &uri, Some(ROOT_KEY), Some(body))
         .await

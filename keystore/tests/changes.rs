@@ -11,6 +11,7 @@ mod common;
 
 use axum::http::StatusCode;
 use common::{changed, ids, Ks, ROOT_KEY};
+use keygate_protocol::routes::admin;
 use keystore::keys::key_id;
 use serde_json::json;
 
@@ -60,7 +61,7 @@ async fn feed_lists_changed_key_ids_with_monotonic_revisions() {
         let r = ks
             .call(
                 "PATCH",
-                "/api/v1/admin/accounts/acme/users/bob",
+                &admin::user("acme", "bob"),
                 Some(&admin),
                 Some(json!({"role": role})),
             )
@@ -75,7 +76,7 @@ async fn feed_lists_changed_key_ids_with_monotonic_revisions() {
     let rev = ks.revision().await;
     ks.call(
         "POST",
-        "/api/v1/admin/accounts",
+        admin::ACCOUNTS,
         Some(ROOT_KEY),
         Some(json!({"account_id": "acme", "admin_user_id": "x"})),
     )
@@ -83,7 +84,7 @@ async fn feed_lists_changed_key_ids_with_monotonic_revisions() {
     .assert_error(StatusCode::CONFLICT, "acme");
     ks.call(
         "POST",
-        "/api/v1/admin/accounts/acme/users",
+        &admin::users("acme"),
         Some(&admin),
         Some(json!({"user_id": "bob", "role": "member"})),
     )
@@ -223,12 +224,7 @@ async fn created_lists_keys_whose_only_change_is_their_creation() {
 
     let after_create = ks.revision().await;
     let r = ks
-        .call(
-            "DELETE",
-            "/api/v1/admin/accounts/acme/users/bob",
-            Some(&admin),
-            None,
-        )
+        .call("DELETE", &admin::user("acme", "bob"), Some(&admin), None)
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let feed = ks.changes(after_create).await;

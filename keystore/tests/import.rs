@@ -12,10 +12,11 @@ mod common;
 
 use axum::http::StatusCode;
 use common::{changed, contains, ids, post, Ks, Resp, ROOT_KEY};
+use keygate_protocol::routes::admin;
 use keystore::keys::key_id;
 use serde_json::json;
 
-const ACCOUNTS: &str = "/api/v1/admin/accounts";
+const ACCOUNTS: &str = admin::ACCOUNTS;
 /// Keys as another system might have issued them (32+ bytes of visible ASCII, at least 128
 /// bits of estimated entropy).
 const LEGACY_1: &str = "legacy-0123456789abcdef0123456789abcdef";
@@ -63,7 +64,7 @@ async fn imported_keys_are_stored_and_looked_up_by_key_id() {
     // The imported key authenticates the admin API, both ways, like a minted one.
     let r = post(
         &ks,
-        "/api/v1/admin/accounts/acme/users",
+        &admin::users("acme"),
         LEGACY_1,
         json!({"user_id": "bob", "role": "member", "user_key": LEGACY_2}),
     )
@@ -77,7 +78,7 @@ async fn imported_keys_are_stored_and_looked_up_by_key_id() {
     let r = ks
         .send(
             axum::http::Request::builder()
-                .uri("/api/v1/admin/accounts/acme/users")
+                .uri(admin::users("acme"))
                 .header("authorization", format!("Bearer {LEGACY_1}"))
                 .body(axum::body::Body::empty())
                 .unwrap(),
@@ -90,7 +91,7 @@ async fn imported_keys_are_stored_and_looked_up_by_key_id() {
     assert!(carol.starts_with("kg_"), "{carol}");
     let r = post(
         &ks,
-        "/api/v1/admin/accounts/acme/users",
+        &admin::users("acme"),
         LEGACY_1,
         json!({"user_id": "dave", "role": "member", "user_key": null}),
     )
@@ -127,7 +128,7 @@ async fn length_boundaries_and_every_visible_character_are_accepted() {
     for (user, key) in [("u-min", &min), ("u-max", &max), ("u-all", &visible)] {
         let r = post(
             &ks,
-            "/api/v1/admin/accounts/acme/users",
+            &admin::users("acme"),
             &admin,
             json!({"user_id": user, "role": "member", "user_key": key}),
         )
@@ -175,12 +176,12 @@ async fn invalid_keys_are_rejected_naming_user_key() {
                 json!({"account_id": "newco", "admin_user_id": "a", "user_key": key}),
             ),
             (
-                "/api/v1/admin/accounts/acme/users".to_owned(),
+                admin::users("acme"),
                 admin.as_str(),
                 json!({"user_id": "carol", "role": "member", "user_key": key}),
             ),
             (
-                "/api/v1/admin/accounts/acme/users/bob/key".to_owned(),
+                admin::user_key("acme", "bob"),
                 admin.as_str(),
                 json!({"user_key": key}),
             ),
@@ -202,7 +203,7 @@ async fn invalid_keys_are_rejected_naming_user_key() {
     for value in [json!(12345), json!(["x"]), json!({"k": "v"}), json!(true)] {
         post(
             &ks,
-            "/api/v1/admin/accounts/acme/users/bob/key",
+            &admin::user_key("acme", "bob"),
             &admin,
             json!({ "user_key": value }),
         )
@@ -231,7 +232,7 @@ async fn duplicate_keys_conflict_without_saying_whose() {
     assert_eq!(r.status, StatusCode::CREATED);
     let r = post(
         &ks,
-        "/api/v1/admin/accounts/acme/users",
+        &admin::users("acme"),
         LEGACY_1,
         json!({"user_id": "bob", "role": "member", "user_key": LEGACY_2}),
     )
@@ -250,17 +251,17 @@ async fn duplicate_keys_conflict_without_saying_whose() {
                 json!({"account_id": "other", "admin_user_id": "x", "user_key": taken}),
             ),
             (
-                "/api/v1/admin/accounts/acme/users".to_owned(),
+                admin::users("acme"),
                 LEGACY_1,
                 json!({"user_id": "carol", "role": "member", "user_key": taken}),
             ),
             (
-                "/api/v1/admin/accounts/acme/users/alice/key".to_owned(),
+                admin::user_key("acme", "alice"),
                 LEGACY_1,
                 json!({"user_key": taken}),
             ),
             (
-                "/api/v1/admin/accounts/acme/users/bob/key".to_owned(),
+                admin::user_key("acme", "bob"),
                 root,
                 json!({"user_key": taken}),
             ),
@@ -299,7 +300,7 @@ async fn rotate_with_a_provided_key_revokes_the_old_one() {
 
     let r = post(
         &ks,
-        "/api/v1/admin/accounts/acme/users/bob/key",
+        &admin::user_key("acme", "bob"),
         &admin,
         json!({"user_key": LEGACY_1}),
     )
@@ -319,7 +320,7 @@ async fn rotate_with_a_provided_key_revokes_the_old_one() {
     let rev1 = ks.revision().await;
     post(
         &ks,
-        "/api/v1/admin/accounts/acme/users/bob/key",
+        &admin::user_key("acme", "bob"),
         LEGACY_1,
         json!({"user_key": LEGACY_2}),
     )
@@ -329,7 +330,7 @@ async fn rotate_with_a_provided_key_revokes_the_old_one() {
     ks.assert_active(LEGACY_1, "acme", "bob", "member").await;
     let r = post(
         &ks,
-        "/api/v1/admin/accounts/acme/users/bob/key",
+        &admin::user_key("acme", "bob"),
         &admin,
         json!({"user_key": LEGACY_2}),
     )
@@ -341,7 +342,7 @@ async fn rotate_with_a_provided_key_revokes_the_old_one() {
     // Rotating to the current key is a duplicate like any other.
     post(
         &ks,
-        "/api/v1/admin/accounts/acme/users/bob/key",
+        &admin::user_key("acme", "bob"),
         &admin,
         json!({"user_key": LEGACY_2}),
     )
@@ -354,13 +355,7 @@ async fn rotate_with_a_provided_key_revokes_the_old_one() {
     assert!(minted.starts_with("kg_"));
     let mut last = minted;
     for body in [json!({}), json!({"user_key": null})] {
-        let r = post(
-            &ks,
-            "/api/v1/admin/accounts/acme/users/bob/key",
-            &last,
-            body,
-        )
-        .await;
+        let r = post(&ks, &admin::user_key("acme", "bob"), &last, body).await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         let next = r.json()["user_key"].as_str().unwrap().to_owned();
         assert!(next.starts_with("kg_"));
@@ -372,7 +367,7 @@ async fn rotate_with_a_provided_key_revokes_the_old_one() {
     // A rotate body is checked like the others.
     post(
         &ks,
-        "/api/v1/admin/accounts/acme/users/bob/key",
+        &admin::user_key("acme", "bob"),
         &admin,
         json!({"user_key": LEGACY_3, "role": "admin"}),
     )
@@ -382,7 +377,7 @@ async fn rotate_with_a_provided_key_revokes_the_old_one() {
         .send(
             axum::http::Request::builder()
                 .method("POST")
-                .uri("/api/v1/admin/accounts/acme/users/bob/key")
+                .uri(admin::user_key("acme", "bob"))
                 .header("x-api-key", &admin)
                 .header("content-type", "text/plain")
                 .body(axum::body::Body::from(LEGACY_3))
@@ -396,7 +391,7 @@ async fn rotate_with_a_provided_key_revokes_the_old_one() {
     let carol = ks.create_user(&admin, "acme", "carol", "member").await;
     post(
         &ks,
-        "/api/v1/admin/accounts/acme/users/bob/key",
+        &admin::user_key("acme", "bob"),
         &carol,
         json!({"user_key": LEGACY_3}),
     )

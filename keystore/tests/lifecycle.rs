@@ -13,13 +13,14 @@ mod common;
 
 use axum::http::StatusCode;
 use common::{changed, contains, ids, key_ref, now, world, Ks, ROOT_KEY};
+use keygate_protocol::routes::admin;
 use keystore::keys::key_id;
 use keystore::store::rfc3339;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 fn keys_uri(account: &str, user: &str) -> String {
-    format!("/api/v1/admin/accounts/{account}/users/{user}/keys")
+    admin::keys(account, user)
 }
 
 /// Creates a named key; returns the whole answer (with "user_key").
@@ -163,12 +164,7 @@ async fn a_user_holds_several_named_keys_and_revoking_one_keeps_the_others() {
     );
     ks.assert_active(&w.bob, "acme", "bob", "member").await;
     let r = ks
-        .call(
-            "DELETE",
-            "/api/v1/admin/accounts/acme/users/bob",
-            Some(&w.alice),
-            None,
-        )
+        .call("DELETE", &admin::user("acme", "bob"), Some(&w.alice), None)
         .await;
     assert_eq!(r.json(), json!({"revoked": 1}));
     ks.assert_inactive(&w.bob).await;
@@ -375,7 +371,7 @@ async fn expiry_is_in_the_lookup_answer_and_refused_once_past() {
     let r = ks
         .call(
             "POST",
-            "/api/v1/admin/accounts/acme/users",
+            &admin::users("acme"),
             Some(&w.alice),
             Some(
                 json!({"user_id": "carol", "role": "member", "expires_at": rfc3339(in_an_hour),
@@ -395,7 +391,7 @@ async fn expiry_is_in_the_lookup_answer_and_refused_once_past() {
     let r = ks
         .call(
             "POST",
-            "/api/v1/admin/accounts",
+            admin::ACCOUNTS,
             Some(ROOT_KEY),
             Some(json!({"account_id": "trial", "admin_user_id": "tom", "expires_at": rfc3339(in_an_hour)})),
         )
@@ -543,7 +539,7 @@ async fn rotation_keeps_the_old_key_valid_for_the_grace_period() {
     let r = ks
         .call(
             "POST",
-            "/api/v1/admin/accounts/acme/users/bob/key",
+            &admin::user_key("acme", "bob"),
             Some(&w.alice),
             Some(json!({"grace_s": 3600})),
         )
@@ -615,7 +611,7 @@ async fn user_rotation_takes_a_grace_period_too() {
     let ks = Ks::new().await;
     let w = world(&ks).await;
     let rev = ks.revision().await;
-    let uri = "/api/v1/admin/accounts/acme/users/bob/key";
+    let uri = &admin::user_key("acme", "bob");
     let r = ks
         .call("POST", uri, Some(&w.bob), Some(json!({"grace_s": 600})))
         .await;
@@ -748,7 +744,7 @@ async fn claims_of_accounts_and_keys_reach_the_lookup_answer() {
     let r = ks
         .call(
             "PATCH",
-            "/api/v1/admin/accounts/acme",
+            &admin::account("acme"),
             Some(ROOT_KEY),
             Some(json!({"claims": {"plan": "pro", "region": "eu"}})),
         )
@@ -823,7 +819,7 @@ async fn claims_of_accounts_and_keys_reach_the_lookup_answer() {
     assert!(rev2 > rev);
     ks.call(
         "PATCH",
-        "/api/v1/admin/accounts/acme",
+        &admin::account("acme"),
         Some(ROOT_KEY),
         Some(json!({"claims": {"region": "eu", "plan": "pro"}})),
     )
@@ -831,7 +827,7 @@ async fn claims_of_accounts_and_keys_reach_the_lookup_answer() {
     assert_eq!(ks.revision().await, rev2);
     ks.call(
         "PATCH",
-        "/api/v1/admin/accounts/acme",
+        &admin::account("acme"),
         Some(ROOT_KEY),
         Some(json!({"claims": {}})),
     )
@@ -842,7 +838,7 @@ async fn claims_of_accounts_and_keys_reach_the_lookup_answer() {
     for caller in [&w.alice, &w.bob, &w.oscar, &w.olga] {
         ks.call(
             "PATCH",
-            "/api/v1/admin/accounts/acme",
+            &admin::account("acme"),
             Some(caller),
             Some(json!({"claims": {"plan": "free"}})),
         )
@@ -867,7 +863,7 @@ async fn claims_of_accounts_and_keys_reach_the_lookup_answer() {
     ] {
         ks.call(
             "PATCH",
-            "/api/v1/admin/accounts/acme",
+            &admin::account("acme"),
             Some(ROOT_KEY),
             Some(json!({"claims": claims.clone()})),
         )
@@ -884,7 +880,7 @@ async fn claims_of_accounts_and_keys_reach_the_lookup_answer() {
     }
     ks.call(
         "PATCH",
-        "/api/v1/admin/accounts/nope",
+        &admin::account("nope"),
         Some(ROOT_KEY),
         Some(json!({"claims": {}})),
     )
@@ -892,7 +888,7 @@ async fn claims_of_accounts_and_keys_reach_the_lookup_answer() {
     .assert_error(StatusCode::NOT_FOUND, "nope");
     ks.call(
         "PATCH",
-        "/api/v1/admin/accounts/_system",
+        &admin::account("_system"),
         Some(ROOT_KEY),
         Some(json!({"claims": {}})),
     )
@@ -900,7 +896,7 @@ async fn claims_of_accounts_and_keys_reach_the_lookup_answer() {
     .assert_error(StatusCode::FORBIDDEN, "_system");
     ks.call(
         "PATCH",
-        "/api/v1/admin/accounts/acme",
+        &admin::account("acme"),
         Some(ROOT_KEY),
         Some(json!({"plan": "x"})),
     )
@@ -927,14 +923,14 @@ async fn every_admin_write_is_in_the_audit_trail() {
     .await;
     ks.call(
         "PATCH",
-        "/api/v1/admin/accounts/acme/users/bob",
+        &admin::user("acme", "bob"),
         Some(&w.alice),
         Some(json!({"role": "reader"})),
     )
     .await;
     ks.call(
         "PATCH",
-        "/api/v1/admin/accounts/other",
+        &admin::account("other"),
         Some(ROOT_KEY),
         Some(json!({"claims": {"plan": "pro"}})),
     )
@@ -942,23 +938,16 @@ async fn every_admin_write_is_in_the_audit_trail() {
     ks.rotate(&w.olga, "other", "olga").await;
     ks.call(
         "DELETE",
-        "/api/v1/admin/accounts/other/users/olga",
+        &admin::user("other", "olga"),
         Some(&w.oscar),
         None,
     )
     .await;
     // A refused write is recorded as refused, naming the caller and its key.
-    ks.call(
-        "DELETE",
-        "/api/v1/admin/accounts/acme",
-        Some(&w.alice),
-        None,
-    )
-    .await;
-
-    let r = ks
-        .call("GET", "/api/v1/admin/audit", Some(ROOT_KEY), None)
+    ks.call("DELETE", &admin::account("acme"), Some(&w.alice), None)
         .await;
+
+    let r = ks.call("GET", admin::AUDIT, Some(ROOT_KEY), None).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     for raw in [
         &w.alice,
@@ -1013,12 +1002,7 @@ async fn every_admin_write_is_in_the_audit_trail() {
             ("_system", "root", "account.set_claims", "other"),
             ("other", "olga", "user.rotate_key", "other/olga"),
             ("other", "oscar", "user.revoke", "other/olga"),
-            (
-                "acme",
-                "alice",
-                "admin.refused",
-                "/api/v1/admin/accounts/{account}"
-            ),
+            ("acme", "alice", "admin.refused", admin::ACCOUNT),
         ]
     );
     let first = &entries[1];
@@ -1051,13 +1035,18 @@ async fn every_admin_write_is_in_the_audit_trail() {
     }
     assert_eq!(
         entries[12]["detail"],
-        json!({"method": "DELETE", "route": "/api/v1/admin/accounts/{account}",
+        json!({"method": "DELETE", "route": admin::ACCOUNT,
                "status": 403, "reason": "forbidden: only the root key may revoke accounts"})
     );
 
     // Paged: after + limit.
     let r = ks
-        .call("GET", "/api/v1/admin/audit?limit=4", Some(ROOT_KEY), None)
+        .call(
+            "GET",
+            &format!("{}?limit=4", admin::AUDIT),
+            Some(ROOT_KEY),
+            None,
+        )
         .await;
     let p1 = r.json();
     assert_eq!(p1["entries"].as_array().unwrap().len(), 4);
@@ -1066,7 +1055,7 @@ async fn every_admin_write_is_in_the_audit_trail() {
     let p2 = ks
         .call(
             "GET",
-            &format!("/api/v1/admin/audit?after={last}&limit=1000"),
+            &format!("{}?after={last}&limit=1000", admin::AUDIT),
             Some(ROOT_KEY),
             None,
         )
@@ -1078,12 +1067,7 @@ async fn every_admin_write_is_in_the_audit_trail() {
 
     // An account's admins read their account's entries only; root reads any account's.
     let acme = ks
-        .call(
-            "GET",
-            "/api/v1/admin/accounts/acme/audit",
-            Some(&w.alice),
-            None,
-        )
+        .call("GET", &admin::account_audit("acme"), Some(&w.alice), None)
         .await;
     assert_eq!(acme.status, StatusCode::OK, "{:?}", acme.body);
     let acme = acme.json();
@@ -1093,7 +1077,7 @@ async fn every_admin_write_is_in_the_audit_trail() {
     let other = ks
         .call(
             "GET",
-            "/api/v1/admin/accounts/other/audit?limit=2",
+            &format!("{}?limit=2", admin::account_audit("other")),
             Some(ROOT_KEY),
             None,
         )
@@ -1105,19 +1089,19 @@ async fn every_admin_write_is_in_the_audit_trail() {
     // Everyone else: 403.
     let otto = ks.create_user(&w.oscar, "other", "otto", "member").await;
     for (caller, uri) in [
-        (&w.alice, "/api/v1/admin/audit"),
-        (&w.alice, "/api/v1/admin/accounts/other/audit"),
-        (&w.oscar, "/api/v1/admin/accounts/acme/audit"),
-        (&w.bob, "/api/v1/admin/accounts/acme/audit"),
-        (&w.bob, "/api/v1/admin/audit"),
-        (&otto, "/api/v1/admin/accounts/acme/audit"),
-        (&otto, "/api/v1/admin/accounts/other/audit"),
+        (&w.alice, admin::AUDIT),
+        (&w.alice, &admin::account_audit("other")),
+        (&w.oscar, &admin::account_audit("acme")),
+        (&w.bob, &admin::account_audit("acme")),
+        (&w.bob, admin::AUDIT),
+        (&otto, &admin::account_audit("acme")),
+        (&otto, &admin::account_audit("other")),
     ] {
         let r = ks.call("GET", uri, Some(caller), None).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{uri}");
         r.assert_error(StatusCode::FORBIDDEN, "forbidden");
     }
-    ks.call("GET", "/api/v1/admin/audit", None, None)
+    ks.call("GET", admin::AUDIT, None, None)
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
     // Bad paging.
@@ -1130,21 +1114,16 @@ async fn every_admin_write_is_in_the_audit_trail() {
     ] {
         ks.call(
             "GET",
-            &format!("/api/v1/admin/audit?{query}"),
+            &format!("{}?{query}", admin::AUDIT),
             Some(ROOT_KEY),
             None,
         )
         .await
         .assert_error(StatusCode::BAD_REQUEST, needle);
     }
-    ks.call(
-        "GET",
-        "/api/v1/admin/accounts/a%20b/audit",
-        Some(ROOT_KEY),
-        None,
-    )
-    .await
-    .assert_error(StatusCode::BAD_REQUEST, "account may only contain");
+    ks.call("GET", &admin::account_audit("a%20b"), Some(ROOT_KEY), None)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "account may only contain");
 }
 
 #[tokio::test]
@@ -1237,7 +1216,7 @@ async fn new_endpoints_refuse_malformed_bodies_with_json_errors() {
         ("POST", keys_uri("acme", "bob")),
         ("PATCH", one.clone()),
         ("POST", rotate.clone()),
-        ("PATCH", "/api/v1/admin/accounts/acme".to_owned()),
+        ("PATCH", admin::account("acme")),
         ("POST", "/v1/usage".to_owned()),
     ];
     for (method, uri) in &endpoints {
@@ -1285,7 +1264,7 @@ async fn new_endpoints_refuse_malformed_bodies_with_json_errors() {
         ("PUT", keys_uri("acme", "bob")),
         ("GET", rotate),
         ("POST", one),
-        ("POST", "/api/v1/admin/audit".to_owned()),
+        ("POST", admin::AUDIT.to_owned()),
     ] {
         let r = ks.call(method, &uri, Some(ROOT_KEY), None).await;
         r.assert_error(
@@ -1308,7 +1287,7 @@ async fn a_claim_value_with_a_comma_is_refused_with_400_naming_the_claim_and_cha
     let r = ks
         .call(
             "PATCH",
-            "/api/v1/admin/accounts/acme",
+            &admin::account("acme"),
             Some(ROOT_KEY),
             Some(json!({"claims": {"plan": "pro"}})),
         )
@@ -1320,7 +1299,7 @@ async fn a_claim_value_with_a_comma_is_refused_with_400_naming_the_claim_and_cha
     let bad = json!({"plan": "pro", "team": "ml, ops"});
     ks.call(
         "PATCH",
-        "/api/v1/admin/accounts/acme",
+        &admin::account("acme"),
         Some(ROOT_KEY),
         Some(json!({ "claims": bad })),
     )

@@ -15,6 +15,7 @@ use axum::http::StatusCode;
 use common::{
     changed, chosen_postgres_url, create_schema, ids, Connect as _, Ks, PgSchema, ROOT_KEY,
 };
+use keygate_protocol::routes::admin;
 use keystore::keys::key_id;
 use keystore::{Config, Database};
 use serde_json::json;
@@ -117,12 +118,7 @@ async fn a_version_1_database_keeps_every_account_user_and_key() {
 
     // Old keys are listed as "default", with no hint (it was never stored) or creator.
     let r = ks
-        .call(
-            "GET",
-            "/api/v1/admin/accounts/acme/users/bob/keys",
-            Some(ALICE),
-            None,
-        )
+        .call("GET", &admin::keys("acme", "bob"), Some(ALICE), None)
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let bob_ref = &key_id(BOB)[..16];
@@ -134,12 +130,7 @@ async fn a_version_1_database_keeps_every_account_user_and_key() {
                 "capabilities": ["traffic", "own_keys"]}])
     );
     let r = ks
-        .call(
-            "GET",
-            "/api/v1/admin/accounts/acme/users",
-            Some(ALICE),
-            None,
-        )
+        .call("GET", &admin::users("acme"), Some(ALICE), None)
         .await;
     let users: Vec<String> = r.json()["users"]
         .as_array()
@@ -153,7 +144,7 @@ async fn a_version_1_database_keeps_every_account_user_and_key() {
     let r = ks
         .call(
             "POST",
-            &format!("/api/v1/admin/accounts/acme/users/bob/keys/{bob_ref}/rotate"),
+            &admin::key_rotate("acme", "bob", bob_ref),
             Some(BOB),
             Some(json!({"grace_s": 300})),
         )
@@ -175,7 +166,7 @@ async fn a_version_1_database_keeps_every_account_user_and_key() {
     let r = ks
         .call(
             "PATCH",
-            "/api/v1/admin/accounts/acme",
+            &admin::account("acme"),
             Some(ROOT_KEY),
             Some(json!({"claims": {"plan": "pro"}})),
         )
@@ -186,7 +177,7 @@ async fn a_version_1_database_keeps_every_account_user_and_key() {
         json!({"plan": "pro"})
     );
     let audit = ks
-        .call("GET", "/api/v1/admin/audit", Some(ROOT_KEY), None)
+        .call("GET", admin::AUDIT, Some(ROOT_KEY), None)
         .await
         .json();
     let actions: Vec<&str> = audit["entries"]
@@ -201,7 +192,7 @@ async fn a_version_1_database_keeps_every_account_user_and_key() {
     let r = ks
         .call(
             "PATCH",
-            "/api/v1/admin/accounts/acme/users/bob",
+            &admin::user("acme", "bob"),
             Some(ALICE),
             Some(json!({"enabled": false})),
         )
@@ -211,7 +202,7 @@ async fn a_version_1_database_keeps_every_account_user_and_key() {
     // Names (and ids) of revoked users and accounts are still never reused.
     ks.call(
         "POST",
-        "/api/v1/admin/accounts",
+        admin::ACCOUNTS,
         Some(ROOT_KEY),
         Some(json!({"account_id": "gone", "admin_user_id": "x"})),
     )

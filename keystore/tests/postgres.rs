@@ -16,6 +16,7 @@ use common::{
     chosen_postgres_url, pg_connect, postgres_required, postgres_url, Connect as _, Ks,
     DATABASE_URL_VAR, REQUIRE_POSTGRES_VAR, ROOT_KEY,
 };
+use keygate_protocol::routes::admin;
 use keystore::keys::key_id;
 use keystore::{Config, Database};
 use serde_json::json;
@@ -60,12 +61,7 @@ async fn a_key_created_through_one_replica_is_found_through_another_at_once() {
         r1.assert_active(&user, &account, "bob", "member").await;
         // Revoked on one, refused by the other at once.
         let r = r2
-            .call(
-                "DELETE",
-                &format!("/api/v1/admin/accounts/{account}/users/bob"),
-                Some(&key),
-                None,
-            )
+            .call("DELETE", &admin::user(&account, "bob"), Some(&key), None)
             .await;
         assert_eq!(r.status, StatusCode::OK);
         r1.assert_inactive(&user).await;

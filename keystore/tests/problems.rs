@@ -15,6 +15,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{key_ref, world, Ks, Resp, ROOT_KEY};
+use keygate_protocol::routes::admin;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "kgproto_5f3a9c2e7b1d48e6a0c4f2b9d7e1a3c5";
@@ -214,7 +215,7 @@ async fn every_protocol_route_answers_401_with_a_challenge_without_its_token() {
 async fn a_refused_key_creation_says_when_to_retry() {
     let ks = Ks::new().await;
     let w = world(&ks).await;
-    let path = "/api/v1/admin/accounts/acme/users/bob/keys";
+    let path = &admin::keys("acme", "bob");
     let mut last = None;
     for i in 0..200 {
         let r = ks

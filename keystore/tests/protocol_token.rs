@@ -16,6 +16,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{Ks, Resp, ROOT_KEY};
+use keygate_protocol::routes::admin;
 use keystore::keys::key_id;
 
 const TOKEN: &str = "kgproto_5f3a9c2e7b1d48e6a0c4f2b9d7e1a3c5";
@@ -116,20 +117,10 @@ async fn admin_health_and_metrics_do_not_need_the_token() {
     let ks = with_token().await;
     // The admin API authenticates with its own keys, as before: x-api-key or Bearer.
     let admin = ks.create_account("acme", "alice").await;
-    let r = get(
-        &ks,
-        "/api/v1/admin/accounts/acme/users",
-        &[&format!("Bearer {admin}")],
-    )
-    .await;
+    let r = get(&ks, &admin::users("acme"), &[&format!("Bearer {admin}")]).await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     // The protocol token is not an admin key.
-    let r = get(
-        &ks,
-        "/api/v1/admin/accounts/acme/users",
-        &[&format!("Bearer {TOKEN}")],
-    )
-    .await;
+    let r = get(&ks, &admin::users("acme"), &[&format!("Bearer {TOKEN}")]).await;
     r.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
     assert_eq!(get(&ks, "/healthz", &[]).await.status, StatusCode::OK);
     assert_eq!(get(&ks, "/metrics", &[]).await.status, StatusCode::OK);

@@ -12,9 +12,13 @@ mod common;
 
 use axum::http::StatusCode;
 use common::{key_ref, post, world, Ks, ROOT_KEY};
+use keygate_protocol::routes::admin;
 use serde_json::{json, Value};
 
-const USERS: &str = "/api/v1/admin/accounts/acme/users";
+/// The users of account `acme`.
+fn acme_users() -> String {
+    admin::users("acme")
+}
 
 /// Every item of the list at `uri`, page by page with `limit`: (items, pages).
 async fn all_pages(ks: &Ks, by: &str, uri: &str, field: &str, limit: usize) -> (Vec<Value>, usize) {
@@ -51,7 +55,7 @@ async fn users_are_listed_a_page_at_a_time_each_once_in_id_order() {
     for u in ["u1", "u2", "u3", "u4"] {
         ks.create_user(&alice, "acme", u, "member").await;
     }
-    let (users, pages) = all_pages(&ks, &alice, USERS, "users", 2).await;
+    let (users, pages) = all_pages(&ks, &alice, &acme_users(), "users", 2).await;
     let ids: Vec<&str> = users
         .iter()
         .map(|u| u["user_id"].as_str().unwrap())
@@ -63,18 +67,23 @@ async fn users_are_listed_a_page_at_a_time_each_once_in_id_order() {
     }
     // A user revoked between two pages neither shifts nor repeats the next page.
     let first = ks
-        .call("GET", &format!("{USERS}?limit=2"), Some(&alice), None)
+        .call(
+            "GET",
+            &format!("{}?limit=2", acme_users()),
+            Some(&alice),
+            None,
+        )
         .await
         .json();
     let cursor = first["next_cursor"].as_str().unwrap().to_owned();
     let r = ks
-        .call("DELETE", &format!("{USERS}/u1"), Some(&alice), None)
+        .call("DELETE", &admin::user("acme", "u1"), Some(&alice), None)
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let next = ks
         .call(
             "GET",
-            &format!("{USERS}?limit=2&cursor={cursor}"),
+            &format!("{}?limit=2&cursor={cursor}", acme_users()),
             Some(&alice),
             None,
         )
@@ -88,7 +97,10 @@ async fn users_are_listed_a_page_at_a_time_each_once_in_id_order() {
         .collect();
     assert_eq!(ids, ["u2", "u3"]);
     // The default page holds them all, with no cursor.
-    let r = ks.call("GET", USERS, Some(&alice), None).await.json();
+    let r = ks
+        .call("GET", &acme_users(), Some(&alice), None)
+        .await
+        .json();
     assert_eq!(r["users"].as_array().unwrap().len(), 4);
     assert!(r.get("next_cursor").is_none(), "{r}");
 }
@@ -97,8 +109,8 @@ async fn users_are_listed_a_page_at_a_time_each_once_in_id_order() {
 async fn limit_outside_1_to_1000_and_foreign_cursors_are_400() {
     let ks = Ks::new().await;
     let alice = ks.create_account("acme", "alice").await;
-    let keys = "/api/v1/admin/accounts/acme/users/alice/keys";
-    for uri in [USERS, keys, "/api/v1/admin/accounts"] {
+    let keys = &admin::keys("acme", "alice");
+    for uri in [acme_users().as_str(), keys, admin::ACCOUNTS] {
         let by = if uri.ends_with("accounts") {
             ROOT_KEY
         } else {
@@ -132,7 +144,7 @@ async fn limit_outside_1_to_1000_and_foreign_cursors_are_400() {
 async fn keys_are_listed_a_page_at_a_time_oldest_first_and_got_one_by_one() {
     let ks = Ks::new().await;
     let w = world(&ks).await;
-    let keys_uri = "/api/v1/admin/accounts/acme/users/bob/keys";
+    let keys_uri = &admin::keys("acme", "bob");
     let mut made = vec![key_ref(&w.bob)];
     for i in 0..4 {
         let r = post(&ks, keys_uri, &w.alice, json!({"name": format!("k{i}")})).await;
@@ -203,7 +215,7 @@ async fn a_user_is_got_by_its_admin_and_itself_with_times_in_rfc3339() {
     let r = ks
         .call(
             "PATCH",
-            &format!("{USERS}/bob"),
+            &admin::user("acme", "bob"),
             Some(&w.alice),
             Some(json!({"expires_at": until})),
         )
@@ -211,7 +223,7 @@ async fn a_user_is_got_by_its_admin_and_itself_with_times_in_rfc3339() {
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     for by in [&w.alice, &w.bob, &ROOT_KEY.to_owned()] {
         let r = ks
-            .call("GET", &format!("{USERS}/bob"), Some(by), None)
+            .call("GET", &admin::user("acme", "bob"), Some(by), None)
             .await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         let user = r.json();
@@ -222,19 +234,22 @@ async fn a_user_is_got_by_its_admin_and_itself_with_times_in_rfc3339() {
         assert!(is_rfc3339(&user["created_at"]), "{user}");
     }
     // The user list shows the same times.
-    let list = ks.call("GET", USERS, Some(&w.alice), None).await.json();
+    let list = ks
+        .call("GET", &acme_users(), Some(&w.alice), None)
+        .await
+        .json();
     assert_eq!(list["users"][1]["expires_at"], until);
     assert!(is_rfc3339(&list["users"][1]["created_at"]), "{list}");
     // bob may not read alice; an unknown user is 404.
     let r = ks
-        .call("GET", &format!("{USERS}/alice"), Some(&w.bob), None)
+        .call("GET", &admin::user("acme", "alice"), Some(&w.bob), None)
         .await;
     assert_eq!(
         r.assert_error(StatusCode::FORBIDDEN, "forbidden")["missing_capability"],
         "account_admin"
     );
     let r = ks
-        .call("GET", &format!("{USERS}/nobody"), Some(&w.alice), None)
+        .call("GET", &admin::user("acme", "nobody"), Some(&w.alice), None)
         .await;
     r.assert_error(StatusCode::NOT_FOUND, "nobody");
     assert_eq!(r.problem_kind(), "user-not-found");
@@ -247,7 +262,7 @@ async fn accounts_are_listed_by_root_and_got_by_their_admins() {
     for a in ["a1", "a2", "a3"] {
         ks.create_account(a, "boss").await;
     }
-    let (accounts, _) = all_pages(&ks, ROOT_KEY, "/api/v1/admin/accounts", "accounts", 2).await;
+    let (accounts, _) = all_pages(&ks, ROOT_KEY, admin::ACCOUNTS, "accounts", 2).await;
     let ids: Vec<&str> = accounts
         .iter()
         .map(|a| a["account_id"].as_str().unwrap())
@@ -257,15 +272,13 @@ async fn accounts_are_listed_by_root_and_got_by_their_admins() {
         assert!(is_rfc3339(&a["created_at"]), "{a}");
         assert_eq!(a["enabled"], true);
     }
-    let r = ks
-        .call("GET", "/api/v1/admin/accounts", Some(&w.alice), None)
-        .await;
+    let r = ks.call("GET", admin::ACCOUNTS, Some(&w.alice), None).await;
     assert_eq!(
         r.assert_error(StatusCode::FORBIDDEN, "root")["required_role"],
         "root"
     );
     let r = ks
-        .call("GET", "/api/v1/admin/accounts/acme", Some(&w.alice), None)
+        .call("GET", &admin::account("acme"), Some(&w.alice), None)
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let acme = r.json();
@@ -273,14 +286,14 @@ async fn accounts_are_listed_by_root_and_got_by_their_admins() {
     assert_eq!(acme["claims"], json!({}));
     assert!(is_rfc3339(&acme["created_at"]), "{acme}");
     let r = ks
-        .call("GET", "/api/v1/admin/accounts/acme", Some(&w.oscar), None)
+        .call("GET", &admin::account("acme"), Some(&w.oscar), None)
         .await;
     assert_eq!(
         r.assert_error(StatusCode::FORBIDDEN, "acme")["missing_capability"],
         "account_admin"
     );
     let r = ks
-        .call("GET", "/api/v1/admin/accounts/gone", Some(ROOT_KEY), None)
+        .call("GET", &admin::account("gone"), Some(ROOT_KEY), None)
         .await;
     r.assert_error(StatusCode::NOT_FOUND, "gone");
     assert_eq!(r.problem_kind(), "account-not-found");

@@ -19,6 +19,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt as _;
+use keygate_protocol::routes::admin;
 use keystore::{AppState, Config, Database};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -341,7 +342,7 @@ impl Ks {
         let r = self
             .call(
                 "POST",
-                "/api/v1/admin/accounts",
+                admin::ACCOUNTS,
                 Some(ROOT_KEY),
                 Some(json!({"account_id": account, "admin_user_id": admin})),
             )
@@ -357,7 +358,7 @@ impl Ks {
         let r = self
             .call(
                 "POST",
-                &format!("/api/v1/admin/accounts/{account}/users"),
+                &admin::users(account),
                 Some(by),
                 Some(json!({"user_id": user, "role": role})),
             )
@@ -370,12 +371,7 @@ impl Ks {
 
     pub async fn rotate(&self, by: &str, account: &str, user: &str) -> String {
         let r = self
-            .call(
-                "POST",
-                &format!("/api/v1/admin/accounts/{account}/users/{user}/key"),
-                Some(by),
-                None,
-            )
+            .call("POST", &admin::user_key(account, user), Some(by), None)
             .await;
         assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
         let v = r.json();
