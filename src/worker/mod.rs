@@ -21,8 +21,9 @@
 //! - no request is answered from a verdict the change ring or the generation has since
 //!   dropped, even one already decided and waiting in the outbox.
 //!
-//! This file is the orchestration; [`budget`] holds the freshness rules and the miss
-//! budget, [`feed`] the changes-feed polls and the local admin writes waiting on them,
+//! This file is the orchestration; [`budget`] holds the miss budget and how the worker applies
+//! the freshness rules of [`crate::freshness`], [`feed`] the changes-feed polls and the local
+//! admin writes waiting on them,
 //! [`usage`] the usage reports (the hit path only flips a flag in the L1 entry).
 
 use std::cell::Cell;

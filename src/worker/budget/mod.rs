@@ -1,6 +1,8 @@
-//! The worker's freshness rules: catching up with the shared epoch and change ring, the
-//! "feed down" cutoff for cached allows, stale-if-error, cache entries, and the miss budget
-//! with its reserve for keys that were valid recently.
+//! The worker's side of freshness: catching up with the shared epoch and change ring, the
+//! "feed down" cutoff for cached allows, stale-if-error, cache entries; and the miss budget with
+//! its reserve for keys that were valid recently. The rules themselves (when a verdict may
+//! answer, be served stale, or is outdated by a change) are [`crate::freshness`]'s: this
+//! module applies them and compares no stamps itself.
 
 pub mod bucket;
 
