@@ -22,6 +22,7 @@ mod paths;
 mod postgres;
 pub mod process;
 mod render;
+mod steps;
 mod stub_wasm;
 mod tls;
 mod tmp;
@@ -55,6 +56,7 @@ pub use render::{
     default_keygate_config, load_envoy_template, render_envoy_config, render_envoy_config_with,
     template_variant, EnvoyConfigExtras, EnvoyConfigParams, HARDENING_MARK,
 };
+pub use steps::Steps;
 pub use stub_wasm::{stub_wasm, STUB_METRIC};
 pub use tls::TestCa;
 pub use tmp::TempDir;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use keygate_harness::{
     default_keygate_config, port_is_free, process, request, send_json, Envoy, Error, KeystoreOpts,
-    Response, Result, TwoInstances, TwoOpts,
+    Response, Result, Steps, TwoInstances, TwoOpts,
 };
 use keygate_protocol::routes::admin;
 use serde_json::{json, Value};
@@ -102,52 +102,6 @@ fn prefer_pair(listen: u16, admin: u16) -> Option<(u16, u16)> {
     Some((prefer(listen)?, prefer(admin)?))
 }
 
-/// Prints `[n] what ....... status`, with a mark when the status is not `want`.
-struct Steps {
-    n: usize,
-    mismatches: usize,
-}
-
-impl Steps {
-    /// `want` 0 means any 2xx.
-    fn step(&mut self, what: &str, status: u16, want: u16) {
-        self.n += 1;
-        let label = format!("[{}] {what} ", self.n);
-        let dots = ".".repeat(64usize.saturating_sub(label.chars().count()).max(3));
-        let ok = if want == 0 {
-            (200..300).contains(&status)
-        } else {
-            status == want
-        };
-        let mark = if ok {
-            String::new()
-        } else {
-            self.mismatches += 1;
-            let want = if want == 0 {
-                "2xx".to_string()
-            } else {
-                want.to_string()
-            };
-            format!("   <-- expected {want}")
-        };
-        println!("{label}{dots} {status}{mark}");
-    }
-
-    fn header(&mut self, what: &str) {
-        self.n += 1;
-        println!("[{}] {what}", self.n);
-    }
-
-    fn expect(&mut self, ok: bool, line: &str) {
-        if ok {
-            println!("      {line}");
-        } else {
-            self.mismatches += 1;
-            println!("      {line}   <-- unexpected");
-        }
-    }
-}
-
 /// The headers the echo upstream received, from its JSON body.
 fn echoed(r: &Response) -> Value {
     r.json()
@@ -203,10 +157,7 @@ fn run(keep: bool) -> Result<usize> {
         b.url(),
         b.admin_url()
     );
-    let mut s = Steps {
-        n: 0,
-        mismatches: 0,
-    };
+    let mut s = Steps::new(64);
     let root = ks.root_key().to_string();
 
     // 1. An account, created through A: Envoy routes the admin API to the keystore.
@@ -364,11 +315,11 @@ fn run(keep: bool) -> Result<usize> {
     rotate_with_grace(&mut s, a, b, &alice)?;
 
     if keep {
-        keep_running(&env, s.mismatches)?;
+        keep_running(&env, s.mismatches())?;
     }
     println!("\nstopping everything");
     drop(env);
-    Ok(s.mismatches)
+    Ok(s.mismatches())
 }
 
 /// Writes `text` to `path`, readable by this user only.

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use keygate_harness::process::Proc;
 use keygate_harness::{
     free_port, keygatectl_path, openviking_envoy_template, openviking_keygate_config, AuthMode,
-    Client, Envoy, EnvoyOpts, Keystore, KeystoreOpts, OpenViking, Response, TempDir, VikingStore,
+    Client, Envoy, EnvoyOpts, Keystore, KeystoreOpts, OpenViking, Response, Steps, TempDir,
+    VikingStore,
 };
 use keygate_protocol::routes::admin;
 use serde_json::{json, Value};
@@ -38,33 +39,6 @@ fn main() -> ExitCode {
             eprintln!("\ndemo failed: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-struct Steps {
-    n: usize,
-    mismatches: usize,
-}
-
-impl Steps {
-    fn step(&mut self, what: &str, status: u16, want: u16) {
-        self.n += 1;
-        let label = format!("[{}] {what} ", self.n);
-        let dots = ".".repeat(68usize.saturating_sub(label.chars().count()).max(3));
-        let mark = if status == want {
-            String::new()
-        } else {
-            self.mismatches += 1;
-            format!("   <-- expected {want}")
-        };
-        println!("{label}{dots} {status}{mark}");
-    }
-
-    fn note(&mut self, ok: bool, line: &str) {
-        if !ok {
-            self.mismatches += 1;
-        }
-        println!("      {line}{}", if ok { "" } else { "   <-- unexpected" });
     }
 }
 
@@ -202,10 +176,7 @@ fn run() -> keygate_harness::Result<usize> {
     let t = Instant::now();
     let w = start()?;
     println!("everything up in {:.0} s\n", t.elapsed().as_secs_f64());
-    let mut s = Steps {
-        n: 0,
-        mismatches: 0,
-    };
+    let mut s = Steps::new(68);
     let table = before(&w, &mut s)?;
     let after_rows = after(&w, &mut s)?;
     println!("\n| | OpenViking alone | behind keygate |\n| --- | --- | --- |");
@@ -213,7 +184,7 @@ fn run() -> keygate_harness::Result<usize> {
         println!("| {what} | {alone} | {kg} |");
     }
     latency(&w)?;
-    Ok(s.mismatches)
+    Ok(s.mismatches())
 }
 
 type Rows = Vec<(&'static str, String)>;
@@ -300,7 +271,7 @@ fn after(w: &World, s: &mut Steps) -> keygate_harness::Result<Rows> {
         .ok()
         .and_then(|v| v.pointer("/result/user").cloned())
         .unwrap_or_default();
-    s.note(
+    s.expect(
         user == "alice",
         &format!("OpenViking B acts as user {user}"),
     );
@@ -345,7 +316,7 @@ fn after(w: &World, s: &mut Steps) -> keygate_harness::Result<Rows> {
         spoof.status,
         200,
     );
-    s.note(
+    s.expect(
         user == "alice",
         &format!("OpenViking B still acts as user {user}"),
     );
