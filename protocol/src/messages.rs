@@ -28,9 +28,11 @@ pub struct Found<C = String> {
     pub claims: Option<BTreeMap<String, C>>,
 }
 
-/// A page of the changes feed (`GET {changes}?since=N`). `K` is a key id: the key store
-/// writes strings; the filter reads any JSON value, so one malformed entry costs one entry.
+/// A page of the changes feed (`GET {changes}?since=N`): the key ids changed since `since`.
+// `K` is a key id: the key store writes strings; the filter reads any JSON value, so one
+// malformed entry costs one entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema), schema(as = ChangesBody))]
 pub struct Page<K = String> {
     /// The revision the page brings the reader to.
     pub revision: u64,
@@ -41,9 +43,11 @@ pub struct Page<K = String> {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Option<Vec<String>>))]
     pub changed: Option<Vec<K>>,
     /// The subset of `changed` whose only change in this page is their creation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "utoipa", schema(value_type = Vec<String>))]
     pub created: Vec<K>,
     /// The store has more to send at once: ask again from `revision`.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -58,6 +62,7 @@ pub const MAX_REPORT_KEY_IDS: usize = 10_000;
 
 /// The usage report (`POST {usage}`): these key ids were admitted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema), schema(as = Usage))]
 #[serde(deny_unknown_fields)]
 pub struct Report {
     pub key_ids: Vec<String>,

@@ -22,13 +22,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
+use keygate_protocol::messages::{Page, Report};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
 use utoipa::ToSchema;
 
 /// Most key ids in one usage report.
-pub const MAX_USAGE_IDS: usize = 10_000;
+pub const MAX_USAGE_IDS: usize = keygate_protocol::messages::MAX_REPORT_KEY_IDS;
 
 /// Body limit of a usage report: room for [`MAX_USAGE_IDS`] ids (67 bytes each in JSON).
 pub const USAGE_BODY_LIMIT: usize = 1024 * 1024;
@@ -130,19 +131,6 @@ pub(super) struct ChangesQuery {
     since: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
-pub(super) struct ChangesBody {
-    revision: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    changed: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    created: Vec<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    more: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    reset: bool,
-}
-
 /// Read the change feed
 ///
 /// The key-store protocol's change feed, polled by the Envoy filter: the key ids changed
@@ -151,11 +139,11 @@ pub(super) struct ChangesBody {
 /// token when the keystore is started with one.
 #[utoipa::path(get, path = keygate_protocol::routes::CHANGES, tag = "protocol", security((), ("protocol_token" = [])),
     params(("since" = u64, Query, description = "The last revision the client has seen (0: cold start, or a store still at revision 0; answered with the current revision and no list)")),
-    responses((status = 200, body = ChangesBody), ChangesErrors))]
+    responses((status = 200, body = Page), ChangesErrors))]
 pub(super) async fn changes(
     State(st): State<AppState>,
     query: Result<Query<ChangesQuery>, QueryRejection>,
-) -> Result<Json<ChangesBody>, ApiError> {
+) -> Result<Json<Page>, ApiError> {
     inc(&st.metrics.changes_requests);
     let since = query
         .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())))?
@@ -166,8 +154,8 @@ pub(super) async fn changes(
         ApiError::BadRequest("since must be a non-negative integer revision".into())
     })?;
     let body = match st.store.changes(since).await? {
-        Changes::Reset { revision } => ChangesBody {
-            revision,
+        Changes::Reset { revision } => Page {
+            revision: wire_revision(revision)?,
             changed: None,
             created: Vec::new(),
             more: false,
@@ -181,8 +169,8 @@ pub(super) async fn changes(
         } => {
             #[allow(clippy::cast_precision_loss)] // page sizes are at most a few thousand
             st.metrics.changes_page_size.observe(changed.len() as f64);
-            ChangesBody {
-                revision,
+            Page {
+                revision: wire_revision(revision)?,
                 changed: Some(changed),
                 created,
                 more,
@@ -193,10 +181,9 @@ pub(super) async fn changes(
     Ok(Json(body))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Usage {
-    key_ids: Vec<String>,
+/// A revision as the protocol sends it: the change log's revisions count up from 0.
+fn wire_revision(revision: i64) -> Result<u64, ApiError> {
+    u64::try_from(revision).map_err(|_| ApiError::Internal(format!("negative revision {revision}")))
 }
 
 /// How many keys a usage report wrote.
@@ -210,7 +197,7 @@ pub(super) struct Recorded {
 /// The key-store protocol's usage report, sent by the Envoy filter: these key ids were used
 /// this minute (their `last_used_at`, written at most once a minute per key). At most 10 000
 /// ids (1 MiB). Needs the protocol token when the keystore is started with one.
-#[utoipa::path(post, path = keygate_protocol::routes::USAGE, tag = "protocol", request_body = Usage,
+#[utoipa::path(post, path = keygate_protocol::routes::USAGE, tag = "protocol", request_body = Report,
     security((), ("protocol_token" = [])),
     responses((status = 200, body = Recorded), UsageErrors))]
 pub(super) async fn record_usage(
@@ -226,7 +213,7 @@ pub(super) async fn record_usage(
     {
         return Err(usage_too_large());
     }
-    let req: Usage = parse_body(&headers, body)?;
+    let req: Report = parse_body(&headers, body)?;
     if req.key_ids.len() > MAX_USAGE_IDS {
         return Err(usage_too_large());
     }
