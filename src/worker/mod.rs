@@ -482,7 +482,8 @@ impl Worker {
         };
         let entry = self.entry_for(verdict, now, fetch.generation);
         let allow = entry.verdict.is_allow();
-        if self.outdated(host, &key, &fetch, allow) || !self.publish(host, key, &entry, &fetch, now)
+        if self.outdated(host, &key, &fetch, allow)
+            || !self.share_verdict(host, key, &entry, &fetch, now)
         {
             self.retry(host, key, &fetch);
             return;
@@ -525,7 +526,7 @@ impl Worker {
     /// the lookup was sent: that is checked inside the CAS loop, after reading the slot, so a
     /// feed page published meanwhile (which writes every reported key's slot after pushing it
     /// to the ring) makes the write fail and be re-decided. False when the key changed.
-    fn publish<H: Host + ?Sized>(
+    fn share_verdict<H: Host + ?Sized>(
         &self,
         host: &H,
         key: KeyId,

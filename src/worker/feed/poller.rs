@@ -197,7 +197,7 @@ fn apply<H: Host + ?Sized>(host: &H, names: &Names, table: &Table, page: &Change
             ..
         } => {
             // An empty page still moves the epoch: `synced_ms` says the feed works.
-            let head = (!keys.is_empty()).then(|| publish(host, names, |ring| ring.push(keys)));
+            let head = (!keys.is_empty()).then(|| update_ring(host, names, |ring| ring.push(keys)));
             // A slot that could not be cleared may hold a verdict the feed just reported: then
             // nothing fetched before this page may be answered with (a new generation).
             let failed = keys
@@ -222,7 +222,7 @@ fn apply<H: Host + ?Sized>(host: &H, names: &Names, table: &Table, page: &Change
             }
         }
         Changes::Reset { revision } => {
-            let head = publish(host, names, ChangeRing::reset);
+            let head = update_ring(host, names, ChangeRing::reset);
             table.clear(host);
             bump_epoch(host, names, |e| {
                 e.generation = e.generation.saturating_add(1);
@@ -239,7 +239,9 @@ fn apply<H: Host + ?Sized>(host: &H, names: &Names, table: &Table, page: &Change
     }
 }
 
-fn publish<H: Host + ?Sized>(host: &H, names: &Names, change: impl Fn(&mut ChangeRing)) -> u64 {
+/// Changes the shared change ring by `change` (the first step of publishing a page); the
+/// ring's new head sequence.
+fn update_ring<H: Host + ?Sized>(host: &H, names: &Names, change: impl Fn(&mut ChangeRing)) -> u64 {
     let written = shared::update(host, &names.changes, |ring: Option<ChangeRing>| {
         let mut ring = ring.unwrap_or_default();
         change(&mut ring);
@@ -247,7 +249,7 @@ fn publish<H: Host + ?Sized>(host: &H, names: &Names, change: impl Fn(&mut Chang
     });
     match written {
         Ok(Some(ring)) => ring.head_seq,
-        // Could not publish: force every worker to drop everything rather than miss a change.
+        // Could not update the ring: force every worker to drop everything rather than miss a change.
         _ => u64::MAX / 2,
     }
 }
