@@ -22,7 +22,8 @@ pub struct Entry {
     /// When and under which generation it was fetched, and how long it lives: whether it may
     /// answer or be served stale is [`Stamp`]'s to say.
     pub stamp: Stamp,
-    /// Noted in this worker's usage log since its last merge (see [`crate::worker::usage::report`]).
+    /// Noted in this worker's usage log since its last merge (see
+    /// [`crate::worker::usage::report`]).
     pub used: Cell<bool>,
 }
 

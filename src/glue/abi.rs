@@ -74,7 +74,8 @@ pub(crate) fn enqueue(id: u32, value: &[u8]) -> bool {
     )
 }
 
-/// The serialized header map `map` (see [`crate::request::fields`]), or `None` if Envoy has none to give.
+/// The serialized header map `map` (see [`crate::request::fields`]), or `None` if Envoy has
+/// none to give.
 pub(crate) fn header_map(map: MapType) -> Option<Vec<u8>> {
     // SAFETY: the host writes a pointer and a size into the two out-parameters.
     take_buffer(|data, size| unsafe { proxy_get_header_map_pairs(map, data, size) })

@@ -1,5 +1,6 @@
 //! The HTTP context: one per request. It hands the request's headers to the core
-//! ([`crate::request::admission::admit`]) and carries out what the core decided; it decides nothing.
+//! ([`crate::request::admission::admit`]) and carries out what the core decided; it decides
+//! nothing.
 
 use std::rc::Rc;
 

@@ -6,8 +6,8 @@
 //! - no request goes on with a client-sent identity header, in any spelling a framework folds
 //!   into the same name (case, `_` for `-`): every such header is in [`Plan::remove`];
 //! - a `:path` that is missing or not valid UTF-8 is refused (400), never defaulted;
-//! - rules match the path as the upstream will read it ([`crate::request::path`]): a rule that matches
-//!   any reading of the path is never skipped, and a path is anonymous only when every
+//! - rules match the path as the upstream will read it ([`crate::request::path`]): a rule that
+//!   matches any reading of the path is never skipped, and a path is anonymous only when every
 //!   reading is;
 //! - which of `anonymous_paths` and `required_roles` applies is [`crate::request::rules`]' one rule
 //!   (the most specific prefix decides, whatever the order);

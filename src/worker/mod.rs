@@ -255,7 +255,7 @@ impl Worker {
 
     /// A local admin write was answered 2xx upstream: hold its response until what it changed
     /// is dropped by every worker of this Envoy. The root polls the changes feed at once (see
-    /// [`crate::worker::feed::local_writes`]); when the feed fails, everything is dropped (at most once per
+    /// [`feed::local_writes`]); when the feed fails, everything is dropped (at most once per
     /// [`DROP_EVERYTHING_EVERY_MS`]).
     pub fn admin_write_done<H: Host + ?Sized>(&mut self, host: &H, context_id: u32) -> WriteDone {
         host.count(Metric::LocalInvalidations, 1);

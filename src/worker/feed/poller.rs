@@ -249,7 +249,8 @@ fn update_ring<H: Host + ?Sized>(host: &H, names: &Names, change: impl Fn(&mut C
     });
     match written {
         Ok(Some(ring)) => ring.head_seq,
-        // Could not update the ring: force every worker to drop everything rather than miss a change.
+        // Could not update the ring: force every worker to drop everything rather than miss a
+        // change.
         _ => u64::MAX / 2,
     }
 }
