@@ -58,7 +58,7 @@
 //!   and it names the worker's wake-up queue. "Worker id" means the same and is not used.
 //! - **lookup**: one store request about one key id (`GET {lookup_path}{key id}`), answered by
 //!   a [`store::LookupAnswer`]; the record of one this worker sent is a
-//!   [`worker::single_flight::Fetch`]. A **flight** is a worker's pending lookup of one key id
+//!   [`worker::single_flight::Lookup`]. A **flight** is a worker's pending lookup of one key id
 //!   with its **waiters** (paused requests, by context id) ([`worker::single_flight`]); a
 //!   **call** is any callout by its token: a lookup, a poll or a usage report
 //!   ([`worker::single_flight::Call`]).

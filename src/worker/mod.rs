@@ -50,7 +50,7 @@ mod tests;
 use budget::bucket;
 use budget::reserve_burst;
 use feed::local_writes::Writers;
-use single_flight::{Call, Fetch, Flights, Phase};
+use single_flight::{Call, Flights, Lookup, Phase};
 use usage::report::UsageLog;
 
 /// Tick period while requests wait (the latency of answering from another worker's verdict).
@@ -297,7 +297,7 @@ impl Worker {
         match self.flights.take_call(token) {
             None => {} // given up on already (its deadline passed)
             Some(Call::Lookup(key)) => {
-                if let Some(Phase::Fetching(f)) = self.flights.phase(&key) {
+                if let Some(Phase::LookingUp(f)) = self.flights.phase(&key) {
                     let took = host.now_ms().saturating_sub(f.started_ms);
                     host.record(Histogram::LookupMs, took);
                 }
@@ -372,7 +372,7 @@ impl Worker {
         since_ms: u64,
         now: u64,
     ) {
-        if matches!(phase, Phase::Fetching(_)) {
+        if matches!(phase, Phase::LookingUp(_)) {
             return; // the answer, or `expire_calls`, moves it on
         }
         let cutoff = self.allow_cutoff_ms(now);
@@ -440,7 +440,7 @@ impl Worker {
                 if reserve {
                     host.count(Metric::ReserveLookups, 1);
                 }
-                let fetch = Fetch {
+                let lookup = Lookup {
                     started_ms: now,
                     deadline_ms: now.saturating_add(self.lease_ms()),
                     generation: self.epoch.generation,
@@ -448,7 +448,7 @@ impl Worker {
                     leased,
                     reserve,
                 };
-                self.flights.dispatched(key, token, fetch);
+                self.flights.dispatched(key, token, lookup);
             }
             Err(DispatchError) => {
                 log::warn!(
@@ -463,7 +463,7 @@ impl Worker {
     /// The store answered a lookup of ours. An answer from before a change of the key (or of
     /// the generation) is given to nobody: the key is looked up again.
     fn finish_lookup<H: Host + ?Sized>(&mut self, host: &H, key: KeyId, answer: LookupAnswer) {
-        let Some(Phase::Fetching(fetch)) = self.flights.phase(&key) else {
+        let Some(Phase::LookingUp(lookup)) = self.flights.phase(&key) else {
             return;
         };
         let now = host.now_ms();
@@ -476,16 +476,16 @@ impl Worker {
             LookupAnswer::NotFound => Verdict::Deny,
             LookupAnswer::Error(e) => {
                 log::warn!("store lookup for key {} failed: {e}", key.short());
-                self.fail_lookup(host, key, fetch.leased, now);
+                self.fail_lookup(host, key, lookup.leased, now);
                 return;
             }
         };
-        let entry = self.entry_for(verdict, now, fetch.generation);
+        let entry = self.entry_for(verdict, now, lookup.generation);
         let allow = entry.verdict.is_allow();
-        if self.outdated(host, &key, &fetch, allow)
-            || !self.share_verdict(host, key, &entry, &fetch, now)
+        if self.outdated(host, &key, &lookup, allow)
+            || !self.share_verdict(host, key, &entry, &lookup, now)
         {
-            self.retry(host, key, &fetch);
+            self.retry(host, key, &lookup);
             return;
         }
         let outcome = Outcome::from_verdict(&entry.verdict, false);
@@ -508,18 +508,18 @@ impl Worker {
         }
     }
 
-    /// Whether the key (or everything) changed since `fetch` was sent, as far as this worker
+    /// Whether the key (or everything) changed since `lookup` was sent, as far as this worker
     /// has caught up, so that its answer (`allow` or not) may predate the change.
     fn outdated<H: Host + ?Sized>(
         &self,
         host: &H,
         key: &KeyId,
-        fetch: &Fetch,
+        lookup: &Lookup,
         allow: bool,
     ) -> bool {
-        self.epoch.generation != fetch.generation
-            || (self.epoch.change_seq != fetch.change_seq
-                && outdates(host, &self.names, key, fetch.change_seq, allow))
+        self.epoch.generation != lookup.generation
+            || (self.epoch.change_seq != lookup.change_seq
+                && outdates(host, &self.names, key, lookup.change_seq, allow))
     }
 
     /// Writes the verdict into the key's slot, unless the change ring reported the key after
@@ -531,12 +531,12 @@ impl Worker {
         host: &H,
         key: KeyId,
         entry: &Entry,
-        fetch: &Fetch,
+        lookup: &Lookup,
         now: u64,
     ) -> bool {
         let changed = Cell::new(false);
         let allow = entry.verdict.is_allow();
-        let seq = fetch.change_seq;
+        let seq = lookup.change_seq;
         let shared_verdict = SlotVerdict::from_entry(key, entry);
         let written = self.table.update(host, &key, |s| {
             changed.set(outdates(host, &self.names, &key, seq, allow));
@@ -555,13 +555,13 @@ impl Worker {
 
     /// An answer went to nobody: release the lease and look the key up again; the waiters
     /// stay (within their deadline).
-    fn retry<H: Host + ?Sized>(&mut self, host: &H, key: KeyId, fetch: &Fetch) {
+    fn retry<H: Host + ?Sized>(&mut self, host: &H, key: KeyId, lookup: &Lookup) {
         host.count(Metric::LookupsOutdated, 1);
         log::info!(
             "lookup for key {} answered after the key changed: looking it up again",
             key.short()
         );
-        if fetch.leased {
+        if lookup.leased {
             let _ = self
                 .table
                 .update(host, &key, |s| shared_table::release(s, &key, self.owner));

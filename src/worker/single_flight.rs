@@ -30,12 +30,12 @@ pub enum Phase {
     /// Another worker holds the lease: wait for its verdict in the slot.
     Following,
     /// This worker asked the store (`leased`: under the slot's lease).
-    Fetching(Fetch),
+    LookingUp(Lookup),
 }
 
 /// A lookup this worker sent: when, under which lease, and what the caches knew then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fetch {
+pub struct Lookup {
     pub started_ms: u64,
     pub deadline_ms: u64,
     /// The shared generation when the lookup was sent.
@@ -150,9 +150,9 @@ impl Flights {
     }
 
     /// A lookup for `key` was sent as callout `token`.
-    pub fn dispatched(&mut self, key: KeyId, token: u32, fetch: Fetch) {
+    pub fn dispatched(&mut self, key: KeyId, token: u32, lookup: Lookup) {
         self.calls.insert(token, Call::Lookup(key));
-        self.set_phase(&key, Phase::Fetching(fetch));
+        self.set_phase(&key, Phase::LookingUp(lookup));
     }
 
     /// A poll was sent as callout `token`.
@@ -224,7 +224,7 @@ impl Flights {
             self.index.remove(context_id);
         }
         self.flights
-            .retain(|_, f| !f.waiters.is_empty() || matches!(f.phase, Phase::Fetching(_)));
+            .retain(|_, f| !f.waiters.is_empty() || matches!(f.phase, Phase::LookingUp(_)));
         expired
     }
 
@@ -238,7 +238,7 @@ impl Flights {
         self.flights
             .iter()
             .filter_map(|(k, f)| match f.phase {
-                Phase::Fetching(x) if now_ms >= x.deadline_ms => Some(*k),
+                Phase::LookingUp(x) if now_ms >= x.deadline_ms => Some(*k),
                 _ => None,
             })
             .collect()
@@ -263,7 +263,7 @@ impl Flights {
         };
         if let Some(f) = self.flights.get_mut(&key) {
             f.waiters.retain(|w| w.context_id != context_id);
-            if f.waiters.is_empty() && !matches!(f.phase, Phase::Fetching(_)) {
+            if f.waiters.is_empty() && !matches!(f.phase, Phase::LookingUp(_)) {
                 self.flights.remove(&key);
             }
         }
@@ -293,8 +293,8 @@ mod tests {
     use super::*;
     use crate::test_support::test;
 
-    fn fetch() -> Fetch {
-        Fetch {
+    fn lookup() -> Lookup {
+        Lookup {
             started_ms: 0,
             deadline_ms: 100,
             generation: 0,
@@ -311,7 +311,7 @@ mod tests {
         assert!(!f.join(&k, 1, 10));
         f.start(k, 1, 10, 0);
         assert!(f.join(&k, 2, 10));
-        f.dispatched(k, 77, fetch());
+        f.dispatched(k, 77, lookup());
         assert_eq!(f.waiters(), 2);
         assert_eq!(f.take_call(77), Some(Call::Lookup(k)));
         f.resolve(&k, &Outcome::Deny, Source::Lookup);
@@ -330,7 +330,7 @@ mod tests {
         let (a, b) = (KeyId::of(b"a"), KeyId::of(b"b"));
         f.start(a, 1, 10, 0);
         f.start(b, 2, 10, 0);
-        f.dispatched(a, 5, fetch());
+        f.dispatched(a, 5, lookup());
         f.forget(1);
         f.forget(2);
         assert!(f.phase(&a).is_some(), "its verdict will fill the caches");
