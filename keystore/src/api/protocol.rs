@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
-use keygate_protocol::messages::{Page, Report};
+use keygate_protocol::messages::{Found, Page, Report};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -101,7 +101,7 @@ pub(super) async fn require_protocol_token(
 pub(super) async fn lookup_key(
     State(st): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Identity>, ApiError> {
+) -> Result<Json<Found>, ApiError> {
     if !st.lookup_delay.is_zero() {
         tokio::time::sleep(st.lookup_delay).await;
     }
@@ -114,7 +114,7 @@ pub(super) async fn lookup_key(
     match st.store.lookup(id).await? {
         Some(identity) => {
             inc(&st.metrics.lookups_found);
-            Ok(Json(identity))
+            Ok(Json(found(identity)))
         }
         None => {
             inc(&st.metrics.lookups_not_found);
@@ -179,6 +179,18 @@ pub(super) async fn changes(
         }
     };
     Ok(Json(body))
+}
+
+/// A lookup's answer in the protocol's form (documented as [`Identity`], the same fields).
+/// The expiry of an active key is after now, so never negative.
+fn found(identity: Identity) -> Found {
+    Found {
+        account_id: identity.account_id,
+        user_id: identity.user_id,
+        role: identity.role,
+        expires_at: identity.expires_at.and_then(|e| u64::try_from(e).ok()),
+        claims: (!identity.claims.is_empty()).then_some(identity.claims),
+    }
 }
 
 /// A revision as the protocol sends it: the change log's revisions count up from 0.

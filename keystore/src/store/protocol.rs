@@ -20,6 +20,8 @@ use std::collections::{BTreeMap, HashSet};
 /// Most change-log rows returned by one [`Store::changes`] call.
 pub const CHANGES_PAGE: usize = 1000;
 
+// Sent in the protocol's form (`keygate_protocol::messages::Found`, the filter reads the same
+// type); this type is the store's and documents the answer in the OpenAPI document.
 /// Who an active key belongs to: the answer of the key-store protocol's lookup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Identity {
