@@ -53,7 +53,7 @@
 //!   a fixed number of **slots** ([`shared::table::Slot`]), each with at most one verdict and
 //!   at most one **lease**: which worker asks the store about a key, until when
 //!   ([`shared::table::Lease`]). The feed has a lease too: the **poll lease**, in the shared
-//!   [`worker::feed::poller::SyncRecord`].
+//!   [`worker::feed::poller::FeedRecord`].
 //! - **owner id**: the id a worker VM takes at start ([`shared::new_owner`]): it holds leases,
 //!   and it names the worker's wake-up queue. "Worker id" means the same and is not used.
 //! - **lookup**: one store request about one key id (`GET {lookup_path}{key id}`), answered by

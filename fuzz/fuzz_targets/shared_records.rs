@@ -1,5 +1,5 @@
 //! The shared-data record codecs, through `keygate::shared::Record`: `Slot` (shared::table),
-//! `Epoch`, `ChangeRing`, `Number` (shared), `Bucket` (worker::budget::bucket) and `SyncRecord`
+//! `Epoch`, `ChangeRing`, `Number` (shared), `Bucket` (worker::budget::bucket) and `FeedRecord`
 //! (worker::feed::poller). Shared data is written by every worker of an Envoy (and by other
 //! filter versions sharing the `vm_id`), so a decoder meets any bytes.
 //!
@@ -23,7 +23,7 @@ use keygate::freshness::Stamp;
 use keygate::shared::{CatchUp, ChangeRing, Number, Epoch, Record};
 use keygate::store::Change;
 use keygate::shared::table::{Lease, LeaseState, Slot, SlotVerdict};
-use keygate::worker::feed::poller::SyncRecord;
+use keygate::worker::feed::poller::FeedRecord;
 use keygate::verdict::Identity;
 use keygate_fuzz::Cursor;
 use libfuzzer_sys::fuzz_target;
@@ -136,7 +136,7 @@ fuzz_target!(|data: &[u8]| {
             }
             2 => drop(decode_round_trip::<Number>(rest, |_| true)),
             3 => drop(decode_round_trip::<Bucket>(rest, |_| true)),
-            4 => drop(decode_round_trip::<SyncRecord>(rest, |_| true)),
+            4 => drop(decode_round_trip::<FeedRecord>(rest, |_| true)),
             _ => drop(decode_round_trip::<Slot>(rest, |s| {
                 !matches!(
                     s.lease,
@@ -184,7 +184,7 @@ fuzz_target!(|data: &[u8]| {
             milli_tokens: c.u64(),
             last_ms: c.u64(),
         }),
-        4 => build_round_trip(SyncRecord {
+        4 => build_round_trip(FeedRecord {
             revision: c.u64(),
             owner: c.u64(),
             deadline_ms: c.u64(),

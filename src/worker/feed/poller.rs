@@ -12,9 +12,9 @@ use crate::shared::table::{self as shared_table, Slot, Table};
 use crate::shared::{self, ChangeRing, Epoch, Names, Reader, Record, Writer};
 use crate::store::{Change, Changes};
 
-/// The shared sync record: where the feed is, and who is polling it.
+/// The shared feed record: where the feed is, and who is polling it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SyncRecord {
+pub struct FeedRecord {
     pub revision: u64,
     /// 0: nobody polls now.
     pub owner: u64,
@@ -22,7 +22,7 @@ pub struct SyncRecord {
     pub next_poll_ms: u64,
 }
 
-impl Record for SyncRecord {
+impl Record for FeedRecord {
     fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.u64(self.revision);
@@ -32,9 +32,9 @@ impl Record for SyncRecord {
         w.finish()
     }
 
-    fn decode(bytes: &[u8]) -> Option<SyncRecord> {
+    fn decode(bytes: &[u8]) -> Option<FeedRecord> {
         let mut r = Reader::new(bytes)?;
-        let s = SyncRecord {
+        let s = FeedRecord {
             revision: r.u64()?,
             owner: r.u64()?,
             deadline_ms: r.u64()?,
@@ -57,15 +57,15 @@ pub enum Start {
 /// Takes the poll lease if a poll is due and nobody holds it (or its holder's lease expired).
 pub fn try_start<H: Host + ?Sized>(host: &H, names: &Names, owner: u64, lease_ms: u64) -> Start {
     let now = host.now_ms();
-    let mut found = SyncRecord::default();
-    let written = shared::update(host, &names.sync, |rec: Option<SyncRecord>| {
+    let mut found = FeedRecord::default();
+    let written = shared::update(host, &names.sync, |rec: Option<FeedRecord>| {
         let rec = rec.unwrap_or_default();
         found = rec;
         let busy = rec.owner != 0 && now < rec.deadline_ms;
         if now < rec.next_poll_ms || busy {
             return None;
         }
-        Some(SyncRecord {
+        Some(FeedRecord {
             owner,
             deadline_ms: now.saturating_add(lease_ms),
             ..rec
@@ -120,13 +120,13 @@ pub fn finish<H: Host + ?Sized>(
     } else {
         now.saturating_add(interval_ms)
     };
-    let _ = shared::update(host, &names.sync, |rec: Option<SyncRecord>| {
+    let _ = shared::update(host, &names.sync, |rec: Option<FeedRecord>| {
         let rec = rec.unwrap_or_default();
         // A late poller whose lease was taken over leaves the record to the one that took it.
         if rec.owner != owner && rec.owner != 0 {
             return None;
         }
-        Some(SyncRecord {
+        Some(FeedRecord {
             revision: page.map_or(rec.revision, Changes::revision),
             owner: 0,
             deadline_ms: 0,
@@ -160,7 +160,7 @@ pub fn interpret<H: Host + ?Sized>(host: &H, names: &Names, since: u64, page: Ch
 
 /// The revision the next poll starts from.
 pub fn revision<H: Host + ?Sized>(host: &H, names: &Names) -> u64 {
-    shared::read::<H, SyncRecord>(host, &names.sync)
+    shared::read::<H, FeedRecord>(host, &names.sync)
         .0
         .unwrap_or_default()
         .revision
@@ -176,9 +176,9 @@ pub fn finish_forced<H: Host + ?Sized>(
     page: &Changes,
 ) -> Applied {
     let applied = apply(host, names, table, page);
-    let _ = shared::update(host, &names.sync, |rec: Option<SyncRecord>| {
+    let _ = shared::update(host, &names.sync, |rec: Option<FeedRecord>| {
         let rec = rec.unwrap_or_default();
-        (rec.owner == 0).then_some(SyncRecord {
+        (rec.owner == 0).then_some(FeedRecord {
             revision: page.revision(),
             ..rec
         })
@@ -372,12 +372,12 @@ mod tests {
             None,
             "the slot forgot the key"
         );
-        let rec = shared::read::<FakeHost, SyncRecord>(&host, &names.sync)
+        let rec = shared::read::<FakeHost, FeedRecord>(&host, &names.sync)
             .0
             .unwrap();
         assert_eq!(
             rec,
-            SyncRecord {
+            FeedRecord {
                 revision: 7,
                 owner: 0,
                 deadline_ms: 0,
@@ -414,7 +414,7 @@ mod tests {
         );
         assert_eq!(try_start(&host, &names, 1, 500), Start::Poll { since: 3 });
         finish(&host, &names, &table, 1, None, 1000);
-        let rec = shared::read::<FakeHost, SyncRecord>(&host, &names.sync)
+        let rec = shared::read::<FakeHost, FeedRecord>(&host, &names.sync)
             .0
             .unwrap();
         assert_eq!((rec.revision, rec.owner, rec.next_poll_ms), (3, 0, 1050));
@@ -505,7 +505,7 @@ mod tests {
             }),
             1000,
         );
-        let rec = shared::read::<FakeHost, SyncRecord>(&a, &names.sync)
+        let rec = shared::read::<FakeHost, FeedRecord>(&a, &names.sync)
             .0
             .unwrap();
         assert_eq!(rec.owner, 2);
