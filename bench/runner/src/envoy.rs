@@ -23,6 +23,9 @@ pub enum Contender {
     Floor,
     Keygate,
     Lua,
+    /// keygate with the same configuration run from another build of the filter
+    /// (`--baseline-wasm`): a before/after comparison inside one interleaved run.
+    KeygateBaseline,
     /// Not a contender of the throughput phase: the herd's floor. No auth filter; Envoy's fault
     /// filter holds every request for the store's delay, then the route answers it. What Envoy
     /// itself costs to hold and answer N simultaneous requests, with nothing of keygate's.
@@ -39,6 +42,16 @@ impl Contender {
         Contender::Lua,
     ];
 
+    /// The throughput phase's contenders in the order they run (A to F, then E's baseline
+    /// right after E when there is one).
+    pub fn throughput(with_baseline: bool) -> Vec<Contender> {
+        let mut all = Contender::ALL.to_vec();
+        if with_baseline {
+            all.insert(5, Contender::KeygateBaseline);
+        }
+        all
+    }
+
     /// Short name: listener name, stat prefix, table key.
     pub fn id(self) -> &'static str {
         match self {
@@ -48,6 +61,7 @@ impl Contender {
             Contender::Floor => "floor",
             Contender::Keygate => "keygate",
             Contender::Lua => "lua",
+            Contender::KeygateBaseline => "keygate_baseline",
             Contender::HerdFloor => "herd_floor",
         }
     }
@@ -61,6 +75,7 @@ impl Contender {
             Contender::Floor => "wasm floor",
             Contender::Keygate => "keygate (hit path)",
             Contender::Lua => "Lua filter (by hand, hit path)",
+            Contender::KeygateBaseline => "keygate (baseline)",
             Contender::HerdFloor => "herd floor (no auth, requests held for the store's delay)",
         }
     }
@@ -73,6 +88,7 @@ impl Contender {
             Contender::Floor => 'D',
             Contender::Keygate => 'E',
             Contender::Lua => 'F',
+            Contender::KeygateBaseline => 'G',
             Contender::HerdFloor => 'H',
         }
     }
@@ -91,6 +107,9 @@ pub struct Bootstrap {
     pub bench_key: String,
     pub floor_wasm: PathBuf,
     pub keygate_wasm: PathBuf,
+    /// The other build of the filter ([`Contender::KeygateBaseline`]); `None` without
+    /// `--baseline-wasm`, when that contender is never listed.
+    pub baseline_wasm: Option<PathBuf>,
     /// keygate's plugin configuration (JSON text).
     pub keygate_config: String,
     /// The Lua contender's source (`bench/lua_auth.lua`).
@@ -242,6 +261,12 @@ impl Bootstrap {
                 Contender::Keygate => {
                     wasm_filter("keygate", &self.keygate_wasm, &self.keygate_config)
                 }
+                // Its own vm_id: its own VM and shared data, as a separate deployment has.
+                Contender::KeygateBaseline => wasm_filter(
+                    "keygate_baseline",
+                    self.baseline_wasm.as_deref().unwrap_or(&self.keygate_wasm),
+                    &self.keygate_config,
+                ),
                 Contender::Lua => format!(
                     "          - name: envoy.filters.http.lua
             typed_config:

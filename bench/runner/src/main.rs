@@ -64,18 +64,22 @@ const USAGE: &str =
     "usage: keygate-bench [--smoke] [--out DIR] [--rounds N] [--secs S] [--warmup S]
                      [--connections C] [--herd N,N,...] [--flood-secs S] [--flood-rate R]
                      [--flood-pairs P] [--floor-wasm PATH] [--lua PATH]
-                     [--lua-auth PATH] [--serve] [--only herd]
+                     [--lua-auth PATH] [--baseline-wasm PATH] [--serve] [--only herd]
 Full run by default (report in bench/); --smoke: a short run that checks every contender
 answers 200 (give --out, or the report goes to a temporary directory). --serve: start the
 throughput phase's keystore and Envoy, print their ports and the bench key, and wait (Ctrl-C
 ends it), for profiling by hand. --only herd: the herd phase alone (keygate and the herd
-floor at each --herd N), figures printed, no report written (for before/after runs).";
+floor at each --herd N), figures printed, no report written (for before/after runs).
+--baseline-wasm PATH: one more throughput contender, G keygate (baseline): the same keygate
+configuration with the filter built at PATH, interleaved with the others; the report gives
+keygate / keygate (baseline) per round.";
 
 fn parse_args() -> std::result::Result<Opts, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let smoke = args.iter().any(|a| a == "--smoke");
     let mut plan = Plan {
         smoke,
+        baseline_wasm: None,
         rounds: if smoke { 1 } else { 10 },
         secs: 2.0,
         warmup_secs: 1.0,
@@ -145,6 +149,9 @@ fn parse_args() -> std::result::Result<Opts, String> {
             "--floor-wasm" => floor_wasm = PathBuf::from(value("--floor-wasm")?),
             "--lua" => lua = PathBuf::from(value("--lua")?),
             "--lua-auth" => lua_auth = PathBuf::from(value("--lua-auth")?),
+            "--baseline-wasm" => {
+                plan.baseline_wasm = Some(PathBuf::from(value("--baseline-wasm")?))
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -225,7 +232,14 @@ fn run(o: &Opts) -> Result<bool> {
         ("the wasm floor", &o.floor_wasm),
         ("the flood script", &o.lua),
         ("the Lua contender", &o.lua_auth),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        o.plan
+            .baseline_wasm
+            .as_ref()
+            .map(|b| ("the baseline filter", b)),
+    ) {
         if !path.is_file() {
             return Err(Error::msg(format!(
                 "{what} not found at {} (scripts/bench.sh builds it)",
@@ -378,14 +392,16 @@ fn throughput(
     say("throughput: starting the keystore and one Envoy (1 worker), one listener per contender");
     let ks = Keystore::start(KeystoreOpts::default())?;
     let bench_key = ks.create_account("bench", "bench-user");
+    let contenders = Contender::throughput(p.baseline_wasm.is_some());
     let boot = Bootstrap {
         admin_port: free_port(),
-        listeners: Contender::ALL.iter().map(|c| (*c, free_port())).collect(),
+        listeners: contenders.iter().map(|c| (*c, free_port())).collect(),
         authsvc_port: free_port(),
         keystore_port: ks.port(),
         bench_key: bench_key.clone(),
         floor_wasm: o.floor_wasm.clone(),
         keygate_wasm: keygate_wasm.to_path_buf(),
+        baseline_wasm: p.baseline_wasm.clone(),
         keygate_config: p.keygate_config.clone(),
         lua_code: lua_code.to_string(),
         herd_delay_ms: p.store_delay_ms,
@@ -414,7 +430,10 @@ fn throughput(
             thread::sleep(Duration::from_millis(500));
         }
     }
-    let mut out = Throughput::default();
+    let mut out = Throughput {
+        contenders: contenders.clone(),
+        ..Throughput::default()
+    };
     for (c, port) in &boot.listeners {
         // For keygate, this first request is the miss that fills the cache.
         let ok = status(*port, &bench_key)?;
@@ -452,12 +471,12 @@ fn throughput(
         script: None,
         cpus: wrk_cpus.clone(),
     };
-    for c in Contender::ALL {
+    for c in contenders.iter().copied() {
         run_of(c, p.warmup_secs).run()?;
     }
     let before = envoy.stats()?;
     for round in 1..=p.rounds {
-        let mut order = Contender::ALL.to_vec();
+        let mut order = contenders.clone();
         if round % 2 == 0 {
             order.reverse();
         }
@@ -529,6 +548,7 @@ impl Stage<'_> {
             bench_key: "unused".to_string(),
             floor_wasm: self.o.floor_wasm.clone(),
             keygate_wasm: self.keygate_wasm.to_path_buf(),
+            baseline_wasm: None,
             keygate_config: self.o.plan.keygate_config.clone(),
             lua_code: self.lua_code.to_string(),
             herd_delay_ms: self.o.plan.store_delay_ms,

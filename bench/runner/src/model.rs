@@ -24,6 +24,8 @@ pub struct Machine {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub smoke: bool,
+    /// `--baseline-wasm`: another build of the filter, run as contender G.
+    pub baseline_wasm: Option<std::path::PathBuf>,
     pub rounds: usize,
     pub secs: f64,
     pub warmup_secs: f64,
@@ -61,6 +63,8 @@ impl Sample {
 
 #[derive(Debug, Clone, Default)]
 pub struct Throughput {
+    /// The contenders measured, in their canonical order.
+    pub contenders: Vec<Contender>,
     /// In the order they ran.
     pub samples: Vec<Sample>,
     /// Checks before measuring: contender → (status with the bench key, status with a wrong key).
@@ -122,6 +126,21 @@ impl Throughput {
     /// request ÷ keygate's (how many of keygate's requests one of `c`'s costs).
     pub fn keygate_over_by_cpu(&self, c: Contender) -> f64 {
         self.median_us_per_request(c) / self.median_us_per_request(Contender::Keygate)
+    }
+
+    /// keygate's req/s ÷ `c`'s in each round (both ran in it, next to each other when `c` is
+    /// the baseline): the spread of the ratio across rounds.
+    pub fn keygate_over_per_round(&self, c: Contender) -> Vec<f64> {
+        let of = |who: Contender, round: usize| {
+            self.samples
+                .iter()
+                .find(|s| s.contender == who && s.round == round)
+                .map(|s| s.wrk.rps)
+        };
+        let rounds = self.samples.iter().map(|s| s.round).max().unwrap_or(0);
+        (1..=rounds)
+            .filter_map(|r| Some(of(Contender::Keygate, r)? / of(c, r)?))
+            .collect()
     }
 
     /// keygate's median ÷ `c`'s median.

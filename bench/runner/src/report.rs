@@ -162,12 +162,21 @@ pub fn markdown(r: &Results) -> String {
          headers, 401 for an unknown key; the bench key cached by a first request.\n",
         p.keygate_config
     );
+    if let Some(b) = &p.baseline_wasm {
+        let _ = writeln!(
+            s,
+            "- **G** keygate (baseline): E's configuration with another build of the filter \
+             (`{}`, `--baseline-wasm`), its own VM (`vm_id` `keygate_baseline`), run right \
+             after E (before it in reversed rounds).\n",
+            b.display()
+        );
+    }
     let _ = writeln!(
         s,
         "| contender | median req/s | keygate ÷ this | this ÷ keygate | min – max req/s | median p99 | Envoy CPU busy | Envoy CPU µs / request (min – max) | keygate ÷ this, by CPU |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
-    for c in Contender::ALL {
+    for c in t.contenders.iter().copied() {
         let rps = t.rps(c);
         let lo = rps.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = rps.iter().copied().fold(0.0, f64::max);
@@ -210,6 +219,9 @@ pub fn markdown(r: &Results) -> String {
          the contender's µs ÷ keygate's, the capacity ratio these costs imply. It includes \
          Envoy's own per-request work, so it is not the filter's cost alone.\n"
     );
+    if let Some(line) = baseline_line(t) {
+        let _ = writeln!(s, "{line}\n");
+    }
     let _ = writeln!(s, "![throughput relative to keygate]({})\n", CHART_FILE);
     let _ = writeln!(s, "Targets:\n");
     let _ = writeln!(
@@ -246,8 +258,15 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(
         s,
         "\nDuring the measured rounds keygate counted {} L1 hits, {} allowed requests and {} \
-         store lookups (the hit path makes none).\n",
-        t.keygate_l1_hits, t.keygate_allowed, t.keygate_store_lookups
+         store lookups (the hit path makes none){}.\n",
+        t.keygate_l1_hits,
+        t.keygate_allowed,
+        t.keygate_store_lookups,
+        if t.contenders.contains(&Contender::KeygateBaseline) {
+            "; with G, these add both builds' counters, which share their names"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(s, "Checks before measuring (one request each):\n");
     let _ = writeln!(
@@ -545,7 +564,8 @@ pub fn markdown(r: &Results) -> String {
 /// Envoy's CPU cost per request (keygate's µs ÷ its µs).
 pub fn chart(r: &Results, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let t = &r.throughput;
-    let rows: Vec<(Contender, f64, f64, f64)> = Contender::ALL
+    let rows: Vec<(Contender, f64, f64, f64)> = t
+        .contenders
         .iter()
         .map(|c| {
             (
@@ -678,7 +698,7 @@ pub fn headline(r: &Results, report: &Path) -> String {
         p.rounds,
         p.secs
     );
-    for c in Contender::ALL {
+    for c in t.contenders.iter().copied() {
         let _ = writeln!(
             s,
             "  {} {:<30} {:>9.0} req/s   keygate/this {:.2}x   Envoy {:.1} us/request",
@@ -688,6 +708,9 @@ pub fn headline(r: &Results, report: &Path) -> String {
             t.keygate_over(c),
             t.median_us_per_request(c)
         );
+    }
+    if let Some(line) = baseline_line(t) {
+        let _ = writeln!(s, "  {line}");
     }
     let _ = writeln!(
         s,
@@ -860,4 +883,32 @@ fn lua_section(s: &mut String, r: &Results) {
         "nothing: one lookup per unknown key",
     );
     let _ = writeln!(s);
+}
+
+/// keygate ÷ keygate (baseline): medians, the per-round spread and the CPU cross-check;
+/// `None` without a baseline.
+pub fn baseline_line(t: &crate::model::Throughput) -> Option<String> {
+    let b = Contender::KeygateBaseline;
+    if !t.contenders.contains(&b) {
+        return None;
+    }
+    let rounds = t.keygate_over_per_round(b);
+    let lo = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = rounds.iter().copied().fold(0.0, f64::max);
+    let each: Vec<String> = rounds.iter().map(|r| format!("{r:.3}")).collect();
+    Some(format!(
+        "keygate / keygate (baseline): req/s {:.3}x (medians {:.0} / {:.0}; per round {:.3} - {:.3}, median {:.3}: {}), p99 {:.2} / {:.2} ms, Envoy CPU us/request {:.2} / {:.2} (baseline / keygate by CPU {:.3}x)",
+        t.keygate_over(b),
+        t.median_rps(Contender::Keygate),
+        t.median_rps(b),
+        lo,
+        hi,
+        crate::model::median(&rounds),
+        each.join(" "),
+        t.median_p99(Contender::Keygate),
+        t.median_p99(b),
+        t.median_us_per_request(Contender::Keygate),
+        t.median_us_per_request(b),
+        t.keygate_over_by_cpu(b)
+    ))
 }
