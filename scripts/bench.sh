@@ -61,7 +61,8 @@ cargo build --release --manifest-path bench/Cargo.toml -p keygate-bench --target
 # keygate.wasm is left alone), copied out, the worktree removed on exit.
 if [ -n "$baseline" ]; then
   rev=$(git rev-parse --verify "$baseline^{commit}") || { say "--baseline: no revision $baseline"; exit 2; }
-  base_tree=$(mktemp -d "${TMPDIR:-/tmp}/keygate-baseline.XXXXXX")
+  # The revision in the name: the report cites the file.
+  base_tree=$(mktemp -d "${TMPDIR:-/tmp}/keygate-baseline-$(git rev-parse --short "$rev").XXXXXX")
   base_wasm="$base_tree.wasm"
   trap 'git worktree remove --force "$base_tree" 2>/dev/null || true; rm -rf "$base_tree" "$base_wasm"; git worktree prune' EXIT
   git worktree add --detach "$base_tree" "$rev" >/dev/null
