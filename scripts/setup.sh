@@ -107,11 +107,17 @@ test_part() {
   python_tools
 }
 
-# Reused when its `openviking` package is exactly $OPENVIKING_VERSION and the server script is there;
-# the marker file is written only after a complete install, so an interrupted one is redone.
+# Reused when its `openviking` package is exactly $OPENVIKING_VERSION and the server script is there
+# and runs: a venv's scripts name its interpreter by absolute path, so a venv made in another
+# checkout (moved, or reached through a symlink that is gone) is made anew. The marker file is
+# written only after a complete install, so an interrupted one is redone.
 openviking() {
   local marker="$ov_venv/.keygate-installed-$OPENVIKING_VERSION"
-  if [ -f "$marker" ] && [ -x "$ov_venv/bin/openviking-server" ]; then return 0; fi
+  local server="$ov_venv/bin/openviking-server" interpreter=""
+  [ -f "$server" ] && interpreter=$(head -n1 "$server" | sed -n 's/^#!//p')
+  if [ -f "$marker" ] && [ -x "$server" ] && [ -n "$interpreter" ] && [ -x "$interpreter" ]; then
+    return 0
+  fi
   python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
   say "installing openviking==$OPENVIKING_VERSION into $ov_venv (~6 minutes and 1.3 GB once)"
   rm -rf "$ov_venv"
