@@ -96,7 +96,12 @@ pub trait Host {
     fn wake_worker(&self, queue: &str) -> bool;
 }
 
-/// Counters, exported by the glue as `keygate_<name>`.
+/// Counters, defined by the glue under [`Metric::name`]. Every name ends in `_total`
+/// (Prometheus's convention for counters). The request counters share one name and carry their
+/// outcome as a tag in Istio's encoding (`outcome=.=<value>;.;` before the name): a stats tag
+/// extractor with regex `(outcome=\.=(.*?);\.;)` (in every Envoy config keygate ships; under
+/// Istio, `extraStatTags: [outcome]`) turns it into the label, so Prometheus reads
+/// `keygate_requests_total{outcome="<value>"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metric {
     Allowed,
@@ -167,36 +172,36 @@ impl Metric {
 
     pub fn name(self) -> &'static str {
         match self {
-            Metric::Allowed => "keygate_requests_allowed",
-            Metric::Denied => "keygate_requests_denied",
-            Metric::Forbidden => "keygate_requests_forbidden",
-            Metric::Unavailable => "keygate_requests_unavailable",
-            Metric::Throttled => "keygate_requests_throttled",
-            Metric::LookupErrors => "keygate_store_errors",
-            Metric::L1Hits => "keygate_l1_hits",
-            Metric::SharedHits => "keygate_shared_hits",
-            Metric::Misses => "keygate_misses",
-            Metric::LookupsStarted => "keygate_store_lookups",
-            Metric::LookupsCoalesced => "keygate_lookups_coalesced",
-            Metric::LookupsWaitedOnOtherWorker => "keygate_lookups_waited_other_worker",
-            Metric::LeaseTakeovers => "keygate_lease_takeovers",
-            Metric::StaleServed => "keygate_stale_served",
-            Metric::Evictions => "keygate_l1_evictions",
-            Metric::SyncPolls => "keygate_sync_polls",
-            Metric::SyncErrors => "keygate_sync_errors",
-            Metric::KeysInvalidated => "keygate_keys_invalidated",
-            Metric::LocalInvalidations => "keygate_local_invalidations",
-            Metric::MalformedKeys => "keygate_malformed_keys",
-            Metric::BadRequests => "keygate_requests_bad",
-            Metric::Anonymous => "keygate_requests_anonymous",
-            Metric::LocalDropsEverything => "keygate_local_drops_everything",
-            Metric::SyncSkippedEntries => "keygate_sync_skipped_entries",
-            Metric::LookupsOutdated => "keygate_lookups_outdated",
-            Metric::ReserveLookups => "keygate_store_lookups_reserve",
-            Metric::FeedDownRechecks => "keygate_feed_down_rechecks",
-            Metric::UsageReports => "keygate_usage_reports",
-            Metric::UsageIdsReported => "keygate_usage_ids_reported",
-            Metric::UsageErrors => "keygate_usage_report_errors",
+            Metric::Allowed => "outcome=.=allowed;.;keygate_requests_total",
+            Metric::Denied => "outcome=.=denied;.;keygate_requests_total",
+            Metric::Forbidden => "outcome=.=forbidden;.;keygate_requests_total",
+            Metric::Unavailable => "outcome=.=unavailable;.;keygate_requests_total",
+            Metric::Throttled => "outcome=.=throttled;.;keygate_requests_total",
+            Metric::LookupErrors => "keygate_store_errors_total",
+            Metric::L1Hits => "keygate_l1_hits_total",
+            Metric::SharedHits => "keygate_shared_hits_total",
+            Metric::Misses => "keygate_misses_total",
+            Metric::LookupsStarted => "keygate_store_lookups_total",
+            Metric::LookupsCoalesced => "keygate_lookups_coalesced_total",
+            Metric::LookupsWaitedOnOtherWorker => "keygate_lookups_waited_other_worker_total",
+            Metric::LeaseTakeovers => "keygate_lease_takeovers_total",
+            Metric::StaleServed => "keygate_stale_served_total",
+            Metric::Evictions => "keygate_l1_evictions_total",
+            Metric::SyncPolls => "keygate_sync_polls_total",
+            Metric::SyncErrors => "keygate_sync_errors_total",
+            Metric::KeysInvalidated => "keygate_keys_invalidated_total",
+            Metric::LocalInvalidations => "keygate_local_invalidations_total",
+            Metric::MalformedKeys => "keygate_malformed_keys_total",
+            Metric::BadRequests => "outcome=.=bad_request;.;keygate_requests_total",
+            Metric::Anonymous => "outcome=.=anonymous;.;keygate_requests_total",
+            Metric::LocalDropsEverything => "keygate_local_drops_everything_total",
+            Metric::SyncSkippedEntries => "keygate_sync_skipped_entries_total",
+            Metric::LookupsOutdated => "keygate_lookups_outdated_total",
+            Metric::ReserveLookups => "keygate_store_lookups_reserve_total",
+            Metric::FeedDownRechecks => "keygate_feed_down_rechecks_total",
+            Metric::UsageReports => "keygate_usage_reports_total",
+            Metric::UsageIdsReported => "keygate_usage_ids_reported_total",
+            Metric::UsageErrors => "keygate_usage_report_errors_total",
         }
     }
 
@@ -254,5 +259,62 @@ impl Gauge {
 
     pub fn index(self) -> usize {
         self as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The name Prometheus reads once the `outcome` tag is extracted, and the tag's value.
+    fn exported(name: &str) -> (&str, Option<&str>) {
+        match name.strip_prefix("outcome=.=") {
+            Some(rest) => {
+                let (value, metric) = rest.split_once(";.;").unwrap();
+                (metric, Some(value))
+            }
+            None => (name, None),
+        }
+    }
+
+    #[test]
+    fn every_counter_is_exported_with_a_total_suffix() {
+        for m in Metric::ALL {
+            let (name, _) = exported(m.name());
+            assert!(name.starts_with("keygate_"), "{m:?}: {name}");
+            assert!(name.ends_with("_total"), "{m:?}: {name}");
+            assert!(!name.contains(['.', '=', ';']), "{m:?}: {name}");
+        }
+    }
+
+    #[test]
+    fn request_outcomes_are_one_counter_with_an_outcome_label() {
+        let outcomes = [
+            (Metric::Allowed, "allowed"),
+            (Metric::Denied, "denied"),
+            (Metric::Forbidden, "forbidden"),
+            (Metric::Unavailable, "unavailable"),
+            (Metric::Throttled, "throttled"),
+            (Metric::BadRequests, "bad_request"),
+            (Metric::Anonymous, "anonymous"),
+        ];
+        for (m, outcome) in outcomes {
+            assert_eq!(
+                exported(m.name()),
+                ("keygate_requests_total", Some(outcome))
+            );
+        }
+        let labelled = Metric::ALL
+            .iter()
+            .filter(|m| exported(m.name()).1.is_some());
+        assert_eq!(labelled.count(), outcomes.len());
+        let mut names: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            Metric::ALL.len(),
+            "two counters share a full name"
+        );
     }
 }

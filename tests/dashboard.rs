@@ -144,15 +144,12 @@ fn the_dashboard_is_well_formed() {
         .flat_map(|e| metric_names(e))
         .collect();
     for needed in [
-        "keygate_requests_allowed",
-        "keygate_requests_denied",
-        "keygate_requests_unavailable",
-        "keygate_l1_hits",
-        "keygate_shared_hits",
-        "keygate_store_lookups",
-        "keygate_store_errors",
+        "keygate_requests_total",
+        "keygate_l1_hits_total",
+        "keygate_shared_hits_total",
+        "keygate_store_lookups_total",
+        "keygate_store_errors_total",
         "keygate_sync_lag_ms",
-        "keygate_requests_throttled",
         "keystore_request_duration_seconds_bucket",
         "keystore_db_duration_seconds_bucket",
         "keystore_build_info",
@@ -262,8 +259,8 @@ fn every_alert_has_an_expression_a_duration_and_a_severity() {
         assert_eq!(count(field), alerts, "every alert needs {field:?}");
     }
     for needed in [
-        "keygate_requests_unavailable",
-        "keygate_sync_errors",
+        "keygate_requests_total",
+        "keygate_sync_errors_total",
         "keygate_sync_lag_ms",
         "keystore_request_duration_seconds_bucket",
     ] {
@@ -287,7 +284,7 @@ fn every_metric_the_dashboard_queries_is_exported() {
             401
         );
     }
-    let polls = |e: &keygate_harness::Envoy| e.stat_opt("keygate_sync_polls").unwrap_or(0);
+    let polls = |e: &keygate_harness::Envoy| e.stat_opt("keygate_sync_polls_total").unwrap_or(0);
     within(Duration::from_secs(20), "two feed polls", || {
         polls(&env.a) >= 2
     });
@@ -317,20 +314,28 @@ fn every_metric_the_dashboard_queries_is_exported() {
     eprintln!("dashboard: {} metrics queried, all exported", queried.len());
 }
 
-/// The store cluster's name in an Istio proxy (envoy/kubernetes/wasmplugin.yaml).
-const ISTIO_CLUSTER: &str = "outbound|8081||keystore.keygate.svc.cluster.local";
+/// The store cluster's name in an Istio proxy, on another port than the shipped 8081
+/// (envoy/kubernetes/wasmplugin.yaml): the matchers must not depend on the Service's port.
+const ISTIO_CLUSTER: &str = "outbound|8443||keystore.keygate.svc.cluster.local";
 
 /// The stats settings of Istio's bootstrap that decide what reaches Prometheus: its own
 /// `cluster_name` tag instead of Envoy's defaults (the default tag would cut the name at its
-/// first dot), and its default inclusion list; plus `patterns`, the proxyStatsMatcher's.
-fn istio_stats_config(patterns: &[String]) -> String {
+/// first dot), and its default inclusion list; plus the proxy config's: `patterns`, the
+/// proxyStatsMatcher's, and one tag per `extraStatTags` entry, with the regex Istio's bootstrap
+/// template writes for it (tools/packaging/common/envoy_bootstrap.json).
+fn istio_stats_config(patterns: &[String], tags: &[String]) -> String {
     let mut out = String::from(concat!(
         "\nstats_config:\n  use_all_default_tags: false\n  stats_tags:\n",
         "  - tag_name: cluster_name\n",
         "    regex: '^cluster\\.((.+?(\\..+?\\.svc\\.cluster\\.local)?)\\.)'\n",
         "  - tag_name: response_code_class\n    regex: '_rq(_(\\dxx))$'\n",
-        "  stats_matcher:\n    inclusion_list:\n      patterns:\n",
     ));
+    for t in tags {
+        out.push_str(&format!(
+            "  - tag_name: {t}\n    regex: '({t}=\\.=(.*?);\\.;)'\n"
+        ));
+    }
+    out.push_str("  stats_matcher:\n    inclusion_list:\n      patterns:\n");
     for prefix in [
         "cluster_manager",
         "listener_manager",
@@ -346,21 +351,24 @@ fn istio_stats_config(patterns: &[String]) -> String {
     out
 }
 
-/// envoy/istio/stats-matcher.yaml's proxyStatsMatcher as Envoy string matchers (Istio turns
-/// `inclusionPrefixes` into `prefix` and `inclusionRegexps` into `safe_regex`).
-fn shipped_stats_matcher() -> Vec<String> {
+/// envoy/istio/stats-matcher.yaml's proxy config: its proxyStatsMatcher as Envoy string
+/// matchers (Istio turns `inclusionPrefixes` into `prefix` and `inclusionRegexps` into
+/// `safe_regex`), and its `extraStatTags`.
+fn shipped_proxy_config() -> (Vec<String>, Vec<String>) {
     let text = std::fs::read_to_string(repo_root().join("envoy/istio/stats-matcher.yaml")).unwrap();
     let mut kind = "";
-    let mut patterns = Vec::new();
+    let (mut patterns, mut tags) = (Vec::new(), Vec::new());
     for line in text.lines().map(str::trim) {
         match line {
             "inclusionPrefixes:" => kind = "prefix",
             "inclusionRegexps:" => kind = "regex",
+            "extraStatTags:" => kind = "tag",
             _ => match line.strip_prefix("- ") {
                 Some(item) if kind == "prefix" => patterns.push(format!("prefix: {item}")),
                 Some(item) if kind == "regex" => {
                     patterns.push(format!("safe_regex: {{ regex: {item} }}"))
                 }
+                Some(item) if kind == "tag" => tags.push(item.to_owned()),
                 _ => {}
             },
         }
@@ -369,14 +377,27 @@ fn shipped_stats_matcher() -> Vec<String> {
         patterns.len() >= 2,
         "no proxyStatsMatcher in stats-matcher.yaml"
     );
-    patterns
+    (patterns, tags)
+}
+
+/// The template's own `stats_config` block (Istio's bootstrap replaces it).
+fn without_stats_config(template: &str) -> String {
+    let start = template
+        .find("stats_config:\n")
+        .expect("the template's stats_config");
+    let end = start
+        + template[start..]
+            .find("\nadmin:\n")
+            .expect("admin after stats_config");
+    format!("{}{}", &template[..start], &template[end + 1..])
 }
 
 /// The Prometheus series of one Envoy run as an Istio proxy would be (store cluster named
-/// [`ISTIO_CLUSTER`], Istio's stats settings with `patterns`), after two feed polls.
-fn series_as_an_istio_proxy(patterns: &[String]) -> Vec<String> {
-    let template = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml.tmpl"))
-        .unwrap()
+/// [`ISTIO_CLUSTER`], Istio's stats settings with `patterns` and `tags`), after one request
+/// without a key (401) and two feed polls.
+fn series_as_an_istio_proxy(patterns: &[String], tags: &[String]) -> Vec<String> {
+    let template = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml.tmpl")).unwrap();
+    let template = without_stats_config(&template)
         .replace(
             "  - name: keystore\n",
             &format!("  - name: \"{ISTIO_CLUSTER}\"\n"),
@@ -389,7 +410,7 @@ fn series_as_an_istio_proxy(patterns: &[String]) -> Vec<String> {
             "cluster: keystore\n",
             &format!("cluster: \"{ISTIO_CLUSTER}\"\n"),
         )
-        + &istio_stats_config(patterns);
+        + &istio_stats_config(patterns, tags);
     let filter = config_with(serde_json::json!({
         "store": { "cluster": ISTIO_CLUSTER, "authority": "keystore.keygate.svc.cluster.local" }
     }));
@@ -398,8 +419,14 @@ fn series_as_an_istio_proxy(patterns: &[String]) -> Vec<String> {
     opts.template = Some(template);
     opts.concurrency = 1;
     let envoy = Envoy::start(opts).unwrap();
+    assert_eq!(
+        http::get(&format!("{}/x", envoy.url()), &[])
+            .unwrap()
+            .status,
+        401
+    );
     within(Duration::from_secs(20), "two feed polls", || {
-        envoy.stat_opt("keygate_sync_polls").unwrap_or(0) >= 2
+        envoy.stat_opt("keygate_sync_polls_total").unwrap_or(0) >= 2
     });
     let text = http::get(&format!("{}/stats/prometheus", envoy.admin_url()), &[])
         .unwrap()
@@ -414,23 +441,28 @@ fn under_istio_the_shipped_stats_matcher_exports_what_the_keystore_alerts_read()
         format!("envoy_cluster_membership_total{{cluster_name=\"{ISTIO_CLUSTER}\"}}"),
     ];
     // Istio's defaults alone drop the cluster's stats: the alerts would stay silent.
-    let default = series_as_an_istio_proxy(&[]);
+    let default = series_as_an_istio_proxy(&[], &[]);
     for w in &wanted {
         assert!(!default.contains(w), "Istio's default list keeps {w}");
     }
-    let patched = series_as_an_istio_proxy(&shipped_stats_matcher());
+    let (patterns, tags) = shipped_proxy_config();
+    let patched = series_as_an_istio_proxy(&patterns, &tags);
     for w in &wanted {
         assert!(patched.contains(w), "{w} missing from {patched:?}");
     }
     assert!(
-        patched.iter().any(|s| s == "keygate_sync_polls"),
+        patched.iter().any(|s| s == "keygate_sync_polls_total"),
         "{patched:?}"
     );
+    // extraStatTags makes the request outcome a label, as the template's stats_tags does.
+    let denied = "keygate_requests_total{outcome=\"denied\"}";
+    assert!(patched.iter().any(|s| s == denied), "{patched:?}");
+    assert!(!default.iter().any(|s| s == denied), "{default:?}");
     // The alerts' and the dashboard's matcher for that label matches this name.
-    let matcher = "cluster_name=~\"outbound[|]8081[|][|]keystore[.].+\"";
+    let matcher = "cluster_name=~\"outbound[|][0-9]+[|][|]keystore[.].+\"";
     assert!(alert_rules().contains(matcher));
     assert!(serde_json::to_string(&dashboard())
         .unwrap()
         .contains(&matcher.replace('"', "\\\"")));
-    assert!(ISTIO_CLUSTER.starts_with("outbound|8081||keystore."));
+    assert!(ISTIO_CLUSTER.starts_with("outbound|8443||keystore."));
 }

@@ -50,7 +50,7 @@ fn a_slow_lookup_answered_after_the_feed_reported_the_key_is_given_to_nobody() {
     let invalidated_before: Vec<u64> = env
         .envoys()
         .iter()
-        .map(|e| e.stat("keygate_keys_invalidated"))
+        .map(|e| e.stat("keygate_keys_invalidated_total"))
         .collect();
     // The store reads bob's key at once (valid), its answer arrives 4 s later.
     env.proxy.lookups(Fault::SlowAnswer(Duration::from_secs(4)));
@@ -71,7 +71,7 @@ fn a_slow_lookup_answered_after_the_feed_reported_the_key_is_given_to_nobody() {
                 env.envoys()
                     .iter()
                     .zip(&invalidated_before)
-                    .all(|(e, before)| e.stat("keygate_keys_invalidated") >= before + 2)
+                    .all(|(e, before)| e.stat("keygate_keys_invalidated_total") >= before + 2)
             },
         );
         println!("feed applied {} ms after the revocation", took.as_millis());
@@ -105,7 +105,7 @@ fn a_slow_lookup_answered_after_the_feed_reported_the_key_is_given_to_nobody() {
     let outdated: u64 = env
         .envoys()
         .iter()
-        .map(|e| e.stat("keygate_lookups_outdated"))
+        .map(|e| e.stat("keygate_lookups_outdated_total"))
         .sum();
     assert!(
         outdated >= 1,
@@ -203,8 +203,8 @@ fn rotating_one_key_through_envoy_twenty_times_leaves_500_other_keys_cached() {
             "round {round}: the other 500 keys stayed cached"
         );
     }
-    assert_eq!(env.a.stat("keygate_local_drops_everything"), 0);
-    assert!(env.a.stat("keygate_local_invalidations") >= 20);
+    assert_eq!(env.a.stat("keygate_local_drops_everything_total"), 0);
+    assert!(env.a.stat("keygate_local_invalidations_total") >= 20);
 }
 
 /// Finding 3: wrk floods A with 5,000 random keys/s (bench/flood.lua) for 8 s while 50 keys
@@ -226,7 +226,7 @@ fn a_flood_of_random_keys_cannot_lock_out_keys_that_were_valid_recently() {
     assert!(pass(&env.a, &known).iter().all(|s| *s == 200));
     std::thread::sleep(Duration::from_millis(1200)); // every verdict expired, none stale-expired
     let lua = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/flood.lua");
-    let stale_before = env.a.stat("keygate_stale_served");
+    let stale_before = env.a.stat("keygate_stale_served_total");
     let flood_url = format!("{}/", env.a.url());
     let wrk = std::process::Command::new("wrk")
         .args(["-t1", "-c64", "-d8s", "-s"])
@@ -250,17 +250,17 @@ fn a_flood_of_random_keys_cannot_lock_out_keys_that_were_valid_recently() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
     let ok = got.iter().filter(|s| **s == 200).count();
-    let stale = env.a.stat("keygate_stale_served") - stale_before;
+    let stale = env.a.stat("keygate_stale_served_total") - stale_before;
     println!(
         "flood {flood_requests:.0} req/s; known keys: {ok} of {} answered 200, {stale} served stale, \
          reserve lookups {:?}, throttled {}",
         got.len(),
-        env.a.stat_opt("keygate_store_lookups_reserve"),
-        env.a.stat("keygate_requests_throttled")
+        env.a.stat_opt("keygate_store_lookups_reserve_total"),
+        env.a.stat("keygate_requests_total{outcome=\"throttled\"}")
     );
     assert!(flood_requests > 1000.0, "the flood did not flood: {text}");
     assert!(
-        env.a.stat("keygate_requests_throttled") > 0,
+        env.a.stat("keygate_requests_total{outcome=\"throttled\"}") > 0,
         "the main budget was spent"
     );
     assert!(
@@ -309,6 +309,6 @@ fn with_the_feed_failing_a_silent_revocation_is_refused_within_three_intervals_a
             "{}: keygate_sync_lag_ms {lag}",
             envoy.node_id()
         );
-        assert!(envoy.stat("keygate_feed_down_rechecks") >= 1);
+        assert!(envoy.stat("keygate_feed_down_rechecks_total") >= 1);
     }
 }

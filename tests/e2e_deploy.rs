@@ -174,8 +174,8 @@ fn the_filter_reads_a_token_protected_store_with_store_token() {
         "revocation through the feed",
         || all_get(&one.envoy, &key, 4, 401),
     );
-    assert!(one.envoy.stat("keygate_sync_polls") > 0);
-    assert_eq!(one.envoy.stat("keygate_sync_errors"), 0);
+    assert!(one.envoy.stat("keygate_sync_polls_total") > 0);
+    assert_eq!(one.envoy.stat("keygate_sync_errors_total"), 0);
     assert_eq!(
         one.keystore.metric("keystore_protocol_unauthorized_total"),
         0.0
@@ -260,8 +260,8 @@ fn the_filter_reaches_a_keystore_serving_https_through_the_templates_tls_block()
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(upstream_headers(&r)["x-account-id"], "acme");
     within(Duration::from_secs(5), "a feed poll", || {
-        envoy.stat("keygate_sync_polls") > 0
+        envoy.stat("keygate_sync_polls_total") > 0
     });
-    assert_eq!(envoy.stat("keygate_sync_errors"), 0);
+    assert_eq!(envoy.stat("keygate_sync_errors_total"), 0);
     assert!(envoy.stat("cluster.keystore.ssl.handshake") >= 1);
 }

@@ -119,7 +119,10 @@ fn every_kind_of_store_failure_gives_503_for_unknown_keys_and_stale_for_known_on
         }
         println!("{what}: known key 200 (stale), unknown key 503, then recovered");
     }
-    assert!(env.a.stat("keygate_stale_served") > 0 && env.a.stat("keygate_store_errors") > 0);
+    assert!(
+        env.a.stat("keygate_stale_served_total") > 0
+            && env.a.stat("keygate_store_errors_total") > 0
+    );
     // Store errors are logged with the key id's first 12 hex characters, never the key.
     let known_id = keygate_protocol::key::key_id(&known);
     for envoy in env.envoys() {
@@ -216,5 +219,5 @@ fn a_broken_changes_feed_is_retried_and_changes_nothing_meanwhile() {
         "revocation once the feed works",
         || env.envoys().iter().all(|e| all_get(e, &key, 4, 401)),
     );
-    assert!(env.a.stat("keygate_sync_errors") > 0);
+    assert!(env.a.stat("keygate_sync_errors_total") > 0);
 }

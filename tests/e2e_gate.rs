@@ -89,7 +89,11 @@ fn a_path_that_is_not_utf8_is_refused_over_http2_never_read_as_another() {
     let r = h2::send(env.a.port(), &H2Request::get(b"/data", &key_header)).unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(echo(&r.body)["headers"]["x-role"], "member");
-    assert!(env.a.stat("keygate_requests_bad") >= 2);
+    assert!(
+        env.a
+            .stat("keygate_requests_total{outcome=\"bad_request\"}")
+            >= 2
+    );
 }
 
 /// Paths an attacker tries against `/private/` (admin only) and `/public` (anonymous).
@@ -292,7 +296,7 @@ fn anonymous_paths_authenticate_when_they_can() {
         &[("x-api-key", "kg_never_seen_before_123")],
     );
     assert_eq!(s, 200, "{body}");
-    assert!(env.a.stat("keygate_requests_anonymous") >= 4);
+    assert!(env.a.stat("keygate_requests_total{outcome=\"anonymous\"}") >= 4);
 }
 
 /// Envoy's CORS filter in front of keygate, allowing one origin on every route.

@@ -126,8 +126,8 @@ fn last_used_shows_in_the_listing_within_the_usage_interval() {
         last_used().is_some()
     });
     eprintln!("last used visible {took:?} after the request through B");
-    assert!(t.b.stat("keygate_usage_ids_reported") >= 1);
-    assert_eq!(t.b.stat("keygate_usage_report_errors"), 0);
+    assert!(t.b.stat("keygate_usage_ids_reported_total") >= 1);
+    assert_eq!(t.b.stat("keygate_usage_report_errors_total"), 0);
 }
 
 #[test]

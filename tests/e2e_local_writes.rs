@@ -94,19 +94,19 @@ fn on_a_store_still_at_revision_0_a_local_write_keeps_every_other_key_cached_unt
     }
     assert_eq!(store.writes(), 2);
     every_key_on_every_worker(&a, &keys);
-    let drops = a.stat("keygate_local_drops_everything");
+    let drops = a.stat("keygate_local_drops_everything_total");
     println!(
         "after the writes: {} new lookups, drops everything {drops}, polls {}, sync errors {}",
         store.lookups() - before,
-        a.stat("keygate_sync_polls"),
-        a.stat("keygate_sync_errors")
+        a.stat("keygate_sync_polls_total"),
+        a.stat("keygate_sync_errors_total")
     );
     assert_eq!(store.lookups(), before, "every key stayed cached");
     assert_eq!(
         drops, 0,
         "nothing dropped for a write the feed reports nothing of"
     );
-    assert!(a.stat("keygate_local_invalidations") >= 2);
+    assert!(a.stat("keygate_local_invalidations_total") >= 2);
 
     // The store moves past 0 (a change its feed cannot list from `since=0`): the next write's
     // poll finds revision 1, and everything is dropped before the writer gets its 200.
@@ -118,5 +118,5 @@ fn on_a_store_still_at_revision_0_a_local_write_keeps_every_other_key_cached_unt
     let before = store.lookups();
     every_key_on_every_worker(&a, &keys);
     assert_eq!(store.lookups() - before, 100, "every key looked up again");
-    assert_eq!(b.stat("keygate_local_drops_everything"), 0);
+    assert_eq!(b.stat("keygate_local_drops_everything_total"), 0);
 }

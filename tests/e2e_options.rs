@@ -13,9 +13,10 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use common::*;
-use keygate_harness::{Envoy, TwoInstances};
+use keygate_harness::{parse_prometheus, Envoy, TwoInstances};
 use serde_json::json;
 
 #[test]
@@ -123,7 +124,9 @@ fn required_roles_refuse_other_roles_with_403() {
     let fresh = env.keystore.create_user("acme", "dave", "member");
     assert_eq!(get_with_key(&env.b, "/reports/q4", &fresh).status, 403);
     assert!(
-        env.a.stat("keygate_requests_forbidden") + env.b.stat("keygate_requests_forbidden") >= 2
+        env.a.stat("keygate_requests_total{outcome=\"forbidden\"}")
+            + env.b.stat("keygate_requests_total{outcome=\"forbidden\"}")
+            >= 2
     );
 }
 
@@ -294,14 +297,19 @@ fn metrics_move_as_requests_are_answered() {
     // The counters of hits are kept in the worker and flushed at most once per millisecond
     // and on every tick (250 ms when idle): wait for the last ones.
     let d = settled_deltas(&env.a, &before, |d| {
-        d["keygate_requests_allowed"] >= 6 && d["keygate_l1_hits"] + d["keygate_shared_hits"] >= 5
+        d["keygate_requests_total{outcome=\"allowed\"}"] >= 6
+            && d["keygate_l1_hits_total"] + d["keygate_shared_hits_total"] >= 5
     });
-    assert_eq!(d["keygate_requests_allowed"], 6, "{d:?}");
-    assert_eq!(d["keygate_requests_denied"], 2, "{d:?}");
-    assert_eq!(d["keygate_malformed_keys"], 1, "{d:?}");
-    assert_eq!(d["keygate_store_lookups"], 2, "one per key: {d:?}");
-    assert_eq!(d["keygate_misses"], 2, "{d:?}");
-    assert_eq!(d["keygate_l1_hits"] + d["keygate_shared_hits"], 5, "{d:?}");
+    assert_eq!(d["keygate_requests_total{outcome=\"allowed\"}"], 6, "{d:?}");
+    assert_eq!(d["keygate_requests_total{outcome=\"denied\"}"], 2, "{d:?}");
+    assert_eq!(d["keygate_malformed_keys_total"], 1, "{d:?}");
+    assert_eq!(d["keygate_store_lookups_total"], 2, "one per key: {d:?}");
+    assert_eq!(d["keygate_misses_total"], 2, "{d:?}");
+    assert_eq!(
+        d["keygate_l1_hits_total"] + d["keygate_shared_hits_total"],
+        5,
+        "{d:?}"
+    );
 
     // Store down, TTL over: stale served and a store error counted.
     let before = env.a.stats();
@@ -313,25 +321,61 @@ fn metrics_move_as_requests_are_answered() {
         503
     );
     let d = deltas(&env.a, &before);
-    assert!(d["keygate_stale_served"] >= 1, "{d:?}");
-    assert!(d["keygate_store_errors"] >= 2, "{d:?}");
-    assert_eq!(d["keygate_requests_unavailable"], 1, "{d:?}");
+    assert!(d["keygate_stale_served_total"] >= 1, "{d:?}");
+    assert!(d["keygate_store_errors_total"] >= 2, "{d:?}");
+    assert_eq!(
+        d["keygate_requests_total{outcome=\"unavailable\"}"], 1,
+        "{d:?}"
+    );
     assert!(
-        d["keygate_sync_errors"] >= 1,
+        d["keygate_sync_errors_total"] >= 1,
         "polls fail while the store is down: {d:?}"
     );
+}
 
-    // Prometheus output names them without Envoy's wasmcustom prefix.
-    let prom = client()
-        .get(&format!("{}/stats/prometheus", env.a.admin_url()), &[])
-        .unwrap()
-        .body;
+#[test]
+fn prometheus_reads_one_request_counter_with_an_outcome_label_and_total_on_every_counter() {
+    let env = TwoInstances::start(config()).unwrap();
+    let key = env.keystore.create_account("acme", "alice");
+    for _ in 0..3 {
+        assert_eq!(get_with_key(&env.a, "/p", &key).status, 200);
+    }
+    assert_eq!(
+        get_with_key(&env.a, "/p", "kg_unknown_key_for_metrics_00000002").status,
+        401
+    );
+    let allowed = "keygate_requests_total{outcome=\"allowed\"}";
+    let denied = "keygate_requests_total{outcome=\"denied\"}";
+    let url = format!("{}/stats/prometheus", env.a.admin_url());
+    let mut prom = HashMap::new();
+    let mut text = String::new();
+    within(Duration::from_secs(5), "allowed requests flushed", || {
+        text = client().get(&url, &[]).unwrap().body;
+        prom = parse_prometheus(&text);
+        prom.get(allowed).copied().unwrap_or(0.0) >= 3.0
+    });
+    // The tag extractor in the shipped template made `outcome` a label of one counter.
+    assert_eq!(prom.get(allowed), Some(&3.0), "{text}");
+    assert_eq!(prom.get(denied), Some(&1.0), "{text}");
+    assert!(!text.contains("outcome_"), "a tag left in a name: {text}");
+    // Prometheus's naming: every counter the filter exports ends in _total; the histogram keeps
+    // its unit (Envoy's wasm histograms record integers: milliseconds, as Envoy's own `_ms`).
+    let counters: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE keygate_")?.strip_suffix(" counter"))
+        .collect();
+    assert!(counters.len() >= 20, "{counters:?}");
+    for c in &counters {
+        assert!(
+            c.ends_with("_total"),
+            "keygate_{c} is a counter without _total"
+        );
+    }
     for name in [
-        "keygate_requests_allowed",
-        "keygate_store_lookups",
-        "keygate_sync_polls",
+        "keygate_store_lookups_total",
+        "keygate_sync_polls_total",
         "keygate_store_lookup_ms_bucket",
     ] {
-        assert!(prom.contains(name), "{name} missing from /stats/prometheus");
+        assert!(text.contains(name), "{name} missing from /stats/prometheus");
     }
 }

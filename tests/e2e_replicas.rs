@@ -387,7 +387,7 @@ fn stopping_a_replica_under_steady_load_fails_no_request_once_envoy_has_moved_to
                 envoy_stat(e, "cluster.keystore.outlier_detection.ejections_enforced_total"),
                 envoy_stat(e, "cluster.keystore.health_check.failure"),
                 envoy_stat(e, "cluster.keystore.upstream_rq_retry"),
-                e.stat("keygate_store_errors"),
+                e.stat("keygate_store_errors_total"),
             )
         })
         .collect();

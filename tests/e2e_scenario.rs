@@ -94,10 +94,10 @@ fn a_herd_of_first_requests_with_a_fresh_key_makes_at_most_one_lookup_per_envoy(
     );
     for envoy in env.envoys() {
         assert!(
-            envoy.stat("keygate_store_lookups") <= 1,
+            envoy.stat("keygate_store_lookups_total") <= 1,
             "{}: {} lookups",
             envoy.node_id(),
-            envoy.stat("keygate_store_lookups")
+            envoy.stat("keygate_store_lookups_total")
         );
     }
 }
@@ -168,7 +168,7 @@ fn malformed_keys_are_refused_without_a_store_call() {
         0,
         "no store call for malformed keys"
     );
-    assert!(env.a.stat("keygate_malformed_keys") >= 3);
+    assert!(env.a.stat("keygate_malformed_keys_total") >= 3);
 }
 
 #[test]
@@ -214,7 +214,7 @@ fn a_revocation_through_a_is_seen_by_a_at_once() {
         all_get(&env.a, &key, 6, 401),
         "A refuses the revoked key at once, on every worker"
     );
-    assert!(env.a.stat("keygate_local_invalidations") >= 1);
+    assert!(env.a.stat("keygate_local_invalidations_total") >= 1);
 }
 
 #[test]

@@ -303,6 +303,9 @@ impl Bootstrap {
             "# Rendered by keygate-bench (bench/runner/src/envoy.rs). Not the project's template:
 # one listener per contender, every route a direct_response.
 node: {{ id: keygate-bench, cluster: keygate-bench }}
+stats_config:
+  stats_tags:
+  - {{ tag_name: outcome, regex: '(outcome=\\.=(.*?);\\.;)' }}
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
 static_resources:

@@ -517,9 +517,9 @@ fn throughput(
             .unwrap_or(0)
             .saturating_sub(before.get(name).copied().unwrap_or(0))
     };
-    out.keygate_l1_hits = delta("keygate_l1_hits");
-    out.keygate_store_lookups = delta("keygate_store_lookups");
-    out.keygate_allowed = delta("keygate_requests_allowed");
+    out.keygate_l1_hits = delta("keygate_l1_hits_total");
+    out.keygate_store_lookups = delta("keygate_store_lookups_total");
+    out.keygate_allowed = delta("keygate_requests_total{outcome=\"allowed\"}");
     envoy.stop();
     drop(ks);
     Ok(out)
@@ -714,9 +714,9 @@ fn herd_one(stage: &Stage, c: Contender, n: usize, user: &str) -> Result<HerdRow
     let after = status(port, &key).unwrap_or(0);
     let row = HerdRow {
         store_lookups: ks1.saturating_sub(ks0),
-        keygate_lookups: d("keygate_store_lookups"),
-        coalesced: d("keygate_lookups_coalesced"),
-        waited_other_worker: d("keygate_lookups_waited_other_worker"),
+        keygate_lookups: d("keygate_store_lookups_total"),
+        coalesced: d("keygate_lookups_coalesced_total"),
+        waited_other_worker: d("keygate_lookups_waited_other_worker_total"),
         status_after: after,
         envoy_errors: envoy.error_lines(3),
         result,
@@ -870,8 +870,8 @@ fn flood_run_once(
         flood: flood_res,
         store_lookups: ks1.saturating_sub(ks0),
         window_s,
-        throttled: d("keygate_requests_throttled"),
-        denied: d("keygate_requests_denied"),
+        throttled: d("keygate_requests_total{outcome=\"throttled\"}"),
+        denied: d("keygate_requests_total{outcome=\"denied\"}"),
         envoy_cpu_s,
         valid_wrk_cpu_s: children1 - children0,
         flood_wrk_cpu_s: children2 - children1,

@@ -85,15 +85,31 @@ fn series(name: &str, labels: &BTreeMap<&str, &str>, extra: Option<(&str, &str)>
 pub const WASM_CUSTOM_PREFIX: &str = "wasmcustom.";
 
 /// Also lists each `wasmcustom.NAME` stat under `NAME` (unless Envoy has a stat of that name),
-/// so the filter's metrics read by the names it gave them.
+/// so the filter's metrics read by the names it gave them; a name with tags in Istio's encoding
+/// (`outcome=.=allowed;.;keygate_requests_total`) is listed as Prometheus names it once the tags
+/// are extracted, `keygate_requests_total{outcome="allowed"}`.
 fn add_unprefixed(stats: &mut HashMap<String, u64>) {
     let custom: Vec<(String, u64)> = stats
         .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix(WASM_CUSTOM_PREFIX)?.to_string(), *v)))
+        .filter_map(|(k, v)| Some((untagged(k.strip_prefix(WASM_CUSTOM_PREFIX)?), *v)))
         .collect();
     for (name, value) in custom {
         stats.entry(name).or_insert(value);
     }
+}
+
+/// `k1=.=v1;.;k2=.=v2;.;name` as `name{k1="v1",k2="v2"}` (labels sorted); other names as they are.
+pub fn untagged(name: &str) -> String {
+    let mut labels = BTreeMap::new();
+    let mut rest = name;
+    while let Some((tag, after)) = rest.split_once(";.;") {
+        let Some((k, v)) = tag.split_once("=.=") else {
+            break;
+        };
+        labels.insert(k, v);
+        rest = after;
+    }
+    series(rest, &labels, None)
 }
 
 /// Parses Envoy's `/stats?format=json`: counters and gauges (`{"name","value"}` entries) by
@@ -152,14 +168,14 @@ mod tests {
                     keystore_request_duration_seconds_count{route=\"/healthz\",status=\"2xx\"} 2\n\
                     keystore_request_duration_seconds_bucket{le=\"0.001\",route=\"/healthz\",status=\"2xx\"} 1\n\
                     keystore_request_duration_seconds_bucket{le=\"+Inf\",route=\"/healthz\",status=\"2xx\"} 2\n\
-                    # TYPE keygate_l1_hits counter\n\
-                    keygate_l1_hits{} 7 1700000000000\n\
+                    # TYPE keygate_l1_hits_total counter\n\
+                    keygate_l1_hits_total{} 7 1700000000000\n\
                     envoy_cluster_upstream_rq{envoy_response_code=\"200\",envoy_cluster_name=\"keystore\"} 3.5\n\
                     broken line here\n\
                     # EOF\n";
         let m = parse_prometheus(text);
         assert_eq!(m.get("keystore_lookups_total"), Some(&42.0));
-        assert_eq!(m.get("keygate_l1_hits"), Some(&7.0));
+        assert_eq!(m.get("keygate_l1_hits_total"), Some(&7.0));
         assert_eq!(
             m.get("envoy_cluster_upstream_rq{envoy_cluster_name=\"keystore\",envoy_response_code=\"200\"}"),
             Some(&3.5)
@@ -179,7 +195,7 @@ mod tests {
         let names = prometheus_names(text);
         for n in [
             "keystore_lookups_total",
-            "keygate_l1_hits",
+            "keygate_l1_hits_total",
             "keystore_request_duration_seconds_bucket",
             "keystore_request_duration_seconds_count",
             "envoy_cluster_upstream_rq",
@@ -192,14 +208,14 @@ mod tests {
     #[test]
     fn envoy_json_stats() {
         let text = r#"{"stats":[
-            {"name":"wasmcustom.keygate_store_lookups","value":7},
+            {"name":"wasmcustom.keygate_store_lookups_total","value":7},
             {"name":"wasmcustom.server.live","value":9},
             {"name":"server.live","value":1},
             {"histograms":{"supported_quantiles":[0,50],"computed_quantiles":[]}}
         ]}"#;
         let m = parse_envoy_stats_json(text).unwrap();
-        assert_eq!(m.get("keygate_store_lookups"), Some(&7));
-        assert_eq!(m.get("wasmcustom.keygate_store_lookups"), Some(&7));
+        assert_eq!(m.get("keygate_store_lookups_total"), Some(&7));
+        assert_eq!(m.get("wasmcustom.keygate_store_lookups_total"), Some(&7));
         // Envoy's own stat wins over an unprefixed custom one.
         assert_eq!(m.get("server.live"), Some(&1));
         assert_eq!(m.get("wasmcustom.server.live"), Some(&9));
@@ -211,12 +227,25 @@ mod tests {
     #[test]
     fn envoy_text_stats() {
         let text = "cluster.keystore.upstream_rq_200: 12\n\
-                    wasmcustom.keygate_l1_hits: 5\n\
+                    wasmcustom.keygate_l1_hits_total: 5\n\
                     cluster.x.upstream_rq_time: P0(nan,1) P25(nan,1.025)\n";
         let m = parse_envoy_stats_text(text);
         assert_eq!(m.get("cluster.keystore.upstream_rq_200"), Some(&12));
-        assert_eq!(m.get("keygate_l1_hits"), Some(&5));
-        assert_eq!(m.get("wasmcustom.keygate_l1_hits"), Some(&5));
+        assert_eq!(m.get("keygate_l1_hits_total"), Some(&5));
+        assert_eq!(m.get("wasmcustom.keygate_l1_hits_total"), Some(&5));
         assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn tags_in_istio_encoding_read_as_prometheus_labels() {
+        let text = "wasmcustom.outcome=.=allowed;.;keygate_requests_total: 4\n\
+                    wasmcustom.b=.=2;.;a=.=1;.;keygate_x_total: 1\n";
+        let m = parse_envoy_stats_text(text);
+        assert_eq!(
+            m.get("keygate_requests_total{outcome=\"allowed\"}"),
+            Some(&4)
+        );
+        assert_eq!(m.get("keygate_x_total{a=\"1\",b=\"2\"}"), Some(&1));
+        assert_eq!(untagged("keygate_l1_hits_total"), "keygate_l1_hits_total");
     }
 }
