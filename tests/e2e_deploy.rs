@@ -197,7 +197,7 @@ fn a_filter_without_the_token_gets_503_from_a_protected_store_never_200() {
         );
         let r = get_with_key(&one.envoy, "/orders", &key);
         assert_eq!(r.status, 503);
-        assert!(r.body.contains("key store unavailable"), "{}", r.body);
+        assert!(r.body.contains("/problems/store-unavailable"), "{}", r.body);
         assert!(one.keystore.metric("keystore_protocol_unauthorized_total") >= 1.0);
         assert_eq!(one.keystore.lookups(), 0);
     }

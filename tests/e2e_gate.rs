@@ -76,7 +76,7 @@ fn a_path_that_is_not_utf8_is_refused_over_http2_never_read_as_another() {
     let bad = H2Request::get(b"/private/users?x=\xff", &key_header);
     let r = h2::send(env.a.port(), &bad).unwrap();
     assert_eq!(r.status, 400, "{r:?}");
-    assert!(r.body.contains("bad request"), "{}", r.body);
+    assert!(r.body.contains("/problems/invalid-path"), "{}", r.body);
     let r = h2::send(env.a.port(), &H2Request::get(b"/public/\xfe", &[])).unwrap();
     assert_eq!(r.status, 400, "not UTF-8 on an anonymous path: {r:?}");
     // The same member on a valid path: 403; on an open path: 200 over HTTP/2.
@@ -236,7 +236,7 @@ fn a_key_given_twice_is_refused_before_any_lookup() {
     let before = env.keystore.lookups();
     let (s, body) = raw_get(&env.a, "/d", &[("x-api-key", &key), ("x-api-key", "other")]);
     assert_eq!(s, 401, "{body}");
-    assert!(body.contains("duplicate"), "{body}");
+    assert!(body.contains("/problems/duplicate-api-key"), "{body}");
     let (s, _) = raw_get(&env.a, "/d", &[("x-api-key", &key), ("x-api-key", &key)]);
     assert_eq!(s, 401);
     let (s, _) = raw_get(

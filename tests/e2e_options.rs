@@ -111,7 +111,16 @@ fn required_roles_refuse_other_roles_with_403() {
     let auditor = env.keystore.create_user("acme", "carol", "auditor");
     let r = get_with_key(&env.a, "/reports/q3", &member);
     assert_eq!(r.status, 403);
-    assert_eq!(r.json().unwrap(), json!({"error": "forbidden"}));
+    assert_eq!(
+        r.json().unwrap(),
+        json!({
+            "type": "https://keygate.dev/problems/forbidden",
+            "title": "Forbidden",
+            "status": 403,
+            "detail": "The key's role is not allowed on this path."
+        })
+    );
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
     assert_eq!(get_with_key(&env.a, "/reports/q3", &admin).status, 200);
     assert_eq!(get_with_key(&env.b, "/reports/q3", &auditor).status, 200);
     assert_eq!(

@@ -108,7 +108,16 @@ fn unknown_keys_get_401_and_are_negatively_cached() {
     let before = lookups(&env.keystore);
     let r = get_with_key(&env.a, "/x", "kg_no_such_key_anywhere_0001");
     assert_eq!(r.status, 401);
-    assert_eq!(r.json().unwrap(), json!({"error": "unauthorized"}));
+    assert_eq!(
+        r.json().unwrap(),
+        json!({
+            "type": "https://keygate.dev/problems/unauthorized",
+            "title": "Unauthorized",
+            "status": 401,
+            "detail": "A valid API key is required."
+        })
+    );
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
     assert_eq!(r.header("www-authenticate"), Some("ApiKey"));
     assert_eq!(lookups(&env.keystore) - before, 1);
     for _ in 0..20 {
@@ -183,7 +192,12 @@ fn when_the_store_is_down_cached_keys_still_pass_and_unknown_keys_get_503() {
     );
     let r = get_with_key(&env.a, "/x", "kg_unknown_while_down_000000000001");
     assert_eq!(r.status, 503, "{}", r.body);
-    assert_eq!(r.json().unwrap(), json!({"error": "key store unavailable"}));
+    let problem = r.json().unwrap();
+    assert_eq!(
+        problem["type"],
+        "https://keygate.dev/problems/store-unavailable"
+    );
+    assert_eq!(problem["status"], 503);
     assert!(r.header("retry-after").is_some());
     // Not cached as a deny: once the store is back, the same unknown key is a 401 and new keys work.
     env.keystore.restart().unwrap();

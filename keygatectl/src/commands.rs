@@ -5,7 +5,7 @@
 
 use crate::client::{read_key_file, read_value, Client, Error};
 use crate::input::{self, KeyOut};
-use crate::output::{self, Format, View};
+use crate::output::{self, Format, Object, View};
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use keygate_protocol::routes::admin;
 use serde_json::{json, Map, Value};
@@ -104,6 +104,15 @@ struct NewKeyArgs {
 
 #[derive(Subcommand)]
 enum AccountCmd {
+    /// List the accounts (root). `_system` is listed too: the account of the root key (user
+    /// `root`), which exists like any other and can be read, but which the keystore refuses to
+    /// change (its configuration manages it).
+    List,
+    /// Show one account: creation time, claims, whether it is enabled (root, its admins).
+    Get {
+        /// Account id
+        account: String,
+    },
     /// Create an account and its admin user (root).
     Create {
         /// Account id
@@ -160,6 +169,13 @@ enum UserCmd {
         /// Account id
         account: String,
     },
+    /// Show one user: role, creation time, expiry, whether it is enabled.
+    Get {
+        /// Account id
+        account: String,
+        /// User id
+        user: String,
+    },
     /// Change a user's role.
     SetRole {
         /// Account id
@@ -214,6 +230,8 @@ enum KeyCmd {
         /// User id
         user: String,
     },
+    /// Show one key by its reference (what `key list` shows of it, never the key).
+    Get(KeyRef),
     /// Add a named key to a user.
     Create {
         /// Account id
@@ -430,9 +448,10 @@ fn key_out(cmd: &Cmd) -> Option<&std::path::Path> {
     args.key_out.as_deref()
 }
 
-/// The answer of `call`; for a list of users or keys, every page (`next_cursor`) merged.
+/// The answer of `call`; for a list of accounts, users or keys, every page (`next_cursor`) merged.
 fn every_page(client: &Client, call: &Call) -> Result<Value, Error> {
     let field = match call.view {
+        View::Accounts => "accounts",
         View::Users => "users",
         View::Keys => "keys",
         _ => return client.call(call.method, &call.path, call.body.as_ref()),
@@ -534,17 +553,29 @@ fn plan_account(cmd: &AccountCmd) -> Result<Call, Error> {
             body.insert("account_id".into(), json!(account));
             body.insert("admin_user_id".into(), json!(admin));
             let path = admin::ACCOUNTS.to_owned();
-            call("POST", path, Some(Value::Object(body)), View::NewKey)
+            let view = View::NewKey(Object::Account);
+            call("POST", path, Some(Value::Object(body)), view)
         }
-        AccountCmd::Revoke { account, .. } => {
-            call("DELETE", account_path(account), None, View::Fields)
-        }
+        AccountCmd::List => call("GET", admin::ACCOUNTS.to_owned(), None, View::Accounts),
+        AccountCmd::Get { account } => call(
+            "GET",
+            account_path(account),
+            None,
+            View::Fields(Object::Account),
+        ),
+        AccountCmd::Revoke { account, .. } => call(
+            "DELETE",
+            account_path(account),
+            None,
+            View::Fields(Object::Account),
+        ),
         AccountCmd::SetClaims { account, claims } => {
             let body = json!({ "claims": parse_claims(claims)? });
-            call("PATCH", account_path(account), Some(body), View::Fields)
+            let view = View::Fields(Object::Account);
+            call("PATCH", account_path(account), Some(body), view)
         }
-        AccountCmd::Disable { account } => enabled(account_path(account), false),
-        AccountCmd::Enable { account } => enabled(account_path(account), true),
+        AccountCmd::Disable { account } => enabled(account_path(account), Object::Account, false),
+        AccountCmd::Enable { account } => enabled(account_path(account), Object::Account, true),
     })
 }
 
@@ -560,19 +591,31 @@ fn plan_user(cmd: &UserCmd) -> Result<Call, Error> {
             body.insert("user_id".into(), json!(user));
             body.insert("role".into(), json!(role.to_ascii_lowercase()));
             let path = admin::users(&seg(account));
-            call("POST", path, Some(Value::Object(body)), View::NewKey)
+            call(
+                "POST",
+                path,
+                Some(Value::Object(body)),
+                View::NewKey(Object::User),
+            )
         }
         UserCmd::List { account } => {
             let path = admin::users(&seg(account));
             call("GET", path, None, View::Users)
         }
+        UserCmd::Get { account, user } => call(
+            "GET",
+            user_path(account, user),
+            None,
+            View::Fields(Object::User),
+        ),
         UserCmd::SetRole {
             account,
             user,
             role,
         } => {
             let body = json!({ "role": role.to_ascii_lowercase() });
-            call("PATCH", user_path(account, user), Some(body), View::Fields)
+            let view = View::Fields(Object::User);
+            call("PATCH", user_path(account, user), Some(body), view)
         }
         UserCmd::Rotate {
             account,
@@ -585,13 +628,23 @@ fn plan_user(cmd: &UserCmd) -> Result<Call, Error> {
                 body.insert("grace_s".into(), json!(g));
             }
             let path = admin::user_key(&seg(account), &seg(user));
-            call("POST", path, Some(Value::Object(body)), View::NewKey)
+            call(
+                "POST",
+                path,
+                Some(Value::Object(body)),
+                View::NewKey(Object::Key),
+            )
         }
-        UserCmd::Revoke { account, user, .. } => {
-            call("DELETE", user_path(account, user), None, View::Fields)
+        UserCmd::Revoke { account, user, .. } => call(
+            "DELETE",
+            user_path(account, user),
+            None,
+            View::Fields(Object::User),
+        ),
+        UserCmd::Disable { account, user } => {
+            enabled(user_path(account, user), Object::User, false)
         }
-        UserCmd::Disable { account, user } => enabled(user_path(account, user), false),
-        UserCmd::Enable { account, user } => enabled(user_path(account, user), true),
+        UserCmd::Enable { account, user } => enabled(user_path(account, user), Object::User, true),
     })
 }
 
@@ -601,6 +654,12 @@ fn plan_key(cmd: &KeyCmd) -> Result<Call, Error> {
             let path = admin::keys(&seg(account), &seg(user));
             call("GET", path, None, View::Keys)
         }
+        KeyCmd::Get(k) => call(
+            "GET",
+            key_path(&k.account, &k.user, &k.key),
+            None,
+            View::Fields(Object::Key),
+        ),
         KeyCmd::Create {
             account,
             user,
@@ -614,7 +673,12 @@ fn plan_key(cmd: &KeyCmd) -> Result<Call, Error> {
                 body.insert("claims".into(), parse_claims(claims)?);
             }
             let path = admin::keys(&seg(account), &seg(user));
-            call("POST", path, Some(Value::Object(body)), View::NewKey)
+            call(
+                "POST",
+                path,
+                Some(Value::Object(body)),
+                View::NewKey(Object::Key),
+            )
         }
         KeyCmd::Update(args) => plan_update(args)?,
         KeyCmd::Rotate {
@@ -629,22 +693,27 @@ fn plan_key(cmd: &KeyCmd) -> Result<Call, Error> {
                 body.insert("grace_s".into(), json!(g));
             }
             let path = admin::key_rotate(&seg(account), &seg(user), &seg(key));
-            call("POST", path, Some(Value::Object(body)), View::NewKey)
+            call(
+                "POST",
+                path,
+                Some(Value::Object(body)),
+                View::NewKey(Object::Key),
+            )
         }
         KeyCmd::Revoke(args) => plan_revoke(args)?,
-        KeyCmd::Disable(k) => enabled(key_path(&k.account, &k.user, &k.key), false),
-        KeyCmd::Enable(k) => enabled(key_path(&k.account, &k.user, &k.key), true),
+        KeyCmd::Disable(k) => enabled(key_path(&k.account, &k.user, &k.key), Object::Key, false),
+        KeyCmd::Enable(k) => enabled(key_path(&k.account, &k.user, &k.key), Object::Key, true),
         KeyCmd::Find { value_file } => by_value(admin::KEYS_FIND, value_file)?,
     })
 }
 
-/// `PATCH path {"enabled": ...}`.
-fn enabled(path: String, enabled: bool) -> Call {
+/// `PATCH path {"enabled": ...}` of `object`.
+fn enabled(path: String, object: Object, enabled: bool) -> Call {
     call(
         "PATCH",
         path,
         Some(json!({ "enabled": enabled })),
-        View::Fields,
+        View::Fields(object),
     )
 }
 
@@ -652,7 +721,12 @@ fn enabled(path: String, enabled: bool) -> Call {
 /// key's value (read from `file`) in the body.
 fn by_value(route: &str, file: &std::path::Path) -> Result<Call, Error> {
     let body = json!({ "user_key": read_value(file, "value file")? });
-    Ok(call("POST", route.to_owned(), Some(body), View::Fields))
+    Ok(call(
+        "POST",
+        route.to_owned(),
+        Some(body),
+        View::Fields(Object::Key),
+    ))
 }
 
 fn plan_revoke(a: &KeyRevokeArgs) -> Result<Call, Error> {
@@ -664,7 +738,7 @@ fn plan_revoke(a: &KeyRevokeArgs) -> Result<Call, Error> {
             "DELETE",
             key_path(account, user, key),
             None,
-            View::Fields,
+            View::Fields(Object::Key),
         )),
         _ => Err(Error::Usage(
             "key revoke: give ACCOUNT USER KEY, or --value-file".into(),
@@ -690,7 +764,12 @@ fn plan_update(a: &UpdateArgs) -> Result<Call, Error> {
         body.insert("claims".into(), parse_claims(&a.claims)?);
     }
     let path = key_path(&a.account, &a.user, &a.key);
-    Ok(call("PATCH", path, Some(Value::Object(body)), View::Fields))
+    Ok(call(
+        "PATCH",
+        path,
+        Some(Value::Object(body)),
+        View::Fields(Object::Key),
+    ))
 }
 
 /// `expires_at` and an imported `user_key`, when given.

@@ -1,6 +1,7 @@
 //! How an answer is shown (`-o`): a table for people (borders only on a terminal; plain
 //! space-aligned columns in a pipe), the API's JSON as it came (one line), YAML, or `name`:
-//! the identifier of each object, one a line. Writing to a closed pipe (`| head -1`) ends the
+//! each object as `kind/id` (`account/acme`, `user/alice`, `key/c73407ee6f70e705`), one a
+//! line, as `kubectl -o name` prints them. Writing to a closed pipe (`| head -1`) ends the
 //! output quietly. A new key is shown once: in the answer, or only in the `--key-out` file
 //! (then removed from what is printed); a note on stderr says where it is.
 
@@ -18,17 +19,48 @@ pub enum Format {
     Json,
     /// The API's answer as YAML.
     Yaml,
-    /// The identifier of each object, one a line.
+    /// Each object as `kind/id`, one a line.
     Name,
+}
+
+/// What a command acts on: the object `-o name` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Object {
+    Account,
+    User,
+    Key,
+}
+
+impl Object {
+    /// The kind in `kind/id`.
+    fn kind(self) -> &'static str {
+        match self {
+            Object::Account => "account",
+            Object::User => "user",
+            Object::Key => "key",
+        }
+    }
+
+    /// The answer's member holding the object's id.
+    fn id_field(self) -> &'static str {
+        match self {
+            Object::Account => "account_id",
+            Object::User => "user_id",
+            Object::Key => "key",
+        }
+    }
 }
 
 /// Which table an answer makes.
 #[derive(Clone, Copy, Debug)]
 pub enum View {
     /// One object: a field/value row each.
-    Fields,
-    /// An answer holding a new key.
-    NewKey,
+    Fields(Object),
+    /// An answer holding a new key, made for the object (the account, user or key created or
+    /// rotated).
+    NewKey(Object),
+    /// `accounts`: one row per account.
+    Accounts,
     /// `users`: one row per user.
     Users,
     /// `keys`: one row per key.
@@ -37,6 +69,7 @@ pub enum View {
     Audit,
 }
 
+const ACCOUNT_COLUMNS: &[&str] = &["account_id", "created_at", "claims", "enabled"];
 const USER_COLUMNS: &[&str] = &["user_id", "role", "created_at", "expires_at", "enabled"];
 const KEY_COLUMNS: &[&str] = &[
     "key",
@@ -54,7 +87,7 @@ const AUDIT_COLUMNS: &[&str] = &["id", "at", "actor", "action", "object", "detai
 
 /// Prints `answer` in `format` (for tables, as `view`'s table).
 pub fn print(answer: &Value, view: View, format: Format) -> Result<(), Error> {
-    if matches!(view, View::NewKey) && answer.get("user_key").is_some() {
+    if matches!(view, View::NewKey(_)) && answer.get("user_key").is_some() {
         eprintln!("keygatectl: user_key is shown only this once: store it now");
     }
     let text = match format {
@@ -64,7 +97,8 @@ pub fn print(answer: &Value, view: View, format: Format) -> Result<(), Error> {
         Format::Name => names(answer, view).join("\n"),
         Format::Table => {
             let mut table = match view {
-                View::Fields | View::NewKey => fields(answer),
+                View::Fields(_) | View::NewKey(_) => fields(answer),
+                View::Accounts => rows(answer, "accounts", ACCOUNT_COLUMNS),
                 View::Users => rows(answer, "users", USER_COLUMNS),
                 View::Keys => rows(answer, "keys", KEY_COLUMNS),
                 View::Audit => rows(answer, "entries", AUDIT_COLUMNS),
@@ -91,28 +125,28 @@ pub fn say(text: &str) -> Result<(), Error> {
     }
 }
 
-/// The identifiers of `-o name`: of each listed object, or of the one answered.
+/// The `kind/id` lines of `-o name`: of each listed object, or of the one the command acted on.
 fn names(answer: &Value, view: View) -> Vec<String> {
-    let (list, id) = match view {
-        View::Users => ("users", "user_id"),
-        View::Keys => ("keys", "key"),
-        View::Audit => ("entries", "id"),
-        View::Fields | View::NewKey => return one_name(answer).into_iter().collect(),
+    let (list, id, kind) = match view {
+        View::Accounts => ("accounts", "account_id", "account"),
+        View::Users => ("users", "user_id", "user"),
+        View::Keys => ("keys", "key", "key"),
+        View::Audit => ("entries", "id", "audit"),
+        View::Fields(object) | View::NewKey(object) => {
+            let id = answer.get(object.id_field()).filter(|v| !v.is_null());
+            return id
+                .map(|id| format!("{}/{}", object.kind(), cell(id)))
+                .into_iter()
+                .collect();
+        }
     };
     let items = answer.get(list).and_then(Value::as_array);
     items
         .into_iter()
         .flatten()
         .filter_map(|item| item.get(id))
-        .map(cell)
+        .map(|id| format!("{kind}/{}", cell(id)))
         .collect()
-}
-
-/// The most specific identifier an answer holds: key reference, user, or account.
-fn one_name(answer: &Value) -> Option<String> {
-    ["key", "user_id", "account_id"]
-        .iter()
-        .find_map(|k| answer.get(*k).filter(|v| !v.is_null()).map(cell))
 }
 
 fn view_has_more(answer: &Value, view: View) -> bool {
@@ -206,8 +240,24 @@ fn cell(v: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::cell;
+    use super::{cell, names, Object, View};
     use serde_json::json;
+
+    #[test]
+    fn name_output_is_kind_slash_id_of_the_object_the_command_acted_on() {
+        // account create answers with the admin user and its key: the account is named.
+        let created = json!({"account_id": "acme", "user_id": "alice", "key": "c73407ee6f70e705"});
+        let name = |view| names(&created, view);
+        assert_eq!(name(View::NewKey(Object::Account)), ["account/acme"]);
+        assert_eq!(name(View::NewKey(Object::User)), ["user/alice"]);
+        assert_eq!(name(View::Fields(Object::Key)), ["key/c73407ee6f70e705"]);
+        let list = json!({"accounts": [{"account_id": "acme"}, {"account_id": "beta"}]});
+        assert_eq!(
+            names(&list, View::Accounts),
+            ["account/acme", "account/beta"]
+        );
+        assert!(names(&json!({"revoked": 2}), View::Fields(Object::User)).is_empty());
+    }
 
     #[test]
     fn an_audit_actor_names_the_acting_key() {

@@ -739,7 +739,8 @@ fn output_to_a_pipe_is_plain_and_a_closed_pipe_ends_it_quietly() {
         Some(&alice),
         &["key", "list", "acme", "bob", "-o", "name"],
     );
-    assert_eq!(names.stdout.lines().collect::<Vec<_>>(), refs);
+    let named: Vec<String> = refs.iter().map(|r| format!("key/{r}")).collect();
+    assert_eq!(names.stdout.lines().collect::<Vec<_>>(), named);
     let yaml = ctl(
         &ks,
         Some(&alice),
@@ -957,4 +958,59 @@ fn the_credential_variable_is_keygate_key_and_the_old_name_warns() {
     );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("give the scheme"), "{stderr}");
+}
+
+#[test]
+fn accounts_users_and_keys_are_read_one_by_one_and_name_output_is_kind_slash_id() {
+    let ks = store();
+    let root = ks.root_key().to_owned();
+    // -o name names the object the command made, as kubectl does: the account, not its admin.
+    let created = ctl(
+        &ks,
+        Some(&root),
+        &[
+            "account", "create", "acme", "--admin", "alice", "-o", "name",
+        ],
+    );
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    assert_eq!(created.stdout, "account/acme\n");
+    let beta = ctl_json(&ks, &root, &["account", "create", "beta", "--admin", "bo"]);
+    let bo = beta["user_key"].as_str().unwrap().to_owned();
+
+    let list = ctl(&ks, Some(&root), &["account", "list", "-o", "name"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    // _system is the root key's account: listed, read-only (the keystore refuses changes).
+    assert_eq!(
+        list.stdout.lines().collect::<Vec<_>>(),
+        ["account/_system", "account/acme", "account/beta"]
+    );
+    let table = ctl(&ks, Some(&root), &["account", "list"]);
+    assert!(table.stdout.starts_with("account_id"), "{}", table.stdout);
+    assert!(table.stdout.contains("beta"), "{}", table.stdout);
+    // An account's admin reads its own account, not the list.
+    let own = ctl_json(&ks, &bo, &["account", "get", "beta"]);
+    assert_eq!(
+        (own["account_id"].as_str(), own["enabled"].as_bool()),
+        (Some("beta"), Some(true))
+    );
+    assert_eq!(ctl(&ks, Some(&bo), &["account", "list"]).code, 1);
+
+    let user = ctl_json(&ks, &bo, &["user", "get", "beta", "bo"]);
+    assert_eq!(user["role"], "admin");
+    let name = ctl(&ks, Some(&bo), &["user", "get", "beta", "bo", "-o", "name"]);
+    assert_eq!(name.stdout, "user/bo\n");
+    let keys = ctl_json(&ks, &bo, &["key", "list", "beta", "bo"]);
+    let key_ref = keys["keys"][0]["key"].as_str().unwrap().to_owned();
+    let key = ctl_json(&ks, &bo, &["key", "get", "beta", "bo", &key_ref]);
+    assert_eq!(key["key"], key_ref.as_str());
+    assert!(
+        !key.to_string().contains(&bo),
+        "the key's value is never shown"
+    );
+    let missing = ctl(
+        &ks,
+        Some(&bo),
+        &["key", "get", "beta", "bo", "0000000000000000"],
+    );
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
 }

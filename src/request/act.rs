@@ -34,20 +34,45 @@ impl Refusal {
         }
     }
 
+    /// The body: an RFC 9457 problem details object (`type`, `title`, `status`, `detail`), its
+    /// `type` in the keystore's scheme (`https://keygate.dev/problems/<kind>`, one kind per
+    /// refusal). Written out rather than serialized: the same bytes every time, no allocation on
+    /// the refusal path; `refusals_are_problem_details_with_the_right_headers` parses each one.
     pub fn body(self) -> &'static str {
         match self {
-            Refusal::BadRequest => r#"{"error":"bad request: malformed path"}"#,
-            Refusal::Unauthorized => r#"{"error":"unauthorized"}"#,
-            Refusal::DuplicateKey => r#"{"error":"unauthorized: duplicate API key"}"#,
-            Refusal::Forbidden => r#"{"error":"forbidden"}"#,
-            Refusal::Unavailable => r#"{"error":"key store unavailable"}"#,
-            Refusal::Throttled => r#"{"error":"too many unknown keys, retry later"}"#,
+            Refusal::BadRequest => concat!(
+                r#"{"type":"https://keygate.dev/problems/invalid-path","title":"Invalid path","#,
+                r#""status":400,"detail":"The request's path is missing, not UTF-8 or malformed."}"#
+            ),
+            Refusal::Unauthorized => concat!(
+                r#"{"type":"https://keygate.dev/problems/unauthorized","title":"Unauthorized","#,
+                r#""status":401,"detail":"A valid API key is required."}"#
+            ),
+            Refusal::DuplicateKey => concat!(
+                r#"{"type":"https://keygate.dev/problems/duplicate-api-key","#,
+                r#""title":"Duplicate API key","status":401,"#,
+                r#""detail":"The API key was sent more than once; send it once."}"#
+            ),
+            Refusal::Forbidden => concat!(
+                r#"{"type":"https://keygate.dev/problems/forbidden","title":"Forbidden","#,
+                r#""status":403,"detail":"The key's role is not allowed on this path."}"#
+            ),
+            Refusal::Unavailable => concat!(
+                r#"{"type":"https://keygate.dev/problems/store-unavailable","#,
+                r#""title":"Key store unavailable","status":503,"#,
+                r#""detail":"The key store cannot answer for this key; retry later."}"#
+            ),
+            Refusal::Throttled => concat!(
+                r#"{"type":"https://keygate.dev/problems/too-many-unknown-keys","#,
+                r#""title":"Too many unknown keys","status":503,"#,
+                r#""detail":"Too many keys this proxy has not seen are being tried; retry later."}"#
+            ),
         }
     }
 
     pub fn headers(self) -> Vec<(&'static str, &'static str)> {
         let mut h = vec![
-            ("content-type", "application/json"),
+            ("content-type", "application/problem+json"),
             ("cache-control", "no-store"),
         ];
         match self {
@@ -420,20 +445,41 @@ mod tests {
     }
 
     #[test]
-    fn refusals_are_json_with_the_right_headers() {
-        for r in [
+    fn refusals_are_problem_details_with_the_right_headers() {
+        let all = [
             Refusal::BadRequest,
             Refusal::Unauthorized,
             Refusal::DuplicateKey,
             Refusal::Forbidden,
             Refusal::Unavailable,
             Refusal::Throttled,
-        ] {
+        ];
+        let mut types = Vec::new();
+        for r in all {
+            let body: serde_json::Value = serde_json::from_str(r.body()).unwrap();
+            let obj = body.as_object().unwrap();
+            assert_eq!(obj.len(), 4, "{body}");
+            let kind = body["type"].as_str().unwrap();
+            let slug = kind.strip_prefix("https://keygate.dev/problems/").unwrap();
             assert!(
-                serde_json::from_str::<serde_json::Value>(r.body()).unwrap()["error"].is_string()
+                !slug.is_empty() && slug.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+                "{kind}"
             );
-            assert!(r.headers().contains(&("content-type", "application/json")));
+            types.push(kind.to_owned());
+            assert!(!body["title"].as_str().unwrap().is_empty());
+            assert_eq!(
+                body["status"].as_u64(),
+                Some(u64::from(r.status())),
+                "{body}"
+            );
+            assert!(body["detail"].as_str().unwrap().ends_with('.'), "{body}");
+            assert!(r
+                .headers()
+                .contains(&("content-type", "application/problem+json")));
         }
+        types.sort();
+        types.dedup();
+        assert_eq!(types.len(), all.len(), "one type per refusal");
         assert!(Refusal::Unauthorized
             .headers()
             .contains(&("www-authenticate", "ApiKey")));
