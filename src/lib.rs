@@ -39,7 +39,7 @@
 //! ```
 //!
 //! Glossary: one word per concept, in the code as here. Words users see (the configuration's
-//! `sync`, metric names such as `keygate_sync_polls`) keep their names.
+//! `sync`, metric names such as `keygate_sync_polls_total`) keep their names.
 //!
 //! - **key id**: the SHA-256 of a raw key ([`keygate_protocol::KeyId`]), the only form of a
 //!   key outside the request layer; there, a `key` is always a key id. A raw key is only read
