@@ -43,6 +43,36 @@ pub fn check(key: &[u8]) -> Result<(), KeyFault> {
     Ok(())
 }
 
+/// The key a header value holds, read the same way by the filter and the key store: after
+/// `prefix` if the source has one (compared without case, as HTTP auth schemes are: `bearer `
+/// is `Bearer `; a value with another scheme, such as `Basic`, holds no key), with optional
+/// white space around it trimmed (RFC 9110 OWS: spaces and tabs, nothing else). The result
+/// still has to pass [`check`].
+pub fn in_header<'v>(value: &'v [u8], prefix: Option<&str>) -> Option<&'v [u8]> {
+    let rest = match prefix {
+        None => value,
+        Some(p) => {
+            let head = value.get(..p.len())?;
+            if !head.eq_ignore_ascii_case(p.as_bytes()) {
+                return None;
+            }
+            value.get(p.len()..)?
+        }
+    };
+    Some(trim_ows(rest))
+}
+
+/// Trims optional white space (RFC 9110 OWS: spaces and tabs) around a header value.
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
 /// SHA-256 of an API key: the identity of a key everywhere outside the request.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(pub [u8; 32]);
@@ -146,6 +176,24 @@ impl fmt::Debug for KeyId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_key_is_read_after_its_scheme_in_any_case_with_ows_trimmed() {
+        assert_eq!(in_header(b" \tkg_a\t ", None), Some(&b"kg_a"[..]));
+        assert_eq!(
+            in_header(b"Bearer kg_a", Some("Bearer ")),
+            Some(&b"kg_a"[..])
+        );
+        assert_eq!(
+            in_header(b"bEARER  kg_a ", Some("Bearer ")),
+            Some(&b"kg_a"[..])
+        );
+        assert_eq!(in_header(b"Basic a2dfYQ==", Some("Bearer ")), None);
+        assert_eq!(in_header(b"Bearer", Some("Bearer ")), None);
+        assert_eq!(in_header(b"Bearer ", Some("Bearer ")), Some(&b""[..]));
+        // Only spaces and tabs are OWS: other white space stays, and check() refuses it.
+        assert_eq!(in_header(b"kg_a\r", None), Some(&b"kg_a\r"[..]));
+    }
 
     /// SHA-256("abc"), the FIPS 180-2 test vector.
     const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";

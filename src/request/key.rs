@@ -103,7 +103,7 @@ fn source_values<'s, 'h>(
         headers
             .iter()
             .filter(move |(k, _)| k == name)
-            .filter_map(move |(_, v)| header_key(v, prefix.as_deref()))
+            .filter_map(move |(_, v)| protocol_key::in_header(v, prefix.as_deref()))
             .map(|v| Ok(Cow::Borrowed(v)))
     });
     let from_query = param.into_iter().flat_map(move |name| {
@@ -112,15 +112,6 @@ fn source_values<'s, 'h>(
             .map(|(_, v)| decode_query(v).map(Cow::Owned).ok_or(KeyError::Invalid))
     });
     from_headers.chain(from_query)
-}
-
-/// The key a header value holds: after the scheme prefix if the source has one (another
-/// scheme, such as `Basic`, holds no key), white space trimmed.
-fn header_key<'v>(value: &'v [u8], prefix: Option<&str>) -> Option<&'v [u8]> {
-    match prefix {
-        None => Some(trim_ows(value)),
-        Some(p) => strip_prefix_ignore_case(value, p.as_bytes()).map(trim_ows),
-    }
 }
 
 /// What `hide_credentials` removes: every header (but pseudo-headers and `host`) and every
@@ -140,7 +131,9 @@ pub fn hiding(
         .collect();
     let mut names: Vec<String> = Vec::new();
     for (name, value) in headers {
-        let holds = prefixes.iter().any(|p| header_key(value, *p) == Some(key));
+        let holds = prefixes
+            .iter()
+            .any(|p| protocol_key::in_header(value, *p) == Some(key));
         if holds && !name.starts_with(':') && *name != "host" && !names.iter().any(|n| n == name) {
             names.push((*name).to_string());
         }
@@ -148,26 +141,6 @@ pub fn hiding(
     let holds = |v: &str| v.as_bytes() == key || decode_query(v).as_deref() == Some(key);
     let new_path = rewrite_query(path, |_, v| holds(v));
     (names, new_path)
-}
-
-fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
-    let head = value.get(..prefix.len())?;
-    if head.eq_ignore_ascii_case(prefix) {
-        value.get(prefix.len()..)
-    } else {
-        None
-    }
-}
-
-/// Trims optional white space (RFC 9110 OWS: spaces and tabs) around a header value.
-fn trim_ows(mut v: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = v {
-        v = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = v {
-        v = rest;
-    }
-    v
 }
 
 /// The query string of a `:path`: after the first `?`, before the fragment (the first `#`;

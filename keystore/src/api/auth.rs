@@ -13,7 +13,7 @@
 //! - a source given more than once (two `x-api-key` headers, two `Bearer` authorizations) is
 //!   refused, never "the first one";
 //! - spaces and tabs around the key are trimmed, nothing else; the key is 1 to
-//!   [`MAX_KEY_LEN`] bytes of visible ASCII (0x21..=0x7e).
+//!   [`MAX_KEY_LEN`](keygate_protocol::key::MAX_KEY_LEN) bytes of visible ASCII (0x21..=0x7e).
 
 use super::body::check_id;
 use super::{refusal, AppState};
@@ -25,6 +25,7 @@ use crate::store::{Actor, Identity};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
+use keygate_protocol::key::{check, in_header, KeyFault};
 
 /// The authenticated caller of an admin request: the key (`x-api-key` or `Authorization:
 /// Bearer`) and what it may do. Any active key authenticates, whatever its capabilities; the
@@ -133,10 +134,6 @@ async fn authenticate(st: &AppState, headers: &HeaderMap) -> Result<Caller, ApiE
     Ok(caller)
 }
 
-/// Longest key read, in bytes (the filter's `MAX_KEY_LEN`; no key the store holds is longer:
-/// imported keys are at most [`crate::keys::MAX_IMPORTED_KEY_LEN`], the same 512).
-const MAX_KEY_LEN: usize = 512;
-
 /// Where the admin key is read, in order: the filter's default key sources. A header with a
 /// prefix holds a key only after it (compared ignoring ASCII case).
 const KEY_SOURCES: [(&str, Option<&str>); 2] =
@@ -149,7 +146,7 @@ enum KeyRefusal {
     Missing,
     /// The deciding source holds an empty key.
     Empty,
-    /// Longer than [`MAX_KEY_LEN`].
+    /// Longer than [`MAX_KEY_LEN`](keygate_protocol::key::MAX_KEY_LEN).
     TooLong,
     /// A byte outside visible ASCII (0x21..=0x7e): inner spaces, control characters, non-ASCII.
     Invalid,
@@ -170,15 +167,16 @@ impl KeyRefusal {
     }
 }
 
-/// The admin key a request presents, read by the filter's rules (`src/key.rs`, `extract`
-/// with the default sources): the first source present decides, so a malformed or repeated
-/// key there is refused even when the next source holds one.
+/// The admin key a request presents, read by the filter's rules (`src/request/key.rs`,
+/// `extract` with the default sources; the header rule and the key's form are the
+/// protocol's): the first source present decides, so a malformed or repeated key there is
+/// refused even when the next source holds one.
 fn presented_key(headers: &HeaderMap) -> Result<&str, KeyRefusal> {
     for (name, prefix) in KEY_SOURCES {
         let mut values = headers
             .get_all(name)
             .iter()
-            .filter_map(|v| header_key(v.as_bytes(), prefix));
+            .filter_map(|v| in_header(v.as_bytes(), prefix));
         let Some(first) = values.next() else { continue };
         if values.next().is_some() {
             return Err(KeyRefusal::Duplicate);
@@ -188,44 +186,14 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, KeyRefusal> {
     Err(KeyRefusal::Missing)
 }
 
-/// The key a header value holds: after the prefix if the source has one (a value with another
-/// scheme, such as `Basic`, holds none), spaces and tabs around it trimmed.
-fn header_key<'v>(value: &'v [u8], prefix: Option<&str>) -> Option<&'v [u8]> {
-    let rest = match prefix {
-        None => value,
-        Some(p) => {
-            let head = value.get(..p.len())?;
-            if !head.eq_ignore_ascii_case(p.as_bytes()) {
-                return None;
-            }
-            value.get(p.len()..)?
-        }
-    };
-    Some(trim_ows(rest))
-}
-
-/// Trims optional white space (RFC 9110 OWS: spaces and tabs, nothing else) around a value.
-fn trim_ows(mut v: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = v {
-        v = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = v {
-        v = rest;
-    }
-    v
-}
-
-/// A key's form: not empty, at most [`MAX_KEY_LEN`] bytes, visible ASCII only.
+/// A key's form, by the protocol's rule ([`check`]): not empty, at most [`MAX_KEY_LEN`](keygate_protocol::key::MAX_KEY_LEN) bytes,
+/// visible ASCII only.
 fn validate(key: &[u8]) -> Result<&str, KeyRefusal> {
-    if key.is_empty() {
-        return Err(KeyRefusal::Empty);
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Err(KeyRefusal::TooLong);
-    }
-    if !key.iter().all(|b| (0x21..=0x7e).contains(b)) {
-        return Err(KeyRefusal::Invalid);
-    }
+    check(key).map_err(|fault| match fault {
+        KeyFault::Empty => KeyRefusal::Empty,
+        KeyFault::TooLong => KeyRefusal::TooLong,
+        KeyFault::NotVisible => KeyRefusal::Invalid,
+    })?;
     std::str::from_utf8(key).map_err(|_| KeyRefusal::Invalid)
 }
 
@@ -267,6 +235,7 @@ pub(super) fn check_import(
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+    use keygate_protocol::key::MAX_KEY_LEN;
 
     /// Headers holding these (name, raw value) pairs, in order.
     fn headers(pairs: &[(&'static str, &[u8])]) -> HeaderMap {
