@@ -265,6 +265,7 @@ impl Gauge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::test;
 
     /// The name Prometheus reads once the `outcome` tag is extracted, and the tag's value.
     fn exported(name: &str) -> (&str, Option<&str>) {
