@@ -5,7 +5,8 @@
 //! The one home of the store protocol: keys and key ids ([`key`]: the 512-byte key, the
 //! SHA-256 key id), claim names and values and their limits ([`claims`]) and the header value
 //! rule they rest on ([`is_header_value`]), the message bodies ([`messages`]: lookup answer,
-//! changes page, usage report) and the routes ([`routes`]: protocol and admin API). The
+//! changes page, usage report), the key summary ([`summary`]: the Bloom filter of live key
+//! ids and its wire form) and the routes ([`routes`]: protocol and admin API). The
 //! filter, the key store, keygatectl, the test harness and the bench use these and spell none
 //! of them themselves.
 //!
@@ -24,6 +25,7 @@ pub mod claims;
 pub mod key;
 pub mod messages;
 pub mod routes;
+pub mod summary;
 
 pub use key::KeyId;
 

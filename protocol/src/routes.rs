@@ -14,6 +14,9 @@ pub const LOOKUP_PATTERN: &str = "/v1/keys/{key_id}";
 pub const CHANGES: &str = "/v1/changes";
 /// The usage report: `POST {USAGE}` (default `store.usage_path`).
 pub const USAGE: &str = "/v1/usage";
+/// The key summary: `GET {SUMMARY}` answers the Bloom filter of live key ids in the wire
+/// form of [`crate::summary`] (default `summary.path`).
+pub const SUMMARY: &str = "/v1/summary";
 
 /// The path of a key's lookup under `lookup_prefix` (the filter's `store.lookup_path`).
 pub fn lookup(lookup_prefix: &str, key_id: &str) -> String {
