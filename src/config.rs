@@ -452,18 +452,23 @@ fn miss_budget(b: RawMissBudget) -> Result<MissBudget, ConfigError> {
     })
 }
 
+/// The key sources when `key_sources` is absent: `x-api-key`, then `authorization: Bearer`.
+pub fn default_key_sources() -> Vec<KeySource> {
+    vec![
+        KeySource::Header {
+            name: "x-api-key".into(),
+            prefix: None,
+        },
+        KeySource::Header {
+            name: "authorization".into(),
+            prefix: Some("Bearer ".into()),
+        },
+    ]
+}
+
 fn key_sources(raw: Option<Vec<RawKeySource>>) -> Result<Vec<KeySource>, ConfigError> {
     let Some(list) = raw else {
-        return Ok(vec![
-            KeySource::Header {
-                name: "x-api-key".into(),
-                prefix: None,
-            },
-            KeySource::Header {
-                name: "authorization".into(),
-                prefix: Some("Bearer ".into()),
-            },
-        ]);
+        return Ok(default_key_sources());
     };
     if list.is_empty() {
         return Err(err("key_sources", "must list at least one source"));

@@ -24,20 +24,13 @@ use keygate_protocol::KeyId;
 use keygate_fuzz::{first_line, header_lines, is_key_id_hex, is_valid_key};
 use libfuzzer_sys::fuzz_target;
 
+/// The filter's default sources, and a query parameter.
 fn default_sources() -> Vec<KeySource> {
-    vec![
-        KeySource::Header {
-            name: "x-api-key".into(),
-            prefix: None,
-        },
-        KeySource::Header {
-            name: "authorization".into(),
-            prefix: Some("Bearer ".into()),
-        },
-        KeySource::Query {
-            name: "apikey".into(),
-        },
-    ]
+    let mut sources = keygate::config::default_key_sources();
+    sources.push(KeySource::Query {
+        name: "apikey".into(),
+    });
+    sources
 }
 
 /// The key sources a `key_sources` line configures, validated by the real config parser.

@@ -202,16 +202,7 @@ mod tests {
     use crate::test_support::test;
 
     fn default_sources() -> Vec<KeySource> {
-        vec![
-            KeySource::Header {
-                name: "x-api-key".into(),
-                prefix: None,
-            },
-            KeySource::Header {
-                name: "authorization".into(),
-                prefix: Some("Bearer ".into()),
-            },
-        ]
+        crate::config::default_key_sources()
     }
 
     fn query_source() -> Vec<KeySource> {
