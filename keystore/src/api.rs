@@ -7,10 +7,10 @@
 //! (an extractor: [`auth`], reading the key by the filter's rules) and asks
 //! [`crate::authority`] before it reads its body ([`body`]).
 //!
-//! Where things are: [`protocol`] (lookup, change feed, usage reports, the protocol token);
-//! the admin routes by resource: [`accounts`], [`users`], [`keys`], [`leak`] (a key by its
-//! value), [`audit`]; [`paging`] (cursor-paged lists); [`refusal`] (refused admin calls in
-//! the audit trail); [`operations`] (health, metrics); [`doc`] (the OpenAPI document).
+//! Where things are: [`protocol`] (lookup, change feed, key summary, usage reports, the
+//! protocol token); the admin routes by resource: [`accounts`], [`users`], [`keys`],
+//! [`leak`] (a key by its value), [`audit`]; [`paging`] (cursor-paged lists); [`refusal`]
+//! (refused admin calls in the audit trail); [`operations`] (health, metrics); [`doc`] (the OpenAPI document).
 
 mod accounts;
 mod audit;
@@ -36,7 +36,7 @@ pub use users::{Revoked, UserList};
 use crate::authority::RoleRegistry;
 use crate::error::BODY_LIMIT;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Store, Summaries};
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use std::sync::Arc;
@@ -58,6 +58,8 @@ pub struct AppState {
     pub refusals: Arc<std::sync::Mutex<RefusalBound>>,
     /// Which roles account admins may grant, and which only root may.
     pub roles: Arc<RoleRegistry>,
+    /// The key summary served on `GET /v1/summary` (one snapshot per process).
+    pub summaries: Arc<Summaries>,
 }
 
 impl AppState {
@@ -69,6 +71,7 @@ impl AppState {
             protocol_token: None,
             refusals: Arc::default(),
             roles: Arc::default(),
+            summaries: Arc::default(),
         }
     }
 }
@@ -81,11 +84,12 @@ pub(crate) fn api_routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
     let usage = OpenApiRouter::new()
         .routes(routes!(protocol::record_usage))
         .layer(DefaultBodyLimit::max(protocol::USAGE_BODY_LIMIT));
-    // The key-store protocol (lookups, changes feed, usage reports): behind the protocol
-    // token, when one is configured.
+    // The key-store protocol (lookups, changes feed, key summary, usage reports): behind the
+    // protocol token, when one is configured.
     let mut protocol = OpenApiRouter::new()
         .routes(routes!(protocol::lookup_key))
         .routes(routes!(protocol::changes))
+        .routes(routes!(protocol::summary))
         .merge(usage);
     if let Some(st) = state {
         protocol = protocol.route_layer(axum::middleware::from_fn_with_state(

@@ -2,10 +2,10 @@
 //!
 //! An HTTP service over SQLite (embedded, the default) or PostgreSQL (several keystore
 //! processes on one database) that answers the keygate filter's key lookups
-//! (`GET /v1/keys/{key_id}`), change feed (`GET /v1/changes?since=N`) and usage reports
-//! (`POST /v1/usage`), and offers an admin API to create accounts and users, to give users
-//! named keys (with expiry and claims), to rotate them (with a grace period) and revoke them,
-//! and to read the audit trail. Keys are stored only as SHA-256 key ids; a new key is shown
+//! (`GET /v1/keys/{key_id}`), change feed (`GET /v1/changes?since=N`), key summary
+//! (`GET /v1/summary`) and usage reports (`POST /v1/usage`), and offers an admin API to
+//! create accounts and users, to give users named keys (with expiry and claims), to rotate
+//! them (with a grace period) and revoke them, and to read the audit trail. Keys are stored only as SHA-256 key ids; a new key is shown
 //! once, in the response that created it.
 
 pub mod api;
@@ -120,6 +120,8 @@ pub struct Config {
     pub pool_size: usize,
     /// Which roles account admins may grant, and which only root may.
     pub roles: authority::RoleRegistry,
+    /// How the key summary (`GET /v1/summary`) is sized and when it is rebuilt.
+    pub summary: store::SummarySettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -135,6 +137,7 @@ impl std::fmt::Debug for Config {
             .field("changes_retention", &self.changes_retention)
             .field("pool_size", &self.pool_size)
             .field("roles", &self.roles)
+            .field("summary", &self.summary)
             .finish()
     }
 }
@@ -160,6 +163,7 @@ impl Config {
             changes_retention: DEFAULT_CHANGES_RETENTION,
             pool_size: DEFAULT_POOL_SIZE,
             roles: authority::RoleRegistry::default(),
+            summary: store::SummarySettings::default(),
         }
     }
 }
@@ -209,6 +213,7 @@ pub async fn open(config: &Config) -> Result<AppState, StoreError> {
     }
     let mut state = AppState::new(store, config.lookup_delay);
     state.roles = std::sync::Arc::new(config.roles.clone());
+    state.summaries = std::sync::Arc::new(store::Summaries::new(config.summary));
     state.protocol_token = config
         .protocol_token
         .as_deref()

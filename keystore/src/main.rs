@@ -59,8 +59,8 @@ struct ServeArgs {
     /// characters with at least 128 bits of estimated entropy (keystore/README.md).
     #[arg(long, value_name = "PATH")]
     root_key_file: Option<PathBuf>,
-    /// File holding the bearer token that GET /v1/keys/..., GET /v1/changes and POST /v1/usage
-    /// then require
+    /// File holding the bearer token that GET /v1/keys/..., GET /v1/changes, GET /v1/summary
+    /// and POST /v1/usage then require
     /// (`authorization: Bearer <token>`, the filter's store.token). Without it the token comes
     /// from KEYSTORE_PROTOCOL_TOKEN, if set; with neither, those endpoints are open (set one in
     /// production). The same rules as the root key.
@@ -82,6 +82,22 @@ struct ServeArgs {
     /// KEYSTORE_OPERATOR_ROLES, else none. `root` is never grantable.
     #[arg(long, value_name = "ROLES", value_delimiter = ',')]
     operator_roles: Option<Vec<String>>,
+    /// Bits per key id when the key summary (GET /v1/summary) is built, for the live keys
+    /// plus a quarter of headroom: 10 gives about 1 % false positives (7 hashes).
+    #[arg(long, value_name = "N", default_value_t = keystore::store::DEFAULT_BITS_PER_KEY,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    summary_bits_per_key: u32,
+    /// Rebuild the key summary from the keys table, rather than extend it from the change
+    /// log, when the extension would take its estimated false-positive rate past this
+    /// (0 < RATE <= 1).
+    #[arg(long, value_name = "RATE",
+          default_value_t = keystore::store::DEFAULT_MAX_FALSE_POSITIVE_RATE,
+          value_parser = parse_rate)]
+    summary_max_false_positive_rate: f64,
+    /// Rebuild the key summary when it is older than this (which sheds revoked keys):
+    /// seconds, or a number with the unit s, m or h (90s, 15m, 1h).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    summary_rebuild_after: Duration,
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key); without it, plain HTTP
     /// (behind a mesh or an Envoy that terminates TLS).
     #[arg(long, value_name = "PATH", requires = "tls_key")]
@@ -92,6 +108,35 @@ struct ServeArgs {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A rate in (0, 1].
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
+        _ => Err(format!("{text:?} is not a rate in (0, 1], e.g. 0.02")),
+    }
+}
+
+/// Seconds, or a number with the unit `s`, `m` or `h` (`90s`, `15m`, `1h`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let scale: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("{text:?}: the unit is s, m or h (90s, 15m, 1h)")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is not a duration (90s, 15m, 1h)"))
+}
 
 /// A secret from `file` (option `option`; surrounding whitespace trimmed) or else from the
 /// environment variable `var`, checked by [`keystore::keys::validate_secret`]: the error names
@@ -235,6 +280,11 @@ async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     config.lookup_delay = Duration::from_millis(args.lookup_delay_ms);
     config.changes_retention = args.changes_retention;
     config.pool_size = args.database_pool_size;
+    config.summary = keystore::store::SummarySettings {
+        bits_per_key: args.summary_bits_per_key,
+        max_false_positive_rate: args.summary_max_false_positive_rate,
+        rebuild_after: args.summary_rebuild_after,
+    };
     let state = keystore::open(&config).await.map_err(|e| {
         let why = error_chain(&e);
         format!("cannot open database {}: {why}", config.database.describe())

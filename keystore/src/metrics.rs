@@ -17,9 +17,11 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 /// Labels of a request's latency: the route template, the method and the status class.
@@ -30,6 +32,13 @@ pub struct RequestLabels {
     pub method: String,
     /// `2xx`, `4xx`, `5xx`, ...
     pub status: String,
+}
+
+/// Labels of a key-summary build: why it was built rather than extended
+/// ([`crate::store::BuildReason`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
 }
 
 /// Labels of a database call: the job (`lookup`, `create_key`, ...) and read or write.
@@ -66,6 +75,24 @@ pub struct Metrics {
     pub db: HistogramFamily<DbLabels>,
     /// Key ids per change-feed page.
     pub changes_page_size: Histogram,
+    /// Key-summary requests (`GET /v1/summary`) answered.
+    pub summary_requests: Counter,
+    /// Key summaries built from the keys table, by reason.
+    pub summary_builds: Family<ReasonLabels, Counter>,
+    /// Key summaries extended from the change log.
+    pub summary_extensions: Counter,
+    /// Seconds the last build took (reading the keys included).
+    pub summary_build_seconds: Gauge<f64, AtomicU64>,
+    /// Seconds the last extension took (reading the change feed included).
+    pub summary_extension_seconds: Gauge<f64, AtomicU64>,
+    /// Bytes of the summary served now (its wire form).
+    pub summary_bytes: Gauge,
+    /// Key ids inserted into the summary served now (duplicates included).
+    pub summary_keys: Gauge,
+    /// The revision of the summary served now.
+    pub summary_revision: Gauge,
+    /// The estimated false-positive rate of the summary served now.
+    pub summary_false_positive_rate: Gauge<f64, AtomicU64>,
 }
 
 /// Adds one to a counter.
@@ -96,6 +123,15 @@ impl Metrics {
             requests: Family::new_with_constructor(latency_histogram),
             db: Family::new_with_constructor(latency_histogram),
             changes_page_size: Histogram::new(exponential_buckets(1.0, 4.0, 6)),
+            summary_requests: Counter::default(),
+            summary_builds: Family::default(),
+            summary_extensions: Counter::default(),
+            summary_build_seconds: Gauge::default(),
+            summary_extension_seconds: Gauge::default(),
+            summary_bytes: Gauge::default(),
+            summary_keys: Gauge::default(),
+            summary_revision: Gauge::default(),
+            summary_false_positive_rate: Gauge::default(),
         };
         m.register();
         m.registry.register(
@@ -164,6 +200,8 @@ impl Metrics {
         for (name, help, counter) in counters {
             r.register(name, help, counter.clone());
         }
+        self.register_summary();
+        let r = &mut self.registry;
         r.register(
             "keystore_request_duration_seconds",
             "HTTP request latency by route template, method and status class",
@@ -179,6 +217,66 @@ impl Metrics {
             "Key ids per change-feed page (changed), pages that reset excluded",
             self.changes_page_size.clone(),
         );
+    }
+
+    fn register_summary(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "keystore_summary_requests",
+            "Key-summary requests answered (GET /v1/summary)",
+            self.summary_requests.clone(),
+        );
+        r.register(
+            "keystore_summary_builds",
+            "Key summaries built from the keys table, by reason (first, pruned, \
+             false_positive_rate, age)",
+            self.summary_builds.clone(),
+        );
+        r.register(
+            "keystore_summary_extensions",
+            "Key summaries extended with the key ids the change log reports",
+            self.summary_extensions.clone(),
+        );
+        let floats = [
+            (
+                "keystore_summary_build_seconds",
+                "Seconds the last key-summary build took",
+                &self.summary_build_seconds,
+            ),
+            (
+                "keystore_summary_extension_seconds",
+                "Seconds the last key-summary extension took",
+                &self.summary_extension_seconds,
+            ),
+            (
+                "keystore_summary_false_positive_rate",
+                "Estimated false-positive rate of the key summary served now",
+                &self.summary_false_positive_rate,
+            ),
+        ];
+        for (name, help, gauge) in floats {
+            r.register(name, help, gauge.clone());
+        }
+        let gauges = [
+            (
+                "keystore_summary_bytes",
+                "Bytes of the key summary served now (wire form)",
+                &self.summary_bytes,
+            ),
+            (
+                "keystore_summary_keys",
+                "Key ids inserted into the key summary served now",
+                &self.summary_keys,
+            ),
+            (
+                "keystore_summary_revision",
+                "Revision of the key summary served now",
+                &self.summary_revision,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            r.register(name, help, gauge.clone());
+        }
     }
 
     /// Records one answered request.

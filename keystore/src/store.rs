@@ -23,7 +23,8 @@
 //! call into the metrics); [`error`] its error type; [`engine`] the engine abstraction ([`Job`],
 //! [`engine::Db`], [`engine::Backend`], rows and migration steps) with [`sqlite`], [`postgres`]
 //! (and [`pg_tls`]) implementing it over the statements of [`sql`]; [`protocol`] the jobs of
-//! the key-store protocol (lookup, change feed, usage report); [`accounts`], [`root_key`],
+//! the key-store protocol (lookup, change feed, usage report); [`summary`] the key summary
+//! (its build job and the snapshot it keeps); [`accounts`], [`root_key`],
 //! [`lifecycle`] and [`admin`] the admin jobs; [`blocks`] the building blocks they share
 //! (change-log rows, active account and user checks, inserting and revoking keys).
 
@@ -39,6 +40,7 @@ mod protocol;
 mod root_key;
 mod sql;
 mod sqlite;
+mod summary;
 
 pub use accounts::{PatchedUser, UserInfo};
 pub use admin::{AccountInfo, KeyState, Refusal, MAX_REFUSALS_KEPT, REFUSED};
@@ -49,6 +51,10 @@ pub use lifecycle::{
     ClaimsDoc, KeyInfo, KeyPatch, KeySpec, Target, DEFAULT_KEY_NAME, KEY_REF_LEN, MAX_AUDIT_PAGE,
 };
 pub use protocol::{Authenticated, Changes, Identity, CHANGES_PAGE};
+pub use summary::{
+    BuildReason, Snapshot, Summaries, SummarySettings, DEFAULT_BITS_PER_KEY,
+    DEFAULT_MAX_FALSE_POSITIVE_RATE, DEFAULT_REBUILD_AFTER,
+};
 
 use crate::authority::{self, Grant};
 use crate::metrics::Metrics;
@@ -184,6 +190,15 @@ impl Store {
     /// The change feed after revision `since` (see [`Changes`]).
     pub async fn changes(&self, since: u64) -> Result<Changes, StoreError> {
         self.read(protocol::ChangesSince { since }).await
+    }
+
+    /// The summary of every key id live now, at the current revision, sized for
+    /// `bits_per_key` (see [`Summaries`], which keeps it and extends it).
+    pub async fn build_summary(
+        &self,
+        bits_per_key: u32,
+    ) -> Result<keygate_protocol::summary::Summary, StoreError> {
+        self.read(summary::BuildSummary { bits_per_key }).await
     }
 
     /// Makes `key_id` the one active key of user `root` (role `root`) in account `_system`,

@@ -125,6 +125,10 @@ errors!(
     ChangesErrors: 400, 401, 500, 503
 );
 errors!(
+    /// The errors of the key summary.
+    SummaryErrors: 401, 500, 503
+);
+errors!(
     /// The errors of a usage report.
     UsageErrors: 400, 401, 413, 415, 500, 503
 );

@@ -1,14 +1,17 @@
 //! The key-store protocol's routes, called by the Envoy filter: the key lookup
-//! (`GET /v1/keys/{key_id}`), the change feed (`GET /v1/changes`) and usage reports
-//! (`POST /v1/usage`), and the protocol token that may guard them.
+//! (`GET /v1/keys/{key_id}`), the change feed (`GET /v1/changes`), the key summary
+//! (`GET /v1/summary`) and usage reports (`POST /v1/usage`), and the protocol token that may
+//! guard them.
 //!
 //! Invariants: with a protocol token configured, no protocol route answers without exactly
 //! one `authorization: Bearer <token>` header carrying it (compared as SHA-256 digests in
 //! constant time); a lookup answers only an active key with the capability `traffic`; bad
-//! input (a malformed key id, `since` or usage report) is a 400 that changes nothing.
+//! input (a malformed key id, `since` or usage report) is a 400 that changes nothing; a
+//! summary answered at revision R holds every key id live at R, the store's current revision
+//! when it is answered (`crate::store::Summaries`).
 
 use super::body::parse_body;
-use super::doc::{ChangesErrors, LookupErrors, UsageErrors};
+use super::doc::{ChangesErrors, LookupErrors, SummaryErrors, UsageErrors};
 use super::AppState;
 use crate::error::{problem, ApiError, ErrorDetail, Kind};
 use crate::keys::is_key_id;
@@ -17,10 +20,10 @@ use crate::store::{Changes, Identity};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keygate_protocol::messages::{Found, Page, Report};
 use serde::{Deserialize, Serialize};
@@ -179,6 +182,31 @@ pub(super) async fn changes(
         }
     };
     Ok(Json(body))
+}
+
+/// The key summary's wire form, as documented (a binary body).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // a documentation type: never built
+pub(super) struct SummaryBody(Vec<u8>);
+
+/// Read the key summary
+///
+/// The key-store protocol's key summary, fetched by the Envoy filter at start and after a
+/// feed reset: a Bloom filter of every live key id (a blocked Bloom filter: a 40-byte header
+/// holding the revision, the keys inserted, the bits set, the blocks and the hashes, then the
+/// blocks of 64 bytes; `keygate_protocol::summary`). A summary at revision R holds every key
+/// id live at R (and may hold revoked ones); R is the store's current revision when it is
+/// answered. Needs the protocol token when the keystore is started with one.
+#[utoipa::path(get, path = keygate_protocol::routes::SUMMARY, tag = "protocol", security((), ("protocol_token" = [])),
+    responses((status = 200, body = SummaryBody, content_type = "application/vnd.keygate.summary",
+        description = "The summary's wire form (keygate_protocol::summary)"),
+        SummaryErrors))]
+pub(super) async fn summary(State(st): State<AppState>) -> Result<Response, ApiError> {
+    inc(&st.metrics.summary_requests);
+    let snapshot = st.summaries.current(&st.store).await?;
+    let body = snapshot.encoded.clone();
+    Ok(([(CONTENT_TYPE, keygate_protocol::summary::CONTENT_TYPE)], body).into_response())
 }
 
 /// A lookup's answer in the protocol's form (documented as [`Identity`], the same fields).
