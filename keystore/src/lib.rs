@@ -208,7 +208,7 @@ pub async fn open(config: &Config) -> Result<AppState, StoreError> {
     if config.protocol_token.is_none() {
         tracing::warn!(
             "no protocol token configured (--protocol-token-file or KEYSTORE_PROTOCOL_TOKEN): \
-             anyone who reaches /v1/keys/ and /v1/changes can read key ids; set one in production"
+             anyone who reaches /v1/keys/, /v1/changes and /v1/summary can read key ids; set one in production"
         );
     }
     let mut state = AppState::new(store, config.lookup_delay);

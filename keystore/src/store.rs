@@ -198,7 +198,11 @@ impl Store {
         &self,
         bits_per_key: u32,
     ) -> Result<keygate_protocol::summary::Summary, StoreError> {
-        self.read(summary::BuildSummary { bits_per_key }).await
+        self.read(summary::BuildSummary {
+            bits_per_key,
+            page: summary::BUILD_PAGE,
+        })
+        .await
     }
 
     /// Makes `key_id` the one active key of user `root` (role `root`) in account `_system`,

@@ -48,8 +48,8 @@ async fn every_documented_operation_reaches_a_handler() {
     let doc = document(&ks).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
     let ops = operations(&doc);
-    // 26 routes of the keystore's router (keystore/README.md) plus this document.
-    assert_eq!(ops.len(), 27, "{ops:?}");
+    // 27 routes of the keystore's router (keystore/README.md) plus this document.
+    assert_eq!(ops.len(), 28, "{ops:?}");
     for (method, template) in &ops {
         let uri = template
             .replace("{key_id}", &"0".repeat(64))
@@ -337,10 +337,12 @@ fn a_generated_python_client_drives_a_whole_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
     let served = serve(dir.path());
     let config = dir.path().join("generator.yml");
-    // The metrics are OpenMetrics text: the generator knows text/plain, not this media type.
+    // The metrics are OpenMetrics text and the key summary a binary body: the generator knows
+    // text/plain and application/octet-stream, not these media types.
     std::fs::write(
         &config,
-        "content_type_overrides:\n  application/openmetrics-text: text/plain\n",
+        "content_type_overrides:\n  application/openmetrics-text: text/plain\n  \
+         application/vnd.keygate.summary: application/octet-stream\n",
     )
     .unwrap();
     let path = format!(

@@ -3,8 +3,8 @@
 Run by tests/openapi.rs (`make test-openapi`) after `openapi-python-client generate` wrote the
 package `keygate_client` onto PYTHONPATH. Arguments: the keystore's base URL and the root key.
 Walks a whole lifecycle (create account -> create user -> create key -> list -> get -> rotate
--> revoke -> audit) and one error, using only the generated functions and models, and prints
-one line per step; any surprise is an assertion error (exit 1).
+-> revoke -> audit), one error and the key summary, using only the generated functions and
+models, and prints one line per step; any surprise is an assertion error (exit 1).
 """
 
 import datetime
@@ -29,6 +29,7 @@ from keygate_client.models import (
     Problem,
     RotateOne,
 )
+from keygate_client.api.protocol import summary as read_summary
 from keygate_client.types import UNSET
 
 
@@ -92,6 +93,11 @@ def main(base_url, root_key):
     assert isinstance(refused, Problem) and refused.status == 403, refused
     assert refused.missing_capability.value == "account_admin", refused
     print(f"errors: {missing.type_}; 403 missing {refused.missing_capability.value}")
+
+    # The key summary: a binary body (keygate_protocol::summary's wire form).
+    body = read_summary.sync(client=root).payload.read()
+    assert body[:8] == b"KGSUMv1\0" and len(body) >= 40 + 64, body[:40]
+    print(f"summary: {len(body)} bytes")
     print("generated client: lifecycle ok")
 
 

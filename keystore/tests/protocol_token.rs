@@ -1,5 +1,5 @@
 //! The protocol token (`--protocol-token-file` / `KEYSTORE_PROTOCOL_TOKEN`): with one
-//! configured, `GET /v1/keys/...`, `GET /v1/changes` and `POST /v1/usage` need
+//! configured, `GET /v1/keys/...`, `GET /v1/changes`, `GET /v1/summary` and `POST /v1/usage` need
 //! `authorization: Bearer <token>`;
 //! the admin API, `/healthz` and `/metrics` are unchanged. Through the real router over a real
 //! database (SQLite, or PostgreSQL with `KEYSTORE_TEST_DATABASE_URL`).
@@ -16,7 +16,7 @@ mod common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{Ks, Resp, ROOT_KEY};
-use keygate_protocol::routes::admin;
+use keygate_protocol::routes::{self, admin};
 use keystore::keys::key_id;
 
 const TOKEN: &str = "kgproto_5f3a9c2e7b1d48e6a0c4f2b9d7e1a3c5";
@@ -45,7 +45,7 @@ async fn protocol_endpoints_need_the_token() {
     let admin = ks.create_account("acme", "alice").await;
     let lookup = format!("/v1/keys/{}", key_id(&admin));
     let bearer = format!("Bearer {TOKEN}");
-    for uri in [lookup.as_str(), "/v1/changes?since=0"] {
+    for uri in [lookup.as_str(), "/v1/changes?since=0", routes::SUMMARY] {
         assert_refused(&get(&ks, uri, &[]).await);
         for wrong in [
             "Bearer kgproto_5f3a9c2e7b1d48e6a0c4f2b9d7e1a3c6".to_owned(),

@@ -35,8 +35,10 @@ fn holds(s: &Summary, raw_key: &str) -> bool {
 }
 
 async fn builds(ks: &Ks, reason: &str) -> u64 {
-    ks.metric(&format!("keystore_summary_builds_total{{reason=\"{reason}\"}}"))
-        .await
+    ks.metric(&format!(
+        "keystore_summary_builds_total{{reason=\"{reason}\"}}"
+    ))
+    .await
 }
 
 /// A store whose summary settings are adjusted by `f`.
@@ -186,5 +188,8 @@ async fn the_answer_revision_is_at_least_the_feeds() {
     let feed = ks.revision().await as u64;
     let s = fetch(&ks).await;
     assert!(s.header.revision >= feed, "{} < {feed}", s.header.revision);
-    assert_eq!(ks.metric("keystore_summary_revision").await, s.header.revision);
+    assert_eq!(
+        ks.metric("keystore_summary_revision").await,
+        s.header.revision
+    );
 }

@@ -206,7 +206,11 @@ pub(super) async fn summary(State(st): State<AppState>) -> Result<Response, ApiE
     inc(&st.metrics.summary_requests);
     let snapshot = st.summaries.current(&st.store).await?;
     let body = snapshot.encoded.clone();
-    Ok(([(CONTENT_TYPE, keygate_protocol::summary::CONTENT_TYPE)], body).into_response())
+    Ok((
+        [(CONTENT_TYPE, keygate_protocol::summary::CONTENT_TYPE)],
+        body,
+    )
+        .into_response())
 }
 
 /// A lookup's answer in the protocol's form (documented as [`Identity`], the same fields).

@@ -37,7 +37,7 @@ pub const DEFAULT_MAX_FALSE_POSITIVE_RATE: f64 = 0.02;
 /// Default age after which a snapshot is rebuilt rather than extended.
 pub const DEFAULT_REBUILD_AFTER: Duration = Duration::from_secs(3600);
 /// Live key ids read per statement of a build.
-const BUILD_PAGE: i64 = 10_000;
+pub(super) const BUILD_PAGE: i64 = 10_000;
 
 /// How summaries are sized and when they are rebuilt.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -234,9 +234,9 @@ impl Summaries {
 fn observe(metrics: &Metrics, snapshot: &Snapshot) {
     let header = &snapshot.summary.header;
     let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    metrics
-        .summary_bytes
-        .set(gauge(u64::try_from(snapshot.encoded.len()).unwrap_or(u64::MAX)));
+    metrics.summary_bytes.set(gauge(
+        u64::try_from(snapshot.encoded.len()).unwrap_or(u64::MAX),
+    ));
     metrics.summary_keys.set(gauge(header.keys));
     metrics.summary_revision.set(gauge(header.revision));
     metrics
@@ -249,6 +249,8 @@ fn observe(metrics: &Metrics, snapshot: &Snapshot) {
 /// extensions add), `hashes_for(bits_per_key)` hashes.
 pub(super) struct BuildSummary {
     pub(super) bits_per_key: u32,
+    /// Key ids read per statement ([`BUILD_PAGE`]).
+    pub(super) page: i64,
 }
 
 impl Job for BuildSummary {
@@ -260,7 +262,7 @@ impl Job for BuildSummary {
         let revision = super::blocks::current_revision(db).await?;
         let revision = u64::try_from(revision)
             .map_err(|_| StoreError::Internal(format!("negative revision {revision}")))?;
-        let ids = live_key_ids(db, at).await?;
+        let ids = live_key_ids(db, at, self.page).await?;
         let count = u64::try_from(ids.len()).unwrap_or(u64::MAX);
         let sized = count.saturating_add(count / 4);
         let mut summary = Summary::new(
@@ -277,13 +279,13 @@ impl Job for BuildSummary {
 
 /// Every key id the lookup would answer at `at`, page by page in key-id order (the order of
 /// the engine's primary-key index: paging needs only that each engine agrees with itself).
-async fn live_key_ids<D: Db>(db: &mut D, at: i64) -> Result<Vec<KeyId>, StoreError> {
+async fn live_key_ids<D: Db>(db: &mut D, at: i64, page: i64) -> Result<Vec<KeyId>, StoreError> {
     let mut ids = Vec::new();
     let mut after = String::new();
     loop {
-        let args = [Arg::Text(&after), Arg::Int(at), Arg::Int(BUILD_PAGE)];
+        let args = [Arg::Text(&after), Arg::Int(at), Arg::Int(page)];
         let rows = db.rows(sql::LIVE_KEY_IDS_AFTER, &args).await?;
-        let full = i64::try_from(rows.len()).is_ok_and(|n| n >= BUILD_PAGE);
+        let full = i64::try_from(rows.len()).is_ok_and(|n| n >= page);
         let Some(last) = rows.last() else { break };
         let last = last.text(0)?;
         for row in &rows {
@@ -298,4 +300,54 @@ async fn live_key_ids<D: Db>(db: &mut D, at: i64) -> Result<Vec<KeyId>, StoreErr
         after = last;
     }
     Ok(ids)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::arithmetic_side_effects)]
+mod tests {
+    use super::*;
+
+    fn id(n: u32) -> String {
+        KeyId::of(format!("key-{n}").as_bytes()).hex()
+    }
+
+    #[tokio::test]
+    async fn a_build_reads_every_page_of_live_keys_and_sizes_for_a_quarter_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ks.db");
+        let store = Store::open(&path, 100).unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO accounts (account_id, created_at) VALUES ('a', 0);
+             INSERT INTO users (account_id, user_id, role, created_at) VALUES ('a', 'u', 'member', 0);",
+        )
+        .unwrap();
+        let insert = |n: u32, revoked: Option<i64>, expires: Option<i64>| {
+            conn.execute(
+                "INSERT INTO keys (key_id, account_id, user_id, created_at, revoked_at, expires_at)
+                 VALUES (?1, 'a', 'u', 0, ?2, ?3)",
+                rusqlite::params![id(n), revoked, expires],
+            )
+            .unwrap();
+        };
+        for n in 0..25 {
+            insert(n, None, None);
+        }
+        insert(100, Some(1), None);
+        insert(101, None, Some(1));
+        let s = store
+            .read(BuildSummary {
+                bits_per_key: 40,
+                page: 4,
+            })
+            .await
+            .unwrap();
+        assert_eq!(s.header.keys, 25, "every page, only live keys");
+        for n in 0..25 {
+            assert!(s.may_contain(&KeyId::from_hex(&id(n)).unwrap()), "key {n}");
+        }
+        // 25 keys + a quarter = 31 keys at 40 bits: 1240 bits, 3 blocks (25 keys: 2).
+        assert_eq!(s.header.blocks, 3);
+        assert_eq!(s.header.hashes, hashes_for(40));
+    }
 }
