@@ -208,7 +208,7 @@ async fn every_protocol_route_answers_401_with_a_challenge_without_its_token() {
             "{what}"
         );
     }
-    assert_eq!(protocol, 3);
+    assert_eq!(protocol, 4, "lookup, changes, summary, usage");
 }
 
 #[tokio::test]
