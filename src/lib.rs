@@ -94,6 +94,7 @@ pub mod l1;
 pub mod request;
 pub mod shared;
 pub mod store;
+pub mod summary;
 pub mod text;
 pub mod verdict;
 pub mod worker;

@@ -42,6 +42,7 @@ use crate::verdict::{Decision, Outcome, Resolution, Source, Verdict};
 pub mod budget;
 pub mod feed;
 pub mod single_flight;
+mod summary;
 pub mod usage;
 
 #[cfg(test)]
