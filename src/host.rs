@@ -134,10 +134,12 @@ pub enum Metric {
     UsageReports,
     UsageIdsReported,
     UsageErrors,
+    UnknownKeyDuringFlood,
+    SummaryRefusals,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 30] = [
+    pub const ALL: [Metric; 32] = [
         Metric::Allowed,
         Metric::Denied,
         Metric::Forbidden,
@@ -168,6 +170,8 @@ impl Metric {
         Metric::UsageReports,
         Metric::UsageIdsReported,
         Metric::UsageErrors,
+        Metric::UnknownKeyDuringFlood,
+        Metric::SummaryRefusals,
     ];
 
     pub fn name(self) -> &'static str {
@@ -202,6 +206,10 @@ impl Metric {
             Metric::UsageReports => "keygate_usage_reports_total",
             Metric::UsageIdsReported => "keygate_usage_ids_reported_total",
             Metric::UsageErrors => "keygate_usage_report_errors_total",
+            Metric::UnknownKeyDuringFlood => {
+                "outcome=.=unknown_key_during_flood;.;keygate_requests_total"
+            }
+            Metric::SummaryRefusals => "keygate_summary_refusals_total",
         }
     }
 
@@ -240,13 +248,17 @@ pub enum Gauge {
     MissBudgetTokens,
     /// Whole tokens left in the reserve for keys that were valid recently.
     MissReserveTokens,
+    /// 1 while the summary gate is engaged (misses of keys absent from the key summary are
+    /// refused without a lookup), else 0.
+    SummaryGateEngaged,
 }
 
 impl Gauge {
-    pub const ALL: [Gauge; 3] = [
+    pub const ALL: [Gauge; 4] = [
         Gauge::SyncLagMs,
         Gauge::MissBudgetTokens,
         Gauge::MissReserveTokens,
+        Gauge::SummaryGateEngaged,
     ];
 
     pub fn name(self) -> &'static str {
@@ -254,6 +266,7 @@ impl Gauge {
             Gauge::SyncLagMs => "keygate_sync_lag_ms",
             Gauge::MissBudgetTokens => "keygate_miss_budget_tokens",
             Gauge::MissReserveTokens => "keygate_miss_reserve_tokens",
+            Gauge::SummaryGateEngaged => "keygate_summary_gate_engaged",
         }
     }
 
@@ -296,6 +309,7 @@ mod tests {
             (Metric::Forbidden, "forbidden"),
             (Metric::Unavailable, "unavailable"),
             (Metric::Throttled, "throttled"),
+            (Metric::UnknownKeyDuringFlood, "unknown_key_during_flood"),
             (Metric::BadRequests, "bad_request"),
             (Metric::Anonymous, "anonymous"),
         ];

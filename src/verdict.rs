@@ -84,6 +84,9 @@ pub enum Outcome {
     Unavailable,
     /// 503: over the miss budget; no store call was made.
     Throttled,
+    /// 503: the miss budget runs short (the summary gate is engaged) and the key summary says
+    /// the store does not have this key; no store call was made, no token taken.
+    UnknownKeyDuringFlood,
 }
 
 impl Outcome {
@@ -111,7 +114,8 @@ pub enum Source {
     Coalesced,
     /// An expired identity served because the store failed or the budget was spent.
     Stale,
-    /// No verdict: a refusal for a store error, the miss budget or a deadline.
+    /// No verdict: a refusal for a store error, the miss budget, the summary gate or a
+    /// deadline.
     NoVerdict,
 }
 

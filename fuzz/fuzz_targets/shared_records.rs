@@ -1,10 +1,10 @@
 //! The shared-data record codecs, through `keygate::shared::Record`: `Slot` (shared::table),
-//! `Epoch`, `ChangeRing`, `Number` (shared), `Bucket` (worker::budget::bucket) and `FeedRecord`
-//! (worker::feed::poller). Shared data is written by every worker of an Envoy (and by other
+//! `Epoch`, `ChangeRing`, `Number` (shared), `Bucket` (worker::budget::bucket), `Gate`
+//! (worker::budget::gate) and `FeedRecord` (worker::feed::poller). Shared data is written by every worker of an Envoy (and by other
 //! filter versions sharing the `vm_id`), so a decoder meets any bytes.
 //!
 //! Input: a selector byte, then the rest. Selector `s`: record kind `s % 6` (0 epoch, 1 change
-//! ring, 2 counter, 3 bucket, 4 sync record, 5 slot); below 0x80 the rest is decoded as that
+//! ring, 2 counter, 3 bucket and gate, 4 sync record, 5 slot); below 0x80 the rest is decoded as that
 //! record; from 0x80 the rest is read as field values, a record is built from them, encoded
 //! and decoded.
 //!
@@ -19,6 +19,7 @@
 use std::fmt::Debug;
 
 use keygate::worker::budget::bucket::Bucket;
+use keygate::worker::budget::gate::Gate;
 use keygate::freshness::Stamp;
 use keygate::shared::{CatchUp, ChangeRing, Number, Epoch, Record};
 use keygate::store::Change;
@@ -135,7 +136,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             2 => drop(decode_round_trip::<Number>(rest, |_| true)),
-            3 => drop(decode_round_trip::<Bucket>(rest, |_| true)),
+            3 => {
+                drop(decode_round_trip::<Bucket>(rest, |_| true));
+                drop(decode_round_trip::<Gate>(rest, |_| true));
+            }
             4 => drop(decode_round_trip::<FeedRecord>(rest, |_| true)),
             _ => drop(decode_round_trip::<Slot>(rest, |s| {
                 !matches!(
@@ -180,10 +184,17 @@ fuzz_target!(|data: &[u8]| {
             build_round_trip(ring);
         }
         2 => build_round_trip(Number(c.u64())),
-        3 => build_round_trip(Bucket {
-            milli_tokens: c.u64(),
-            last_ms: c.u64(),
-        }),
+        3 => {
+            build_round_trip(Bucket {
+                milli_tokens: c.u64(),
+                last_ms: c.u64(),
+            });
+            build_round_trip(Gate {
+                engaged: c.u8() & 1 != 0,
+                window_ms: c.u64(),
+                refused: c.u64(),
+            });
+        }
         4 => build_round_trip(FeedRecord {
             revision: c.u64(),
             owner: c.u64(),

@@ -267,7 +267,7 @@ impl State {
                     self.keys[k].deny_ok_at(self.sides[w].host.now_ms()),
                     "worker {w}: key {k} denied from a lookup sent before the feed reported it"
                 ),
-                Outcome::Unavailable | Outcome::Throttled => {}
+                Outcome::Unavailable | Outcome::Throttled | Outcome::UnknownKeyDuringFlood => {}
             }
         }
     }
@@ -284,8 +284,9 @@ impl State {
             }
             Decision::Answer(outcome, _) => match outcome {
                 // With the miss budget spent, check refuses a miss at once: Throttled, or the
-                // stale identity when one is in its window (same rules as any stale answer).
-                Outcome::Throttled => {}
+                // stale identity when one is in its window (same rules as any stale answer);
+                // while it runs short, the summary gate may refuse a key the summary lacks.
+                Outcome::Throttled | Outcome::UnknownKeyDuringFlood => {}
                 Outcome::Allow { identity, .. } => {
                     assert!(identity.is_header_safe(), "{identity:?}");
                     let now = self.sides[w].host.now_ms();

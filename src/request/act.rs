@@ -22,6 +22,8 @@ pub enum Refusal {
     Unavailable,
     /// 503: the miss budget is spent.
     Throttled,
+    /// 503: the miss budget runs short and the key summary says the store lacks this key.
+    UnknownKeyDuringFlood,
 }
 
 impl Refusal {
@@ -30,7 +32,7 @@ impl Refusal {
             Refusal::BadRequest => 400,
             Refusal::Unauthorized | Refusal::DuplicateKey => 401,
             Refusal::Forbidden => 403,
-            Refusal::Unavailable | Refusal::Throttled => 503,
+            Refusal::Unavailable | Refusal::Throttled | Refusal::UnknownKeyDuringFlood => 503,
         }
     }
 
@@ -67,6 +69,12 @@ impl Refusal {
                 r#""title":"Too many unknown keys","status":503,"#,
                 r#""detail":"Too many keys this proxy has not seen are being tried; retry later."}"#
             ),
+            Refusal::UnknownKeyDuringFlood => concat!(
+                r#"{"type":"https://keygate.dev/problems/unknown-key-during-flood","#,
+                r#""title":"Unknown key during a flood","status":503,"#,
+                r#""detail":"Unknown keys are flooding this proxy and the key store's summary "#,
+                r#"does not list this key; a key created in the last seconds works on retry."}"#
+            ),
         }
     }
 
@@ -77,7 +85,9 @@ impl Refusal {
         ];
         match self {
             Refusal::Unauthorized | Refusal::DuplicateKey => h.push(("www-authenticate", "ApiKey")),
-            Refusal::Unavailable | Refusal::Throttled => h.push(("retry-after", "1")),
+            Refusal::Unavailable | Refusal::Throttled | Refusal::UnknownKeyDuringFlood => {
+                h.push(("retry-after", "1"));
+            }
             Refusal::Forbidden | Refusal::BadRequest => {}
         }
         h
@@ -91,6 +101,7 @@ impl Refusal {
             Refusal::Forbidden => Metric::Forbidden,
             Refusal::Unavailable => Metric::Unavailable,
             Refusal::Throttled => Metric::Throttled,
+            Refusal::UnknownKeyDuringFlood => Metric::UnknownKeyDuringFlood,
         }
     }
 }
@@ -171,6 +182,7 @@ pub fn act<'a>(
         Outcome::Deny => Disposition::Refuse(Refusal::Unauthorized),
         Outcome::Unavailable => Disposition::Refuse(Refusal::Unavailable),
         Outcome::Throttled => Disposition::Refuse(Refusal::Throttled),
+        Outcome::UnknownKeyDuringFlood => Disposition::Refuse(Refusal::UnknownKeyDuringFlood),
     };
     match disposition {
         Disposition::Refuse(_) if anonymous => Disposition::Anonymous,
@@ -396,7 +408,12 @@ mod tests {
             act(&c, &allow("member"), &r, true),
             Disposition::Forward { .. }
         ));
-        for o in [Outcome::Deny, Outcome::Unavailable, Outcome::Throttled] {
+        for o in [
+            Outcome::Deny,
+            Outcome::Unavailable,
+            Outcome::Throttled,
+            Outcome::UnknownKeyDuringFlood,
+        ] {
             assert_eq!(act(&c, &o, &r, true), Disposition::Anonymous);
         }
         assert_eq!(
@@ -453,6 +470,7 @@ mod tests {
             Refusal::Forbidden,
             Refusal::Unavailable,
             Refusal::Throttled,
+            Refusal::UnknownKeyDuringFlood,
         ];
         let mut types = Vec::new();
         for r in all {
@@ -487,6 +505,10 @@ mod tests {
             .headers()
             .contains(&("retry-after", "1")));
         assert_eq!(Refusal::Unavailable.status(), 503);
+        assert_eq!(Refusal::UnknownKeyDuringFlood.status(), 503);
+        assert!(Refusal::UnknownKeyDuringFlood
+            .headers()
+            .contains(&("retry-after", "1")));
         assert_eq!(Refusal::BadRequest.status(), 400);
         assert_eq!(Refusal::DuplicateKey.status(), 401);
     }

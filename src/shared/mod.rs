@@ -77,6 +77,8 @@ pub struct Names {
     pub drops: String,
     /// The key ids admitted, waiting for the next usage report.
     pub usage: String,
+    /// The summary gate ([`crate::worker::budget::gate`]).
+    pub gate: String,
 }
 
 impl Names {
@@ -92,6 +94,7 @@ impl Names {
             reserve: format!("{prefix}reserve"),
             drops: format!("{prefix}drops"),
             usage: format!("{prefix}usage"),
+            gate: format!("{prefix}gate"),
             prefix,
         }
     }

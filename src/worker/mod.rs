@@ -42,7 +42,7 @@ use crate::verdict::{Decision, Outcome, Resolution, Source, Verdict};
 pub mod budget;
 pub mod feed;
 pub mod single_flight;
-mod summary;
+pub(crate) mod summary;
 pub mod usage;
 
 #[cfg(test)]
@@ -124,6 +124,7 @@ impl Worker {
         table.create(host);
         bucket::create(host, &names.budget, cfg.miss_budget.burst);
         bucket::create(host, &names.reserve, reserve_burst(&cfg));
+        budget::gate::create(host, &names.gate);
         let owner = shared::new_owner(host, &names)?;
         let (epoch, _) = shared::read::<H, Epoch>(host, &names.epoch);
         let l1 = L1::with_budget(cfg.cache.max_entries, cfg.cache.negative_max_entries);
@@ -202,7 +203,8 @@ impl Worker {
         self.miss(host, context_id, key, now, cutoff)
     }
 
-    /// Not in the L1: join a lookup, answer from the shared table, refuse (budget), or wait.
+    /// Not in the L1: join a lookup, answer from the shared table, refuse (summary gate or
+    /// budget), or wait.
     fn miss<H: Host + ?Sized>(
         &mut self,
         host: &H,
@@ -225,9 +227,16 @@ impl Worker {
                 tally(host, Source::Shared);
                 return Decision::Answer(outcome, Source::Shared);
             }
-            // This worker would have to ask the store: with the budget spent, say so now
-            // rather than park the request until the tick finds the same (a flood of
-            // unknown keys then costs one shared read each, not a pause and a resume).
+            // This worker would have to ask the store. While the budget runs short, a key
+            // the key summary lacks is refused without a lookup or a token.
+            View::Free { .. } | View::Busy if self.gate_refuses(host, &key, Some(&slot), now) => {
+                host.count(Metric::Misses, 1);
+                let outcome = Outcome::UnknownKeyDuringFlood;
+                return Decision::Answer(outcome, Source::NoVerdict);
+            }
+            // With the budget spent, say so now rather than park the request until the tick
+            // finds the same (a flood of unknown keys then costs one shared read each, not a
+            // pause and a resume).
             View::Free { .. } | View::Busy if !self.budget_left(host, &key, &slot, now) => {
                 host.count(Metric::Misses, 1);
                 let (outcome, source) = self.stale_or(host, &key, now, Outcome::Throttled);
@@ -421,6 +430,17 @@ impl Worker {
     }
 
     fn start_lookup<H: Host + ?Sized>(&mut self, host: &H, key: KeyId, now: u64, leased: bool) {
+        if self.gate_refuses(host, &key, None, now) {
+            // Released, not failed: another worker's waiters decide for themselves.
+            if leased {
+                let _ = self
+                    .table
+                    .update(host, &key, |s| shared_table::release(s, &key, self.owner));
+            }
+            let outcome = Outcome::UnknownKeyDuringFlood;
+            self.flights.resolve(&key, &outcome, Source::NoVerdict);
+            return;
+        }
         let Some(reserve) = self.take_budget(host, &key, now) else {
             if leased {
                 let _ = self.table.update(host, &key, |s| {

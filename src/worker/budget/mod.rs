@@ -1,10 +1,12 @@
 //! The worker's side of freshness: catching up with the shared epoch and change ring, the
 //! "feed down" cutoff for cached allows, stale-if-error, cache entries; and the miss budget with
-//! its reserve for keys that were valid recently. The rules themselves (when a verdict may
+//! its reserve for keys that were valid recently, and the summary gate in front of it
+//! ([`gate`]: while the budget runs short, keys the key summary lacks are refused unlooked-up). The rules themselves (when a verdict may
 //! answer, be served stale, or is outdated by a change) are [`crate::freshness`]'s: this
 //! module applies them and compares no stamps itself.
 
 pub mod bucket;
+pub mod gate;
 
 use std::rc::Rc;
 
@@ -14,9 +16,11 @@ use keygate_protocol::KeyId;
 use crate::config::Config;
 use crate::freshness::Stamp;
 use crate::host::{Gauge, Host, Metric};
+use gate::{Action, Limits};
 use crate::l1::Entry;
 use crate::shared::table as shared_table;
 use crate::shared::{self, ChangeRing, Epoch};
+use crate::summary::Membership;
 use crate::verdict::{Identity, Outcome, Source, Verdict};
 
 impl Worker {
@@ -58,6 +62,40 @@ impl Worker {
             r => bucket::level(host, &self.names.reserve, r, reserve_burst(&self.cfg)),
         };
         host.gauge(Gauge::MissReserveTokens, reserve);
+        let engaged = gate::engaged(host, &self.names.gate, b.per_second);
+        host.gauge(Gauge::SummaryGateEngaged, u64::from(engaged));
+    }
+
+    /// The summary gate on a miss of `key` that needs a lookup (`slot`: its slot, when already
+    /// read): true when it is refused without one (counted in
+    /// `keygate_summary_refusals_total`). Asks the bucket only while the gate is open, and the
+    /// summary only while it is engaged.
+    pub(super) fn gate_refuses<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        key: &KeyId,
+        slot: Option<&shared_table::Slot>,
+        now: u64,
+    ) -> bool {
+        let b = &self.cfg.miss_budget;
+        let limits = Limits {
+            per_second: b.per_second,
+            burst: b.burst,
+        };
+        let mut miss = GateMiss {
+            worker: self,
+            host,
+            key,
+            slot,
+            now,
+            recently_valid: None,
+            membership: None,
+        };
+        let refused = gate::on_miss(host, &self.names.gate, limits, &mut miss) == Action::Refuse;
+        if refused {
+            host.count(Metric::SummaryRefusals, 1);
+        }
+        refused
     }
 
     /// Takes a token for a lookup of `key`: a key valid recently draws from the reserve first
@@ -271,4 +309,36 @@ fn slot_stale_identity(
 /// The reserve's bucket size: two seconds of its rate.
 pub(super) fn reserve_burst(cfg: &Config) -> u64 {
     cfg.miss_budget.reserve_per_second.saturating_mul(2).max(1)
+}
+
+/// What the summary gate asks about one miss, read from the worker's caches and shared data;
+/// the key's answers are kept across CAS retries.
+struct GateMiss<'a, H: Host + ?Sized> {
+    worker: &'a Worker,
+    host: &'a H,
+    key: &'a KeyId,
+    slot: Option<&'a shared_table::Slot>,
+    now: u64,
+    recently_valid: Option<bool>,
+    membership: Option<Membership>,
+}
+
+impl<H: Host + ?Sized> gate::Miss for GateMiss<'_, H> {
+    fn main_tokens(&mut self) -> u64 {
+        let b = &self.worker.cfg.miss_budget;
+        bucket::level(self.host, &self.worker.names.budget, b.per_second, b.burst)
+    }
+
+    fn recently_valid(&mut self) -> bool {
+        let (w, key, now) = (self.worker, self.key, self.now);
+        *self.recently_valid.get_or_insert_with(|| match self.slot {
+            Some(slot) => w.stale_identity_in(key, slot, now).is_some(),
+            None => w.recently_valid(self.host, key, now),
+        })
+    }
+
+    fn membership(&mut self) -> Membership {
+        let (w, host, key) = (self.worker, self.host, self.key);
+        *self.membership.get_or_insert_with(|| w.membership(host, key))
+    }
 }

@@ -18,6 +18,7 @@ mod budget;
 mod coherence;
 mod expiry;
 mod feed;
+mod gate;
 mod single_flight;
 mod usage;
 
