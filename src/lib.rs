@@ -33,7 +33,8 @@
 //!   feed/                 the worker's polls (mod.rs); the poll lease and publication of a
 //!                         page (poller.rs); local admin writes held until then (local_writes.rs)
 //!   usage/                the worker's usage reports (mod.rs); its log and batch (report.rs)
-//!   budget/               the miss budget and its reserve (mod.rs); the token bucket (bucket.rs)
+//!   budget/               the miss budget and its reserve (mod.rs); the token bucket (bucket.rs);
+//!                         the summary gate in front of it (gate.rs)
 //!   tests/                the worker against the fake host, one file per topic
 //! glue/                 proxy-wasm contexts and the Host over host calls (wasm32-wasip1 only)
 //! ```

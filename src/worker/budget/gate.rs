@@ -186,7 +186,8 @@ mod tests {
             self.tokens.expect("the bucket was read")
         }
         fn recently_valid(&mut self) -> bool {
-            self.recently_valid.expect("the key's recent allow was read")
+            self.recently_valid
+                .expect("the key's recent allow was read")
         }
         fn membership(&mut self) -> Membership {
             self.membership.expect("the summary was read")

@@ -16,12 +16,12 @@ use keygate_protocol::KeyId;
 use crate::config::Config;
 use crate::freshness::Stamp;
 use crate::host::{Gauge, Host, Metric};
-use gate::{Action, Limits};
 use crate::l1::Entry;
 use crate::shared::table as shared_table;
 use crate::shared::{self, ChangeRing, Epoch};
 use crate::summary::Membership;
 use crate::verdict::{Identity, Outcome, Source, Verdict};
+use gate::{Action, Limits};
 
 impl Worker {
     // ---- the miss budget ----
@@ -339,6 +339,8 @@ impl<H: Host + ?Sized> gate::Miss for GateMiss<'_, H> {
 
     fn membership(&mut self) -> Membership {
         let (w, host, key) = (self.worker, self.host, self.key);
-        *self.membership.get_or_insert_with(|| w.membership(host, key))
+        *self
+            .membership
+            .get_or_insert_with(|| w.membership(host, key))
     }
 }
