@@ -18,6 +18,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub sync: SyncConfig,
     pub usage: UsageConfig,
+    pub summary: SummaryConfig,
     pub miss_budget: MissBudget,
     pub identity_headers: IdentityHeaders,
     pub invalidate_paths: Vec<Prefix>,
@@ -77,6 +78,27 @@ pub struct UsageConfig {
 }
 
 pub const DEFAULT_USAGE_INTERVAL_S: i64 = 60;
+
+/// The key summary ([`crate::summary`]): fetched from the store, kept in shared data, read
+/// on a miss while the miss budget runs short.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryConfig {
+    /// Off: never fetched, every miss as without it.
+    pub enabled: bool,
+    /// The store's summary route (`GET`).
+    pub path: String,
+    /// Most bytes of blocks a summary may have (a larger one is refused): the shared data it
+    /// takes per Envoy is at most twice this (two slots, during an install).
+    pub max_bytes: usize,
+    pub timeout_ms: u64,
+    /// Refetch when the estimated false-positive rate passes this...
+    pub max_false_positive_rate: f64,
+    /// ...at most once per this.
+    pub refetch_min_interval_ms: u64,
+}
+
+/// 16 MiB: about 10^7 keys at 10 bits per key.
+pub const DEFAULT_SUMMARY_MAX_BYTES: i64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MissBudget {
@@ -195,6 +217,8 @@ struct RawConfig {
     #[serde(default)]
     usage: RawUsage,
     #[serde(default)]
+    summary: RawSummary,
+    #[serde(default)]
     miss_budget: RawMissBudget,
     #[serde(default)]
     identity_headers: RawIdentityHeaders,
@@ -243,6 +267,17 @@ struct RawSync {
 struct RawUsage {
     enabled: Option<bool>,
     interval_s: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSummary {
+    enabled: Option<bool>,
+    path: Option<String>,
+    max_bytes: Option<i64>,
+    timeout_ms: Option<i64>,
+    max_false_positive_rate: Option<f64>,
+    refetch_min_interval_ms: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -327,6 +362,7 @@ impl TryFrom<RawConfig> for Config {
             .unsigned_abs()
             .saturating_mul(1000),
         };
+        let summary = summary_config(raw.summary)?;
         let miss_budget = miss_budget(raw.miss_budget)?;
         let key_sources = key_sources(raw.key_sources)?;
         let identity_headers = identity_headers(raw.identity_headers, &key_sources)?;
@@ -342,6 +378,7 @@ impl TryFrom<RawConfig> for Config {
             cache,
             sync,
             usage,
+            summary,
             miss_budget,
             identity_headers,
             invalidate_paths: prefixes("invalidate_paths", invalidate_paths)?,
@@ -433,6 +470,38 @@ fn cache_config(c: RawCache) -> Result<CacheConfig, ConfigError> {
         negative_max_entries: (max_entries / 4).max(1),
         shared_slots: u32::try_from(shared_slots)
             .map_err(|_| err("cache.shared_slots", "too large"))?,
+    })
+}
+
+fn summary_config(s: RawSummary) -> Result<SummaryConfig, ConfigError> {
+    let rate = s.max_false_positive_rate.unwrap_or(0.05);
+    if !(rate > 0.0 && rate <= 1.0) {
+        return Err(err(
+            "summary.max_false_positive_rate",
+            format!("must be a number above 0 and at most 1 (got {rate})"),
+        ));
+    }
+    let max_bytes = ranged(
+        "summary.max_bytes",
+        s.max_bytes,
+        DEFAULT_SUMMARY_MAX_BYTES,
+        64,
+        256 * 1024 * 1024,
+    )?;
+    Ok(SummaryConfig {
+        enabled: s.enabled.unwrap_or(true),
+        path: path_field("summary.path", s.path, routes::SUMMARY)?,
+        max_bytes: usize::try_from(max_bytes).map_err(|_| err("summary.max_bytes", "too large"))?,
+        timeout_ms: ranged("summary.timeout_ms", s.timeout_ms, 10_000, 1, 600_000)?.unsigned_abs(),
+        max_false_positive_rate: rate,
+        refetch_min_interval_ms: ranged(
+            "summary.refetch_min_interval_ms",
+            s.refetch_min_interval_ms,
+            60_000,
+            1000,
+            86_400_000,
+        )?
+        .unsigned_abs(),
     })
 }
 
@@ -824,6 +893,17 @@ mod tests {
         assert_eq!(c.store.usage_path, "/v1/usage");
         assert!(c.usage.enabled);
         assert_eq!(c.usage.interval_ms, 60_000);
+        assert_eq!(
+            c.summary,
+            SummaryConfig {
+                enabled: true,
+                path: "/v1/summary".into(),
+                max_bytes: 16 * 1024 * 1024,
+                timeout_ms: 10_000,
+                max_false_positive_rate: 0.05,
+                refetch_min_interval_ms: 60_000,
+            }
+        );
         assert_eq!((c.miss_budget.per_second, c.miss_budget.burst), (100, 200));
         assert_eq!(c.miss_budget.reserve_per_second, 100);
         assert_eq!(
@@ -957,6 +1037,38 @@ mod tests {
             (
                 r#"{"store":{"cluster":"k","usage_path":"usage"}}"#,
                 "store.usage_path",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"summary":{"max_false_positive_rate":0}}"#,
+                "summary.max_false_positive_rate",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"summary":{"max_false_positive_rate":1.5}}"#,
+                "summary.max_false_positive_rate",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"summary":{"max_bytes":63}}"#,
+                "summary.max_bytes",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"summary":{"path":"summary"}}"#,
+                "summary.path",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"summary":{"timeout_ms":0}}"#,
+                "summary.timeout_ms",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"summary":{"refetch_min_interval_ms":999}}"#,
+                "summary.refetch_min_interval_ms",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"summary":{"enabled":1}}"#,
+                "summary.enabled",
+            ),
+            (
+                r#"{"store":{"cluster":"k"},"summary":{"bits":1}}"#,
+                "summary.bits",
             ),
             (
                 r#"{"store":{"cluster":"k"},"miss_budget":{"reserve_per_second":-1}}"#,

@@ -136,10 +136,12 @@ pub enum Metric {
     UsageErrors,
     UnknownKeyDuringFlood,
     SummaryRefusals,
+    SummaryFetches,
+    SummaryFetchErrors,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 32] = [
+    pub const ALL: [Metric; 34] = [
         Metric::Allowed,
         Metric::Denied,
         Metric::Forbidden,
@@ -172,6 +174,8 @@ impl Metric {
         Metric::UsageErrors,
         Metric::UnknownKeyDuringFlood,
         Metric::SummaryRefusals,
+        Metric::SummaryFetches,
+        Metric::SummaryFetchErrors,
     ];
 
     pub fn name(self) -> &'static str {
@@ -210,6 +214,8 @@ impl Metric {
                 "outcome=.=unknown_key_during_flood;.;keygate_requests_total"
             }
             Metric::SummaryRefusals => "keygate_summary_refusals_total",
+            Metric::SummaryFetches => "keygate_summary_fetches_total",
+            Metric::SummaryFetchErrors => "keygate_summary_fetch_errors_total",
         }
     }
 
@@ -251,14 +257,26 @@ pub enum Gauge {
     /// 1 while the summary gate is engaged (misses of keys absent from the key summary are
     /// refused without a lookup), else 0.
     SummaryGateEngaged,
+    /// Bytes of the active key summary's blocks in shared data (0: none).
+    SummaryBytes,
+    /// Key ids in the active key summary: the store's, then the feed's (duplicates counted).
+    SummaryKeys,
+    /// The active key summary's estimated false-positive rate, in parts per million.
+    SummaryFalsePositiveRatePpm,
+    /// Milliseconds since the active key summary was fetched (0: none).
+    SummaryAgeMs,
 }
 
 impl Gauge {
-    pub const ALL: [Gauge; 4] = [
+    pub const ALL: [Gauge; 8] = [
         Gauge::SyncLagMs,
         Gauge::MissBudgetTokens,
         Gauge::MissReserveTokens,
         Gauge::SummaryGateEngaged,
+        Gauge::SummaryBytes,
+        Gauge::SummaryKeys,
+        Gauge::SummaryFalsePositiveRatePpm,
+        Gauge::SummaryAgeMs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -267,6 +285,10 @@ impl Gauge {
             Gauge::MissBudgetTokens => "keygate_miss_budget_tokens",
             Gauge::MissReserveTokens => "keygate_miss_reserve_tokens",
             Gauge::SummaryGateEngaged => "keygate_summary_gate_engaged",
+            Gauge::SummaryBytes => "keygate_summary_bytes",
+            Gauge::SummaryKeys => "keygate_summary_keys",
+            Gauge::SummaryFalsePositiveRatePpm => "keygate_summary_false_positive_rate_ppm",
+            Gauge::SummaryAgeMs => "keygate_summary_age_ms",
         }
     }
 

@@ -28,11 +28,14 @@
 //!   table.rs              the shared table: slots and their leases
 //! store.rs              what the store's answers mean to the filter (bodies and routes:
 //!                       the keygate-protocol crate)
+//! summary/              the key summary in shared data: membership, adds (mod.rs); its
+//!                       install without a gap (install.rs)
 //! worker/               the worker (mod.rs): L1, then shared table, then lookup
 //!   single_flight.rs      flights, waiters, callout tokens, the outbox
 //!   feed/                 the worker's polls (mod.rs); the poll lease and publication of a
 //!                         page (poller.rs); local admin writes held until then (local_writes.rs)
 //!   usage/                the worker's usage reports (mod.rs); its log and batch (report.rs)
+//!   summary.rs            the worker's key summary: fetch, feed pages, membership
 //!   budget/               the miss budget and its reserve (mod.rs); the token bucket (bucket.rs);
 //!                         the summary gate in front of it (gate.rs)
 //!   tests/                the worker against the fake host, one file per topic

@@ -19,7 +19,6 @@ use crate::config::Config;
 use crate::host::CallResponse;
 use crate::request::act::{self, Refusal};
 use crate::request::key_ids::KeyIds;
-use crate::store::MAX_CALLOUT_BODY;
 use crate::verdict::{Outcome, Resolution, Source};
 use crate::worker::Worker;
 
@@ -82,7 +81,12 @@ impl Context for Root {
             .ok()
             .flatten()
             .and_then(|s| s.parse::<u16>().ok());
-        let body = if body_size <= MAX_CALLOUT_BODY {
+        // The worker says how much of this call's answer to read.
+        let limit = match shared.try_borrow() {
+            Ok(s) => s.worker.body_limit(token_id),
+            Err(_) => return,
+        };
+        let body = if body_size <= limit {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
                 .map(Option::unwrap_or_default)

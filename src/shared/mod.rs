@@ -79,6 +79,10 @@ pub struct Names {
     pub usage: String,
     /// The summary gate ([`crate::worker::budget::gate`]).
     pub gate: String,
+    /// The active key summary's meta ([`crate::summary::Meta`]), or none.
+    pub summary: String,
+    /// The key summary's install in progress ([`crate::summary::install::Staging`]).
+    pub summary_staging: String,
 }
 
 impl Names {
@@ -95,6 +99,8 @@ impl Names {
             drops: format!("{prefix}drops"),
             usage: format!("{prefix}usage"),
             gate: format!("{prefix}gate"),
+            summary: format!("{prefix}summary.active"),
+            summary_staging: format!("{prefix}summary.staging"),
             prefix,
         }
     }
@@ -107,6 +113,11 @@ impl Names {
 
     pub fn slot(&self, index: u32) -> String {
         format!("{}slot.{index}", self.prefix)
+    }
+
+    /// Chunk `index` of the key summary in slot `slot` (0 or 1).
+    pub fn summary_chunk(&self, slot: u8, index: u32) -> String {
+        format!("{}summary/{slot}/{index}", self.prefix)
     }
 }
 

@@ -106,6 +106,8 @@ pub struct Worker {
     next_usage_ms: u64,
     /// A wake-up was asked for and has not come yet ([`Worker::on_wake`]).
     wake_pending: bool,
+    /// When this worker next looks at the key summary (fetch due? gauges).
+    next_summary_check_ms: u64,
 }
 
 impl Worker {
@@ -144,6 +146,7 @@ impl Worker {
             usage: UsageLog::default(),
             next_usage_ms: 0,
             wake_pending: false,
+            next_summary_check_ms: 0,
         };
         worker.adjust_tick(host);
         Ok(worker)
@@ -292,6 +295,7 @@ impl Worker {
         self.maybe_sync(host, now);
         self.drive_writers(host, now);
         self.drive_usage(host, now);
+        self.drive_summary(host, now);
         self.report_sync_lag(host, now);
         self.report_budget(host);
         self.deliver(host)
@@ -318,6 +322,7 @@ impl Worker {
                 self.finish_poll(host, since, forced, response);
             }
             Some(Call::Usage { ids, .. }) => self.finish_usage(host, ids, response),
+            Some(Call::Summary { ticket, .. }) => self.finish_summary(host, ticket, response),
         }
         self.deliver(host)
     }

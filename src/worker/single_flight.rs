@@ -4,7 +4,8 @@
 //! Invariant, kept by every operation here: a waiter is in exactly one place, either in the
 //! flight of its key or in the outbox, and [`Flights::waiters`] counts both; a flight without
 //! waiters exists only while its lookup is in flight (its verdict still fills the caches);
-//! every callout token maps to one flight or one poll. The worker decides *what* to answer;
+//! every callout token maps to one flight or one other call (a poll, a usage report, a
+//! summary fetch). The worker decides *what* to answer;
 //! this module only keeps track of *who* waits for what.
 
 use std::collections::{HashMap, VecDeque};
@@ -63,6 +64,11 @@ pub enum Call {
     /// A usage report of these key ids (see [`crate::worker::usage::report`]).
     Usage {
         ids: Vec<KeyId>,
+        deadline_ms: u64,
+    },
+    /// A key summary fetch for an install (see [`crate::summary::install`]).
+    Summary {
+        ticket: crate::summary::install::Ticket,
         deadline_ms: u64,
     },
     /// A changes-feed poll from `since`; `forced` when sent for local admin writes.
@@ -166,6 +172,18 @@ impl Flights {
             .any(|c| matches!(c, Call::Poll { forced: f, .. } if *f == forced))
     }
 
+    /// Whether a key summary fetch is in flight.
+    pub fn summary_in_flight(&self) -> bool {
+        self.calls
+            .values()
+            .any(|c| matches!(c, Call::Summary { .. }))
+    }
+
+    /// What a token stands for.
+    pub fn call(&self, token: u32) -> Option<&Call> {
+        self.calls.get(&token)
+    }
+
     /// The call a token stood for, forgotten.
     pub fn take_call(&mut self, token: u32) -> Option<Call> {
         self.calls.remove(&token)
@@ -244,12 +262,13 @@ impl Flights {
             .collect()
     }
 
-    /// Polls and usage reports whose answer never came by their deadline are given up.
+    /// Polls, usage reports and summary fetches whose answer never came by their deadline are
+    /// given up.
     pub fn expire_polls(&mut self, now_ms: u64) {
         self.calls.retain(|_, c| match c {
-            Call::Poll { deadline_ms, .. } | Call::Usage { deadline_ms, .. } => {
-                now_ms < *deadline_ms
-            }
+            Call::Poll { deadline_ms, .. }
+            | Call::Usage { deadline_ms, .. }
+            | Call::Summary { deadline_ms, .. } => now_ms < *deadline_ms,
             Call::Lookup(_) => true,
         });
     }

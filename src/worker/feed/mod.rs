@@ -84,6 +84,10 @@ impl Worker {
                 None
             }
         };
+        // The summary takes the page first: once published, its keys count as synced.
+        if let Some(p) = &page {
+            self.summary_page(host, p);
+        }
         let applied = match (&page, forced) {
             (Some(p), true) => poller::finish_forced(host, &self.names, &self.table, p),
             (None, true) => poller::Applied::default(), // the lease holder's schedule stands

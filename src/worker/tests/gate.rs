@@ -6,10 +6,11 @@ use std::rc::Rc;
 
 use keygate_protocol::KeyId;
 
+use super::summary::install_summary;
 use super::{cache_allow, config, is_allow, key, lookups, respond, synced_worker, IDENTITY};
 use crate::config::Config;
 use crate::fake_host::FakeHost;
-use crate::host::{Gauge, Host, Metric};
+use crate::host::{Gauge, Metric};
 use crate::test_support::test;
 use crate::verdict::{Decision, Outcome, Source};
 use crate::worker::Worker;
@@ -17,7 +18,7 @@ use crate::worker::Worker;
 /// Budget 10/s, burst 20: the gate engages below 10 tokens, and stays engaged while a window
 /// has 10 refusals.
 fn budget() -> Rc<Config> {
-    config(r#","miss_budget":{"per_second":10,"burst":20}"#)
+    config(r#","miss_budget":{"per_second":10,"burst":20},"summary":{"enabled":true}"#)
 }
 
 /// The store's keys the summary holds: `key(0)`..`key(9)`.
@@ -28,14 +29,8 @@ fn known() -> Vec<KeyId> {
 /// A worker with a summary of [`known`] installed.
 fn worker_with_summary(cfg: &Rc<Config>) -> (FakeHost, Worker) {
     let (host, w) = synced_worker(cfg);
-    install_summary(&host, &known());
+    install_summary(&host, &w, &known());
     (host, w)
-}
-
-fn install_summary(host: &FakeHost, keys: &[KeyId]) {
-    let bytes: Vec<u8> = keys.iter().flat_map(|k| k.0).collect();
-    host.set_shared(crate::worker::summary::TEST_SUMMARY, &bytes, None)
-        .unwrap();
 }
 
 /// What one request of a flood came to.
@@ -193,7 +188,7 @@ fn queued_lookups_of_absent_keys_are_refused_once_the_gate_engages() {
 #[test]
 fn a_key_valid_recently_keeps_the_reserve_while_the_gate_is_engaged() {
     let cfg = config(
-        r#","cache":{"ttl_s":1,"stale_if_error_s":300,"shared_slots":256},"miss_budget":{"per_second":10,"burst":20,"reserve_per_second":5}"#,
+        r#","cache":{"ttl_s":1,"stale_if_error_s":300,"shared_slots":256},"miss_budget":{"per_second":10,"burst":20,"reserve_per_second":5},"summary":{"enabled":true}"#,
     );
     let (host, mut w) = worker_with_summary(&cfg);
     let recent = key(5_555); // not in the summary

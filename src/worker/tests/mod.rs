@@ -1,7 +1,8 @@
 //! The worker against the fake host, one module per topic: [`single_flight`] (within and
 //! across workers, leases, wake-ups, deadlines), [`expiry`] (TTLs, stale-if-error, a key's own
 //! expiry), [`budget`] (the miss budget), [`feed`] (the changes feed), [`coherence`] (no answer
-//! outlives a change of its key; local admin writes), [`usage`] (usage reports). The helpers
+//! outlives a change of its key; local admin writes), [`usage`] (usage reports), [`summary`] (the
+//! key summary's life). The helpers
 //! more than one topic uses are here; a topic's own helpers open its module.
 
 use std::rc::Rc;
@@ -20,6 +21,7 @@ mod expiry;
 mod feed;
 mod gate;
 mod single_flight;
+mod summary;
 mod usage;
 
 const IDENTITY: &str = r#"{"account_id":"acme","user_id":"ann","role":"admin"}"#;
@@ -36,8 +38,15 @@ fn config(extra: &str) -> Rc<Config> {
     } else {
         r#","usage":{"enabled":false}"#
     };
-    let json =
-        format!(r#"{{"store":{{"cluster":"keystore","timeout_ms":1000}}{cache}{usage}{extra}}}"#);
+    // So is the key summary (a fetch at start).
+    let summary = if extra.contains(r#""summary""#) {
+        ""
+    } else {
+        r#","summary":{"enabled":false}"#
+    };
+    let json = format!(
+        r#"{{"store":{{"cluster":"keystore","timeout_ms":1000}}{cache}{usage}{summary}{extra}}}"#
+    );
     Rc::new(Config::from_json(json.as_bytes()).unwrap())
 }
 
@@ -76,7 +85,7 @@ fn respond(
 }
 
 /// Takes the lookups dispatched since the last call (sync polls are answered "no changes",
-/// usage reports "recorded").
+/// usage reports "recorded", key summary fetches 404).
 fn lookups(host: &FakeHost, w: &mut Worker) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     for (token, call) in host.take_calls() {
@@ -86,6 +95,8 @@ fn lookups(host: &FakeHost, w: &mut Worker) -> Vec<(u32, String)> {
             let since: u64 = call.path.rsplit('=').next().unwrap().parse().unwrap();
             let body = format!(r#"{{"revision":{},"changed":[]}}"#, since.max(1));
             respond(host, w, token, 200, &body);
+        } else if call.path == "/v1/summary" {
+            respond(host, w, token, 404, "");
         } else {
             out.push((token, call.path));
         }
