@@ -469,8 +469,9 @@ pub fn add<H: Host + ?Sized>(host: &H, names: &Names, keys: &[KeyId]) {
     }
     let now = host.now_ms();
     let mut filled = None;
+    let mut overflow = false;
     let written = shared::update(host, &names.summary_staging, |s: Option<Staging>| {
-        filled = None;
+        (filled, overflow) = (None, false);
         let mut s = s?;
         match &mut s.install {
             Install::Idle => return None,
@@ -480,7 +481,7 @@ pub fn add<H: Host + ?Sized>(host: &H, names: &Names, keys: &[KeyId]) {
             }
             Install::Requested { pending, .. } => {
                 if pending.len().saturating_add(keys.len()) > MAX_PENDING {
-                    log::warn!("key summary install overflowed its pending key ids: retried later");
+                    overflow = true;
                     s.fail(now);
                 } else {
                     pending.extend_from_slice(keys);
@@ -489,6 +490,9 @@ pub fn add<H: Host + ?Sized>(host: &H, names: &Names, keys: &[KeyId]) {
         }
         Some(s)
     });
+    if overflow {
+        log::warn!("key summary install abandoned: over {MAX_PENDING} key ids arrived meanwhile");
+    }
     if written.is_err() {
         abandon_any(host, names, now);
     }

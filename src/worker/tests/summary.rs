@@ -11,8 +11,9 @@ use super::{config, key, respond, sibling_worker, synced_worker};
 use crate::config::Config;
 use crate::fake_host::FakeHost;
 use crate::host::{CallResponse, Gauge, Host, Metric};
+use crate::shared;
 use crate::store::MAX_CALLOUT_BODY;
-use crate::summary::install;
+use crate::summary::install::{self, Install, Staging};
 use crate::summary::Membership;
 use crate::test_support::test;
 use crate::worker::Worker;
@@ -394,4 +395,27 @@ fn the_old_slots_chunks_are_emptied_after_a_swap() {
         .filter(|n| host.get_shared(n).0.is_some())
         .collect();
     assert_eq!(names.len(), 8, "two slots' chunk names, reused");
+}
+
+#[test]
+fn more_pending_key_ids_than_the_bound_abandon_the_fetch_and_it_is_retried() {
+    let (host, mut w) = synced_worker(&on(""));
+    let fetches = tick(&host, &mut w, 250, &[]);
+    let many: Vec<KeyId> = (0..=install::MAX_PENDING as u32).map(key).collect();
+    assert!(tick(&host, &mut w, 1000, &many).is_empty());
+    let (staging, _) = shared::read::<FakeHost, Staging>(&host, &w.names.summary_staging);
+    let staging = staging.expect("a staging record");
+    assert_eq!((staging.install, staging.failures), (Install::Idle, 1));
+    answer(&host, &mut w, fetches[0], 200, Some(store_summary(1, &[])));
+    assert_eq!(w.membership(&host, &key(1)), Membership::NoSummary);
+    let fetches = tick(&host, &mut w, 1000, &[]);
+    assert_eq!(fetches.len(), 1, "retried after the backoff");
+    answer(
+        &host,
+        &mut w,
+        fetches[0],
+        200,
+        Some(store_summary(2, &many)),
+    );
+    assert_eq!(w.membership(&host, &key(1)), Membership::MayExist);
 }
