@@ -7,7 +7,8 @@
 //!    alone, on CPU 0): lookups per second per core and p99, saturated and at half load;
 //! 2. change-feed polls from 100 and 1,000 simulated Envoys, once a second each, while keys
 //!    rotate at 10/s: polls served, their latency, the CPU they cost;
-//! 3. the keystore's resident memory.
+//! 3. the key summary (`GET /v1/summary`): its build, a fetch, its extension after new keys;
+//! 4. the keystore's resident memory.
 //!
 //! Figures are reported, never asserted: the run fails only when something answered wrong
 //! (a lookup that was neither 200 nor 404, a poll that failed, a report not written).
@@ -21,6 +22,7 @@ mod load;
 mod measure;
 mod proc;
 mod report;
+mod summary;
 #[path = "../wrk.rs"]
 mod wrk;
 
@@ -73,6 +75,8 @@ pub struct Plan {
     pub fleet_rate: f64,
     /// The keystore binary (`None`: the release build).
     pub keystore: Option<PathBuf>,
+    /// Keys created between the summary's build and its extension (see `summary.rs`).
+    pub summary_new_keys: usize,
     /// The keystore's async workers (`TOKIO_WORKER_THREADS`; 0: tokio's default, one per CPU
     /// it may run on at start-up, before the bench pins it).
     pub workers: usize,
@@ -149,6 +153,7 @@ fn parse_args() -> std::result::Result<Plan, String> {
         pg_pool: PG_POOL,
         fleet_rate: FLEET_RATE,
         keystore: None,
+        summary_new_keys: if smoke { 100 } else { 1000 },
         workers: 0,
     };
     let mut it = args.into_iter();

@@ -1,6 +1,6 @@
 //! One engine's run: its database prepared, the keystore started once (it creates the schema)
 //! then, for each key count, keys loaded, the keystore restarted and pinned, lookups (keystore
-//! and driver floor interleaved), change-feed polls and memory measured.
+//! and driver floor interleaved), change-feed polls, the key summary and memory measured.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -14,6 +14,7 @@ use crate::feed::{self, PollRun};
 use crate::floor::{self, FloorRun, Rng, Work};
 use crate::load;
 use crate::proc::{self, PgServer};
+use crate::summary::{self, SummaryRun};
 use crate::wrk::WrkRun;
 use crate::{say, Db, Plan};
 
@@ -84,6 +85,8 @@ pub struct Size {
     pub fleet: Measure,
     pub feeds: Vec<Feed>,
     pub feed_floor: Measure,
+    /// The key summary: build, fetch, extension.
+    pub summary: SummaryRun,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -248,6 +251,14 @@ fn size(plan: &Plan, ks: &mut Keystore, db: &Db, loaded: usize, keys: usize) -> 
     side.pin();
     lookups(plan, ks, db, &side, &mut s)?;
     feeds(plan, ks, db, &side, &mut s)?;
+    s.summary = summary::run(ks, "churn", keys, plan.summary_new_keys)?;
+    let m = &s.summary;
+    say(format!(
+        "{} {keys} keys: summary {} bytes ({} keys, FPR {:.4}); build {:.2} s (GET {:.2} s), held GET {:.3} s; {} keys created in {:.1} s, extension {:.3} s (GET {:.3} s){}",
+        db.engine(), m.bytes, m.keys, m.fpr, m.build_s, m.build_get_s, m.fetch_get_s,
+        m.created, m.create_s, m.extend_s, m.extend_get_s,
+        m.error.as_deref().map_or(String::new(), |e| format!("; FAILED: {e}"))
+    ));
     s.rss_after_kib = proc::status_kib(side.pid, "VmRSS");
     s.hwm_kib = proc::status_kib(side.pid, "VmHWM");
     s.pg_rss_kib = side.pg.map_or(0, |p| p.rss_kib());

@@ -40,6 +40,9 @@ impl Results {
                         ));
                     }
                 }
+                if let Some(err) = &s.summary.error {
+                    out.push(format!("{} {} keys: key summary: {err}", e.name, s.keys));
+                }
                 for f in &s.feeds {
                     if f.run.errors > 0 || f.run.polls == 0 {
                         out.push(format!(
@@ -99,6 +102,15 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
+/// A size in KiB below 1 MiB, else in MiB.
+fn size_bytes(b: u64) -> String {
+    if b < 1024 * 1024 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        mib(b / 1024)
+    }
+}
+
 fn keys(n: usize) -> String {
     match n {
         10_000 => "10^4".into(),
@@ -123,6 +135,7 @@ fn markdown(r: &Results) -> String {
     method(&mut s, p);
     lookups_table(&mut s, r);
     feed_table(&mut s, r);
+    summary_table(&mut s, r);
     memory_table(&mut s, r);
     targets(&mut s, r);
     s
@@ -136,6 +149,7 @@ fn method(s: &mut String, p: &Plan) {
     let _ = writeln!(s, "- **`/healthz`**: the same wrk against `GET /healthz` (the keystore's HTTP path, its way to the database, `SELECT 1`, a JSON answer): what a lookup costs beyond its query.");
     let _ = writeln!(s, "- **Driver floor**: the keystore's own lookup statement (the three-table join of `keystore/src/store/sql.rs`), prepared, over the same id list, through the driver alone on one thread pinned to CPU 0: rusqlite, one query after another; tokio-postgres, 16 queries pipelined on one connection. No HTTP, no pool, no JSON.");
     let _ = writeln!(s, "- **Feed polls**: {} simulated Envoys, each on its own keep-alive connection, `GET /v1/changes?since=R` once a second (starts spread over the first second; `more` pages followed at once), for {} s, while a thread rotates keys at {}/s (each rotation is two change rows). The floor: the feed's three statements (pruning mark, page after R, current revision) through the driver.", p.envoys.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(" and "), p.poll_secs, p.churn_per_s);
+    let _ = writeln!(s, "- **Key summary** (`GET /v1/summary`, issue 22): after the polls, the keystore builds its summary of every live key id at the first GET (10 bits per key plus a quarter of headroom, the defaults); three more GETs fetch the summary it holds; then {} keys are created through the admin API (one user each) and one more GET extends the summary with them from the change log. Each GET is a `curl` (total time and bytes, as a client sees them, loopback); *build* and *extension* are the keystore's own timing (`keystore_summary_build_seconds`, `keystore_summary_extension_seconds`: reading the database included). The run fails unless the extended summary holds every new key.", p.summary_new_keys);
     let _ = writeln!(s, "- **Memory**: the keystore's resident set (VmRSS) after start-up and one second of lookups, after all runs, and its peak (VmHWM). PostgreSQL's processes are listed apart (their RSS summed, shared buffers counted in each process that touched them: an upper bound).\n");
 }
 
@@ -174,6 +188,25 @@ fn feed_table(s: &mut String, r: &Results) {
                     f.m.cores() * 100.0, k(f.m.per_core()), k(z.feed_floor.per_core()),
                     f.run.rotations, f.run.late, f.run.errors);
             }
+        }
+    }
+    let _ = writeln!(s);
+}
+
+fn summary_table(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "## Key summary\n");
+    let _ = writeln!(s, "| engine | keys | summary bytes | key ids in it | estimated FPR | build (keystore) | first GET (build + transfer) | GET of the held summary | new keys (admin API) | extension (keystore) | GET that extends |");
+    let _ = writeln!(
+        s,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for e in &r.engines {
+        for z in &e.sizes {
+            let m = &z.summary;
+            let _ = writeln!(s, "| {} | {} | {} | {} | {:.2}% | {:.3} s | {:.3} s | {:.1} ms | {} in {:.1} s | {:.1} ms | {:.1} ms |",
+                e.name, keys(z.keys), size_bytes(m.bytes), m.keys, m.fpr * 100.0, m.build_s,
+                m.build_get_s, m.fetch_get_s * 1000.0, m.created, m.create_s, m.extend_s * 1000.0,
+                m.extend_get_s * 1000.0);
         }
     }
     let _ = writeln!(s);
@@ -240,7 +273,7 @@ pub fn headline(r: &Results) -> String {
                     f.m.cores() * 100.0
                 )
             });
-            let _ = writeln!(s, "{} {}: keystore {} lookups/core-s ({:.2}× below the driver floor), p99 {:.2} ms at half load, {:.2} ms at {:.0}/s{polls}; RSS {}", e.name, keys(z.keys), k(med(&z.keystore, Measure::per_core)), floor_factor(z), z.paced.p99_ms, z.fleet.p99_ms, z.fleet.rate(), mib(z.rss_after_kib));
+            let _ = writeln!(s, "{} {}: keystore {} lookups/core-s ({:.2}× below the driver floor), p99 {:.2} ms at half load, {:.2} ms at {:.0}/s{polls}; summary {} built in {:.2} s, fetched in {:.3} s; RSS {}", e.name, keys(z.keys), k(med(&z.keystore, Measure::per_core)), floor_factor(z), z.paced.p99_ms, z.fleet.p99_ms, z.fleet.rate(), size_bytes(z.summary.bytes), z.summary.build_s, z.summary.fetch_get_s, mib(z.rss_after_kib));
         }
     }
     s
