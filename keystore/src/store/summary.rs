@@ -8,8 +8,9 @@
 //! (revoked, expired, disabled): they only cost lookups, and a rebuild sheds them.
 //!
 //! How: a build reads the revision and every live key id in one snapshot ([`BuildSummary`]:
-//! the lookup's notion of live, so the key ids the lookup answers; admin-only keys without
-//! the `traffic` capability are included, they only cost lookups). A later request
+//! every key itself unrevoked, enabled and unexpired, a superset of what the lookup answers:
+//! keys of disabled or expired users and of disabled accounts, and admin-only keys without
+//! the `traffic` capability, are included; they only cost lookups). A later request
 //! *extends* the snapshot instead: a copy, with every key id the change feed reports since
 //! the snapshot's revision inserted (page by page, the feed's own job), at the feed's
 //! revision; a key that became live after R has a change-log row after R, so it is
@@ -37,7 +38,7 @@ pub const DEFAULT_MAX_FALSE_POSITIVE_RATE: f64 = 0.02;
 /// Default age after which a snapshot is rebuilt rather than extended.
 pub const DEFAULT_REBUILD_AFTER: Duration = Duration::from_secs(3600);
 /// Live key ids read per statement of a build.
-pub(super) const BUILD_PAGE: i64 = 10_000;
+pub(super) const BUILD_PAGE: i64 = 20_000;
 
 /// How summaries are sized and when they are rebuilt.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -277,8 +278,9 @@ impl Job for BuildSummary {
     }
 }
 
-/// Every key id the lookup would answer at `at`, page by page in key-id order (the order of
-/// the engine's primary-key index: paging needs only that each engine agrees with itself).
+/// Every key id live at `at` (`sql::LIVE_KEY_IDS_AFTER`: a superset of the lookup's), page
+/// by page in key-id order (the order of the engine's primary-key index: paging needs only
+/// that each engine agrees with itself).
 async fn live_key_ids<D: Db>(db: &mut D, at: i64, page: i64) -> Result<Vec<KeyId>, StoreError> {
     let mut ids = Vec::new();
     let mut after = String::new();
