@@ -419,3 +419,23 @@ fn more_pending_key_ids_than_the_bound_abandon_the_fetch_and_it_is_retried() {
     );
     assert_eq!(w.membership(&host, &key(1)), Membership::MayExist);
 }
+
+#[test]
+fn a_worker_with_the_summary_off_still_adds_pages_to_the_envoys_summary() {
+    let (host, mut on_worker) = installed(&on(""), store_summary(1, &[key(1)]));
+    let off = config(r#","summary":{"enabled":false}"#);
+    let (h, mut w) = sibling_worker(&host, &off);
+    assert_eq!(
+        w.membership(&h, &key(1)),
+        Membership::NoSummary,
+        "off: not read"
+    );
+    // The worker with the summary off holds the poll lease and publishes key 5.
+    host.advance(1000);
+    w.on_tick(&h);
+    let poll = h.take_calls().remove(0);
+    let body = format!(r#"{{"revision":2,"changed":["{}"]}}"#, key(5).hex());
+    respond(&h, &mut w, poll.0, 200, &body);
+    assert_eq!(on_worker.membership(&host, &key(5)), Membership::MayExist);
+    assert!(tick(&host, &mut on_worker, 1, &[]).is_empty());
+}
