@@ -34,11 +34,14 @@ fn holds(s: &Summary, raw_key: &str) -> bool {
     s.may_contain(&KeyId::of(raw_key.as_bytes()))
 }
 
+/// Builds for `reason` so far (0 before the first: the series is made by the first).
 async fn builds(ks: &Ks, reason: &str) -> u64 {
-    ks.metric(&format!(
-        "keystore_summary_builds_total{{reason=\"{reason}\"}}"
-    ))
-    .await
+    let r = ks.call("GET", "/metrics", None, None).await;
+    let series = format!("keystore_summary_builds_total{{reason=\"{reason}\"}} ");
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&series).map(|v| v.parse().unwrap()))
+        .unwrap_or(0)
 }
 
 /// A store whose summary settings are adjusted by `f`.
@@ -176,6 +179,26 @@ async fn concurrent_requests_share_one_build() {
     assert!(answers.windows(2).all(|w| w[0] == w[1]));
     assert_eq!(builds(&ks, "first").await, 1);
     assert_eq!(ks.metric("keystore_summary_requests_total").await, 8);
+}
+
+#[tokio::test]
+async fn a_build_finishes_when_the_request_that_started_it_goes_away() {
+    let ks = Ks::new().await;
+    world(&ks).await;
+    // One poll starts the work, then the request is dropped (a client's timeout).
+    let gone =
+        tokio::time::timeout(Duration::ZERO, ks.state.summaries.current(&ks.state.store)).await;
+    assert!(gone.is_err(), "the build finished within its first poll");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while builds(&ks, "first").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build was cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    fetch(&ks).await;
+    assert_eq!(builds(&ks, "first").await, 1, "the next request rebuilt");
 }
 
 #[tokio::test]

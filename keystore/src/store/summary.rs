@@ -19,7 +19,8 @@
 //! rate after extension passes the limit, or when the snapshot is older than
 //! `rebuild_after` (which sheds dead key ids). Requests take turns on one lock: concurrent
 //! requests share one build (single flight), and each answers a snapshot at least as new as
-//! the store's revision when it took the lock.
+//! the store's revision when it took the lock. The work runs in a task of its own, so a
+//! client that gives up does not cancel a build.
 
 use super::engine::{Arg, Db, Job};
 use super::error::StoreError;
@@ -139,8 +140,17 @@ impl Summaries {
     }
 
     /// A summary holding every key id live at the store's current revision (its revision),
-    /// extended or rebuilt as needed (see the module doc).
-    pub async fn current(&self, store: &Store) -> Result<Arc<Snapshot>, StoreError> {
+    /// extended or rebuilt as needed (see the module doc). The work runs in a task of its
+    /// own: a client that gives up (a fetch timeout shorter than a build at 10^7 keys) does
+    /// not cancel it, so the next request finds it done instead of starting over.
+    pub async fn current(self: &Arc<Self>, store: &Store) -> Result<Arc<Snapshot>, StoreError> {
+        let (this, store) = (Arc::clone(self), store.clone());
+        tokio::spawn(async move { this.update(&store).await })
+            .await
+            .map_err(|e| StoreError::Internal(format!("key summary task failed: {e}")))?
+    }
+
+    async fn update(&self, store: &Store) -> Result<Arc<Snapshot>, StoreError> {
         let mut held = self.current.lock().await;
         let next = match held.as_ref() {
             None => Next::Build(BuildReason::First),
