@@ -98,11 +98,13 @@ impl Worker {
             Err(why) => return self.fetch_failed(host, ticket, &why.to_string()),
         };
         let lease_ms = self.summary_lease_ms();
+        let started_ms = host.now_ms();
         match install::install(host, &self.names, ticket, &header, blocks, lease_ms) {
             Ok(meta) => {
                 log::info!(
-                    "key summary installed: revision {}, {} keys, {} bytes, estimated \
+                    "key summary installed in {} ms: revision {}, {} keys, {} bytes, estimated \
                      false-positive rate {:.4}",
+                    host.now_ms().saturating_sub(started_ms),
                     meta.revision,
                     meta.keys,
                     meta.bytes(),
