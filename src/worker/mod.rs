@@ -160,6 +160,11 @@ impl Worker {
         &self.cfg
     }
 
+    /// The names of this worker's shared records (the fuzz targets read them).
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
     /// The name of this worker's own shared queue, which the glue registers for its root
     /// context and enqueues to when the worker asks for a wake-up ([`Host::wake`]).
     pub fn wake_queue(&self) -> String {
