@@ -137,8 +137,8 @@ fuzz_target!(|data: &[u8]| {
             }
             2 => drop(decode_round_trip::<Number>(rest, |_| true)),
             3 => {
-                drop(decode_round_trip::<Bucket>(rest, |_| true));
-                drop(decode_round_trip::<Gate>(rest, |_| true));
+                let _ = decode_round_trip::<Bucket>(rest, |_| true);
+                let _ = decode_round_trip::<Gate>(rest, |_| true);
             }
             4 => drop(decode_round_trip::<FeedRecord>(rest, |_| true)),
             _ => drop(decode_round_trip::<Slot>(rest, |s| {

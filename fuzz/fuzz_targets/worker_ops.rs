@@ -64,15 +64,16 @@ macro_rules! trace {
     };
 }
 
+// The key summary is off: its fetches are the `summary` target's.
 const CONFIGS: [&str; 4] = [
-    r#"{"store":{"cluster":"keystore","timeout_ms":1000},"cache":{"shared_slots":256}}"#,
+    r#"{"summary":{"enabled":false},"store":{"cluster":"keystore","timeout_ms":1000},"cache":{"shared_slots":256}}"#,
     // Every key in one slot (collisions, Busy), no stale-if-error.
-    r#"{"store":{"cluster":"keystore","timeout_ms":1000},"cache":{"shared_slots":1,"stale_if_error_s":0}}"#,
+    r#"{"summary":{"enabled":false},"store":{"cluster":"keystore","timeout_ms":1000},"cache":{"shared_slots":1,"stale_if_error_s":0}}"#,
     // A miss budget that runs out, a fast feed.
-    r#"{"store":{"cluster":"keystore","timeout_ms":500},"cache":{"shared_slots":4},
+    r#"{"summary":{"enabled":false},"store":{"cluster":"keystore","timeout_ms":500},"cache":{"shared_slots":4},
         "miss_budget":{"per_second":1,"burst":2},"sync":{"interval_ms":100}}"#,
     // Short TTLs, a tiny L1 (evictions), short timeouts.
-    r#"{"store":{"cluster":"keystore","timeout_ms":100},
+    r#"{"summary":{"enabled":false},"store":{"cluster":"keystore","timeout_ms":100},
         "cache":{"ttl_s":1,"negative_ttl_s":1,"stale_if_error_s":1,"shared_slots":2,"max_entries":4}}"#,
 ];
 
