@@ -217,6 +217,19 @@ impl State {
     }
 
     fn check_property(&self) {
+        if TRACE.with(|t| *t) {
+            let side = &self.sides[0];
+            let (epoch, _) =
+                shared::read::<FakeHost, Epoch>(&side.host, &side.worker.names().epoch);
+            let m: String = (0..KEYS)
+                .map(|k| match filter_summary::membership(&side.host, side.worker.names(), &key(k)) {
+                    Membership::NoSummary => '-',
+                    Membership::Absent => 'A',
+                    Membership::MayExist => 'M',
+                })
+                .collect();
+            trace!("    summary {m}, epoch {epoch:?}");
+        }
         for k in 0..KEYS {
             if !self.protected(k) {
                 continue;

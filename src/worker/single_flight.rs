@@ -289,10 +289,15 @@ impl Flights {
     }
 
     /// Answers in the outbox from a verdict that has since changed become 503s: no request is
-    /// answered from a verdict known to have changed, however briefly it waited.
+    /// answered from a verdict known to have changed, however briefly it waited. The summary
+    /// gate's refusal counts as a verdict (the key unknown to this Envoy): a key the feed has
+    /// since reported is not refused by the summary after the page.
     pub fn withdraw(&mut self, changed: impl Fn(&KeyId, &Outcome) -> bool) {
         for (key, r) in self.outbox.iter_mut() {
-            let from_verdict = matches!(r.outcome, Outcome::Allow { .. } | Outcome::Deny);
+            let from_verdict = matches!(
+                r.outcome,
+                Outcome::Allow { .. } | Outcome::Deny | Outcome::UnknownKeyDuringFlood
+            );
             if from_verdict && changed(key, &r.outcome) {
                 r.outcome = Outcome::Unavailable;
                 r.source = Source::NoVerdict;
@@ -372,5 +377,26 @@ mod tests {
         f.withdraw(|_, _| true);
         let out = f.deliver(5);
         assert_eq!(out[0].outcome, Outcome::Unavailable);
+    }
+
+    /// Found by the `summary` fuzz target: a refusal decided while the key was unknown to this
+    /// Envoy, still in the outbox when the feed reported the key's creation, was given after
+    /// the page.
+    #[test]
+    fn a_summary_refusal_in_the_outbox_is_withdrawn_when_its_key_is_reported() {
+        let mut f = Flights::default();
+        let (k, other) = (KeyId::of(b"k"), KeyId::of(b"other"));
+        f.start(k, 1, 10, 0);
+        f.start(other, 2, 10, 0);
+        f.resolve(&k, &Outcome::UnknownKeyDuringFlood, Source::NoVerdict);
+        f.resolve(&other, &Outcome::UnknownKeyDuringFlood, Source::NoVerdict);
+        f.withdraw(|key, outcome| *key == k && !matches!(outcome, Outcome::Allow { .. }));
+        let out = f.deliver(5);
+        assert_eq!(out[0].outcome, Outcome::Unavailable);
+        assert_eq!(
+            out[1].outcome,
+            Outcome::UnknownKeyDuringFlood,
+            "not reported"
+        );
     }
 }

@@ -158,7 +158,8 @@ impl Worker {
             shared::CatchUp::Nothing => {}
             shared::CatchUp::Keys(changes) => {
                 let mut dropped = 0u64;
-                // The outbox holds only answers from a verdict: an allow or a deny.
+                // Withdrawn: answers from a verdict (an allow, a deny) and the summary gate's
+                // refusals (a created key is no longer unknown).
                 self.flights.withdraw(|key, outcome| {
                     let allow = matches!(outcome, Outcome::Allow { .. });
                     changes.iter().any(|c| c.outdates(key, allow))
