@@ -7,13 +7,16 @@ use std::rc::Rc;
 use keygate_protocol::KeyId;
 
 use super::summary::install_summary;
-use super::{cache_allow, config, is_allow, key, lookups, respond, synced_worker, IDENTITY};
+use super::{
+    cache_allow, config, feed_reports, is_allow, key, lookups, respond, sibling_worker,
+    synced_worker, IDENTITY,
+};
 use crate::config::Config;
 use crate::fake_host::FakeHost;
 use crate::host::{Gauge, Metric};
 use crate::test_support::test;
 use crate::verdict::{Decision, Outcome, Source};
-use crate::worker::Worker;
+use crate::worker::{Worker, MAX_ANSWERS_PER_CALLBACK};
 
 /// Budget 10/s, burst 20: the gate engages below 10 tokens, and stays engaged while a window
 /// has 10 refusals.
@@ -203,4 +206,44 @@ fn a_key_valid_recently_keeps_the_reserve_while_the_gate_is_engaged() {
     let r = respond(&host, &mut w, calls[0].0, 200, IDENTITY);
     assert!(is_allow(&r[0].outcome), "a fresh answer, not a stale one");
     assert_eq!(host.metric(Metric::ReserveLookups), 1);
+}
+
+/// Found by the `summary` fuzz target: a refusal decided while the key was unknown to this
+/// Envoy and still in the outbox (at most 64 answers go out per callback) when the feed reports
+/// the key created is withdrawn (503 `store-unavailable`): the summary never refuses a key
+/// after the page that reported it.
+#[test]
+fn a_refusal_still_in_the_outbox_when_the_feed_reports_the_key_is_withdrawn() {
+    let cfg = budget();
+    let (host, mut w) = worker_with_summary(&cfg);
+    let (h2, mut w2) = sibling_worker(&host, &cfg);
+    let new = key(4_242); // created after the summary was fetched
+    for ctx in 0..70 {
+        assert_eq!(
+            w.check(&host, ctx, new),
+            Decision::Wait,
+            "the bucket is full"
+        );
+    }
+    // Meanwhile another worker of this Envoy takes the budget below half.
+    assert_eq!(flood(&h2, &mut w2, 1_000, 11).looked_up, 11);
+    let first = w.on_wake(&host);
+    assert_eq!(first.len(), MAX_ANSWERS_PER_CALLBACK);
+    assert!(first
+        .iter()
+        .all(|r| r.outcome == Outcome::UnknownKeyDuringFlood));
+    host.advance(1_000);
+    w2.on_tick(&h2);
+    let calls = h2.take_calls();
+    let poll = calls
+        .iter()
+        .find(|(_, c)| c.path.starts_with("/v1/changes"))
+        .expect("a poll");
+    feed_reports(&h2, &mut w2, poll.0, 2, &[new]);
+    let rest = w.on_wake(&host);
+    assert_eq!(rest.len(), 70 - MAX_ANSWERS_PER_CALLBACK);
+    assert!(
+        rest.iter().all(|r| r.outcome == Outcome::Unavailable),
+        "{rest:?}"
+    );
 }
