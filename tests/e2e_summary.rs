@@ -245,8 +245,7 @@ fn flood_while_creating(
             .iter()
             .map(|(i, user, key, created, (polls0, errors0))| {
                 let envoy = fleet.envoys()[i % 2];
-                if let Some(wait) = (created + FEED_BOUND).checked_duration_since(Instant::now())
-                {
+                if let Some(wait) = (created + FEED_BOUND).checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
                 let bound_at = Instant::now();

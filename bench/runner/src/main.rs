@@ -5,13 +5,16 @@
 //! 2. The cold-key herd: keygate with 2 workers, a keystore that answers after 20 ms, N
 //!    simultaneous first requests with a fresh key.
 //! 3. The flood: random keys at a fixed rate beside a steady valid stream.
-//! 4. The report (`RESULTS.md` and a chart) and the headline figures.
+//! 4. The fleet flood (`fleet`): two Envoys sharing one keystore under random keys while new
+//!    keys make their first requests; the key summary on and off, interleaved.
+//! 5. The report (`RESULTS.md` and a chart) and the headline figures.
 //!
 //! `--smoke` runs every phase for a few seconds and fails unless every contender answered
 //! 200 and the report was written.
 
 mod cpu;
 mod envoy;
+mod fleet;
 mod herd;
 mod model;
 mod report;
@@ -52,6 +55,8 @@ struct Opts {
     /// `--only herd`: the herd phase alone (keygate and its floor; no throughput, flood or Lua
     /// contender), its figures printed, no report written.
     herd_only: bool,
+    /// `--only fleet`: the fleet flood alone, its section and headline printed, no report.
+    fleet_only: bool,
     plan: Plan,
     out: PathBuf,
     floor_wasm: PathBuf,
@@ -64,12 +69,14 @@ const USAGE: &str =
     "usage: keygate-bench [--smoke] [--out DIR] [--rounds N] [--secs S] [--warmup S]
                      [--connections C] [--herd N,N,...] [--flood-secs S] [--flood-rate R]
                      [--flood-pairs P] [--floor-wasm PATH] [--lua PATH]
-                     [--lua-auth PATH] [--baseline-wasm PATH] [--serve] [--only herd]
+                     [--lua-auth PATH] [--baseline-wasm PATH] [--serve] [--only herd|fleet]
 Full run by default (report in bench/); --smoke: a short run that checks every contender
 answers 200 (give --out, or the report goes to a temporary directory). --serve: start the
 throughput phase's keystore and Envoy, print their ports and the bench key, and wait (Ctrl-C
 ends it), for profiling by hand. --only herd: the herd phase alone (keygate and the herd
 floor at each --herd N), figures printed, no report written (for before/after runs).
+--only fleet: the fleet flood alone (two Envoys, the key summary on and off), its section
+printed, no report written.
 --baseline-wasm PATH: one more throughput contender, G keygate (baseline): the same keygate
 configuration with the filter built at PATH, interleaved with the others; the report gives
 keygate / keygate (baseline) per round.";
@@ -103,6 +110,7 @@ fn parse_args() -> std::result::Result<Opts, String> {
     let mut lua_auth = root.join("bench/lua_auth.lua");
     let mut serve = false;
     let mut herd_only = false;
+    let mut fleet_only = false;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -117,7 +125,12 @@ fn parse_args() -> std::result::Result<Opts, String> {
             "--serve" => serve = true,
             "--only" => match value("--only")?.as_str() {
                 "herd" => herd_only = true,
-                other => return Err(format!("--only: unknown phase {other:?} (known: herd)")),
+                "fleet" => fleet_only = true,
+                other => {
+                    return Err(format!(
+                        "--only: unknown phase {other:?} (known: herd, fleet)"
+                    ))
+                }
             },
             "--out" => out = Some(PathBuf::from(value("--out")?)),
             "--rounds" => plan.rounds = num("--rounds", value("--rounds")?)? as usize,
@@ -166,6 +179,7 @@ fn parse_args() -> std::result::Result<Opts, String> {
     Ok(Opts {
         serve,
         herd_only,
+        fleet_only,
         plan,
         out,
         floor_wasm,
@@ -255,6 +269,13 @@ fn run(o: &Opts) -> Result<bool> {
     if o.herd_only {
         return run_herd_only(o, &envoy_bin, &keygate_wasm);
     }
+    if o.fleet_only {
+        let f = fleet::run(o, &envoy_bin, &keygate_wasm)?;
+        let mut section = String::new();
+        fleet::section(&mut section, &f);
+        println!("{section}{}", fleet::headline(&f));
+        return Ok(f.failures().is_empty());
+    }
     let lua_code = std::fs::read_to_string(&o.lua_auth)?;
     let started = Instant::now();
     let mut machine = machine(&envoy_bin);
@@ -264,6 +285,7 @@ fn run(o: &Opts) -> Result<bool> {
     ));
     let throughput = throughput(o, &machine, &envoy_bin, &keygate_wasm, &lua_code)?;
     let (herd, flood, lua_flood) = herd_and_flood(o, &envoy_bin, &keygate_wasm, &lua_code)?;
+    let fleet = fleet::run(o, &envoy_bin, &keygate_wasm)?;
     machine.load_end = loadavg();
     let results = Results {
         machine,
@@ -272,6 +294,7 @@ fn run(o: &Opts) -> Result<bool> {
         herd,
         flood,
         lua_flood,
+        fleet,
         elapsed_s: started.elapsed().as_secs_f64(),
     };
     report::write(&results, &o.out)
@@ -280,7 +303,12 @@ fn run(o: &Opts) -> Result<bool> {
     println!("{}", report::headline(&results, &report_path));
 
     let mut failures = results.throughput.failures();
-    for f in results.flood.failures() {
+    for f in results
+        .flood
+        .failures()
+        .into_iter()
+        .chain(results.fleet.failures())
+    {
         eprintln!("keygate-bench: WARNING: {f}; see the report");
     }
     // Herd and flood outcomes are measurements of keygate (in the report), not failures of

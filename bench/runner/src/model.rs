@@ -359,6 +359,8 @@ pub struct Results {
     /// keygate's flood, and the Lua contender's.
     pub flood: Flood,
     pub lua_flood: Flood,
+    /// The fleet flood: two Envoys, the key summary on and off.
+    pub fleet: crate::fleet::Fleet,
     pub elapsed_s: f64,
 }
 

@@ -550,6 +550,7 @@ pub fn markdown(r: &Results) -> String {
     );
 
     lua_section(&mut s, r);
+    crate::fleet::section(&mut s, &r.fleet);
     let _ = writeln!(s, "## Reproduce\n");
     let _ = writeln!(
         s,
@@ -788,6 +789,7 @@ pub fn headline(r: &Results, report: &Path) -> String {
         r.lua_flood.max_lookups_per_s(),
         r.lua_flood.valid_ratio()
     );
+    let _ = writeln!(s, "  {}", crate::fleet::headline(&r.fleet));
     let _ = writeln!(s, "  report: {}", report.display());
     s
 }
