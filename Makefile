@@ -138,7 +138,8 @@ soak: build
 	KEYGATE_SOAK_SECS=600 $(CARGO) test --release -p keygate --test e2e_soak -- --nocapture
 
 ## keygate against no filter, Envoy's api_key_auth, ext_authz and the wasm floor; the herd; the
-## flood. Writes bench/RESULTS.md and bench/throughput-ratios.svg.
+## flood; the fleet flood (two Envoys, the key summary on and off). Writes bench/RESULTS.md and
+## bench/throughput-ratios.svg.
 bench: setup-test build
 	@scripts/bench.sh
 
