@@ -103,6 +103,24 @@ impl Client {
         self.request("GET", url, headers, None)
     }
 
+    /// GET `url` with `headers`: the status and the body's bytes as received (for binary
+    /// bodies, which [`Response`] would turn into lossy text).
+    pub fn get_bytes(&self, url: &str, headers: &[(&str, &str)]) -> Result<(u16, Vec<u8>)> {
+        let mut req = self.agent.get(url);
+        for (name, value) in headers {
+            req = req.set(name, value);
+        }
+        let resp = match req.call() {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(t)) => return Err(Error::msg(format!("GET {url}: {t}"))),
+        };
+        let status = resp.status();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes)
+            .map_err(|e| Error::msg(format!("GET {url}: reading the body of a {status}: {e}")))?;
+        Ok((status, bytes))
+    }
+
     /// `method url` with a JSON body (and `content-type: application/json`) plus `headers`.
     pub fn send_json(
         &self,
