@@ -69,7 +69,7 @@ impl Worker {
     /// The summary gate on a miss of `key` that needs a lookup (`slot`: its slot, when already
     /// read): true when it is refused without one (counted in
     /// `keygate_summary_refusals_total`). Asks the bucket only while the gate is open, and the
-    /// summary only while it is engaged.
+    /// summary only while it is engaged; with `summary.enabled` off, nothing (no gate).
     pub(super) fn gate_refuses<H: Host + ?Sized>(
         &self,
         host: &H,
@@ -77,6 +77,9 @@ impl Worker {
         slot: Option<&shared_table::Slot>,
         now: u64,
     ) -> bool {
+        if !self.cfg.summary.enabled {
+            return false;
+        }
         let b = &self.cfg.miss_budget;
         let limits = Limits {
             per_second: b.per_second,

@@ -247,3 +247,18 @@ fn a_refusal_still_in_the_outbox_when_the_feed_reports_the_key_is_withdrawn() {
         "{rest:?}"
     );
 }
+
+/// With `summary.enabled` off there is no gate: misses cost what they did before it (no read
+/// of its record) and it never reports engaged.
+#[test]
+fn with_the_summary_off_the_gate_never_engages() {
+    let cfg = config(r#","miss_budget":{"per_second":10,"burst":20},"summary":{"enabled":false}"#);
+    let (host, mut w) = synced_worker(&cfg);
+    let t = flood(&host, &mut w, 1_000, 30);
+    assert_eq!((t.looked_up, t.throttled, t.refused), (20, 10, 0));
+    w.on_tick(&host);
+    assert_eq!(host.gauge_value(Gauge::SummaryGateEngaged), Some(0));
+    let gate =
+        crate::shared::read::<FakeHost, crate::worker::budget::gate::Gate>(&host, &w.names().gate);
+    assert_eq!(gate.0, Some(Default::default()), "never written");
+}
