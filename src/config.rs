@@ -474,7 +474,7 @@ fn cache_config(c: RawCache) -> Result<CacheConfig, ConfigError> {
 }
 
 fn summary_config(s: RawSummary) -> Result<SummaryConfig, ConfigError> {
-    let rate = s.max_false_positive_rate.unwrap_or(0.05);
+    let rate = s.max_false_positive_rate.unwrap_or(0.02);
     if !(rate > 0.0 && rate <= 1.0) {
         return Err(err(
             "summary.max_false_positive_rate",
@@ -900,7 +900,7 @@ mod tests {
                 path: "/v1/summary".into(),
                 max_bytes: 16 * 1024 * 1024,
                 timeout_ms: 10_000,
-                max_false_positive_rate: 0.05,
+                max_false_positive_rate: 0.02,
                 refetch_min_interval_ms: 60_000,
             }
         );

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 /// Default bits per key id at a build (about 1 % false positives with 7 hashes).
 pub const DEFAULT_BITS_PER_KEY: u32 = 10;
 /// Default limit of the estimated false-positive rate after an extension.
-pub const DEFAULT_MAX_FALSE_POSITIVE_RATE: f64 = 0.02;
+pub const DEFAULT_MAX_FALSE_POSITIVE_RATE: f64 = 0.01;
 /// Default age after which a snapshot is rebuilt rather than extended.
 pub const DEFAULT_REBUILD_AFTER: Duration = Duration::from_secs(3600);
 /// Live key ids read per statement of a build.
