@@ -17,6 +17,7 @@ use keygate_protocol::routes::{self, admin};
 use keygate_protocol::summary::{self, blocks_for, hashes_for, Summary};
 use keygate_protocol::KeyId;
 use keystore::store::SummarySettings;
+use std::future::Future;
 use std::time::Duration;
 
 /// `GET /v1/summary`, decoded (asserting the status and the media type).
