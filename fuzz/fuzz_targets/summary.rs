@@ -44,24 +44,12 @@ use keygate::store;
 use keygate::summary::{self as filter_summary, Membership};
 use keygate::verdict::{Decision, Outcome, Resolution};
 use keygate::worker::Worker;
-use keygate_fuzz::Cursor;
+use keygate_fuzz::{trace, Cursor};
 use keygate_protocol::summary::{hashes_for, Summary};
 use keygate_protocol::KeyId;
 use libfuzzer_sys::fuzz_target;
 
 const KEYS: usize = 16;
-
-thread_local! {
-    static TRACE: bool = std::env::var_os("KEYGATE_FUZZ_TRACE").is_some();
-}
-
-macro_rules! trace {
-    ($($t:tt)*) => {
-        if TRACE.with(|t| *t) {
-            eprintln!($($t)*);
-        }
-    };
-}
 
 /// A miss budget that runs short at once (the gate engages), a fast feed, usage reports off.
 const CONFIGS: [&str; 2] = [
@@ -217,7 +205,7 @@ impl State {
     }
 
     fn check_property(&self) {
-        if TRACE.with(|t| *t) {
+        if keygate_fuzz::tracing() {
             let side = &self.sides[0];
             let (epoch, _) =
                 shared::read::<FakeHost, Epoch>(&side.host, &side.worker.names().epoch);

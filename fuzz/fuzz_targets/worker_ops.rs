@@ -47,22 +47,10 @@ use keygate::shared::table::LEASE_GRACE_MS;
 use keygate::store::{self, Changes, LookupAnswer};
 use keygate::verdict::{Decision, Outcome, Resolution};
 use keygate::worker::Worker;
-use keygate_fuzz::Cursor;
+use keygate_fuzz::{trace, Cursor};
 use libfuzzer_sys::fuzz_target;
 
 const KEYS: usize = 8;
-
-thread_local! {
-    static TRACE: bool = std::env::var_os("KEYGATE_FUZZ_TRACE").is_some();
-}
-
-macro_rules! trace {
-    ($($t:tt)*) => {
-        if TRACE.with(|t| *t) {
-            eprintln!($($t)*);
-        }
-    };
-}
 
 // The key summary is off: its fetches are the `summary` target's.
 const CONFIGS: [&str; 4] = [

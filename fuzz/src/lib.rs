@@ -1,6 +1,23 @@
 //! Helpers shared by the fuzz targets: input splitting and independent re-statements of the
 //! documented rules (written from README.md, not from the code under test), used as oracles.
 
+/// Whether `KEYGATE_FUZZ_TRACE` is set: the stateful targets then print every step (see
+/// [`trace!`]), to read a failing input's story.
+pub fn tracing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("KEYGATE_FUZZ_TRACE").is_some())
+}
+
+/// `eprintln!` when [`tracing`] is on.
+#[macro_export]
+macro_rules! trace {
+    ($($t:tt)*) => {
+        if $crate::tracing() {
+            eprintln!($($t)*);
+        }
+    };
+}
+
 /// Splits an input at its first `\n`: `(first line, Some(rest))`, or `(all, None)` without one.
 pub fn first_line(data: &[u8]) -> (&[u8], Option<&[u8]>) {
     match data.iter().position(|&b| b == b'\n') {
