@@ -531,14 +531,7 @@ fuzz_target!(|data: &[u8]| {
             }
             1 => s.tick(arg(&mut c) & 1),
             2 => {
-                let b = c.u8();
-                let ms = if b.is_ascii_digit() {
-                    u64::from(b - b'0') * 250
-                } else if b < 128 {
-                    u64::from(b)
-                } else {
-                    u64::from(b - 127) * 50
-                };
+                let ms = c.step_ms();
                 s.sides[0].host.advance(ms);
                 trace!("  advance {ms} ms");
             }

@@ -100,6 +100,20 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// A clock step in milliseconds, readable in a hand-written input: a digit d is d × 250 ms
+    /// (sync intervals and leases), another byte below 128 that many ms, a byte above
+    /// (b − 127) × 50 ms.
+    pub fn step_ms(&mut self) -> u64 {
+        let b = self.u8();
+        if b.is_ascii_digit() {
+            u64::from(b - b'0') * 250
+        } else if b < 128 {
+            u64::from(b)
+        } else {
+            u64::from(b - 127) * 50
+        }
+    }
+
     pub fn u16(&mut self) -> u16 {
         u16::from_le_bytes([self.u8(), self.u8()])
     }
