@@ -1,9 +1,9 @@
 //! The worker's side of freshness: catching up with the shared epoch and change ring, the
 //! "feed down" cutoff for cached allows, stale-if-error, cache entries; and the miss budget with
 //! its reserve for keys that were valid recently, and the summary gate in front of it
-//! ([`gate`]: while the budget runs short, keys the key summary lacks are refused unlooked-up). The rules themselves (when a verdict may
-//! answer, be served stale, or is outdated by a change) are [`crate::freshness`]'s: this
-//! module applies them and compares no stamps itself.
+//! ([`gate`]: while the budget runs short, keys the key summary lacks are refused without a
+//! lookup). The rules themselves (when a verdict may answer, be served stale, or is outdated by
+//! a change) are [`crate::freshness`]'s: this module applies them and compares no stamps itself.
 
 pub mod bucket;
 pub mod gate;
